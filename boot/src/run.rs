@@ -1,0 +1,377 @@
+//! Running an image in QEMU or Bochs and collecting what the kernel reported.
+//!
+//! The kernel ends a run by printing `HV-EXIT <code>` on serial, then writing the
+//! code to QEMU's `isa-debug-exit` port (QEMU exits with `code << 1 | 1`), then
+//! powering off through ACPI (which ends Bochs). The runner watches the serial log,
+//! so it learns the result the same way under both emulators, and kills the
+//! emulator on a timeout or once the result is in: no emulator is left running,
+//! even when the caller panics (the child is killed on drop).
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hvcore::KernelExit;
+
+use crate::image::Firmware;
+use crate::Error;
+
+/// OVMF firmware code and variable-store template (Debian's `ovmf` package).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Template for the writable UEFI variable store; each run gets its own copy.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Bochs BIOS and VGA BIOS (Debian's `bochsbios` and `vgabios`).
+pub const BOCHS_BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
+/// VGA BIOS image for Bochs.
+pub const BOCHS_VGABIOS: &str = "/usr/share/vgabios/vgabios.bin";
+
+/// Which emulator runs the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emulator {
+    /// qemu-system-x86_64 (KVM when nested VT-x really works, else TCG).
+    Qemu,
+    /// Bochs with a Skylake-X CPU model: emulates VMX with EPT.
+    Bochs,
+}
+
+/// Everything needed to start one emulator run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Which emulator.
+    pub emulator: Emulator,
+    /// Which firmware path (Bochs supports BIOS only).
+    pub firmware: Firmware,
+    /// The disk image to boot.
+    pub image: PathBuf,
+    /// Guest RAM of the emulated machine, MiB.
+    pub memory_mib: u32,
+    /// Number of emulated CPUs.
+    pub cpus: u32,
+    /// Wait for GDB on localhost:1234 before the first instruction (QEMU only).
+    pub gdb: bool,
+    /// Show the emulator's screen (the framebuffer console).
+    pub display: bool,
+    /// Serial on the terminal, keyboard included (`./qemu-run.sh`); otherwise the
+    /// serial log is only written to `work_dir`.
+    pub interactive: bool,
+    /// Wall-clock limit; the emulator is killed when it passes.
+    pub timeout: Option<Duration>,
+    /// Folder for the serial log, firmware variables and emulator logs.
+    pub work_dir: PathBuf,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The kernel reported a result (`HV-EXIT` on serial, or QEMU's exit device).
+    Kernel(u32),
+    /// The emulator exited without a kernel result (status code, if any).
+    EmulatorExited(Option<i32>),
+    /// The wall-clock limit passed; the emulator was killed.
+    TimedOut(Duration),
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The emulator command line, for failure messages.
+    pub command: String,
+    /// How it ended.
+    pub ending: Ending,
+    /// The whole serial log.
+    pub serial: String,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+    /// Whether QEMU ran with KVM.
+    pub kvm: bool,
+}
+
+impl Outcome {
+    /// True when the kernel reported [`KernelExit::Success`].
+    pub fn success(&self) -> bool {
+        self.ending == Ending::Kernel(KernelExit::Success as u32)
+    }
+
+    /// The last `lines` lines of the serial log.
+    pub fn serial_tail(&self, lines: usize) -> String {
+        let all: Vec<&str> = self.serial.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl fmt::Display for Ending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ending::Kernel(code) => match KernelExit::from_code(*code) {
+                Some(k) => write!(f, "kernel exit {code:#x} ({})", k.name()),
+                None => write!(f, "kernel exit {code:#x} (unknown code)"),
+            },
+            Ending::EmulatorExited(Some(c)) => write!(f, "emulator exited with status {c} without a kernel result"),
+            Ending::EmulatorExited(None) => write!(f, "emulator killed by a signal without a kernel result"),
+            Ending::TimedOut(d) => write!(f, "timed out after {:.1} s (emulator killed)", d.as_secs_f64()),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} after {:.1} s", self.ending, self.elapsed.as_secs_f64())?;
+        writeln!(f, "command: {}", self.command)?;
+        writeln!(f, "serial log (last 40 lines):")?;
+        write!(f, "{}", self.serial_tail(40))
+    }
+}
+
+/// Parses the kernel's `HV-EXIT <code>` line out of a serial log.
+pub fn kernel_code_in(serial: &str) -> Option<u32> {
+    serial.lines().find_map(|line| {
+        let rest = line.trim_end_matches('\r').split(hvcore::EXIT_MARKER).nth(1)?;
+        let word = rest.split_whitespace().next()?;
+        let hex = word.strip_prefix("0x")?;
+        u32::from_str_radix(hex, 16).ok()
+    })
+}
+
+/// Maps QEMU's exit status to the kernel's code: `isa-debug-exit` turns a write
+/// of `v` into status `(v << 1) | 1`.
+pub fn kernel_code_from_qemu_status(status: i32) -> Option<u32> {
+    (status >= 3 && status & 1 == 1).then_some((status >> 1) as u32)
+}
+
+/// Checks that a program is on PATH, with a message naming the Debian package.
+fn require_tool(tool: &str, package: &str) -> Result<(), Error> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(Error::MissingTool { tool: tool.into(), package: package.into() })
+    }
+}
+
+fn require_file(path: &str, package: &str) -> Result<(), Error> {
+    if Path::new(path).is_file() {
+        Ok(())
+    } else {
+        Err(Error::MissingTool { tool: path.into(), package: package.into() })
+    }
+}
+
+/// True when QEMU can really run a VT-x capable guest with KVM here: the host
+/// CPU exposes VMX, /dev/kvm exists, and a paused `-cpu host` VM starts (a
+/// paravirtual KVM that cannot run ordinary guests aborts at vCPU reset).
+pub fn kvm_with_vmx_usable() -> bool {
+    let cpu_has_vmx = fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx")))
+        .unwrap_or(false);
+    if !cpu_has_vmx || !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-enable-kvm", "-cpu", "host,+vmx", "-machine", "q35", "-display", "none"])
+        .args(["-nodefaults", "-S", "-m", "64"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else { return false };
+    let mut guard = ChildGuard(child);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Still running (paused) after 1.5 s means the vCPU was created and reset.
+    matches!(guard.0.try_wait(), Ok(None))
+}
+
+/// Kills the emulator when dropped, so a panicking test never leaves one behind.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Builds the emulator command line for a run; also returns whether KVM is used.
+fn command_for(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Error> {
+    match spec.emulator {
+        Emulator::Qemu => qemu_command(spec, serial_log),
+        Emulator::Bochs => Ok((bochs_command(spec, serial_log)?, false)),
+    }
+}
+
+fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Error> {
+    require_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-no-reboot"])
+        .args(["-m", &format!("{}M", spec.memory_mib)])
+        .args(["-smp", &spec.cpus.to_string()])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    let kvm = kvm_with_vmx_usable();
+    if kvm {
+        cmd.args(["-enable-kvm", "-cpu", "host,+vmx"]);
+    } else {
+        // TCG: no VMX, but SVM with nested paging for the future AMD-V backend.
+        cmd.args(["-cpu", "max"]);
+    }
+    if spec.firmware == Firmware::Uefi {
+        require_file(OVMF_CODE, "ovmf")?;
+        let vars = spec.work_dir.join("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS, &vars).map_err(|e| Error::io(&vars, e))?;
+        cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    cmd.arg("-drive").arg(format!("format=raw,file={}", spec.image.display()));
+    if spec.interactive {
+        cmd.args(["-serial", "mon:stdio"]);
+    } else {
+        cmd.arg("-serial").arg(format!("file:{}", serial_log.display()));
+    }
+    if !spec.display {
+        cmd.args(["-display", "none"]);
+    }
+    if spec.gdb {
+        cmd.args(["-s", "-S"]);
+    }
+    Ok((cmd, kvm))
+}
+
+fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
+    require_tool("bochs", "bochs bochs-sdl")?;
+    require_file(BOCHS_BIOS, "bochsbios")?;
+    require_file(BOCHS_VGABIOS, "vgabios")?;
+    if spec.firmware != Firmware::Bios {
+        return Err(Error::Usage("Bochs has no UEFI firmware here: use the BIOS image".into()));
+    }
+    if spec.gdb {
+        return Err(Error::Usage("--gdb works with QEMU only (Debian's Bochs has no gdbstub)".into()));
+    }
+    let rc = spec.work_dir.join("bochsrc");
+    // ips=200M: Bochs counts time in instructions; with it the TSC advances one
+    // tick per guest instruction, which makes benchmark figures repeatable.
+    let text = format!(
+        "megs: {megs}\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips=200000000, reset_on_triple_fault=0\n\
+         romimage: file={BOCHS_BIOS}\n\
+         vgaromimage: file={BOCHS_VGABIOS}\n\
+         vga: extension=vbe\n\
+         ata0-master: type=disk, path={image}, mode=flat\n\
+         boot: disk\n\
+         com1: enabled=1, mode=file, dev={serial}\n\
+         display_library: sdl2\n\
+         log: {log}\n",
+        megs = spec.memory_mib,
+        cpus = spec.cpus,
+        image = spec.image.display(),
+        serial = serial_log.display(),
+        log = spec.work_dir.join("bochs.log").display(),
+    );
+    fs::write(&rc, text).map_err(|e| Error::io(&rc, e))?;
+    // The built-in debugger waits at the first instruction until it reads `c`.
+    let cont = spec.work_dir.join("bochs-continue");
+    fs::write(&cont, "c\n").map_err(|e| Error::io(&cont, e))?;
+    let mut cmd = Command::new("bochs");
+    cmd.args(["-q", "-f"]).arg(&rc).arg("-rc").arg(&cont);
+    // No `nogui` build here: SDL with its dummy driver stands in for a screen.
+    if !spec.display {
+        cmd.env("SDL_VIDEODRIVER", "dummy");
+    }
+    Ok(cmd)
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let (k, Some(v)) = (k.to_string_lossy(), v) {
+            s.push_str(&format!("{k}={} ", v.to_string_lossy()));
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Boots `spec.image` and waits for the kernel's result, the emulator's exit or
+/// the timeout. Non-interactive runs echo nothing; interactive ones stream the
+/// serial log to the terminal.
+pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
+    fs::create_dir_all(&spec.work_dir).map_err(|e| Error::io(&spec.work_dir, e))?;
+    let serial_log = spec.work_dir.join("serial.log");
+    fs::write(&serial_log, b"").map_err(|e| Error::io(&serial_log, e))?;
+    let (mut cmd, kvm) = command_for(spec, &serial_log)?;
+    let command = describe(&cmd);
+    let emulator_log = spec.work_dir.join("emulator.log");
+    let log_file = fs::File::create(&emulator_log).map_err(|e| Error::io(&emulator_log, e))?;
+    let qemu_stdio = spec.interactive && spec.emulator == Emulator::Qemu;
+    if !qemu_stdio {
+        let err_file = log_file.try_clone().map_err(|e| Error::io(&emulator_log, e))?;
+        cmd.stdin(Stdio::null()).stdout(log_file).stderr(err_file);
+    }
+    let start = Instant::now();
+    let child = cmd.spawn().map_err(|e| Error::Tool { tool: command.clone(), detail: e.to_string() })?;
+    let mut guard = ChildGuard(child);
+    let mut echoed = 0usize;
+    let ending = loop {
+        let serial = fs::read(&serial_log).unwrap_or_default();
+        if spec.interactive && !qemu_stdio && serial.len() > echoed {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&serial[echoed..]);
+            let _ = out.flush();
+            echoed = serial.len();
+        }
+        if let Some(code) = kernel_code_in(&String::from_utf8_lossy(&serial)) {
+            // Give QEMU a moment to take the exit-device path by itself.
+            std::thread::sleep(Duration::from_millis(200));
+            break Ending::Kernel(code);
+        }
+        match guard.0.try_wait() {
+            Ok(Some(status)) => {
+                break match status.code().and_then(kernel_code_from_qemu_status) {
+                    Some(code) if spec.emulator == Emulator::Qemu => Ending::Kernel(code),
+                    _ => Ending::EmulatorExited(status.code()),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Error::Tool { tool: command, detail: e.to_string() }),
+        }
+        if let Some(limit) = spec.timeout {
+            if start.elapsed() > limit {
+                break Ending::TimedOut(limit);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(guard);
+    let serial = String::from_utf8_lossy(&fs::read(&serial_log).unwrap_or_default()).into_owned();
+    Ok(Outcome { command, ending, serial, elapsed: start.elapsed(), kvm })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_marker_is_parsed() {
+        let log = "banner\nHV-EXIT 0x10 success\n";
+        assert_eq!(kernel_code_in(log), Some(0x10));
+        assert_eq!(kernel_code_in("no marker here"), None);
+        assert_eq!(kernel_code_in("HV-EXIT garbage"), None);
+    }
+
+    #[test]
+    fn qemu_status_maps_to_kernel_code() {
+        assert_eq!(kernel_code_from_qemu_status(33), Some(0x10));
+        assert_eq!(kernel_code_from_qemu_status(35), Some(0x11));
+        assert_eq!(kernel_code_from_qemu_status(1), None);
+        assert_eq!(kernel_code_from_qemu_status(0), None);
+        assert_eq!(kernel_code_from_qemu_status(2), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! COM1 serial console (16550 UART at I/O port 0x3F8).
+//!
+//! The hypervisor's log and test results go out here: emulators write it to a file or
+//! stdio, and test harnesses read it. Every byte waits for the transmitter to be
+//! empty (`uart_16550`'s `send` does): Bochs drops bytes written faster than its
+//! emulated FIFO drains. Bytes are sent as given; `\n` is not expanded to `\r\n`, so
+//! logs captured to a file stay plain.
+//!
+//! The port sits behind a `spin::Mutex`; on the bare machine the lock is taken with
+//! interrupts disabled, so an interrupt handler that logs cannot deadlock against the
+//! code it interrupted.
+
+use core::fmt;
+use spin::Mutex;
+use uart_16550::SerialPort;
+
+/// I/O base of COM1.
+pub const COM1_BASE: u16 = 0x3F8;
+
+/// A serial port shared by all CPUs. Writes before [`Serial::init`] are dropped.
+pub struct Serial {
+    base: u16,
+    port: Mutex<Option<SerialPort>>,
+}
+
+/// COM1, the console.
+pub static COM1: Serial = Serial::new(COM1_BASE);
+
+impl Serial {
+    const fn new(base: u16) -> Self {
+        Self { base, port: Mutex::new(None) }
+    }
+
+    /// Programs the UART (115200 8N1, FIFOs on, interrupts off). Calling it again
+    /// re-initialises the port.
+    pub fn init(&self) {
+        without_interrupts(|| {
+            // SAFETY: `base` is the standard COM1 base; this driver is the only user of
+            // those ports (the `Serial` statics are the only constructors).
+            let mut port = unsafe { SerialPort::new(self.base) };
+            port.init();
+            *self.port.lock() = Some(port);
+        });
+    }
+
+    /// Writes `s`, waiting for the transmitter before each byte.
+    pub fn write_str(&self, s: &str) {
+        without_interrupts(|| {
+            if let Some(port) = self.port.lock().as_mut() {
+                s.bytes().for_each(|b| port.send(b));
+            }
+        });
+    }
+
+    /// Writes formatted text, e.g. `COM1.write_fmt(format_args!("x = {x}"))`.
+    pub fn write_fmt(&self, args: fmt::Arguments<'_>) {
+        without_interrupts(|| {
+            if let Some(port) = self.port.lock().as_mut() {
+                // `SerialPort`'s `fmt::Write` never fails.
+                let _ = fmt::Write::write_fmt(port, args);
+            }
+        });
+    }
+
+    /// Writes `s` unless another context holds the port (for panic and exception
+    /// reports, which must not deadlock on a lock their own CPU holds). Returns
+    /// whether it wrote.
+    pub fn try_write_str(&self, s: &str) -> bool {
+        without_interrupts(|| match self.port.try_lock() {
+            Some(mut guard) => match guard.as_mut() {
+                Some(port) => {
+                    s.bytes().for_each(|b| port.send(b));
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        })
+    }
+
+    /// A received byte, if one is waiting (never blocks).
+    pub fn try_read_byte(&self) -> Option<u8> {
+        without_interrupts(|| self.port.lock().as_mut().and_then(|port| port.try_receive().ok()))
+    }
+}
+
+/// Runs `f` with interrupts disabled on the bare machine; on the host (tests) just
+/// runs it, since `cli` is privileged there.
+fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_os = "none")]
+    {
+        x86_64::instructions::interrupts::without_interrupts(f)
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        f()
+    }
+}

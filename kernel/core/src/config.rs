@@ -1,0 +1,822 @@
+//! VM configuration: what a VM is, and the rules a set of VMs must obey.
+//!
+//! A [`VmSpec`] is the declarative description of one VM: its name, how much
+//! memory it gets (and optionally exactly where in host-physical memory, in the
+//! style of Jailhouse cells), which physical CPUs it may run on, which guest image
+//! it boots, its scheduler time slice and how it is entered.
+//!
+//! The same rules run twice:
+//! - on the host, in `boot`, right after the TOML file is parsed, so that a user
+//!   sees every mistake at once with the VM and the field named
+//!   ([`validate`], with limits it knows, usually none or just a CPU count);
+//! - in the kernel, against the real machine ([`check_each`] with the CPU count
+//!   and the usable memory map). There each VM is judged on its own: the kernel
+//!   starts the VMs that pass and refuses the others, never a VM half-configured.
+//!
+//! Conflicts between two VMs (same name, overlapping fixed host memory) are charged
+//! to the later VM in the table, so the earlier one can still start. The memory
+//! budget is admitted greedily in table order: a VM whose memory would take the
+//! VMs accepted before it past the usable total is refused.
+//!
+//! Addresses here are plain `u64`s whose field names say which address space they
+//! are in: `host_base` is host-physical, `load_addr` and `entry` are
+//! guest-physical (guests start with an identity mapping, so a 64-bit entry point
+//! is the same number).
+//!
+//! Everything here is pure and `no_std` + `alloc`; errors are typed and render as
+//! messages such as `vm "web": memory: 3 MiB is not a multiple of 2 MiB`.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+/// Guest memory is mapped with 2 MiB pages: sizes and fixed bases are multiples.
+pub const MEMORY_ALIGN: u64 = 2 * MIB;
+/// The smallest VM: one 2 MiB page.
+pub const MIN_MEMORY: u64 = 2 * MIB;
+/// The most VMs one configuration may describe.
+pub const MAX_VMS: usize = 16;
+/// CPU indices must be below this even when the machine's CPU count is unknown.
+pub const MAX_CPUS: u32 = 256;
+/// The longest VM name, in bytes.
+pub const MAX_NAME_LEN: usize = 32;
+/// The longest scheduler time slice: one second.
+pub const MAX_SLICE_US: u32 = 1_000_000;
+/// Real-mode code can only reach the first mebibyte.
+pub const REAL_MODE_LIMIT: u64 = MIB;
+
+/// How the vCPU is set up when the VM starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GuestMode {
+    /// 64-bit long mode with identity-mapped paging (the project's own guests).
+    Long64,
+    /// 16-bit real mode, as after reset (flat binaries such as boot sectors).
+    Real16,
+}
+
+impl GuestMode {
+    /// Every mode, in encoding order.
+    pub const ALL: [GuestMode; 2] = [GuestMode::Long64, GuestMode::Real16];
+
+    /// The name used in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestMode::Long64 => "long64",
+            GuestMode::Real16 => "real16",
+        }
+    }
+
+    /// The mode called `name` in configuration files.
+    pub fn from_name(name: &str) -> Option<GuestMode> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What a guest image file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ImageKind {
+    /// An ELF64 executable: segments load where its program headers say.
+    Elf,
+    /// Raw bytes copied to the VM's `load_addr`.
+    Flat,
+}
+
+impl ImageKind {
+    /// Every kind, in encoding order.
+    pub const ALL: [ImageKind; 2] = [ImageKind::Elf, ImageKind::Flat];
+
+    /// The kind of an image judged by its first bytes: ELF magic or else flat.
+    pub fn detect(data: &[u8]) -> ImageKind {
+        if data.starts_with(b"\x7fELF") {
+            ImageKind::Elf
+        } else {
+            ImageKind::Flat
+        }
+    }
+
+    /// A short lowercase name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageKind::Elf => "elf",
+            ImageKind::Flat => "flat",
+        }
+    }
+}
+
+/// One VM as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Unique name: letters, digits, `-`, `_`, `.`; at most [`MAX_NAME_LEN`] bytes.
+    pub name: String,
+    /// Guest memory size in bytes, a multiple of [`MEMORY_ALIGN`].
+    pub memory_bytes: u64,
+    /// Fixed host-physical base of the guest memory; `None` lets the kernel choose.
+    pub host_base: Option<u64>,
+    /// Physical CPU indices (0 = boot CPU) the VM may run on; not empty.
+    pub cpus: Vec<u32>,
+    /// Index into the package's image table.
+    pub image: u32,
+    /// Scheduler time slice in microseconds, 1 ..= [`MAX_SLICE_US`].
+    pub slice_us: u32,
+    /// Guest-physical entry point; `None` means the ELF entry, or `load_addr`
+    /// for a flat image.
+    pub entry: Option<u64>,
+    /// Guest-physical address a flat image is copied to (required for flat
+    /// images, refused for ELF images).
+    pub load_addr: Option<u64>,
+    /// How the vCPU starts.
+    pub mode: GuestMode,
+}
+
+impl VmSpec {
+    /// Where a flat image starts executing: `entry`, else `load_addr`.
+    pub fn flat_entry(&self) -> Option<u64> {
+        self.entry.or(self.load_addr)
+    }
+
+    /// The host-physical range of fixed guest memory, if placed and not overflowing.
+    pub fn host_range(&self) -> Option<HostRange> {
+        let start = self.host_base?;
+        let end = start.checked_add(self.memory_bytes)?;
+        Some(HostRange { start, end })
+    }
+}
+
+/// What validation needs to know about one image of the package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageInfo<'a> {
+    /// The image's name (the reference used in the configuration file).
+    pub name: &'a str,
+    /// Size of the image file in bytes.
+    pub len: u64,
+    /// ELF or flat.
+    pub kind: ImageKind,
+}
+
+/// A half-open host-physical range `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl HostRange {
+    /// Whether the two ranges share a byte.
+    pub fn overlaps(&self, other: &HostRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    /// Whether `other` lies entirely inside `self`.
+    pub fn contains(&self, other: &HostRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+}
+
+impl fmt::Display for HostRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}..{:#x}", self.start, self.end)
+    }
+}
+
+/// Host-physical memory VMs may be given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Total bytes available for all guest memory together.
+    pub usable_bytes: u64,
+    /// Ranges a fixed `host_base` placement must fall inside (each VM's memory
+    /// entirely inside one range).
+    pub usable_ranges: Vec<HostRange>,
+}
+
+impl MemoryLimits {
+    /// Limits whose budget is the sum of `ranges`.
+    pub fn from_ranges(ranges: Vec<HostRange>) -> MemoryLimits {
+        let usable_bytes = ranges.iter().fold(0u64, |sum, r| {
+            sum.saturating_add(r.end.saturating_sub(r.start))
+        });
+        MemoryLimits {
+            usable_bytes,
+            usable_ranges: ranges,
+        }
+    }
+}
+
+/// What is known about the machine the VMs will run on. On the host usually
+/// nothing, or just a CPU count; in the kernel, everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineLimits {
+    /// Number of CPUs, if known; valid indices are `0..cpu_count`.
+    pub cpu_count: Option<u32>,
+    /// Memory available to VMs, if known.
+    pub memory: Option<MemoryLimits>,
+}
+
+impl MachineLimits {
+    /// Nothing known: only the machine-independent rules apply.
+    pub const UNKNOWN: MachineLimits = MachineLimits {
+        cpu_count: None,
+        memory: None,
+    };
+}
+
+/// A byte count shown in the largest binary unit that divides it exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b != 0 && b.is_multiple_of(GIB) {
+            write!(f, "{} GiB", b / GIB)
+        } else if b != 0 && b.is_multiple_of(MIB) {
+            write!(f, "{} MiB", b / MIB)
+        } else if b != 0 && b.is_multiple_of(1024) {
+            write!(f, "{} KiB", b / 1024)
+        } else {
+            write!(f, "{b} bytes")
+        }
+    }
+}
+
+/// A duration in microseconds shown in the largest unit that divides it exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Micros(pub u32);
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        if us != 0 && us.is_multiple_of(1_000_000) {
+            write!(f, "{} s", us / 1_000_000)
+        } else if us != 0 && us.is_multiple_of(1000) {
+            write!(f, "{} ms", us / 1000)
+        } else {
+            write!(f, "{us} us")
+        }
+    }
+}
+
+/// The configuration field a problem is about, named as in the TOML file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// `name`
+    Name,
+    /// `memory`
+    Memory,
+    /// `host_base`
+    HostBase,
+    /// `cpus`
+    Cpus,
+    /// `image`
+    Image,
+    /// `slice_ms` / `slice_us`
+    Slice,
+    /// `entry`
+    Entry,
+    /// `load_addr`
+    LoadAddr,
+    /// `mode`
+    Mode,
+}
+
+impl Field {
+    /// The key as written in the configuration file.
+    pub fn key(self) -> &'static str {
+        match self {
+            Field::Name => "name",
+            Field::Memory => "memory",
+            Field::HostBase => "host_base",
+            Field::Cpus => "cpus",
+            Field::Image => "image",
+            Field::Slice => "slice",
+            Field::Entry => "entry",
+            Field::LoadAddr => "load_addr",
+            Field::Mode => "mode",
+        }
+    }
+}
+
+/// What is wrong with one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// There are more than [`MAX_VMS`] VMs and this is one past the limit.
+    TooManyVms,
+    /// The name is empty.
+    NameEmpty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    NameTooLong { len: usize },
+    /// The name contains a character other than letters, digits, `-`, `_`, `.`.
+    NameBadChar { ch: char },
+    /// An earlier VM (by index) has the same name.
+    NameDuplicate { first: usize },
+    /// Memory size zero.
+    MemoryZero,
+    /// Memory below [`MIN_MEMORY`].
+    MemoryTooSmall { bytes: u64 },
+    /// Memory not a multiple of [`MEMORY_ALIGN`].
+    MemoryUnaligned { bytes: u64 },
+    /// Memory larger than all usable memory of the machine.
+    MemoryExceedsMachine { bytes: u64, usable: u64 },
+    /// Memory would take the VMs accepted so far past the usable total.
+    MemoryBudget { bytes: u64, used: u64, usable: u64 },
+    /// `host_base` not a multiple of [`MEMORY_ALIGN`].
+    HostBaseUnaligned { base: u64 },
+    /// `host_base + memory` does not fit in 64 bits.
+    HostRangeOverflow { base: u64 },
+    /// The fixed range is not inside one usable memory range.
+    HostRangeUnusable { range: HostRange },
+    /// The fixed range overlaps an earlier VM's fixed range.
+    HostOverlap {
+        range: HostRange,
+        other: usize,
+        other_name: String,
+        other_range: HostRange,
+    },
+    /// No CPU given.
+    NoCpus,
+    /// A CPU index at or above the machine's CPU count.
+    CpuMissing { cpu: u32, count: u32 },
+    /// A CPU index at or above [`MAX_CPUS`].
+    CpuBeyondMax { cpu: u32 },
+    /// A CPU listed more than once.
+    CpuRepeated { cpu: u32 },
+    /// The image index is not in the image table.
+    ImageMissing { index: u32, count: usize },
+    /// A flat image larger than the VM's memory.
+    ImageTooLarge { len: u64, memory: u64 },
+    /// A flat image placed so that it ends past the VM's memory.
+    ImageOutsideMemory {
+        load_addr: u64,
+        len: u64,
+        memory: u64,
+    },
+    /// A flat image without `load_addr`.
+    FlatWithoutLoadAddr,
+    /// `load_addr` given for an ELF image.
+    LoadAddrWithElf,
+    /// Slice zero.
+    SliceZero,
+    /// Slice above [`MAX_SLICE_US`].
+    SliceTooLong { us: u32 },
+    /// The entry point is not inside guest memory.
+    EntryOutsideMemory { entry: u64, memory: u64 },
+    /// Real mode with an ELF image.
+    RealModeNeedsFlat,
+    /// Real mode starting at or above [`REAL_MODE_LIMIT`].
+    RealModeEntryTooHigh { entry: u64 },
+}
+
+impl Problem {
+    /// The field this problem is about; `None` for the VM as a whole.
+    pub fn field(&self) -> Option<Field> {
+        use Problem::*;
+        Some(match self {
+            TooManyVms => return None,
+            NameEmpty | NameTooLong { .. } | NameBadChar { .. } | NameDuplicate { .. } => {
+                Field::Name
+            }
+            MemoryZero
+            | MemoryTooSmall { .. }
+            | MemoryUnaligned { .. }
+            | MemoryExceedsMachine { .. }
+            | MemoryBudget { .. } => Field::Memory,
+            HostBaseUnaligned { .. }
+            | HostRangeOverflow { .. }
+            | HostRangeUnusable { .. }
+            | HostOverlap { .. } => Field::HostBase,
+            NoCpus | CpuMissing { .. } | CpuBeyondMax { .. } | CpuRepeated { .. } => Field::Cpus,
+            ImageMissing { .. } | ImageTooLarge { .. } => Field::Image,
+            ImageOutsideMemory { .. } | FlatWithoutLoadAddr | LoadAddrWithElf => Field::LoadAddr,
+            SliceZero | SliceTooLong { .. } => Field::Slice,
+            EntryOutsideMemory { .. } | RealModeEntryTooHigh { .. } => Field::Entry,
+            RealModeNeedsFlat => Field::Mode,
+        })
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Problem::*;
+        match self {
+            TooManyVms => write!(f, "at most {MAX_VMS} VMs can be configured"),
+            NameEmpty => write!(f, "must not be empty"),
+            NameTooLong { len } => {
+                write!(f, "{len} bytes is longer than the limit of {MAX_NAME_LEN}")
+            }
+            NameBadChar { ch } => {
+                write!(
+                    f,
+                    "character {ch:?} is not allowed (use letters, digits, '-', '_', '.')"
+                )
+            }
+            NameDuplicate { first } => write!(f, "already used by vm #{}", first + 1),
+            MemoryZero => write!(f, "must not be zero"),
+            MemoryTooSmall { bytes } => {
+                write!(
+                    f,
+                    "{} is below the minimum of {}",
+                    Size(*bytes),
+                    Size(MIN_MEMORY)
+                )
+            }
+            MemoryUnaligned { bytes } => {
+                write!(
+                    f,
+                    "{} is not a multiple of {}",
+                    Size(*bytes),
+                    Size(MEMORY_ALIGN)
+                )
+            }
+            MemoryExceedsMachine { bytes, usable } => write!(
+                f,
+                "{} is more than the machine's {} of usable memory",
+                Size(*bytes),
+                Size(*usable)
+            ),
+            MemoryBudget {
+                bytes,
+                used,
+                usable,
+            } => write!(
+                f,
+                "{} does not fit: the VMs before it already take {} of {} usable",
+                Size(*bytes),
+                Size(*used),
+                Size(*usable)
+            ),
+            HostBaseUnaligned { base } => {
+                write!(f, "{base:#x} is not aligned to {}", Size(MEMORY_ALIGN))
+            }
+            HostRangeOverflow { base } => {
+                write!(
+                    f,
+                    "{base:#x} plus the memory size runs past the end of the address space"
+                )
+            }
+            HostRangeUnusable { range } => {
+                write!(f, "host {range} is not inside one usable memory range")
+            }
+            HostOverlap {
+                range,
+                other_name,
+                other_range,
+                ..
+            } => write!(
+                f,
+                "host {range} overlaps vm \"{other_name}\" (host {other_range})"
+            ),
+            NoCpus => write!(f, "no CPU given"),
+            CpuMissing { cpu, count } => {
+                write!(f, "CPU {cpu} does not exist (machine has {count})")
+            }
+            CpuBeyondMax { cpu } => {
+                write!(
+                    f,
+                    "CPU {cpu} is beyond the supported maximum of {}",
+                    MAX_CPUS - 1
+                )
+            }
+            CpuRepeated { cpu } => write!(f, "CPU {cpu} is listed more than once"),
+            ImageMissing { index, count } => {
+                write!(f, "image #{index} does not exist (the package has {count})")
+            }
+            ImageTooLarge { len, memory } => write!(
+                f,
+                "the image ({}) is larger than the VM's {} of memory",
+                Size(*len),
+                Size(*memory)
+            ),
+            ImageOutsideMemory {
+                load_addr,
+                len,
+                memory,
+            } => write!(
+                f,
+                "the image at {load_addr:#x} ({}) ends past the VM's {} of memory",
+                Size(*len),
+                Size(*memory)
+            ),
+            FlatWithoutLoadAddr => write!(f, "a flat image needs a load address"),
+            LoadAddrWithElf => write!(
+                f,
+                "only flat images take a load address (ELF images load where their headers say)"
+            ),
+            SliceZero => write!(f, "must not be zero"),
+            SliceTooLong { us } => write!(
+                f,
+                "{} is longer than the maximum of {}",
+                Micros(*us),
+                Micros(MAX_SLICE_US)
+            ),
+            EntryOutsideMemory { entry, memory } => {
+                write!(
+                    f,
+                    "{entry:#x} is outside the VM's {} of memory",
+                    Size(*memory)
+                )
+            }
+            RealModeNeedsFlat => write!(f, "real16 needs a flat image"),
+            RealModeEntryTooHigh { entry } => write!(
+                f,
+                "{entry:#x} is not below {}, out of reach in real mode",
+                Size(REAL_MODE_LIMIT)
+            ),
+        }
+    }
+}
+
+/// One problem with one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmError {
+    /// Position of the VM in the table (0-based; shown 1-based as `vm #N`).
+    pub index: usize,
+    /// The VM's name as configured (may be empty or invalid).
+    pub name: String,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            write!(f, "vm #{}: ", self.index + 1)?;
+        } else {
+            write!(f, "vm \"{}\": ", self.name)?;
+        }
+        if let Some(field) = self.problem.field() {
+            write!(f, "{}: ", field.key())?;
+        }
+        write!(f, "{}", self.problem)
+    }
+}
+
+/// A problem with a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The configuration has no VM at all.
+    NoVms,
+    /// Something is wrong with one VM.
+    Vm(VmError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoVms => write!(f, "no VM is configured"),
+            ConfigError::Vm(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Checks the whole configuration and returns every problem found, in VM order.
+pub fn validate(
+    vms: &[VmSpec],
+    images: &[ImageInfo<'_>],
+    limits: &MachineLimits,
+) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    if vms.is_empty() {
+        errors.push(ConfigError::NoVms);
+    }
+    for verdict in check_each(vms, images, limits) {
+        if let Err(vm_errors) = verdict {
+            errors.extend(vm_errors.into_iter().map(ConfigError::Vm));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Judges each VM on its own, in table order: element `i` is `Ok` when VM `i`
+/// may be started, together with every other `Ok` VM, and otherwise lists all of
+/// its problems.
+///
+/// Conflicts with an earlier VM (same name, overlapping fixed memory) are charged
+/// to the later VM. Memory is admitted greedily: each VM that passes every other
+/// check is counted against the usable total, and a VM that would exceed it is
+/// refused.
+pub fn check_each(
+    vms: &[VmSpec],
+    images: &[ImageInfo<'_>],
+    limits: &MachineLimits,
+) -> Vec<Result<(), Vec<VmError>>> {
+    let mut admitted_bytes: u64 = 0;
+    let mut verdicts = Vec::with_capacity(vms.len());
+    for (index, vm) in vms.iter().enumerate() {
+        let mut problems = Vec::new();
+        if index >= MAX_VMS {
+            problems.push(Problem::TooManyVms);
+        }
+        check_vm(vm, images, limits, &mut problems);
+        check_against_earlier(vm, &vms[..index], &mut problems);
+        if let Some(memory) = &limits.memory {
+            if problems.is_empty() {
+                let used = admitted_bytes;
+                match used.checked_add(vm.memory_bytes) {
+                    Some(total) if total <= memory.usable_bytes => admitted_bytes = total,
+                    _ => problems.push(Problem::MemoryBudget {
+                        bytes: vm.memory_bytes,
+                        used,
+                        usable: memory.usable_bytes,
+                    }),
+                }
+            }
+        }
+        verdicts.push(if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems
+                .into_iter()
+                .map(|problem| VmError {
+                    index,
+                    name: vm.name.clone(),
+                    problem,
+                })
+                .collect())
+        });
+    }
+    verdicts
+}
+
+/// Checks one VM in isolation (everything but conflicts with other VMs and the
+/// shared memory budget) and appends its problems.
+pub fn check_vm(
+    vm: &VmSpec,
+    images: &[ImageInfo<'_>],
+    limits: &MachineLimits,
+    problems: &mut Vec<Problem>,
+) {
+    check_name(&vm.name, problems);
+    check_memory(vm, limits, problems);
+    check_cpus(&vm.cpus, limits, problems);
+    if vm.slice_us == 0 {
+        problems.push(Problem::SliceZero);
+    } else if vm.slice_us > MAX_SLICE_US {
+        problems.push(Problem::SliceTooLong { us: vm.slice_us });
+    }
+    if let Some(entry) = vm.entry {
+        if entry >= vm.memory_bytes {
+            problems.push(Problem::EntryOutsideMemory {
+                entry,
+                memory: vm.memory_bytes,
+            });
+        }
+    }
+    check_image(vm, images, problems);
+}
+
+fn check_name(name: &str, problems: &mut Vec<Problem>) {
+    if name.is_empty() {
+        problems.push(Problem::NameEmpty);
+    } else if name.len() > MAX_NAME_LEN {
+        problems.push(Problem::NameTooLong { len: name.len() });
+    } else if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        problems.push(Problem::NameBadChar { ch });
+    }
+}
+
+fn check_memory(vm: &VmSpec, limits: &MachineLimits, problems: &mut Vec<Problem>) {
+    let bytes = vm.memory_bytes;
+    if bytes == 0 {
+        problems.push(Problem::MemoryZero);
+    } else if bytes < MIN_MEMORY {
+        problems.push(Problem::MemoryTooSmall { bytes });
+    } else if !bytes.is_multiple_of(MEMORY_ALIGN) {
+        problems.push(Problem::MemoryUnaligned { bytes });
+    }
+    if let Some(memory) = &limits.memory {
+        if bytes > memory.usable_bytes {
+            problems.push(Problem::MemoryExceedsMachine {
+                bytes,
+                usable: memory.usable_bytes,
+            });
+        }
+    }
+    let Some(base) = vm.host_base else { return };
+    if !base.is_multiple_of(MEMORY_ALIGN) {
+        problems.push(Problem::HostBaseUnaligned { base });
+    }
+    match vm.host_range() {
+        None => problems.push(Problem::HostRangeOverflow { base }),
+        Some(range) => {
+            if let Some(memory) = &limits.memory {
+                if !memory
+                    .usable_ranges
+                    .iter()
+                    .any(|usable| usable.contains(&range))
+                {
+                    problems.push(Problem::HostRangeUnusable { range });
+                }
+            }
+        }
+    }
+}
+
+fn check_cpus(cpus: &[u32], limits: &MachineLimits, problems: &mut Vec<Problem>) {
+    if cpus.is_empty() {
+        problems.push(Problem::NoCpus);
+    }
+    for (i, &cpu) in cpus.iter().enumerate() {
+        let seen_before = cpus[..i].iter().filter(|&&c| c == cpu).count();
+        if seen_before == 1 {
+            problems.push(Problem::CpuRepeated { cpu });
+        }
+        if seen_before > 0 {
+            continue;
+        }
+        match limits.cpu_count {
+            Some(count) if cpu >= count => problems.push(Problem::CpuMissing { cpu, count }),
+            _ if cpu >= MAX_CPUS => problems.push(Problem::CpuBeyondMax { cpu }),
+            _ => {}
+        }
+    }
+}
+
+fn check_image(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem>) {
+    let image = usize::try_from(vm.image).ok().and_then(|i| images.get(i));
+    let Some(image) = image else {
+        problems.push(Problem::ImageMissing {
+            index: vm.image,
+            count: images.len(),
+        });
+        return;
+    };
+    match image.kind {
+        ImageKind::Elf => {
+            // ELF segments are checked against guest memory by the loader, which
+            // reads the program headers; the file size says nothing about them.
+            if vm.load_addr.is_some() {
+                problems.push(Problem::LoadAddrWithElf);
+            }
+            if vm.mode == GuestMode::Real16 {
+                problems.push(Problem::RealModeNeedsFlat);
+            }
+        }
+        ImageKind::Flat => {
+            let memory = vm.memory_bytes;
+            if image.len > memory {
+                problems.push(Problem::ImageTooLarge {
+                    len: image.len,
+                    memory,
+                });
+            }
+            match vm.load_addr {
+                None => problems.push(Problem::FlatWithoutLoadAddr),
+                Some(load_addr) => {
+                    let fits = load_addr
+                        .checked_add(image.len)
+                        .is_some_and(|end| end <= memory);
+                    if image.len <= memory && !fits {
+                        problems.push(Problem::ImageOutsideMemory {
+                            load_addr,
+                            len: image.len,
+                            memory,
+                        });
+                    }
+                }
+            }
+            if vm.mode == GuestMode::Real16 {
+                if let Some(entry) = vm.flat_entry() {
+                    if entry >= REAL_MODE_LIMIT {
+                        problems.push(Problem::RealModeEntryTooHigh { entry });
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_against_earlier(vm: &VmSpec, earlier: &[VmSpec], problems: &mut Vec<Problem>) {
+    if !vm.name.is_empty() {
+        if let Some(first) = earlier.iter().position(|other| other.name == vm.name) {
+            problems.push(Problem::NameDuplicate { first });
+        }
+    }
+    let Some(range) = vm.host_range() else { return };
+    for (other, other_vm) in earlier.iter().enumerate() {
+        if let Some(other_range) = other_vm.host_range() {
+            if range.overlaps(&other_range) {
+                problems.push(Problem::HostOverlap {
+                    range,
+                    other,
+                    other_name: other_vm.name.clone(),
+                    other_range,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

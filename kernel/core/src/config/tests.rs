@@ -1,0 +1,399 @@
+use super::*;
+use alloc::string::ToString;
+use alloc::vec;
+
+fn vm(name: &str) -> VmSpec {
+    VmSpec {
+        name: name.to_string(),
+        memory_bytes: 16 * MIB,
+        host_base: None,
+        cpus: vec![0],
+        image: 0,
+        slice_us: 10_000,
+        entry: None,
+        load_addr: None,
+        mode: GuestMode::Long64,
+    }
+}
+
+const ELF: ImageInfo<'static> = ImageInfo {
+    name: "counter",
+    len: 64 * 1024,
+    kind: ImageKind::Elf,
+};
+const FLAT: ImageInfo<'static> = ImageInfo {
+    name: "boot.bin",
+    len: 512,
+    kind: ImageKind::Flat,
+};
+
+fn machine(cpus: u32, ranges: &[(u64, u64)]) -> MachineLimits {
+    MachineLimits {
+        cpu_count: Some(cpus),
+        memory: Some(MemoryLimits::from_ranges(
+            ranges
+                .iter()
+                .map(|&(start, end)| HostRange { start, end })
+                .collect(),
+        )),
+    }
+}
+
+/// The messages of every problem, for compact assertions.
+fn messages(vms: &[VmSpec], images: &[ImageInfo<'_>], limits: &MachineLimits) -> Vec<String> {
+    match validate(vms, images, limits) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn one(v: VmSpec) -> Vec<String> {
+    messages(&[v], &[ELF, FLAT], &MachineLimits::UNKNOWN)
+}
+
+#[test]
+fn default_demo_is_valid() {
+    let mut gamma = vm("gamma");
+    gamma.cpus = vec![1];
+    let vms = [vm("alpha"), vm("beta"), gamma];
+    assert_eq!(validate(&vms, &[ELF], &MachineLimits::UNKNOWN), Ok(()));
+    assert_eq!(
+        validate(&vms, &[ELF], &machine(2, &[(0, 256 * MIB)])),
+        Ok(())
+    );
+}
+
+#[test]
+fn no_vms() {
+    assert_eq!(
+        validate(&[], &[], &MachineLimits::UNKNOWN),
+        Err(vec![ConfigError::NoVms])
+    );
+    assert_eq!(ConfigError::NoVms.to_string(), "no VM is configured");
+}
+
+#[test]
+fn names() {
+    assert_eq!(one(vm("")), ["vm #1: name: must not be empty"]);
+    assert_eq!(
+        one(vm("we b")),
+        ["vm \"we b\": name: character ' ' is not allowed (use letters, digits, '-', '_', '.')"]
+    );
+    let long = "x".repeat(MAX_NAME_LEN + 1);
+    assert_eq!(
+        one(vm(&long))[0],
+        alloc::format!("vm \"{long}\": name: 33 bytes is longer than the limit of 32")
+    );
+    assert_eq!(one(vm("a-b_c.9")), Vec::<String>::new());
+    assert_eq!(
+        messages(
+            &[vm("a"), vm("b"), vm("a")],
+            &[ELF],
+            &MachineLimits::UNKNOWN
+        ),
+        ["vm \"a\": name: already used by vm #1"]
+    );
+}
+
+#[test]
+fn memory_rules() {
+    let mut v = vm("web");
+    v.memory_bytes = 3 * MIB;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"web\": memory: 3 MiB is not a multiple of 2 MiB"]
+    );
+    v.memory_bytes = 0;
+    assert_eq!(one(v.clone()), ["vm \"web\": memory: must not be zero"]);
+    v.memory_bytes = MIB;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"web\": memory: 1 MiB is below the minimum of 2 MiB"]
+    );
+    v.memory_bytes = 2 * MIB + 1;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"web\": memory: 2097153 bytes is not a multiple of 2 MiB"]
+    );
+    v.memory_bytes = 2 * MIB;
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.memory_bytes = 64 * MIB;
+    assert_eq!(
+        messages(&[v], &[ELF], &machine(1, &[(0, 32 * MIB)])),
+        ["vm \"web\": memory: 64 MiB is more than the machine's 32 MiB of usable memory"]
+    );
+}
+
+#[test]
+fn memory_budget_is_greedy_in_table_order() {
+    let limits = machine(2, &[(0, 40 * MIB)]);
+    let mut broken = vm("broken");
+    broken.cpus = vec![7];
+    let vms = [vm("a"), broken, vm("b"), vm("c")];
+    let verdicts = check_each(&vms, &[ELF], &limits);
+    assert!(verdicts[0].is_ok());
+    assert!(verdicts[1].is_err(), "a refused VM takes no memory");
+    assert!(verdicts[2].is_ok());
+    let errors = verdicts[3].clone().unwrap_err();
+    assert_eq!(
+        errors[0].to_string(),
+        "vm \"c\": memory: 16 MiB does not fit: the VMs before it already take 32 MiB of 40 MiB usable"
+    );
+    // Without memory limits there is no budget.
+    assert!(check_each(&vms, &[ELF], &MachineLimits::UNKNOWN)[3].is_ok());
+}
+
+#[test]
+fn host_base_rules() {
+    let limits = machine(2, &[(0, 0x1000_0000)]);
+    let mut a = vm("a");
+    a.memory_bytes = 32 * MIB;
+    a.host_base = Some(0x400_0000);
+    let mut b = vm("b");
+    b.memory_bytes = 32 * MIB;
+    b.host_base = Some(0x500_0000);
+    assert_eq!(
+        messages(&[a.clone(), b.clone()], &[ELF], &limits),
+        ["vm \"b\": host_base: host 0x5000000..0x7000000 overlaps vm \"a\" (host 0x4000000..0x6000000)"]
+    );
+    // Adjacent ranges are fine.
+    b.host_base = Some(0x600_0000);
+    assert_eq!(
+        messages(&[a.clone(), b.clone()], &[ELF], &limits),
+        Vec::<String>::new()
+    );
+
+    b.host_base = Some(0x600_1000);
+    assert_eq!(
+        messages(&[a.clone(), b.clone()], &[ELF], &MachineLimits::UNKNOWN),
+        ["vm \"b\": host_base: 0x6001000 is not aligned to 2 MiB"]
+    );
+    b.host_base = Some(0x0fe0_0000);
+    assert_eq!(
+        messages(&[b.clone()], &[ELF], &limits),
+        ["vm \"b\": host_base: host 0xfe00000..0x11e00000 is not inside one usable memory range"]
+    );
+    b.host_base = Some(u64::MAX - MIB * 2 + 1);
+    assert_eq!(
+        messages(&[b], &[ELF], &MachineLimits::UNKNOWN),
+        ["vm \"b\": host_base: 0xffffffffffe00000 plus the memory size runs past the end of the address space"]
+    );
+}
+
+#[test]
+fn fixed_range_must_sit_in_one_usable_range() {
+    let limits = machine(
+        1,
+        &[
+            (0, 0x200_0000),
+            (0x200_0000, 0x400_0000),
+            (0x800_0000, 0x900_0000),
+        ],
+    );
+    let mut v = vm("v");
+    v.memory_bytes = 16 * MIB;
+    v.host_base = Some(0x800_0000);
+    assert_eq!(
+        messages(&[v.clone()], &[ELF], &limits),
+        Vec::<String>::new()
+    );
+    // Spanning two adjacent ranges counts as not inside one: the kernel's memory
+    // map merges adjacent usable ranges before building limits.
+    v.host_base = Some(0x180_0000);
+    assert_eq!(
+        messages(&[v], &[ELF], &limits),
+        ["vm \"v\": host_base: host 0x1800000..0x2800000 is not inside one usable memory range"]
+    );
+}
+
+#[test]
+fn cpu_rules() {
+    let mut b = vm("b");
+    b.cpus = vec![0, 5];
+    assert_eq!(
+        messages(&[b.clone()], &[ELF], &machine(2, &[(0, GIB)])),
+        ["vm \"b\": cpus: CPU 5 does not exist (machine has 2)"]
+    );
+    assert_eq!(
+        one(b.clone()),
+        Vec::<String>::new(),
+        "unknown CPU count: any index below the maximum"
+    );
+    b.cpus = vec![];
+    assert_eq!(one(b.clone()), ["vm \"b\": cpus: no CPU given"]);
+    b.cpus = vec![1, 1, 1, 0];
+    assert_eq!(
+        one(b.clone()),
+        ["vm \"b\": cpus: CPU 1 is listed more than once"]
+    );
+    b.cpus = vec![MAX_CPUS];
+    assert_eq!(
+        one(b),
+        ["vm \"b\": cpus: CPU 256 is beyond the supported maximum of 255"]
+    );
+}
+
+#[test]
+fn image_rules() {
+    let mut v = vm("v");
+    v.image = 2;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"v\": image: image #2 does not exist (the package has 2)"]
+    );
+
+    v.image = 1;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"v\": load_addr: a flat image needs a load address"]
+    );
+    v.load_addr = Some(0x7c00);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.load_addr = Some(16 * MIB - 256);
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"v\": load_addr: the image at 0xffff00 (512 bytes) ends past the VM's 16 MiB of memory"]
+    );
+    v.load_addr = Some(u64::MAX);
+    assert_eq!(
+        one(v.clone()).len(),
+        1,
+        "overflowing load address is reported, not a panic"
+    );
+
+    let big = ImageInfo {
+        name: "big",
+        len: 20 * MIB,
+        kind: ImageKind::Flat,
+    };
+    v.image = 0;
+    v.load_addr = Some(0);
+    assert_eq!(
+        messages(&[v.clone()], &[big], &MachineLimits::UNKNOWN),
+        ["vm \"v\": image: the image (20 MiB) is larger than the VM's 16 MiB of memory"]
+    );
+
+    assert_eq!(
+        messages(&[v], &[ELF], &MachineLimits::UNKNOWN),
+        ["vm \"v\": load_addr: only flat images take a load address (ELF images load where their headers say)"]
+    );
+}
+
+#[test]
+fn slice_rules() {
+    let mut v = vm("v");
+    v.slice_us = 0;
+    assert_eq!(one(v.clone()), ["vm \"v\": slice: must not be zero"]);
+    v.slice_us = 2_000_000;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"v\": slice: 2 s is longer than the maximum of 1 s"]
+    );
+    v.slice_us = MAX_SLICE_US;
+    assert_eq!(one(v), Vec::<String>::new());
+}
+
+#[test]
+fn entry_rules() {
+    let mut v = vm("v");
+    v.entry = Some(16 * MIB);
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"v\": entry: 0x1000000 is outside the VM's 16 MiB of memory"]
+    );
+    v.entry = Some(16 * MIB - 1);
+    assert_eq!(one(v), Vec::<String>::new());
+}
+
+#[test]
+fn real_mode_rules() {
+    let mut v = vm("r");
+    v.mode = GuestMode::Real16;
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"r\": mode: real16 needs a flat image"]
+    );
+    v.image = 1;
+    v.load_addr = Some(0x7c00);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.entry = Some(0x10_0000);
+    assert_eq!(
+        one(v),
+        ["vm \"r\": entry: 0x100000 is not below 1 MiB, out of reach in real mode"]
+    );
+}
+
+#[test]
+fn too_many_vms() {
+    let vms: Vec<VmSpec> = (0..MAX_VMS + 2)
+        .map(|i| vm(&alloc::format!("vm{i}")))
+        .collect();
+    let errors = messages(&vms, &[ELF], &MachineLimits::UNKNOWN);
+    assert_eq!(
+        errors,
+        [
+            "vm \"vm16\": at most 16 VMs can be configured",
+            "vm \"vm17\": at most 16 VMs can be configured"
+        ]
+    );
+}
+
+#[test]
+fn all_problems_are_collected() {
+    let mut bad = vm("");
+    bad.memory_bytes = 3 * MIB;
+    bad.cpus = vec![];
+    bad.image = 9;
+    bad.slice_us = 0;
+    bad.entry = Some(GIB);
+    let errors = validate(&[bad], &[ELF], &MachineLimits::UNKNOWN).unwrap_err();
+    let fields: Vec<Option<Field>> = errors
+        .iter()
+        .map(|e| match e {
+            ConfigError::Vm(e) => e.problem.field(),
+            ConfigError::NoVms => None,
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            Some(Field::Name),
+            Some(Field::Memory),
+            Some(Field::Cpus),
+            Some(Field::Slice),
+            Some(Field::Entry),
+            Some(Field::Image)
+        ]
+    );
+}
+
+#[test]
+fn check_each_lets_valid_vms_start() {
+    let limits = machine(2, &[(0, GIB)]);
+    let mut b = vm("b");
+    b.cpus = vec![3];
+    let verdicts = check_each(&[vm("a"), b, vm("c")], &[ELF], &limits);
+    assert!(verdicts[0].is_ok());
+    assert_eq!(verdicts[1].as_ref().unwrap_err()[0].index, 1);
+    assert!(verdicts[2].is_ok());
+}
+
+#[test]
+fn sizes_and_durations_display() {
+    assert_eq!(Size(0).to_string(), "0 bytes");
+    assert_eq!(Size(1536).to_string(), "1536 bytes");
+    assert_eq!(Size(2048).to_string(), "2 KiB");
+    assert_eq!(Size(2 * GIB).to_string(), "2 GiB");
+    assert_eq!(Micros(10_000).to_string(), "10 ms");
+    assert_eq!(Micros(1500).to_string(), "1500 us");
+}
+
+#[test]
+fn names_of_modes_and_kinds() {
+    for m in GuestMode::ALL {
+        assert_eq!(GuestMode::from_name(m.name()), Some(m));
+    }
+    assert_eq!(GuestMode::from_name("protected32"), None);
+    assert_eq!(ImageKind::detect(b"\x7fELF\x02"), ImageKind::Elf);
+    assert_eq!(ImageKind::detect(b"\xeb\x3c"), ImageKind::Flat);
+}

@@ -1,0 +1,189 @@
+//! Port I/O exits: routed through the VM's [`IoBus`](crate::devices::IoBus).
+//!
+//! `IN` results are merged into RAX as hardware does (8/16-bit accesses keep the
+//! rest of RAX, a 32-bit access zero-extends). Device effects are applied here:
+//! output bytes go to the VM's console line buffer (flushed line by line to
+//! [`Platform::console_write`]), IRQ line changes go to
+//! [`VmContext::set_irq_level`]. Accesses no device claims read as all ones and
+//! are counted in the VM's stats; writes to them are dropped and counted.
+//!
+//! String and `REP` port I/O (`INS`/`OUTS`) is not emulated (it needs guest
+//! linear-address translation); the VM is stopped with
+//! [`StopReason::UnsupportedIo`].
+
+use super::{AccessSize, Action, GuestRegs, IoAccess, IoDir, Platform};
+use crate::devices::{BusResult, DeviceEffect, Effects};
+use crate::vcpu::{StopReason, VmContext};
+
+/// Handles one port access.
+pub fn handle(
+    vm: &mut VmContext,
+    access: &IoAccess,
+    regs: &mut GuestRegs,
+    env: &mut dyn Platform,
+) -> Action {
+    if access.string_or_rep {
+        return Action::Stop(StopReason::UnsupportedIo {
+            port: access.port,
+            rip: regs.rip,
+        });
+    }
+    let mut fx = Effects::new();
+    match access.dir {
+        IoDir::In => {
+            let value = match vm.bus.read(access.port, access.size, &mut fx) {
+                BusResult::Claimed(v) => v,
+                BusResult::Unclaimed(v) => {
+                    vm.stats.unhandled_port_reads += 1;
+                    v
+                }
+            };
+            merge_in_result(regs, access.size, value);
+        }
+        IoDir::Out { value } => {
+            let value = value & access.size.mask();
+            if let BusResult::Unclaimed(()) = vm.bus.write(access.port, access.size, value, &mut fx)
+            {
+                vm.stats.unhandled_port_writes += 1;
+            }
+        }
+    }
+    apply_effects(vm, &fx, env);
+    Action::AdvanceRip
+}
+
+/// Writes an `IN` result into AL/AX/EAX.
+pub fn merge_in_result(regs: &mut GuestRegs, size: AccessSize, value: u32) {
+    regs.rax = match size {
+        AccessSize::Byte => (regs.rax & !0xFF) | u64::from(value & 0xFF),
+        AccessSize::Word => (regs.rax & !0xFFFF) | u64::from(value & 0xFFFF),
+        AccessSize::Dword => u64::from(value),
+    };
+}
+
+/// Applies device effects to the VM: console output and IRQ levels.
+pub fn apply_effects(vm: &mut VmContext, fx: &Effects, env: &mut dyn Platform) {
+    for effect in fx.iter() {
+        match effect {
+            DeviceEffect::Output(byte) => vm.console_byte(byte, env),
+            DeviceEffect::RaiseIrq(line) => vm.set_irq_level(line, true),
+            DeviceEffect::LowerIrq(line) => vm.set_irq_level(line, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testenv::FakePlatform;
+    use super::super::*;
+    use crate::vcpu::VmContext;
+
+    fn out(port: u16, value: u32) -> Exit {
+        Exit::Io(IoAccess {
+            port,
+            size: AccessSize::Byte,
+            dir: IoDir::Out { value },
+            string_or_rep: false,
+        })
+    }
+
+    fn inp(port: u16, size: AccessSize) -> Exit {
+        Exit::Io(IoAccess {
+            port,
+            size,
+            dir: IoDir::In,
+            string_or_rep: false,
+        })
+    }
+
+    #[test]
+    fn uart_output_reaches_console_prefixed() {
+        let mut vm = VmContext::new(3, "hello");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs::default();
+        for b in b"hi there\nsecond" {
+            let a = handle_exit(&mut vm, &out(0x3F8, u32::from(*b)), &mut regs, &mut env);
+            assert_eq!(a, Action::AdvanceRip);
+        }
+        assert_eq!(env.lines, ["[hello] hi there"]);
+        vm.flush_console(&mut env);
+        assert_eq!(env.lines, ["[hello] hi there", "[hello] second"]);
+    }
+
+    #[test]
+    fn unknown_port_reads_all_ones_and_is_counted() {
+        let mut vm = VmContext::new(3, "g");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs {
+            rax: 0x1122_3344_5566_7788,
+            ..Default::default()
+        };
+        handle_exit(&mut vm, &inp(0x1234, AccessSize::Byte), &mut regs, &mut env);
+        assert_eq!(regs.rax, 0x1122_3344_5566_77FF);
+        handle_exit(&mut vm, &inp(0x1234, AccessSize::Word), &mut regs, &mut env);
+        assert_eq!(regs.rax, 0x1122_3344_5566_FFFF);
+        handle_exit(
+            &mut vm,
+            &inp(0x1234, AccessSize::Dword),
+            &mut regs,
+            &mut env,
+        );
+        assert_eq!(regs.rax, 0xFFFF_FFFF);
+        handle_exit(&mut vm, &out(0x80, 0x42), &mut regs, &mut env);
+        handle_exit(&mut vm, &out(0x80, 0x43), &mut regs, &mut env);
+        assert_eq!(vm.stats.unhandled_port_reads, 3);
+        assert_eq!(vm.stats.unhandled_port_writes, 2);
+        assert!(env.lines.is_empty());
+    }
+
+    #[test]
+    fn uart_scratch_read_back_through_exit() {
+        let mut vm = VmContext::new(3, "g");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs::default();
+        handle_exit(&mut vm, &out(0x3FF, 0x5A), &mut regs, &mut env);
+        handle_exit(&mut vm, &inp(0x3FF, AccessSize::Byte), &mut regs, &mut env);
+        assert_eq!(regs.rax, 0x5A);
+        // LSR: THRE | TEMT.
+        handle_exit(&mut vm, &inp(0x3FD, AccessSize::Byte), &mut regs, &mut env);
+        assert_eq!(regs.rax & 0x60, 0x60);
+    }
+
+    #[test]
+    fn string_io_stops_vm() {
+        let mut vm = VmContext::new(3, "g");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs {
+            rip: 0x99,
+            ..Default::default()
+        };
+        let exit = Exit::Io(IoAccess {
+            port: 0x3F8,
+            size: AccessSize::Byte,
+            dir: IoDir::In,
+            string_or_rep: true,
+        });
+        let a = handle_exit(&mut vm, &exit, &mut regs, &mut env);
+        assert_eq!(
+            a,
+            Action::Stop(StopReason::UnsupportedIo {
+                port: 0x3F8,
+                rip: 0x99
+            })
+        );
+    }
+
+    #[test]
+    fn uart_irq_reaches_vm_irq_lines() {
+        let mut vm = VmContext::new(3, "g");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs::default();
+        handle_exit(&mut vm, &out(0x3FC, 0x08), &mut regs, &mut env); // MCR.OUT2
+        assert!(!vm.irq_level(4));
+        handle_exit(&mut vm, &out(0x3F9, 0x02), &mut regs, &mut env); // IER.ETBEI
+        assert!(vm.irq_level(4));
+        handle_exit(&mut vm, &inp(0x3FA, AccessSize::Byte), &mut regs, &mut env); // IIR read clears THRE
+        assert_eq!(regs.rax & 0xF, 0x2);
+        assert!(!vm.irq_level(4));
+    }
+}

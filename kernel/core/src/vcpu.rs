@@ -1,0 +1,568 @@
+//! A VM as the policy layer sees it: the vCPU run-state machine, stop reasons
+//! and their report line, and [`VmContext`] (name, id, stats, devices, MSR
+//! state, run state).
+//!
+//! VMs have one vCPU each, pinned to a physical CPU by the scheduler
+//! ([`crate::sched`]). The kernel's loop for one vCPU:
+//!
+//! ```text
+//! Created ─make_runnable→ Runnable ─enter→ Running ──exit──► handle_exit ─► Action
+//!                             ▲                                  │
+//!                             ├──────── Yield / Preempted ───────┤
+//!                          wake                                  │
+//!                             │                                  │
+//!                          Halted ◄────────── Halt ──────────────┤
+//!                                                                ▼
+//!                       Stopped(reason) ◄──────────────────── Stop(reason)
+//! ```
+//!
+//! Before each entry the kernel calls [`VcpuRunState::enter`]; `handle_exit`
+//! moves the state on for `Halt`, `Yield`, `Preempted` and `Stop`. `Stopped`
+//! is final: the kernel prints [`VmContext::stop_report`] (and the stats
+//! report) and never enters the VM again; other VMs keep running.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use core::fmt;
+
+use crate::devices::console::LineBuffer;
+use crate::devices::pic8259::PicPair;
+use crate::devices::pit8254::{Pit, PIT_IRQ};
+use crate::devices::serial16550::Serial16550;
+use crate::devices::{Effects, IoBus};
+use crate::exit::{Access, Action, Event, Platform};
+use crate::msr_policy::MsrState;
+use crate::stats::VmStats;
+
+/// Why a VM stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest asked to stop (hypercall `SHUTDOWN`).
+    Shutdown {
+        /// Guest-supplied exit code.
+        code: u64,
+    },
+    /// The guest triple-faulted.
+    TripleFault {
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// A nested-paging violation outside the VM's memory map.
+    MemoryViolation {
+        /// Faulting guest-physical address.
+        gpa: u64,
+        /// Guest RIP.
+        rip: u64,
+        /// Kind of access.
+        access: Access,
+        /// Guest-linear address, if reported.
+        linear: Option<u64>,
+    },
+    /// An exit hvcore has no handler for.
+    Unhandled {
+        /// Hardware exit reason.
+        code: u32,
+        /// Its name.
+        name: &'static str,
+        /// Exit qualification.
+        qualification: u64,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// String or REP port I/O, which is not emulated.
+    UnsupportedIo {
+        /// Port.
+        port: u16,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// VM entry failed (the kernel dumps the guest state as well).
+    EntryFailed {
+        /// Hardware exit reason / VM-instruction error.
+        code: u32,
+        /// Exit qualification.
+        qualification: u64,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// A guest exception that cannot be reflected (see [`crate::exit::fault`]).
+    Fault {
+        /// Vector.
+        vector: u8,
+        /// Error code.
+        error_code: Option<u32>,
+        /// Guest RIP.
+        rip: u64,
+    },
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            StopReason::Shutdown { code } => write!(f, "shutdown, exit code {code}"),
+            StopReason::TripleFault { rip } => write!(f, "triple fault at rip {rip:#x}"),
+            StopReason::MemoryViolation {
+                gpa,
+                rip,
+                access,
+                linear,
+            } => {
+                write!(f, "memory violation at gpa {gpa:#x} (access {access}")?;
+                if let Some(l) = linear {
+                    write!(f, ", linear {l:#x}")?;
+                }
+                write!(f, ") at rip {rip:#x}")
+            }
+            StopReason::Unhandled {
+                code,
+                name,
+                qualification,
+                rip,
+            } => {
+                write!(f, "unhandled exit {name} ({code}), qualification {qualification:#x}, at rip {rip:#x}")
+            }
+            StopReason::UnsupportedIo { port, rip } => {
+                write!(
+                    f,
+                    "unsupported string/REP I/O on port {port:#x} at rip {rip:#x}"
+                )
+            }
+            StopReason::EntryFailed {
+                code,
+                qualification,
+                rip,
+            } => {
+                write!(f, "VM entry failed, reason {code:#x}, qualification {qualification:#x}, rip {rip:#x}")
+            }
+            StopReason::Fault {
+                vector,
+                error_code,
+                rip,
+            } => {
+                write!(f, "fatal guest exception {vector}")?;
+                if let Some(e) = error_code {
+                    write!(f, " (error code {e:#x})")?;
+                }
+                write!(f, " at rip {rip:#x}")
+            }
+        }
+    }
+}
+
+/// The report line for a stopped VM: `vm NAME (id N) stopped: REASON`.
+pub struct StopReport<'a> {
+    name: &'a str,
+    id: u32,
+    reason: &'a StopReason,
+}
+
+impl fmt::Display for StopReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "vm {} (id {}) stopped: {}",
+            self.name, self.id, self.reason
+        )
+    }
+}
+
+/// The vCPU run state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuRunState {
+    /// Set up, never run.
+    Created,
+    /// Ready to be entered.
+    Runnable,
+    /// In the guest (or handling one of its exits).
+    Running,
+    /// Executed HLT; waits for an interrupt or deadline.
+    Halted,
+    /// Final.
+    Stopped(StopReason),
+}
+
+/// An illegal run-state change (a kernel bug, never a guest's doing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidTransition {
+    /// State before.
+    pub from: VcpuRunState,
+    /// Name of the attempted transition.
+    pub attempted: &'static str,
+}
+
+impl VcpuRunState {
+    fn go(
+        &mut self,
+        ok: bool,
+        to: VcpuRunState,
+        attempted: &'static str,
+    ) -> Result<(), InvalidTransition> {
+        if ok {
+            *self = to;
+            Ok(())
+        } else {
+            Err(InvalidTransition {
+                from: *self,
+                attempted,
+            })
+        }
+    }
+
+    /// Created → Runnable.
+    pub fn make_runnable(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::Created, Self::Runnable, "make_runnable")
+    }
+
+    /// Runnable → Running (just before VM entry).
+    pub fn enter(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::Runnable, Self::Running, "enter")
+    }
+
+    /// Running → Runnable (slice over or yielded).
+    pub fn preempt(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::Running, Self::Runnable, "preempt")
+    }
+
+    /// Running → Halted.
+    pub fn halt(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::Running, Self::Halted, "halt")
+    }
+
+    /// Halted → Runnable (interrupt or deadline).
+    pub fn wake(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::Halted, Self::Runnable, "wake")
+    }
+
+    /// Any state but Stopped → Stopped.
+    pub fn stop(&mut self, reason: StopReason) -> Result<(), InvalidTransition> {
+        self.go(!self.is_stopped(), Self::Stopped(reason), "stop")
+    }
+
+    /// Whether the state is final.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Self::Stopped(_))
+    }
+}
+
+/// One VM.
+pub struct VmContext {
+    id: u32,
+    name: String,
+    /// Counters.
+    pub stats: VmStats,
+    /// Virtual MSR values.
+    pub msrs: MsrState,
+    pub(crate) bus: IoBus,
+    console: LineBuffer,
+    irq_levels: u16,
+    state: VcpuRunState,
+}
+
+impl VmContext {
+    /// A VM with a COM1 UART (the devices every guest gets).
+    pub fn new(id: u32, name: &str) -> Self {
+        let mut bus = IoBus::new();
+        // The bus is empty, so COM1 cannot overlap anything.
+        let _ = bus.register(Box::new(Serial16550::com1()));
+        VmContext {
+            id,
+            name: String::from(name),
+            stats: VmStats::default(),
+            msrs: MsrState::default(),
+            bus,
+            console: LineBuffer::new(),
+            irq_levels: 0,
+            state: VcpuRunState::Created,
+        }
+    }
+
+    /// A VM with COM1, the 8259 pair and the 8254 (for a PC-style guest).
+    pub fn with_pc_devices(id: u32, name: &str) -> Self {
+        let mut vm = Self::new(id, name);
+        // Fixed, disjoint port ranges: 0x3F8, 0x20/0xA0, 0x40.
+        let _ = vm.bus.register(Box::new(PicPair::new()));
+        let _ = vm.bus.register(Box::new(Pit::new()));
+        vm
+    }
+
+    /// VM id (hypercall `VM_ID`).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// VM name (console prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Run state.
+    pub fn run_state(&self) -> &VcpuRunState {
+        &self.state
+    }
+
+    /// Run state, for the kernel's `make_runnable`/`enter`/`wake`.
+    pub fn run_state_mut(&mut self) -> &mut VcpuRunState {
+        &mut self.state
+    }
+
+    /// The port bus (to register more devices or reach one by type).
+    pub fn bus(&self) -> &IoBus {
+        &self.bus
+    }
+
+    /// The port bus, mutably.
+    pub fn bus_mut(&mut self) -> &mut IoBus {
+        &mut self.bus
+    }
+
+    /// `Some` once the VM has stopped: its report line.
+    pub fn stop_report(&self) -> Option<StopReport<'_>> {
+        match &self.state {
+            VcpuRunState::Stopped(reason) => Some(StopReport {
+                name: &self.name,
+                id: self.id,
+                reason,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Stops the VM from the kernel side (e.g. a VM-entry failure detected by
+    /// the VMLAUNCH/VMRESUME instruction itself). Flushes the console.
+    pub fn stop(&mut self, reason: StopReason, env: &mut dyn Platform) {
+        self.flush_console(env);
+        let _ = self.state.stop(reason); // already stopped: keep the first reason
+    }
+
+    /// One byte of guest console output (UART or hypercall).
+    pub fn console_byte(&mut self, byte: u8, env: &mut dyn Platform) {
+        let name = &self.name;
+        self.console
+            .push(byte, |line| env.console_write(name, line));
+    }
+
+    /// Prints a pending partial console line.
+    pub fn flush_console(&mut self, env: &mut dyn Platform) {
+        let name = &self.name;
+        self.console
+            .flush_partial(|line| env.console_write(name, line));
+    }
+
+    /// Host console input for the guest's UART.
+    pub fn console_input(&mut self, bytes: &[u8], env: &mut dyn Platform) {
+        let mut fx = Effects::new();
+        if let Some(uart) = self.bus.device_mut::<Serial16550>() {
+            uart.push_input(bytes, &mut fx);
+        }
+        crate::exit::io::apply_effects(self, &fx, env);
+    }
+
+    /// Sets ISA line `irq` (0..=15) and forwards it to the PIC, if present.
+    pub fn set_irq_level(&mut self, irq: u8, level: bool) {
+        let Some(bit) = 1u16.checked_shl(u32::from(irq)) else {
+            return;
+        };
+        if level {
+            self.irq_levels |= bit;
+        } else {
+            self.irq_levels &= !bit;
+        }
+        if let Some(pic) = self.bus.device_mut::<PicPair>() {
+            pic.set_irq(irq, level);
+        }
+    }
+
+    /// Current level of ISA line `irq`.
+    pub fn irq_level(&self, irq: u8) -> bool {
+        1u16.checked_shl(u32::from(irq))
+            .is_some_and(|bit| self.irq_levels & bit != 0)
+    }
+
+    /// Advances the PIT to `now_ns`, pulsing IRQ 0 if it fired. Returns the
+    /// number of timer periods that elapsed (several collapse into one edge).
+    pub fn advance_timers(&mut self, now_ns: u64) -> u64 {
+        let edges = self
+            .bus
+            .device_mut::<Pit>()
+            .map_or(0, |pit| pit.tick_until(now_ns));
+        if edges > 0 {
+            self.set_irq_level(PIT_IRQ, true);
+            self.set_irq_level(PIT_IRQ, false);
+        }
+        edges
+    }
+
+    /// The vector the virtual PIC presents, if any (a halted vCPU with one
+    /// should be woken).
+    pub fn pending_interrupt(&self) -> Option<u8> {
+        self.bus
+            .device::<PicPair>()
+            .and_then(PicPair::pending_vector)
+    }
+
+    /// Acknowledges the PIC's pending interrupt, for injection at the next
+    /// entry when the guest is interruptible. Counted as an injected event.
+    pub fn ack_interrupt(&mut self) -> Option<Event> {
+        let vector = self.bus.device_mut::<PicPair>()?.ack()?;
+        self.stats.injected_events += 1;
+        Some(Event::interrupt(vector))
+    }
+
+    /// Run-state and stats bookkeeping after a handled exit.
+    pub(crate) fn after_exit(&mut self, action: &Action, env: &mut dyn Platform) {
+        // A transition error means the kernel skipped `enter()`; the state is
+        // then left as it was rather than guessed.
+        match action {
+            Action::Resume | Action::AdvanceRip => {}
+            Action::Inject(_) => self.stats.injected_events += 1,
+            Action::Yield | Action::Preempted => {
+                let _ = self.state.preempt();
+            }
+            Action::Halt => {
+                let _ = self.state.halt();
+            }
+            Action::Stop(reason) => self.stop(*reason, env),
+        }
+    }
+}
+
+impl fmt::Debug for VmContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmContext")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::PortDevice;
+    use crate::exit::testenv::FakePlatform;
+    use crate::exit::{handle_exit, AccessSize, Exit, GuestRegs, IoAccess, IoDir};
+
+    #[test]
+    fn legal_and_illegal_transitions() {
+        let mut s = VcpuRunState::Created;
+        assert!(s.enter().is_err());
+        s.make_runnable().unwrap();
+        s.enter().unwrap();
+        assert!(s.wake().is_err());
+        s.halt().unwrap();
+        assert_eq!(s.enter().unwrap_err().from, VcpuRunState::Halted);
+        s.wake().unwrap();
+        s.enter().unwrap();
+        s.preempt().unwrap();
+        s.stop(StopReason::Shutdown { code: 0 }).unwrap();
+        assert!(s.is_stopped());
+        assert!(s.stop(StopReason::Shutdown { code: 1 }).is_err());
+        assert!(s.make_runnable().is_err());
+        assert_eq!(s, VcpuRunState::Stopped(StopReason::Shutdown { code: 0 }));
+    }
+
+    #[test]
+    fn stop_report_lines() {
+        let mut vm = VmContext::new(4, "db");
+        let mut env = FakePlatform::new();
+        assert!(vm.stop_report().is_none());
+        vm.stop(
+            StopReason::Fault {
+                vector: 18,
+                error_code: None,
+                rip: 0x10,
+            },
+            &mut env,
+        );
+        assert_eq!(
+            alloc::format!("{}", vm.stop_report().unwrap()),
+            "vm db (id 4) stopped: fatal guest exception 18 at rip 0x10"
+        );
+        let r = StopReason::MemoryViolation {
+            gpa: 0x1000,
+            rip: 0x20,
+            access: Access::EXECUTE,
+            linear: None,
+        };
+        assert_eq!(
+            alloc::format!("{r}"),
+            "memory violation at gpa 0x1000 (access --x) at rip 0x20"
+        );
+        let r = StopReason::Shutdown { code: 3 };
+        assert_eq!(alloc::format!("{r}"), "shutdown, exit code 3");
+    }
+
+    #[test]
+    fn pc_devices_timer_interrupt_end_to_end() {
+        let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs::default();
+        let mut out = |vm: &mut VmContext, port: u16, v: u8| {
+            let exit = Exit::Io(IoAccess {
+                port,
+                size: AccessSize::Byte,
+                dir: IoDir::Out {
+                    value: u32::from(v),
+                },
+                string_or_rep: false,
+            });
+            assert_eq!(
+                handle_exit(vm, &exit, &mut regs, &mut env),
+                Action::AdvanceRip
+            );
+        };
+        for (p, v) in [
+            (0x20, 0x11),
+            (0x21, 0x30),
+            (0x21, 0x04),
+            (0x21, 0x01),
+            (0x21, 0xFE),
+        ] {
+            out(&mut vm, p, v);
+        }
+        out(&mut vm, 0x43, 0x34);
+        out(&mut vm, 0x40, 0x9C); // 11932
+        out(&mut vm, 0x40, 0x2E);
+        assert_eq!(vm.pending_interrupt(), None);
+        assert_eq!(vm.advance_timers(25_000_000), 2);
+        assert_eq!(vm.pending_interrupt(), Some(0x30));
+        assert_eq!(vm.ack_interrupt(), Some(Event::interrupt(0x30)));
+        assert_eq!(vm.pending_interrupt(), None);
+        assert_eq!(vm.stats.injected_events, 1);
+        assert_eq!(vm.stats.unhandled_port_writes, 0);
+    }
+
+    #[test]
+    fn console_input_raises_uart_irq_on_pic() {
+        let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut env = FakePlatform::new();
+        // PIC: vectors 0x20, only IRQ 4 unmasked.
+        if let Some(pic) = vm.bus_mut().device_mut::<PicPair>() {
+            for (p, v) in [
+                (0x20u16, 0x11u8),
+                (0x21, 0x20),
+                (0x21, 0x04),
+                (0x21, 0x01),
+                (0x21, 0xEF),
+            ] {
+                pic.write(p, AccessSize::Byte, u32::from(v), &mut Effects::new());
+            }
+        }
+        let mut regs = GuestRegs::default();
+        for (port, v) in [(0x3FCu16, 0x08u32), (0x3F9, 0x01)] {
+            let exit = Exit::Io(IoAccess {
+                port,
+                size: AccessSize::Byte,
+                dir: IoDir::Out { value: v },
+                string_or_rep: false,
+            });
+            handle_exit(&mut vm, &exit, &mut regs, &mut env);
+        }
+        vm.console_input(b"k", &mut env);
+        assert!(vm.irq_level(4));
+        assert_eq!(vm.pending_interrupt(), Some(0x24));
+        assert!(!vm.irq_level(99));
+        vm.set_irq_level(99, true); // ignored, no panic
+    }
+}

@@ -1,0 +1,24 @@
+//! Counts forever, reporting its counter every 2^20 iterations: the scheduler
+//! tests compare how far each VM got.
+#![no_std]
+#![no_main]
+
+use guests::{key, println, report};
+
+guests::entry!(main);
+
+fn main() {
+    println!("counter starting");
+    let mut count: u64 = 0;
+    let mut reports: u64 = 0;
+    loop {
+        count = core::hint::black_box(count + 1);
+        if count & 0xf_ffff == 0 {
+            report(key::COUNTER, count);
+            reports += 1;
+            if reports % 8 == 0 {
+                println!("count {count}");
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! World-switch benchmark: two of these on one CPU yield to each other. The
+//! time from one VM's yield to its return spans two world switches (there and
+//! back) and the other VM's yield; half of it is reported per switch.
+#![no_std]
+#![no_main]
+
+use guests::{key, min_median, println, rdtsc, report, yield_now};
+
+guests::entry!(main);
+
+const SAMPLES: usize = 101;
+
+fn main() {
+    // Let the partner reach its loop first.
+    yield_now();
+    let mut samples = [0u64; SAMPLES];
+    for s in samples.iter_mut() {
+        let t0 = rdtsc();
+        yield_now();
+        *s = (rdtsc() - t0) / 2;
+    }
+    let (min, median) = min_median(&mut samples);
+    println!("world switch (cycles, half a yield round trip): min {min} median {median}");
+    report(key::BENCH_SWITCH_MIN, min);
+    report(key::BENCH_SWITCH_MEDIAN, median);
+}

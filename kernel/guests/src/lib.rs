@@ -1,0 +1,226 @@
+//! Runtime shared by the guest programs in `src/bin`: entry point, output
+//! through the VM's emulated 16550 UART, the hypercall ABI, and panics that end
+//! the VM with a report.
+//!
+//! The hypervisor starts a 64-bit guest in long mode with paging on (guest
+//! memory identity-mapped with 2 MiB pages, the first 4 GiB of guest-physical
+//! space), a flat GDT (code 0x08, data 0x10) and RSP unset: `_start` sets up the
+//! stack below `__stack_top` (see `guest.ld`) and calls the program's `main`.
+//!
+//! Hypercall ABI (see `hvcore::hypercall` for the authoritative table):
+//! `VMCALL` with RAX = number, arguments in RBX, RCX, RDX, RSI; RAX returns 0
+//! or a negative error, RBX an optional result.
+#![no_std]
+
+use core::fmt::{self, Write};
+
+/// Hypercall numbers (hvcore::hypercall).
+pub mod nr {
+    /// Interface version in RBX.
+    pub const VERSION: u64 = 0;
+    /// Write RCX bytes at guest-physical RBX to the VM's console.
+    pub const CONSOLE_WRITE: u64 = 1;
+    /// Give up the rest of this time slice.
+    pub const YIELD: u64 = 2;
+    /// This VM's id in RBX.
+    pub const VM_ID: u64 = 3;
+    /// Stop this VM with exit code RBX.
+    pub const SHUTDOWN: u64 = 4;
+    /// Report key RBX = value RCX (printed and kept by the hypervisor).
+    pub const REPORT: u64 = 5;
+}
+
+/// Report keys the test harness and benchmarks look for.
+pub mod key {
+    /// Iterations of the counter loop.
+    pub const COUNTER: u64 = 1;
+    /// Benchmark: CPUID round trip, cycles (min, median in the next key).
+    pub const BENCH_CPUID_MIN: u64 = 0x10;
+    /// Benchmark: CPUID median.
+    pub const BENCH_CPUID_MEDIAN: u64 = 0x11;
+    /// Benchmark: VMCALL round trip, min.
+    pub const BENCH_VMCALL_MIN: u64 = 0x12;
+    /// Benchmark: VMCALL median.
+    pub const BENCH_VMCALL_MEDIAN: u64 = 0x13;
+    /// Benchmark: port I/O exit round trip, min.
+    pub const BENCH_IO_MIN: u64 = 0x14;
+    /// Benchmark: port I/O median.
+    pub const BENCH_IO_MEDIAN: u64 = 0x15;
+    /// Benchmark: the same loop without an exit, min.
+    pub const BENCH_NOEXIT_MIN: u64 = 0x16;
+    /// Benchmark: no-exit median.
+    pub const BENCH_NOEXIT_MEDIAN: u64 = 0x17;
+    /// Benchmark: world switch (yield to another VM and back), min.
+    pub const BENCH_SWITCH_MIN: u64 = 0x18;
+    /// Benchmark: world switch median.
+    pub const BENCH_SWITCH_MEDIAN: u64 = 0x19;
+}
+
+/// Result of a hypercall: RAX and RBX.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HcResult {
+    /// 0 or a negative error code.
+    pub status: i64,
+    /// Extra result.
+    pub value: u64,
+}
+
+/// Issues a hypercall.
+pub fn hypercall(nr: u64, a: u64, b: u64, c: u64) -> HcResult {
+    let status: u64;
+    let value: u64;
+    // SAFETY: VMCALL traps to the hypervisor, which follows the ABI above and
+    // changes only RAX and RBX. RBX is reserved by LLVM, hence the xchg.
+    unsafe {
+        core::arch::asm!(
+            "xchg rbx, {a}",
+            "vmcall",
+            "xchg rbx, {a}",
+            a = inout(reg) a => value,
+            inout("rax") nr => status,
+            in("rcx") b,
+            in("rdx") c,
+            options(nostack),
+        );
+    }
+    HcResult { status: status as i64, value }
+}
+
+/// Reports `key = value` to the hypervisor.
+pub fn report(key: u64, value: u64) {
+    hypercall(nr::REPORT, key, value, 0);
+}
+
+/// Gives up the rest of the time slice.
+pub fn yield_now() {
+    hypercall(nr::YIELD, 0, 0, 0);
+}
+
+/// Stops this VM with an exit code. Never returns.
+pub fn shutdown(code: u64) -> ! {
+    loop {
+        hypercall(nr::SHUTDOWN, code, 0, 0);
+    }
+}
+
+/// Writes through the hypercall console (not the UART).
+pub fn console_write(s: &str) -> HcResult {
+    hypercall(nr::CONSOLE_WRITE, s.as_ptr() as u64, s.len() as u64, 0)
+}
+
+/// I/O port of the VM's emulated COM1.
+const COM1: u16 = 0x3f8;
+/// Line status register offset, bit 5 = transmitter holding register empty.
+const LSR: u16 = 5;
+const LSR_THRE: u8 = 1 << 5;
+
+fn outb(port: u16, v: u8) {
+    // SAFETY: port I/O in a guest traps to the hypervisor's device model.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
+}
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as for `outb`.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
+    v
+}
+
+/// Polling 16550 driver for the VM's COM1.
+pub struct Uart;
+
+impl Uart {
+    fn init() {
+        outb(COM1 + 1, 0x00); // IER: no interrupts
+        outb(COM1 + 3, 0x80); // LCR: DLAB on
+        outb(COM1, 0x01); // DLL: 115200 baud
+        outb(COM1 + 1, 0x00); // DLM
+        outb(COM1 + 3, 0x03); // LCR: 8N1, DLAB off
+        outb(COM1 + 7, 0x5a); // scratch register round trip
+    }
+
+    /// Scratch register value (a driver's presence check).
+    pub fn scratch() -> u8 {
+        inb(COM1 + 7)
+    }
+
+    fn put(b: u8) {
+        while inb(COM1 + LSR) & LSR_THRE == 0 {}
+        outb(COM1, b);
+    }
+}
+
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        s.bytes().for_each(Uart::put);
+        Ok(())
+    }
+}
+
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments<'_>) {
+    let _ = Uart.write_fmt(args);
+}
+
+/// Prints to the VM's UART.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::_print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Reads the TSC, ordered against earlier instructions.
+pub fn rdtsc() -> u64 {
+    // SAFETY: LFENCE and RDTSC only read state (CR4.TSD is not set for guests).
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        core::arch::x86_64::_rdtsc()
+    }
+}
+
+/// Runs CPUID.
+#[allow(unused_unsafe)]
+pub fn cpuid(leaf: u32, subleaf: u32) -> core::arch::x86_64::CpuidResult {
+    // SAFETY: CPUID only reads (in a guest it exits to the hypervisor).
+    unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) }
+}
+
+/// Defines the program's entry: sets the stack and calls `$main`, then shuts
+/// the VM down with code 0 when it returns.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        core::arch::global_asm!(
+            ".section .text._start, \"ax\"",
+            ".global _start",
+            "_start:",
+            "lea rsp, [rip + __stack_top]",
+            "call {rt}",
+            "2: hlt",
+            "jmp 2b",
+            rt = sym __guest_start,
+        );
+        #[no_mangle]
+        extern "C" fn __guest_start() -> ! {
+            $crate::init();
+            $main();
+            $crate::shutdown(0)
+        }
+    };
+}
+
+/// Runtime set-up before `main`.
+pub fn init() {
+    Uart::init();
+}
+
+/// Sorts a small sample buffer and returns (min, median).
+pub fn min_median(samples: &mut [u64]) -> (u64, u64) {
+    samples.sort_unstable();
+    (samples.first().copied().unwrap_or(0), samples.get(samples.len() / 2).copied().unwrap_or(0))
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("guest panic: {}", info.message());
+    shutdown(0xdead)
+}

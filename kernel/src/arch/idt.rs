@@ -1,0 +1,244 @@
+//! The IDT: every architectural exception vector (SDM Vol. 3A 6.15, "Exception
+//! and Interrupt Reference") gets a handler that prints a crash report on both
+//! consoles and ends the run; a breakpoint reports and resumes.
+//!
+//! Double fault, NMI and machine check run on their own IST stacks, so a blown
+//! kernel stack still produces a report.
+
+use core::fmt::Write;
+
+use x86_64::registers::control::{Cr2, Cr3};
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+use super::gdt::{DOUBLE_FAULT_IST, MACHINE_CHECK_IST, NMI_IST};
+use crate::console;
+use hvcore::KernelExit;
+
+/// Vector of the spurious-interrupt handler (LAPIC SVR points here).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Vector of the LAPIC timer.
+pub const TIMER_VECTOR: u8 = 0x20;
+/// Vector used to wake a halted CPU (IPI).
+pub const WAKE_VECTOR: u8 = 0x21;
+
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
+
+/// Architectural exception names by vector (SDM Vol. 3A Table 6-1).
+pub const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range exceeded",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor segment overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack-segment fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved (15)",
+    "#MF x87 floating-point error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD floating-point",
+    "#VE virtualization exception",
+    "#CP control protection",
+    "reserved (22)",
+    "reserved (23)",
+    "reserved (24)",
+    "reserved (25)",
+    "reserved (26)",
+    "reserved (27)",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security exception",
+    "reserved (31)",
+];
+
+/// Builds the IDT once and loads it on the calling CPU (every CPU shares it).
+pub fn load() {
+    let idt = IDT.call_once(|| {
+        let mut idt = InterruptDescriptorTable::new();
+        idt.divide_error.set_handler_fn(divide_error);
+        idt.debug.set_handler_fn(debug);
+        idt.breakpoint.set_handler_fn(breakpoint);
+        idt.overflow.set_handler_fn(overflow);
+        idt.bound_range_exceeded.set_handler_fn(bound_range);
+        idt.invalid_opcode.set_handler_fn(invalid_opcode);
+        idt.device_not_available.set_handler_fn(device_not_available);
+        idt.invalid_tss.set_handler_fn(invalid_tss);
+        idt.segment_not_present.set_handler_fn(segment_not_present);
+        idt.stack_segment_fault.set_handler_fn(stack_segment);
+        idt.general_protection_fault.set_handler_fn(general_protection);
+        idt.page_fault.set_handler_fn(page_fault);
+        idt.x87_floating_point.set_handler_fn(x87);
+        idt.alignment_check.set_handler_fn(alignment_check);
+        idt.simd_floating_point.set_handler_fn(simd);
+        idt.virtualization.set_handler_fn(virtualization);
+        idt.cp_protection_exception.set_handler_fn(control_protection);
+        idt.hv_injection_exception.set_handler_fn(hv_injection);
+        idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+        idt.security_exception.set_handler_fn(security);
+        // SAFETY: the IST indices name stacks that every CPU's TSS provides
+        // (gdt::PerCpuTables::new_leaked), loaded before this IDT is.
+        unsafe {
+            idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST);
+            idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST);
+            idt.machine_check.set_handler_fn(machine_check).set_stack_index(MACHINE_CHECK_IST);
+        }
+        idt[TIMER_VECTOR].set_handler_fn(timer_interrupt);
+        idt[WAKE_VECTOR].set_handler_fn(wake_interrupt);
+        idt[SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
+        idt
+    });
+    idt.load();
+}
+
+/// Return addresses found by walking the frame-pointer chain (the kernel is
+/// built with `-C force-frame-pointers=yes`), starting at `rbp`.
+fn print_backtrace(out: &mut dyn Write, mut rbp: u64) {
+    let _ = writeln!(out, "  backtrace (return addresses):");
+    for depth in 0..16 {
+        // A frame pointer must be aligned and in the higher half where the
+        // bootloader places kernel stacks; anything else ends the walk.
+        if rbp == 0 || rbp % 8 != 0 || rbp < 0xffff_8000_0000_0000 {
+            if depth == 0 {
+                let _ = writeln!(out, "    (no frame pointer chain)");
+            }
+            return;
+        }
+        let frame = rbp as *const u64;
+        // SAFETY: best effort on a crash path: `rbp` passed the sanity checks
+        // above and points into a kernel stack, which is mapped while the
+        // kernel runs on it. A bad chain can at worst fault into #DF's IST path.
+        let (next, ret) = unsafe { (frame.read_volatile(), frame.add(1).read_volatile()) };
+        if ret == 0 {
+            return;
+        }
+        let _ = writeln!(out, "    #{depth:<2} {ret:#018x}");
+        if next <= rbp {
+            return;
+        }
+        rbp = next;
+    }
+}
+
+fn current_rbp() -> u64 {
+    let rbp: u64;
+    // SAFETY: reads a register; no memory access, no side effects.
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    rbp
+}
+
+/// Prints the crash report for an exception and ends the run.
+fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
+    let mut out = console::emergency();
+    let name = EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("unknown");
+    let _ = writeln!(out, "\n!!! CPU EXCEPTION on CPU {}: vector {vector} {name}", crate::percpu::cpu_index());
+    match error_code {
+        Some(code) => {
+            let _ = writeln!(out, "  error code: {code:#x}");
+        }
+        None => {
+            let _ = writeln!(out, "  error code: (none)");
+        }
+    }
+    let _ = writeln!(out, "  RIP    {:#018x}  CS {:#06x}", frame.instruction_pointer.as_u64(), frame.code_segment.0);
+    let _ = writeln!(out, "  RFLAGS {:#018x}", frame.cpu_flags.bits());
+    let _ = writeln!(out, "  RSP    {:#018x}  SS {:#06x}", frame.stack_pointer.as_u64(), frame.stack_segment.0);
+    if vector == 14 {
+        match Cr2::read() {
+            Ok(addr) => {
+                let _ = writeln!(out, "  CR2    {:#018x} (faulting address)", addr.as_u64());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  CR2    not canonical: {e:?}");
+            }
+        }
+        if let Some(code) = error_code {
+            let _ = writeln!(out, "  cause  {:?}", PageFaultErrorCode::from_bits_truncate(code));
+        }
+    }
+    let (cr3, _) = Cr3::read();
+    let _ = writeln!(out, "  CR3    {:#018x}", cr3.start_address().as_u64());
+    // The handler's own frame links to the interrupted code's frame.
+    let handler_rbp = current_rbp();
+    // SAFETY: `handler_rbp` is this function's caller chain on the current
+    // (mapped) stack; its first slot is the saved RBP of the frame below.
+    let interrupted = unsafe { (handler_rbp as *const u64).read_volatile() };
+    print_backtrace(&mut out, interrupted);
+    drop(out);
+    crate::exit::exit(KernelExit::CpuException)
+}
+
+macro_rules! fatal_handler {
+    ($name:ident, $vector:expr) => {
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame) {
+            fatal($vector, &frame, None)
+        }
+    };
+    ($name:ident, $vector:expr, error) => {
+        extern "x86-interrupt" fn $name(frame: InterruptStackFrame, code: u64) {
+            fatal($vector, &frame, Some(code))
+        }
+    };
+}
+
+fatal_handler!(divide_error, 0);
+fatal_handler!(debug, 1);
+fatal_handler!(overflow, 4);
+fatal_handler!(bound_range, 5);
+fatal_handler!(invalid_opcode, 6);
+fatal_handler!(device_not_available, 7);
+fatal_handler!(invalid_tss, 10, error);
+fatal_handler!(segment_not_present, 11, error);
+fatal_handler!(stack_segment, 12, error);
+fatal_handler!(general_protection, 13, error);
+fatal_handler!(x87, 16);
+fatal_handler!(alignment_check, 17, error);
+fatal_handler!(simd, 19);
+fatal_handler!(virtualization, 20);
+fatal_handler!(control_protection, 21, error);
+fatal_handler!(hv_injection, 28);
+fatal_handler!(vmm_communication, 29, error);
+fatal_handler!(security, 30, error);
+fatal_handler!(nmi, 2);
+
+extern "x86-interrupt" fn page_fault(frame: InterruptStackFrame, code: PageFaultErrorCode) {
+    fatal(14, &frame, Some(code.bits()))
+}
+
+extern "x86-interrupt" fn double_fault(frame: InterruptStackFrame, code: u64) -> ! {
+    fatal(8, &frame, Some(code))
+}
+
+extern "x86-interrupt" fn machine_check(frame: InterruptStackFrame) -> ! {
+    fatal(18, &frame, None)
+}
+
+/// Breakpoints are reported and execution resumes after the `int3`.
+extern "x86-interrupt" fn breakpoint(frame: InterruptStackFrame) {
+    log::warn!(
+        "breakpoint (#BP, vector 3) at RIP {:#x}, RSP {:#x}: resuming",
+        frame.instruction_pointer.as_u64(),
+        frame.stack_pointer.as_u64()
+    );
+    crate::percpu::count_breakpoint();
+}
+
+extern "x86-interrupt" fn timer_interrupt(_frame: InterruptStackFrame) {
+    crate::percpu::on_timer_tick();
+    crate::apic::eoi();
+}
+
+extern "x86-interrupt" fn wake_interrupt(_frame: InterruptStackFrame) {
+    crate::apic::eoi();
+}
+
+extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {
+    // SDM 11.9: no EOI for spurious interrupts.
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: host unit tests of every crate, then the integration tests
+# that build the real images and boot them in QEMU (UEFI and BIOS) and Bochs.
+# Extra arguments go to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../boot/toolchain.sh"
+hv_setup_toolchain
+hv_ensure_pkgs "QEMU and OVMF" $HV_PKGS_QEMU
+hv_ensure_pkgs "Bochs" $HV_PKGS_BOCHS
+cd "$HV_ROOT"
+hv_step "building the host tool and test harness (first time: ~4 min for the bootloader stages)"
+cargo build --tests -q
+hv_step "running unit and integration tests"
+# Integration tests share one build of the kernel; two emulators at a time fit
+# two cores without starving the instruction-counting Bochs runs.
+exec cargo test -- --test-threads="${HV_TEST_THREADS:-2}" "$@"
