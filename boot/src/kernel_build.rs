@@ -4,7 +4,7 @@
 //! Why a separate invocation: cargo 1.96 cannot mix `-Zbuild-std` with artifact
 //! dependencies or per-package `forced-target` (it panics), so the host tool drives
 //! the bare-metal build itself. The target directory is separate too
-//! (`target/baremetal`), so this nested cargo never waits on the lock of the cargo
+//! (`target/baremetal`, see [`output_dir`]), so this nested cargo never waits on the lock of the cargo
 //! that runs us.
 
 use std::path::{Path, PathBuf};
@@ -45,12 +45,23 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where the host tool puts what it makes (`baremetal/`, `images/`, `run/`):
+/// `$HV_TARGET_DIR` if set, else `<root>/target`. Separate directories let
+/// several builds and emulator runs (e.g. the integration tests) go on at once
+/// without clobbering each other.
+pub fn output_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("HV_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => root.join("target"),
+    }
+}
+
 /// Builds the kernel and the guest programs (release profile) and returns their paths.
 ///
 /// `HV_BUILD_STD=1` (set by `boot/toolchain.sh` when the toolchain has no
 /// prebuilt `x86_64-unknown-none` library) adds `-Zbuild-std`.
 pub fn build(root: &Path) -> Result<Artifacts, Error> {
-    let target_dir = root.join("target").join("baremetal");
+    let target_dir = output_dir(root).join("baremetal");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -78,9 +89,44 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
         return Err(Error::Build(format!("cargo build of kernel/guests failed ({status})")));
     }
     let out = target_dir.join("x86_64-unknown-none").join("release");
-    let artifacts = Artifacts { kernel: out.join("kernel"), guests_dir: out.clone() };
-    if !artifacts.kernel.is_file() {
-        return Err(Error::Build(format!("kernel ELF missing at {}", artifacts.kernel.display())));
+    let kernel = out.join("kernel");
+    if !kernel.is_file() {
+        return Err(Error::Build(format!("kernel ELF missing at {}", kernel.display())));
     }
-    Ok(artifacts)
+    // Images get copies without debug information: BIOS firmware (Bochs above
+    // all) reads the disk slowly, and the full ELFs stay here for GDB.
+    let stripped = target_dir.join("stripped");
+    std::fs::create_dir_all(&stripped).map_err(|e| Error::io(&stripped, e))?;
+    strip(&kernel, &stripped.join("kernel"))?;
+    for guest in GUEST_PROGRAMS {
+        strip(&out.join(guest), &stripped.join(guest))?;
+    }
+    Ok(Artifacts { kernel: stripped.join("kernel"), guests_dir: stripped })
+}
+
+/// `llvm-objcopy --strip-debug`, from the toolchain's sysroot (rustup's
+/// llvm-tools, or the link `boot/toolchain.sh` makes to Debian's llvm-22).
+fn strip(input: &Path, output: &Path) -> Result<(), Error> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| Error::Tool { tool: "rustc".into(), detail: e.to_string() })?;
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+    let objcopy = Path::new(&sysroot).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy");
+    if !objcopy.is_file() {
+        return Err(Error::MissingTool {
+            tool: objcopy.display().to_string(),
+            package: "llvm-22 (or rustup component llvm-tools)".into(),
+        });
+    }
+    let status = Command::new(&objcopy)
+        .arg("--strip-debug")
+        .arg(input)
+        .arg(output)
+        .status()
+        .map_err(|e| Error::Tool { tool: objcopy.display().to_string(), detail: e.to_string() })?;
+    if !status.success() {
+        return Err(Error::Build(format!("llvm-objcopy --strip-debug {} failed", input.display())));
+    }
+    Ok(())
 }

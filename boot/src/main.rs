@@ -38,6 +38,9 @@ RUN:
   --display         show the emulator window (framebuffer console)
   --timeout SECS    kill the emulator after SECS seconds
 
+ENVIRONMENT:
+  HV_TARGET_DIR     where builds, images and run logs go (default <repo>/target)
+
 The exit status of `run` is the kernel's: 0 for success, else the kernel's
 exit code (see hvcore::KernelExit), 124 on timeout, 125 if the emulator died.";
 
@@ -133,7 +136,7 @@ fn run_spec(args: &mut Args, images: &boot::image::Images, interactive: bool) ->
         display: args.flag("--display"),
         interactive,
         timeout: args.number("--timeout")?.map(Duration::from_secs),
-        work_dir: kernel_build::repo_root().join("target/run"),
+        work_dir: kernel_build::output_dir(&kernel_build::repo_root()).join("run"),
     };
     Ok(spec)
 }
@@ -188,7 +191,7 @@ fn main_inner() -> Result<u8, Error> {
         }
         "flash" => {
             let image = args.value("--image")?.map(PathBuf::from);
-            let default = kernel_build::repo_root().join("target/images/hv-uefi.img");
+            let default = kernel_build::output_dir(&kernel_build::repo_root()).join("images/hv-uefi.img");
             let image = image.unwrap_or(default);
             if !image.is_file() {
                 return Err(Error::Usage(format!(

@@ -36,7 +36,9 @@ pub fn load_config(path: &Path, cpus: Option<u32>, artifacts: Option<&Artifacts>
         match &guests_dir {
             Some(dir) => Ok(dir.join(name)),
             // Only validating: the program exists by name; its size is checked at pack time.
-            None => Ok(kernel_build::repo_root().join("target/baremetal/x86_64-unknown-none/release").join(name)),
+            None => Ok(kernel_build::output_dir(&kernel_build::repo_root())
+                .join("baremetal/x86_64-unknown-none/release")
+                .join(name)),
         }
     };
     config::load(path, cpus, &resolver).map_err(|e| Error::Config(e.to_string()))
@@ -60,7 +62,8 @@ pub fn package_bytes(scenario: &Scenario, artifacts: &Artifacts) -> Result<Vec<u
 static BUILT: Mutex<Option<Artifacts>> = Mutex::new(None);
 
 /// Builds the kernel and guests (once per process), packs the scenario and
-/// writes `target/images/<stem>-{uefi,bios}.img`.
+/// writes `target/images/<stem>-{uefi,bios}.img` (`target` is
+/// [`kernel_build::output_dir`]).
 pub fn prepare(scenario: &Scenario, stem: &str) -> Result<Images, Error> {
     let artifacts = {
         let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,6 +77,6 @@ pub fn prepare(scenario: &Scenario, stem: &str) -> Result<Images, Error> {
         }
     };
     let bytes = package_bytes(scenario, &artifacts)?;
-    let out = kernel_build::repo_root().join("target/images");
+    let out = kernel_build::output_dir(&kernel_build::repo_root()).join("images");
     image::build_images(&artifacts.kernel, &bytes, &out, stem)
 }

@@ -101,6 +101,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
             exit::exit(KernelExit::BadPackage);
         }
     };
+    exit::set_power_off_at_end(package.options.power_off);
     log::info!("boot package: {:?}, {} VM(s), {} image(s)", package.command, package.vms.len(), package.images.len());
 
     let machine = acpi::init(rsdp);

@@ -47,6 +47,7 @@ impl KernelExit {
     }
 }
 pub mod frames;
+pub mod image;
 pub mod config;
 pub mod package;
 pub mod cpuid;

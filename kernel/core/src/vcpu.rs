@@ -86,6 +86,20 @@ pub enum StopReason {
         rip: u64,
     },
     /// A guest exception that cannot be reflected (see [`crate::exit::fault`]).
+    /// The VM-entry instruction itself failed (VMfailValid/VMfailInvalid):
+    /// the backend rejected the VM's state or controls.
+    EntryInstructionFailed {
+        /// VM-instruction error number (0 for VMfailInvalid).
+        number: u32,
+        /// Its meaning (SDM 31.4).
+        meaning: &'static str,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// The hypervisor stopped the VM (its run time limit passed, or the
+    /// hypervisor is shutting down).
+    HostStop,
+    /// A guest exception the VM could not handle.
     Fault {
         /// Vector.
         vector: u8,
@@ -134,6 +148,10 @@ impl fmt::Display for StopReason {
             } => {
                 write!(f, "VM entry failed, reason {code:#x}, qualification {qualification:#x}, rip {rip:#x}")
             }
+            StopReason::EntryInstructionFailed { number, meaning, rip } => {
+                write!(f, "VM entry instruction failed: VM-instruction error {number} ({meaning}), rip {rip:#x}")
+            }
+            StopReason::HostStop => write!(f, "stopped by the hypervisor (run time limit or shutdown)"),
             StopReason::Fault {
                 vector,
                 error_code,

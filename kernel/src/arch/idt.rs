@@ -101,20 +101,19 @@ pub fn load() {
 /// Return addresses found by walking the frame-pointer chain (the kernel is
 /// built with `-C force-frame-pointers=yes`), starting at `rbp`.
 fn print_backtrace(out: &mut dyn Write, mut rbp: u64) {
-    let _ = writeln!(out, "  backtrace (return addresses):");
-    for depth in 0..16 {
-        // A frame pointer must be aligned and in the higher half where the
-        // bootloader places kernel stacks; anything else ends the walk.
-        if rbp == 0 || rbp % 8 != 0 || rbp < 0xffff_8000_0000_0000 {
-            if depth == 0 {
+    for depth in 1..16 {
+        // A frame pointer must be aligned and point at mapped memory (the
+        // bootloader may place kernel stacks in either half); anything else
+        // ends the walk rather than faulting inside the crash report.
+        if rbp == 0 || rbp % 8 != 0 || !readable(rbp) || !readable(rbp + 8) {
+            if depth == 1 {
                 let _ = writeln!(out, "    (no frame pointer chain)");
             }
             return;
         }
         let frame = rbp as *const u64;
-        // SAFETY: best effort on a crash path: `rbp` passed the sanity checks
-        // above and points into a kernel stack, which is mapped while the
-        // kernel runs on it. A bad chain can at worst fault into #DF's IST path.
+        // SAFETY: best effort on a crash path: `rbp` is aligned and both words
+        // are on present pages (checked above), so the reads cannot fault.
         let (next, ret) = unsafe { (frame.read_volatile(), frame.add(1).read_volatile()) };
         if ret == 0 {
             return;
@@ -127,6 +126,35 @@ fn print_backtrace(out: &mut dyn Write, mut rbp: u64) {
     }
 }
 
+/// Whether `va` is canonical and mapped by the active page tables. Walks the
+/// tables through the physical-memory mapping without taking the mapper's lock
+/// (the crash may have happened while it was held).
+fn readable(va: u64) -> bool {
+    let canonical = va < 0x0000_8000_0000_0000 || va >= 0xffff_8000_0000_0000;
+    let offset = crate::mm::phys_offset();
+    if !canonical || offset == 0 {
+        return false;
+    }
+    let (l4, _) = Cr3::read();
+    let mut table = l4.start_address().as_u64();
+    for level in (1..=4u32).rev() {
+        let index = (va >> (12 + 9 * (level - 1))) & 0x1ff;
+        let entry_ptr = (offset + table + index * 8) as *const u64;
+        // SAFETY: `table` is a page-table frame named by CR3 or by a present
+        // entry of the level above; all physical memory is mapped at `offset`.
+        let entry = unsafe { entry_ptr.read_volatile() };
+        if entry & 1 == 0 {
+            return false;
+        }
+        // Bit 7 (PS) at levels 3 and 2: a 1 GiB or 2 MiB page ends the walk.
+        if level == 1 || (level <= 3 && entry & (1 << 7) != 0) {
+            return true;
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    false
+}
+
 fn current_rbp() -> u64 {
     let rbp: u64;
     // SAFETY: reads a register; no memory access, no side effects.
@@ -134,7 +162,9 @@ fn current_rbp() -> u64 {
     rbp
 }
 
-/// Prints the crash report for an exception and ends the run.
+/// Prints the crash report for an exception and ends the run. Never inlined:
+/// the backtrace relies on this function having its own frame.
+#[inline(never)]
 fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
     let mut out = console::emergency();
     let name = EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("unknown");
@@ -165,11 +195,21 @@ fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! 
     }
     let (cr3, _) = Cr3::read();
     let _ = writeln!(out, "  CR3    {:#018x}", cr3.start_address().as_u64());
-    // The handler's own frame links to the interrupted code's frame.
-    let handler_rbp = current_rbp();
-    // SAFETY: `handler_rbp` is this function's caller chain on the current
-    // (mapped) stack; its first slot is the saved RBP of the frame below.
-    let interrupted = unsafe { (handler_rbp as *const u64).read_volatile() };
+    // This function's frame links to the handler's frame, whose saved RBP is
+    // the interrupted code's (the CPU does not touch RBP when it delivers an
+    // exception). The interrupted RIP comes first.
+    let _ = writeln!(out, "  backtrace (return addresses):");
+    let _ = writeln!(out, "    #0  {:#018x} (faulting instruction)", frame.instruction_pointer.as_u64());
+    let own_rbp = current_rbp();
+    // SAFETY: `own_rbp` is this (never inlined) function's frame on the
+    // current, mapped stack; its first slot is the handler's saved RBP.
+    let handler_rbp = unsafe { (own_rbp as *const u64).read_volatile() };
+    let interrupted = if handler_rbp % 8 == 0 && readable(handler_rbp) {
+        // SAFETY: aligned and on a present page (checked just above).
+        unsafe { (handler_rbp as *const u64).read_volatile() }
+    } else {
+        0
+    };
     print_backtrace(&mut out, interrupted);
     drop(out);
     crate::exit::exit(KernelExit::CpuException)

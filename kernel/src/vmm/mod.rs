@@ -1,11 +1,470 @@
-//! Virtual machines: VT-x bring-up, partitions, vCPUs and the exit loop.
+//! Virtual machines: VT-x bring-up, partitions, vCPUs and the per-CPU
+//! scheduling loop.
+//!
+//! Flow: detect VT-x (a clear one-line refusal without it); validate the boot
+//! package's VMs against this machine (`hvcore::config::check_each`), build
+//! each valid VM completely (partition, EPT, image, VMCS region) or not at all,
+//! prove that no two partitions share a frame and no hypervisor frame is
+//! mapped (EPT walk), hand each vCPU to the CPU it is pinned to, and run every
+//! CPU's round-robin loop (`hvcore::sched`) with VMX-preemption-timer slices.
+//! A stopped VM is reported at once; the others go on. When every VM has
+//! stopped (or the run time limit passes) the summary is printed.
+//!
+//! Exit handling is policy in `hvcore`; this module and [`vcpu`] only move
+//! state between the VMCS and `hvcore`'s neutral types.
 
+pub mod enable;
+pub mod entry;
+pub mod partition;
+pub mod vcpu;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use hvcore::config::{self, HostRange, MachineLimits, MemoryLimits};
+use hvcore::exit::{GuestMemory, Platform};
 use hvcore::package::Package;
+use hvcore::sched::{Scheduler, VcpuId};
+use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
+use spin::Mutex;
+use vmx::VmxCapabilities;
 
 use crate::acpi::Machine;
+use crate::percpu::MAX_CPUS;
+use partition::Partition;
+use vcpu::{HostCpu, SliceEnd, Vcpu};
+
+/// The vCPUs one physical CPU runs.
+struct CpuWork(Vec<Vcpu>);
+
+// SAFETY: a CpuWork is built on the boot CPU and handed over once to the CPU
+// its vCPUs are pinned to, which is from then on their only user; the device
+// models inside (trait objects without a Send bound) never move between CPUs
+// while in use.
+unsafe impl Send for CpuWork {}
+
+/// The final word on one VM, collected for the summary.
+struct VmSummary {
+    name: String,
+    cpu: usize,
+    report: String,
+    slices: u64,
+    guest_us: u64,
+    exits: u64,
+}
+
+const NO_WORK: Mutex<Option<CpuWork>> = Mutex::new(None);
+static WORK: [Mutex<Option<CpuWork>>; MAX_CPUS] = [NO_WORK; MAX_CPUS];
+static WORK_READY: AtomicBool = AtomicBool::new(false);
+/// Whether the boot CPU has vCPUs of its own (it counts itself done then).
+static WORK_CPU0_HAD_WORK: AtomicBool = AtomicBool::new(false);
+static CPUS_DONE: AtomicU32 = AtomicU32::new(0);
+static CAPS: spin::Once<VmxCapabilities> = spin::Once::new();
+static SUMMARIES: Mutex<Vec<VmSummary>> = Mutex::new(Vec::new());
+/// TSC value after which every VM is stopped (0 = no limit).
+static DEADLINE: AtomicU64 = AtomicU64::new(0);
+/// Bumped when the console asks for statistics; each CPU prints its VMs'.
+static STATS_REQUEST: AtomicU32 = AtomicU32::new(0);
+/// Set when the console asks to stop every VM.
+static STOP_ALL: AtomicBool = AtomicBool::new(false);
+
+/// The services exit handlers get, for the VM whose exit is handled.
+pub struct KernelPlatform {
+    apic_id: u32,
+}
+
+/// [`KernelPlatform`] together with the VM's memory.
+pub struct PlatformFor<'a> {
+    apic_id: u32,
+    memory: &'a Partition,
+}
+
+impl KernelPlatform {
+    /// Binds the platform to one VM's memory for one exit.
+    pub fn with<'a>(&'a mut self, memory: &'a Partition) -> PlatformFor<'a> {
+        PlatformFor { apic_id: self.apic_id, memory }
+    }
+}
+
+impl Platform for PlatformFor<'_> {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = crate::arch::cpuid(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn console_write(&mut self, vm_name: &str, line: &str) {
+        crate::println!("vm {vm_name}: {line}");
+    }
+
+    fn now_ticks(&self) -> u64 {
+        crate::arch::rdtsc()
+    }
+
+    fn cpu_apic_id(&self) -> u32 {
+        self.apic_id
+    }
+
+    fn guest_memory(&self) -> &dyn GuestMemory {
+        self.memory
+    }
+}
+
+fn tsc_from_us(us: u64) -> u64 {
+    let hz = crate::apic::tsc_hz().max(1_000_000);
+    (us as u128 * hz as u128 / 1_000_000) as u64
+}
+
+fn us_from_tsc(ticks: u64) -> u64 {
+    let hz = crate::apic::tsc_hz().max(1_000_000);
+    (ticks as u128 * 1_000_000 / hz as u128) as u64
+}
 
 /// Starts the VMs of the package and runs them to completion.
-pub fn run(_package: &Package<'_>, _machine: &Machine) -> KernelExit {
+pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
+    if let Err(e) = enable::detect() {
+        crate::println!("{e}");
+        log::info!("no VMs started: this CPU cannot run them");
+        return KernelExit::Success;
+    }
+    let caps = match enable::capabilities() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}; no VMs started");
+            return KernelExit::Failure;
+        }
+    };
+    log::info!(
+        "VT-x: VMCS revision {:#x}, true controls {}, EPT {:?}, preemption timer rate 2^{}",
+        caps.basic.revision_id(),
+        caps.basic.true_controls(),
+        caps.ept_vpid,
+        caps.misc.preemption_timer_rate()
+    );
+    let caps = *CAPS.call_once(|| caps);
+    if let Err(e) = enable::enable_on_this_cpu(&caps) {
+        log::error!("{e}; no VMs started");
+        return match e {
+            enable::VmxError::DisabledByFirmware => KernelExit::Success,
+            _ => KernelExit::Failure,
+        };
+    }
+    log::info!("VMX operation on CPU 0 (VMXON done)");
+
+    let cpus = crate::smp::online_cpus().max(1);
+    let vcpus = build_vms(package, cpus);
+    if vcpus.is_empty() {
+        log::warn!("no VM could be started");
+        return KernelExit::Success;
+    }
+    if let Err(msg) = check_partitions(&vcpus) {
+        panic!("partition check failed: {msg}");
+    }
+    if let Some(ms) = package.options.stop_after_ms {
+        DEADLINE.store(crate::arch::rdtsc() + tsc_from_us(ms as u64 * 1000), Ordering::Relaxed);
+    }
+
+    // Hand each vCPU to its CPU.
+    let mut per_cpu: Vec<Vec<Vcpu>> = (0..cpus).map(|_| Vec::new()).collect();
+    for (v, cpu) in vcpus {
+        per_cpu[cpu].push(v);
+    }
+    let mut busy_cpus = 0;
+    for (cpu, list) in per_cpu.into_iter().enumerate() {
+        if !list.is_empty() {
+            busy_cpus += 1;
+            if cpu == 0 {
+                WORK_CPU0_HAD_WORK.store(true, Ordering::Relaxed);
+            }
+            *WORK[cpu].lock() = Some(CpuWork(list));
+        }
+    }
+    WORK_READY.store(true, Ordering::Release);
+    // Wake the application processors waiting in `ap_main`.
+    for cpu in 1..cpus {
+        if let Some(apic_id) = crate::smp::apic_id_of(cpu as u32) {
+            let _ = crate::apic::send_ipi(apic_id, drivers::apic::Ipi::Fixed { vector: crate::arch::idt::WAKE_VECTOR });
+        }
+    }
+
+    cpu_loop(0, &caps, package.options.serial_input);
+    if WORK_CPU0_HAD_WORK.load(Ordering::Relaxed) {
+        CPUS_DONE.fetch_add(1, Ordering::Release);
+    }
+    while (CPUS_DONE.load(Ordering::Acquire) as usize) < busy_cpus {
+        core::hint::spin_loop();
+    }
+    print_summary();
     KernelExit::Success
+}
+
+/// Validates and builds every VM; returns the vCPUs that start, with their CPU.
+fn build_vms(package: &Package<'_>, cpus: u32) -> Vec<(Vcpu, usize)> {
+    let caps = CAPS.get().copied();
+    let usable: Vec<HostRange> =
+        crate::mm::usable_ranges().iter().map(|r| HostRange { start: r.start, end: r.end }).collect();
+    let (free, _) = crate::mm::counts();
+    let mut memory = MemoryLimits::from_ranges(usable);
+    // The budget is what is free now, not what the machine has.
+    memory.usable_bytes = memory.usable_bytes.min(free as u64 * 4096);
+    let limits = MachineLimits { cpu_count: Some(cpus), memory: Some(memory) };
+    let checks = config::check_each(&package.vms, &package.image_infos(), &limits);
+    let mut started = Vec::new();
+    let mut names = Vec::new();
+    for (index, (spec, check)) in package.vms.iter().zip(checks).enumerate() {
+        if let Err(problems) = check {
+            for p in problems {
+                log::error!("{p}; not started");
+            }
+            continue;
+        }
+        let Some(caps) = caps.as_ref() else { break };
+        match build_one(index as u32, spec, package, caps) {
+            Ok(v) => {
+                let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
+                log::info!(
+                    "vm {}: {} MiB at host {:#x}, CPU {cpu}, slice {} us, {:?} entry {:#x}",
+                    spec.name,
+                    spec.memory_bytes >> 20,
+                    v.partition.host.start,
+                    spec.slice_us,
+                    spec.mode,
+                    v.entry()
+                );
+                names.push(spec.name.clone());
+                started.push((v, cpu));
+            }
+            Err(e) => log::error!("vm \"{}\": {e}; not started", spec.name),
+        }
+    }
+    log::info!("started {} of {} VM(s): {}", started.len(), package.vms.len(), names.join(", "));
+    started
+}
+
+/// Builds one VM completely or not at all (what was allocated is released).
+fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, caps: &VmxCapabilities) -> Result<Vcpu, String> {
+    use alloc::format;
+    let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
+    let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
+        .map_err(|e| format!("image \"{}\": {e}", image.name))?;
+    let mut part = Partition::new(spec.memory_bytes, spec.host_base).map_err(|e| format!("memory: {e}"))?;
+    for seg in &plan.segments {
+        match part.slice_mut(seg.gpa, seg.mem_len) {
+            Some(dst) => {
+                dst[..seg.data.len()].copy_from_slice(seg.data);
+                dst[seg.data.len()..].fill(0);
+            }
+            None => {
+                part.release();
+                return Err(format!("image \"{}\": segment at {:#x} outside memory", image.name, seg.gpa));
+            }
+        }
+    }
+    let vm = VmContext::new(id, &spec.name);
+    match Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, caps) {
+        Ok(v) => Ok(v),
+        Err((e, part)) => {
+            part.release();
+            Err(format!("{e}"))
+        }
+    }
+}
+
+/// Walks every VM's EPT: each mapping must lie inside that VM's partition
+/// (so no hypervisor frame is mapped) and partitions must not overlap.
+fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
+    use alloc::format;
+    let mut mapped_total = 0u64;
+    for (i, (v, _)) in vcpus.iter().enumerate() {
+        let part = &v.partition.host;
+        let mut bad = None;
+        let mut bytes = 0u64;
+        v.partition.ept.walk(|m| {
+            let len = m.size.bytes();
+            let start = m.hpa.as_u64();
+            bytes += len;
+            if start < part.start || start + len > part.end {
+                bad = Some(start);
+            }
+        });
+        if let Some(addr) = bad {
+            return Err(format!("vm {}: EPT maps host {addr:#x} outside its partition", v.vm.name()));
+        }
+        if bytes != part.len() {
+            return Err(format!("vm {}: EPT maps {bytes} bytes, partition has {}", v.vm.name(), part.len()));
+        }
+        for (w, _) in &vcpus[i + 1..] {
+            if part.overlaps(&w.partition.host) {
+                return Err(format!("vms {} and {} share host memory", v.vm.name(), w.vm.name()));
+            }
+        }
+        mapped_total += bytes;
+    }
+    log::info!(
+        "partition check: {} VM(s), {} MiB mapped, EPTs disjoint, no hypervisor frame mapped",
+        vcpus.len(),
+        mapped_total >> 20
+    );
+    Ok(())
+}
+
+/// Entry point of an application processor: waits for VM work, then runs it.
+pub fn ap_main(cpu: u32) -> ! {
+    while !WORK_READY.load(Ordering::Acquire) {
+        // Woken by `smp::wake_all` (IPI) or spins on the flag.
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+    }
+    let has_work = WORK[cpu as usize].lock().is_some();
+    if has_work {
+        if let Some(caps) = CAPS.get() {
+            match enable::enable_on_this_cpu(caps) {
+                Ok(_) => {
+                    log::info!("VMX operation on CPU {cpu}");
+                    cpu_loop(cpu as usize, caps, false);
+                }
+                Err(e) => {
+                    log::error!("CPU {cpu}: {e}; its VMs do not run");
+                    stop_unrunnable(cpu as usize);
+                }
+            }
+        }
+        CPUS_DONE.fetch_add(1, Ordering::Release);
+    }
+    crate::exit::halt_forever()
+}
+
+fn stop_unrunnable(cpu: usize) {
+    if let Some(CpuWork(list)) = WORK[cpu].lock().take() {
+        for v in list {
+            SUMMARIES.lock().push(VmSummary {
+                name: v.vm.name().into(),
+                cpu,
+                report: alloc::format!("vm {} not run: VMX unavailable on CPU {cpu}", v.vm.name()),
+                slices: 0,
+                guest_us: 0,
+                exits: 0,
+            });
+        }
+    }
+}
+
+/// One CPU's scheduling loop: round-robin over its vCPUs until all stopped.
+fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
+    let Some(CpuWork(mut vcpus)) = WORK[cpu].lock().take() else { return };
+    let host = HostCpu { tables: crate::smp::tables_of_current_cpu(), caps: *caps };
+    let mut platform = KernelPlatform { apic_id: crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0) };
+    let default_slice = tsc_from_us(10_000);
+    let Ok(mut sched) = Scheduler::new(1, default_slice) else { return };
+    let mut ids: Vec<VcpuId> = Vec::new();
+    for v in &vcpus {
+        let slice = tsc_from_us(v.slice_us() as u64).max(1);
+        match sched.add_vcpu_with_slice(0, slice) {
+            Ok(id) => ids.push(id),
+            Err(e) => panic!("scheduler refused a vCPU: {e:?}"),
+        }
+    }
+    let mut stats_seen = STATS_REQUEST.load(Ordering::Relaxed);
+    let mut stopped = alloc::vec![false; vcpus.len()];
+    loop {
+        if serial_input {
+            poll_console();
+        }
+        let request = STATS_REQUEST.load(Ordering::Relaxed);
+        if request != stats_seen {
+            stats_seen = request;
+            for v in &vcpus {
+                crate::println!("{}", v.vm.stats.report(v.vm.name()));
+            }
+        }
+        let now = crate::arch::rdtsc();
+        let deadline = DEADLINE.load(Ordering::Relaxed);
+        if (deadline != 0 && now >= deadline) || STOP_ALL.load(Ordering::Relaxed) || crate::smp::stopping() {
+            for (i, v) in vcpus.iter_mut().enumerate() {
+                if !stopped[i] {
+                    v.vm.stop(StopReason::HostStop, &mut platform.with(&v.partition));
+                    finish_vm(cpu, v, &mut sched, ids[i], now);
+                    stopped[i] = true;
+                }
+            }
+            break;
+        }
+        let Some(id) = sched.pick_next(0, now) else {
+            if sched.all_stopped(0) {
+                break;
+            }
+            // Idle: every vCPU halted; wait for the earliest wake-up.
+            let wake = sched.next_wake(0).unwrap_or(now + default_slice);
+            while crate::arch::rdtsc() < wake {
+                core::hint::spin_loop();
+            }
+            continue;
+        };
+        let Some(i) = ids.iter().position(|x| *x == id) else { continue };
+        let v = &mut vcpus[i];
+        let slice = sched.slice_ticks(id).unwrap_or(default_slice);
+        let end = v.run_slice(&host, now + slice, &mut platform);
+        let t = crate::arch::rdtsc();
+        v.vm.stats.record_slice(t - now);
+        let _ = match end {
+            SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
+            SliceEnd::Yielded => sched.on_yield(id, t),
+            SliceEnd::Halted => sched.on_halt(id, t, Some(t + slice)),
+            SliceEnd::Stopped => {
+                finish_vm(cpu, v, &mut sched, id, t);
+                stopped[i] = true;
+                Ok(())
+            }
+        };
+    }
+    for v in vcpus {
+        v.release();
+    }
+}
+
+/// Reports a stopped VM and takes it off the run queue.
+fn finish_vm(cpu: usize, v: &Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
+    let _ = sched.stop(id, now);
+    let report = match v.vm.stop_report() {
+        Some(r) => alloc::format!("{r}"),
+        None => alloc::format!("vm {} stopped", v.vm.name()),
+    };
+    crate::println!("{report}");
+    crate::println!("{}", v.vm.stats.report(v.vm.name()));
+    SUMMARIES.lock().push(VmSummary {
+        name: v.vm.name().into(),
+        cpu,
+        report,
+        slices: v.vm.stats.slices_run,
+        guest_us: us_from_tsc(v.vm.stats.guest_ticks),
+        exits: v.vm.stats.total_exits(),
+    });
+}
+
+/// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs.
+fn poll_console() {
+    while let Some(byte) = drivers::serial::COM1.try_read_byte() {
+        match byte {
+            b's' => {
+                STATS_REQUEST.fetch_add(1, Ordering::Relaxed);
+            }
+            b'q' => {
+                log::info!("console: stopping every VM");
+                STOP_ALL.store(true, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn print_summary() {
+    let mut list = SUMMARIES.lock();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    crate::println!("==================== VM summary ====================");
+    crate::println!("{:<12} {:>4} {:>8} {:>12} {:>10}  result", "vm", "cpu", "slices", "guest us", "exits");
+    for s in list.iter() {
+        crate::println!("{:<12} {:>4} {:>8} {:>12} {:>10}  {}", s.name, s.cpu, s.slices, s.guest_us, s.exits, s.report);
+    }
+    crate::println!("=====================================================");
 }

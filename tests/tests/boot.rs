@@ -1,0 +1,87 @@
+//! Booting the real images: QEMU with UEFI and BIOS, Bochs; the runner's
+//! timeout; the one-line VT-x notice under QEMU's TCG.
+//!
+//! The boot tests run the `acpi` self-test only: a quick, successful end whose
+//! CPU count line is checked against the emulator's.
+
+use std::time::Duration;
+
+use hv_tests::*;
+
+#[test]
+fn qemu_uefi_boots() {
+    let o = boot_qemu_uefi("qemu_uefi_boots", &selftest_scenario("acpi"), 2);
+    assert_boot_report(&o, "UEFI", 2);
+    assert_contains(&o, "selftest acpi: 2 CPUs");
+    assert_success(&o);
+}
+
+#[test]
+fn qemu_bios_boots() {
+    let o = boot_qemu_bios("qemu_bios_boots", &selftest_scenario("acpi"), 2);
+    assert_boot_report(&o, "BIOS", 2);
+    assert_contains(&o, "selftest acpi: 2 CPUs");
+    assert_success(&o);
+}
+
+#[test]
+fn bochs_boots() {
+    let o = boot_bochs("bochs_boots", &selftest_scenario("acpi"), 1);
+    assert_boot_report(&o, "BIOS", 1);
+    assert_contains(&o, "CPU: GenuineIntel");
+    assert_contains(&o, "selftest acpi: 1 CPUs");
+    assert_success(&o);
+}
+
+/// QEMU's TCG has no VT-x: the default run says so in one line and ends
+/// cleanly. (With KVM and nested VT-x the VMs run instead; then only the clean
+/// end is checked.)
+#[test]
+fn no_vmx_under_tcg() {
+    let o = boot_qemu_uefi("no_vmx_under_tcg", &default_vms_scenario(), 2);
+    if o.kvm {
+        eprintln!("==> KVM with nested VT-x is in use: the TCG notice does not apply");
+    } else {
+        let notices = o.serial.lines().filter(|l| l.contains("VT-x not available")).count();
+        if notices != 1 {
+            fail(&o, &format!("expected one \"VT-x not available\" line, found {notices}"));
+        }
+    }
+    assert_success(&o);
+}
+
+/// The runner kills an emulator that outlives its time limit and reports the
+/// timeout; no emulator process is left behind.
+#[test]
+fn runner_kills_emulator_on_timeout() {
+    let name = "runner_kills_emulator_on_timeout";
+    let images = images(name, &selftest_scenario(""));
+    let spec = RunSpec {
+        emulator: Emulator::Qemu,
+        firmware: Firmware::Uefi,
+        image: images.uefi.clone(),
+        memory_mib: MEMORY_MIB,
+        cpus: 1,
+        gdb: false,
+        display: false,
+        interactive: false,
+        // OVMF alone takes longer than this, so the kernel never gets to report.
+        timeout: Some(Duration::from_secs(1)),
+        work_dir: work_dir(name),
+    };
+    let o = boot::run::run(&spec).unwrap_or_else(|e| panic!("[{name}] cannot boot: {e}"));
+    if !matches!(o.ending, Ending::TimedOut(_)) {
+        fail(&o, "expected the run to time out");
+    }
+    if o.elapsed > Duration::from_secs(10) {
+        fail(&o, "the runner took far longer than the limit to stop the emulator");
+    }
+    // `run` waits for the killed child; nothing may still run the image.
+    let image = images.uefi.display().to_string();
+    let left = std::process::Command::new("pgrep").arg("-f").arg(&image).output();
+    match left {
+        Ok(out) if out.status.code() == Some(1) => {}
+        Ok(out) => fail(&o, &format!("an emulator still runs {image}: pgrep says {:?}", String::from_utf8_lossy(&out.stdout))),
+        Err(e) => panic!("[{name}] cannot run pgrep (procps): {e}"),
+    }
+}
