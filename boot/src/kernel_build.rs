@@ -97,16 +97,25 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
     // all) reads the disk slowly, and the full ELFs stay here for GDB.
     let stripped = target_dir.join("stripped");
     std::fs::create_dir_all(&stripped).map_err(|e| Error::io(&stripped, e))?;
-    strip(&kernel, &stripped.join("kernel"))?;
+    objcopy(&kernel, &stripped.join("kernel"), &["--strip-debug"])?;
     for guest in GUEST_PROGRAMS {
-        strip(&out.join(guest), &stripped.join(guest))?;
+        if REAL_MODE_PROGRAMS.contains(guest) {
+            // Real-mode guests are flat binaries, like a boot sector.
+            objcopy(&out.join(guest), &stripped.join(guest), &["-O", "binary", "--only-section=.text16"])?;
+        } else {
+            objcopy(&out.join(guest), &stripped.join(guest), &["--strip-debug"])?;
+        }
     }
     Ok(Artifacts { kernel: stripped.join("kernel"), guests_dir: stripped })
 }
 
-/// `llvm-objcopy --strip-debug`, from the toolchain's sysroot (rustup's
+/// Guest programs that are 16-bit real-mode code, packed as flat binaries
+/// (loaded at 0x7c00, see `kernel/guests/realmode.ld`).
+pub const REAL_MODE_PROGRAMS: &[&str] = &["realmode"];
+
+/// `llvm-objcopy ARGS input output`, from the toolchain's sysroot (rustup's
 /// llvm-tools, or the link `boot/toolchain.sh` makes to Debian's llvm-22).
-fn strip(input: &Path, output: &Path) -> Result<(), Error> {
+fn objcopy(input: &Path, output: &Path, args: &[&str]) -> Result<(), Error> {
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -120,13 +129,13 @@ fn strip(input: &Path, output: &Path) -> Result<(), Error> {
         });
     }
     let status = Command::new(&objcopy)
-        .arg("--strip-debug")
+        .args(args)
         .arg(input)
         .arg(output)
         .status()
         .map_err(|e| Error::Tool { tool: objcopy.display().to_string(), detail: e.to_string() })?;
     if !status.success() {
-        return Err(Error::Build(format!("llvm-objcopy --strip-debug {} failed", input.display())));
+        return Err(Error::Build(format!("llvm-objcopy {} {} failed", args.join(" "), input.display())));
     }
     Ok(())
 }

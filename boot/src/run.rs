@@ -185,6 +185,12 @@ pub fn kvm_with_vmx_usable() -> bool {
     matches!(guard.0.try_wait(), Ok(None))
 }
 
+fn lock_file(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
 /// Kills the emulator when dropped, so a panicking test never leaves one behind.
 struct ChildGuard(Child);
 
@@ -251,6 +257,10 @@ fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
     if spec.gdb {
         return Err(Error::Usage("--gdb works with QEMU only (Debian's Bochs has no gdbstub)".into()));
     }
+    // Bochs locks the disk image with `<image>.lock` and leaves it behind when
+    // killed; a stale lock makes the next run fail ("Sector Size of 0"). The
+    // images are ours and used by one run at a time, so the lock is dropped.
+    let _ = fs::remove_file(lock_file(&spec.image));
     let rc = spec.work_dir.join("bochsrc");
     // ips=200M: Bochs counts time in instructions; with it the TSC advances one
     // tick per guest instruction, which makes benchmark figures repeatable.
@@ -350,6 +360,9 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(guard);
+    if spec.emulator == Emulator::Bochs {
+        let _ = fs::remove_file(lock_file(&spec.image));
+    }
     let serial = String::from_utf8_lossy(&fs::read(&serial_log).unwrap_or_default()).into_owned();
     Ok(Outcome { command, ending, serial, elapsed: start.elapsed(), kvm })
 }

@@ -25,6 +25,7 @@ pub mod acpi;
 pub mod apic;
 pub mod framebuffer;
 pub mod io;
+pub mod pic;
 pub mod qemu_exit;
 pub mod serial;
 pub mod timer;

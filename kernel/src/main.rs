@@ -92,6 +92,9 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let tables = arch::gdt::PerCpuTables::new_leaked();
     tables.load();
     arch::idt::load();
+    // SAFETY: PC-compatible machines have the 8259 pair at the legacy ports
+    // (or nothing there); the kernel uses the local APIC instead.
+    unsafe { drivers::pic::remap_and_mask(arch::idt::LEGACY_PIC_BASE) };
     log::info!("GDT, TSS (IST stacks for #DF, NMI, #MC) and IDT loaded");
 
     let package = match package::decode(ramdisk) {
@@ -109,6 +112,8 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     percpu::install(0, bsp_apic_id);
     tables_registered(tables);
     apic::calibrate(&machine);
+    // The APs park until the VMM gives them work (it may pass its own entry).
+    smp::start_aps(&machine, smp::park);
 
     let code = match &package.command {
         Command::SelfTest { filter } => selftest::run(filter, &machine),

@@ -18,6 +18,8 @@ use hvcore::KernelExit;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 /// Vector of the LAPIC timer.
 pub const TIMER_VECTOR: u8 = 0x20;
+/// Where the masked legacy 8259 PIC pair is remapped (see `drivers::pic`).
+pub const LEGACY_PIC_BASE: u8 = 0x30;
 /// Vector used to wake a halted CPU (IPI).
 pub const WAKE_VECTOR: u8 = 0x21;
 
@@ -93,6 +95,10 @@ pub fn load() {
         idt[TIMER_VECTOR].set_handler_fn(timer_interrupt);
         idt[WAKE_VECTOR].set_handler_fn(wake_interrupt);
         idt[SPURIOUS_VECTOR].set_handler_fn(spurious_interrupt);
+        // The masked legacy PIC can still raise spurious IRQ 7/15 (8259A datasheet).
+        for vector in LEGACY_PIC_BASE..LEGACY_PIC_BASE + 16 {
+            idt[vector].set_handler_fn(legacy_pic_spurious);
+        }
         idt
     });
     idt.load();
@@ -277,6 +283,10 @@ extern "x86-interrupt" fn timer_interrupt(_frame: InterruptStackFrame) {
 
 extern "x86-interrupt" fn wake_interrupt(_frame: InterruptStackFrame) {
     crate::apic::eoi();
+}
+
+extern "x86-interrupt" fn legacy_pic_spurious(_frame: InterruptStackFrame) {
+    // All lines are masked: only spurious IRQs arrive, which take no EOI.
 }
 
 extern "x86-interrupt" fn spurious_interrupt(_frame: InterruptStackFrame) {
