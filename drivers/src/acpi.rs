@@ -618,8 +618,26 @@ mod tests {
     use std::vec;
 
     /// Builds ACPI tables inside a byte vector standing for physical memory.
+    /// "Physical memory" of a fixture, page-aligned like real memory so that
+    /// table alignment is the same on every run.
+    #[repr(C, align(4096))]
+    struct Mem([u8; 0x1000]);
+
+    impl core::ops::Deref for Mem {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl core::ops::DerefMut for Mem {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+
     struct Fixture {
-        mem: Vec<u8>,
+        mem: Box<Mem>,
     }
 
     const RSDP: usize = 0x100;
@@ -660,7 +678,7 @@ mod tests {
 
     impl Fixture {
         fn new(second_cpu_flags: u32) -> Self {
-            let mut mem = vec![0u8; 0x1000];
+            let mut mem = Box::new(Mem([0u8; 0x1000]));
             // RSDP v2.
             let mut rsdp = Vec::new();
             rsdp.extend_from_slice(b"RSD PTR ");

@@ -77,6 +77,11 @@ pub fn set_tsc_hz(hz: u64) {
     TSC_HZ.store(hz, Ordering::Relaxed);
 }
 
+/// TSC value when the kernel started.
+pub fn boot_tsc() -> u64 {
+    TSC_BOOT.load(Ordering::Relaxed)
+}
+
 /// Microseconds since boot (0 until the TSC is calibrated).
 pub fn uptime_us() -> u64 {
     let hz = TSC_HZ.load(Ordering::Relaxed);

@@ -113,7 +113,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     tables_registered(tables);
     apic::calibrate(&machine);
     // The APs park until the VMM gives them work (it may pass its own entry).
-    smp::start_aps(&machine, smp::park);
+    smp::start_aps(&machine, vmm::ap_main);
 
     let code = match &package.command {
         Command::SelfTest { filter } => selftest::run(filter, &machine),

@@ -126,6 +126,22 @@ pub fn park(_cpu_index: u32) -> ! {
     }
 }
 
+/// Sends the wake IPI ([`WAKE_VECTOR`]) to every other online CPU (e.g. parked
+/// CPUs when work is ready). Best effort: a CPU the IPI misses keeps waiting.
+pub fn wake_others() -> u32 {
+    let me = percpu::cpu_index();
+    let mut sent = 0;
+    for (index, slot) in SLOTS.iter().enumerate() {
+        if index as u32 != me && slot.online.load(Ordering::Acquire) {
+            let id = slot.apic_id.load(Ordering::Relaxed);
+            if crate::apic::send_ipi(id, Ipi::Fixed { vector: WAKE_VECTOR }).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
 /// Asks every other online CPU to halt (flag + wake IPI) and waits briefly for
 /// them. Safe from any CPU, on a panic path, and more than once (later calls
 /// return at once).
@@ -134,15 +150,9 @@ pub fn stop_other_cpus() {
         return;
     }
     let me = percpu::cpu_index();
-    let mut others = 0;
-    for (index, slot) in SLOTS.iter().enumerate() {
-        if index as u32 == me || !slot.online.load(Ordering::Acquire) {
-            continue;
-        }
-        others += 1;
-        // Best effort: an IPI that cannot be sent leaves that CPU to see the flag.
-        let _ = crate::apic::send_ipi(slot.apic_id.load(Ordering::Relaxed), Ipi::Fixed { vector: WAKE_VECTOR });
-    }
+    let others = (0..MAX_CPUS as u32).filter(|&i| i != me && SLOTS[i as usize].online.load(Ordering::Acquire)).count() as u32;
+    // Best effort: a CPU the IPI misses sees the flag at its next check.
+    wake_others();
     if others > 0 {
         let deadline = rdtsc() + us_to_tsc(STOP_WAIT_US);
         while HALTED.load(Ordering::Acquire) < others && rdtsc() < deadline {

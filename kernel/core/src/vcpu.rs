@@ -121,7 +121,7 @@ impl fmt::Display for StopReason {
                 access,
                 linear,
             } => {
-                write!(f, "memory violation at gpa {gpa:#x} (access {access}")?;
+                write!(f, "EPT/NPT violation at gpa {gpa:#x} outside the VM's memory (access {access}")?;
                 if let Some(l) = linear {
                     write!(f, ", linear {l:#x}")?;
                 }
@@ -505,7 +505,7 @@ mod tests {
         };
         assert_eq!(
             alloc::format!("{r}"),
-            "memory violation at gpa 0x1000 (access --x) at rip 0x20"
+            "EPT/NPT violation at gpa 0x1000 outside the VM's memory (access --x) at rip 0x20"
         );
         let r = StopReason::Shutdown { code: 3 };
         assert_eq!(alloc::format!("{r}"), "shutdown, exit code 3");

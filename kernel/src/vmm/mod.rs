@@ -182,11 +182,7 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     }
     WORK_READY.store(true, Ordering::Release);
     // Wake the application processors waiting in `ap_main`.
-    for cpu in 1..cpus {
-        if let Some(apic_id) = crate::smp::apic_id_of(cpu as u32) {
-            let _ = crate::apic::send_ipi(apic_id, drivers::apic::Ipi::Fixed { vector: crate::arch::idt::WAKE_VECTOR });
-        }
-    }
+    crate::smp::wake_others();
 
     cpu_loop(0, &caps, package.options.serial_input);
     if WORK_CPU0_HAD_WORK.load(Ordering::Relaxed) {
@@ -312,7 +308,10 @@ fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
 /// Entry point of an application processor: waits for VM work, then runs it.
 pub fn ap_main(cpu: u32) -> ! {
     while !WORK_READY.load(Ordering::Acquire) {
-        // Woken by `smp::wake_all` (IPI) or spins on the flag.
+        if crate::smp::stopping() {
+            crate::smp::halt_this_cpu();
+        }
+        // Woken by `smp::wake_others` (IPI on WAKE_VECTOR).
         x86_64::instructions::interrupts::enable_and_hlt();
         x86_64::instructions::interrupts::disable();
     }
@@ -332,7 +331,7 @@ pub fn ap_main(cpu: u32) -> ! {
         }
         CPUS_DONE.fetch_add(1, Ordering::Release);
     }
-    crate::exit::halt_forever()
+    crate::smp::park(cpu)
 }
 
 fn stop_unrunnable(cpu: usize) {
@@ -366,6 +365,10 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
         }
     }
     let mut stats_seen = STATS_REQUEST.load(Ordering::Relaxed);
+    // Host time between two slices (scheduling, accounting): the cost of a
+    // scheduler decision, reported in the summary.
+    let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
+    let mut last_slice_end: Option<u64> = None;
     let mut stopped = alloc::vec![false; vcpus.len()];
     loop {
         if serial_input {
@@ -404,8 +407,18 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
         let Some(i) = ids.iter().position(|x| *x == id) else { continue };
         let v = &mut vcpus[i];
         let slice = sched.slice_ticks(id).unwrap_or(default_slice);
+        let start = crate::arch::rdtsc();
+        if let Some(prev) = last_slice_end {
+            if overhead.len() < OVERHEAD_SAMPLES {
+                overhead.push(start - prev);
+            }
+        }
+        if FIRST_ENTRY.swap(false, Ordering::Relaxed) {
+            log::info!("bench: boot to first guest slice: {} us (TSC)", us_from_tsc(start - crate::console::boot_tsc()));
+        }
         let end = v.run_slice(&host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
+        last_slice_end = Some(t);
         v.vm.stats.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
@@ -421,7 +434,21 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
     for v in vcpus {
         v.release();
     }
+    if !overhead.is_empty() {
+        overhead.sort_unstable();
+        crate::println!(
+            "bench: CPU {cpu} scheduler overhead per slice (TSC ticks): min {} median {} over {} slices",
+            overhead[0],
+            overhead[overhead.len() / 2],
+            overhead.len()
+        );
+    }
 }
+
+/// Samples of scheduler overhead kept per CPU.
+const OVERHEAD_SAMPLES: usize = 4096;
+/// Set until the first guest slice starts (for the boot-time figure).
+static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
 
 /// Reports a stopped VM and takes it off the run queue.
 fn finish_vm(cpu: usize, v: &Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {

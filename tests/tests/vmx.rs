@@ -1,0 +1,211 @@
+//! VT-x under Bochs (Skylake-X CPU with VMX, EPT, VPID, unrestricted guest):
+//! guests built by the project run in EPT-isolated VMs; faulting VMs are
+//! stopped with a report while the others complete; the scheduler shares
+//! CPUs fairly and takes the CPU back from guests that never exit.
+//!
+//! Several VMs share each boot: Bochs boots cost tens of seconds, and a boot
+//! with faulting and healthy VMs side by side is also the isolation test.
+
+use hv_tests::*;
+use hvcore::KernelExit;
+
+const GUEST_BASICS: &str = r#"
+[[vm]]
+name = "hello"
+memory = "4M"
+cpus = [0]
+image = "hello"
+
+[[vm]]
+name = "cpuid"
+memory = "4M"
+cpus = [0]
+image = "cpuid"
+
+[[vm]]
+name = "msr"
+memory = "4M"
+cpus = [0]
+image = "msr"
+
+[[vm]]
+name = "realmode"
+memory = "2M"
+cpus = [0]
+image = "realmode"
+load_addr = 0x7c00
+mode = "real16"
+"#;
+
+/// A guest prints through its emulated UART (name-prefixed on the host
+/// serial), uses hypercalls and shuts itself down; CPUID is filtered; an
+/// unknown MSR raises #GP inside the guest; a real-mode guest runs.
+#[test]
+fn guest_basics() {
+    let config = config_file("guest_basics", GUEST_BASICS);
+    let o = boot_bochs("guest_basics", &vms_scenario(&config), 1);
+    // UART output, prefixed with the VM's name; hypercalls.
+    assert_contains(&o, "vm hello: hello from a guest over the emulated 16550 (scratch 0x5a)");
+    assert_contains(&o, "vm hello: vm id 0 (status 0), hypercall interface version 1");
+    assert_contains(&o, "vm hello: hello through the console hypercall");
+    assert_contains(&o, "vm hello: unknown hypercall status -1");
+    assert_contains(&o, "vm hello (id 0) stopped: shutdown, exit code 0");
+    // Exit counts when the VM stops.
+    assert_contains(&o, "stats for vm hello:");
+    let io_line = line_with(&o, "    io ");
+    assert!(io_line.split_whitespace().last().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) > 50, "{io_line}");
+    // CPUID: VMX hidden, hypervisor bit set, our signature and interface version.
+    assert_contains(&o, "vm cpuid: cpuid.1: vmx=0 hypervisor=1 apic_id=0");
+    assert_contains(&o, "signature=\"RustBareHv\"");
+    assert_contains(&o, "vm cpuid: cpuid.40000001: interface_version=1");
+    // MSRs: an allowed one reads; an unknown one is a #GP the guest handles.
+    assert_contains(&o, "vm msr: rdmsr IA32_PAT = 0x7040600070406");
+    assert_contains(&o, "vm msr: guest #GP handler: error code 0x0");
+    assert_contains(&o, "vm msr: unknown MSR raised #GP in the guest: OK");
+    // Real mode under unrestricted guest.
+    assert_contains(&o, "vm realmode: hello from real mode (16-bit, unrestricted guest)");
+    assert_contains(&o, "vm realmode (id 3) stopped: shutdown, exit code 22");
+    assert_success(&o);
+}
+
+const FAULTS: &str = r#"
+[[vm]]
+name = "escape"
+memory = "4M"
+cpus = [0]
+image = "escape"
+
+[[vm]]
+name = "hvmem"
+memory = "4M"
+cpus = [0]
+image = "hvmem"
+
+[[vm]]
+name = "triple"
+memory = "4M"
+cpus = [0]
+image = "triple"
+
+[[vm]]
+name = "hello"
+memory = "4M"
+cpus = [0]
+image = "hello"
+"#;
+
+/// A VM writing outside its partition, one writing to hypervisor memory (the
+/// host's local APIC page, by guest-physical address) and a triple-faulting
+/// VM are each stopped with a report, while the healthy VM completes.
+#[test]
+fn faulting_vms_are_contained() {
+    let config = config_file("faulting_vms", FAULTS);
+    let o = boot_bochs("faulting_vms", &vms_scenario(&config), 1);
+    assert_contains(&o, "partition check: 4 VM(s), 16 MiB mapped, EPTs disjoint, no hypervisor frame mapped");
+    assert_contains(&o, "vm escape (id 0) stopped: EPT/NPT violation at gpa 0x4000000 outside the VM's memory (access -w-");
+    assert_contains(&o, "vm hvmem (id 1) stopped: EPT/NPT violation at gpa 0xfee000b0 outside the VM's memory (access -w-");
+    assert_contains(&o, "vm triple (id 2) stopped: triple fault at rip 0x");
+    assert_lacks(&o, "ESCAPED");
+    // The healthy VM finishes after the others were stopped.
+    assert_contains(&o, "vm hello: goodbye");
+    assert_contains(&o, "vm hello (id 3) stopped: shutdown, exit code 0");
+    assert_success(&o);
+}
+
+const SCHEDULING: &str = r#"
+[[vm]]
+name = "alpha"
+memory = "2M"
+cpus = [0]
+image = "counter"
+slice_ms = 5
+
+[[vm]]
+name = "beta"
+memory = "2M"
+cpus = [0]
+image = "counter"
+slice_ms = 5
+
+[[vm]]
+name = "gamma"
+memory = "2M"
+cpus = [0]
+image = "counter"
+slice_ms = 5
+
+[[vm]]
+name = "spinner"
+memory = "2M"
+cpus = [0]
+image = "spin"
+slice_ms = 5
+
+[[vm]]
+name = "pinned"
+memory = "4M"
+cpus = [1]
+image = "cpuid"
+
+[[vm]]
+name = "escape"
+memory = "4M"
+cpus = [1]
+image = "escape"
+
+[[vm]]
+name = "triple"
+memory = "4M"
+cpus = [1]
+image = "triple"
+
+[[vm]]
+name = "hello"
+memory = "4M"
+cpus = [1]
+image = "hello"
+"#;
+
+/// The last `report 1=N` (counter) of a VM.
+fn last_count(o: &boot::run::Outcome, vm: &str) -> u64 {
+    vm_reports(o)
+        .iter()
+        .filter(|(name, key, _)| name == vm && key == "1")
+        .filter_map(|(_, _, v)| v.parse().ok())
+        .last()
+        .unwrap_or_else(|| fail(o, &format!("vm {vm} reported no counter")))
+}
+
+/// Two CPUs: three counters and a VM that never exits share CPU 0
+/// round-robin; CPU 1 runs a VM pinned to it, two faulting VMs and a healthy
+/// one. Shares stay within 15% of equal, the spinning VM loses the CPU at
+/// every slice end, and the faults on CPU 1 do not disturb CPU 0.
+#[test]
+fn scheduling_on_two_cpus() {
+    let config = config_file("scheduling", SCHEDULING);
+    let mut scenario = vms_scenario(&config);
+    scenario.options.stop_after_ms = Some(1500);
+    let o = boot_bochs("scheduling", &scenario, 2);
+    // CPU 1 is APIC ID 1 in Bochs; the pinned VM sees it through CPUID.
+    assert_contains(&o, "vm pinned: cpuid.1: vmx=0 hypervisor=1 apic_id=1");
+    assert_contains(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
+    assert_contains(&o, "vm triple (id 6) stopped: triple fault");
+    assert_contains(&o, "vm hello (id 7) stopped: shutdown, exit code 0");
+    // Fair shares on CPU 0.
+    let counts: Vec<u64> = ["alpha", "beta", "gamma"].iter().map(|vm| last_count(&o, vm)).collect();
+    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    for (vm, c) in ["alpha", "beta", "gamma"].iter().zip(&counts) {
+        let dev = (*c as f64 - mean).abs() / mean;
+        if dev > 0.15 {
+            fail(&o, &format!("vm {vm} counted {c}, {:.0}% off the mean {mean:.0} (counts {counts:?})", dev * 100.0));
+        }
+    }
+    // The spinner was preempted at every slice end and stopped at the limit.
+    assert_contains(&o, "vm spinner (id 3) stopped: stopped by the hypervisor");
+    let row = line_with(&o, "spinner ");
+    let slices: u64 = row.split_whitespace().nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if slices < 10 {
+        fail(&o, &format!("the spinning VM ran only {slices} slices: it was not preempted (row: {row})"));
+    }
+    assert_code(&o, KernelExit::Success);
+}
