@@ -170,18 +170,23 @@ impl<'a> FbConsole<'a> {
         if self.row + 1 < self.rows {
             self.row += 1;
         } else {
-            self.scroll_up();
+            // Scroll a third of the screen at once: every scroll reads the
+            // whole framebuffer back, which is slow device memory on real
+            // machines and emulators alike.
+            let by = (self.rows / 3).max(1);
+            self.scroll_up(by);
+            self.row = self.rows - by;
         }
     }
 
-    /// Moves every text row up by one and clears the bottom row.
-    fn scroll_up(&mut self) {
+    /// Moves the text up by `by` rows and clears the rows freed at the bottom.
+    fn scroll_up(&mut self, by: usize) {
         let line_bytes = self.info.stride * self.info.bytes_per_pixel;
         let text_bytes = LINE_HEIGHT * line_bytes;
         let used = self.rows * text_bytes;
-        self.buf.copy_within(text_bytes..used, 0);
-        let last = (self.rows - 1) * LINE_HEIGHT;
-        for y in last..last + LINE_HEIGHT {
+        self.buf.copy_within(by * text_bytes..used, 0);
+        let first_free = (self.rows - by) * LINE_HEIGHT;
+        for y in first_free..self.rows * LINE_HEIGHT {
             self.fill_span(y, 0, self.width, self.bg);
         }
     }

@@ -120,28 +120,28 @@ name = "alpha"
 memory = "2M"
 cpus = [0]
 image = "counter"
-slice_ms = 5
+slice_ms = 10
 
 [[vm]]
 name = "beta"
 memory = "2M"
 cpus = [0]
 image = "counter"
-slice_ms = 5
+slice_ms = 10
 
 [[vm]]
 name = "gamma"
 memory = "2M"
 cpus = [0]
 image = "counter"
-slice_ms = 5
+slice_ms = 10
 
 [[vm]]
 name = "spinner"
 memory = "2M"
 cpus = [0]
 image = "spin"
-slice_ms = 5
+slice_ms = 10
 
 [[vm]]
 name = "pinned"

@@ -1,5 +1,5 @@
-//! Counts forever, reporting its counter every 2^16 iterations (a small
-//! fraction of a time slice): the scheduler tests compare how far each VM got.
+//! Counts forever, reporting its counter every 2^18 iterations (about a
+//! million instructions, a fraction of a time slice): the scheduler tests compare how far each VM got.
 #![no_std]
 #![no_main]
 
@@ -13,10 +13,10 @@ fn main() {
     let mut reports: u64 = 0;
     loop {
         count = core::hint::black_box(count + 1);
-        if count & 0xffff == 0 {
+        if count & 0x3_ffff == 0 {
             report(key::COUNTER, count);
             reports += 1;
-            if reports % 256 == 0 {
+            if reports % 64 == 0 {
                 println!("count {count}");
             }
         }
