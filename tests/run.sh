@@ -13,4 +13,4 @@ cargo build --tests -q
 hv_step "running unit and integration tests"
 # Integration tests share one build of the kernel; two emulators at a time fit
 # two cores without starving the instruction-counting Bochs runs.
-exec cargo test -- --test-threads="${HV_TEST_THREADS:-2}" "$@"
+exec cargo test --no-fail-fast -- --test-threads="${HV_TEST_THREADS:-2}" "$@"
