@@ -32,24 +32,35 @@ struct Case {
     name: &'static str,
     /// The test.
     run: fn(&Machine) -> CaseResult,
+    /// Needs VT-x: on a CPU without it the case is reported `unavailable`
+    /// (by name, in the summary too), and the tests check where that is expected.
+    needs_vmx: bool,
 }
 
 /// The registry, in run order.
 const CASES: &[Case] = &[
-    Case { name: "frames", run: frames },
-    Case { name: "heap", run: heap },
-    Case { name: "mapper", run: mapper },
-    Case { name: "acpi", run: acpi },
-    Case { name: "timers", run: timers },
-    Case { name: "breakpoint", run: breakpoint },
+    Case { name: "frames", run: frames, needs_vmx: false },
+    Case { name: "heap", run: heap, needs_vmx: false },
+    Case { name: "mapper", run: mapper, needs_vmx: false },
+    Case { name: "acpi", run: acpi, needs_vmx: false },
+    Case { name: "timers", run: timers, needs_vmx: false },
+    Case { name: "breakpoint", run: breakpoint, needs_vmx: false },
+    Case { name: "vmentry-bad-guest-state", run: vmentry_bad_guest_state, needs_vmx: true },
+    Case { name: "vmentry-bad-controls", run: vmentry_bad_controls, needs_vmx: true },
 ];
 
 /// Runs the test cases whose names contain `filter` (all when it is empty).
 pub fn run(filter: &str, machine: &Machine) -> KernelExit {
     let selected: Vec<&Case> = CASES.iter().filter(|c| c.name.contains(filter)).collect();
     println!("selftest: running {} of {} case(s) (filter {filter:?})", selected.len(), CASES.len());
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let (mut passed, mut failed, mut unavailable) = (0usize, 0usize, 0usize);
+    let vmx = crate::vmm::enable::detect();
     for case in &selected {
+        if let (true, Err(e)) = (case.needs_vmx, &vmx) {
+            unavailable += 1;
+            println!("selftest {} ... unavailable: {e}", case.name);
+            continue;
+        }
         match (case.run)(machine) {
             Ok(()) => {
                 passed += 1;
@@ -61,7 +72,7 @@ pub fn run(filter: &str, machine: &Machine) -> KernelExit {
             }
         }
     }
-    println!("selftest summary: {passed} passed, {failed} failed");
+    println!("selftest summary: {passed} passed, {failed} failed, {unavailable} unavailable");
     if selected.is_empty() {
         println!("selftest: no case matches {filter:?}");
         return KernelExit::Failure;
@@ -80,6 +91,25 @@ macro_rules! ensure {
             return Err(format!($($arg)*));
         }
     };
+}
+
+// ---------------------------------------------------------------- VM entry
+
+fn vmentry_bad_guest_state(_: &Machine) -> CaseResult {
+    let report = crate::vmm::entry_failure_report(crate::vmm::Breakage::GuestState)?;
+    println!("selftest vmentry: {report}");
+    ensure!(report.contains("VM entry failed, reason 0x21"), "expected an invalid-guest-state entry failure (reason 33), got: {report}");
+    Ok(())
+}
+
+fn vmentry_bad_controls(_: &Machine) -> CaseResult {
+    let report = crate::vmm::entry_failure_report(crate::vmm::Breakage::Controls)?;
+    println!("selftest vmentry: {report}");
+    ensure!(
+        report.contains("VM-instruction error 7 (VM entry with invalid control field(s))"),
+        "expected VM-instruction error 7, got: {report}"
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------- frames

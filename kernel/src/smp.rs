@@ -83,12 +83,6 @@ pub fn online_cpus() -> u32 {
     SLOTS.iter().filter(|s| s.online.load(Ordering::Acquire)).count().max(1) as u32
 }
 
-/// The local APIC ID of the online CPU with index `cpu_index`.
-pub fn apic_id_of(cpu_index: u32) -> Option<u32> {
-    let slot = SLOTS.get(cpu_index as usize)?;
-    slot.online.load(Ordering::Acquire).then(|| slot.apic_id.load(Ordering::Relaxed))
-}
-
 /// The calling CPU's GDT/TSS (for the VMCS host state).
 ///
 /// Panics if called before the CPU's tables were registered (the boot CPU:

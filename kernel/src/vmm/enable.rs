@@ -83,15 +83,9 @@ pub fn capabilities() -> Result<VmxCapabilities, VmxError> {
     Ok(caps)
 }
 
-/// The per-CPU result of VMXON: its region stays allocated while in VMX operation.
-pub struct VmxOn {
-    /// The VMXON region.
-    pub region: HostPhysAddr,
-}
-
 /// Enables VMX operation on the calling CPU (SDM 24.7): feature control,
 /// CR0/CR4 fixed bits, CR4.VMXE, VMXON.
-pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<VmxOn, VmxError> {
+pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), VmxError> {
     detect()?;
     match FeatureControlAction::decide(rdmsr(IA32_FEATURE_CONTROL)) {
         FeatureControlAction::AlreadyEnabled => {}
@@ -120,8 +114,9 @@ pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<VmxOn, VmxError> {
     // SAFETY: `region` is a fresh, zeroed, 4 KiB-aligned frame with the VMCS
     // revision identifier written; CR0/CR4 satisfy the fixed bits; the frame
     // stays allocated while this CPU is in VMX operation.
-    unsafe { vmx::instructions::vmxon(region) }.map_err(|e| VmxError::Instruction("VMXON", e))?;
-    Ok(VmxOn { region })
+    // The region stays allocated: the CPU stays in VMX operation until the
+    // machine powers off.
+    unsafe { vmx::instructions::vmxon(region) }.map_err(|e| VmxError::Instruction("VMXON", e))
 }
 
 /// Allocates a VMXON or VMCS region: a zeroed 4 KiB frame starting with the

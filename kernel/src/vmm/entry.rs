@@ -7,7 +7,7 @@
 //! right before VMLAUNCH/VMRESUME so that the exit lands on that same stack,
 //! where the pointer to the guest register block waits.
 
-use vmx::vmcs::{HOST_RIP, HOST_RSP};
+use vmx::vmcs::HOST_RSP;
 
 /// Guest GPRs as the world switch saves them (offsets used by the asm).
 #[repr(C)]
@@ -123,11 +123,8 @@ extern "C" {
 
 /// Address the VMCS's HOST_RIP must hold (the VM-exit entry point).
 pub fn exit_entry_point() -> u64 {
-    hv_vmx_exit as usize as u64
+    hv_vmx_exit as *const () as u64
 }
-
-/// Field encoding of HOST_RIP, for the VMCS set-up.
-pub const HOST_RIP_FIELD: u32 = HOST_RIP.encoding();
 
 /// Enters the guest of the current VMCS and returns at its next VM exit.
 ///

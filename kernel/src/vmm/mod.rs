@@ -143,7 +143,7 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
         caps.misc.preemption_timer_rate()
     );
     let caps = *CAPS.call_once(|| caps);
-    if let Err(e) = enable::enable_on_this_cpu(&caps) {
+    if let Err(e) = enable_on_boot_cpu(&caps) {
         log::error!("{e}; no VMs started");
         return match e {
             enable::VmxError::DisabledByFirmware => KernelExit::Success,
@@ -193,6 +193,59 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     }
     print_summary();
     KernelExit::Success
+}
+
+/// VMXON on the boot CPU, once (self-tests and `run` may both ask).
+fn enable_on_boot_cpu(caps: &VmxCapabilities) -> Result<(), enable::VmxError> {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    enable::enable_on_this_cpu(caps)?;
+    DONE.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A deliberately broken VMCS field, for the VM-entry failure self-tests.
+#[derive(Clone, Copy, Debug)]
+pub enum Breakage {
+    /// Guest CS marked unusable: an invalid guest state (SDM 27.3.1.2), so
+    /// VM entry fails with exit reason 33.
+    GuestState,
+    /// Every secondary control set, reserved bits included: VMLAUNCH fails
+    /// with VM-instruction error 7 (SDM 27.2.1.1).
+    Controls,
+}
+
+/// Runs a one-off VM whose VMCS has `breakage` and returns its stop report:
+/// a failed VM entry must be decoded and reported, never hang.
+pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
+    use alloc::format;
+    enable::detect().map_err(|e| format!("{e}"))?;
+    let caps = *CAPS.call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
+    enable_on_boot_cpu(&caps).map_err(|e| format!("{e}"))?;
+    let part = Partition::new(2 << 20, None).map_err(|e| format!("{e}"))?;
+    let vm = VmContext::new(900, "broken");
+    let mut v = Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps).map_err(|(e, p)| {
+        p.release();
+        format!("{e}")
+    })?;
+    let host = HostCpu { tables: crate::smp::tables_of_current_cpu(), caps };
+    let (field, value) = match breakage {
+        Breakage::GuestState => (vmx::vmcs::GUEST_CS_AR_BYTES.encoding(), 1 << 16),
+        Breakage::Controls => (vmx::vmcs::SECONDARY_VM_EXEC_CONTROL.encoding(), u32::MAX as u64),
+    };
+    let result = v.overwrite_field_for_selftest(&host, field, value).map_err(|e| format!("{e}"));
+    let report = result.map(|()| {
+        let mut platform = KernelPlatform { apic_id: 0 };
+        let end = v.run_slice(&host, crate::arch::rdtsc() + tsc_from_us(100_000), &mut platform);
+        match (end, v.vm.stop_report()) {
+            (SliceEnd::Stopped, Some(r)) => format!("{r}"),
+            _ => String::from("the broken VM was entered and did not stop"),
+        }
+    });
+    v.release();
+    report
 }
 
 /// Validates and builds every VM; returns the vCPUs that start, with their CPU.
@@ -397,11 +450,13 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
             if sched.all_stopped(0) {
                 break;
             }
-            // Idle: every vCPU halted; wait for the earliest wake-up.
+            // Idle: every vCPU halted. Sleep until the earliest wake-up on the
+            // LAPIC timer (a wake IPI or a stop request end the sleep too).
             let wake = sched.next_wake(0).unwrap_or(now + default_slice);
-            while crate::arch::rdtsc() < wake {
-                core::hint::spin_loop();
-            }
+            crate::apic::one_shot_us(us_from_tsc(wake.saturating_sub(now)).max(1));
+            x86_64::instructions::interrupts::enable_and_hlt();
+            x86_64::instructions::interrupts::disable();
+            crate::apic::stop_timer();
             continue;
         };
         let Some(i) = ids.iter().position(|x| *x == id) else { continue };

@@ -205,9 +205,32 @@ impl Vcpu {
         let mut vmcs = unsafe { ActiveVmcs::load(self.vmcs) }.map_err(|e| VmxError::Instruction("VMPTRLD", e))?;
         if !self.initialised {
             self.setup(&mut vmcs, host)?;
+            self.flush_translations(&host.caps);
             self.initialised = true;
         }
         Ok(vmcs)
+    }
+
+    /// Loads (and sets up) the VMCS, then overwrites one field: how the
+    /// self-tests provoke VM-entry failures on purpose.
+    pub fn overwrite_field_for_selftest(&mut self, host: &HostCpu, encoding: u32, value: u64) -> Result<(), VmxError> {
+        let mut vmcs = self.load(host)?;
+        vmcs.write(encoding, value).map_err(|e| VmxError::Instruction("VMWRITE", e))
+    }
+
+    /// Drops cached translations for this VM's EPTP and VPID (SDM 29.4.3):
+    /// the frames of a stopped VM's EPT, and its VPID, may be reused.
+    fn flush_translations(&self, caps: &VmxCapabilities) {
+        use vmx::instructions::{InveptType, InvvpidType};
+        use vmx::EptVpidCap;
+        if caps.ept_vpid.contains(EptVpidCap::INVEPT_SINGLE_CONTEXT) {
+            // SAFETY: VMX root operation; the EPTP is this VM's valid EPT.
+            let _ = unsafe { vmx::instructions::invept(InveptType::SingleContext, self.partition.ept.eptp().as_u64()) };
+        }
+        if caps.ept_vpid.contains(EptVpidCap::INVVPID_SINGLE_CONTEXT) {
+            // SAFETY: VMX root operation; the VPID is nonzero.
+            let _ = unsafe { vmx::instructions::invvpid(InvvpidType::SingleContext, self.vpid, 0) };
+        }
     }
 
     /// Writes controls, host state and the initial guest state.
