@@ -7,28 +7,23 @@
 //! right before VMLAUNCH/VMRESUME so that the exit lands on that same stack,
 //! where the pointer to the guest register block waits.
 
+use hvcore::exit::GuestRegs;
 use vmx::vmcs::HOST_RSP;
 
-/// Guest GPRs as the world switch saves them (offsets used by the asm).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GuestGprs {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-}
+// The asm below addresses RAX..R15 by offset; the register block is
+// hvcore's `GuestRegs`, whose `repr(C)` layout these checks pin down.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GuestRegs, rax) == 0);
+    assert!(offset_of!(GuestRegs, rbx) == 8);
+    assert!(offset_of!(GuestRegs, rcx) == 16);
+    assert!(offset_of!(GuestRegs, rdx) == 24);
+    assert!(offset_of!(GuestRegs, rsi) == 32);
+    assert!(offset_of!(GuestRegs, rdi) == 40);
+    assert!(offset_of!(GuestRegs, rbp) == 48);
+    assert!(offset_of!(GuestRegs, r8) == 56);
+    assert!(offset_of!(GuestRegs, r15) == 112);
+};
 
 /// What a world switch ended with.
 pub enum SwitchResult {
@@ -42,7 +37,7 @@ pub enum SwitchResult {
 core::arch::global_asm!(
     ".global hv_vmx_switch",
     ".global hv_vmx_exit",
-    // hv_vmx_switch(gprs: *mut GuestGprs (rdi), launched: u64 (rsi)) -> u64 (rax)
+    // hv_vmx_switch(regs: *mut GuestRegs (rdi), launched: u64 (rsi)) -> u64 (rax)
     // returns 0 after a VM exit, or RFLAGS (never 0: bit 1 is always set)
     // when the VM-entry instruction failed.
     "hv_vmx_switch:",
@@ -117,7 +112,7 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    fn hv_vmx_switch(gprs: *mut GuestGprs, launched: u64) -> u64;
+    fn hv_vmx_switch(regs: *mut GuestRegs, launched: u64) -> u64;
     fn hv_vmx_exit();
 }
 
@@ -134,10 +129,10 @@ pub fn exit_entry_point() -> u64 {
 /// and whose guest state and controls were checked by the caller's set-up;
 /// `launched` is true exactly when this VMCS was launched on this CPU since
 /// its last VMCLEAR. Interrupts must be disabled.
-pub unsafe fn switch(gprs: &mut GuestGprs, launched: bool) -> SwitchResult {
+pub unsafe fn switch(regs: &mut GuestRegs, launched: bool) -> SwitchResult {
     // SAFETY: the caller's contract; the asm saves and restores every
     // callee-saved register and returns on the same stack.
-    let r = unsafe { hv_vmx_switch(gprs, launched as u64) };
+    let r = unsafe { hv_vmx_switch(regs, launched as u64) };
     if r == 0 {
         SwitchResult::Exited
     } else {

@@ -20,7 +20,7 @@ use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
 
 use super::enable::{vmx_region, VmxError};
-use super::entry::{self, GuestGprs, SwitchResult};
+use super::entry::{self, SwitchResult};
 use super::partition::Partition;
 use crate::arch::gdt::PerCpuTables;
 
@@ -94,8 +94,9 @@ pub struct Vcpu {
     vmcs: HostPhysAddr,
     /// Launched since the last VMCLEAR (VMRESUME then, not VMLAUNCH).
     launched: bool,
-    /// Guest GPRs while the guest is not running.
-    gprs: GuestGprs,
+    /// Guest GPRs (and the exiting instruction's RIP and length) while the
+    /// guest is not running; the world switch loads and saves them in place.
+    regs: GuestRegs,
     /// An event to inject at the next entry.
     pending_event: Option<Event>,
     /// Guest mode at start (for reports and entry decisions).
@@ -138,7 +139,7 @@ impl Vcpu {
             partition,
             vmcs,
             launched: false,
-            gprs: GuestGprs::default(),
+            regs: GuestRegs::default(),
             pending_event: None,
             mode,
             vpid,
@@ -461,7 +462,7 @@ impl Vcpu {
             // current and fully set up by `setup` (host state of this CPU);
             // `launched` tracks VMLAUNCH vs VMRESUME; interrupts are off in
             // the scheduler loop.
-            let result = unsafe { entry::switch(&mut self.gprs, self.launched) };
+            let result = unsafe { entry::switch(&mut self.regs, self.launched) };
             match result {
                 SwitchResult::EntryFailed { rflags } => {
                     let fail = vmx::check_vm_entry_flags(rflags).err().map(|k| k.resolve(&vmcs));
@@ -473,14 +474,16 @@ impl Vcpu {
                 Ok(i) => i,
                 Err(_) => return self.stop_with_vmcs_failure(&vmcs, env),
             };
-            let mut regs = self.guest_regs(&vmcs, &info);
+            self.regs.rip = vmcs.get(GUEST_RIP).unwrap_or(0);
+            self.regs.instruction_len = u64::from(info.instruction_len);
+            let regs = &mut self.regs;
             // The guest-linear address is valid only for some EPT violations.
             let linear = if info.reason.reason() == ExitReason::EptViolation {
                 vmcs.get(GUEST_LINEAR_ADDRESS).unwrap_or(0)
             } else {
                 0
             };
-            let exit = decode(&info, &regs, linear);
+            let exit = decode(&info, regs, linear);
             if let Exit::ExternalInterrupt = exit {
                 // Let the host's IDT take the interrupt that caused the exit.
                 // STI's one-instruction shadow ends after the NOP, where the
@@ -492,8 +495,7 @@ impl Vcpu {
                 log::error!("vm {}: VM entry failed ({:?}); guest state:", self.vm.name(), info.entry_failure());
                 dump_guest_state(&vmcs);
             }
-            let action = hx::handle_exit(&mut self.vm, &exit, &mut regs, &mut env.with(&self.partition));
-            self.store_regs(&regs);
+            let action = hx::handle_exit(&mut self.vm, &exit, regs, &mut env.with(&self.partition));
             let next = action.next_rip(regs.rip, regs.instruction_len);
             if next != regs.rip && vmcs.set(GUEST_RIP, next).is_err() {
                 return self.stop_with_vmcs_failure(&vmcs, env);
@@ -532,49 +534,6 @@ impl Vcpu {
             self.vm.stats.injected_events += 1;
         }
         Ok(())
-    }
-
-    fn guest_regs(&self, vmcs: &ActiveVmcs, info: &ExitInfo) -> GuestRegs {
-        let g = &self.gprs;
-        GuestRegs {
-            rax: g.rax,
-            rbx: g.rbx,
-            rcx: g.rcx,
-            rdx: g.rdx,
-            rsi: g.rsi,
-            rdi: g.rdi,
-            rbp: g.rbp,
-            r8: g.r8,
-            r9: g.r9,
-            r10: g.r10,
-            r11: g.r11,
-            r12: g.r12,
-            r13: g.r13,
-            r14: g.r14,
-            r15: g.r15,
-            rip: vmcs.get(GUEST_RIP).unwrap_or(0),
-            instruction_len: info.instruction_len as u64,
-        }
-    }
-
-    fn store_regs(&mut self, r: &GuestRegs) {
-        self.gprs = GuestGprs {
-            rax: r.rax,
-            rbx: r.rbx,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            rbp: r.rbp,
-            r8: r.r8,
-            r9: r.r9,
-            r10: r.r10,
-            r11: r.r11,
-            r12: r.r12,
-            r13: r.r13,
-            r14: r.r14,
-            r15: r.r15,
-        };
     }
 
     fn stop_on_entry_instruction_failure(

@@ -202,6 +202,9 @@ pub enum Exit {
 /// Guest general-purpose registers, plus the read-only `rip` and
 /// `instruction_len` the backend supplies. Handlers write results into the
 /// GPRs; the backend writes them back before the next entry.
+/// The layout is `repr(C)` in this order because the VT-x world switch saves
+/// and loads RAX..R15 at fixed offsets (`kernel/src/vmm/entry.rs`).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct GuestRegs {
