@@ -166,6 +166,12 @@ name = "hello"
 memory = "4M"
 cpus = [1]
 image = "hello"
+
+[[vm]]
+name = "halter"
+memory = "2M"
+cpus = [1]
+image = "halter"
 "#;
 
 /// A VM's row of the kernel's final summary table.
@@ -197,7 +203,7 @@ fn last_count(o: &boot::run::Outcome, vm: &str) -> u64 {
 
 /// Two CPUs: three counters and a VM that never exits share CPU 0
 /// round-robin; CPU 1 runs a VM pinned to it, two faulting VMs and a healthy
-/// one. Shares stay within 15% of equal, the spinning VM loses the CPU at
+/// one, and a VM that halts. Shares stay within 15% of equal, the spinning VM loses the CPU at
 /// every slice end, and the faults on CPU 1 do not disturb CPU 0.
 #[test]
 fn scheduling_on_two_cpus() {
@@ -210,6 +216,10 @@ fn scheduling_on_two_cpus() {
     assert_contains(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
     assert_contains(&o, "vm triple (id 6) stopped: triple fault");
     assert_contains(&o, "vm hello (id 7) stopped: shutdown, exit code 0");
+    // HLT gives up the slice; the VM is resumed later and finishes.
+    assert_contains(&o, "vm halter: halting (2)");
+    assert_contains(&o, "vm halter: woke up after 3 HLTs");
+    assert_contains(&o, "vm halter (id 8) stopped: shutdown, exit code 0");
     // Fair shares on CPU 0.
     let counts: Vec<u64> = ["alpha", "beta", "gamma"].iter().map(|vm| last_count(&o, vm)).collect();
     let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
