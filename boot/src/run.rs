@@ -125,10 +125,11 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Parses the kernel's `HV-EXIT <code>` line out of a serial log.
+/// Parses the kernel's `HV-EXIT <code>` line out of a serial log. Only a
+/// complete line counts: the emulator may have written half of it so far.
 pub fn kernel_code_in(serial: &str) -> Option<u32> {
-    serial.lines().find_map(|line| {
-        let rest = line.trim_end_matches('\r').split(hvcore::EXIT_MARKER).nth(1)?;
+    serial.split_inclusive('\n').filter(|l| l.ends_with('\n')).find_map(|line| {
+        let rest = line.trim_end().split(hvcore::EXIT_MARKER).nth(1)?;
         let word = rest.split_whitespace().next()?;
         let hex = word.strip_prefix("0x")?;
         u32::from_str_radix(hex, 16).ok()
@@ -376,7 +377,10 @@ mod tests {
         let log = "banner\nHV-EXIT 0x10 success\n";
         assert_eq!(kernel_code_in(log), Some(0x10));
         assert_eq!(kernel_code_in("no marker here"), None);
-        assert_eq!(kernel_code_in("HV-EXIT garbage"), None);
+        assert_eq!(kernel_code_in("HV-EXIT garbage\n"), None);
+        // A line still being written is not a result yet.
+        assert_eq!(kernel_code_in("banner\nHV-EXIT 0x1"), None);
+        assert_eq!(kernel_code_in("HV-EXIT 0x10 success\r\n"), Some(0x10));
     }
 
     #[test]
