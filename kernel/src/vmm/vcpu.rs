@@ -474,15 +474,17 @@ impl Vcpu {
                 Ok(i) => i,
                 Err(_) => return self.stop_with_vmcs_failure(&vmcs, env),
             };
-            self.regs.rip = vmcs.get(GUEST_RIP).unwrap_or(0);
+            // The guest-linear address is valid only for some EPT violations.
+            let linear = match info.reason.reason() {
+                ExitReason::EptViolation => vmcs.get(GUEST_LINEAR_ADDRESS),
+                _ => Ok(0),
+            };
+            let (Ok(rip), Ok(linear)) = (vmcs.get(GUEST_RIP), linear) else {
+                return self.stop_with_vmcs_failure(&vmcs, env);
+            };
+            self.regs.rip = rip;
             self.regs.instruction_len = u64::from(info.instruction_len);
             let regs = &mut self.regs;
-            // The guest-linear address is valid only for some EPT violations.
-            let linear = if info.reason.reason() == ExitReason::EptViolation {
-                vmcs.get(GUEST_LINEAR_ADDRESS).unwrap_or(0)
-            } else {
-                0
-            };
             let exit = decode(&info, regs, linear);
             if let Exit::ExternalInterrupt = exit {
                 // Let the host's IDT take the interrupt that caused the exit.
