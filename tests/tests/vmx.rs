@@ -94,15 +94,33 @@ name = "hello"
 memory = "4M"
 cpus = [0]
 image = "hello"
+
+[[vm]]
+name = "ghost"
+memory = "2M"
+cpus = [3]
+image = "hello"
+
+[[vm]]
+name = "huge"
+memory = "1G"
+cpus = [0]
+image = "hello"
 "#;
 
 /// A VM writing outside its partition, one writing to hypervisor memory (the
 /// host's local APIC page, by guest-physical address) and a triple-faulting
-/// VM are each stopped with a report, while the healthy VM completes.
+/// VM are each stopped with a report, while the healthy VM completes. VMs the
+/// machine cannot hold are refused at boot, by name, and the rest start.
 #[test]
 fn faulting_vms_are_contained() {
     let config = config_file("faulting_vms", FAULTS);
     let o = boot_bochs("faulting_vms", &vms_scenario(&config), 1);
+    // The kernel checks the configuration against the machine again: these
+    // two pass the host's check (it knows neither CPUs nor memory) but not this.
+    assert_contains(&o, "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)");
+    assert_contains(&o, "vm \"huge\": memory:");
+    assert_contains(&o, "started 4 of 6 VM(s): escape, hvmem, triple, hello");
     assert_contains(&o, "partition check: 4 VM(s), 16 MiB mapped, EPTs disjoint, no hypervisor frame mapped");
     assert_contains(&o, "vm escape (id 0) stopped: EPT/NPT violation at gpa 0x4000000 outside the VM's memory (access -w-");
     assert_contains(&o, "vm hvmem (id 1) stopped: EPT/NPT violation at gpa 0xfee000b0 outside the VM's memory (access -w-");
