@@ -345,8 +345,13 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
         }
         match guard.0.try_wait() {
             Ok(Some(status)) => {
-                break match status.code().and_then(kernel_code_from_qemu_status) {
-                    Some(code) if spec.emulator == Emulator::Qemu => Ending::Kernel(code),
+                // The kernel may have written its last line just before the
+                // emulator ended (Bochs exits on ACPI power-off): read it again.
+                let serial = fs::read(&serial_log).unwrap_or_default();
+                let logged = kernel_code_in(&String::from_utf8_lossy(&serial));
+                break match (logged, status.code().and_then(kernel_code_from_qemu_status)) {
+                    (Some(code), _) => Ending::Kernel(code),
+                    (None, Some(code)) if spec.emulator == Emulator::Qemu => Ending::Kernel(code),
                     _ => Ending::EmulatorExited(status.code()),
                 };
             }

@@ -19,6 +19,10 @@ pub const COM1_BASE: u16 = 0x3F8;
 
 /// Divisor latch value for 115200 baud (1.8432 MHz / 16 / 115200).
 const BAUD_115200_DIVISOR: u16 = 1;
+/// Line status register offset, and its transmitter-empty bit (THR and
+/// shift register both empty).
+const LSR: u16 = 5;
+const LSR_TEMT: u8 = 1 << 6;
 /// Line control register offset, and its divisor-latch-access bit.
 const LCR: u16 = 3;
 const LCR_DLAB: u8 = 0x80;
@@ -71,6 +75,22 @@ impl Serial {
             unsafe { set_divisor(self.base, BAUD_115200_DIVISOR) };
             *self.port.lock() = Some(port);
         });
+    }
+
+    /// Waits until every byte written has left the UART (LSR bit 6, TEMT),
+    /// or gives up after a bounded time. Needed before powering off: the
+    /// last bytes otherwise die in the FIFO.
+    pub fn flush(&self) {
+        use x86_64::instructions::port::PortReadOnly;
+        let mut lsr: PortReadOnly<u8> = PortReadOnly::new(self.base + LSR);
+        for _ in 0..10_000_000 {
+            // SAFETY: reading the line status register has no side effects
+            // on a 16550 (it only reports state).
+            if unsafe { lsr.read() } & LSR_TEMT != 0 {
+                return;
+            }
+            core::hint::spin_loop();
+        }
     }
 
     /// Writes `s`, waiting for the transmitter before each byte.

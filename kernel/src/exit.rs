@@ -28,6 +28,8 @@ pub fn exit(code: KernelExit) -> ! {
         let mut out = crate::console::emergency();
         let _ = writeln!(out, "{}{:#x} {}", hvcore::EXIT_MARKER, code as u32, code.name());
     }
+    // The result line must leave the UART before the machine goes away.
+    drivers::serial::COM1.flush();
     if POWER_OFF.load(Ordering::Relaxed) {
         let mut port: Port<u32> = Port::new(QEMU_DEBUG_EXIT_PORT);
         // SAFETY: writing to the debug-exit port has no effect on machines
