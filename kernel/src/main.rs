@@ -66,6 +66,11 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
         Err(e) => panic!("cannot build the frame allocator from the memory map: {e:?}"),
     }
     print_memory_map(boot_info);
+    log::info!(
+        "kernel image at host-physical {:#x}..{:#x}",
+        boot_info.kernel_addr,
+        boot_info.kernel_addr + boot_info.kernel_len
+    );
     mm::mapper::init();
     if let Err(e) = mm::heap::init() {
         panic!("cannot create the kernel heap: {e:?}");

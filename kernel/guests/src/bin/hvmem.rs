@@ -1,5 +1,7 @@
-//! Tries to reach hypervisor-owned memory by guest-physical address: the host
-//! local APIC page (0xfee00000), which a guest could use to disturb the host.
+//! Tries to reach hypervisor memory by guest-physical address: 0x1000000,
+//! where the BIOS bootloader places the hypervisor's kernel image (the kernel
+//! logs its host-physical range at boot). The VM's EPT does not map it, so the
+//! write must stop this VM, not land in the hypervisor.
 #![no_std]
 #![no_main]
 
@@ -7,11 +9,12 @@ use guests::println;
 
 guests::entry!(main);
 
-const HOST_LAPIC: u64 = 0xfee0_0000;
+/// Host-physical address of the kernel image under the BIOS bootloader.
+const HYPERVISOR_IMAGE: u64 = 0x100_0000;
 
 fn main() {
-    println!("writing to the host's local APIC page at guest-physical {HOST_LAPIC:#x}");
+    println!("writing to the hypervisor's kernel image at guest-physical {HYPERVISOR_IMAGE:#x}");
     // SAFETY: deliberately wrong; see the module doc.
-    unsafe { core::ptr::write_volatile((HOST_LAPIC + 0xb0) as *mut u32, 0) };
+    unsafe { core::ptr::write_volatile(HYPERVISOR_IMAGE as *mut u64, 0xdead_beef) };
     println!("ESCAPED: the write to hypervisor memory went through");
 }
