@@ -110,8 +110,9 @@ image = "hello"
 
 /// A VM writing outside its partition, one writing to hypervisor memory (the
 /// kernel image's host-physical address, used as a guest-physical address)
-/// and a triple-faulting VM are each stopped with a report, while the healthy VM completes. VMs the
-/// machine cannot hold are refused at boot, by name, and the rest start.
+/// and a triple-faulting VM are each stopped with a report, while the healthy
+/// VM completes. VMs the machine cannot hold are refused at boot, by name, and
+/// the rest start.
 #[test]
 fn faulting_vms_are_contained() {
     let config = config_file("faulting_vms", FAULTS);
