@@ -502,6 +502,11 @@ impl Vcpu {
             if next != regs.rip && vmcs.set(GUEST_RIP, next).is_err() {
                 return self.stop_with_vmcs_failure(&vmcs, env);
             }
+            // An event whose delivery the exit interrupted is delivered again
+            // on the next entry (SDM 28.2.4), unless the handler chose another.
+            if let Some(ev) = vectoring_event(&info) {
+                self.pending_event.get_or_insert(ev);
+            }
             match action {
                 Action::Resume | Action::AdvanceRip => {}
                 Action::Inject(ev) => self.pending_event = Some(ev),
@@ -628,6 +633,23 @@ fn decode(info: &ExitInfo, regs: &GuestRegs, linear_address: u64) -> Exit {
         }
         _ => unhandled(info),
     }
+}
+
+/// The event being delivered when the exit happened, if it must be
+/// re-injected: hardware exceptions, NMIs and external interrupts (software
+/// interrupts and exceptions re-execute with their instruction).
+fn vectoring_event(info: &ExitInfo) -> Option<Event> {
+    let v = info.idt_vectoring;
+    if !v.is_valid() {
+        return None;
+    }
+    let kind = match v.kind() {
+        InterruptionType::HardwareException => EventKind::Exception,
+        InterruptionType::Nmi => EventKind::Nmi,
+        InterruptionType::ExternalInterrupt => EventKind::ExternalInterrupt,
+        _ => return None,
+    };
+    Some(Event { kind, vector: v.vector(), error_code: info.idt_vectoring_error_code })
 }
 
 fn unhandled(info: &ExitInfo) -> Exit {
