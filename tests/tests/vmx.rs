@@ -132,6 +132,8 @@ fn faulting_vms_are_contained() {
     // The healthy VM finishes after the others were stopped.
     assert_contains(&o, "vm hello: goodbye");
     assert_contains(&o, "vm hello (id 3) stopped: shutdown, exit code 0");
+    // Each stopped VM's memory goes back to the pool at once.
+    assert_contains(&o, "vm escape: 4 MiB returned to the free pool");
     assert_success(&o);
 }
 

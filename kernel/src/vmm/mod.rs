@@ -404,13 +404,16 @@ fn stop_unrunnable(cpu: usize) {
 
 /// One CPU's scheduling loop: round-robin over its vCPUs until all stopped.
 fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
-    let Some(CpuWork(mut vcpus)) = WORK[cpu].lock().take() else { return };
+    let Some(CpuWork(list)) = WORK[cpu].lock().take() else { return };
+    // A stopped VM's slot empties: its memory goes back to the frame
+    // allocator at once.
+    let mut vcpus: Vec<Option<Vcpu>> = list.into_iter().map(Some).collect();
     let host = HostCpu { tables: crate::smp::tables_of_current_cpu(), caps: *caps };
     let mut platform = KernelPlatform { apic_id: crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0) };
     let default_slice = tsc_from_us(10_000);
     let Ok(mut sched) = Scheduler::new(1, default_slice) else { return };
     let mut ids: Vec<VcpuId> = Vec::new();
-    for v in &vcpus {
+    for v in vcpus.iter().flatten() {
         let slice = tsc_from_us(v.slice_us() as u64).max(1);
         match sched.add_vcpu_with_slice(0, slice) {
             Ok(id) => ids.push(id),
@@ -422,7 +425,6 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
     // scheduler decision, reported in the summary.
     let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
     let mut last_slice_end: Option<u64> = None;
-    let mut stopped = alloc::vec![false; vcpus.len()];
     loop {
         if serial_input {
             poll_console();
@@ -430,18 +432,17 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
         let request = STATS_REQUEST.load(Ordering::Relaxed);
         if request != stats_seen {
             stats_seen = request;
-            for v in &vcpus {
+            for v in vcpus.iter().flatten() {
                 crate::println!("{}", v.vm.stats.report(v.vm.name()));
             }
         }
         let now = crate::arch::rdtsc();
         let deadline = DEADLINE.load(Ordering::Relaxed);
         if (deadline != 0 && now >= deadline) || STOP_ALL.load(Ordering::Relaxed) || crate::smp::stopping() {
-            for (i, v) in vcpus.iter_mut().enumerate() {
-                if !stopped[i] {
+            for (i, slot) in vcpus.iter_mut().enumerate() {
+                if let Some(mut v) = slot.take() {
                     v.vm.stop(StopReason::HostStop, &mut platform.with(&v.partition));
                     finish_vm(cpu, v, &mut sched, ids[i], now);
-                    stopped[i] = true;
                 }
             }
             break;
@@ -460,7 +461,7 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
             continue;
         };
         let Some(i) = ids.iter().position(|x| *x == id) else { continue };
-        let v = &mut vcpus[i];
+        let Some(v) = vcpus[i].as_mut() else { continue };
         let slice = sched.slice_ticks(id).unwrap_or(default_slice);
         let start = crate::arch::rdtsc();
         if let Some(prev) = last_slice_end {
@@ -480,14 +481,12 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
             SliceEnd::Yielded => sched.on_yield(id, t),
             SliceEnd::Halted => sched.on_halt(id, t, Some(t + slice)),
             SliceEnd::Stopped => {
-                finish_vm(cpu, v, &mut sched, id, t);
-                stopped[i] = true;
+                if let Some(v) = vcpus[i].take() {
+                    finish_vm(cpu, v, &mut sched, id, t);
+                }
                 Ok(())
             }
         };
-    }
-    for v in vcpus {
-        v.release();
     }
     if !overhead.is_empty() {
         overhead.sort_unstable();
@@ -505,8 +504,8 @@ const OVERHEAD_SAMPLES: usize = 4096;
 /// Set until the first guest slice starts (for the boot-time figure).
 static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
 
-/// Reports a stopped VM and takes it off the run queue.
-fn finish_vm(cpu: usize, v: &Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
+/// Reports a stopped VM, takes it off the run queue and frees its memory.
+fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
     let _ = sched.stop(id, now);
     let report = match v.vm.stop_report() {
         Some(r) => alloc::format!("{r}"),
@@ -522,6 +521,9 @@ fn finish_vm(cpu: usize, v: &Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) 
         guest_us: us_from_tsc(v.vm.stats.guest_ticks),
         exits: v.vm.stats.total_exits(),
     });
+    let (name, mib) = (String::from(v.vm.name()), v.partition.size() >> 20);
+    v.release();
+    log::info!("vm {name}: {mib} MiB returned to the free pool ({} frames free)", crate::mm::counts().0);
 }
 
 /// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs.
