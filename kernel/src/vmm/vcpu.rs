@@ -59,6 +59,38 @@ mod ar {
     pub const UNUSABLE: u32 = 1 << 16;
 }
 
+/// The four guest-state fields of one segment register (SDM 25.4.1).
+struct Segment {
+    selector: VmcsField16,
+    base: VmcsFieldNatural,
+    limit: VmcsField32,
+    access_rights: VmcsField32,
+}
+
+impl Segment {
+    fn write(&self, vmcs: &mut ActiveVmcs, selector: u16, base: u64, limit: u32, access_rights: u32) -> Result<(), VmxError> {
+        let w = |e: VmFail| VmxError::Instruction("VMWRITE", e);
+        vmcs.set(self.selector, selector).map_err(w)?;
+        vmcs.set(self.base, base).map_err(w)?;
+        vmcs.set(self.limit, limit).map_err(w)?;
+        vmcs.set(self.access_rights, access_rights).map_err(w)
+    }
+}
+
+macro_rules! segment {
+    ($name:ident, $sel:ident, $base:ident, $limit:ident, $ar:ident) => {
+        const $name: Segment = Segment { selector: $sel, base: $base, limit: $limit, access_rights: $ar };
+    };
+}
+segment!(ES, GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES);
+segment!(CS, GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES);
+segment!(SS, GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES);
+segment!(DS, GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES);
+segment!(FS, GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES);
+segment!(GS, GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES);
+segment!(TR, GUEST_TR_SELECTOR, GUEST_TR_BASE, GUEST_TR_LIMIT, GUEST_TR_AR_BYTES);
+segment!(LDTR, GUEST_LDTR_SELECTOR, GUEST_LDTR_BASE, GUEST_LDTR_LIMIT, GUEST_LDTR_AR_BYTES);
+
 /// CR0.PE, CR0.ET, CR0.NE, CR0.PG (SDM Vol. 3A 2.5).
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
@@ -350,31 +382,12 @@ impl Vcpu {
         vmcs.set(CR0_GUEST_HOST_MASK, 0).map_err(w)?;
         vmcs.set(CR0_READ_SHADOW, cr0).map_err(w)?;
         vmcs.set(GUEST_IA32_EFER, EFER_LME | EFER_LMA | EFER_NXE).map_err(w)?;
-        let segs = [
-            (GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES),
-            (GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES),
-            (GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES),
-            (GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES),
-            (GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES),
-        ];
-        for (s, b, l, a) in segs {
-            vmcs.set(s, layout::DATA_SEL).map_err(w)?;
-            vmcs.set(b, 0).map_err(w)?;
-            vmcs.set(l, 0xffff_ffff).map_err(w)?;
-            vmcs.set(a, ar::DATA32).map_err(w)?;
+        for seg in [&ES, &SS, &DS, &FS, &GS] {
+            seg.write(vmcs, layout::DATA_SEL, 0, 0xffff_ffff, ar::DATA32)?;
         }
-        vmcs.set(GUEST_CS_SELECTOR, layout::CODE_SEL).map_err(w)?;
-        vmcs.set(GUEST_CS_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_CS_LIMIT, 0xffff_ffff).map_err(w)?;
-        vmcs.set(GUEST_CS_AR_BYTES, ar::CODE64).map_err(w)?;
-        vmcs.set(GUEST_TR_SELECTOR, layout::TSS_SEL).map_err(w)?;
-        vmcs.set(GUEST_TR_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_TR_LIMIT, 0x67).map_err(w)?;
-        vmcs.set(GUEST_TR_AR_BYTES, ar::TSS_BUSY).map_err(w)?;
-        vmcs.set(GUEST_LDTR_SELECTOR, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_LIMIT, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_AR_BYTES, ar::UNUSABLE).map_err(w)?;
+        CS.write(vmcs, layout::CODE_SEL, 0, 0xffff_ffff, ar::CODE64)?;
+        TR.write(vmcs, layout::TSS_SEL, 0, 0x67, ar::TSS_BUSY)?;
+        LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
         vmcs.set(GUEST_GDTR_BASE, layout::GDT).map_err(w)?;
         vmcs.set(GUEST_GDTR_LIMIT, 39).map_err(w)?;
         vmcs.set(GUEST_IDTR_BASE, 0).map_err(w)?;
@@ -395,31 +408,12 @@ impl Vcpu {
         vmcs.set(CR0_GUEST_HOST_MASK, CR0_NE).map_err(w)?;
         vmcs.set(CR0_READ_SHADOW, cr0 & !CR0_NE).map_err(w)?;
         vmcs.set(GUEST_IA32_EFER, 0).map_err(w)?;
-        let segs = [
-            (GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES),
-            (GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES),
-            (GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES),
-            (GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES),
-            (GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES),
-        ];
-        for (s, b, l, a) in segs {
-            vmcs.set(s, 0).map_err(w)?;
-            vmcs.set(b, 0).map_err(w)?;
-            vmcs.set(l, 0xffff).map_err(w)?;
-            vmcs.set(a, ar::DATA16).map_err(w)?;
+        for seg in [&ES, &SS, &DS, &FS, &GS] {
+            seg.write(vmcs, 0, 0, 0xffff, ar::DATA16)?;
         }
-        vmcs.set(GUEST_CS_SELECTOR, 0).map_err(w)?;
-        vmcs.set(GUEST_CS_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_CS_LIMIT, 0xffff).map_err(w)?;
-        vmcs.set(GUEST_CS_AR_BYTES, ar::CODE16).map_err(w)?;
-        vmcs.set(GUEST_TR_SELECTOR, 0).map_err(w)?;
-        vmcs.set(GUEST_TR_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_TR_LIMIT, 0xffff).map_err(w)?;
-        vmcs.set(GUEST_TR_AR_BYTES, ar::TSS_BUSY).map_err(w)?;
-        vmcs.set(GUEST_LDTR_SELECTOR, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_BASE, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_LIMIT, 0).map_err(w)?;
-        vmcs.set(GUEST_LDTR_AR_BYTES, ar::UNUSABLE).map_err(w)?;
+        CS.write(vmcs, 0, 0, 0xffff, ar::CODE16)?;
+        TR.write(vmcs, 0, 0, 0xffff, ar::TSS_BUSY)?;
+        LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
         vmcs.set(GUEST_GDTR_BASE, 0).map_err(w)?;
         vmcs.set(GUEST_GDTR_LIMIT, 0xffff).map_err(w)?;
         // The real-mode interrupt vector table at 0.
