@@ -6,11 +6,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/boot/toolchain.sh"
 
-case "${1:-}" in
-    -h|--help|help) exec cargo run -q --manifest-path "$HV_ROOT/Cargo.toml" -p boot -- help ;;
-esac
-
 hv_setup_toolchain
+case "${1:-}" in
+    -h|--help|help)
+        hv_step "building the host tool (the first build compiles the bootloader's stages: ~5 min)"
+        exec cargo run -q --manifest-path "$HV_ROOT/Cargo.toml" -p boot -- help ;;
+esac
 want_bochs=0
 for a in "$@"; do [ "$a" = --bochs ] && want_bochs=1; done
 if [ "$want_bochs" = 1 ]; then
@@ -18,6 +19,6 @@ if [ "$want_bochs" = 1 ]; then
 else
     hv_ensure_pkgs "QEMU and OVMF" $HV_PKGS_QEMU
 fi
-hv_step "building the host tool (the first build compiles the bootloader's stages: ~4 min)"
+hv_step "building the host tool (the first build compiles the bootloader's stages: ~5 min)"
 cargo build -q --manifest-path "$HV_ROOT/Cargo.toml" -p boot
 exec "$HV_ROOT/target/debug/boot" run "$@"

@@ -8,7 +8,7 @@ hv_setup_toolchain
 hv_ensure_pkgs "QEMU and OVMF" $HV_PKGS_QEMU
 hv_ensure_pkgs "Bochs" $HV_PKGS_BOCHS
 cd "$HV_ROOT"
-hv_step "building the host tool and test harness (first time: ~4 min for the bootloader stages)"
+hv_step "building the host tool and test harness (first time: ~5 min for the bootloader stages)"
 cargo build --tests -q
 hv_step "running unit and integration tests"
 # Integration tests share one build of the kernel; two emulators at a time fit
