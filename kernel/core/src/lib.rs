@@ -1,7 +1,30 @@
-//! Hypervisor policy, independent of the hardware.
+//! Hypervisor policy, independent of the hardware: everything above the VT-x
+//! layer, in plain Rust without `unsafe`, tested on the host with `cargo test`.
+//!
+//! - Configuration: [`config`] (VM descriptions and their validation, shared by
+//!   the host tool and the kernel) and [`package`] (the binary boot package).
+//! - Memory: [`frames`] (physical frame allocation) and [`image`] (where a
+//!   guest image's bytes go).
+//! - VM exits: [`exit`] (backend-neutral exits in, actions out) with
+//!   [`cpuid`], [`msr_policy`], [`hypercall`] and the device models in
+//!   [`devices`]; [`vcpu`] (run states, stop reasons) and [`stats`].
+//! - Scheduling: [`sched`] (per-CPU round-robin run queues).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 extern crate alloc;
+
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod exit;
+pub mod frames;
+pub mod hypercall;
+pub mod image;
+pub mod msr_policy;
+pub mod package;
+pub mod sched;
+pub mod stats;
+pub mod vcpu;
 
 /// Prefix of the kernel's last serial line, `HV-EXIT <code as 0x..> <name>`:
 /// how test harnesses learn the result under emulators without an exit device.
@@ -46,15 +69,3 @@ impl KernelExit {
         }
     }
 }
-pub mod frames;
-pub mod image;
-pub mod config;
-pub mod package;
-pub mod cpuid;
-pub mod devices;
-pub mod exit;
-pub mod hypercall;
-pub mod msr_policy;
-pub mod sched;
-pub mod stats;
-pub mod vcpu;
