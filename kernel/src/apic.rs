@@ -25,6 +25,9 @@ static MODE: spin::Once<Mode> = spin::Once::new();
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static APIC_TIMER_HZ: AtomicU64 = AtomicU64::new(0);
 
+/// Length of the calibration window against the reference clock, ms.
+const CALIBRATION_MS: u32 = 20;
+
 /// Divider for the LAPIC timer (calibration and use agree on it).
 const DIVIDE: TimerDivide = TimerDivide::By16;
 
@@ -81,15 +84,17 @@ impl<R: hw::ApicRegs> ApicOps for LocalApic<R> {
     }
     fn calibrate(&mut self, machine: &Machine) -> Result<(Calibration, &'static str), timer::TimerError> {
         let mut counters = ApicCounters { apic: self, divide: DIVIDE };
-        // SAFETY (both arms): the PM timer location comes from the FADT; the
-        // PIT's channel 2 is used by nobody else during calibration.
         if let Some(info) = machine.info.pm_timer {
+            // SAFETY: the PM timer's location comes from this machine's FADT,
+            // and all physical memory is mapped at `phys_offset()`.
             if let Some(mut pm) = unsafe { PmTimer::new(info, crate::mm::phys_offset()) } {
-                return timer::calibrate(&mut pm, &mut counters, 20).map(|c| (c, "ACPI PM timer"));
+                return timer::calibrate(&mut pm, &mut counters, CALIBRATION_MS).map(|c| (c, "ACPI PM timer"));
             }
         }
+        // SAFETY: PC-compatible machines have the PIT at its legacy ports, and
+        // nothing else uses channel 2 during calibration.
         let mut pit = unsafe { Pit::new() };
-        timer::calibrate(&mut pit, &mut counters, 20).map(|c| (c, "PIT"))
+        timer::calibrate(&mut pit, &mut counters, CALIBRATION_MS).map(|c| (c, "PIT"))
     }
 }
 

@@ -41,6 +41,10 @@ mod layout {
     pub const DATA_SEL: u16 = 0x10;
     /// Guest TR selector.
     pub const TSS_SEL: u16 = 0x18;
+    /// Segment descriptors (SDM Vol. 3A 3.4.5): 64-bit code (L=1, P, DPL 0,
+    /// execute/read), flat 4 GiB data (G, D/B, P, read/write), and the low
+    /// half of a busy 64-bit TSS (type 11, as TR requires) of 0x68 bytes at 0.
+    pub const GDT_ENTRIES: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
 }
 
 /// Segment access rights (SDM 25.4.1, Table 25-2): type, S, DPL, P, L, D/B, G.
@@ -197,10 +201,9 @@ impl Vcpu {
 
     /// Writes the GDT and identity-mapping page tables a 64-bit guest starts with.
     fn write_long_mode_structures(&mut self) {
-        // Flat descriptors: code64, data, and a 64-bit TSS descriptor (unused
-        // by the guests but referenced by TR).
-        let gdt: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
-        if let Some(bytes) = self.partition.slice_mut(layout::GDT, 40) {
+        // The TSS descriptor is unused by the guests but referenced by TR.
+        let gdt = layout::GDT_ENTRIES;
+        if let Some(bytes) = self.partition.slice_mut(layout::GDT, (gdt.len() * 8) as u64) {
             for (chunk, d) in bytes.chunks_exact_mut(8).zip(gdt) {
                 chunk.copy_from_slice(&d.to_le_bytes());
             }
@@ -389,7 +392,7 @@ impl Vcpu {
         TR.write(vmcs, layout::TSS_SEL, 0, 0x67, ar::TSS_BUSY)?;
         LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
         vmcs.set(GUEST_GDTR_BASE, layout::GDT).map_err(w)?;
-        vmcs.set(GUEST_GDTR_LIMIT, 39).map_err(w)?;
+        vmcs.set(GUEST_GDTR_LIMIT, (layout::GDT_ENTRIES.len() * 8 - 1) as u32).map_err(w)?;
         vmcs.set(GUEST_IDTR_BASE, 0).map_err(w)?;
         vmcs.set(GUEST_IDTR_LIMIT, 0).map_err(w)?;
         Ok(())
