@@ -9,6 +9,7 @@
 //!   [`cpuid`], [`msr_policy`], [`hypercall`] and the device models in
 //!   [`devices`]; [`vcpu`] (run states, stop reasons) and [`stats`].
 //! - Scheduling: [`sched`] (per-CPU round-robin run queues).
+//! - Output: [`text`] (names and guest text shown escaped on terminals).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 extern crate alloc;
@@ -24,6 +25,7 @@ pub mod msr_policy;
 pub mod package;
 pub mod sched;
 pub mod stats;
+pub mod text;
 pub mod vcpu;
 
 /// Prefix of the kernel's last serial line, `HV-EXIT <code as 0x..> <name>`:
