@@ -4,11 +4,19 @@
 //! configured load address). Everything is bounds-checked against the image
 //! and the VM's memory: a bad image is an error naming the problem, never a
 //! write outside the VM.
+//!
+//! [`plan`] is the one loader: the kernel calls it to copy an image into a VM,
+//! and [`crate::config::check_each`] calls it, on the host (`boot check-config`,
+//! `build`, `run`) and in the kernel alike, so that an image is refused before
+//! anything is packed or started. ELF images must be what the loader can run
+//! without relocating anything: ELF64, little-endian, x86_64, `ET_EXEC`, at
+//! least one `PT_LOAD` segment, every segment inside the VM's memory and the
+//! entry point inside a loaded segment.
 
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::config::ImageKind;
+use crate::config::{ImageKind, Size};
 
 /// One piece of the image to place in guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,10 +29,24 @@ pub struct Segment<'a> {
     pub mem_len: u64,
 }
 
+impl Segment<'_> {
+    /// One past the segment's last guest-physical byte (never overflows for
+    /// a planned segment: it lies inside guest memory).
+    pub fn end(&self) -> u64 {
+        self.gpa.saturating_add(self.mem_len)
+    }
+
+    /// Whether guest-physical `addr` lies inside the segment.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.gpa <= addr && addr < self.end()
+    }
+}
+
 /// A loadable image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadPlan<'a> {
-    /// Segments in file order.
+    /// Segments in file order (`PT_LOAD` segments with a size of zero are left
+    /// out: they load nothing).
     pub segments: Vec<Segment<'a>>,
     /// Guest-physical (= linear, for the identity-mapped guests) entry point.
     pub entry: u64,
@@ -33,12 +55,54 @@ pub struct LoadPlan<'a> {
 /// Why an image cannot be loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageError {
-    /// Not an ELF64 little-endian x86_64 executable.
-    NotElf64,
+    /// An image of zero bytes.
+    Empty,
+    /// An ELF image without the ELF magic `\x7fELF`.
+    BadMagic,
+    /// Not ELFCLASS64 (1 is a 32-bit ELF).
+    WrongClass {
+        /// `e_ident[EI_CLASS]`.
+        class: u8,
+    },
+    /// Not little-endian (2 is big-endian).
+    WrongEndian {
+        /// `e_ident[EI_DATA]`.
+        data: u8,
+    },
+    /// `e_ident[EI_VERSION]` or `e_version` is not 1 (EV_CURRENT).
+    WrongVersion {
+        /// The version found.
+        version: u32,
+    },
+    /// Not an x86_64 ELF.
+    WrongMachine {
+        /// `e_machine` (62 is x86_64, 183 AArch64, 3 i386).
+        machine: u16,
+    },
+    /// Not an executable (`ET_EXEC`): shared objects and position-independent
+    /// executables need relocation, which the loader does not do.
+    NotExecutable {
+        /// `e_type` (3 is `ET_DYN`, 1 `ET_REL`).
+        e_type: u16,
+    },
+    /// `e_phentsize` is smaller than an ELF64 program header (56 bytes).
+    BadProgramHeaderSize {
+        /// `e_phentsize`.
+        size: u16,
+    },
     /// A header or table lies outside the file.
     Truncated {
         /// What was being read.
         what: &'static str,
+    },
+    /// A `PT_LOAD` segment claims more file bytes than memory bytes.
+    FileSizeAboveMemSize {
+        /// Index of the program header.
+        index: u16,
+        /// `p_filesz`.
+        filesz: u64,
+        /// `p_memsz`.
+        memsz: u64,
     },
     /// A segment lies (partly) outside the VM's memory.
     OutsideGuestMemory {
@@ -53,35 +117,129 @@ pub enum ImageError {
     EntryOutside {
         /// Entry point.
         entry: u64,
+        /// The VM's memory size.
+        memory: u64,
+    },
+    /// The entry point of an ELF image is not inside any loaded segment: the
+    /// guest would start in zeroed memory.
+    EntryNotLoaded {
+        /// Entry point.
+        entry: u64,
     },
     /// A flat image without a load address.
     NoLoadAddress,
-    /// No `PT_LOAD` segment.
+    /// No `PT_LOAD` segment with a size.
     NothingToLoad,
+}
+
+impl ImageError {
+    /// Whether the problem is about the entry point rather than the image.
+    pub fn is_about_entry(&self) -> bool {
+        matches!(
+            self,
+            Self::EntryOutside { .. } | Self::EntryNotLoaded { .. }
+        )
+    }
 }
 
 impl fmt::Display for ImageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotElf64 => write!(f, "not an ELF64 x86_64 executable"),
-            Self::Truncated { what } => write!(f, "truncated image: {what} lies outside the file"),
-            Self::OutsideGuestMemory { gpa, len, memory } => write!(
+            Self::Empty => write!(f, "the image is empty (0 bytes)"),
+            Self::BadMagic => write!(f, "not an ELF file (no \\x7fELF magic)"),
+            Self::WrongClass { class: 1 } => {
+                write!(f, "a 32-bit ELF (ELFCLASS32); guests must be ELF64")
+            }
+            Self::WrongClass { class } => {
+                write!(f, "ELF class {class} is not ELFCLASS64 (2)")
+            }
+            Self::WrongEndian { data: 2 } => {
+                write!(f, "a big-endian ELF; x86_64 guests are little-endian")
+            }
+            Self::WrongEndian { data } => {
+                write!(f, "ELF data encoding {data} is not little-endian (1)")
+            }
+            Self::WrongVersion { version } => {
+                write!(f, "ELF version {version} is not 1 (EV_CURRENT)")
+            }
+            Self::WrongMachine { machine } => {
+                let name = match machine {
+                    3 => " (i386)",
+                    40 => " (ARM)",
+                    183 => " (AArch64)",
+                    243 => " (RISC-V)",
+                    _ => "",
+                };
+                write!(
+                    f,
+                    "an ELF for machine {machine}{name}; guests must be x86_64 (62)"
+                )
+            }
+            Self::NotExecutable { e_type: 3 } => write!(
                 f,
-                "segment {gpa:#x}..{:#x} lies outside the VM's {} MiB of memory",
-                gpa.saturating_add(*len),
-                memory >> 20
+                "a position-independent ELF (ET_DYN); guests load without relocation: link with --no-pie"
             ),
-            Self::EntryOutside { entry } => write!(f, "entry point {entry:#x} lies outside the VM's memory"),
+            Self::NotExecutable { e_type } => {
+                write!(f, "ELF type {e_type} is not an executable (ET_EXEC)")
+            }
+            Self::BadProgramHeaderSize { size } => write!(
+                f,
+                "program headers of {size} bytes are smaller than an ELF64 program header (56)"
+            ),
+            Self::Truncated { what } => {
+                write!(f, "truncated image: {what} lies outside the file")
+            }
+            Self::FileSizeAboveMemSize {
+                index,
+                filesz,
+                memsz,
+            } => write!(
+                f,
+                "program header #{index}: p_filesz {filesz:#x} is larger than p_memsz {memsz:#x}"
+            ),
+            Self::OutsideGuestMemory { gpa, len, memory } => match gpa.checked_add(*len) {
+                Some(end) => write!(
+                    f,
+                    "segment {gpa:#x}..{end:#x} lies outside the VM's {} of memory",
+                    Size(*memory)
+                ),
+                None => write!(
+                    f,
+                    "segment at {gpa:#x} of {len:#x} bytes runs past the end of the address space (the VM has {})",
+                    Size(*memory)
+                ),
+            },
+            Self::EntryOutside { entry, memory } => write!(
+                f,
+                "entry point {entry:#x} lies outside the VM's {} of memory",
+                Size(*memory)
+            ),
+            Self::EntryNotLoaded { entry } => write!(
+                f,
+                "entry point {entry:#x} is not inside a loaded segment of the image"
+            ),
             Self::NoLoadAddress => write!(f, "a flat image needs a load address"),
-            Self::NothingToLoad => write!(f, "the ELF image has no PT_LOAD segment"),
+            Self::NothingToLoad => write!(f, "the ELF image has no PT_LOAD segment to load"),
         }
     }
 }
 
 const PT_LOAD: u32 = 1;
+const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const EV_CURRENT: u8 = 1;
+/// Size of the ELF64 file header.
+const EHDR_LEN: usize = 64;
+/// Size of one ELF64 program header.
+const PHDR_LEN: u64 = 56;
 
-fn read<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], ImageError> {
+fn read<const N: usize>(
+    bytes: &[u8],
+    at: usize,
+    what: &'static str,
+) -> Result<[u8; N], ImageError> {
     at.checked_add(N)
         .and_then(|end| bytes.get(at..end))
         .and_then(|s| s.try_into().ok())
@@ -108,65 +266,131 @@ fn check_inside(gpa: u64, len: u64, memory: u64) -> Result<(), ImageError> {
 }
 
 /// Plans loading `data` into a VM with `memory` bytes of guest-physical
-/// memory starting at 0.
-pub fn plan<'a>(
-    data: &'a [u8],
+/// memory starting at 0. `entry` overrides the image's own entry point (the
+/// ELF header's, or `load_addr` for a flat image); for an ELF image, either
+/// must lie inside a loaded segment.
+pub fn plan(
+    data: &[u8],
     kind: ImageKind,
     load_addr: Option<u64>,
     entry: Option<u64>,
     memory: u64,
-) -> Result<LoadPlan<'a>, ImageError> {
+) -> Result<LoadPlan<'_>, ImageError> {
+    if data.is_empty() {
+        return Err(ImageError::Empty);
+    }
     let plan = match kind {
         ImageKind::Flat => {
             let gpa = load_addr.ok_or(ImageError::NoLoadAddress)?;
             let len = data.len() as u64;
             check_inside(gpa, len, memory)?;
-            LoadPlan { segments: alloc::vec![Segment { gpa, data, mem_len: len }], entry: entry.unwrap_or(gpa) }
+            LoadPlan {
+                segments: alloc::vec![Segment {
+                    gpa,
+                    data,
+                    mem_len: len
+                }],
+                entry: gpa,
+            }
         }
         ImageKind::Elf => plan_elf(data, memory)?,
     };
     let entry = entry.unwrap_or(plan.entry);
     if entry >= memory {
-        return Err(ImageError::EntryOutside { entry });
+        return Err(ImageError::EntryOutside { entry, memory });
+    }
+    if kind == ImageKind::Elf && !plan.segments.iter().any(|s| s.contains(entry)) {
+        return Err(ImageError::EntryNotLoaded { entry });
     }
     Ok(LoadPlan { entry, ..plan })
 }
 
-/// ELF64 (System V gABI): header fields at fixed offsets, program headers
-/// of `e_phentsize` bytes each.
+/// ELF64 (System V gABI): the file header at offset 0, program headers of
+/// `e_phentsize` bytes each at `e_phoff`.
 fn plan_elf(data: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
-    let ident = read::<6>(data, 0, "ELF header")?;
-    // Magic, ELFCLASS64 (2), ELFDATA2LSB (1).
-    if ident[..4] != *b"\x7fELF" || ident[4] != 2 || ident[5] != 1 {
-        return Err(ImageError::NotElf64);
+    // e_ident: magic, EI_CLASS, EI_DATA, EI_VERSION.
+    let ident = read::<7>(data, 0, "ELF identification")?;
+    if ident[..4] != *b"\x7fELF" {
+        return Err(ImageError::BadMagic);
     }
-    if u16_at(data, 18, "e_machine")? != EM_X86_64 {
-        return Err(ImageError::NotElf64);
+    if ident[4] != ELFCLASS64 {
+        return Err(ImageError::WrongClass { class: ident[4] });
+    }
+    if ident[5] != ELFDATA2LSB {
+        return Err(ImageError::WrongEndian { data: ident[5] });
+    }
+    if ident[6] != EV_CURRENT {
+        return Err(ImageError::WrongVersion {
+            version: ident[6].into(),
+        });
+    }
+    if data.len() < EHDR_LEN {
+        return Err(ImageError::Truncated { what: "ELF header" });
+    }
+    let machine = u16_at(data, 18, "e_machine")?;
+    if machine != EM_X86_64 {
+        return Err(ImageError::WrongMachine { machine });
+    }
+    let e_type = u16_at(data, 16, "e_type")?;
+    if e_type != ET_EXEC {
+        return Err(ImageError::NotExecutable { e_type });
+    }
+    let version = u32_at(data, 20, "e_version")?;
+    if version != u32::from(EV_CURRENT) {
+        return Err(ImageError::WrongVersion { version });
     }
     let entry = u64_at(data, 24, "e_entry")?;
     let phoff = u64_at(data, 32, "e_phoff")?;
-    let phentsize = u16_at(data, 54, "e_phentsize")? as u64;
-    let phnum = u16_at(data, 56, "e_phnum")? as u64;
+    let phentsize = u16_at(data, 54, "e_phentsize")?;
+    let phnum = u16_at(data, 56, "e_phnum")?;
+    if phnum > 0 && u64::from(phentsize) < PHDR_LEN {
+        return Err(ImageError::BadProgramHeaderSize { size: phentsize });
+    }
     let mut segments = Vec::new();
-    for i in 0..phnum {
-        let at = phoff
-            .checked_add(i.checked_mul(phentsize).ok_or(ImageError::Truncated { what: "program header" })?)
+    for index in 0..phnum {
+        let table = ImageError::Truncated {
+            what: "program header table",
+        };
+        let at = u64::from(index)
+            .checked_mul(phentsize.into())
+            .and_then(|off| phoff.checked_add(off))
             .and_then(|a| usize::try_from(a).ok())
-            .ok_or(ImageError::Truncated { what: "program header" })?;
-        if u32_at(data, at, "program header")? != PT_LOAD {
+            .ok_or(table)?;
+        // The whole header must be inside the file, not just the fields read.
+        let header = at
+            .checked_add(PHDR_LEN as usize)
+            .and_then(|end| data.get(at..end))
+            .ok_or(table)?;
+        if u32_at(header, 0, "p_type")? != PT_LOAD {
             continue;
         }
-        let offset = u64_at(data, at + 8, "p_offset")?;
-        let paddr = u64_at(data, at + 24, "p_paddr")?;
-        let filesz = u64_at(data, at + 32, "p_filesz")?;
-        let memsz = u64_at(data, at + 40, "p_memsz")?.max(filesz);
+        let offset = u64_at(header, 8, "p_offset")?;
+        let paddr = u64_at(header, 24, "p_paddr")?;
+        let filesz = u64_at(header, 32, "p_filesz")?;
+        let memsz = u64_at(header, 40, "p_memsz")?;
+        if filesz > memsz {
+            return Err(ImageError::FileSizeAboveMemSize {
+                index,
+                filesz,
+                memsz,
+            });
+        }
+        if memsz == 0 {
+            continue;
+        }
         let bytes = usize::try_from(offset)
             .ok()
             .zip(usize::try_from(filesz).ok())
             .and_then(|(o, n)| data.get(o..o.checked_add(n)?))
-            .ok_or(ImageError::Truncated { what: "segment data" })?;
+            .ok_or(ImageError::Truncated {
+                what: "segment data",
+            })?;
         check_inside(paddr, memsz, memory)?;
-        segments.push(Segment { gpa: paddr, data: bytes, mem_len: memsz });
+        segments.push(Segment {
+            gpa: paddr,
+            data: bytes,
+            mem_len: memsz,
+        });
     }
     if segments.is_empty() {
         return Err(ImageError::NothingToLoad);
@@ -174,80 +398,40 @@ fn plan_elf(data: &[u8], memory: u64) -> Result<LoadPlan<'_>, ImageError> {
     Ok(LoadPlan { segments, entry })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A minimal ELF64 with one PT_LOAD of `payload` at `paddr`.
-    fn elf(paddr: u64, payload: &[u8], memsz: u64, entry: u64) -> Vec<u8> {
-        let mut b = alloc::vec![0u8; 64 + 56];
-        b[..4].copy_from_slice(b"\x7fELF");
-        b[4] = 2;
-        b[5] = 1;
-        b[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        b[24..32].copy_from_slice(&entry.to_le_bytes());
-        b[32..40].copy_from_slice(&64u64.to_le_bytes());
-        b[54..56].copy_from_slice(&56u16.to_le_bytes());
-        b[56..58].copy_from_slice(&1u16.to_le_bytes());
-        let ph = 64;
-        b[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        b[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes());
-        b[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
-        b[ph + 32..ph + 40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        b[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
-        b.extend_from_slice(payload);
-        b
+/// Writes a minimal ELF64 x86_64 executable: one `PT_LOAD` program header per
+/// `(p_paddr, bytes, p_memsz)` and entry point `entry`. For tests of the code
+/// that checks images (here, in `boot` and in the integration tests) and for
+/// fuzzing; real guests come from the linker.
+pub fn minimal_elf(entry: u64, segments: &[(u64, &[u8], u64)]) -> Vec<u8> {
+    let phnum = segments.len();
+    let mut out = alloc::vec![0u8; EHDR_LEN + phnum * PHDR_LEN as usize];
+    out[..4].copy_from_slice(b"\x7fELF");
+    out[4] = ELFCLASS64;
+    out[5] = ELFDATA2LSB;
+    out[6] = EV_CURRENT;
+    out[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+    out[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+    out[20..24].copy_from_slice(&u32::from(EV_CURRENT).to_le_bytes());
+    out[24..32].copy_from_slice(&entry.to_le_bytes());
+    out[32..40].copy_from_slice(&(EHDR_LEN as u64).to_le_bytes());
+    out[52..54].copy_from_slice(&(EHDR_LEN as u16).to_le_bytes());
+    out[54..56].copy_from_slice(&(PHDR_LEN as u16).to_le_bytes());
+    out[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+    for (i, &(paddr, bytes, memsz)) in segments.iter().enumerate() {
+        let offset = out.len() as u64;
+        out.extend_from_slice(bytes);
+        let ph = EHDR_LEN + i * PHDR_LEN as usize;
+        out[ph..ph + 4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        out[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+        out[ph + 8..ph + 16].copy_from_slice(&offset.to_le_bytes());
+        out[ph + 16..ph + 24].copy_from_slice(&paddr.to_le_bytes());
+        out[ph + 24..ph + 32].copy_from_slice(&paddr.to_le_bytes());
+        out[ph + 32..ph + 40].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+        out[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
     }
-
-    #[test]
-    fn elf_segment_and_entry() {
-        let image = elf(0x10_0000, &[1, 2, 3], 0x2000, 0x10_0000);
-        let p = plan(&image, ImageKind::Elf, None, None, 16 << 20).unwrap();
-        assert_eq!(p.entry, 0x10_0000);
-        assert_eq!(p.segments, alloc::vec![Segment { gpa: 0x10_0000, data: &[1, 2, 3], mem_len: 0x2000 }]);
-    }
-
-    #[test]
-    fn elf_segment_outside_memory_is_refused() {
-        let image = elf(0x1ff_f000, &[1, 2, 3], 0x2000, 0x1ff_f000);
-        let e = plan(&image, ImageKind::Elf, None, None, 32 << 20).unwrap_err();
-        assert!(matches!(e, ImageError::OutsideGuestMemory { .. }), "{e:?}");
-        assert!(alloc::format!("{e}").contains("outside the VM's 32 MiB"));
-    }
-
-    #[test]
-    fn entry_outside_memory_is_refused() {
-        let image = elf(0x1000, &[0x90], 1, 0x4000_0000);
-        assert_eq!(plan(&image, ImageKind::Elf, None, None, 4 << 20), Err(ImageError::EntryOutside { entry: 0x4000_0000 }));
-    }
-
-    #[test]
-    fn truncated_and_garbage_images_never_panic() {
-        let image = elf(0x10_0000, &[1, 2, 3, 4, 5, 6, 7, 8], 8, 0x10_0000);
-        for len in 0..image.len() {
-            assert!(plan(&image[..len], ImageKind::Elf, None, None, 16 << 20).is_err(), "len {len}");
-        }
-        let mut x = 0x1234_5678_u32;
-        for _ in 0..2000 {
-            let mut junk = image.clone();
-            for _ in 0..4 {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                let i = x as usize % junk.len();
-                junk[i] = (x >> 8) as u8;
-            }
-            let _ = plan(&junk, ImageKind::Elf, None, None, 16 << 20);
-        }
-    }
-
-    #[test]
-    fn flat_image_at_load_address() {
-        let data = [0xf4u8; 16];
-        let p = plan(&data, ImageKind::Flat, Some(0x7c00), None, 2 << 20).unwrap();
-        assert_eq!(p.entry, 0x7c00);
-        assert_eq!(p.segments[0].gpa, 0x7c00);
-        assert_eq!(plan(&data, ImageKind::Flat, None, None, 2 << 20), Err(ImageError::NoLoadAddress));
-        assert!(plan(&data, ImageKind::Flat, Some((2 << 20) - 8), None, 2 << 20).is_err());
-    }
+    out
 }
+
+#[cfg(test)]
+mod tests;
