@@ -710,6 +710,11 @@ impl FakeVmcs {
         self.store(field.encoding(), F::to_raw(value))
     }
 
+    /// Sets any field by its raw encoding (see [`FakeVmcs::preset`]).
+    pub fn preset_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        self.store(encoding, value)
+    }
+
     /// Whether the field with this encoding has been written.
     pub fn contains(&self, encoding: u32) -> bool {
         self.position(encoding & !1).is_some()

@@ -26,7 +26,7 @@
 //! switching, which are not handled yet. A guest that respects CPUID therefore
 //! never executes an instruction that would stop it.
 
-use crate::exit::{Action, GuestRegs, Platform};
+use crate::exit::{Action, GuestRegs, Platform, Reg};
 
 /// First hypervisor leaf.
 pub const HV_BASE_LEAF: u32 = 0x4000_0000;
@@ -123,11 +123,74 @@ fn basic_leaf(leaf: u32, host: [u32; 4], subleaf: u32, apic_id: u32) -> [u32; 4]
     }
 }
 
+/// CPUID.1:ECX XSAVE, OSXSAVE and AVX (SDM Vol. 2A Table 3-10).
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+const LEAF1_ECX_AVX: u32 = 1 << 28;
+/// CPUID.(7,0):EBX AVX2 and the AVX-512 family.
+const LEAF7_EBX_AVX2: u32 = 1 << 5;
+const LEAF7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+/// CPUID.(0xD,1):EAX XSAVES (needs IA32_XSS, not offered).
+const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
+
+/// Adds the XSAVE family back to a guest's CPUID when the hypervisor switches
+/// XCR0 for it: XSAVE and AVX per the XCR0 bits the guest may set
+/// (`xcr0_allowed`), OSXSAVE mirroring the guest's own CR4.OSXSAVE, and leaf
+/// 0xD limited to those components.
+pub fn xsave_view(leaf: u32, subleaf: u32, r: &mut [u32; 4], host: [u32; 4], xcr0_allowed: u64, osxsave: bool) {
+    use crate::exit::cr::{XCR0_AVX, XCR0_AVX512};
+    if xcr0_allowed == 0 {
+        return;
+    }
+    match leaf {
+        1 => {
+            r[2] |= LEAF1_ECX_XSAVE;
+            if osxsave {
+                r[2] |= LEAF1_ECX_OSXSAVE;
+            }
+            if xcr0_allowed & XCR0_AVX != 0 {
+                r[2] |= host[2] & LEAF1_ECX_AVX;
+            }
+        }
+        7 if subleaf == 0 => {
+            if xcr0_allowed & XCR0_AVX != 0 {
+                r[1] |= host[1] & LEAF7_EBX_AVX2;
+            }
+            if xcr0_allowed & XCR0_AVX512 == XCR0_AVX512 {
+                r[1] |= host[1] & LEAF7_EBX_AVX512;
+            }
+        }
+        0xD => {
+            *r = match subleaf {
+                // EBX (size for the XCR0 now loaded, which is this guest's)
+                // and ECX (size for everything allowed) come from the host.
+                0 => [xcr0_allowed as u32, host[1], host[2], (xcr0_allowed >> 32) as u32],
+                1 => [host[0] & !LEAF_D1_EAX_XSAVES, 0, 0, 0],
+                n if n < 64 && xcr0_allowed & (1 << n) != 0 => host,
+                _ => [0; 4],
+            };
+        }
+        _ => {}
+    }
+}
+
 /// Handles a CPUID exit.
 pub fn handle(regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {
     let leaf = regs.rax as u32;
     let subleaf = regs.rcx as u32;
-    let [a, b, c, d] = guest_cpuid(leaf, subleaf, env);
+    let xcr0_allowed = env.guest_cpu().limits().xcr0_allowed;
+    let osxsave = match leaf {
+        1 => match env.guest_cpu().read(Reg::Cr4) {
+            Ok(cr4) => cr4 & crate::exit::cr::CR4_OSXSAVE != 0,
+            Err(e) => return crate::msr_policy::state_failure(e, regs),
+        },
+        _ => false,
+    };
+    let mut r = guest_cpuid(leaf, subleaf, env);
+    if matches!(leaf, 1 | 7 | 0xD) {
+        xsave_view(leaf, subleaf, &mut r, env.host_cpuid(leaf, subleaf), xcr0_allowed, osxsave);
+    }
+    let [a, b, c, d] = r;
     regs.rax = u64::from(a);
     regs.rbx = u64::from(b);
     regs.rcx = u64::from(c);
@@ -156,6 +219,29 @@ mod tests {
             Action::AdvanceRip
         );
         regs
+    }
+
+    #[test]
+    fn xsave_family_follows_allowed_xcr0_and_guest_cr4() {
+        let mut env = FakePlatform::new();
+        env.cpu.limits.xcr0_allowed = 0x7;
+        let ecx = run(1, 0, &mut env).rcx as u32;
+        assert_ne!(ecx & LEAF1_ECX_XSAVE, 0);
+        assert_eq!(ecx & LEAF1_ECX_OSXSAVE, 0, "guest CR4.OSXSAVE clear");
+        assert_ne!(ecx & LEAF1_ECX_AVX, 0);
+        env.cpu.set(Reg::Cr4, crate::exit::cr::CR4_OSXSAVE);
+        assert_ne!(run(1, 0, &mut env).rcx as u32 & LEAF1_ECX_OSXSAVE, 0);
+        let ebx7 = run(7, 0, &mut env).rbx as u32;
+        assert_ne!(ebx7 & LEAF7_EBX_AVX2, 0);
+        assert_eq!(ebx7 & LEAF7_EBX_AVX512, 0, "AVX-512 not allowed");
+        let d0 = run(0xD, 0, &mut env);
+        assert_eq!((d0.rax, d0.rdx), (7, 0));
+        assert_eq!(run(0xD, 1, &mut env).rax as u32 & LEAF_D1_EAX_XSAVES, 0);
+        assert_eq!(run(0xD, 5, &mut env).rax, 0, "AVX-512 component hidden");
+        assert_eq!(run(0xD, 2, &mut env).rax, 0xD, "AVX component from the host");
+        env.cpu.limits.xcr0_allowed = 0;
+        let ecx = run(1, 0, &mut env).rcx as u32;
+        assert_eq!(ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 extern crate alloc;
 
+pub mod arch;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
@@ -21,6 +22,7 @@ pub mod exit;
 pub mod frames;
 pub mod hypercall;
 pub mod image;
+pub mod layout;
 pub mod msr_policy;
 pub mod package;
 pub mod sched;

@@ -33,6 +33,7 @@
 //! lets RDTSC run natively should program [`MsrState::tsc_offset`] as its TSC
 //! offset.
 
+use crate::arch::{GuestCpu, Reg, StateError, StopReason};
 use crate::exit::{Action, Event, GuestRegs, Platform};
 use crate::vcpu::VmContext;
 
@@ -86,55 +87,103 @@ pub const PAT_RESET: u64 = 0x0007_0406_0007_0406;
 /// Reset value of IA32_MTRR_DEF_TYPE: MTRRs enabled (bit 11), default write-back.
 pub const MTRR_DEF_TYPE_RESET: u64 = (1 << 11) | 6;
 
-/// Per-VM virtual MSR values.
+/// Per-vCPU MSR values kept in software (the MSRs that live in hardware or
+/// in the VMCS/VMCB are reached through [`GuestCpu`], see [`hardware_reg`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MsrState {
     /// Added to the host tick count to form the guest TSC.
     pub tsc_offset: u64,
-    /// IA32_PAT.
-    pub pat: u64,
     /// IA32_MTRR_DEF_TYPE.
     pub mtrr_def_type: u64,
-    /// IA32_SYSENTER_CS.
-    pub sysenter_cs: u64,
-    /// IA32_SYSENTER_ESP.
-    pub sysenter_esp: u64,
-    /// IA32_SYSENTER_EIP.
-    pub sysenter_eip: u64,
-    /// IA32_STAR.
-    pub star: u64,
-    /// IA32_LSTAR.
-    pub lstar: u64,
-    /// IA32_CSTAR.
-    pub cstar: u64,
-    /// IA32_FMASK.
-    pub fmask: u64,
-    /// IA32_FS_BASE.
-    pub fs_base: u64,
-    /// IA32_GS_BASE.
-    pub gs_base: u64,
-    /// IA32_KERNEL_GS_BASE.
-    pub kernel_gs_base: u64,
 }
 
 impl Default for MsrState {
     fn default() -> Self {
         MsrState {
             tsc_offset: 0,
-            pat: PAT_RESET,
             mtrr_def_type: MTRR_DEF_TYPE_RESET,
-            sysenter_cs: 0,
-            sysenter_esp: 0,
-            sysenter_eip: 0,
-            star: 0,
-            lstar: 0,
-            cstar: 0,
-            fmask: 0,
-            fs_base: 0,
-            gs_base: 0,
-            kernel_gs_base: 0,
         }
     }
+}
+
+/// IA32_DEBUGCTL (SDM Vol. 4, Table 2-2).
+pub const IA32_DEBUGCTL: u32 = 0x1D9;
+/// IA32_TSC_AUX.
+pub const IA32_TSC_AUX: u32 = 0xC000_0103;
+/// DEBUGCTL bits a guest may set: LBR (0) and BTF (1). Branch-trace store and
+/// the rest would write host-chosen buffers or need PMU support.
+pub const DEBUGCTL_ALLOWED: u64 = 0b11;
+/// EFER bits a guest may write: SCE (0), LME (8), NXE (11); LMA (10) is read
+/// only (SDM Vol. 3A 2.2.1).
+pub const EFER_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11);
+/// EFER.LMA.
+pub const EFER_LMA: u64 = 1 << 10;
+/// EFER.LME.
+pub const EFER_LME: u64 = 1 << 8;
+
+/// The guest register behind `msr` when the MSR lives in hardware or in the
+/// backend's control block rather than in [`MsrState`].
+pub fn hardware_reg(msr: u32) -> Option<Reg> {
+    Some(match msr {
+        IA32_SYSENTER_CS => Reg::SysenterCs,
+        IA32_SYSENTER_ESP => Reg::SysenterEsp,
+        IA32_SYSENTER_EIP => Reg::SysenterEip,
+        IA32_DEBUGCTL => Reg::DebugCtl,
+        IA32_PAT => Reg::Pat,
+        IA32_EFER => Reg::Efer,
+        IA32_STAR => Reg::Star,
+        IA32_LSTAR => Reg::Lstar,
+        IA32_CSTAR => Reg::Cstar,
+        IA32_FMASK => Reg::Fmask,
+        IA32_FS_BASE => Reg::FsBase,
+        IA32_GS_BASE => Reg::GsBase,
+        IA32_KERNEL_GS_BASE => Reg::KernelGsBase,
+        IA32_TSC_AUX => Reg::TscAux,
+        _ => return None,
+    })
+}
+
+/// Checks a guest write to a hardware-held MSR the way the CPU would;
+/// `current` reads the register's present value (EFER needs it).
+fn check_hardware_write(
+    reg: Reg,
+    value: u64,
+    cpu: &mut dyn GuestCpu,
+) -> Result<Result<u64, MsrError>, StateError> {
+    let canonical = |v: u64| {
+        if is_canonical(v) {
+            Ok(v)
+        } else {
+            Err(MsrError::InvalidValue)
+        }
+    };
+    Ok(match reg {
+        Reg::SysenterCs => Ok(value & 0xFFFF_FFFF),
+        Reg::Fmask | Reg::TscAux => {
+            if value >> 32 == 0 {
+                Ok(value)
+            } else {
+                Err(MsrError::InvalidValue)
+            }
+        }
+        Reg::Star => Ok(value),
+        Reg::Pat if valid_pat(value) => Ok(value),
+        Reg::Pat => Err(MsrError::InvalidValue),
+        Reg::DebugCtl if value & !DEBUGCTL_ALLOWED == 0 => Ok(value),
+        Reg::DebugCtl => Err(MsrError::InvalidValue),
+        Reg::Efer => {
+            let old = cpu.read(Reg::Efer)?;
+            let paging = cpu.read(Reg::Cr0)? & crate::exit::cr::CR0_PG != 0;
+            if value & !(EFER_WRITABLE | EFER_LMA) != 0
+                || (paging && (value ^ old) & EFER_LME != 0)
+            {
+                Err(MsrError::InvalidValue)
+            } else {
+                Ok((value & EFER_WRITABLE) | (old & EFER_LMA))
+            }
+        }
+        _ => canonical(value),
+    })
 }
 
 /// Why an MSR access is refused (the guest gets `#GP(0)`).
@@ -168,7 +217,7 @@ fn valid_mtrr_def_type(value: u64) -> bool {
 }
 
 impl MsrState {
-    /// The guest's value of `msr` at host time `now_ticks`.
+    /// The guest's value of a software-kept `msr` at host time `now_ticks`.
     pub fn read(&self, msr: u32, now_ticks: u64) -> Result<u64, MsrError> {
         Ok(match msr {
             IA32_TSC => now_ticks.wrapping_add(self.tsc_offset),
@@ -176,51 +225,23 @@ impl MsrState {
             IA32_FEATURE_CONTROL => FEATURE_CONTROL_VALUE,
             IA32_BIOS_SIGN_ID => 0,
             IA32_MTRRCAP => 0,
-            IA32_SYSENTER_CS => self.sysenter_cs,
-            IA32_SYSENTER_ESP => self.sysenter_esp,
-            IA32_SYSENTER_EIP => self.sysenter_eip,
             IA32_MISC_ENABLE => MISC_ENABLE_VALUE,
-            IA32_PAT => self.pat,
             IA32_MTRR_DEF_TYPE => self.mtrr_def_type,
-            IA32_STAR => self.star,
-            IA32_LSTAR => self.lstar,
-            IA32_CSTAR => self.cstar,
-            IA32_FMASK => self.fmask,
-            IA32_FS_BASE => self.fs_base,
-            IA32_GS_BASE => self.gs_base,
-            IA32_KERNEL_GS_BASE => self.kernel_gs_base,
             _ => return Err(MsrError::Unknown),
         })
     }
 
-    /// Applies a guest write of `value` to `msr` at host time `now_ticks`.
+    /// Applies a guest write of `value` to a software-kept `msr` at host
+    /// time `now_ticks`.
     pub fn write(&mut self, msr: u32, value: u64, now_ticks: u64) -> Result<(), MsrError> {
-        let canonical = |v: u64| {
-            if is_canonical(v) {
-                Ok(v)
-            } else {
-                Err(MsrError::InvalidValue)
-            }
-        };
         match msr {
             IA32_TSC => self.tsc_offset = value.wrapping_sub(now_ticks),
             IA32_APIC_BASE if value == APIC_BASE_VALUE => {}
             IA32_APIC_BASE => return Err(MsrError::InvalidValue),
             IA32_FEATURE_CONTROL | IA32_MTRRCAP => return Err(MsrError::ReadOnly),
             IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => {}
-            IA32_SYSENTER_CS => self.sysenter_cs = value & 0xFFFF_FFFF,
-            IA32_SYSENTER_ESP => self.sysenter_esp = canonical(value)?,
-            IA32_SYSENTER_EIP => self.sysenter_eip = canonical(value)?,
-            IA32_PAT if valid_pat(value) => self.pat = value,
             IA32_MTRR_DEF_TYPE if valid_mtrr_def_type(value) => self.mtrr_def_type = value,
-            IA32_PAT | IA32_MTRR_DEF_TYPE => return Err(MsrError::InvalidValue),
-            IA32_STAR => self.star = value,
-            IA32_LSTAR => self.lstar = canonical(value)?,
-            IA32_CSTAR => self.cstar = canonical(value)?,
-            IA32_FMASK => self.fmask = value & 0xFFFF_FFFF,
-            IA32_FS_BASE => self.fs_base = canonical(value)?,
-            IA32_GS_BASE => self.gs_base = canonical(value)?,
-            IA32_KERNEL_GS_BASE => self.kernel_gs_base = canonical(value)?,
+            IA32_MTRR_DEF_TYPE => return Err(MsrError::InvalidValue),
             _ => return Err(MsrError::Unknown),
         }
         Ok(())
@@ -234,7 +255,14 @@ pub fn handle_read(
     regs: &mut GuestRegs,
     env: &mut dyn Platform,
 ) -> Action {
-    match vm.msrs.read(msr, env.now_ticks()) {
+    let value = match hardware_reg(msr) {
+        Some(reg) => match env.guest_cpu().read(reg) {
+            Ok(v) => Ok(v),
+            Err(e) => return state_failure(e, regs),
+        },
+        None => vm.msrs.read(msr, env.now_ticks()),
+    };
+    match value {
         Ok(v) => {
             regs.rax = v & 0xFFFF_FFFF;
             regs.rdx = v >> 32;
@@ -245,11 +273,37 @@ pub fn handle_read(
 }
 
 /// Handles a WRMSR exit.
-pub fn handle_write(vm: &mut VmContext, msr: u32, value: u64, env: &mut dyn Platform) -> Action {
-    match vm.msrs.write(msr, value, env.now_ticks()) {
-        Ok(()) => Action::AdvanceRip,
-        Err(_) => Action::Inject(Event::GP0),
+pub fn handle_write(
+    vm: &mut VmContext,
+    msr: u32,
+    value: u64,
+    regs: &GuestRegs,
+    env: &mut dyn Platform,
+) -> Action {
+    let result = match hardware_reg(msr) {
+        Some(reg) => {
+            let cpu = env.guest_cpu();
+            match check_hardware_write(reg, value, cpu) {
+                Ok(Ok(v)) => cpu.write(reg, v).map(Ok),
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        }
+        None => Ok(vm.msrs.write(msr, value, env.now_ticks())),
+    };
+    match result {
+        Ok(Ok(())) => Action::AdvanceRip,
+        Ok(Err(_)) => Action::Inject(Event::GP0),
+        Err(e) => state_failure(e, regs),
     }
+}
+
+/// A failed access to backend-held state stops the VM with a report.
+pub(crate) fn state_failure(e: StateError, regs: &GuestRegs) -> Action {
+    Action::Stop(StopReason::StateAccessFailed {
+        reg: e.reg,
+        rip: regs.rip,
+    })
 }
 
 #[cfg(test)]
@@ -273,7 +327,7 @@ mod tests {
     #[test]
     fn unknown_msr_injects_gp() {
         let (mut vm, mut env, mut regs) = setup();
-        for msr in [0x1234, IA32_EFER, 0xC000_0103, 0x179] {
+        for msr in [0x1234, 0xC000_0104, 0x179] {
             let a = handle_exit(&mut vm, &Exit::Rdmsr { msr }, &mut regs, &mut env);
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
             let a = handle_exit(&mut vm, &Exit::Wrmsr { msr, value: 0 }, &mut regs, &mut env);
@@ -324,7 +378,7 @@ mod tests {
             &mut env,
         );
         assert_eq!(a, Action::AdvanceRip);
-        assert_eq!(vm.msrs.lstar, lstar);
+        assert_eq!(env.cpu.get(Reg::Lstar), lstar);
         handle_exit(
             &mut vm,
             &Exit::Rdmsr { msr: IA32_LSTAR },
@@ -341,7 +395,7 @@ mod tests {
             &mut regs,
             &mut env,
         );
-        assert_eq!(vm.msrs.kernel_gs_base, 0x1000);
+        assert_eq!(env.cpu.get(Reg::KernelGsBase), 0x1000);
         handle_exit(
             &mut vm,
             &Exit::Wrmsr {
@@ -351,7 +405,7 @@ mod tests {
             &mut regs,
             &mut env,
         );
-        assert_eq!(vm.msrs.pat, 0x0606_0606_0606_0606);
+        assert_eq!(env.cpu.get(Reg::Pat), 0x0606_0606_0606_0606);
     }
 
     #[test]
@@ -365,13 +419,52 @@ mod tests {
             (IA32_FEATURE_CONTROL, 5),
             (IA32_MTRRCAP, 0),
             (IA32_APIC_BASE, 0xFEC0_0900),
+            (IA32_EFER, 1 << 12),
+            (IA32_DEBUGCTL, 1 << 6),
+            (IA32_TSC_AUX, 1 << 32),
         ];
         for (msr, value) in cases {
             let a = handle_exit(&mut vm, &Exit::Wrmsr { msr, value }, &mut regs, &mut env);
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}={value:#x}");
         }
         assert_eq!(vm.msrs, MsrState::default());
+        assert_eq!(env.cpu.get(Reg::Lstar), 0);
+        assert_eq!(env.cpu.get(Reg::Pat), PAT_RESET);
         assert_eq!(vm.stats.injected_events, cases.len() as u64);
+    }
+
+    #[test]
+    fn efer_keeps_lma_and_refuses_lme_change_under_paging() {
+        let (mut vm, mut env, mut regs) = setup();
+        env.cpu.set(Reg::Efer, 0x500); // LME | LMA
+        env.cpu.set(Reg::Cr0, crate::exit::cr::CR0_PG | 1);
+        let w = |value| Exit::Wrmsr {
+            msr: IA32_EFER,
+            value,
+        };
+        // SCE|NXE added, LMA written as 0: LMA stays (read only).
+        let a = handle_exit(&mut vm, &w(0x901), &mut regs, &mut env);
+        assert_eq!(a, Action::AdvanceRip);
+        assert_eq!(env.cpu.get(Reg::Efer), 0xD01);
+        // Clearing LME while paging is on: #GP.
+        let a = handle_exit(&mut vm, &w(0x801), &mut regs, &mut env);
+        assert_eq!(a, Action::Inject(Event::GP0));
+        assert_eq!(env.cpu.get(Reg::Efer), 0xD01);
+    }
+
+    #[test]
+    fn failed_state_access_stops_the_vm() {
+        let (mut vm, mut env, mut regs) = setup();
+        regs.rip = 0x1234;
+        env.cpu.fail = Some(Reg::Lstar);
+        let a = handle_exit(&mut vm, &Exit::Rdmsr { msr: IA32_LSTAR }, &mut regs, &mut env);
+        assert_eq!(
+            a,
+            Action::Stop(StopReason::StateAccessFailed {
+                reg: Reg::Lstar,
+                rip: 0x1234
+            })
+        );
     }
 
     #[test]

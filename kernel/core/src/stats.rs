@@ -27,11 +27,16 @@ pub enum ExitKind {
     Exception,
     EntryFailed,
     Unhandled,
+    CrAccess,
+    Xsetbv,
+    UndefinedInstruction,
+    Invd,
+    Rdpmc,
 }
 
 impl ExitKind {
     /// Number of kinds.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 19;
     /// All kinds, in counter order.
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::Cpuid,
@@ -48,6 +53,11 @@ impl ExitKind {
         ExitKind::Exception,
         ExitKind::EntryFailed,
         ExitKind::Unhandled,
+        ExitKind::CrAccess,
+        ExitKind::Xsetbv,
+        ExitKind::UndefinedInstruction,
+        ExitKind::Invd,
+        ExitKind::Rdpmc,
     ];
 
     /// The kind of `exit`.
@@ -67,6 +77,11 @@ impl ExitKind {
             Exit::Exception { .. } => ExitKind::Exception,
             Exit::EntryFailed { .. } => ExitKind::EntryFailed,
             Exit::Unhandled { .. } => ExitKind::Unhandled,
+            Exit::CrAccess(_) => ExitKind::CrAccess,
+            Exit::Xsetbv => ExitKind::Xsetbv,
+            Exit::UndefinedInstruction { .. } => ExitKind::UndefinedInstruction,
+            Exit::Invd => ExitKind::Invd,
+            Exit::Rdpmc => ExitKind::Rdpmc,
         }
     }
 
@@ -92,6 +107,11 @@ impl ExitKind {
             ExitKind::Exception => "exception",
             ExitKind::EntryFailed => "entry-failed",
             ExitKind::Unhandled => "unhandled",
+            ExitKind::CrAccess => "cr-access",
+            ExitKind::Xsetbv => "xsetbv",
+            ExitKind::UndefinedInstruction => "undefined-instruction",
+            ExitKind::Invd => "invd",
+            ExitKind::Rdpmc => "rdpmc",
         }
     }
 }

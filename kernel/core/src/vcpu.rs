@@ -30,142 +30,10 @@ use crate::devices::pic8259::PicPair;
 use crate::devices::pit8254::{Pit, PIT_IRQ};
 use crate::devices::serial16550::Serial16550;
 use crate::devices::{Effects, IoBus};
-use crate::exit::{Access, Action, Event, Platform};
+pub use crate::arch::StopReason;
+use crate::exit::{Action, Event, Platform};
 use crate::msr_policy::MsrState;
 use crate::stats::VmStats;
-
-/// Why a VM stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest asked to stop (hypercall `SHUTDOWN`).
-    Shutdown {
-        /// Guest-supplied exit code.
-        code: u64,
-    },
-    /// The guest triple-faulted.
-    TripleFault {
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// A nested-paging violation outside the VM's memory map.
-    MemoryViolation {
-        /// Faulting guest-physical address.
-        gpa: u64,
-        /// Guest RIP.
-        rip: u64,
-        /// Kind of access.
-        access: Access,
-        /// Guest-linear address, if reported.
-        linear: Option<u64>,
-    },
-    /// An exit hvcore has no handler for.
-    Unhandled {
-        /// Hardware exit reason.
-        code: u32,
-        /// Its name.
-        name: &'static str,
-        /// Exit qualification.
-        qualification: u64,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// String or REP port I/O, which is not emulated.
-    UnsupportedIo {
-        /// Port.
-        port: u16,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// VM entry failed (the kernel dumps the guest state as well).
-    EntryFailed {
-        /// Hardware exit reason / VM-instruction error.
-        code: u32,
-        /// Exit qualification.
-        qualification: u64,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// A guest exception that cannot be reflected (see [`crate::exit::fault`]).
-    /// The VM-entry instruction itself failed (VMfailValid/VMfailInvalid):
-    /// the backend rejected the VM's state or controls.
-    EntryInstructionFailed {
-        /// VM-instruction error number (0 for VMfailInvalid).
-        number: u32,
-        /// Its meaning (SDM 31.4).
-        meaning: &'static str,
-        /// Guest RIP.
-        rip: u64,
-    },
-    /// The hypervisor stopped the VM (its run time limit passed, or the
-    /// hypervisor is shutting down).
-    HostStop,
-    /// A guest exception the VM could not handle.
-    Fault {
-        /// Vector.
-        vector: u8,
-        /// Error code.
-        error_code: Option<u32>,
-        /// Guest RIP.
-        rip: u64,
-    },
-}
-
-impl fmt::Display for StopReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            StopReason::Shutdown { code } => write!(f, "shutdown, exit code {code}"),
-            StopReason::TripleFault { rip } => write!(f, "triple fault at rip {rip:#x}"),
-            StopReason::MemoryViolation {
-                gpa,
-                rip,
-                access,
-                linear,
-            } => {
-                write!(f, "EPT/NPT violation at gpa {gpa:#x} outside the VM's memory (access {access}")?;
-                if let Some(l) = linear {
-                    write!(f, ", linear {l:#x}")?;
-                }
-                write!(f, ") at rip {rip:#x}")
-            }
-            StopReason::Unhandled {
-                code,
-                name,
-                qualification,
-                rip,
-            } => {
-                write!(f, "unhandled exit {name} ({code}), qualification {qualification:#x}, at rip {rip:#x}")
-            }
-            StopReason::UnsupportedIo { port, rip } => {
-                write!(
-                    f,
-                    "unsupported string/REP I/O on port {port:#x} at rip {rip:#x}"
-                )
-            }
-            StopReason::EntryFailed {
-                code,
-                qualification,
-                rip,
-            } => {
-                write!(f, "VM entry failed, reason {code:#x}, qualification {qualification:#x}, rip {rip:#x}")
-            }
-            StopReason::EntryInstructionFailed { number, meaning, rip } => {
-                write!(f, "VM entry instruction failed: VM-instruction error {number} ({meaning}), rip {rip:#x}")
-            }
-            StopReason::HostStop => write!(f, "stopped by the hypervisor (run time limit or shutdown)"),
-            StopReason::Fault {
-                vector,
-                error_code,
-                rip,
-            } => {
-                write!(f, "fatal guest exception {vector}")?;
-                if let Some(e) = error_code {
-                    write!(f, " (error code {e:#x})")?;
-                }
-                write!(f, " at rip {rip:#x}")
-            }
-        }
-    }
-}
 
 /// The report line for a stopped VM: `vm NAME (id N) stopped: REASON`.
 pub struct StopReport<'a> {
@@ -459,7 +327,7 @@ mod tests {
     use super::*;
     use crate::devices::PortDevice;
     use crate::exit::testenv::FakePlatform;
-    use crate::exit::{handle_exit, AccessSize, Exit, GuestRegs, IoAccess, IoDir};
+    use crate::exit::{handle_exit, Access, AccessSize, Exit, GuestRegs, IoAccess, IoDir};
 
     #[test]
     fn legal_and_illegal_transitions() {

@@ -76,7 +76,7 @@ pub fn apply_effects(vm: &mut VmContext, fx: &Effects, env: &mut dyn Platform) {
 mod tests {
     use super::super::testenv::FakePlatform;
     use super::super::*;
-    use crate::vcpu::VmContext;
+    use crate::vcpu::{StopReason, VmContext};
 
     fn out(port: u16, value: u32) -> Exit {
         Exit::Io(IoAccess {
