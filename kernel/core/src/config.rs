@@ -18,17 +18,33 @@
 //! budget is admitted greedily in table order: a VM whose memory would take the
 //! VMs accepted before it past the usable total is refused.
 //!
+//! Images are judged by the loader itself ([`crate::image::segments`]): an ELF
+//! image the kernel could not load, a segment outside the VM's memory or in the
+//! range the hypervisor writes a 64-bit guest's boot structures into
+//! ([`crate::layout::reserved_for`]), or an entry point outside a loaded segment
+//! is refused here, on the host as in the kernel.
+//!
 //! Addresses here are plain `u64`s whose field names say which address space they
 //! are in: `host_base` is host-physical, `load_addr` and `entry` are
 //! guest-physical (guests start with an identity mapping, so a 64-bit entry point
 //! is the same number).
 //!
+//! The checks take time linear in the size of the table (a CPU list is checked
+//! with a bitmap, names with an ordered map), so a hostile table costs little.
+//!
 //! Everything here is pure and `no_std` + `alloc`; errors are typed and render as
-//! messages such as `vm "web": memory: 3 MiB is not a multiple of 2 MiB`.
+//! messages such as `vm "web": memory: 3 MiB is not a multiple of 2 MiB`. Names
+//! in messages are shown through [`Escaped`], so a name that is not valid cannot
+//! drive the terminal it is printed on.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+
+use crate::image::{self, ImageError};
+use crate::layout;
+use crate::text::Escaped;
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -46,8 +62,22 @@ pub const MAX_CPUS: u32 = 256;
 pub const MAX_NAME_LEN: usize = 32;
 /// The longest scheduler time slice: one second.
 pub const MAX_SLICE_US: u32 = 1_000_000;
-/// Real-mode code can only reach the first mebibyte.
+/// A real16 guest's entry point must be below this (1 MiB, 0x100000): the
+/// vCPU starts at CS:IP with CS = (entry >> 4) & 0xF000 and IP = entry - CS * 16
+/// (see [`real_mode_cs_ip`]), which reaches only the first mebibyte.
 pub const REAL_MODE_LIMIT: u64 = MIB;
+
+/// Where a real16 guest entered at `entry` starts: `(CS, IP)` with
+/// CS = (entry >> 4) & 0xF000 and IP = entry - CS * 16; `None` when `entry`
+/// is not below [`REAL_MODE_LIMIT`].
+pub fn real_mode_cs_ip(entry: u64) -> Option<(u16, u16)> {
+    if entry >= REAL_MODE_LIMIT {
+        return None;
+    }
+    let cs = ((entry >> 4) & 0xF000) as u16;
+    let ip = (entry - u64::from(cs) * 16) as u16;
+    Some((cs, ip))
+}
 
 /// How the vCPU is set up when the VM starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,15 +176,28 @@ impl VmSpec {
     }
 }
 
-/// What validation needs to know about one image of the package.
+/// What validation needs to know about one image of the package: everything,
+/// since the image is checked by the loader that will load it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageInfo<'a> {
     /// The image's name (the reference used in the configuration file).
     pub name: &'a str,
-    /// Size of the image file in bytes.
-    pub len: u64,
     /// ELF or flat.
     pub kind: ImageKind,
+    /// The image's bytes, exactly as packed.
+    pub data: &'a [u8],
+}
+
+impl ImageInfo<'_> {
+    /// Size of the image in bytes.
+    pub fn len(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    /// Whether the image has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
 }
 
 /// A half-open host-physical range `start..end`.
@@ -339,6 +382,8 @@ pub enum Problem {
     },
     /// No CPU given.
     NoCpus,
+    /// More CPUs listed than there can be distinct valid indices.
+    TooManyCpus { count: usize },
     /// A CPU index at or above the machine's CPU count.
     CpuMissing { cpu: u32, count: u32 },
     /// A CPU index at or above [`MAX_CPUS`].
@@ -355,6 +400,18 @@ pub enum Problem {
         len: u64,
         memory: u64,
     },
+    /// The loader refuses the image (or, when `error.is_about_entry()`, its
+    /// entry point).
+    ImageInvalid { image: String, error: ImageError },
+    /// An ELF segment overlaps the range the hypervisor writes boot
+    /// structures into ([`layout::reserved_for`]).
+    SegmentInReserved { start: u64, end: u64 },
+    /// A flat image placed over the range the hypervisor writes boot
+    /// structures into.
+    LoadInReserved { start: u64, end: u64 },
+    /// The entry point lies in the range the hypervisor writes boot
+    /// structures into.
+    EntryInReserved { entry: u64 },
     /// A flat image without `load_addr`.
     FlatWithoutLoadAddr,
     /// `load_addr` given for an ELF image.
@@ -367,7 +424,7 @@ pub enum Problem {
     EntryOutsideMemory { entry: u64, memory: u64 },
     /// Real mode with an ELF image.
     RealModeNeedsFlat,
-    /// Real mode starting at or above [`REAL_MODE_LIMIT`].
+    /// Real mode starting at or above [`REAL_MODE_LIMIT`] (0x100000).
     RealModeEntryTooHigh { entry: u64 },
 }
 
@@ -389,11 +446,24 @@ impl Problem {
             | HostRangeOverflow { .. }
             | HostRangeUnusable { .. }
             | HostOverlap { .. } => Field::HostBase,
-            NoCpus | CpuMissing { .. } | CpuBeyondMax { .. } | CpuRepeated { .. } => Field::Cpus,
-            ImageMissing { .. } | ImageTooLarge { .. } => Field::Image,
-            ImageOutsideMemory { .. } | FlatWithoutLoadAddr | LoadAddrWithElf => Field::LoadAddr,
+            NoCpus
+            | TooManyCpus { .. }
+            | CpuMissing { .. }
+            | CpuBeyondMax { .. }
+            | CpuRepeated { .. } => Field::Cpus,
+            ImageInvalid { error, .. } if error.is_about_entry() => Field::Entry,
+            ImageMissing { .. }
+            | ImageTooLarge { .. }
+            | ImageInvalid { .. }
+            | SegmentInReserved { .. } => Field::Image,
+            ImageOutsideMemory { .. }
+            | FlatWithoutLoadAddr
+            | LoadAddrWithElf
+            | LoadInReserved { .. } => Field::LoadAddr,
             SliceZero | SliceTooLong { .. } => Field::Slice,
-            EntryOutsideMemory { .. } | RealModeEntryTooHigh { .. } => Field::Entry,
+            EntryOutsideMemory { .. } | RealModeEntryTooHigh { .. } | EntryInReserved { .. } => {
+                Field::Entry
+            }
             RealModeNeedsFlat => Field::Mode,
         })
     }
@@ -468,9 +538,14 @@ impl fmt::Display for Problem {
                 ..
             } => write!(
                 f,
-                "host {range} overlaps vm \"{other_name}\" (host {other_range})"
+                "host {range} overlaps vm \"{}\" (host {other_range})",
+                Escaped(other_name)
             ),
             NoCpus => write!(f, "no CPU given"),
+            TooManyCpus { count } => write!(
+                f,
+                "{count} CPUs listed; there are at most {MAX_CPUS} distinct CPUs"
+            ),
             CpuMissing { cpu, count } => {
                 write!(f, "CPU {cpu} does not exist (machine has {count})")
             }
@@ -501,6 +576,22 @@ impl fmt::Display for Problem {
                 Size(*len),
                 Size(*memory)
             ),
+            ImageInvalid { image, error } => write!(f, "\"{}\": {error}", Escaped(image)),
+            SegmentInReserved { start, end } => write!(
+                f,
+                "segment {start:#x}..{end:#x} overlaps {}, {RESERVED_WHY} (link the image at {:#x} or above)",
+                Reserved,
+                layout::BOOT_RESERVED.end
+            ),
+            LoadInReserved { start, end } => write!(
+                f,
+                "the image at {start:#x}..{end:#x} overlaps {}, {RESERVED_WHY} (load it at {:#x} or above)",
+                Reserved,
+                layout::BOOT_RESERVED.end
+            ),
+            EntryInReserved { entry } => {
+                write!(f, "{entry:#x} lies in {}, {RESERVED_WHY}", Reserved)
+            }
             FlatWithoutLoadAddr => write!(f, "a flat image needs a load address"),
             LoadAddrWithElf => write!(
                 f,
@@ -523,10 +614,24 @@ impl fmt::Display for Problem {
             RealModeNeedsFlat => write!(f, "real16 needs a flat image"),
             RealModeEntryTooHigh { entry } => write!(
                 f,
-                "{entry:#x} is not below {}, out of reach in real mode",
+                "{entry:#x} is not below {REAL_MODE_LIMIT:#x} ({}): real16 starts at \
+                 CS:IP with CS = (entry >> 4) & 0xf000, inside the first MiB",
                 Size(REAL_MODE_LIMIT)
             ),
         }
+    }
+}
+
+/// Why the boot-structure range is off limits, for messages.
+const RESERVED_WHY: &str = "where the hypervisor writes a 64-bit guest's GDT and page tables";
+
+/// The boot-structure range of a 64-bit guest, for messages.
+struct Reserved;
+
+impl fmt::Display for Reserved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = layout::BOOT_RESERVED;
+        write!(f, "{:#x}..{:#x}", r.start, r.end)
     }
 }
 
@@ -541,13 +646,43 @@ pub struct VmError {
     pub problem: Problem,
 }
 
-impl fmt::Display for VmError {
+/// How messages name a VM: `vm "NAME"` (escaped, and cut after
+/// [`MAX_NAME_LEN`] bytes with `...`), or `vm #N` (1-based) when it has no name.
+#[derive(Clone, Copy, Debug)]
+pub struct VmLabel<'a> {
+    /// Position in the table, 0-based.
+    pub index: usize,
+    /// The name as configured.
+    pub name: &'a str,
+}
+
+impl fmt::Display for VmLabel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.name.is_empty() {
-            write!(f, "vm #{}: ", self.index + 1)?;
-        } else {
-            write!(f, "vm \"{}\": ", self.name)?;
+            return write!(f, "vm #{}", self.index + 1);
         }
+        let mut cut = self.name.len().min(MAX_NAME_LEN);
+        while !self.name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = if cut < self.name.len() { "..." } else { "" };
+        write!(f, "vm \"{}{more}\"", Escaped(&self.name[..cut]))
+    }
+}
+
+impl VmError {
+    /// How this error names its VM.
+    pub fn label(&self) -> VmLabel<'_> {
+        VmLabel {
+            index: self.index,
+            name: &self.name,
+        }
+    }
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.label())?;
         if let Some(field) = self.problem.field() {
             write!(f, "{}: ", field.key())?;
         }
@@ -610,13 +745,24 @@ pub fn check_each(
 ) -> Vec<Result<(), Vec<VmError>>> {
     let mut admitted_bytes: u64 = 0;
     let mut verdicts = Vec::with_capacity(vms.len());
+    // First VM (by index) of each name, for duplicates.
+    let mut first_of_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (index, vm) in vms.iter().enumerate() {
         let mut problems = Vec::new();
         if index >= MAX_VMS {
             problems.push(Problem::TooManyVms);
         }
         check_vm(vm, images, limits, &mut problems);
-        check_against_earlier(vm, &vms[..index], &mut problems);
+        if !vm.name.is_empty() {
+            match first_of_name.get(vm.name.as_str()) {
+                Some(&first) => problems.push(Problem::NameDuplicate { first }),
+                None => {
+                    first_of_name.insert(&vm.name, index);
+                }
+            }
+        }
+        // Only VMs within the limit can start, so only they can be overlapped.
+        check_host_overlap(vm, &vms[..index.min(MAX_VMS)], &mut problems);
         if let Some(memory) = &limits.memory {
             if problems.is_empty() {
                 let used = admitted_bytes;
@@ -726,13 +872,46 @@ fn check_memory(vm: &VmSpec, limits: &MachineLimits, problems: &mut Vec<Problem>
 fn check_cpus(cpus: &[u32], limits: &MachineLimits, problems: &mut Vec<Problem>) {
     if cpus.is_empty() {
         problems.push(Problem::NoCpus);
+        return;
     }
-    for (i, &cpu) in cpus.iter().enumerate() {
-        let seen_before = cpus[..i].iter().filter(|&&c| c == cpu).count();
-        if seen_before == 1 {
+    if cpus.len() > MAX_CPUS as usize {
+        problems.push(Problem::TooManyCpus { count: cpus.len() });
+        return;
+    }
+    // One bit per valid index; indices beyond MAX_CPUS (at most MAX_CPUS of
+    // them, see above) are remembered in a short list.
+    let mut seen = [0u64; MAX_CPUS as usize / 64];
+    let mut seen_beyond: Vec<u32> = Vec::new();
+    let mut repeated = [0u64; MAX_CPUS as usize / 64];
+    let mut repeated_beyond: Vec<u32> = Vec::new();
+    for &cpu in cpus {
+        let (first_time, first_repeat) =
+            match usize::try_from(cpu).ok().filter(|&i| i < MAX_CPUS as usize) {
+                Some(i) => {
+                    let (word, bit) = (i / 64, 1u64 << (i % 64));
+                    let first_time = seen[word] & bit == 0;
+                    let first_repeat = !first_time && repeated[word] & bit == 0;
+                    seen[word] |= bit;
+                    if !first_time {
+                        repeated[word] |= bit;
+                    }
+                    (first_time, first_repeat)
+                }
+                None => {
+                    let first_time = !seen_beyond.contains(&cpu);
+                    let first_repeat = !first_time && !repeated_beyond.contains(&cpu);
+                    if first_time {
+                        seen_beyond.push(cpu);
+                    } else if first_repeat {
+                        repeated_beyond.push(cpu);
+                    }
+                    (first_time, first_repeat)
+                }
+            };
+        if first_repeat {
             problems.push(Problem::CpuRepeated { cpu });
         }
-        if seen_before > 0 {
+        if !first_time {
             continue;
         }
         match limits.cpu_count {
@@ -752,57 +931,92 @@ fn check_image(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem
         });
         return;
     };
+    let memory = vm.memory_bytes;
+    if memory < MIN_MEMORY {
+        // Reported under `memory`; images are judged against a usable size.
+        return;
+    }
+    let invalid = |error| Problem::ImageInvalid {
+        image: String::from(image.name),
+        error,
+    };
+    if image.is_empty() {
+        problems.push(invalid(ImageError::Empty));
+        return;
+    }
     match image.kind {
         ImageKind::Elf => {
-            // ELF segments are checked against guest memory by the loader, which
-            // reads the program headers; the file size says nothing about them.
             if vm.load_addr.is_some() {
                 problems.push(Problem::LoadAddrWithElf);
             }
             if vm.mode == GuestMode::Real16 {
                 problems.push(Problem::RealModeNeedsFlat);
             }
+            // The loader's own checks, segments first; the entry point is
+            // judged below, once.
+            match image::segments(image.data, ImageKind::Elf, None, memory) {
+                Err(error) => problems.push(invalid(error)),
+                Ok(plan) => {
+                    for s in &plan.segments {
+                        if layout::overlaps_reserved(vm.mode, s.gpa, s.mem_len) {
+                            problems.push(Problem::SegmentInReserved {
+                                start: s.gpa,
+                                end: s.end(),
+                            });
+                        }
+                    }
+                    let entry = vm.entry.unwrap_or(plan.entry);
+                    if entry >= memory {
+                        // A configured entry point was reported by check_vm.
+                        if vm.entry.is_none() {
+                            problems.push(invalid(ImageError::EntryOutside { entry, memory }));
+                        }
+                    } else if !plan.segments.iter().any(|s| s.contains(entry)) {
+                        problems.push(invalid(ImageError::EntryNotLoaded { entry }));
+                    }
+                }
+            }
         }
         ImageKind::Flat => {
-            let memory = vm.memory_bytes;
-            if image.len > memory {
-                problems.push(Problem::ImageTooLarge {
-                    len: image.len,
-                    memory,
-                });
+            let len = image.len();
+            if len > memory {
+                problems.push(Problem::ImageTooLarge { len, memory });
             }
             match vm.load_addr {
                 None => problems.push(Problem::FlatWithoutLoadAddr),
                 Some(load_addr) => {
-                    let fits = load_addr
-                        .checked_add(image.len)
-                        .is_some_and(|end| end <= memory);
-                    if image.len <= memory && !fits {
+                    let end = load_addr.checked_add(len);
+                    let fits = end.is_some_and(|end| end <= memory);
+                    if len <= memory && !fits {
                         problems.push(Problem::ImageOutsideMemory {
                             load_addr,
-                            len: image.len,
+                            len,
                             memory,
+                        });
+                    }
+                    if layout::overlaps_reserved(vm.mode, load_addr, len) {
+                        problems.push(Problem::LoadInReserved {
+                            start: load_addr,
+                            end: end.unwrap_or(u64::MAX),
                         });
                     }
                 }
             }
-            if vm.mode == GuestMode::Real16 {
-                if let Some(entry) = vm.flat_entry() {
-                    if entry >= REAL_MODE_LIMIT {
-                        problems.push(Problem::RealModeEntryTooHigh { entry });
-                    }
+            if let Some(entry) = vm.flat_entry() {
+                if vm.mode == GuestMode::Real16 && real_mode_cs_ip(entry).is_none() {
+                    problems.push(Problem::RealModeEntryTooHigh { entry });
+                }
+                if layout::reserved_for(vm.mode).contains(&entry)
+                    && !layout::overlaps_reserved(vm.mode, vm.load_addr.unwrap_or(0), len)
+                {
+                    problems.push(Problem::EntryInReserved { entry });
                 }
             }
         }
     }
 }
 
-fn check_against_earlier(vm: &VmSpec, earlier: &[VmSpec], problems: &mut Vec<Problem>) {
-    if !vm.name.is_empty() {
-        if let Some(first) = earlier.iter().position(|other| other.name == vm.name) {
-            problems.push(Problem::NameDuplicate { first });
-        }
-    }
+fn check_host_overlap(vm: &VmSpec, earlier: &[VmSpec], problems: &mut Vec<Problem>) {
     let Some(range) = vm.host_range() else { return };
     for (other, other_vm) in earlier.iter().enumerate() {
         if let Some(other_range) = other_vm.host_range() {

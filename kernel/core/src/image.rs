@@ -276,10 +276,31 @@ pub fn plan(
     entry: Option<u64>,
     memory: u64,
 ) -> Result<LoadPlan<'_>, ImageError> {
+    let plan = segments(data, kind, load_addr, memory)?;
+    let entry = entry.unwrap_or(plan.entry);
+    if entry >= memory {
+        return Err(ImageError::EntryOutside { entry, memory });
+    }
+    if kind == ImageKind::Elf && !plan.segments.iter().any(|s| s.contains(entry)) {
+        return Err(ImageError::EntryNotLoaded { entry });
+    }
+    Ok(LoadPlan { entry, ..plan })
+}
+
+/// The first half of [`plan`]: the segments and the image's own entry point
+/// (the ELF header's, or `load_addr`), with every check but those of the entry
+/// point. Configuration checks use it to judge an entry point given in the
+/// configuration on its own.
+pub fn segments(
+    data: &[u8],
+    kind: ImageKind,
+    load_addr: Option<u64>,
+    memory: u64,
+) -> Result<LoadPlan<'_>, ImageError> {
     if data.is_empty() {
         return Err(ImageError::Empty);
     }
-    let plan = match kind {
+    Ok(match kind {
         ImageKind::Flat => {
             let gpa = load_addr.ok_or(ImageError::NoLoadAddress)?;
             let len = data.len() as u64;
@@ -294,15 +315,7 @@ pub fn plan(
             }
         }
         ImageKind::Elf => plan_elf(data, memory)?,
-    };
-    let entry = entry.unwrap_or(plan.entry);
-    if entry >= memory {
-        return Err(ImageError::EntryOutside { entry, memory });
-    }
-    if kind == ImageKind::Elf && !plan.segments.iter().any(|s| s.contains(entry)) {
-        return Err(ImageError::EntryNotLoaded { entry });
-    }
-    Ok(LoadPlan { entry, ..plan })
+    })
 }
 
 /// ELF64 (System V gABI): the file header at offset 0, program headers of

@@ -152,8 +152,8 @@ impl<'a> Image<'a> {
     pub fn info(&self) -> ImageInfo<'a> {
         ImageInfo {
             name: self.name,
-            len: self.data.len() as u64,
             kind: self.kind,
+            data: self.data,
         }
     }
 }

@@ -16,16 +16,27 @@ fn vm(name: &str) -> VmSpec {
     }
 }
 
-const ELF: ImageInfo<'static> = ImageInfo {
-    name: "counter",
-    len: 64 * 1024,
-    kind: ImageKind::Elf,
-};
-const FLAT: ImageInfo<'static> = ImageInfo {
-    name: "boot.bin",
-    len: 512,
-    kind: ImageKind::Flat,
-};
+/// A 64-bit guest linked like the project's (at 1 MiB, 64 KiB in memory).
+static ELF_BYTES: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    image::minimal_elf(0x10_0000, &[(0x10_0000, &[0x90; 64], 0x1_0000)])
+});
+const FLAT_BYTES: [u8; 512] = [0xf4; 512];
+
+fn elf() -> ImageInfo<'static> {
+    ImageInfo {
+        name: "counter",
+        kind: ImageKind::Elf,
+        data: &ELF_BYTES,
+    }
+}
+
+fn flat() -> ImageInfo<'static> {
+    ImageInfo {
+        name: "boot.bin",
+        kind: ImageKind::Flat,
+        data: &FLAT_BYTES,
+    }
+}
 
 fn machine(cpus: u32, ranges: &[(u64, u64)]) -> MachineLimits {
     MachineLimits {
@@ -48,7 +59,7 @@ fn messages(vms: &[VmSpec], images: &[ImageInfo<'_>], limits: &MachineLimits) ->
 }
 
 fn one(v: VmSpec) -> Vec<String> {
-    messages(&[v], &[ELF, FLAT], &MachineLimits::UNKNOWN)
+    messages(&[v], &[elf(), flat()], &MachineLimits::UNKNOWN)
 }
 
 #[test]
@@ -56,9 +67,9 @@ fn default_demo_is_valid() {
     let mut gamma = vm("gamma");
     gamma.cpus = vec![1];
     let vms = [vm("alpha"), vm("beta"), gamma];
-    assert_eq!(validate(&vms, &[ELF], &MachineLimits::UNKNOWN), Ok(()));
+    assert_eq!(validate(&vms, &[elf()], &MachineLimits::UNKNOWN), Ok(()));
     assert_eq!(
-        validate(&vms, &[ELF], &machine(2, &[(0, 256 * MIB)])),
+        validate(&vms, &[elf()], &machine(2, &[(0, 256 * MIB)])),
         Ok(())
     );
 }
@@ -82,13 +93,16 @@ fn names() {
     let long = "x".repeat(MAX_NAME_LEN + 1);
     assert_eq!(
         one(vm(&long))[0],
-        alloc::format!("vm \"{long}\": name: 33 bytes is longer than the limit of 32")
+        alloc::format!(
+            "vm \"{}...\": name: 33 bytes is longer than the limit of 32",
+            &long[..32]
+        )
     );
     assert_eq!(one(vm("a-b_c.9")), Vec::<String>::new());
     assert_eq!(
         messages(
             &[vm("a"), vm("b"), vm("a")],
-            &[ELF],
+            &[elf()],
             &MachineLimits::UNKNOWN
         ),
         ["vm \"a\": name: already used by vm #1"]
@@ -119,7 +133,7 @@ fn memory_rules() {
     assert_eq!(one(v.clone()), Vec::<String>::new());
     v.memory_bytes = 64 * MIB;
     assert_eq!(
-        messages(&[v], &[ELF], &machine(1, &[(0, 32 * MIB)])),
+        messages(&[v], &[elf()], &machine(1, &[(0, 32 * MIB)])),
         ["vm \"web\": memory: 64 MiB is more than the machine's 32 MiB of usable memory"]
     );
 }
@@ -130,7 +144,7 @@ fn memory_budget_is_greedy_in_table_order() {
     let mut broken = vm("broken");
     broken.cpus = vec![7];
     let vms = [vm("a"), broken, vm("b"), vm("c")];
-    let verdicts = check_each(&vms, &[ELF], &limits);
+    let verdicts = check_each(&vms, &[elf()], &limits);
     assert!(verdicts[0].is_ok());
     assert!(verdicts[1].is_err(), "a refused VM takes no memory");
     assert!(verdicts[2].is_ok());
@@ -140,7 +154,7 @@ fn memory_budget_is_greedy_in_table_order() {
         "vm \"c\": memory: 16 MiB does not fit: the VMs before it already take 32 MiB of 40 MiB usable"
     );
     // Without memory limits there is no budget.
-    assert!(check_each(&vms, &[ELF], &MachineLimits::UNKNOWN)[3].is_ok());
+    assert!(check_each(&vms, &[elf()], &MachineLimits::UNKNOWN)[3].is_ok());
 }
 
 #[test]
@@ -153,29 +167,29 @@ fn host_base_rules() {
     b.memory_bytes = 32 * MIB;
     b.host_base = Some(0x500_0000);
     assert_eq!(
-        messages(&[a.clone(), b.clone()], &[ELF], &limits),
+        messages(&[a.clone(), b.clone()], &[elf()], &limits),
         ["vm \"b\": host_base: host 0x5000000..0x7000000 overlaps vm \"a\" (host 0x4000000..0x6000000)"]
     );
     // Adjacent ranges are fine.
     b.host_base = Some(0x600_0000);
     assert_eq!(
-        messages(&[a.clone(), b.clone()], &[ELF], &limits),
+        messages(&[a.clone(), b.clone()], &[elf()], &limits),
         Vec::<String>::new()
     );
 
     b.host_base = Some(0x600_1000);
     assert_eq!(
-        messages(&[a.clone(), b.clone()], &[ELF], &MachineLimits::UNKNOWN),
+        messages(&[a.clone(), b.clone()], &[elf()], &MachineLimits::UNKNOWN),
         ["vm \"b\": host_base: 0x6001000 is not aligned to 2 MiB"]
     );
     b.host_base = Some(0x0fe0_0000);
     assert_eq!(
-        messages(&[b.clone()], &[ELF], &limits),
+        messages(&[b.clone()], &[elf()], &limits),
         ["vm \"b\": host_base: host 0xfe00000..0x11e00000 is not inside one usable memory range"]
     );
     b.host_base = Some(u64::MAX - MIB * 2 + 1);
     assert_eq!(
-        messages(&[b], &[ELF], &MachineLimits::UNKNOWN),
+        messages(&[b], &[elf()], &MachineLimits::UNKNOWN),
         ["vm \"b\": host_base: 0xffffffffffe00000 plus the memory size runs past the end of the address space"]
     );
 }
@@ -194,14 +208,14 @@ fn fixed_range_must_sit_in_one_usable_range() {
     v.memory_bytes = 16 * MIB;
     v.host_base = Some(0x800_0000);
     assert_eq!(
-        messages(&[v.clone()], &[ELF], &limits),
+        messages(&[v.clone()], &[elf()], &limits),
         Vec::<String>::new()
     );
     // Spanning two adjacent ranges counts as not inside one: the kernel's memory
     // map merges adjacent usable ranges before building limits.
     v.host_base = Some(0x180_0000);
     assert_eq!(
-        messages(&[v], &[ELF], &limits),
+        messages(&[v], &[elf()], &limits),
         ["vm \"v\": host_base: host 0x1800000..0x2800000 is not inside one usable memory range"]
     );
 }
@@ -211,7 +225,7 @@ fn cpu_rules() {
     let mut b = vm("b");
     b.cpus = vec![0, 5];
     assert_eq!(
-        messages(&[b.clone()], &[ELF], &machine(2, &[(0, GIB)])),
+        messages(&[b.clone()], &[elf()], &machine(2, &[(0, GIB)])),
         ["vm \"b\": cpus: CPU 5 does not exist (machine has 2)"]
     );
     assert_eq!(
@@ -247,7 +261,7 @@ fn image_rules() {
         one(v.clone()),
         ["vm \"v\": load_addr: a flat image needs a load address"]
     );
-    v.load_addr = Some(0x7c00);
+    v.load_addr = Some(0x10_0000);
     assert_eq!(one(v.clone()), Vec::<String>::new());
     v.load_addr = Some(16 * MIB - 256);
     assert_eq!(
@@ -261,20 +275,21 @@ fn image_rules() {
         "overflowing load address is reported, not a panic"
     );
 
+    let big_bytes = vec![0u8; 20 * MIB as usize];
     let big = ImageInfo {
         name: "big",
-        len: 20 * MIB,
         kind: ImageKind::Flat,
+        data: &big_bytes,
     };
     v.image = 0;
-    v.load_addr = Some(0);
+    v.load_addr = Some(0x8000);
     assert_eq!(
         messages(&[v.clone()], &[big], &MachineLimits::UNKNOWN),
         ["vm \"v\": image: the image (20 MiB) is larger than the VM's 16 MiB of memory"]
     );
 
     assert_eq!(
-        messages(&[v], &[ELF], &MachineLimits::UNKNOWN),
+        messages(&[v], &[elf()], &MachineLimits::UNKNOWN),
         ["vm \"v\": load_addr: only flat images take a load address (ELF images load where their headers say)"]
     );
 }
@@ -301,7 +316,8 @@ fn entry_rules() {
         one(v.clone()),
         ["vm \"v\": entry: 0x1000000 is outside the VM's 16 MiB of memory"]
     );
-    v.entry = Some(16 * MIB - 1);
+    // Inside memory and inside the image's segment (0x100000..0x110000).
+    v.entry = Some(0x10_ffff);
     assert_eq!(one(v), Vec::<String>::new());
 }
 
@@ -318,8 +334,227 @@ fn real_mode_rules() {
     assert_eq!(one(v.clone()), Vec::<String>::new());
     v.entry = Some(0x10_0000);
     assert_eq!(
-        one(v),
-        ["vm \"r\": entry: 0x100000 is not below 1 MiB, out of reach in real mode"]
+        one(v.clone()),
+        [
+            "vm \"r\": entry: 0x100000 is not below 0x100000 (1 MiB): real16 starts at \
+          CS:IP with CS = (entry >> 4) & 0xf000, inside the first MiB"
+        ]
+    );
+    // Any entry below 1 MiB runs, wherever the image is.
+    v.entry = Some(0xf_ffff);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.entry = None;
+    v.load_addr = Some(0x10_0000);
+    assert_eq!(
+        one(v).len(),
+        1,
+        "the load address is the entry point when none is given"
+    );
+    assert_eq!(real_mode_cs_ip(0x7c00), Some((0, 0x7c00)));
+    assert_eq!(real_mode_cs_ip(0x1_2345), Some((0x1000, 0x2345)));
+    assert_eq!(real_mode_cs_ip(0xf_ffff), Some((0xf000, 0xffff)));
+    assert_eq!(real_mode_cs_ip(0), Some((0, 0)));
+    assert_eq!(real_mode_cs_ip(REAL_MODE_LIMIT), None);
+    for entry in (0..REAL_MODE_LIMIT).step_by(0x3fd) {
+        let (cs, ip) = real_mode_cs_ip(entry).unwrap();
+        assert_eq!(u64::from(cs) * 16 + u64::from(ip), entry);
+    }
+}
+
+#[test]
+fn real_mode_guest_of_the_project_is_valid() {
+    // kernel/guests/realmode.ld: 16-bit code at 0x7c00, packed flat.
+    let mut v = vm("realmode");
+    v.memory_bytes = 2 * MIB;
+    v.mode = GuestMode::Real16;
+    v.image = 1;
+    v.load_addr = Some(0x7c00);
+    assert_eq!(one(v), Vec::<String>::new());
+}
+
+#[test]
+fn boot_structures_range_is_refused_to_64_bit_images() {
+    // An ELF segment at 0x1000 (inside 0x1000..0x8000).
+    let low = image::minimal_elf(0x1000, &[(0x1000, &[0x90; 16], 0x100)]);
+    let images = [ImageInfo {
+        name: "low",
+        kind: ImageKind::Elf,
+        data: &low,
+    }];
+    assert_eq!(
+        messages(&[vm("v")], &images, &MachineLimits::UNKNOWN),
+        ["vm \"v\": image: segment 0x1000..0x1100 overlaps 0x1000..0x8000, where the \
+          hypervisor writes a 64-bit guest's GDT and page tables (link the image at 0x8000 or above)"]
+    );
+    // A flat long64 image over it.
+    let mut v = vm("f");
+    v.image = 1;
+    v.load_addr = Some(0x7f00);
+    assert_eq!(
+        one(v.clone()),
+        [
+            "vm \"f\": load_addr: the image at 0x7f00..0x8100 overlaps 0x1000..0x8000, where the \
+          hypervisor writes a 64-bit guest's GDT and page tables (load it at 0x8000 or above)"
+        ]
+    );
+    // Just past it, and just below it, are fine.
+    v.load_addr = Some(0x8000);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.load_addr = Some(0x0e00);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    // An entry point inside it.
+    v.load_addr = Some(0x8000);
+    v.entry = Some(0x2000);
+    assert_eq!(
+        one(v.clone()),
+        [
+            "vm \"f\": entry: 0x2000 lies in 0x1000..0x8000, where the hypervisor writes a \
+          64-bit guest's GDT and page tables"
+        ]
+    );
+    // Real-mode guests get no boot structures: the range is theirs.
+    v.mode = GuestMode::Real16;
+    v.load_addr = Some(0x1000);
+    v.entry = None;
+    assert_eq!(one(v), Vec::<String>::new());
+    // The project's 64-bit guests, at 1 MiB, are clear of it.
+    assert_eq!(one(vm("counter")), Vec::<String>::new());
+}
+
+#[test]
+fn elf_images_are_checked_by_the_loader() {
+    let mut bits32 = ELF_BYTES.clone();
+    bits32[4] = 1;
+    let no_load = image::minimal_elf(0x10_0000, &[]);
+    let high = image::minimal_elf(0x10_0000, &[(0x10_0000, &[1], 1 << 63)]);
+    let bad_entry = image::minimal_elf(0x8000, &[(0x10_0000, &[1], 0x1000)]);
+    let images = [
+        ImageInfo {
+            name: "file:x32.elf",
+            kind: ImageKind::Elf,
+            data: &bits32,
+        },
+        ImageInfo {
+            name: "noload",
+            kind: ImageKind::Elf,
+            data: &no_load,
+        },
+        ImageInfo {
+            name: "high",
+            kind: ImageKind::Elf,
+            data: &high,
+        },
+        ImageInfo {
+            name: "entry",
+            kind: ImageKind::Elf,
+            data: &bad_entry,
+        },
+        ImageInfo {
+            name: "elf4",
+            kind: ImageKind::Elf,
+            data: b"\x7fELF",
+        },
+        ImageInfo {
+            name: "empty",
+            kind: ImageKind::Flat,
+            data: &[],
+        },
+    ];
+    let vms: Vec<VmSpec> = (0..images.len())
+        .map(|i| {
+            let mut v = vm(&alloc::format!("v{i}"));
+            v.image = i as u32;
+            v.load_addr = (images[i].kind == ImageKind::Flat).then_some(0x10_0000);
+            v
+        })
+        .collect();
+    assert_eq!(
+        messages(&vms, &images, &MachineLimits::UNKNOWN),
+        [
+            "vm \"v0\": image: \"file:x32.elf\": a 32-bit ELF (ELFCLASS32); guests must be ELF64",
+            "vm \"v1\": image: \"noload\": the ELF image has no PT_LOAD segment to load",
+            "vm \"v2\": image: \"high\": segment 0x100000..0x8000000000100000 lies outside the VM's 16 MiB of memory",
+            "vm \"v3\": entry: \"entry\": entry point 0x8000 is not inside a loaded segment of the image",
+            "vm \"v4\": image: \"elf4\": truncated image: ELF identification lies outside the file",
+            "vm \"v5\": image: \"empty\": the image is empty (0 bytes)",
+        ]
+    );
+    // A configured entry point must be inside a segment too; outside memory it
+    // is reported once.
+    let mut v = vm("e");
+    v.entry = Some(0x20_0000);
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"e\": entry: \"counter\": entry point 0x200000 is not inside a loaded segment of the image"]
+    );
+    v.entry = Some(0x10_0010);
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.entry = Some(GIB);
+    assert_eq!(one(v).len(), 1);
+}
+
+#[test]
+fn names_are_shown_escaped() {
+    let mut a = vm("\x1b[2J\x1b[H");
+    a.host_base = Some(0x400_0000);
+    let mut b = vm("b");
+    b.host_base = Some(0x400_0000);
+    let shown = messages(&[a, b], &[elf()], &MachineLimits::UNKNOWN);
+    assert_eq!(
+        shown,
+        [
+            "vm \"\\x1b[2J\\x1b[H\": name: character '\\u{1b}' is not allowed (use letters, digits, '-', '_', '.')",
+            "vm \"b\": host_base: host 0x4000000..0x5000000 overlaps vm \"\\x1b[2J\\x1b[H\" (host 0x4000000..0x5000000)",
+        ]
+    );
+    assert!(shown.iter().all(|m| !m.contains('\x1b')));
+    // Over-long names are cut in labels.
+    let long = "n".repeat(10_000);
+    let shown = one(vm(&long));
+    assert_eq!(
+        shown,
+        [alloc::format!(
+            "vm \"{}...\": name: 10000 bytes is longer than the limit of 32",
+            &long[..32]
+        )]
+    );
+}
+
+#[test]
+fn hostile_tables_are_checked_quickly() {
+    // 100,000 CPUs in one list: one problem, at once.
+    let mut v = vm("many");
+    v.cpus = (0..100_000).collect();
+    let start = std::time::Instant::now();
+    assert_eq!(
+        one(v.clone()),
+        ["vm \"many\": cpus: 100000 CPUs listed; there are at most 256 distinct CPUs"]
+    );
+    v.cpus = vec![7; 100_000];
+    assert_eq!(one(v.clone()).len(), 1);
+    // A full list of distinct CPUs, and repeats of CPUs beyond the maximum.
+    v.cpus = (0..MAX_CPUS).rev().collect();
+    assert_eq!(one(v.clone()), Vec::<String>::new());
+    v.cpus = vec![300, 300, 300, 1000];
+    assert_eq!(
+        one(v.clone()),
+        [
+            "vm \"many\": cpus: CPU 300 is beyond the supported maximum of 255",
+            "vm \"many\": cpus: CPU 300 is listed more than once",
+            "vm \"many\": cpus: CPU 1000 is beyond the supported maximum of 255",
+        ]
+    );
+    // 20,000 VMs, all with the same name and overlapping fixed memory.
+    let mut same = vm("same");
+    same.host_base = Some(0x400_0000);
+    let vms = vec![same; 20_000];
+    let verdicts = check_each(&vms, &[elf()], &MachineLimits::UNKNOWN);
+    assert!(verdicts[0].is_ok());
+    assert_eq!(verdicts.iter().filter(|v| v.is_err()).count(), 19_999);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
     );
 }
 
@@ -328,7 +563,7 @@ fn too_many_vms() {
     let vms: Vec<VmSpec> = (0..MAX_VMS + 2)
         .map(|i| vm(&alloc::format!("vm{i}")))
         .collect();
-    let errors = messages(&vms, &[ELF], &MachineLimits::UNKNOWN);
+    let errors = messages(&vms, &[elf()], &MachineLimits::UNKNOWN);
     assert_eq!(
         errors,
         [
@@ -346,7 +581,7 @@ fn all_problems_are_collected() {
     bad.image = 9;
     bad.slice_us = 0;
     bad.entry = Some(GIB);
-    let errors = validate(&[bad], &[ELF], &MachineLimits::UNKNOWN).unwrap_err();
+    let errors = validate(&[bad], &[elf()], &MachineLimits::UNKNOWN).unwrap_err();
     let fields: Vec<Option<Field>> = errors
         .iter()
         .map(|e| match e {
@@ -372,7 +607,7 @@ fn check_each_lets_valid_vms_start() {
     let limits = machine(2, &[(0, GIB)]);
     let mut b = vm("b");
     b.cpus = vec![3];
-    let verdicts = check_each(&[vm("a"), b, vm("c")], &[ELF], &limits);
+    let verdicts = check_each(&[vm("a"), b, vm("c")], &[elf()], &limits);
     assert!(verdicts[0].is_ok());
     assert_eq!(verdicts[1].as_ref().unwrap_err()[0].index, 1);
     assert!(verdicts[2].is_ok());

@@ -134,7 +134,7 @@ fn images_are_aligned_and_borrowed() {
         let offset = image.data.as_ptr() as usize - bytes.as_ptr() as usize;
         assert_eq!(offset % IMAGE_ALIGN, 0);
     }
-    assert_eq!(package.image_infos()[1].len, 3);
+    assert_eq!(package.image_infos()[1].len(), 3);
 }
 
 #[test]
