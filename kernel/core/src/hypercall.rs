@@ -1,4 +1,6 @@
-//! The hypercall ABI between test guests and this hypervisor.
+//! The hypervisor's side of the hypercall ABI. Numbers, status codes and
+//! limits come from the `hvabi` crate, which the guests and the tests share;
+//! this module decodes requests and carries them out.
 //!
 //! A guest issues `VMCALL` (Intel) or `VMMCALL` (AMD) with:
 //!
@@ -39,32 +41,11 @@ use crate::exit::{Action, GuestRegs, Platform};
 use crate::vcpu::{StopReason, VmContext};
 
 /// Version of this interface, also in CPUID leaf 0x4000_0001 EAX.
-pub const HYPERCALL_VERSION: u32 = 1;
+pub const HYPERCALL_VERSION: u32 = hvabi::INTERFACE_VERSION;
 
-/// Hypercall 0: interface version.
-pub const VERSION: u64 = 0;
-/// Hypercall 1: write bytes to the console.
-pub const CONSOLE_WRITE: u64 = 1;
-/// Hypercall 2: yield the time slice.
-pub const YIELD: u64 = 2;
-/// Hypercall 3: this VM's id.
-pub const VM_ID: u64 = 3;
-/// Hypercall 4: stop this VM with an exit code.
-pub const SHUTDOWN: u64 = 4;
-/// Hypercall 5: report a key/value pair.
-pub const REPORT: u64 = 5;
-
-/// Success.
-pub const OK: i64 = 0;
-/// Unknown hypercall number.
-pub const ENOSYS: i64 = -1;
-/// Invalid argument.
-pub const EINVAL: i64 = -2;
-/// Guest address outside the VM's memory.
-pub const EFAULT: i64 = -3;
-
-/// Largest `CONSOLE_WRITE` length.
-pub const CONSOLE_WRITE_MAX: u64 = 4096;
+pub use hvabi::nr::{CONSOLE_WRITE, REPORT, SHUTDOWN, VERSION, VM_ID, YIELD};
+pub use hvabi::status::{EFAULT, EINVAL, ENOSYS, OK};
+pub use hvabi::CONSOLE_WRITE_MAX;
 
 /// A decoded hypercall request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,54 +7,24 @@
 //! space), a flat GDT (code 0x08, data 0x10) and RSP unset: `_start` sets up the
 //! stack below `__stack_top` (see `guest.ld`) and calls the program's `main`.
 //!
-//! Hypercall ABI (see `hvcore::hypercall` for the authoritative table):
-//! `VMCALL` with RAX = number, arguments in RBX, RCX, RDX, RSI; RAX returns 0
-//! or a negative error, RBX an optional result.
+//! Hypercall ABI (the `hvabi` crate, shared with the hypervisor and the
+//! tests): `VMCALL` with RAX = number, arguments in RBX, RCX, RDX, RSI; RAX
+//! returns 0 or a negative error, RBX an optional result.
+//!
+//! Test guests (`statekeeper`, `syscall`, `crs`, `cr8`, `stihlt`) use [`trap`]
+//! for their own IDT, [`cpu`] for privileged registers, and end with
+//! [`finish`]: a verdict line, a [`key::FAILURES`] report and an exit code
+//! (0 when every check passed, [`EXIT_FAILED`] otherwise).
 #![no_std]
 
 use core::fmt::{self, Write};
 
-/// Hypercall numbers (hvcore::hypercall).
-pub mod nr {
-    /// Interface version in RBX.
-    pub const VERSION: u64 = 0;
-    /// Write RCX bytes at guest-physical RBX to the VM's console.
-    pub const CONSOLE_WRITE: u64 = 1;
-    /// Give up the rest of this time slice.
-    pub const YIELD: u64 = 2;
-    /// This VM's id in RBX.
-    pub const VM_ID: u64 = 3;
-    /// Stop this VM with exit code RBX.
-    pub const SHUTDOWN: u64 = 4;
-    /// Report key RBX = value RCX (printed and kept by the hypervisor).
-    pub const REPORT: u64 = 5;
-}
+pub mod cpu;
+pub mod trap;
 
-/// Report keys the test harness and benchmarks look for.
-pub mod key {
-    /// Iterations of the counter loop.
-    pub const COUNTER: u64 = 1;
-    /// Benchmark: CPUID round trip, cycles (min, median in the next key).
-    pub const BENCH_CPUID_MIN: u64 = 0x10;
-    /// Benchmark: CPUID median.
-    pub const BENCH_CPUID_MEDIAN: u64 = 0x11;
-    /// Benchmark: VMCALL round trip, min.
-    pub const BENCH_VMCALL_MIN: u64 = 0x12;
-    /// Benchmark: VMCALL median.
-    pub const BENCH_VMCALL_MEDIAN: u64 = 0x13;
-    /// Benchmark: port I/O exit round trip, min.
-    pub const BENCH_IO_MIN: u64 = 0x14;
-    /// Benchmark: port I/O median.
-    pub const BENCH_IO_MEDIAN: u64 = 0x15;
-    /// Benchmark: the same loop without an exit, min.
-    pub const BENCH_NOEXIT_MIN: u64 = 0x16;
-    /// Benchmark: no-exit median.
-    pub const BENCH_NOEXIT_MEDIAN: u64 = 0x17;
-    /// Benchmark: world switch (yield to another VM and back), min.
-    pub const BENCH_SWITCH_MIN: u64 = 0x18;
-    /// Benchmark: world switch median.
-    pub const BENCH_SWITCH_MEDIAN: u64 = 0x19;
-}
+/// Hypercall numbers, status codes and report keys: the ABI crate shared with
+/// the hypervisor and the tests.
+pub use hvabi::{key, nr, status};
 
 /// Result of a hypercall: RAX and RBX.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +64,27 @@ pub fn report(key: u64, value: u64) {
 /// Gives up the rest of the time slice.
 pub fn yield_now() {
     hypercall(nr::YIELD, 0, 0, 0);
+}
+
+/// This VM's id (hypercall [`nr::VM_ID`]).
+pub fn vm_id() -> u64 {
+    hypercall(nr::VM_ID, 0, 0, 0).value
+}
+
+/// Exit code of a test guest that found a failed check.
+pub const EXIT_FAILED: u64 = 1;
+
+/// Ends a test guest: prints `NAME: OK` (no failures) or `NAME: FAILED (N
+/// failed checks)`, reports [`key::FAILURES`], and shuts down with 0 or
+/// [`EXIT_FAILED`].
+pub fn finish(name: &str, failures: u64) -> ! {
+    if failures == 0 {
+        println!("{name}: OK");
+    } else {
+        println!("{name}: FAILED ({failures} failed checks)");
+    }
+    report(key::FAILURES, failures);
+    shutdown(if failures == 0 { 0 } else { EXIT_FAILED })
 }
 
 /// Stops this VM with an exit code. Never returns.
