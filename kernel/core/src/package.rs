@@ -8,7 +8,9 @@
 //!
 //! [`encode`] writes one, [`decode`] reads one back with images borrowed from the
 //! input. Decoding checks every length and offset and never panics, whatever the
-//! bytes; garbage gives a [`DecodeError`].
+//! bytes; garbage gives a [`DecodeError`]. The decoder accepts exactly what
+//! [`encode`] writes: whatever decodes encodes back to the same bytes, so a
+//! package cannot hide bytes in gaps, padding or overlapping images.
 //!
 //! # Format (version 1)
 //!
@@ -38,9 +40,10 @@
 //!   address, `u8` mode (0 long64, 1 real16)
 //! - image table: `u32` count, then per image: `str` name, `u8` kind (0 ELF,
 //!   1 flat), `u64` offset from the start of the package, `u64` length
-//! - image data: zero padding, then the images, each starting at a multiple of
-//!   [`IMAGE_ALIGN`] (the decoder only requires each image to lie between the end
-//!   of the image table and the checksum)
+//! - image data: the images in table order, each at the first multiple of
+//!   [`IMAGE_ALIGN`] at or after the end of the table or of the image before it,
+//!   with zero bytes in between; the checksum follows the last image (or the
+//!   table) directly
 
 use crate::config::{GuestMode, ImageInfo, ImageKind, VmSpec};
 use alloc::string::String;
@@ -240,6 +243,23 @@ pub enum DecodeError {
         /// Position of the image in the image table.
         index: usize,
     },
+    /// An image inside the data area, but not where the format puts it.
+    ImageMisplaced {
+        /// Position of the image in the image table.
+        index: usize,
+        /// The offset it must have.
+        expected: usize,
+    },
+    /// A padding byte before an image is not zero.
+    NonZeroPadding {
+        /// Offset of the byte.
+        at: usize,
+    },
+    /// Bytes between the last image (or the table) and the checksum.
+    TrailingBytes {
+        /// Offset of the first one.
+        at: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -264,6 +284,15 @@ impl fmt::Display for DecodeError {
             DecodeError::BadEnum { field, value } => write!(f, "{field}: invalid value {value}"),
             DecodeError::ImageOutOfBounds { index } => {
                 write!(f, "image #{index} lies outside the image data")
+            }
+            DecodeError::ImageMisplaced { index, expected } => {
+                write!(f, "image #{index} does not start at offset {expected}")
+            }
+            DecodeError::NonZeroPadding { at } => {
+                write!(f, "padding byte at {at} is not zero")
+            }
+            DecodeError::TrailingBytes { at } => {
+                write!(f, "unused bytes from {at} up to the checksum")
             }
         }
     }
@@ -553,24 +582,34 @@ pub fn decode(bytes: &[u8]) -> Result<Package<'_>, DecodeError> {
         let len = r.u64()?;
         table.push((name, kind, offset, len));
     }
+    // The data area: each image at the next aligned offset, zeros between.
     let data_start = r.pos;
-    let images = table
-        .into_iter()
-        .enumerate()
-        .map(|(index, (name, kind, offset, len))| {
-            let range = usize::try_from(offset)
-                .ok()
-                .zip(usize::try_from(len).ok())
-                .and_then(|(start, len)| Some(start..start.checked_add(len)?))
-                .filter(|range| range.start >= data_start && range.end <= crc_at)
-                .ok_or(DecodeError::ImageOutOfBounds { index })?;
-            Ok(Image {
-                name,
-                kind,
-                data: &bytes[range],
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut pos = data_start;
+    let mut images = Vec::new();
+    for (index, (name, kind, offset, len)) in table.into_iter().enumerate() {
+        let range = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|range| range.start >= data_start && range.end <= crc_at)
+            .ok_or(DecodeError::ImageOutOfBounds { index })?;
+        let expected = pos.next_multiple_of(IMAGE_ALIGN);
+        if range.start != expected {
+            return Err(DecodeError::ImageMisplaced { index, expected });
+        }
+        if let Some(at) = (pos..expected).find(|&at| bytes[at] != 0) {
+            return Err(DecodeError::NonZeroPadding { at });
+        }
+        pos = range.end;
+        images.push(Image {
+            name,
+            kind,
+            data: &bytes[range],
+        });
+    }
+    if pos != crc_at {
+        return Err(DecodeError::TrailingBytes { at: pos });
+    }
     Ok(Package {
         command,
         options,
