@@ -22,8 +22,6 @@ pub enum VmxError {
     DisabledByFirmware,
     /// The CPU lacks a capability the hypervisor needs.
     MissingFeature(&'static str),
-    /// A control the hypervisor needs is not allowed to be 1.
-    MissingControl(vmx::MissingControl),
     /// CR0/CR4 cannot satisfy the VMX fixed bits.
     FixedBits(&'static str, u64),
     /// No memory for a VMX structure.
@@ -42,7 +40,6 @@ impl fmt::Display for VmxError {
             ),
             Self::DisabledByFirmware => write!(f, "VT-x disabled by firmware: IA32_FEATURE_CONTROL is locked with VMX off (enable Intel VT in the firmware setup)"),
             Self::MissingFeature(what) => write!(f, "VT-x lacks a required feature: {what}"),
-            Self::MissingControl(m) => write!(f, "VT-x control not supported: {m}"),
             Self::FixedBits(reg, bits) => write!(f, "{reg} cannot meet the VMX fixed bits (offending bits {bits:#x})"),
             Self::OutOfMemory(what) => write!(f, "out of memory for {what}"),
             Self::Instruction(what, e) => write!(f, "{what} failed: {e}"),

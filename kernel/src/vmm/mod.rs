@@ -15,6 +15,7 @@
 
 pub mod enable;
 pub mod entry;
+pub mod lazy;
 pub mod partition;
 pub mod vcpu;
 
@@ -23,12 +24,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvcore::config::{self, HostRange, MachineLimits, MemoryLimits};
-use hvcore::exit::{GuestMemory, Platform};
 use hvcore::package::Package;
 use hvcore::sched::{Scheduler, VcpuId};
 use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
 use spin::Mutex;
+use backend::vtx::{HostFeatures, SetupError, VmxSetup};
 use vmx::VmxCapabilities;
 
 use crate::acpi::Machine;
@@ -62,6 +63,10 @@ static WORK_READY: AtomicBool = AtomicBool::new(false);
 static WORK_CPU0_HAD_WORK: AtomicBool = AtomicBool::new(false);
 static CPUS_DONE: AtomicU32 = AtomicU32::new(0);
 static CAPS: spin::Once<VmxCapabilities> = spin::Once::new();
+/// Control words and guest limits, decided once when VMX is first enabled.
+static SETUP: spin::Once<Result<VmxSetup, SetupError>> = spin::Once::new();
+/// The MSR bitmap every VMCS points to (host-physical), built once.
+static MSR_BITMAP: spin::Once<u64> = spin::Once::new();
 static SUMMARIES: Mutex<Vec<VmSummary>> = Mutex::new(Vec::new());
 /// TSC value after which every VM is stopped (0 = no limit).
 static DEADLINE: AtomicU64 = AtomicU64::new(0);
@@ -70,45 +75,10 @@ static STATS_REQUEST: AtomicU32 = AtomicU32::new(0);
 /// Set when the console asks to stop every VM.
 static STOP_ALL: AtomicBool = AtomicBool::new(false);
 
-/// The services exit handlers get, for the VM whose exit is handled.
+/// The services exit handlers get, for the VM whose exit is handled
+/// (bound to a VM by `KernelPlatform::with`, see [`vcpu`]).
 pub struct KernelPlatform {
     apic_id: u32,
-}
-
-/// [`KernelPlatform`] together with the VM's memory.
-pub struct PlatformFor<'a> {
-    apic_id: u32,
-    memory: &'a Partition,
-}
-
-impl KernelPlatform {
-    /// Binds the platform to one VM's memory for one exit.
-    pub fn with<'a>(&'a mut self, memory: &'a Partition) -> PlatformFor<'a> {
-        PlatformFor { apic_id: self.apic_id, memory }
-    }
-}
-
-impl Platform for PlatformFor<'_> {
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = crate::arch::cpuid(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-
-    fn console_write(&mut self, vm_name: &str, line: &str) {
-        crate::println!("vm {vm_name}: {line}");
-    }
-
-    fn now_ticks(&self) -> u64 {
-        crate::arch::rdtsc()
-    }
-
-    fn cpu_apic_id(&self) -> u32 {
-        self.apic_id
-    }
-
-    fn guest_memory(&self) -> &dyn GuestMemory {
-        self.memory
-    }
 }
 
 fn tsc_from_us(us: u64) -> u64 {
@@ -143,6 +113,23 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
         caps.misc.preemption_timer_rate()
     );
     let caps = *CAPS.call_once(|| caps);
+    let setup = match decide_setup(&caps) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}; no VMs started");
+            return KernelExit::Failure;
+        }
+    };
+    for (feature, consequence) in setup.missing() {
+        log::warn!("VT-x: no {feature}: {consequence}");
+    }
+    log::info!(
+        "VT-x set-up: VPID {}, unrestricted guest {}, TPR shadow {}, guest XCR0 allowed {:#x}",
+        setup.optional.vpid,
+        setup.optional.unrestricted_guest,
+        setup.optional.tpr_shadow,
+        setup.limits.xcr0_allowed
+    );
     if let Err(e) = enable_on_boot_cpu(&caps) {
         log::error!("{e}; no VMs started");
         return match e {
@@ -184,7 +171,7 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     // Wake the application processors waiting in `ap_main`.
     crate::smp::wake_others();
 
-    cpu_loop(0, &caps, package.options.serial_input);
+    cpu_loop(0, &setup, package.options.serial_input);
     if WORK_CPU0_HAD_WORK.load(Ordering::Relaxed) {
         CPUS_DONE.fetch_add(1, Ordering::Release);
     }
@@ -193,6 +180,36 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     }
     print_summary();
     KernelExit::Success
+}
+
+/// The boot-time VT-x decisions (once): control words from the capability
+/// MSRs, guest limits from CPUID, and the MSR bitmap page.
+fn decide_setup(caps: &VmxCapabilities) -> Result<VmxSetup, SetupError> {
+    let setup = *SETUP.call_once(|| {
+        let xcr0_supported = lazy::init_this_cpu();
+        let max_ext = crate::arch::cpuid(0x8000_0000, 0).eax;
+        let phys_addr_bits = if max_ext >= 0x8000_0008 { (crate::arch::cpuid(0x8000_0008, 0).eax & 0xFF) as u8 } else { 36 };
+        VmxSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits })
+    });
+    let setup = setup?;
+    MSR_BITMAP.call_once(|| {
+        let frame = crate::mm::alloc_frame_zeroed().unwrap_or_else(|e| panic!("no frame for the MSR bitmap: {e:?}"));
+        let page = crate::mm::phys_to_virt(frame).as_mut_ptr::<[u8; 4096]>();
+        // SAFETY: the frame was just allocated for the bitmap, is mapped
+        // through the physical-memory window and is used by nothing else.
+        backend::vtx::msr_bitmap::build(unsafe { &mut *page }, setup.optional.rdtscp);
+        frame
+    });
+    Ok(setup)
+}
+
+/// The per-CPU facts a vCPU needs on the calling CPU.
+fn host_cpu(setup: &VmxSetup) -> HostCpu {
+    HostCpu {
+        tables: crate::smp::tables_of_current_cpu(),
+        setup: *setup,
+        msr_bitmap: MSR_BITMAP.get().copied().unwrap_or_else(|| panic!("MSR bitmap used before decide_setup")),
+    }
 }
 
 /// VMXON on the boot CPU, once (self-tests and `run` may both ask).
@@ -223,6 +240,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     use alloc::format;
     enable::detect().map_err(|e| format!("{e}"))?;
     let caps = *CAPS.call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
+    let setup = decide_setup(&caps).map_err(|e| format!("{e}"))?;
     enable_on_boot_cpu(&caps).map_err(|e| format!("{e}"))?;
     let part = Partition::new(2 << 20, None).map_err(|e| format!("{e}"))?;
     let vm = VmContext::new(900, "broken");
@@ -230,7 +248,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
         p.release();
         format!("{e}")
     })?;
-    let host = HostCpu { tables: crate::smp::tables_of_current_cpu(), caps };
+    let host = host_cpu(&setup);
     let (field, value) = match breakage {
         Breakage::GuestState => (vmx::vmcs::GUEST_CS_AR_BYTES.encoding(), 1 << 16),
         Breakage::Controls => (vmx::vmcs::SECONDARY_VM_EXEC_CONTROL.encoding(), u32::MAX as u64),
@@ -238,6 +256,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     let result = v.overwrite_field_for_selftest(&host, field, value).map_err(|e| format!("{e}"));
     let report = result.map(|()| {
         let mut platform = KernelPlatform { apic_id: 0 };
+        v.load_lazy();
         let end = v.run_slice(&host, crate::arch::rdtsc() + tsc_from_us(100_000), &mut platform);
         match (end, v.vm.stop_report()) {
             (SliceEnd::Stopped, Some(r)) => format!("{r}"),
@@ -268,7 +287,11 @@ fn build_vms(package: &Package<'_>, cpus: u32) -> Vec<(Vcpu, usize)> {
             }
             continue;
         }
-        let Some(caps) = caps.as_ref() else { break };
+        let (Some(caps), Some(Ok(setup))) = (caps.as_ref(), SETUP.get()) else { break };
+        if spec.mode == config::GuestMode::Real16 && !setup.optional.unrestricted_guest {
+            log::error!("vm \"{}\": real mode needs VT-x unrestricted guest, which this CPU lacks; not started", spec.name);
+            continue;
+        }
         match build_one(index as u32, spec, package, caps) {
             Ok(v) => {
                 let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
@@ -370,11 +393,12 @@ pub fn ap_main(cpu: u32) -> ! {
     }
     let has_work = WORK[cpu as usize].lock().is_some();
     if has_work {
-        if let Some(caps) = CAPS.get() {
+        if let (Some(caps), Some(Ok(setup))) = (CAPS.get(), SETUP.get()) {
+            lazy::init_this_cpu();
             match enable::enable_on_this_cpu(caps) {
                 Ok(_) => {
                     log::info!("VMX operation on CPU {cpu}");
-                    cpu_loop(cpu as usize, caps, false);
+                    cpu_loop(cpu as usize, setup, false);
                 }
                 Err(e) => {
                     log::error!("CPU {cpu}: {e}; its VMs do not run");
@@ -403,12 +427,15 @@ fn stop_unrunnable(cpu: usize) {
 }
 
 /// One CPU's scheduling loop: round-robin over its vCPUs until all stopped.
-fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
+fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
     let Some(CpuWork(list)) = WORK[cpu].lock().take() else { return };
     // A stopped VM's slot empties: its memory goes back to the frame
     // allocator at once.
     let mut vcpus: Vec<Option<Vcpu>> = list.into_iter().map(Some).collect();
-    let host = HostCpu { tables: crate::smp::tables_of_current_cpu(), caps: *caps };
+    let host = host_cpu(setup);
+    // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
+    // the hardware holds: switched only when another vCPU runs next.
+    let mut lazy_owner: Option<usize> = None;
     let mut platform = KernelPlatform { apic_id: crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0) };
     let default_slice = tsc_from_us(10_000);
     let Ok(mut sched) = Scheduler::new(1, default_slice) else { return };
@@ -461,6 +488,15 @@ fn cpu_loop(cpu: usize, caps: &VmxCapabilities, serial_input: bool) {
             continue;
         };
         let Some(i) = ids.iter().position(|x| *x == id) else { continue };
+        if lazy_owner != Some(i) {
+            if let Some(prev) = lazy_owner.and_then(|p| vcpus[p].as_mut()) {
+                prev.save_lazy();
+            }
+            if let Some(next) = vcpus[i].as_ref() {
+                next.load_lazy();
+            }
+            lazy_owner = Some(i);
+        }
         let Some(v) = vcpus[i].as_mut() else { continue };
         let slice = sched.slice_ticks(id).unwrap_or(default_slice);
         let start = crate::arch::rdtsc();
