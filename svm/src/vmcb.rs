@@ -419,8 +419,8 @@ bitflags! {
         /// Bit 0: INTERRUPT_SHADOW, the guest is in an interrupt shadow (the
         /// instruction after STI or MOV SS); written back on #VMEXIT.
         const INTERRUPT_SHADOW = 1 << 0;
-        /// Bit 1: GUEST_INTERRUPT_MASK, the guest's RFLAGS.IF (or virtual
-        /// GIF), written by the processor on #VMEXIT.
+        /// Bit 1: GUEST_INTERRUPT_MASK, the guest's RFLAGS.IF, written by
+        /// the processor on #VMEXIT (meaningful with V_INTR_MASKING).
         const GUEST_INTERRUPT_MASK = 1 << 1;
     }
 }
