@@ -9,21 +9,42 @@
 //!
 //! Models:
 //! - [`serial16550::Serial16550`]: COM1, used by every guest.
-//! - [`pic8259::PicPair`] and [`pit8254::Pit`]: the legacy PC interrupt
-//!   controller and timer, for a future Linux guest.
+//! - [`pic8259::PicPair`] (with the ELCR) and [`pit8254::Pit`] (with system
+//!   control port B, 0x61): the legacy PC interrupt controller and timer.
+//! - [`cmos::Cmos`]: the MC146818 real-time clock and CMOS NVRAM.
+//! - [`i8042::I8042`]: the PS/2 keyboard controller, with a keyboard.
+//! - [`chipset`]: POST code port, PCI configuration ports, reset control.
+//! - [`pc`]: the whole PC device set on one bus, its time base and deadline.
+//! - [`interrupt`]: when a pending PIC vector can be injected.
 //! - [`console::LineBuffer`]: turns output bytes into console lines.
+//!
+//! Time: models that count time ([`pit8254::Pit`], [`cmos::Cmos`],
+//! [`serial16550::Serial16550`]'s receive timeout) never read a clock. The VM
+//! advances them with a monotonic `now_ns` ([`pc::advance`]) before it routes
+//! an access to them, and asks [`pc::next_deadline_ns`] when an idle vCPU
+//! must be woken.
+//!
+//! Resets: a guest asking for a machine reset (keyboard controller pulse,
+//! port 0xCF9, port 0x92) is reported with [`Effects::request_reset`], beside
+//! the ordered effects; the VM decides what a reset means by policy.
 //!
 //! Register files here are 8 bits wide. A 16/32-bit access to one of their
 //! ports operates on the low byte (writes) and returns the register in the low
 //! byte with the upper bytes all ones (reads), like a byte-wide ISA device.
 
 pub mod bus;
+pub mod chipset;
+pub mod cmos;
 pub mod console;
+pub mod i8042;
+pub mod interrupt;
+pub mod pc;
 pub mod pic8259;
 pub mod pit8254;
 pub mod serial16550;
 
 use core::any::Any;
+use core::fmt;
 
 pub use bus::{BusResult, IoBus};
 
@@ -68,12 +89,39 @@ pub enum DeviceEffect {
     LowerIrq(u8),
 }
 
+/// Which device asked for a machine reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetSource {
+    /// The keyboard controller pulsed the reset line (command 0xFE, any
+    /// 0xF0-0xFF pulse with bit 0 clear, or an output-port write with bit 0
+    /// clear): Linux's `reboot=k`.
+    KeyboardController,
+    /// Reset control register 0xCF9 written with bit 2 (reset CPU) set:
+    /// Linux's `reboot=pci`.
+    ResetControl,
+    /// System control port A (0x92) written with bit 0 (fast reset) set.
+    FastReset,
+}
+
+impl fmt::Display for ResetSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::KeyboardController => "keyboard controller reset pulse",
+            Self::ResetControl => "reset control register 0xcf9",
+            Self::FastReset => "fast reset through port 0x92",
+        })
+    }
+}
+
 /// Effects of one access, in order. Bounded: a model pushes at most a few per
 /// access; the capacity is part of the device contract, not a guest input.
+/// A reset request is kept apart from the ordered effects (it is not dropped
+/// when the list is full, and the first request wins).
 #[derive(Clone, Debug, Default)]
 pub struct Effects {
     items: [Option<DeviceEffect>; Effects::CAPACITY],
     len: usize,
+    reset: Option<ResetSource>,
 }
 
 impl Effects {
@@ -103,9 +151,21 @@ impl Effects {
         self.items.iter().take(self.len).flatten().copied()
     }
 
-    /// Whether there are none.
+    /// Records that the guest asked for a machine reset (the first request of
+    /// an access is kept).
+    pub fn request_reset(&mut self, source: ResetSource) {
+        self.reset.get_or_insert(source);
+    }
+
+    /// The reset the guest asked for, if any. The VM restarts or stops by
+    /// policy; the remaining effects of the access still apply.
+    pub fn reset_requested(&self) -> Option<ResetSource> {
+        self.reset
+    }
+
+    /// Whether there are none (no ordered effect and no reset request).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.reset.is_none()
     }
 }
 
@@ -166,6 +226,26 @@ mod tests {
         }
         assert!(!fx.push(DeviceEffect::Output(0)));
         assert_eq!(fx.iter().count(), Effects::CAPACITY);
+    }
+
+    #[test]
+    fn reset_request_kept_apart_first_wins() {
+        let mut fx = Effects::new();
+        assert!(fx.is_empty() && fx.reset_requested().is_none());
+        for i in 0..Effects::CAPACITY {
+            fx.push(DeviceEffect::Output(i as u8));
+        }
+        fx.request_reset(ResetSource::ResetControl);
+        fx.request_reset(ResetSource::FastReset);
+        assert_eq!(fx.reset_requested(), Some(ResetSource::ResetControl));
+        assert_eq!(fx.iter().count(), Effects::CAPACITY);
+        let mut only_reset = Effects::new();
+        only_reset.request_reset(ResetSource::KeyboardController);
+        assert!(!only_reset.is_empty());
+        assert_eq!(
+            alloc::format!("{}", ResetSource::KeyboardController),
+            "keyboard controller reset pulse"
+        );
     }
 
     #[test]

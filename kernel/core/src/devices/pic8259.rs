@@ -3,9 +3,14 @@
 //!
 //! Modelled: ICW1-ICW4 initialisation, OCW1 (IMR), OCW2 (non-specific and
 //! specific EOI, rotation, set priority), OCW3 (IRR/ISR read select, poll,
-//! special mask), edge- and level-triggered inputs (ICW1.LTIM, whole chip),
-//! auto-EOI, fully-nested priority with rotation. Not modelled: special fully
-//! nested mode, buffered mode, the ELCR ports 0x4D0/0x4D1, 8080 mode.
+//! special mask), edge- and level-triggered inputs (ICW1.LTIM for a whole
+//! chip, or per line through the edge/level control registers ELCR1/ELCR2 at
+//! ports 0x4D0/0x4D1 of PC chipsets, where IRQ 0, 1, 2, 8 and 13 are always
+//! edge-triggered), auto-EOI, fully-nested priority with rotation. Not
+//! modelled: special fully nested mode, buffered mode, 8080 mode.
+//!
+//! An edge-triggered input latches a request in IRR on a rising edge and the
+//! INTA cycle clears it; a level-triggered input's IRR bit follows the line.
 //!
 //! The CPU side: [`PicPair::pending_vector`] says whether INTR is asserted and
 //! with which vector; [`PicPair::ack`] is the INTA cycle the hypervisor performs
@@ -22,6 +27,12 @@ pub const MASTER_BASE: u16 = 0x20;
 pub const SLAVE_BASE: u16 = 0xA0;
 /// Master input the slave's INT output is wired to.
 pub const CASCADE_IRQ: u8 = 2;
+/// Edge/level control registers (ELCR1 for IRQ 0-7, ELCR2 for IRQ 8-15).
+pub const ELCR_BASE: u16 = 0x4D0;
+/// ELCR1 bits that can be set (IRQ 0, 1 and 2 are always edge-triggered).
+pub const ELCR1_WRITABLE: u8 = 0xF8;
+/// ELCR2 bits that can be set (IRQ 8 and 13 are always edge-triggered).
+pub const ELCR2_WRITABLE: u8 = 0xDE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InitStep {
@@ -49,6 +60,8 @@ pub struct Pic8259 {
     needs_icw4: bool,
     single: bool,
     init: InitStep,
+    /// Per-line level trigger (the chip's ELCR); kept across ICW1.
+    elcr: u8,
 }
 
 impl Default for Pic8259 {
@@ -69,6 +82,7 @@ impl Default for Pic8259 {
             needs_icw4: false,
             single: false,
             init: InitStep::Ready,
+            elcr: 0,
         }
     }
 }
@@ -89,6 +103,21 @@ impl Pic8259 {
     /// Vector of input 0 (ICW2).
     pub fn vector_base(&self) -> u8 {
         self.vector_base
+    }
+    /// Inputs that are level-triggered (ICW1.LTIM: all; else the ELCR).
+    pub fn level_lines(&self) -> u8 {
+        if self.level_triggered {
+            0xFF
+        } else {
+            self.elcr
+        }
+    }
+
+    fn set_elcr(&mut self, value: u8) {
+        self.elcr = value;
+        // A line that became level-triggered requests while it is high.
+        let level = self.level_lines();
+        self.irr = (self.irr & !level) | (self.line_levels & level);
     }
 
     /// Priority (0 = highest) of the highest-priority bit in `mask`, 8 if none.
@@ -122,7 +151,7 @@ impl Pic8259 {
 
     fn set_line(&mut self, line: u8, level: bool) {
         let bit = 1u8 << (line & 7);
-        if self.level_triggered {
+        if self.level_lines() & bit != 0 {
             if level {
                 self.irr |= bit;
             } else {
@@ -147,17 +176,18 @@ impl Pic8259 {
         } else {
             self.isr |= bit;
         }
-        if !self.level_triggered {
+        if self.level_lines() & bit == 0 {
             self.irr &= !bit;
         }
     }
 
     fn write_command(&mut self, v: u8) {
         if v & 0x10 != 0 {
-            // ICW1: reinitialise.
-            let levels = self.line_levels;
+            // ICW1: reinitialise (the line levels and the ELCR are inputs
+            // and chipset state, not 8259 state).
             *self = Pic8259 {
-                line_levels: levels,
+                line_levels: self.line_levels,
+                elcr: self.elcr,
                 ..Pic8259::default()
             };
             self.needs_icw4 = v & 0x01 != 0;
@@ -252,7 +282,7 @@ impl Pic8259 {
 /// Master and slave 8259A, cascaded.
 #[derive(Clone, Debug)]
 pub struct PicPair {
-    ports: [PortRange; 2],
+    ports: [PortRange; 3],
     master: Pic8259,
     slave: Pic8259,
 }
@@ -270,6 +300,7 @@ impl PicPair {
             ports: [
                 PortRange::new(MASTER_BASE, 2),
                 PortRange::new(SLAVE_BASE, 2),
+                PortRange::new(ELCR_BASE, 2),
             ],
             master: Pic8259::default(),
             slave: Pic8259::default(),
@@ -284,6 +315,21 @@ impl PicPair {
     /// The slave chip (IRQ 8-15).
     pub fn slave(&self) -> &Pic8259 {
         &self.slave
+    }
+
+    /// The edge/level control registers, ELCR2:ELCR1 (bit n = IRQ n is
+    /// level-triggered).
+    pub fn elcr(&self) -> u16 {
+        u16::from_le_bytes([self.master.elcr, self.slave.elcr])
+    }
+
+    /// Sets the edge/level control registers (reserved bits stay clear), as
+    /// firmware would for level-triggered PCI interrupts.
+    pub fn set_elcr(&mut self, elcr: u16) {
+        let [lo, hi] = elcr.to_le_bytes();
+        self.master.set_elcr(lo & ELCR1_WRITABLE);
+        self.slave.set_elcr(hi & ELCR2_WRITABLE);
+        self.update_cascade();
     }
 
     /// Sets the level of ISA line `irq` (0..=15; others are ignored).
@@ -302,9 +348,20 @@ impl PicPair {
         self.set_irq(irq, false);
     }
 
+    /// The master's IR2 follows the slave's INT output as a level, whatever
+    /// the master's trigger mode: a request on IR2 exists exactly while the
+    /// slave requests, so a slave request that is masked or cleared before
+    /// INTA leaves no stale cascade request (and no spurious IRQ 15).
     fn update_cascade(&mut self) {
         let slave_int = self.slave.highest_request().is_some();
-        self.master.set_line(CASCADE_IRQ, slave_int);
+        let bit = 1u8 << CASCADE_IRQ;
+        if slave_int {
+            self.master.irr |= bit;
+            self.master.line_levels |= bit;
+        } else {
+            self.master.irr &= !bit;
+            self.master.line_levels &= !bit;
+        }
     }
 
     /// The vector the pair presents on INTR, if any.
@@ -352,7 +409,13 @@ impl PortDevice for PicPair {
 
     fn read(&mut self, port: u16, size: AccessSize, _fx: &mut Effects) -> u32 {
         let data = port & 1 != 0;
-        let v = if port & !1 == SLAVE_BASE {
+        let v = if port & !1 == ELCR_BASE {
+            if data {
+                self.slave.elcr
+            } else {
+                self.master.elcr
+            }
+        } else if port & !1 == SLAVE_BASE {
             let v = self.slave.read(data);
             self.update_cascade();
             v
@@ -364,6 +427,12 @@ impl PortDevice for PicPair {
 
     fn write(&mut self, port: u16, _size: AccessSize, value: u32, _fx: &mut Effects) {
         let v = value.to_le_bytes()[0];
+        if port & !1 == ELCR_BASE {
+            let [lo, hi] = self.elcr().to_le_bytes();
+            let elcr = if port & 1 == 0 { [v, hi] } else { [lo, v] };
+            self.set_elcr(u16::from_le_bytes(elcr));
+            return;
+        }
         let chip = if port & !1 == SLAVE_BASE {
             &mut self.slave
         } else {
@@ -495,6 +564,91 @@ mod tests {
         assert_eq!(p.master().isr(), 0);
         p.pulse_irq(6);
         assert_eq!(p.pending_vector(), Some(0x0E));
+    }
+
+    #[test]
+    fn elcr_per_line_level_trigger() {
+        let mut p = init();
+        // Reserved bits (IRQ 0, 1, 2, 8, 13) stay edge-triggered.
+        out(&mut p, 0x4D0, 0xFF);
+        out(&mut p, 0x4D1, 0xFF);
+        assert_eq!(inb(&mut p, 0x4D0), 0xF8);
+        assert_eq!(inb(&mut p, 0x4D1), 0xDE);
+        assert_eq!(p.elcr(), 0xDEF8);
+        out(&mut p, 0x4D0, 0x20); // IRQ 5 level
+        out(&mut p, 0x4D1, 0x00);
+        // Level: the request follows the line and survives INTA.
+        p.set_irq(5, true);
+        assert_eq!(p.ack(), Some(0x25));
+        out(&mut p, 0x20, 0x20);
+        assert_eq!(p.pending_vector(), Some(0x25), "line still high");
+        p.set_irq(5, false);
+        assert_eq!(p.pending_vector(), None);
+        // Edge lines on the same chip still latch one request per edge.
+        p.set_irq(3, true);
+        assert_eq!(p.ack(), Some(0x23));
+        out(&mut p, 0x20, 0x20);
+        assert_eq!(p.pending_vector(), None, "edge consumed while line high");
+        p.set_irq(3, false);
+        // ELCR survives ICW1; a line made level while high requests at once.
+        p.set_irq(10, true);
+        p.pulse_irq(10);
+        p.set_irq(10, true);
+        out(&mut p, 0xA0, 0x11);
+        out(&mut p, 0xA1, 0x28);
+        out(&mut p, 0xA1, 0x02);
+        out(&mut p, 0xA1, 0x01);
+        assert_eq!(p.pending_vector(), None, "ICW1 clears the edge latch");
+        out(&mut p, 0x4D1, 0x04); // IRQ 10 level
+        assert_eq!(p.pending_vector(), Some(0x2A));
+        assert_eq!(inb(&mut p, 0x4D0), 0x20);
+        let w = p.read(0x4D0, AccessSize::Word, &mut Effects::new());
+        assert_eq!(w, 0xFF20, "byte-wide register, upper byte all ones");
+    }
+
+    #[test]
+    fn cascade_ready_after_slave_eoi_with_queued_request() {
+        let mut p = init();
+        p.pulse_irq(12);
+        p.pulse_irq(14);
+        assert_eq!(p.ack(), Some(0x2C));
+        out(&mut p, 0xA0, 0x20);
+        out(&mut p, 0x20, 0x20);
+        assert_eq!(
+            p.pending_vector(),
+            Some(0x2E),
+            "second slave request reaches the master"
+        );
+        assert_eq!(p.ack(), Some(0x2E));
+        // Spurious: a slave request masked after INTR was raised.
+        p.pulse_irq(9);
+        out(&mut p, 0xA1, 0x02);
+        out(&mut p, 0xA0, 0x20);
+        out(&mut p, 0x20, 0x20);
+        assert_eq!(p.pending_vector(), None);
+    }
+
+    #[test]
+    fn hostile_programming_never_panics() {
+        let mut p = PicPair::new();
+        let mut x = 0x1234_5678_u32;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let port = [0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1][(x % 6) as usize];
+            match (x >> 8) % 4 {
+                0 => out(&mut p, port, (x >> 16) as u8),
+                1 => {
+                    inb(&mut p, port);
+                }
+                2 => p.set_irq((x >> 16) as u8 % 20, x & 0x8000 != 0),
+                _ => {
+                    let _ = p.ack();
+                }
+            }
+            let _ = p.pending_vector();
+        }
     }
 
     #[test]
