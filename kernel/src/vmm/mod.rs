@@ -77,8 +77,47 @@ static STOP_ALL: AtomicBool = AtomicBool::new(false);
 
 /// The services exit handlers get, for the VM whose exit is handled
 /// (bound to a VM by `KernelPlatform::with`, see [`vcpu`]).
+///
+/// Guest console lines are queued here and printed between slices
+/// ([`KernelPlatform::flush_output`]): drawing them (the framebuffer scroll
+/// above all) would otherwise run inside the guest's slice and stretch it
+/// past its end.
 pub struct KernelPlatform {
     apic_id: u32,
+    output: String,
+    dropped_bytes: u64,
+}
+
+/// Queued guest output beyond this is dropped (and counted) until the next
+/// flush: a flooding guest cannot grow the hypervisor's heap.
+const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024;
+
+impl KernelPlatform {
+    fn new(apic_id: u32) -> Self {
+        KernelPlatform { apic_id, output: String::new(), dropped_bytes: 0 }
+    }
+
+    /// Queues one guest console line, prefixed with the VM's name.
+    fn queue_line(&mut self, vm_name: &str, line: &str) {
+        use core::fmt::Write;
+        if self.output.len() + vm_name.len() + line.len() + 6 > OUTPUT_QUEUE_LIMIT {
+            self.dropped_bytes += line.len() as u64 + 1;
+            return;
+        }
+        let _ = writeln!(self.output, "vm {vm_name}: {line}");
+    }
+
+    /// Prints the queued guest output (outside any guest's slice).
+    fn flush_output(&mut self) {
+        if !self.output.is_empty() {
+            crate::print!("{}", self.output);
+            self.output.clear();
+        }
+        if self.dropped_bytes != 0 {
+            log::warn!("guest console output faster than the host console: {} bytes dropped", self.dropped_bytes);
+            self.dropped_bytes = 0;
+        }
+    }
 }
 
 fn tsc_from_us(us: u64) -> u64 {
@@ -255,9 +294,10 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     };
     let result = v.overwrite_field_for_selftest(&host, field, value).map_err(|e| format!("{e}"));
     let report = result.map(|()| {
-        let mut platform = KernelPlatform { apic_id: 0 };
+        let mut platform = KernelPlatform::new(0);
         v.load_lazy();
         let end = v.run_slice(&host, crate::arch::rdtsc() + tsc_from_us(100_000), &mut platform);
+        platform.flush_output();
         match (end, v.vm.stop_report()) {
             (SliceEnd::Stopped, Some(r)) => format!("{r}"),
             _ => String::from("the broken VM was entered and did not stop"),
@@ -436,7 +476,7 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
     // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
     // the hardware holds: switched only when another vCPU runs next.
     let mut lazy_owner: Option<usize> = None;
-    let mut platform = KernelPlatform { apic_id: crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0) };
+    let mut platform = KernelPlatform::new(crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0));
     let default_slice = tsc_from_us(10_000);
     let Ok(mut sched) = Scheduler::new(1, default_slice) else { return };
     let mut ids: Vec<VcpuId> = Vec::new();
@@ -469,6 +509,7 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
             for (i, slot) in vcpus.iter_mut().enumerate() {
                 if let Some(mut v) = slot.take() {
                     v.vm.stop(StopReason::HostStop, &mut platform.with(&v.partition));
+                    platform.flush_output();
                     finish_vm(cpu, v, &mut sched, ids[i], now);
                 }
             }
@@ -510,6 +551,7 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
         }
         let end = v.run_slice(&host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
+        platform.flush_output();
         last_slice_end = Some(t);
         v.vm.stats.record_slice(t - now);
         let _ = match end {

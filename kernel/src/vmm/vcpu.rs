@@ -85,6 +85,7 @@ pub struct HostCpu {
 /// its vCPU's state.
 pub struct PlatformFor<'a> {
     apic_id: u32,
+    host: &'a mut super::KernelPlatform,
     memory: &'a Partition,
     cpu: &'a mut dyn GuestCpu,
 }
@@ -108,11 +109,12 @@ impl GuestCpu for NoCpu {
 impl super::KernelPlatform {
     /// Binds the platform to one VM's memory, outside any exit.
     pub fn with<'a>(&'a mut self, memory: &'a Partition) -> PlatformFor<'a> {
+        let apic_id = self.apic_id;
         static mut NO_CPU: NoCpu = NoCpu;
         // SAFETY: NoCpu is a zero-sized type without state; handing out
         // several mutable references to it cannot alias any data.
         let cpu: &'a mut dyn GuestCpu = unsafe { &mut *core::ptr::addr_of_mut!(NO_CPU) };
-        PlatformFor { apic_id: self.apic_id, memory, cpu }
+        PlatformFor { apic_id, host: self, memory, cpu }
     }
 }
 
@@ -123,7 +125,7 @@ impl hx::Platform for PlatformFor<'_> {
     }
 
     fn console_write(&mut self, vm_name: &str, line: &str) {
-        crate::println!("vm {vm_name}: {line}");
+        self.host.queue_line(vm_name, line);
     }
 
     fn now_ticks(&self) -> u64 {
@@ -364,7 +366,7 @@ impl Vcpu {
             let xcr0 = self.soft.xcr0;
             let action = {
                 let mut cpu = VmcsCpu { vmcs: &mut vmcs, setup: &host.setup, soft: &mut self.soft, msrs: &mut HardwareMsrs };
-                let mut platform = PlatformFor { apic_id: env.apic_id, memory: &self.partition, cpu: &mut cpu };
+                let mut platform = PlatformFor { apic_id: env.apic_id, host: env, memory: &self.partition, cpu: &mut cpu };
                 hx::handle_exit(&mut self.vm, &exit, &mut self.regs, &mut platform)
             };
             if self.soft.xcr0 != xcr0 {

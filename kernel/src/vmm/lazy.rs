@@ -1,0 +1,216 @@
+//! Guest registers that VMX neither loads nor saves, switched only when a
+//! CPU changes from one vCPU to another (not on every exit: the hypervisor
+//! itself uses no SIMD, no SYSCALL, no debug registers and takes no page
+//! faults, so while it handles a vCPU's exits the hardware keeps holding that
+//! vCPU's values).
+//!
+//! | state | how |
+//! |---|---|
+//! | x87, SSE, AVX, AVX-512 | XSAVE/XSAVEOPT and XRSTOR with the guest's XCR0 (FXSAVE/FXRSTOR without XSAVE) |
+//! | XCR0 | XSETBV before the guest's XRSTOR |
+//! | CR2, DR0-DR3, DR6 | MOV |
+//! | KERNEL_GS_BASE, STAR, LSTAR, CSTAR, FMASK, TSC_AUX | RDMSR/WRMSR |
+//!
+//! DR7 and IA32_DEBUGCTL travel in the VMCS (load/save debug controls), the
+//! FS/GS bases, SYSENTER MSRs, PAT and EFER too (SDM 27.3, 28.3).
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use backend::vtx::state::LazyMsrs;
+use hvcore::msr_policy::{IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX};
+use x86_64::registers::model_specific::Msr;
+
+/// MSRs switched with the vCPU, in [`LazyState::msrs`] order.
+const LAZY_MSRS: [u32; 6] = [IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX];
+
+/// What the CPU offers for extended state, decided once at boot.
+static XCR0_SUPPORTED: AtomicU64 = AtomicU64::new(0);
+/// Whether XSAVEOPT exists (CPUID.(0xD,1):EAX[0]).
+static XSAVEOPT: AtomicU64 = AtomicU64::new(0);
+/// Whether TSC_AUX exists (RDTSCP, CPUID 0x8000_0001:EDX[27]).
+static TSC_AUX: AtomicU64 = AtomicU64::new(0);
+
+/// XCR0 components guests may use: x87, SSE, AVX, AVX-512 (opmask,
+/// ZMM_Hi256, Hi16_ZMM). MPX, PKRU, AMX and supervisor state are left out.
+const XCR0_GUEST_COMPONENTS: u64 = 0b1110_0111;
+
+/// The XSAVE area: 4 KiB covers every user component of current CPUs
+/// (checked against CPUID.(0xD,0):ECX at boot).
+#[repr(C, align(64))]
+struct XsaveArea([u8; 4096]);
+
+/// CR0.CD and CR0.NW.
+const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+/// CR4.OSFXSR, CR4.OSXMMEXCPT, CR4.OSXSAVE.
+const CR4_OSFXSR_OSXMMEXCPT: u64 = (1 << 9) | (1 << 10);
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// Prepares the calling CPU: caching on (APs leave INIT-SIPI with CR0.CD
+/// and NW set, SDM 9.1.1), FXSAVE/XSAVE usable. Returns the XCR0 components
+/// guests may use (0 without XSAVE). Called on every CPU before it runs vCPUs.
+pub fn init_this_cpu() -> u64 {
+    use x86_64::registers::control::{Cr0, Cr4};
+    let cr0 = Cr0::read_raw();
+    if cr0 & CR0_CD_NW != 0 {
+        // SAFETY: clearing CD/NW turns normal write-back caching on; every
+        // memory type the kernel uses stays valid.
+        unsafe { Cr0::write_raw(cr0 & !CR0_CD_NW) };
+    }
+    let id = crate::arch::cpuid(1, 0);
+    let has_xsave = id.ecx & (1 << 26) != 0;
+    let mut cr4 = Cr4::read_raw() | CR4_OSFXSR_OSXMMEXCPT;
+    if has_xsave {
+        cr4 |= CR4_OSXSAVE;
+    }
+    // SAFETY: these bits only enable FXSAVE/XSAVE and SSE exceptions; the
+    // kernel is built without SIMD, so nothing of its own changes.
+    unsafe { Cr4::write_raw(cr4) };
+    if !has_xsave {
+        XCR0_SUPPORTED.store(0, Ordering::Relaxed);
+        return 0;
+    }
+    let d0 = crate::arch::cpuid(0xD, 0);
+    let supported = ((u64::from(d0.edx) << 32) | u64::from(d0.eax)) & XCR0_GUEST_COMPONENTS;
+    // Only whole AVX-512 (all three components) is offered.
+    let supported = if supported & 0xE0 == 0xE0 { supported } else { supported & 0x7 };
+    if d0.ecx as usize > core::mem::size_of::<XsaveArea>() {
+        log::warn!("XSAVE area of {} bytes exceeds 4 KiB: guests get x87/SSE/AVX only", d0.ecx);
+    }
+    let supported = if d0.ecx as usize > core::mem::size_of::<XsaveArea>() { supported & 0x7 } else { supported };
+    XCR0_SUPPORTED.store(supported, Ordering::Relaxed);
+    XSAVEOPT.store(u64::from(crate::arch::cpuid(0xD, 1).eax & 1), Ordering::Relaxed);
+    TSC_AUX.store(u64::from(crate::arch::cpuid(0x8000_0001, 0).edx >> 27 & 1), Ordering::Relaxed);
+    xsetbv(1);
+    supported
+}
+
+fn xsetbv(value: u64) {
+    // SAFETY: CR4.OSXSAVE is set (init_this_cpu) and `value` contains x87 and
+    // only components the CPU supports (checked by policy or constant).
+    unsafe {
+        core::arch::asm!("xsetbv", in("ecx") 0, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nomem, nostack));
+    }
+}
+
+/// One vCPU's lazily switched registers while it is not loaded.
+pub struct LazyState {
+    xsave: Box<XsaveArea>,
+    cr2: u64,
+    dr: [u64; 4],
+    dr6: u64,
+    msrs: [u64; 6],
+}
+
+impl LazyState {
+    /// The state of a CPU after reset: x87/SSE in their initial state
+    /// (XSTATE_BV = 0), MXCSR = 0x1F80, FCW = 0x37F, DR6 = 0xFFFF0FF0.
+    pub fn new() -> Self {
+        let mut xsave = Box::new(XsaveArea([0; 4096]));
+        xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+        xsave.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+        LazyState { xsave, cr2: 0, dr: [0; 4], dr6: 0xFFFF_0FF0, msrs: [0; 6] }
+    }
+
+    /// Saves the hardware's copy of this vCPU's registers (it was loaded
+    /// last on this CPU and ran with `xcr0`).
+    pub fn save(&mut self, xcr0: u64) {
+        let area = self.xsave.0.as_mut_ptr();
+        if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
+            let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
+            if XSAVEOPT.load(Ordering::Relaxed) != 0 {
+                // SAFETY: the area is 64-byte aligned, 4 KiB (enough for every
+                // allowed component), owned by this vCPU; XCR0 = `xcr0`.
+                unsafe { core::arch::asm!("xsaveopt64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+            } else {
+                // SAFETY: as above.
+                unsafe { core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+            }
+        } else {
+            // SAFETY: the area is 16-byte aligned and at least 512 bytes.
+            unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack)) };
+        }
+        self.cr2 = x86_64::registers::control::Cr2::read_raw();
+        // SAFETY: reading debug registers has no side effects in ring 0.
+        unsafe {
+            core::arch::asm!("mov {}, dr0", out(reg) self.dr[0], options(nomem, nostack));
+            core::arch::asm!("mov {}, dr1", out(reg) self.dr[1], options(nomem, nostack));
+            core::arch::asm!("mov {}, dr2", out(reg) self.dr[2], options(nomem, nostack));
+            core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
+            core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack));
+        }
+        for (slot, msr) in self.msrs.iter_mut().zip(LAZY_MSRS) {
+            if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
+                *slot = rdmsr(msr);
+            }
+        }
+    }
+
+    /// Loads this vCPU's registers into the hardware, with XCR0 = `xcr0`.
+    pub fn load(&self, xcr0: u64) {
+        let area = self.xsave.0.as_ptr();
+        if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
+            xsetbv(xcr0);
+            let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
+            // SAFETY: the area holds a valid XSAVE image (initial or saved by
+            // `save` with the same XCR0 components), 64-byte aligned.
+            unsafe { core::arch::asm!("xrstor64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+        } else {
+            // SAFETY: the area holds a valid FXSAVE image (initial or saved).
+            unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };
+        }
+        // SAFETY: CR2 and the debug-address registers take any value; DR6's
+        // reserved bits are kept as saved; the host has DR7 = 0x400 after
+        // every VM exit, so no breakpoint fires in the host.
+        unsafe {
+            core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nomem, nostack));
+            core::arch::asm!("mov dr0, {}", in(reg) self.dr[0], options(nomem, nostack));
+            core::arch::asm!("mov dr1, {}", in(reg) self.dr[1], options(nomem, nostack));
+            core::arch::asm!("mov dr2, {}", in(reg) self.dr[2], options(nomem, nostack));
+            core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
+            core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
+        }
+        for (value, msr) in self.msrs.iter().zip(LAZY_MSRS) {
+            if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
+                wrmsr(msr, *value);
+            }
+        }
+    }
+}
+
+/// Loads a new XCR0 for the running vCPU after an emulated XSETBV.
+pub fn set_xcr0(value: u64) {
+    if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
+        xsetbv(value);
+    }
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    // SAFETY: the lazily switched MSRs exist on every x86-64 CPU (TSC_AUX is
+    // only touched when RDTSCP exists).
+    unsafe { Msr::new(msr).read() }
+}
+
+fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: as for `rdmsr`; values come from policy checks (canonical
+    // addresses) or from a previous RDMSR.
+    unsafe { Msr::new(msr).write(value) }
+}
+
+/// The running vCPU's lazily switched MSRs, in hardware.
+pub struct HardwareMsrs;
+
+impl LazyMsrs for HardwareMsrs {
+    fn read(&mut self, msr: u32) -> u64 {
+        // Without RDTSCP there is no TSC_AUX to read (the guest sees 0).
+        if msr == IA32_TSC_AUX && TSC_AUX.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        rdmsr(msr)
+    }
+    fn write(&mut self, msr: u32, value: u64) {
+        if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
+            wrmsr(msr, value);
+        }
+    }
+}
