@@ -186,6 +186,10 @@ impl Vcpu {
         if mode == GuestMode::Long64 {
             vcpu.write_long_mode_structures();
         }
+        // Fully built: the scheduler may pick it.
+        if let Err(e) = vcpu.vm.run_state_mut().make_runnable() {
+            panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
+        }
         Ok(vcpu)
     }
 
@@ -318,11 +322,22 @@ impl Vcpu {
                 return SliceEnd::Stopped;
             }
         };
+        // The scheduler picked a halted vCPU: its wake-up time has come.
+        if *self.vm.run_state() == hvcore::vcpu::VcpuRunState::Halted {
+            if let Err(e) = self.vm.run_state_mut().wake() {
+                panic!("vm {}: wake from {:?} ({})", self.vm.name(), e.from, e.attempted);
+            }
+        }
+        // Runnable -> Running for the whole slice; handle_exit moves it on
+        // (Halted, Runnable after a yield or preemption, Stopped).
+        if let Err(e) = self.vm.run_state_mut().enter() {
+            panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+        }
         let rate = host.setup.preemption_timer_rate;
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
-                return SliceEnd::Preempted;
+                return self.end_slice_early();
             }
             let timer = ((slice_end - now) >> rate).min(u32::MAX as u64) as u32;
             if self.prepare_entry(&mut vmcs, timer).is_err() {
@@ -331,9 +346,6 @@ impl Vcpu {
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
                 self.flush_translations(&host.setup);
-            }
-            if let Err(e) = self.vm.run_state_mut().enter() {
-                panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
             }
             // SAFETY: this CPU is in VMX root operation with this vCPU's VMCS
             // current and fully set up by `setup` (host state of this CPU);
@@ -384,9 +396,18 @@ impl Vcpu {
                 Action::Stop(_) => return SliceEnd::Stopped,
             }
             if crate::smp::stopping() {
-                return SliceEnd::Preempted;
+                return self.end_slice_early();
             }
         }
+    }
+
+    /// Ends a slice between exits (time is up, or the host is stopping):
+    /// Running -> Runnable.
+    fn end_slice_early(&mut self) -> SliceEnd {
+        if let Err(e) = self.vm.run_state_mut().preempt() {
+            panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+        }
+        SliceEnd::Preempted
     }
 
     /// Writes the preemption timer and any pending event before an entry.
