@@ -15,7 +15,7 @@ use crate::Error;
 /// Names of the guest programs in `kernel/guests/src/bin`, in build order.
 pub const GUEST_PROGRAMS: &[&str] = &[
     "hello", "counter", "cpuid", "msr", "escape", "hvmem", "triple", "realmode", "spin", "bench",
-    "pingpong", "halter",
+    "pingpong", "halter", "statekeeper", "syscall", "crs", "cr8", "stihlt",
 ];
 
 /// What the bare-metal build produced.
@@ -54,6 +54,12 @@ pub fn output_dir(root: &Path) -> PathBuf {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => root.join("target"),
     }
+}
+
+/// Where `build` puts the images of the project's guests as they are packed:
+/// stripped of debug information, real-mode guests converted to flat binaries.
+pub fn guests_dir(root: &Path) -> PathBuf {
+    output_dir(root).join("baremetal").join("stripped")
 }
 
 /// Builds the kernel and the guest programs (release profile) and returns their paths.
@@ -95,7 +101,7 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
     }
     // Images get copies without debug information: BIOS firmware (Bochs above
     // all) reads the disk slowly, and the full ELFs stay here for GDB.
-    let stripped = target_dir.join("stripped");
+    let stripped = guests_dir(root);
     std::fs::create_dir_all(&stripped).map_err(|e| Error::io(&stripped, e))?;
     objcopy(&kernel, &stripped.join("kernel"), &["--strip-debug"])?;
     for guest in GUEST_PROGRAMS {
