@@ -25,6 +25,13 @@ pub const PDPT: u64 = 0x3000;
 /// First of four page directories (each maps 1 GiB with 2 MiB pages).
 pub const PD0: u64 = 0x4000;
 
+/// Guest-physical range where a kernel boot-protocol loader writes boot
+/// information ([`crate::boot_proto`]): the Linux zero page at 0x8000 and
+/// command line at 0x9000, or the Multiboot information structure with its
+/// memory map and command line. Right above [`BOOT_RESERVED`], inside usable
+/// low memory (below 640 KiB), below the 1 MiB line kernels load above.
+pub const BOOT_INFO: Range<u64> = 0x8000..0x1_0000;
+
 /// The range the hypervisor writes into for a guest starting in `mode`
 /// (empty when it writes nothing).
 pub fn reserved_for(mode: GuestMode) -> Range<u64> {

@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod arch;
+pub mod boot_proto;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
