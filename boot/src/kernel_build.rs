@@ -15,7 +15,7 @@ use crate::Error;
 /// Names of the guest programs in `kernel/guests/src/bin`, in build order.
 pub const GUEST_PROGRAMS: &[&str] = &[
     "hello", "counter", "cpuid", "msr", "escape", "hvmem", "triple", "realmode", "spin", "bench",
-    "pingpong", "halter", "statekeeper", "syscall", "crs", "cr8", "stihlt",
+    "pingpong", "halter", "statekeeper", "syscall", "crs", "cr8", "stihlt", "flood",
 ];
 
 /// What the bare-metal build produced.

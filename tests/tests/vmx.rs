@@ -195,11 +195,19 @@ name = "halter"
 memory = "2M"
 cpus = [1]
 image = "halter"
+
+[[vm]]
+name = "flood"
+memory = "2M"
+cpus = [0]
+image = "flood"
+slice_ms = 10
 "#;
 
 /// A VM's row of the kernel's final summary table.
 struct SummaryRow {
     slices: u64,
+    guest_us: u64,
     exits: u64,
 }
 
@@ -211,7 +219,7 @@ fn summary_row(o: &boot::run::Outcome, vm: &str) -> SummaryRow {
         .find(|l| l.split_whitespace().next() == Some(vm) && l.contains(" stopped"))
         .unwrap_or_else(|| fail(o, &format!("no summary row for vm {vm}")));
     let f: Vec<u64> = line.split_whitespace().skip(1).take(4).map(|x| x.parse().unwrap_or(0)).collect();
-    SummaryRow { slices: f[1], exits: f[3] }
+    SummaryRow { slices: f[1], guest_us: f[2], exits: f[3] }
 }
 
 /// The last `report 1=N` (counter) of a VM.
@@ -258,5 +266,13 @@ fn scheduling_on_two_cpus() {
     if spinner.slices < 5 {
         fail(&o, &format!("the spinning VM ran only {} slices: it was not preempted", spinner.slices));
     }
+    // A VM flooding its console gets slices of its configured length: the
+    // host prints its output between slices, not inside them.
+    let flood = summary_row(&o, "flood");
+    let per_slice = flood.guest_us / flood.slices.max(1);
+    if flood.slices < 5 || per_slice > 13_000 {
+        fail(&o, &format!("the flooding VM ran {} slices of {per_slice} us on average (configured 10000)", flood.slices));
+    }
+    assert_contains(&o, "vm flood: flood 00000001 ....");
     assert_code(&o, KernelExit::Success);
 }

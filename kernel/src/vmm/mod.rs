@@ -86,15 +86,19 @@ pub struct KernelPlatform {
     apic_id: u32,
     output: String,
     dropped_bytes: u64,
+    drop_reported: bool,
 }
 
 /// Queued guest output beyond this is dropped (and counted) until the next
-/// flush: a flooding guest cannot grow the hypervisor's heap.
-const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024;
+/// flush. The serial line carries about 11 bytes per millisecond at 115200
+/// baud, so a flooding guest could otherwise occupy the host console (and
+/// every CPU waiting for it) for seconds per slice; like Xen's console ring,
+/// what the line cannot carry is dropped.
+const OUTPUT_QUEUE_LIMIT: usize = 512;
 
 impl KernelPlatform {
     fn new(apic_id: u32) -> Self {
-        KernelPlatform { apic_id, output: String::new(), dropped_bytes: 0 }
+        KernelPlatform { apic_id, output: String::with_capacity(OUTPUT_QUEUE_LIMIT), dropped_bytes: 0, drop_reported: false }
     }
 
     /// Queues one guest console line, prefixed with the VM's name.
@@ -113,9 +117,9 @@ impl KernelPlatform {
             crate::print!("{}", self.output);
             self.output.clear();
         }
-        if self.dropped_bytes != 0 {
-            log::warn!("guest console output faster than the host console: {} bytes dropped", self.dropped_bytes);
-            self.dropped_bytes = 0;
+        if self.dropped_bytes != 0 && !self.drop_reported {
+            log::warn!("guest console output faster than the host console: dropping what does not fit");
+            self.drop_reported = true;
         }
     }
 }
@@ -565,6 +569,9 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
                 Ok(())
             }
         };
+    }
+    if platform.dropped_bytes != 0 {
+        log::warn!("CPU {cpu}: {} bytes of guest console output dropped", platform.dropped_bytes);
     }
     if !overhead.is_empty() {
         overhead.sort_unstable();
