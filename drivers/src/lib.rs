@@ -18,14 +18,22 @@
 //! - Instructions that only make sense on the bare machine (`cli`, `rdmsr`, port I/O)
 //!   are only executed from code the host tests never call.
 #![cfg_attr(not(test), no_std)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
+#[allow(unsafe_code)] // The mapping handler turns table addresses into references.
 pub mod acpi;
+#[allow(unsafe_code)] // xAPIC MMIO, x2APIC MSRs.
 pub mod apic;
 pub mod framebuffer;
+#[allow(unsafe_code)] // Port I/O and volatile MMIO: the lowest layer.
 pub mod io;
+#[allow(unsafe_code)] // 8259 initialisation words (port I/O on the caller's promise).
 pub mod pic;
+#[allow(unsafe_code)] // isa-debug-exit port write.
 pub mod qemu_exit;
+#[allow(unsafe_code)] // COM port construction (port ownership) and the global port lock.
 pub mod serial;
+#[allow(unsafe_code)] // RDTSC, PIT and PM-timer ports.
 pub mod timer;

@@ -20,6 +20,7 @@
 //! assert_contains(&outcome, "selftest acpi ... ok");
 //! ```
 
+#![forbid(unsafe_code)]
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

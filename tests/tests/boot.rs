@@ -4,6 +4,7 @@
 //! The boot tests run the `acpi` self-test only: a quick, successful end whose
 //! CPU count line is checked against the emulator's.
 
+#![forbid(unsafe_code)]
 use std::time::Duration;
 
 use hv_tests::*;

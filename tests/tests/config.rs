@@ -3,6 +3,7 @@
 //! `boot check-config` and image builds use) and once through the real CLI.
 //! No emulator involved.
 
+#![forbid(unsafe_code)]
 use std::path::{Path, PathBuf};
 
 use hv_tests::*;

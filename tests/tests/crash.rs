@@ -2,6 +2,7 @@
 //! (vector, error code, registers, CR2 for #PF, CR3, backtrace) and the run ends
 //! with `KernelExit::CpuException`; a breakpoint is reported and resumed.
 
+#![forbid(unsafe_code)]
 use hv_tests::*;
 
 /// The register part of every crash report.

@@ -3,6 +3,7 @@
 //! The VM-entry failure cases need VT-x: they must pass under Bochs and be
 //! reported unavailable under QEMU's TCG.
 
+#![forbid(unsafe_code)]
 use hv_tests::*;
 
 #[test]

@@ -6,6 +6,7 @@
 //! Several VMs share each boot: Bochs boots cost tens of seconds, and a boot
 //! with faulting and healthy VMs side by side is also the isolation test.
 
+#![forbid(unsafe_code)]
 use hv_tests::*;
 use hvcore::KernelExit;
 
