@@ -207,6 +207,7 @@ mod tests {
 
     fn run(leaf: u32, subleaf: u32, env: &mut FakePlatform) -> GuestRegs {
         let mut vm = VmContext::new(1, "cpuid");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut regs = GuestRegs {
             rax: 0xFFFF_FFFF_0000_0000 | u64::from(leaf),
             rcx: u64::from(subleaf),
@@ -215,7 +216,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            handle_exit(&mut vm, &Exit::Cpuid, &mut regs, env),
+            handle_exit(&mut vm, &mut vcpu, &Exit::Cpuid, &mut regs, env),
             Action::AdvanceRip
         );
         regs

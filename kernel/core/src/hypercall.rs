@@ -164,7 +164,6 @@ mod tests {
     use super::*;
     use crate::exit::testenv::FakePlatform;
     use crate::exit::{handle_exit, Exit};
-    use crate::vcpu::VcpuRunState;
 
     fn call(
         vm: &mut VmContext,
@@ -183,7 +182,7 @@ mod tests {
             instruction_len: 3,
             ..Default::default()
         };
-        let a = handle_exit(vm, &Exit::Vmcall, &mut regs, env);
+        let a = handle_exit(vm, &mut crate::vcpu::VcpuState::new(0), &Exit::Vmcall, &mut regs, env);
         (a, regs)
     }
 
@@ -202,10 +201,7 @@ mod tests {
         let (a, _) = call(&mut vm, &mut env, SHUTDOWN, 7, 0);
         assert_eq!(a, Action::Stop(StopReason::Shutdown { code: 7 }));
         assert_eq!(env.lines, ["[guest-a] hello from guest", "[guest-a] rest"]);
-        assert!(matches!(
-            vm.run_state(),
-            VcpuRunState::Stopped(StopReason::Shutdown { code: 7 })
-        ));
+        assert_eq!(vm.stop_reason(), Some(&StopReason::Shutdown { code: 7 }));
     }
 
     #[test]

@@ -35,7 +35,7 @@
 
 use crate::arch::{GuestCpu, Reg, StateError, StopReason};
 use crate::exit::{Action, Event, GuestRegs, Platform};
-use crate::vcpu::VmContext;
+use crate::vcpu::VcpuState;
 
 /// IA32_TSC.
 pub const IA32_TSC: u32 = 0x10;
@@ -250,7 +250,7 @@ impl MsrState {
 
 /// Handles an RDMSR exit.
 pub fn handle_read(
-    vm: &mut VmContext,
+    vcpu: &mut VcpuState,
     msr: u32,
     regs: &mut GuestRegs,
     env: &mut dyn Platform,
@@ -260,7 +260,7 @@ pub fn handle_read(
             Ok(v) => Ok(v),
             Err(e) => return state_failure(e, regs),
         },
-        None => vm.msrs.read(msr, env.now_ticks()),
+        None => vcpu.msrs.read(msr, env.now_ticks()),
     };
     match value {
         Ok(v) => {
@@ -274,7 +274,7 @@ pub fn handle_read(
 
 /// Handles a WRMSR exit.
 pub fn handle_write(
-    vm: &mut VmContext,
+    vcpu: &mut VcpuState,
     msr: u32,
     value: u64,
     regs: &GuestRegs,
@@ -289,7 +289,7 @@ pub fn handle_write(
                 Err(e) => Err(e),
             }
         }
-        None => Ok(vm.msrs.write(msr, value, env.now_ticks())),
+        None => Ok(vcpu.msrs.write(msr, value, env.now_ticks())),
     };
     match result {
         Ok(Ok(())) => Action::AdvanceRip,
@@ -311,6 +311,7 @@ mod tests {
     use super::*;
     use crate::exit::testenv::FakePlatform;
     use crate::exit::{handle_exit, Exit};
+    use crate::vcpu::VmContext;
 
     fn setup() -> (VmContext, FakePlatform, GuestRegs) {
         (
@@ -327,10 +328,11 @@ mod tests {
     #[test]
     fn unknown_msr_injects_gp() {
         let (mut vm, mut env, mut regs) = setup();
+        let mut vcpu = VcpuState::new(0);
         for msr in [0x1234, 0xC000_0104, 0x179] {
-            let a = handle_exit(&mut vm, &Exit::Rdmsr { msr }, &mut regs, &mut env);
+            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr }, &mut regs, &mut env);
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
-            let a = handle_exit(&mut vm, &Exit::Wrmsr { msr, value: 0 }, &mut regs, &mut env);
+            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Wrmsr { msr, value: 0 }, &mut regs, &mut env);
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
         }
         assert_eq!(regs.rax, u64::MAX, "registers untouched on #GP");
@@ -339,12 +341,12 @@ mod tests {
     #[test]
     fn read_returns_edx_eax() {
         let (mut vm, mut env, mut regs) = setup();
-        let a = handle_exit(&mut vm, &Exit::Rdmsr { msr: IA32_PAT }, &mut regs, &mut env);
+        let mut vcpu = VcpuState::new(0);
+        let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr: IA32_PAT }, &mut regs, &mut env);
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(regs.rax, 0x0007_0406);
         assert_eq!(regs.rdx, 0x0007_0406);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_APIC_BASE,
             },
@@ -353,8 +355,7 @@ mod tests {
         );
         assert_eq!(regs.rax, 0xFEE0_0900);
         assert_eq!(regs.rdx, 0);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_FEATURE_CONTROL,
             },
@@ -367,9 +368,9 @@ mod tests {
     #[test]
     fn write_sets_state() {
         let (mut vm, mut env, mut regs) = setup();
+        let mut vcpu = VcpuState::new(0);
         let lstar = 0xFFFF_FFFF_8100_0000;
-        let a = handle_exit(
-            &mut vm,
+        let a = handle_exit(&mut vm, &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_LSTAR,
                 value: lstar,
@@ -379,15 +380,13 @@ mod tests {
         );
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Lstar), lstar);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &Exit::Rdmsr { msr: IA32_LSTAR },
             &mut regs,
             &mut env,
         );
         assert_eq!((regs.rdx << 32) | regs.rax, lstar);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_KERNEL_GS_BASE,
                 value: 0x1000,
@@ -396,8 +395,7 @@ mod tests {
             &mut env,
         );
         assert_eq!(env.cpu.get(Reg::KernelGsBase), 0x1000);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_PAT,
                 value: 0x0606_0606_0606_0606,
@@ -411,6 +409,7 @@ mod tests {
     #[test]
     fn invalid_values_and_read_only_inject_gp() {
         let (mut vm, mut env, mut regs) = setup();
+        let mut vcpu = VcpuState::new(0);
         let cases = [
             (IA32_LSTAR, 0x0000_8000_0000_0000),
             (IA32_FS_BASE, 0x1234_5678_9ABC_DEF0),
@@ -424,10 +423,10 @@ mod tests {
             (IA32_TSC_AUX, 1 << 32),
         ];
         for (msr, value) in cases {
-            let a = handle_exit(&mut vm, &Exit::Wrmsr { msr, value }, &mut regs, &mut env);
+            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Wrmsr { msr, value }, &mut regs, &mut env);
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}={value:#x}");
         }
-        assert_eq!(vm.msrs, MsrState::default());
+        assert_eq!(vcpu.msrs, MsrState::default());
         assert_eq!(env.cpu.get(Reg::Lstar), 0);
         assert_eq!(env.cpu.get(Reg::Pat), PAT_RESET);
         assert_eq!(vm.stats.injected_events, cases.len() as u64);
@@ -436,6 +435,7 @@ mod tests {
     #[test]
     fn efer_keeps_lma_and_refuses_lme_change_under_paging() {
         let (mut vm, mut env, mut regs) = setup();
+        let mut vcpu = VcpuState::new(0);
         env.cpu.set(Reg::Efer, 0x500); // LME | LMA
         env.cpu.set(Reg::Cr0, crate::exit::cr::CR0_PG | 1);
         let w = |value| Exit::Wrmsr {
@@ -443,11 +443,11 @@ mod tests {
             value,
         };
         // SCE|NXE added, LMA written as 0: LMA stays (read only).
-        let a = handle_exit(&mut vm, &w(0x901), &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &w(0x901), &mut regs, &mut env);
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Efer), 0xD01);
         // Clearing LME while paging is on: #GP.
-        let a = handle_exit(&mut vm, &w(0x801), &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &w(0x801), &mut regs, &mut env);
         assert_eq!(a, Action::Inject(Event::GP0));
         assert_eq!(env.cpu.get(Reg::Efer), 0xD01);
     }
@@ -455,9 +455,10 @@ mod tests {
     #[test]
     fn failed_state_access_stops_the_vm() {
         let (mut vm, mut env, mut regs) = setup();
+        let mut vcpu = VcpuState::new(0);
         regs.rip = 0x1234;
         env.cpu.fail = Some(Reg::Lstar);
-        let a = handle_exit(&mut vm, &Exit::Rdmsr { msr: IA32_LSTAR }, &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr: IA32_LSTAR }, &mut regs, &mut env);
         assert_eq!(
             a,
             Action::Stop(StopReason::StateAccessFailed {

@@ -437,11 +437,12 @@ mod tests {
         let mut env = FakePlatform::new();
         env.apic_id = apic_ids[s.cpu_of(v).unwrap()];
         let mut vm = VmContext::new(v.0, "pinned");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut regs = GuestRegs {
             rax: 1,
             ..Default::default()
         };
-        handle_exit(&mut vm, &Exit::Cpuid, &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &Exit::Cpuid, &mut regs, &mut env);
         assert_eq!(regs.rbx >> 24, 6);
     }
 }

@@ -130,18 +130,67 @@ impl VcpuRunState {
     }
 }
 
-/// One VM.
+/// The state of one vCPU that policy keeps: its run state and its MSR
+/// file. Registers, the FPU area and the control block belong to the
+/// backend; the VM's memory, devices and console to [`VmContext`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuState {
+    index: u32,
+    state: VcpuRunState,
+    /// Software-kept MSR values of this vCPU.
+    pub msrs: MsrState,
+}
+
+impl VcpuState {
+    /// vCPU number `index` of its VM, freshly created.
+    pub fn new(index: u32) -> Self {
+        VcpuState { index, state: VcpuRunState::Created, msrs: MsrState::default() }
+    }
+
+    /// This vCPU's number within its VM.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Run state.
+    pub fn run_state(&self) -> &VcpuRunState {
+        &self.state
+    }
+
+    /// Run state, for the kernel's `make_runnable`/`enter`/`wake`/`preempt`.
+    pub fn run_state_mut(&mut self) -> &mut VcpuRunState {
+        &mut self.state
+    }
+
+    /// Run-state bookkeeping after a handled exit. A transition error means
+    /// the kernel skipped `enter()`; the state is then left as it was rather
+    /// than guessed.
+    pub(crate) fn after_exit(&mut self, action: &Action) {
+        match action {
+            Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
+            Action::Yield | Action::Preempted => {
+                let _ = self.state.preempt();
+            }
+            Action::Halt => {
+                let _ = self.state.halt();
+            }
+            Action::Stop(reason) => {
+                let _ = self.state.stop(*reason);
+            }
+        }
+    }
+}
+
+/// One VM: identity, devices, console and statistics, shared by its vCPUs.
 pub struct VmContext {
     id: u32,
     name: String,
     /// Counters.
     pub stats: VmStats,
-    /// Virtual MSR values.
-    pub msrs: MsrState,
     pub(crate) bus: IoBus,
     console: LineBuffer,
     irq_levels: u16,
-    state: VcpuRunState,
+    stopped: Option<StopReason>,
 }
 
 impl VmContext {
@@ -154,11 +203,10 @@ impl VmContext {
             id,
             name: String::from(name),
             stats: VmStats::default(),
-            msrs: MsrState::default(),
             bus,
             console: LineBuffer::new(),
             irq_levels: 0,
-            state: VcpuRunState::Created,
+            stopped: None,
         }
     }
 
@@ -181,14 +229,9 @@ impl VmContext {
         &self.name
     }
 
-    /// Run state.
-    pub fn run_state(&self) -> &VcpuRunState {
-        &self.state
-    }
-
-    /// Run state, for the kernel's `make_runnable`/`enter`/`wake`.
-    pub fn run_state_mut(&mut self) -> &mut VcpuRunState {
-        &mut self.state
+    /// Why the VM stopped, once it has.
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stopped.as_ref()
     }
 
     /// The port bus (to register more devices or reach one by type).
@@ -203,21 +246,20 @@ impl VmContext {
 
     /// `Some` once the VM has stopped: its report line.
     pub fn stop_report(&self) -> Option<StopReport<'_>> {
-        match &self.state {
-            VcpuRunState::Stopped(reason) => Some(StopReport {
-                name: &self.name,
-                id: self.id,
-                reason,
-            }),
-            _ => None,
-        }
+        self.stopped.as_ref().map(|reason| StopReport {
+            name: &self.name,
+            id: self.id,
+            reason,
+        })
     }
 
-    /// Stops the VM from the kernel side (e.g. a VM-entry failure detected by
-    /// the VMLAUNCH/VMRESUME instruction itself). Flushes the console.
+    /// Stops the VM (a handler's [`Action::Stop`], or the kernel side, e.g.
+    /// a VM-entry failure detected by VMLAUNCH/VMRESUME itself). Flushes the
+    /// console; a second stop keeps the first reason. The kernel stops every
+    /// vCPU of a stopped VM.
     pub fn stop(&mut self, reason: StopReason, env: &mut dyn Platform) {
         self.flush_console(env);
-        let _ = self.state.stop(reason); // already stopped: keep the first reason
+        self.stopped.get_or_insert(reason);
     }
 
     /// One byte of guest console output (UART or hypercall).
@@ -294,20 +336,12 @@ impl VmContext {
         Some(Event::interrupt(vector))
     }
 
-    /// Run-state and stats bookkeeping after a handled exit.
+    /// Stats and stop bookkeeping after a handled exit.
     pub(crate) fn after_exit(&mut self, action: &Action, env: &mut dyn Platform) {
-        // A transition error means the kernel skipped `enter()`; the state is
-        // then left as it was rather than guessed.
         match action {
-            Action::Resume | Action::AdvanceRip => {}
             Action::Inject(_) => self.stats.injected_events += 1,
-            Action::Yield | Action::Preempted => {
-                let _ = self.state.preempt();
-            }
-            Action::Halt => {
-                let _ = self.state.halt();
-            }
             Action::Stop(reason) => self.stop(*reason, env),
+            _ => {}
         }
     }
 }
@@ -317,7 +351,7 @@ impl fmt::Debug for VmContext {
         f.debug_struct("VmContext")
             .field("id", &self.id)
             .field("name", &self.name)
-            .field("state", &self.state)
+            .field("stopped", &self.stopped)
             .finish_non_exhaustive()
     }
 }
@@ -382,6 +416,7 @@ mod tests {
     #[test]
     fn pc_devices_timer_interrupt_end_to_end() {
         let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
         let mut out = |vm: &mut VmContext, port: u16, v: u8| {
@@ -394,7 +429,7 @@ mod tests {
                 string_or_rep: false,
             });
             assert_eq!(
-                handle_exit(vm, &exit, &mut regs, &mut env),
+                handle_exit(vm, &mut vcpu, &exit, &mut regs, &mut env),
                 Action::AdvanceRip
             );
         };
@@ -422,6 +457,7 @@ mod tests {
     #[test]
     fn console_input_raises_uart_irq_on_pic() {
         let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         // PIC: vectors 0x20, only IRQ 4 unmasked.
         if let Some(pic) = vm.bus_mut().device_mut::<PicPair>() {
@@ -443,7 +479,7 @@ mod tests {
                 dir: IoDir::Out { value: v },
                 string_or_rep: false,
             });
-            handle_exit(&mut vm, &exit, &mut regs, &mut env);
+            handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
         }
         vm.console_input(b"k", &mut env);
         assert!(vm.irq_level(4));

@@ -41,9 +41,11 @@ use vcpu::{HostCpu, SliceEnd, Vcpu};
 struct CpuWork(Vec<Vcpu>);
 
 // SAFETY: a CpuWork is built on the boot CPU and handed over once to the CPU
-// its vCPUs are pinned to, which is from then on their only user; the device
-// models inside (trait objects without a Send bound) never move between CPUs
-// while in use.
+// its vCPUs are pinned to, which is from then on their only user. Each Vcpu
+// owns its VM's VmContext (a VM has exactly one vCPU today), so the device
+// models inside (trait objects without a Send bound) are used by that CPU
+// alone. VMs with several vCPUs must share their VmContext behind a lock
+// instead of relying on this.
 unsafe impl Send for CpuWork {}
 
 /// The final word on one VM, collected for the summary.
@@ -512,7 +514,7 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
         if (deadline != 0 && now >= deadline) || STOP_ALL.load(Ordering::Relaxed) || crate::smp::stopping() {
             for (i, slot) in vcpus.iter_mut().enumerate() {
                 if let Some(mut v) = slot.take() {
-                    v.vm.stop(StopReason::HostStop, &mut platform.with(&v.partition));
+                    v.stop(StopReason::HostStop, &mut platform);
                     platform.flush_output();
                     finish_vm(cpu, v, &mut sched, ids[i], now);
                 }

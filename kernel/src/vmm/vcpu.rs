@@ -13,7 +13,7 @@ use backend::vtx::{decode, entry, VmxSetup};
 use hvcore::arch::{GuestCpu, GuestLimits, Reg, StateError};
 use hvcore::config::GuestMode;
 use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
-use hvcore::vcpu::{StopReason, VmContext};
+use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use vmx::vmcs::*;
 use vmx::{ActiveVmcs, HostPhysAddr, VmFail, VmcsAccess, VmxCapabilities};
 use x86_64::instructions::tables::{sgdt, sidt};
@@ -40,8 +40,11 @@ pub enum SliceEnd {
 
 /// A VT-x vCPU and, for now, the one VM it belongs to.
 pub struct Vcpu {
-    /// The VM: devices, console, statistics, run state.
+    /// The VM: devices, console, statistics (shared by its vCPUs once a VM
+    /// can have several; today each VM has one).
     pub vm: VmContext,
+    /// This vCPU's policy state: run state and MSR file.
+    pub state: VcpuState,
     /// The VM's memory.
     pub partition: Partition,
     /// The VMCS region.
@@ -169,6 +172,7 @@ impl Vcpu {
         let vpid = (vm.id() + 1) as u16;
         let mut vcpu = Vcpu {
             vm,
+            state: VcpuState::new(0),
             partition,
             vmcs,
             virtual_apic,
@@ -187,7 +191,7 @@ impl Vcpu {
             vcpu.write_long_mode_structures();
         }
         // Fully built: the scheduler may pick it.
-        if let Err(e) = vcpu.vm.run_state_mut().make_runnable() {
+        if let Err(e) = vcpu.state.run_state_mut().make_runnable() {
             panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
         }
         Ok(vcpu)
@@ -318,19 +322,19 @@ impl Vcpu {
                     },
                     _ => StopReason::MissingFeature { what: "setting up the VMCS", feature: "memory for VMX structures", rip: self.entry },
                 };
-                self.vm.stop(reason, &mut env.with(&self.partition));
+                self.stop(reason, env);
                 return SliceEnd::Stopped;
             }
         };
         // The scheduler picked a halted vCPU: its wake-up time has come.
-        if *self.vm.run_state() == hvcore::vcpu::VcpuRunState::Halted {
-            if let Err(e) = self.vm.run_state_mut().wake() {
+        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
+            if let Err(e) = self.state.run_state_mut().wake() {
                 panic!("vm {}: wake from {:?} ({})", self.vm.name(), e.from, e.attempted);
             }
         }
         // Runnable -> Running for the whole slice; handle_exit moves it on
         // (Halted, Runnable after a yield or preemption, Stopped).
-        if let Err(e) = self.vm.run_state_mut().enter() {
+        if let Err(e) = self.state.run_state_mut().enter() {
             panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
         }
         let rate = host.setup.preemption_timer_rate;
@@ -379,7 +383,7 @@ impl Vcpu {
             let action = {
                 let mut cpu = VmcsCpu { vmcs: &mut vmcs, setup: &host.setup, soft: &mut self.soft, msrs: &mut HardwareMsrs };
                 let mut platform = PlatformFor { apic_id: env.apic_id, host: env, memory: &self.partition, cpu: &mut cpu };
-                hx::handle_exit(&mut self.vm, &exit, &mut self.regs, &mut platform)
+                hx::handle_exit(&mut self.vm, &mut self.state, &exit, &mut self.regs, &mut platform)
             };
             if self.soft.xcr0 != xcr0 {
                 lazy::set_xcr0(self.soft.xcr0);
@@ -401,10 +405,18 @@ impl Vcpu {
         }
     }
 
+    /// Stops this vCPU and its VM from the host side (a failed VM entry, a
+    /// run time limit), with the VM's report.
+    pub fn stop(&mut self, reason: StopReason, env: &mut super::KernelPlatform) {
+        self.vm.stop(reason, &mut env.with(&self.partition));
+        // Already stopped: the first reason stays.
+        let _ = self.state.run_state_mut().stop(reason);
+    }
+
     /// Ends a slice between exits (time is up, or the host is stopping):
     /// Running -> Runnable.
     fn end_slice_early(&mut self) -> SliceEnd {
-        if let Err(e) = self.vm.run_state_mut().preempt() {
+        if let Err(e) = self.state.run_state_mut().preempt() {
             panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
         }
         SliceEnd::Preempted
@@ -415,7 +427,6 @@ impl Vcpu {
         vmcs.set(VMX_PREEMPTION_TIMER_VALUE, timer)?;
         if let Some(ev) = self.pending_event.take() {
             entry::inject(vmcs, ev)?;
-            self.vm.stats.injected_events += 1;
         }
         Ok(())
     }
@@ -437,7 +448,7 @@ impl Vcpu {
             if self.launched { "VMRESUME" } else { "VMLAUNCH" }
         );
         dump_guest_state(vmcs);
-        self.vm.stop(StopReason::EntryInstructionFailed { number, meaning, rip }, &mut env.with(&self.partition));
+        self.stop(StopReason::EntryInstructionFailed { number, meaning, rip }, env);
         SliceEnd::Stopped
     }
 

@@ -241,7 +241,8 @@ mod tests {
 
     fn run(env: &mut FakePlatform, regs: &mut GuestRegs, exit: Exit) -> Action {
         let mut vm = VmContext::new(1, "cr");
-        handle_exit(&mut vm, &exit, regs, env)
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        handle_exit(&mut vm, &mut vcpu, &exit, regs, env)
     }
 
     #[test]

@@ -91,6 +91,7 @@ mod tests {
     #[test]
     fn ept_violation_stops_with_gpa_in_report() {
         let mut vm = VmContext::new(7, "linux0");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rip: 0xffff_8000_0010_2030,
@@ -101,7 +102,7 @@ mod tests {
             access: Access::WRITE,
             linear: Some(0x1234),
         };
-        let a = handle_exit(&mut vm, &exit, &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
         assert!(matches!(
             a,
             Action::Stop(StopReason::MemoryViolation {
@@ -154,6 +155,7 @@ mod tests {
     #[test]
     fn unhandled_exit_stops_with_name() {
         let mut vm = VmContext::new(1, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rip: 0x7c00,
@@ -164,7 +166,7 @@ mod tests {
             name: "XSETBV",
             qualification: 0,
         };
-        let a = handle_exit(&mut vm, &exit, &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
         assert!(matches!(
             a,
             Action::Stop(StopReason::Unhandled { code: 55, .. })

@@ -99,10 +99,11 @@ mod tests {
     #[test]
     fn uart_output_reaches_console_prefixed() {
         let mut vm = VmContext::new(3, "hello");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
         for b in b"hi there\nsecond" {
-            let a = handle_exit(&mut vm, &out(0x3F8, u32::from(*b)), &mut regs, &mut env);
+            let a = handle_exit(&mut vm, &mut vcpu, &out(0x3F8, u32::from(*b)), &mut regs, &mut env);
             assert_eq!(a, Action::AdvanceRip);
         }
         assert_eq!(env.lines, ["[hello] hi there"]);
@@ -113,24 +114,24 @@ mod tests {
     #[test]
     fn unknown_port_reads_all_ones_and_is_counted() {
         let mut vm = VmContext::new(3, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rax: 0x1122_3344_5566_7788,
             ..Default::default()
         };
-        handle_exit(&mut vm, &inp(0x1234, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &inp(0x1234, AccessSize::Byte), &mut regs, &mut env);
         assert_eq!(regs.rax, 0x1122_3344_5566_77FF);
-        handle_exit(&mut vm, &inp(0x1234, AccessSize::Word), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &inp(0x1234, AccessSize::Word), &mut regs, &mut env);
         assert_eq!(regs.rax, 0x1122_3344_5566_FFFF);
-        handle_exit(
-            &mut vm,
+        handle_exit(&mut vm, &mut vcpu,
             &inp(0x1234, AccessSize::Dword),
             &mut regs,
             &mut env,
         );
         assert_eq!(regs.rax, 0xFFFF_FFFF);
-        handle_exit(&mut vm, &out(0x80, 0x42), &mut regs, &mut env);
-        handle_exit(&mut vm, &out(0x80, 0x43), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &out(0x80, 0x42), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &out(0x80, 0x43), &mut regs, &mut env);
         assert_eq!(vm.stats.unhandled_port_reads, 3);
         assert_eq!(vm.stats.unhandled_port_writes, 2);
         assert!(env.lines.is_empty());
@@ -139,19 +140,21 @@ mod tests {
     #[test]
     fn uart_scratch_read_back_through_exit() {
         let mut vm = VmContext::new(3, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
-        handle_exit(&mut vm, &out(0x3FF, 0x5A), &mut regs, &mut env);
-        handle_exit(&mut vm, &inp(0x3FF, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &out(0x3FF, 0x5A), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &inp(0x3FF, AccessSize::Byte), &mut regs, &mut env);
         assert_eq!(regs.rax, 0x5A);
         // LSR: THRE | TEMT.
-        handle_exit(&mut vm, &inp(0x3FD, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(&mut vm, &mut vcpu, &inp(0x3FD, AccessSize::Byte), &mut regs, &mut env);
         assert_eq!(regs.rax & 0x60, 0x60);
     }
 
     #[test]
     fn string_io_stops_vm() {
         let mut vm = VmContext::new(3, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rip: 0x99,
@@ -163,7 +166,7 @@ mod tests {
             dir: IoDir::In,
             string_or_rep: true,
         });
-        let a = handle_exit(&mut vm, &exit, &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
         assert_eq!(
             a,
             Action::Stop(StopReason::UnsupportedIo {
@@ -176,13 +179,14 @@ mod tests {
     #[test]
     fn uart_irq_reaches_vm_irq_lines() {
         let mut vm = VmContext::new(3, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
-        handle_exit(&mut vm, &out(0x3FC, 0x08), &mut regs, &mut env); // MCR.OUT2
+        handle_exit(&mut vm, &mut vcpu, &out(0x3FC, 0x08), &mut regs, &mut env); // MCR.OUT2
         assert!(!vm.irq_level(4));
-        handle_exit(&mut vm, &out(0x3F9, 0x02), &mut regs, &mut env); // IER.ETBEI
+        handle_exit(&mut vm, &mut vcpu, &out(0x3F9, 0x02), &mut regs, &mut env); // IER.ETBEI
         assert!(vm.irq_level(4));
-        handle_exit(&mut vm, &inp(0x3FA, AccessSize::Byte), &mut regs, &mut env); // IIR read clears THRE
+        handle_exit(&mut vm, &mut vcpu, &inp(0x3FA, AccessSize::Byte), &mut regs, &mut env); // IIR read clears THRE
         assert_eq!(regs.rax & 0xF, 0x2);
         assert!(!vm.irq_level(4));
     }

@@ -42,7 +42,7 @@ pub use crate::arch::{
     Access, AccessSize, Action, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestCpu, GuestMemory,
     GuestMemoryError, GuestRegs, IoAccess, IoDir, Platform, Reg, StateError,
 };
-use crate::vcpu::{VcpuRunState, VmContext};
+use crate::vcpu::{VcpuRunState, VcpuState, VmContext};
 
 /// Handles one VM exit. The only entry point; see the module docs.
 ///
@@ -51,20 +51,27 @@ use crate::vcpu::{VcpuRunState, VmContext};
 /// flushed). Calling it for an already stopped VM returns the same stop again.
 pub fn handle_exit(
     vm: &mut VmContext,
+    vcpu: &mut VcpuState,
     exit: &Exit,
     regs: &mut GuestRegs,
     env: &mut dyn Platform,
 ) -> Action {
-    if let VcpuRunState::Stopped(reason) = vm.run_state() {
+    if let VcpuRunState::Stopped(reason) = vcpu.run_state() {
         return Action::Stop(*reason);
+    }
+    if let Some(reason) = vm.stop_reason() {
+        // Another vCPU stopped the VM: this one stops too.
+        let action = Action::Stop(*reason);
+        vcpu.after_exit(&action);
+        return action;
     }
     vm.stats.record_exit(crate::stats::ExitKind::of(exit));
     let action = match *exit {
         Exit::Cpuid => crate::cpuid::handle(regs, env),
         Exit::Hlt => Action::Halt,
         Exit::Io(access) => io::handle(vm, &access, regs, env),
-        Exit::Rdmsr { msr } => crate::msr_policy::handle_read(vm, msr, regs, env),
-        Exit::Wrmsr { msr, value } => crate::msr_policy::handle_write(vm, msr, value, regs, env),
+        Exit::Rdmsr { msr } => crate::msr_policy::handle_read(vcpu, msr, regs, env),
+        Exit::Wrmsr { msr, value } => crate::msr_policy::handle_write(vcpu, msr, value, regs, env),
         Exit::CrAccess(access) => cr::access(access, regs, env),
         Exit::Xsetbv => cr::xsetbv(regs, env),
         Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
@@ -90,6 +97,7 @@ pub fn handle_exit(
             qualification,
         } => fault::unhandled(code, name, qualification, regs),
     };
+    vcpu.after_exit(&action);
     vm.after_exit(&action, env);
     action
 }
@@ -253,20 +261,21 @@ mod tests {
     #[test]
     fn hlt_halts_and_preemption_ends_slice() {
         let mut vm = VmContext::new(1, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
-        vm.run_state_mut().make_runnable().unwrap();
-        vm.run_state_mut().enter().unwrap();
+        vcpu.run_state_mut().make_runnable().unwrap();
+        vcpu.run_state_mut().enter().unwrap();
         assert_eq!(
-            handle_exit(&mut vm, &Exit::Hlt, &mut regs, &mut env),
+            handle_exit(&mut vm, &mut vcpu, &Exit::Hlt, &mut regs, &mut env),
             Action::Halt
         );
-        assert_eq!(*vm.run_state(), VcpuRunState::Halted);
-        vm.run_state_mut().wake().unwrap();
-        vm.run_state_mut().enter().unwrap();
-        let a = handle_exit(&mut vm, &Exit::PreemptionTimer, &mut regs, &mut env);
+        assert_eq!(*vcpu.run_state(), VcpuRunState::Halted);
+        vcpu.run_state_mut().wake().unwrap();
+        vcpu.run_state_mut().enter().unwrap();
+        let a = handle_exit(&mut vm, &mut vcpu, &Exit::PreemptionTimer, &mut regs, &mut env);
         assert_eq!(a, Action::Preempted);
-        assert_eq!(*vm.run_state(), VcpuRunState::Runnable);
+        assert_eq!(*vcpu.run_state(), VcpuRunState::Runnable);
         assert_eq!(vm.stats.exits(ExitKind::Hlt), 1);
         assert_eq!(vm.stats.exits(ExitKind::PreemptionTimer), 1);
     }
@@ -274,14 +283,15 @@ mod tests {
     #[test]
     fn stopped_vm_stays_stopped() {
         let mut vm = VmContext::new(1, "g");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rip: 0x42,
             ..Default::default()
         };
-        let a = handle_exit(&mut vm, &Exit::TripleFault, &mut regs, &mut env);
+        let a = handle_exit(&mut vm, &mut vcpu, &Exit::TripleFault, &mut regs, &mut env);
         assert_eq!(a, Action::Stop(StopReason::TripleFault { rip: 0x42 }));
-        let again = handle_exit(&mut vm, &Exit::Cpuid, &mut regs, &mut env);
+        let again = handle_exit(&mut vm, &mut vcpu, &Exit::Cpuid, &mut regs, &mut env);
         assert_eq!(again, a);
     }
 
