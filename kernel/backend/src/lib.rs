@@ -17,9 +17,14 @@
 //! only what needs the hardware: the world switch, VMXON, allocating the
 //! VMCS and the pages it points to, and switching the lazily-held registers
 //! (XSAVE state, CR2, debug registers, SYSCALL MSRs) between vCPUs.
+//!
+//! [`svm`] is the AMD-V twin over [`::svm::vmcb::Vmcb`], a plain struct that
+//! host tests stage exits in directly; its module docs state what the
+//! kernel's VMRUN world switch must do.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 extern crate alloc;
 
+pub mod svm;
 pub mod vtx;

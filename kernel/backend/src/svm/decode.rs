@@ -1,0 +1,585 @@
+//! #VMEXIT fields into a backend-neutral [`Exit`], decoded once per exit by
+//! [`svm::ExitInfo`] and translated here.
+//!
+//! Guest RAX lives in the VMCB state-save area, not in the world switch's
+//! register block: [`decode`] copies it (with RIP) into [`GuestRegs`] so
+//! handlers and the decoding of OUT and WRMSR see the guest's RAX, and
+//! [`super::entry::before_vmrun`] copies it back. The instruction length is
+//! nRIP - RIP (NRIP save is required at boot); an IOIO exit gives the next
+//! RIP in EXITINFO2 itself (APM 15.10.2).
+
+use hvcore::arch::{
+    Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestRegs, IoAccess, IoDir,
+};
+use svm::exit::{
+    CrAccessInfo, EventType, Exit as SvmExit, ExitCode, ExitInfo, IoDirection, IoExitInfo,
+    MsrAccess, NpfAccess,
+};
+use svm::vmcb::Vmcb;
+
+/// One decoded exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// What happened.
+    pub exit: Exit,
+    /// An event whose delivery the exit interrupted (EXITINTINFO, APM
+    /// 15.7.2): it must be delivered again on the next VMRUN, unless a
+    /// handler injects another.
+    pub vectoring: Option<Event>,
+}
+
+/// The length of an instruction that ends at `next` and starts at `rip`,
+/// if plausible (1 to 15 bytes).
+fn len_between(rip: u64, next: u64) -> Option<u64> {
+    match next.wrapping_sub(rip) {
+        len @ 1..=15 => Some(len),
+        _ => None,
+    }
+}
+
+/// Decodes the exit recorded in `vmcb`. Sets `regs.rip` and `regs.rax` from
+/// the state-save area and `regs.instruction_len` (0 for exits that are not
+/// caused by an instruction).
+pub fn decode(vmcb: &Vmcb, regs: &mut GuestRegs) -> Decoded {
+    let info = ExitInfo::from_vmcb(vmcb);
+    regs.rip = vmcb.save.rip;
+    regs.rax = vmcb.save.rax;
+    regs.instruction_len = 0;
+    let svm_exit = info.decode();
+    // nRIP - RIP, or the instruction's architectural length (no prefixes)
+    // should a CPU save no usable nRIP for an instruction it intercepted.
+    let len = |architectural: u64| info.instruction_len().unwrap_or(architectural);
+    let exit = match svm_exit {
+        SvmExit::Cpuid => {
+            regs.instruction_len = len(2);
+            Exit::Cpuid
+        }
+        SvmExit::Hlt => {
+            regs.instruction_len = len(1);
+            Exit::Hlt
+        }
+        SvmExit::Vmmcall => {
+            regs.instruction_len = len(3);
+            Exit::Vmcall
+        }
+        SvmExit::Msr { access } => {
+            regs.instruction_len = len(2);
+            let msr = regs.rcx as u32;
+            match access {
+                MsrAccess::Read => Exit::Rdmsr { msr },
+                MsrAccess::Write => Exit::Wrmsr {
+                    msr,
+                    value: (regs.rdx << 32) | (regs.rax & 0xFFFF_FFFF),
+                },
+            }
+        }
+        SvmExit::Io { info: io, next_rip } => {
+            match len_between(regs.rip, next_rip).or_else(|| info.instruction_len()) {
+                Some(n) => {
+                    regs.instruction_len = n;
+                    io_exit(io, regs)
+                }
+                None => unhandled(&info),
+            }
+        }
+        SvmExit::Other(ExitCode::Xsetbv) => {
+            regs.instruction_len = len(3);
+            Exit::Xsetbv
+        }
+        SvmExit::Other(ExitCode::Invd) => {
+            regs.instruction_len = len(2);
+            Exit::Invd
+        }
+        SvmExit::Other(ExitCode::Rdpmc) => {
+            regs.instruction_len = len(2);
+            Exit::Rdpmc
+        }
+        SvmExit::CrAccess {
+            cr,
+            write,
+            info: CrAccessInfo::MovCr { gpr },
+        } => match info.instruction_len() {
+            // Only with decode assists (not intercepted today).
+            Some(n) => {
+                regs.instruction_len = n;
+                let gpr = gpr.index();
+                let kind = if write {
+                    CrAccessKind::MovTo { gpr }
+                } else {
+                    CrAccessKind::MovFrom { gpr }
+                };
+                Exit::CrAccess(CrAccess { cr, kind })
+            }
+            None => unhandled(&info),
+        },
+        SvmExit::NestedPageFault { gpa, error } => {
+            let access = match error.access() {
+                NpfAccess::Read => Access::READ,
+                NpfAccess::Write => Access::WRITE,
+                NpfAccess::Fetch => Access::EXECUTE,
+            };
+            // An NPF reports the guest-physical address only (EXITINFO2).
+            Exit::MemoryViolation {
+                gpa: gpa.as_u64(),
+                access,
+                linear: None,
+            }
+        }
+        SvmExit::Exception {
+            vector, error_code, ..
+        } => Exit::Exception { vector, error_code },
+        SvmExit::Shutdown => Exit::TripleFault,
+        // Host events: the host takes them after STGI.
+        SvmExit::Intr | SvmExit::Nmi | SvmExit::Other(ExitCode::Smi | ExitCode::Init) => {
+            Exit::ExternalInterrupt
+        }
+        SvmExit::Vintr => Exit::InterruptWindow,
+        SvmExit::Invalid => {
+            return Decoded {
+                exit: Exit::EntryFailed {
+                    code: info.code.raw() as u32,
+                    qualification: 0,
+                },
+                vectoring: None,
+            }
+        }
+        // SVM is hidden from guests (CPUID 8000_0001h ECX.SVM = 0, EFER.SVME
+        // reads 0) and so are MONITOR/MWAIT: a CPU without them raises #UD.
+        // The exception is injected at the instruction: no length needed.
+        SvmExit::Other(code) => match undefined_name(code) {
+            Some(name) => Exit::UndefinedInstruction { name },
+            None => unhandled(&info),
+        },
+        SvmExit::CrAccess { .. }
+        | SvmExit::DrAccess { .. }
+        | SvmExit::SoftwareInterrupt { .. }
+        | SvmExit::Invlpg { .. }
+        | SvmExit::CrWriteTrap { .. }
+        | SvmExit::EferWriteTrap { .. }
+        | SvmExit::Pause
+        | SvmExit::Malformed { .. } => unhandled(&info),
+    };
+    let vectoring = match exit {
+        // The guest state after a shutdown is undefined (APM 15.14).
+        Exit::TripleFault => None,
+        _ => vectoring_event(&info),
+    };
+    Decoded { exit, vectoring }
+}
+
+/// The #UD name of an intercepted instruction the guest's CPU lacks.
+fn undefined_name(code: ExitCode) -> Option<&'static str> {
+    Some(match code {
+        ExitCode::Vmrun => "VMRUN",
+        ExitCode::Vmload => "VMLOAD",
+        ExitCode::Vmsave => "VMSAVE",
+        ExitCode::Stgi => "STGI",
+        ExitCode::Clgi => "CLGI",
+        ExitCode::Skinit => "SKINIT",
+        ExitCode::Invlpga => "INVLPGA",
+        ExitCode::Monitor => "MONITOR",
+        ExitCode::Mwait | ExitCode::MwaitConditional => "MWAIT",
+        _ => return None,
+    })
+}
+
+fn io_exit(io: IoExitInfo, regs: &GuestRegs) -> Exit {
+    let size = AccessSize::from_bytes(io.size.bytes()).unwrap_or(AccessSize::Byte);
+    let dir = match io.direction {
+        IoDirection::In => IoDir::In,
+        IoDirection::Out => IoDir::Out {
+            value: (regs.rax as u32) & size.mask(),
+        },
+    };
+    Exit::Io(IoAccess {
+        port: io.port,
+        size,
+        dir,
+        string_or_rep: io.string || io.rep,
+    })
+}
+
+/// Any other exit, named as the APM names it, with EXITINFO1.
+fn unhandled(info: &ExitInfo) -> Exit {
+    Exit::Unhandled {
+        code: info.code.raw() as u32,
+        name: info.code.apm_name(),
+        qualification: info.exit_info1,
+    }
+}
+
+/// The event being delivered when the exit happened, if it must be
+/// re-injected: exceptions, NMIs and external interrupts. Software
+/// interrupts (INTn) and INT3/INTO (reported as exceptions 3 and 4) re-run
+/// with their instruction, which RIP still points at.
+fn vectoring_event(info: &ExitInfo) -> Option<Event> {
+    let e = info.exit_int_info.valid()?;
+    let kind = match e.kind() {
+        EventType::Exception if matches!(e.vector(), 3 | 4) => return None,
+        EventType::Exception => EventKind::Exception,
+        EventType::Nmi => EventKind::Nmi,
+        EventType::ExternalInterrupt => EventKind::ExternalInterrupt,
+        EventType::SoftwareInterrupt | EventType::Reserved(_) => return None,
+    };
+    Some(Event {
+        kind,
+        vector: e.vector(),
+        error_code: e.error_code(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svm::EventInfo;
+
+    /// A VMCB with an exit staged at RIP 0x1000 and guest RAX `rax`.
+    fn staged(code: u64, info1: u64, info2: u64, next_rip: u64) -> Vmcb {
+        let mut v = Vmcb::new();
+        v.save.rip = 0x1000;
+        v.save.rax = 0x1234_5641;
+        v.control.exit_code = code;
+        v.control.exit_info1 = info1;
+        v.control.exit_info2 = info2;
+        v.control.next_rip = next_rip;
+        v
+    }
+
+    fn run(v: &Vmcb) -> (Decoded, GuestRegs) {
+        let mut regs = GuestRegs {
+            rax: 0xdead,
+            rcx: 0x277,
+            rdx: 0x7,
+            ..Default::default()
+        };
+        let d = decode(v, &mut regs);
+        (d, regs)
+    }
+
+    #[test]
+    fn cpuid_takes_rip_rax_and_length_from_the_vmcb() {
+        let (d, regs) = run(&staged(0x72, 0, 0, 0x1002));
+        assert_eq!(
+            d,
+            Decoded {
+                exit: Exit::Cpuid,
+                vectoring: None
+            }
+        );
+        assert_eq!(
+            (regs.rip, regs.rax, regs.instruction_len),
+            (0x1000, 0x1234_5641, 2)
+        );
+        let (d, regs) = run(&staged(0x78, 0, 0, 0x1001));
+        assert_eq!((d.exit, regs.instruction_len), (Exit::Hlt, 1));
+        let (d, regs) = run(&staged(0x81, 0, 0, 0x1003));
+        assert_eq!((d.exit, regs.instruction_len), (Exit::Vmcall, 3));
+    }
+
+    #[test]
+    fn prefixed_instructions_use_nrip() {
+        // 66 0F A2: a CPUID with a redundant prefix is 3 bytes.
+        let (_, regs) = run(&staged(0x72, 0, 0, 0x1003));
+        assert_eq!(regs.instruction_len, 3);
+        // No usable nRIP: the architectural length.
+        let (d, regs) = run(&staged(0x72, 0, 0, 0));
+        assert_eq!((d.exit, regs.instruction_len), (Exit::Cpuid, 2));
+        let (_, regs) = run(&staged(0x8D, 0, 0, 0x2000));
+        assert_eq!(regs.instruction_len, 3, "XSETBV without a plausible nRIP");
+    }
+
+    #[test]
+    fn out_value_comes_from_vmcb_rax() {
+        // OUT DX, AL to 0x3F8: SZ8 (bit 4), TYPE 0 (out), port in 31:16.
+        let (d, regs) = run(&staged(0x7B, (0x3F8 << 16) | (1 << 4), 0x1001, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Io(IoAccess {
+                port: 0x3F8,
+                size: AccessSize::Byte,
+                dir: IoDir::Out { value: 0x41 },
+                string_or_rep: false
+            })
+        );
+        assert_eq!(regs.instruction_len, 1);
+        // IN EAX, 0x71 (2 bytes), and REP OUTSW.
+        let (d, regs) = run(&staged(0x7B, (0x71 << 16) | (1 << 6) | 1, 0x1002, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Io(IoAccess {
+                port: 0x71,
+                size: AccessSize::Dword,
+                dir: IoDir::In,
+                string_or_rep: false
+            })
+        );
+        assert_eq!(regs.instruction_len, 2);
+        let (d, _) = run(&staged(
+            0x7B,
+            (0x80 << 16) | (1 << 5) | (1 << 3) | (1 << 2),
+            0x1002,
+            0,
+        ));
+        assert!(
+            matches!(
+                d.exit,
+                Exit::Io(IoAccess {
+                    size: AccessSize::Word,
+                    string_or_rep: true,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+        // Undecodable size bits, or no next RIP at all: reported, not guessed.
+        let (d, _) = run(&staged(0x7B, (0x80 << 16) | (3 << 4), 0x1001, 0));
+        assert!(
+            matches!(
+                d.exit,
+                Exit::Unhandled {
+                    code: 0x7B,
+                    name: "VMEXIT_IOIO",
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let (d, _) = run(&staged(0x7B, (0x80 << 16) | (1 << 4), 0, 0));
+        assert!(
+            matches!(d.exit, Exit::Unhandled { code: 0x7B, .. }),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn msr_exits_use_ecx_and_edx_eax() {
+        let (d, _) = run(&staged(0x7C, 0, 0, 0x1002));
+        assert_eq!(d.exit, Exit::Rdmsr { msr: 0x277 });
+        let (d, regs) = run(&staged(0x7C, 1, 0, 0x1002));
+        assert_eq!(
+            d.exit,
+            Exit::Wrmsr {
+                msr: 0x277,
+                value: 0x7_1234_5641
+            }
+        );
+        assert_eq!(regs.instruction_len, 2);
+        let (d, _) = run(&staged(0x7C, 2, 0, 0x1002));
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x7C,
+                name: "VMEXIT_MSR",
+                qualification: 2
+            }
+        );
+    }
+
+    #[test]
+    fn svm_and_monitor_instructions_are_undefined() {
+        for (code, name) in [
+            (0x80, "VMRUN"),
+            (0x82, "VMLOAD"),
+            (0x83, "VMSAVE"),
+            (0x84, "STGI"),
+            (0x85, "CLGI"),
+            (0x86, "SKINIT"),
+            (0x7A, "INVLPGA"),
+            (0x8A, "MONITOR"),
+            (0x8B, "MWAIT"),
+            (0x8C, "MWAIT"),
+        ] {
+            let (d, _) = run(&staged(code, 0, 0, 0x1003));
+            assert_eq!(d.exit, Exit::UndefinedInstruction { name }, "{code:#x}");
+        }
+        for (code, exit) in [
+            (0x8D, Exit::Xsetbv),
+            (0x76, Exit::Invd),
+            (0x6F, Exit::Rdpmc),
+        ] {
+            let (d, regs) = run(&staged(code, 0, 0, 0x1002 + (code == 0x8D) as u64));
+            assert_eq!(d.exit, exit, "{code:#x}");
+            assert_ne!(regs.instruction_len, 0);
+        }
+    }
+
+    #[test]
+    fn host_events_and_the_interrupt_window() {
+        for code in [0x60, 0x61, 0x62, 0x63] {
+            let (d, regs) = run(&staged(code, 0, 0, 0));
+            assert_eq!(d.exit, Exit::ExternalInterrupt, "{code:#x}");
+            assert_eq!(regs.instruction_len, 0);
+        }
+        assert_eq!(run(&staged(0x64, 0, 0, 0)).0.exit, Exit::InterruptWindow);
+        assert_eq!(run(&staged(0x7F, 0, 0, 0)).0.exit, Exit::TripleFault);
+    }
+
+    #[test]
+    fn nested_page_fault_with_vectoring_event() {
+        // A write to a present page, during the delivery of #PF (error
+        // code 2).
+        let mut v = staged(0x400, 0b111 | (1 << 32), 0x400_0000, 0);
+        v.control.exit_int_info = EventInfo::new(14, EventType::Exception, Some(2));
+        let (d, regs) = run(&v);
+        assert_eq!(
+            d.exit,
+            Exit::MemoryViolation {
+                gpa: 0x400_0000,
+                access: Access::WRITE,
+                linear: None
+            }
+        );
+        assert_eq!(
+            d.vectoring,
+            Some(Event {
+                kind: EventKind::Exception,
+                vector: 14,
+                error_code: Some(2)
+            })
+        );
+        assert_eq!(regs.instruction_len, 0);
+        // Fetch and read.
+        let (d, _) = run(&staged(0x400, 0x15, 0x8000, 0));
+        assert!(matches!(
+            d.exit,
+            Exit::MemoryViolation {
+                access: Access::EXECUTE,
+                ..
+            }
+        ));
+        let (d, _) = run(&staged(0x400, 0x4, 0x8000, 0));
+        assert!(matches!(
+            d.exit,
+            Exit::MemoryViolation {
+                access: Access::READ,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn which_interrupted_events_come_back() {
+        let with = |e: EventInfo| {
+            let mut v = staged(0x60, 0, 0, 0);
+            v.control.exit_int_info = e;
+            run(&v).0.vectoring
+        };
+        assert_eq!(
+            with(EventInfo::external_interrupt(0x30)),
+            Some(Event::interrupt(0x30))
+        );
+        assert_eq!(
+            with(EventInfo::nmi()),
+            Some(Event {
+                kind: EventKind::Nmi,
+                vector: 2,
+                error_code: None
+            })
+        );
+        assert_eq!(with(EventInfo::general_protection()), Some(Event::GP0));
+        // INTn, INT3 and INTO re-run with their instruction.
+        assert_eq!(with(EventInfo::software_interrupt(0x80)), None);
+        assert_eq!(with(EventInfo::new(3, EventType::Exception, None)), None);
+        assert_eq!(with(EventInfo::new(4, EventType::Exception, None)), None);
+        assert_eq!(with(EventInfo(0x0000_0000_0000_030e)), None, "V clear");
+        // A shutdown has no state to re-inject into.
+        let mut v = staged(0x7F, 0, 0, 0);
+        v.control.exit_int_info = EventInfo::general_protection();
+        assert_eq!(run(&v).0.vectoring, None);
+    }
+
+    #[test]
+    fn exceptions_keep_their_error_code() {
+        let (d, _) = run(&staged(0x40 + 17, 0, 0, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Exception {
+                vector: 17,
+                error_code: Some(0)
+            }
+        );
+        let (d, _) = run(&staged(0x40 + 6, 0x55, 0, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Exception {
+                vector: 6,
+                error_code: None
+            }
+        );
+    }
+
+    #[test]
+    fn cr_accesses_need_decode_assists() {
+        // MOV CR4, RBX with decode assists (bit 63, GPR 3), 3 bytes.
+        let (d, regs) = run(&staged(0x14, (1 << 63) | 3, 0, 0x1003));
+        assert_eq!(
+            d.exit,
+            Exit::CrAccess(CrAccess {
+                cr: 4,
+                kind: CrAccessKind::MovTo { gpr: 3 }
+            })
+        );
+        assert_eq!(regs.instruction_len, 3);
+        let (d, _) = run(&staged(0x08, (1 << 63) | 9, 0, 0x1004));
+        assert_eq!(
+            d.exit,
+            Exit::CrAccess(CrAccess {
+                cr: 8,
+                kind: CrAccessKind::MovFrom { gpr: 9 }
+            })
+        );
+        // Without decode assists the register is unknown: not guessed.
+        let (d, _) = run(&staged(0x10, 0, 0, 0x1003));
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x10,
+                name: "VMEXIT_CRx_WRITE",
+                qualification: 0
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_state_and_unknown_exits() {
+        let (d, regs) = run(&staged(u64::MAX, 0, 0, 0));
+        assert_eq!(
+            d,
+            Decoded {
+                exit: Exit::EntryFailed {
+                    code: 0xFFFF_FFFF,
+                    qualification: 0
+                },
+                vectoring: None
+            }
+        );
+        assert_eq!(regs.rip, 0x1000);
+        let (d, _) = run(&staged(0x6E, 0, 0, 0x1002));
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x6E,
+                name: "VMEXIT_RDTSC",
+                qualification: 0
+            }
+        );
+        let (d, _) = run(&staged(0x27, 5, 0, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x27,
+                name: "VMEXIT_DRx_READ",
+                qualification: 5
+            }
+        );
+        let (d, _) = run(&staged(0x3FF, 0, 0, 0));
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x3FF,
+                name: "unknown",
+                qualification: 0
+            }
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! The AMD-V backend, twin of [`crate::vtx`]: intercepts decided once at boot
+//! ([`SvmSetup`]), VMCB programming ([`setup`]), exit translation
+//! ([`decode`]), guest-state access over the VMCB ([`state`]), entry
+//! preparation ([`entry`]) and the I/O and MSR permission maps ([`perm`]).
+//! APM means AMD publication 24593 (Vol. 2), chapter 15, as in the `svm`
+//! crate.
+//!
+//! The VMCB is a plain struct ([`svm::Vmcb`]), so unlike the VT-x backend
+//! nothing here goes through an accessor trait: host tests stage an exit by
+//! setting `control.exit_code` and friends and check the fields written.
+//!
+//! # Intercepts (APM 15.7-15.14)
+//!
+//! | intercept | why | becomes |
+//! |---|---|---|
+//! | INTR | time slices end by the host's LAPIC timer (there is no preemption timer); host devices | [`Exit::ExternalInterrupt`](hvcore::arch::Exit) |
+//! | NMI, SMI, INIT | host events: the host takes them after `stgi` | `ExternalInterrupt` |
+//! | VINTR | interrupt window (V_IRQ with V_IGN_TPR, see [`entry::set_interrupt_window`]) | `InterruptWindow` |
+//! | CPUID, HLT, INVD, RDPMC, XSETBV | policy, as on VT-x | the same exits as VT-x |
+//! | IOIO_PROT (IOPM all ones) | every port is emulated | `Io` |
+//! | MSR_PROT (MSRPM, [`perm`]) | MSR policy | `Rdmsr` / `Wrmsr` |
+//! | SHUTDOWN | triple fault | `TripleFault` |
+//! | VMRUN (mandatory, APM 15.5.1), VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA | SVM is hidden from guests; run natively they would reach the hardware (CLGI would hold off the host's interrupts) | `UndefinedInstruction` (#UD) |
+//! | VMMCALL | hypercalls | `Vmcall` |
+//! | MONITOR, MWAIT | hidden by CPUID | `UndefinedInstruction` |
+//! | exception #AC (17) | an #AC whose delivery raises #AC again loops inside the CPU, where no interrupt can end it (CVE-2015-5307); intercepted, it is reflected | `Exception` |
+//!
+//! # Control registers: nothing is intercepted
+//!
+//! On VT-x the hypervisor owns CR0.CD/NW (a VM exit does not reload them,
+//! so a guest's CD would disable the host's caches), CR0.PE/PG (mirrored in
+//! the "IA-32e mode guest" control) and the VMX-fixed bits, which is why
+//! `hvcore::exit::cr` emulates CR writes. On AMD-V the guest's CR0, CR3 and
+//! CR4 live entirely in the VMCB: VMRUN loads them and #VMEXIT reloads the
+//! host's from the host save area (APM 15.5, 15.6), so CD/NW cannot leak,
+//! long mode activates in hardware (EFER.LMA is guest state), and no CR4
+//! bit has to be forced on. Every CR access therefore runs natively: the
+//! guest-visible values are the VMCB's ([`state::VmcbCpu`]). This also
+//! avoids the one thing a CR intercept would need and Bochs' "ryzen" lacks:
+//! decode assists, without which a MOV CRx intercept does not say which
+//! register it moves. The cost: [`GuestLimits::cr4_allowed`] is not enforced
+//! by exits; the hardware refuses reserved bits, and a CR4 feature that
+//! CPUID hides but the CPU has can be switched on by a guest that ignores
+//! CPUID, affecting only itself.
+//!
+//! CR8 (the TPR) is virtualized by V_TPR with V_INTR_MASKING = 1 (APM
+//! 15.21.1): MOV CR8 reads and writes V_TPR without an exit and never
+//! reaches the host's APIC, and the guest's RFLAGS.IF masks only virtual
+//! interrupts. The host's RFLAGS.IF at VMRUN decides whether physical
+//! interrupts exit (see the world-switch contract below).
+//!
+//! # EFER.SVME
+//!
+//! VMRUN refuses a guest EFER without SVME (APM 15.5.1), but guests must see
+//! it clear (CPUID hides SVM). The hardware EFER always has SVME;
+//! [`state::VmcbCpu`] shows the guest [`state::SoftState::efer_svme`]
+//! instead, and the MSRPM intercepts EFER reads as well as writes (VT-x lets
+//! guests read EFER natively).
+//!
+//! # MSRs
+//!
+//! The MSRPM ([`perm::build_msrpm`]) intercepts everything but
+//! [`perm::PASSTHROUGH`]: the MSRs VMLOAD/VMSAVE switch (FS/GS/KERNEL_GS
+//! base, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_*) and TSC_AUX (switched by
+//! the kernel with the vCPU, as on VT-x; on a CPU without RDTSCP the MSR does
+//! not exist and the guest's access faults as on bare metal). Unlike VT-x,
+//! IA32_PAT is intercepted and kept in G_PAT by policy: whether a guest's
+//! native PAT write lands in G_PAT and survives #VMEXIT is not something
+//! every implementation gets right (QEMU's TCG neither loads G_PAT nor
+//! restores the host's PAT), and guests write PAT about once. DEBUGCTL is
+//! intercepted too: without LBR virtualization VMRUN does not switch it.
+//!
+//! # Required and optional features
+//!
+//! [`SvmSetup::from_caps`] reads CPUID Fn8000_000A once (through
+//! [`svm::SvmCapabilities`]). Missing required features are refused by name
+//! ([`svm::SvmError`]); missing optional ones are listed for the banner
+//! ([`SvmSetup::missing`]):
+//!
+//! | feature | required | without it |
+//! |---|---|---|
+//! | nested paging | yes | - |
+//! | NRIP save | yes | - (the length of an intercepted instruction comes from nRIP) |
+//! | two ASIDs or more | yes | - |
+//! | VMCB clean bits | no | the processor reloads every VMCB field at every VMRUN |
+//! | flush by ASID | no | a vCPU's TLB flush (TLB_CONTROL 1) flushes every ASID |
+//! | decode assists | no | not used: control-register accesses are never intercepted |
+//! | LBR virtualization | no | the guest's DEBUGCTL is kept in software: LBR and BTF have no effect |
+//!
+//! Bochs `cpu: model=ryzen` reports EDX 0x44f (nested paging, LBR
+//! virtualization, SVM lock, NRIP save, flush by ASID, pause filter): no
+//! clean bits, no decode assists. QEMU 7.2's TCG offers nested paging, VGIF
+//! and SVME address checks but no NRIP save (`TCG_SVM_FEATURES` in
+//! `target/i386/cpu.c`; its #VMEXIT never writes nRIP), so `-cpu EPYC` (EDX
+//! 0x1 once TCG filters NRIPS out) and `-cpu max` (0x1001_0001) are refused.
+//!
+//! # What the kernel's world switch does
+//!
+//! Once per CPU: set EFER.SVME, point VM_HSAVE_PA at a reserved 4 KiB frame
+//! (the host save area VMRUN writes and #VMEXIT reads), and VMSAVE the
+//! host's FS/GS/TR/LDTR and SYSCALL/SYSENTER MSRs into a host save VMCB.
+//! Per VMRUN, with host interrupts off:
+//!
+//! 1. [`entry::before_vmrun`]: guest RAX into the VMCB (GuestRegs.rax is
+//!    the handlers' copy), TLB_CONTROL (flush the ASID when asked or when
+//!    the vCPU changed CPU), clean bits;
+//! 2. `clgi`; `sti` (with V_INTR_MASKING, the host's RFLAGS.IF at VMRUN
+//!    decides whether a physical interrupt exits; GIF = 0 keeps it pending
+//!    until then); `vmload` the guest VMCB; load RBX..R15 from GuestRegs;
+//!    RAX = the VMCB's physical address; `vmrun`. RSP, RIP, RFLAGS and RAX
+//!    of the guest come from the VMCB state-save area, not from GuestRegs;
+//! 3. at #VMEXIT (GIF = 0, host RSP/RIP/RAX/CR0/CR3/CR4/EFER/segments back
+//!    from the host save area): store RBX..R15 into GuestRegs; `vmsave` the
+//!    guest VMCB (so the VMLOAD state above is current while exits are
+//!    handled: [`state::VmcbCpu`] reads it there); `vmload` the host save
+//!    VMCB (GS base, TR); `cli`; `stgi`;
+//! 4. [`entry::after_vmexit`], then [`decode::decode`] (which copies the
+//!    VMCB's RIP and RAX into GuestRegs), take a pending host interrupt
+//!    (`sti; nop; cli`) on `ExternalInterrupt`, `hvcore::exit::handle_exit`,
+//!    [`entry::advance`], [`entry::next_event`] and [`entry::inject`].
+//!
+//! XCR0, the x87/SSE/AVX state, DR0-DR3 and TSC_AUX are not switched by
+//! VMRUN: the kernel keeps switching them lazily as on VT-x. CR2, DR6, DR7,
+//! EFER, PAT (G_PAT with nested paging) are VMCB state. Each VM gets its
+//! own ASID (VM id + 1, up to [`SvmSetup::max_asid`]).
+
+pub mod decode;
+pub mod entry;
+pub mod perm;
+pub mod setup;
+pub mod state;
+
+use hvcore::arch::GuestLimits;
+use hvcore::exit::cr::{CR4_GUEST_OWNED, CR4_OSXSAVE};
+use svm::caps::{SvmCapabilities, SvmError, SvmFeatures, VmCr};
+use svm::intercept::{ExceptionIntercepts, InterceptVector3, InterceptVector4};
+use svm::vmcb::{TlbControl, VIntr};
+
+pub use crate::vtx::{HostFeatures, Missing};
+
+/// Optional features this CPU has (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Optional {
+    /// VMCB clean bits (APM 15.15.3).
+    pub vmcb_clean: bool,
+    /// TLB_CONTROL 3 and 7: flush one ASID (APM 15.16).
+    pub flush_by_asid: bool,
+    /// Decode assists (operand details in EXITINFO1); not used.
+    pub decode_assists: bool,
+    /// LBR virtualization: VMRUN and #VMEXIT switch DEBUGCTL (VMCB 0B8h bit 0).
+    pub lbr_virtualization: bool,
+}
+
+/// Intercepts and guest limits decided once at boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvmSetup {
+    /// Exception intercepts (VMCB 008h).
+    pub intercept_exceptions: ExceptionIntercepts,
+    /// Intercept vector 3 (VMCB 00Ch).
+    pub intercept_vector3: InterceptVector3,
+    /// Intercept vector 4 (VMCB 010h).
+    pub intercept_vector4: InterceptVector4,
+    /// The virtual-interrupt controls a new vCPU starts with (V_INTR_MASKING).
+    pub vintr: VIntr,
+    /// Optional features present.
+    pub optional: Optional,
+    /// The TLB_CONTROL value that flushes a vCPU's translations.
+    pub tlb_flush: TlbControl,
+    /// The highest guest ASID (ASID 0 is the host's).
+    pub max_asid: u32,
+    /// What guests may use.
+    pub limits: GuestLimits,
+}
+
+impl SvmSetup {
+    /// Decides the intercepts from the SVM capabilities (CPUID Fn8000_000A,
+    /// VM_CR) and the host's features. Refuses, by name, a CPU without
+    /// nested paging, NRIP save or a guest ASID, or with SVM disabled.
+    pub fn from_caps(caps: &SvmCapabilities, host: HostFeatures) -> Result<SvmSetup, SvmError> {
+        if caps.vm_cr.contains(VmCr::SVMDIS) {
+            return Err(SvmError::DisabledByFirmware {
+                locked: caps.vm_cr.contains(VmCr::LOCK),
+            });
+        }
+        if !caps.features.contains(SvmFeatures::NESTED_PAGING) {
+            return Err(SvmError::NoNestedPaging);
+        }
+        if !caps.features.contains(SvmFeatures::NRIP_SAVE) {
+            return Err(SvmError::NoNripSave);
+        }
+        if caps.asid_count < 2 {
+            return Err(SvmError::NoGuestAsid);
+        }
+        let f = caps.features;
+        let optional = Optional {
+            vmcb_clean: f.contains(SvmFeatures::VMCB_CLEAN),
+            flush_by_asid: f.contains(SvmFeatures::FLUSH_BY_ASID),
+            decode_assists: f.contains(SvmFeatures::DECODE_ASSISTS),
+            lbr_virtualization: f.contains(SvmFeatures::LBR_VIRT),
+        };
+        let v3 = InterceptVector3::INTR
+            | InterceptVector3::NMI
+            | InterceptVector3::SMI
+            | InterceptVector3::INIT
+            | InterceptVector3::VINTR
+            | InterceptVector3::RDPMC
+            | InterceptVector3::CPUID
+            | InterceptVector3::INVD
+            | InterceptVector3::HLT
+            | InterceptVector3::INVLPGA
+            | InterceptVector3::IOIO_PROT
+            | InterceptVector3::MSR_PROT
+            | InterceptVector3::SHUTDOWN;
+        let v4 = InterceptVector4::VMRUN
+            | InterceptVector4::VMMCALL
+            | InterceptVector4::VMLOAD
+            | InterceptVector4::VMSAVE
+            | InterceptVector4::STGI
+            | InterceptVector4::CLGI
+            | InterceptVector4::SKINIT
+            | InterceptVector4::MONITOR
+            | InterceptVector4::MWAIT
+            | InterceptVector4::XSETBV;
+        let cr4_allowed = if host.xcr0_supported == 0 {
+            CR4_GUEST_OWNED & !CR4_OSXSAVE
+        } else {
+            CR4_GUEST_OWNED
+        };
+        Ok(SvmSetup {
+            intercept_exceptions: ExceptionIntercepts::AC,
+            intercept_vector3: v3,
+            intercept_vector4: v4,
+            vintr: VIntr::default().with_v_intr_masking(true),
+            optional,
+            tlb_flush: if optional.flush_by_asid {
+                TlbControl::FlushGuest
+            } else {
+                TlbControl::FlushAll
+            },
+            max_asid: caps.max_guest_asid(),
+            limits: GuestLimits {
+                xcr0_allowed: host.xcr0_supported,
+                cr4_allowed,
+                phys_addr_bits: host.phys_addr_bits,
+                // Real mode and unpaged protected mode run natively with
+                // nested paging.
+                unrestricted: true,
+            },
+        })
+    }
+
+    /// Optional features this CPU lacks, with their consequence.
+    pub fn missing(&self) -> alloc::vec::Vec<Missing> {
+        let o = self.optional;
+        [
+            (
+                o.vmcb_clean,
+                (
+                    "VMCB clean bits",
+                    "the whole VMCB is reloaded at every VMRUN",
+                ),
+            ),
+            (
+                o.flush_by_asid,
+                ("flush by ASID", "a vCPU's TLB flush flushes every ASID"),
+            ),
+            (
+                o.decode_assists,
+                (
+                    "decode assists",
+                    "not used: control-register accesses are never intercepted",
+                ),
+            ),
+            (
+                o.lbr_virtualization,
+                (
+                    "LBR virtualization",
+                    "guest DEBUGCTL kept in software: LBR and BTF have no effect",
+                ),
+            ),
+        ]
+        .into_iter()
+        .filter(|(present, _)| !present)
+        .map(|(_, m)| m)
+        .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testcaps {
+    //! CPUID Fn8000_000A as recorded or read from the emulators' sources:
+    //! `[eax, ebx, ecx, edx]`.
+    use super::{HostFeatures, SvmSetup};
+    use svm::caps::SvmCapabilities;
+
+    /// Bochs `cpu: model=ryzen` (shared/PLATFORM.md).
+    pub const BOCHS_RYZEN: [u32; 4] = [1, 0x8000, 0, 0x44f];
+    /// QEMU 7.2 TCG `-cpu EPYC`: the model asks for NPT | NRIPSAVE, TCG
+    /// supports NPT | VGIF | SVME_ADDR_CHK, so NRIPSAVE is filtered out;
+    /// 16 ASIDs (`target/i386/cpu.c`, leaf 0x8000000A).
+    pub const QEMU_TCG_EPYC: [u32; 4] = [1, 0x10, 0, 0x1];
+    /// QEMU 7.2 TCG `-cpu max`: everything TCG supports (bits 0, 16, 28).
+    pub const QEMU_TCG_MAX: [u32; 4] = [1, 0x10, 0, 0x1001_0001];
+    /// QEMU's EPYC model unfiltered (as under KVM): NPT | NRIPSAVE.
+    pub const EPYC_MODEL: [u32; 4] = [1, 0x10, 0, 0x9];
+
+    pub const HOST: HostFeatures = HostFeatures {
+        xcr0_supported: 0x7,
+        phys_addr_bits: 40,
+    };
+
+    pub fn caps(leaf: [u32; 4]) -> SvmCapabilities {
+        SvmCapabilities::from_cpuid(leaf, 0)
+    }
+
+    pub fn bochs() -> SvmSetup {
+        match SvmSetup::from_caps(&caps(BOCHS_RYZEN), HOST) {
+            Ok(s) => s,
+            Err(e) => panic!("Bochs ryzen refused: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testcaps::*;
+    use super::*;
+
+    #[test]
+    fn bochs_ryzen_runs_without_clean_bits_and_decode_assists() {
+        let s = bochs();
+        assert_eq!(
+            s.optional,
+            Optional {
+                vmcb_clean: false,
+                flush_by_asid: true,
+                decode_assists: false,
+                lbr_virtualization: true
+            }
+        );
+        let names: alloc::vec::Vec<_> = s.missing().iter().map(|m| m.0).collect();
+        assert_eq!(names, ["VMCB clean bits", "decode assists"]);
+        assert_eq!(s.tlb_flush, TlbControl::FlushGuest);
+        assert_eq!(s.max_asid, 0x7fff);
+        assert_eq!(
+            s.limits,
+            GuestLimits {
+                xcr0_allowed: 7,
+                cr4_allowed: CR4_GUEST_OWNED,
+                phys_addr_bits: 40,
+                unrestricted: true
+            }
+        );
+    }
+
+    #[test]
+    fn intercepts_follow_the_module_table() {
+        let s = bochs();
+        let v3 = s.intercept_vector3;
+        for bit in [
+            InterceptVector3::INTR,
+            InterceptVector3::NMI,
+            InterceptVector3::SMI,
+            InterceptVector3::INIT,
+            InterceptVector3::VINTR,
+            InterceptVector3::CPUID,
+            InterceptVector3::HLT,
+            InterceptVector3::INVD,
+            InterceptVector3::RDPMC,
+            InterceptVector3::INVLPGA,
+            InterceptVector3::IOIO_PROT,
+            InterceptVector3::MSR_PROT,
+            InterceptVector3::SHUTDOWN,
+        ] {
+            assert!(v3.contains(bit), "{bit:?}");
+        }
+        // Nothing that runs fine natively: CR/GDT/IDT accesses, RDTSC, PAUSE,
+        // task switches, INTn, IRET, INVLPG.
+        for bit in [
+            InterceptVector3::CR0_SEL_WRITE,
+            InterceptVector3::IDTR_READ,
+            InterceptVector3::RDTSC,
+            InterceptVector3::PAUSE,
+            InterceptVector3::TASK_SWITCH,
+            InterceptVector3::INTN,
+            InterceptVector3::IRET,
+            InterceptVector3::INVLPG,
+        ] {
+            assert!(!v3.contains(bit), "{bit:?}");
+        }
+        assert_eq!(
+            s.intercept_vector4,
+            InterceptVector4::VMRUN
+                | InterceptVector4::VMMCALL
+                | InterceptVector4::VMLOAD
+                | InterceptVector4::VMSAVE
+                | InterceptVector4::STGI
+                | InterceptVector4::CLGI
+                | InterceptVector4::SKINIT
+                | InterceptVector4::MONITOR
+                | InterceptVector4::MWAIT
+                | InterceptVector4::XSETBV
+        );
+        assert_eq!(s.intercept_exceptions, ExceptionIntercepts::AC);
+        assert!(s.vintr.v_intr_masking());
+        assert_eq!(s.vintr.0, VIntr::V_INTR_MASKING);
+    }
+
+    #[test]
+    fn qemu_tcg_lacks_nrip_save_and_is_refused_by_name() {
+        for leaf in [QEMU_TCG_EPYC, QEMU_TCG_MAX] {
+            let e = SvmSetup::from_caps(&caps(leaf), HOST).unwrap_err();
+            assert_eq!(e, SvmError::NoNripSave);
+            assert!(alloc::format!("{e}").contains("next-RIP save"), "{e}");
+        }
+        // The same model with NRIP save (as KVM would offer it) runs, with
+        // every optional feature missing and 15 guest ASIDs.
+        let s = SvmSetup::from_caps(&caps(EPYC_MODEL), HOST).unwrap();
+        assert_eq!(s.missing().len(), 4);
+        assert_eq!(s.tlb_flush, TlbControl::FlushAll);
+        assert_eq!(s.max_asid, 15);
+    }
+
+    #[test]
+    fn required_features_are_named() {
+        let no_np = SvmSetup::from_caps(&caps([1, 0x8000, 0, 0x44e]), HOST).unwrap_err();
+        assert_eq!(no_np, SvmError::NoNestedPaging);
+        assert!(alloc::format!("{no_np}").contains("nested paging"));
+        assert_eq!(
+            SvmSetup::from_caps(&caps([1, 1, 0, 0x44f]), HOST),
+            Err(SvmError::NoGuestAsid)
+        );
+        let disabled = SvmCapabilities::from_cpuid(BOCHS_RYZEN, 0x18);
+        assert_eq!(
+            SvmSetup::from_caps(&disabled, HOST),
+            Err(SvmError::DisabledByFirmware { locked: true })
+        );
+    }
+
+    #[test]
+    fn everything_optional_present() {
+        let s = SvmSetup::from_caps(&caps([1, 0x8000, 0, 0xff]), HOST).unwrap();
+        assert!(s.missing().is_empty());
+    }
+
+    #[test]
+    fn no_xsave_hides_osxsave() {
+        let s = SvmSetup::from_caps(
+            &caps(BOCHS_RYZEN),
+            HostFeatures {
+                xcr0_supported: 0,
+                phys_addr_bits: 36,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.limits.cr4_allowed & CR4_OSXSAVE, 0);
+        assert_eq!(s.limits.xcr0_allowed, 0);
+        assert_eq!(s.limits.phys_addr_bits, 36);
+    }
+}

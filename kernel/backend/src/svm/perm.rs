@@ -1,0 +1,111 @@
+//! The I/O and MSR permission maps (APM 15.10.1, 15.11), shared by every
+//! vCPU of the machine: the kernel allocates them once (12 KiB and 8 KiB of
+//! physically contiguous frames) and fills them with [`build_iopm`] and
+//! [`build_msrpm`].
+//!
+//! Every port is intercepted (all devices are emulated). Every MSR is
+//! intercepted except [`PASSTHROUGH`]: the VT-x pass-through list
+//! ([`crate::vtx::msr_bitmap::PASSTHROUGH`]) without IA32_PAT, which is kept
+//! in G_PAT by policy (see the [module docs](super)). EFER and DEBUGCTL,
+//! readable natively on VT-x, are intercepted both ways: a native read of
+//! EFER would show the guest SVME, and DEBUGCTL is not switched without LBR
+//! virtualization. MSRs outside the map's three ranges always exit.
+
+use hvcore::msr_policy::*;
+use svm::perm::{IoPermissionMap, MsrOutsideMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
+
+/// MSRs a guest reads and writes without an exit: VMLOAD/VMSAVE state
+/// (APM 15.5.2) and TSC_AUX, which the kernel switches with the vCPU.
+pub const PASSTHROUGH: [u32; 11] = [
+    IA32_SYSENTER_CS,
+    IA32_SYSENTER_ESP,
+    IA32_SYSENTER_EIP,
+    IA32_STAR,
+    IA32_LSTAR,
+    IA32_CSTAR,
+    IA32_FMASK,
+    IA32_FS_BASE,
+    IA32_GS_BASE,
+    IA32_KERNEL_GS_BASE,
+    IA32_TSC_AUX,
+];
+
+/// Fills `map` so that every port access exits (all bits set, including
+/// the three past port FFFFh).
+pub fn build_iopm(map: &mut [u8; IOPM_SIZE]) {
+    IoPermissionMap::intercept_all(map);
+}
+
+/// Fills `map` so that only [`PASSTHROUGH`] skips the exit. Fails only if
+/// an MSR of the list were outside the map (a bug, caught by the tests).
+pub fn build_msrpm(map: &mut [u8; MSRPM_SIZE]) -> Result<(), MsrOutsideMap> {
+    let mut m = MsrPermissionMap::intercept_all(map);
+    PASSTHROUGH.iter().try_for_each(|&msr| m.allow_msr(msr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    fn msrpm() -> alloc::boxed::Box<[u8; MSRPM_SIZE]> {
+        let mut page = alloc::boxed::Box::new([0u8; MSRPM_SIZE]);
+        build_msrpm(&mut page).unwrap();
+        page
+    }
+
+    #[test]
+    fn passthrough_is_the_vtx_list_without_pat() {
+        let vtx: Vec<u32> = crate::vtx::msr_bitmap::PASSTHROUGH
+            .into_iter()
+            .filter(|&m| m != IA32_PAT)
+            .collect();
+        assert_eq!(PASSTHROUGH.to_vec(), vtx);
+    }
+
+    #[test]
+    fn only_the_passthrough_msrs_run_natively() {
+        let mut page = msrpm();
+        let m = MsrPermissionMap::new(&mut *page);
+        for msr in PASSTHROUGH {
+            assert_eq!(m.intercepts(msr), Some((false, false)), "{msr:#x}");
+        }
+        // EFER (SVME hidden), PAT (G_PAT by policy), DEBUGCTL, the SVM MSRs,
+        // the APIC base and the TSC exit both ways.
+        for msr in [
+            IA32_EFER,
+            IA32_PAT,
+            IA32_DEBUGCTL,
+            0xC001_0114,
+            0xC001_0117,
+            IA32_APIC_BASE,
+            IA32_TSC,
+        ] {
+            assert_eq!(m.intercepts(msr), Some((true, true)), "{msr:#x}");
+        }
+        // Outside the three ranges: not in the map, so always intercepted.
+        assert_eq!(m.intercepts(0x4000_0000), None);
+        // Exactly 11 MSRs of the 3 x 8192 in the map run natively.
+        let native = (0..0x2000u32)
+            .chain(0xC000_0000..0xC000_2000)
+            .chain(0xC001_0000..0xC001_2000)
+            .filter(|&msr| m.intercepts(msr) != Some((true, true)))
+            .count();
+        assert_eq!(native, PASSTHROUGH.len());
+        // The reserved last 2 KiB stay all ones.
+        assert!(m.as_bytes()[0x1800..].iter().all(|&b| b == 0xFF));
+    }
+
+    #[test]
+    fn every_port_exits() {
+        let mut page = alloc::boxed::Box::new([0u8; IOPM_SIZE]);
+        build_iopm(&mut page);
+        let io = IoPermissionMap::new(&mut *page);
+        for port in [0u16, 0x20, 0x60, 0x80, 0x3F8, 0xCF8, 0xFFFF] {
+            for size in [1, 2, 4] {
+                assert!(io.is_intercepted(port, size), "{port:#x}/{size}");
+            }
+        }
+        assert!(io.as_bytes().iter().all(|&b| b == 0xFF));
+    }
+}
