@@ -187,6 +187,51 @@ pub enum Exit {
     },
 }
 
+// Architectural register bits the policy and the backends share
+// (SDM Vol. 3A 2.2.1, 2.5; Vol. 1 13.3).
+
+/// CR0.PE: protection enable (SDM Vol. 3A 2.5).
+pub const CR0_PE: u64 = 1 << 0;
+/// CR0.TS: task switched.
+pub const CR0_TS: u64 = 1 << 3;
+/// CR0.ET: extension type (hardwired to 1).
+pub const CR0_ET: u64 = 1 << 4;
+/// CR0.NW: not write-through.
+pub const CR0_NW: u64 = 1 << 29;
+/// CR0.CD: cache disable.
+pub const CR0_CD: u64 = 1 << 30;
+/// CR0.PG: paging.
+pub const CR0_PG: u64 = 1 << 31;
+/// CR0 bits the hypervisor owns (see the module docs).
+pub const CR0_HOST_OWNED: u64 = CR0_PE | CR0_PG | CR0_CD | CR0_NW;
+
+/// CR4.PAE (SDM Vol. 3A 2.5).
+pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.PCIDE.
+pub const CR4_PCIDE: u64 = 1 << 17;
+/// CR4.OSXSAVE.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
+/// CR4.VMXE: hidden from guests (reads as 0, setting it is `#GP`).
+pub const CR4_VMXE: u64 = 1 << 13;
+/// CR4 bits a guest may own: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE,
+/// OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP.
+pub const CR4_GUEST_OWNED: u64 =
+    0x7FF | (1 << 11) | (1 << 16) | CR4_PCIDE | CR4_OSXSAVE | (1 << 20) | (1 << 21);
+
+/// XCR0.X87 (SDM Vol. 1 13.3): must always be set.
+pub const XCR0_X87: u64 = 1 << 0;
+/// XCR0.SSE.
+pub const XCR0_SSE: u64 = 1 << 1;
+/// XCR0.AVX: requires SSE.
+pub const XCR0_AVX: u64 = 1 << 2;
+/// XCR0 opmask, ZMM_Hi256 and Hi16_ZMM (AVX-512): all or none, and AVX.
+pub const XCR0_AVX512: u64 = 0b111 << 5;
+
+/// EFER.LME: long mode enable.
+pub const EFER_LME: u64 = 1 << 8;
+/// EFER.LMA: long mode active (read only).
+pub const EFER_LMA: u64 = 1 << 10;
+
 /// A control-register access, decoded from the exit qualification (VT-x,
 /// SDM Table 28-3) or the intercept and decode assists (AMD-V).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +326,11 @@ pub enum Reg {
 pub struct StateError {
     /// The register that could not be accessed.
     pub reg: Reg,
+}
+
+/// A failed access to backend-held state stops the VM with a report.
+pub fn state_failure(e: StateError, regs: &GuestRegs) -> Action {
+    Action::Stop(StopReason::StateAccessFailed { reg: e.reg, rip: regs.rip })
 }
 
 /// What the hardware lets a guest use, decided once at boot from CPUID and

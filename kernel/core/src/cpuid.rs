@@ -26,7 +26,7 @@
 //! switching, which are not handled yet. A guest that respects CPUID therefore
 //! never executes an instruction that would stop it.
 
-use crate::exit::{Action, GuestRegs, Platform, Reg};
+use crate::arch::{Action, GuestRegs, Platform, Reg};
 
 /// First hypervisor leaf.
 pub const HV_BASE_LEAF: u32 = 0x4000_0000;
@@ -138,7 +138,7 @@ const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
 /// (`xcr0_allowed`), OSXSAVE mirroring the guest's own CR4.OSXSAVE, and leaf
 /// 0xD limited to those components.
 pub fn xsave_view(leaf: u32, subleaf: u32, r: &mut [u32; 4], host: [u32; 4], xcr0_allowed: u64, osxsave: bool) {
-    use crate::exit::cr::{XCR0_AVX, XCR0_AVX512};
+    use crate::arch::{XCR0_AVX, XCR0_AVX512};
     if xcr0_allowed == 0 {
         return;
     }
@@ -181,8 +181,8 @@ pub fn handle(regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {
     let xcr0_allowed = env.guest_cpu().limits().xcr0_allowed;
     let osxsave = match leaf {
         1 => match env.guest_cpu().read(Reg::Cr4) {
-            Ok(cr4) => cr4 & crate::exit::cr::CR4_OSXSAVE != 0,
-            Err(e) => return crate::msr_policy::state_failure(e, regs),
+            Ok(cr4) => cr4 & crate::arch::CR4_OSXSAVE != 0,
+            Err(e) => return crate::arch::state_failure(e, regs),
         },
         _ => false,
     };
@@ -230,7 +230,7 @@ mod tests {
         assert_ne!(ecx & LEAF1_ECX_XSAVE, 0);
         assert_eq!(ecx & LEAF1_ECX_OSXSAVE, 0, "guest CR4.OSXSAVE clear");
         assert_ne!(ecx & LEAF1_ECX_AVX, 0);
-        env.cpu.set(Reg::Cr4, crate::exit::cr::CR4_OSXSAVE);
+        env.cpu.set(Reg::Cr4, crate::arch::CR4_OSXSAVE);
         assert_ne!(run(1, 0, &mut env).rcx as u32 & LEAF1_ECX_OSXSAVE, 0);
         let ebx7 = run(7, 0, &mut env).rbx as u32;
         assert_ne!(ebx7 & LEAF7_EBX_AVX2, 0);

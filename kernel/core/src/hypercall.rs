@@ -37,7 +37,7 @@
 
 use alloc::vec;
 
-use crate::exit::{Action, GuestRegs, Platform};
+use crate::arch::{Action, GuestRegs, Platform};
 use crate::vcpu::{StopReason, VmContext};
 
 /// Version of this interface, also in CPUID leaf 0x4000_0001 EAX.

@@ -33,9 +33,8 @@
 //! lets RDTSC run natively should program [`MsrState::tsc_offset`] as its TSC
 //! offset.
 
-use crate::arch::{GuestCpu, Reg, StateError, StopReason};
-use crate::exit::{Action, Event, GuestRegs, Platform};
-use crate::vcpu::VcpuState;
+pub(crate) use crate::arch::state_failure;
+use crate::arch::{Action, Event, GuestCpu, GuestRegs, Platform, Reg, StateError};
 
 /// IA32_TSC.
 pub const IA32_TSC: u32 = 0x10;
@@ -116,10 +115,7 @@ pub const DEBUGCTL_ALLOWED: u64 = 0b11;
 /// EFER bits a guest may write: SCE (0), LME (8), NXE (11); LMA (10) is read
 /// only (SDM Vol. 3A 2.2.1).
 pub const EFER_WRITABLE: u64 = (1 << 0) | (1 << 8) | (1 << 11);
-/// EFER.LMA.
-pub const EFER_LMA: u64 = 1 << 10;
-/// EFER.LME.
-pub const EFER_LME: u64 = 1 << 8;
+pub use crate::arch::{EFER_LMA, EFER_LME};
 
 /// The guest register behind `msr` when the MSR lives in hardware or in the
 /// backend's control block rather than in [`MsrState`].
@@ -173,7 +169,7 @@ fn check_hardware_write(
         Reg::DebugCtl => Err(MsrError::InvalidValue),
         Reg::Efer => {
             let old = cpu.read(Reg::Efer)?;
-            let paging = cpu.read(Reg::Cr0)? & crate::exit::cr::CR0_PG != 0;
+            let paging = cpu.read(Reg::Cr0)? & crate::arch::CR0_PG != 0;
             if value & !(EFER_WRITABLE | EFER_LMA) != 0
                 || (paging && (value ^ old) & EFER_LME != 0)
             {
@@ -250,7 +246,7 @@ impl MsrState {
 
 /// Handles an RDMSR exit.
 pub fn handle_read(
-    vcpu: &mut VcpuState,
+    msrs: &mut MsrState,
     msr: u32,
     regs: &mut GuestRegs,
     env: &mut dyn Platform,
@@ -260,7 +256,7 @@ pub fn handle_read(
             Ok(v) => Ok(v),
             Err(e) => return state_failure(e, regs),
         },
-        None => vcpu.msrs.read(msr, env.now_ticks()),
+        None => msrs.read(msr, env.now_ticks()),
     };
     match value {
         Ok(v) => {
@@ -274,7 +270,7 @@ pub fn handle_read(
 
 /// Handles a WRMSR exit.
 pub fn handle_write(
-    vcpu: &mut VcpuState,
+    msrs: &mut MsrState,
     msr: u32,
     value: u64,
     regs: &GuestRegs,
@@ -289,7 +285,7 @@ pub fn handle_write(
                 Err(e) => Err(e),
             }
         }
-        None => Ok(vcpu.msrs.write(msr, value, env.now_ticks())),
+        None => Ok(msrs.write(msr, value, env.now_ticks())),
     };
     match result {
         Ok(Ok(())) => Action::AdvanceRip,
@@ -298,20 +294,14 @@ pub fn handle_write(
     }
 }
 
-/// A failed access to backend-held state stops the VM with a report.
-pub(crate) fn state_failure(e: StateError, regs: &GuestRegs) -> Action {
-    Action::Stop(StopReason::StateAccessFailed {
-        reg: e.reg,
-        rip: regs.rip,
-    })
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exit::testenv::FakePlatform;
     use crate::exit::{handle_exit, Exit};
-    use crate::vcpu::VmContext;
+    use crate::arch::StopReason;
+    use crate::vcpu::{VcpuState, VmContext};
 
     fn setup() -> (VmContext, FakePlatform, GuestRegs) {
         (
@@ -437,7 +427,7 @@ mod tests {
         let (mut vm, mut env, mut regs) = setup();
         let mut vcpu = VcpuState::new(0);
         env.cpu.set(Reg::Efer, 0x500); // LME | LMA
-        env.cpu.set(Reg::Cr0, crate::exit::cr::CR0_PG | 1);
+        env.cpu.set(Reg::Cr0, crate::arch::CR0_PG | 1);
         let w = |value| Exit::Wrmsr {
             msr: IA32_EFER,
             value,

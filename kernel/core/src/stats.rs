@@ -7,7 +7,7 @@
 
 use core::fmt;
 
-use crate::exit::Exit;
+use crate::arch::Exit;
 
 /// Exit categories, one counter each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

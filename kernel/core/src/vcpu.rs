@@ -29,9 +29,9 @@ use crate::devices::console::LineBuffer;
 use crate::devices::pic8259::PicPair;
 use crate::devices::pit8254::{Pit, PIT_IRQ};
 use crate::devices::serial16550::Serial16550;
-use crate::devices::{Effects, IoBus};
+use crate::devices::{DeviceEffect, Effects, IoBus};
 pub use crate::arch::StopReason;
-use crate::exit::{Action, Event, Platform};
+use crate::arch::{Action, Event, Platform};
 use crate::msr_policy::MsrState;
 use crate::stats::VmStats;
 
@@ -282,7 +282,18 @@ impl VmContext {
         if let Some(uart) = self.bus.device_mut::<Serial16550>() {
             uart.push_input(bytes, &mut fx);
         }
-        crate::exit::io::apply_effects(self, &fx, env);
+        self.apply_effects(&fx, env);
+    }
+
+    /// Applies device effects to the VM: console output and IRQ levels.
+    pub fn apply_effects(&mut self, fx: &Effects, env: &mut dyn Platform) {
+        for effect in fx.iter() {
+            match effect {
+                DeviceEffect::Output(byte) => self.console_byte(byte, env),
+                DeviceEffect::RaiseIrq(line) => self.set_irq_level(line, true),
+                DeviceEffect::LowerIrq(line) => self.set_irq_level(line, false),
+            }
+        }
     }
 
     /// Sets ISA line `irq` (0..=15) and forwards it to the PIC, if present.

@@ -33,7 +33,7 @@ pub mod state;
 use core::fmt;
 
 use hvcore::arch::GuestLimits;
-use hvcore::exit::cr::{CR0_CD, CR0_HOST_OWNED, CR0_NW, CR4_GUEST_OWNED};
+use hvcore::arch::{CR0_CD, CR0_HOST_OWNED, CR0_NW, CR4_GUEST_OWNED, CR4_OSXSAVE};
 use vmx::{
     EntryControls, EptVpidCap, ExitControls, MissingControl, PinBasedControls, PrimaryControls, SecondaryControls,
     VmxCapabilities,
@@ -210,7 +210,7 @@ impl VmxSetup {
         let limits = GuestLimits {
             xcr0_allowed: host.xcr0_supported,
             cr4_allowed: if host.xcr0_supported == 0 {
-                cr4_allowed & !hvcore::exit::cr::CR4_OSXSAVE
+                cr4_allowed & !CR4_OSXSAVE
             } else {
                 cr4_allowed
             },
@@ -225,7 +225,7 @@ impl VmxSetup {
             entry,
             optional,
             cr0_mask,
-            cr4_mask: if host.xcr0_supported == 0 { cr4_mask | hvcore::exit::cr::CR4_OSXSAVE } else { cr4_mask },
+            cr4_mask: if host.xcr0_supported == 0 { cr4_mask | CR4_OSXSAVE } else { cr4_mask },
             cr0_fixed1_bits,
             cr0_allowed_bits,
             cr4_fixed1_bits,

@@ -128,7 +128,7 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
                 // EFER.LMA and the "IA-32e mode guest" entry control must
                 // agree (SDM 27.3.1.1).
                 self.vmcs.set(GUEST_IA32_EFER, value).map_err(e)?;
-                let long_mode = value & hvcore::msr_policy::EFER_LMA != 0;
+                let long_mode = value & hvcore::arch::EFER_LMA != 0;
                 self.vmcs.set(VM_ENTRY_CONTROLS, self.setup.entry_controls(long_mode)).map_err(e)?;
             }
             Reg::Rsp => self.vmcs.set(GUEST_RSP, value).map_err(e)?,

@@ -25,46 +25,15 @@
 //! SDM Vol. 1 13.3, then loaded into hardware by the backend while this vCPU
 //! runs.
 
-use super::{Action, CrAccess, CrAccessKind, Event, GuestCpu, GuestRegs, Platform, Reg, StateError};
-use crate::arch::StopReason;
-use crate::msr_policy::{state_failure, EFER_LMA, EFER_LME};
+use crate::arch::{
+    state_failure, Action, CrAccess, CrAccessKind, Event, GuestCpu, GuestRegs, Platform, Reg, StateError, StopReason,
+    EFER_LMA, EFER_LME,
+};
 
-/// CR0.PE: protection enable (SDM Vol. 3A 2.5).
-pub const CR0_PE: u64 = 1 << 0;
-/// CR0.TS: task switched.
-pub const CR0_TS: u64 = 1 << 3;
-/// CR0.ET: extension type (hardwired to 1).
-pub const CR0_ET: u64 = 1 << 4;
-/// CR0.NW: not write-through.
-pub const CR0_NW: u64 = 1 << 29;
-/// CR0.CD: cache disable.
-pub const CR0_CD: u64 = 1 << 30;
-/// CR0.PG: paging.
-pub const CR0_PG: u64 = 1 << 31;
-/// CR0 bits the hypervisor owns (see the module docs).
-pub const CR0_HOST_OWNED: u64 = CR0_PE | CR0_PG | CR0_CD | CR0_NW;
-
-/// CR4.PAE (SDM Vol. 3A 2.5).
-pub const CR4_PAE: u64 = 1 << 5;
-/// CR4.PCIDE.
-pub const CR4_PCIDE: u64 = 1 << 17;
-/// CR4.OSXSAVE.
-pub const CR4_OSXSAVE: u64 = 1 << 18;
-/// CR4.VMXE: hidden from guests (reads as 0, setting it is `#GP`).
-pub const CR4_VMXE: u64 = 1 << 13;
-/// CR4 bits a guest may own: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE,
-/// OSFXSR, OSXMMEXCPT, UMIP, FSGSBASE, PCIDE, OSXSAVE, SMEP, SMAP.
-pub const CR4_GUEST_OWNED: u64 =
-    0x7FF | (1 << 11) | (1 << 16) | CR4_PCIDE | CR4_OSXSAVE | (1 << 20) | (1 << 21);
-
-/// XCR0.X87 (SDM Vol. 1 13.3): must always be set.
-pub const XCR0_X87: u64 = 1 << 0;
-/// XCR0.SSE.
-pub const XCR0_SSE: u64 = 1 << 1;
-/// XCR0.AVX: requires SSE.
-pub const XCR0_AVX: u64 = 1 << 2;
-/// XCR0 opmask, ZMM_Hi256 and Hi16_ZMM (AVX-512): all or none, and AVX.
-pub const XCR0_AVX512: u64 = 0b111 << 5;
+pub use crate::arch::{
+    CR0_CD, CR0_ET, CR0_HOST_OWNED, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_GUEST_OWNED, CR4_OSXSAVE, CR4_PAE,
+    CR4_PCIDE, CR4_VMXE, XCR0_AVX, XCR0_AVX512, XCR0_SSE, XCR0_X87,
+};
 
 /// Handles an intercepted control-register access.
 pub fn access(access: CrAccess, regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {

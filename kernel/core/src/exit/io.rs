@@ -12,7 +12,7 @@
 //! [`StopReason::UnsupportedIo`].
 
 use super::{AccessSize, Action, GuestRegs, IoAccess, IoDir, Platform};
-use crate::devices::{BusResult, DeviceEffect, Effects};
+use crate::devices::{BusResult, Effects};
 use crate::vcpu::{StopReason, VmContext};
 
 /// Handles one port access.
@@ -48,7 +48,7 @@ pub fn handle(
             }
         }
     }
-    apply_effects(vm, &fx, env);
+    vm.apply_effects(&fx, env);
     Action::AdvanceRip
 }
 
@@ -61,16 +61,6 @@ pub fn merge_in_result(regs: &mut GuestRegs, size: AccessSize, value: u32) {
     };
 }
 
-/// Applies device effects to the VM: console output and IRQ levels.
-pub fn apply_effects(vm: &mut VmContext, fx: &Effects, env: &mut dyn Platform) {
-    for effect in fx.iter() {
-        match effect {
-            DeviceEffect::Output(byte) => vm.console_byte(byte, env),
-            DeviceEffect::RaiseIrq(line) => vm.set_irq_level(line, true),
-            DeviceEffect::LowerIrq(line) => vm.set_irq_level(line, false),
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
