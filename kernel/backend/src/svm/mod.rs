@@ -130,8 +130,7 @@ pub mod perm;
 pub mod setup;
 pub mod state;
 
-use hvcore::arch::GuestLimits;
-use hvcore::exit::cr::{CR4_GUEST_OWNED, CR4_OSXSAVE};
+use hvcore::arch::{GuestLimits, CR4_GUEST_OWNED, CR4_OSXSAVE};
 use svm::caps::{SvmCapabilities, SvmError, SvmFeatures, VmCr};
 use svm::intercept::{ExceptionIntercepts, InterceptVector3, InterceptVector4};
 use svm::vmcb::{TlbControl, VIntr};
@@ -456,5 +455,240 @@ mod tests {
         assert_eq!(s.limits.cr4_allowed & CR4_OSXSAVE, 0);
         assert_eq!(s.limits.xcr0_allowed, 0);
         assert_eq!(s.limits.phys_addr_bits, 36);
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    //! Exits through the whole backend and hvcore's policy, as the kernel's
+    //! vCPU loop will run them: after_vmexit, decode, handle_exit over
+    //! VmcbCpu, advance, next_event/inject, before_vmrun.
+    use super::setup::{program, GuestStart};
+    use super::state::{LazyMsrs, SoftState, VmcbCpu};
+    use super::testcaps::bochs;
+    use super::{decode, entry, SvmSetup};
+    use hvcore::arch::{
+        Action, Event, GuestCpu, GuestMemory, GuestMemoryError, GuestRegs, Platform, StopReason,
+    };
+    use hvcore::config::GuestMode;
+    use hvcore::exit::handle_exit;
+    use hvcore::msr_policy::{IA32_EFER, IA32_PAT};
+    use hvcore::vcpu::{VcpuState, VmContext};
+    use svm::caps::EFER_SVME;
+    use svm::exit::{EventInfo, EventType};
+    use svm::vmcb::Vmcb;
+    use svm::HostPhysAddr;
+
+    struct NoLazy;
+    impl LazyMsrs for NoLazy {
+        fn read(&mut self, _: u32) -> u64 {
+            0
+        }
+        fn write(&mut self, _: u32, _: u64) {}
+    }
+
+    struct NoMemory;
+    impl GuestMemory for NoMemory {
+        fn read(&self, gpa: u64, _: &mut [u8]) -> Result<(), GuestMemoryError> {
+            Err(GuestMemoryError::OutOfRange { gpa })
+        }
+    }
+
+    struct Env<'a> {
+        cpu: VmcbCpu<'a>,
+    }
+
+    impl Platform for Env<'_> {
+        fn host_cpuid(&self, leaf: u32, _: u32) -> [u32; 4] {
+            match leaf {
+                0 => [0xD, 0, 0, 0],
+                0x8000_0000 => [0x8000_0008, 0, 0, 0],
+                _ => [u32::MAX; 4],
+            }
+        }
+        fn console_write(&mut self, _: &str, _: &str) {}
+        fn now_ticks(&self) -> u64 {
+            1000
+        }
+        fn cpu_apic_id(&self) -> u32 {
+            0
+        }
+        fn guest_memory(&self) -> &dyn GuestMemory {
+            &NoMemory
+        }
+        fn guest_cpu(&mut self) -> &mut dyn GuestCpu {
+            &mut self.cpu
+        }
+    }
+
+    struct Vcpu {
+        vmcb: alloc::boxed::Box<Vmcb>,
+        setup: SvmSetup,
+        soft: SoftState,
+        regs: GuestRegs,
+        vm: VmContext,
+        state: VcpuState,
+    }
+
+    impl Vcpu {
+        fn new() -> Vcpu {
+            let setup = bochs();
+            let mut vmcb = alloc::boxed::Box::new(Vmcb::new());
+            let start = GuestStart {
+                mode: GuestMode::Long64,
+                entry: 0x10_0000,
+                n_cr3: HostPhysAddr::new(0x30_0000),
+                asid: 1,
+                iopm: HostPhysAddr::new(0x20_0000),
+                msrpm: HostPhysAddr::new(0x20_3000),
+            };
+            program(&mut vmcb, &setup, &start).unwrap();
+            Vcpu {
+                vmcb,
+                setup,
+                soft: SoftState::default(),
+                regs: GuestRegs::default(),
+                vm: VmContext::new(1, "svm"),
+                state: VcpuState::new(0),
+            }
+        }
+
+        /// The hardware exits with `code`; the kernel handles it and
+        /// prepares the next VMRUN.
+        fn exit(&mut self, code: u64, info1: u64, len: u64) -> Action {
+            let v = &mut self.vmcb;
+            v.control.exit_code = code;
+            v.control.exit_info1 = info1;
+            v.control.next_rip = v.save.rip + len;
+            entry::after_vmexit(v, &self.setup);
+            let d = decode::decode(v, &mut self.regs);
+            let action = {
+                let cpu = VmcbCpu {
+                    vmcb: v,
+                    setup: &self.setup,
+                    soft: &mut self.soft,
+                    msrs: &mut NoLazy,
+                };
+                let mut env = Env { cpu };
+                handle_exit(
+                    &mut self.vm,
+                    &mut self.state,
+                    &d.exit,
+                    &mut self.regs,
+                    &mut env,
+                )
+            };
+            entry::advance(v, &action, &self.regs);
+            if let Some(ev) = entry::next_event(&action, d.vectoring, None) {
+                entry::inject(v, ev);
+            }
+            entry::before_vmrun(v, &self.setup, &mut self.soft, &self.regs, false);
+            action
+        }
+    }
+
+    #[test]
+    fn rdmsr_efer_hides_svme_and_returns_through_vmcb_rax() {
+        let mut c = Vcpu::new();
+        c.vmcb.save.rax = 0xFFFF_FFFF_FFFF_FFFF;
+        c.regs.rcx = u64::from(IA32_EFER);
+        assert_eq!(c.exit(0x7C, 0, 2), Action::AdvanceRip);
+        assert_eq!((c.regs.rax, c.regs.rdx), (0xd00, 0));
+        assert_eq!(c.vmcb.save.rax, 0xd00, "RAX back in the VMCB for VMRUN");
+        assert_eq!(c.vmcb.save.rip, 0x10_0002);
+        assert_eq!(c.vmcb.save.efer & EFER_SVME, EFER_SVME);
+    }
+
+    #[test]
+    fn wrmsr_efer_with_svme_is_refused_and_nxe_off_is_kept() {
+        let mut c = Vcpu::new();
+        c.regs.rcx = u64::from(IA32_EFER);
+        c.vmcb.save.rax = 0x1d00;
+        assert_eq!(c.exit(0x7C, 1, 2), Action::Inject(Event::GP0));
+        assert_eq!(
+            c.vmcb.control.event_inj,
+            EventInfo::new(13, EventType::Exception, Some(0))
+        );
+        assert_eq!(
+            c.vmcb.save.rip, 0x10_0000,
+            "the fault is taken at the WRMSR"
+        );
+        c.vmcb.save.rax = 0x500;
+        assert_eq!(c.exit(0x7C, 1, 2), Action::AdvanceRip);
+        assert_eq!(c.vmcb.save.efer, 0x500 | EFER_SVME);
+        assert!(
+            !c.vmcb.control.event_inj.is_valid(),
+            "the #GP was delivered"
+        );
+    }
+
+    #[test]
+    fn wrmsr_pat_lands_in_g_pat() {
+        let mut c = Vcpu::new();
+        c.regs.rcx = u64::from(IA32_PAT);
+        c.regs.rdx = 0x0007_0406;
+        c.vmcb.save.rax = 0x0007_0106;
+        assert_eq!(c.exit(0x7C, 1, 2), Action::AdvanceRip);
+        assert_eq!(c.vmcb.save.g_pat, 0x0007_0406_0007_0106);
+    }
+
+    #[test]
+    fn cpuid_hides_svm() {
+        let mut c = Vcpu::new();
+        c.vmcb.save.rax = 0x8000_0001;
+        assert_eq!(c.exit(0x72, 0, 2), Action::AdvanceRip);
+        assert_eq!(c.regs.rcx & (1 << 2), 0);
+        assert_eq!(c.vmcb.save.rax, u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn guest_vmrun_and_clgi_raise_ud() {
+        let mut c = Vcpu::new();
+        for code in [0x80, 0x85] {
+            assert_eq!(c.exit(code, 0, 3), Action::Inject(Event::UD));
+            assert_eq!(c.vmcb.control.event_inj, EventInfo::invalid_opcode());
+            assert_eq!(c.vmcb.save.rip, 0x10_0000);
+        }
+    }
+
+    #[test]
+    fn reflected_alignment_check_and_a_stopped_escape() {
+        let mut c = Vcpu::new();
+        assert_eq!(
+            c.exit(0x40 + 17, 0, 0),
+            Action::Inject(Event {
+                vector: 17,
+                ..Event::GP0
+            })
+        );
+        assert_eq!(
+            c.vmcb.control.event_inj,
+            EventInfo::new(17, EventType::Exception, Some(0))
+        );
+        c.vmcb.control.exit_info2 = 0x8000_0000;
+        let a = c.exit(0x400, 0b110, 0);
+        assert!(
+            matches!(
+                a,
+                Action::Stop(StopReason::MemoryViolation {
+                    gpa: 0x8000_0000,
+                    rip: 0x10_0000,
+                    ..
+                })
+            ),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn hlt_advances_and_halts() {
+        let mut c = Vcpu::new();
+        c.vmcb.control.interrupt_state = svm::vmcb::InterruptState::INTERRUPT_SHADOW;
+        assert_eq!(c.exit(0x78, 0, 1), Action::Halt);
+        assert_eq!(c.vmcb.save.rip, 0x10_0001);
+        assert!(
+            c.vmcb.control.interrupt_state.is_empty(),
+            "STI; HLT: the shadow ends"
+        );
     }
 }

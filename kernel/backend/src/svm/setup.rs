@@ -12,10 +12,9 @@
 
 use core::fmt;
 
+use hvcore::arch::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 use hvcore::config::GuestMode;
-use hvcore::exit::cr::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE};
 use hvcore::layout;
-use hvcore::msr_policy::{EFER_LMA, EFER_LME};
 use svm::caps::EFER_SVME;
 use svm::intercept::CrIntercepts;
 use svm::vmcb::{

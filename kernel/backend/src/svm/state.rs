@@ -149,8 +149,8 @@ mod tests {
     use super::super::setup::{program, GuestStart};
     use super::super::testcaps::{bochs, caps, EPYC_MODEL, HOST};
     use super::*;
+    use hvcore::arch::{EFER_LMA, EFER_LME};
     use hvcore::config::GuestMode;
-    use hvcore::msr_policy::{EFER_LMA, EFER_LME};
     use svm::HostPhysAddr;
 
     #[derive(Default)]
