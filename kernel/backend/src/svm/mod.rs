@@ -119,6 +119,14 @@
 //!    (`sti; nop; cli`) on `ExternalInterrupt`, `hvcore::exit::handle_exit`,
 //!    [`entry::advance`], [`entry::next_event`] and [`entry::inject`].
 //!
+//! Before each VMRUN the kernel also arms the host's LAPIC timer for the
+//! end of the slice (its interrupt exits as `ExternalInterrupt`; the loop
+//! then finds the slice over), writes the VM's TSC offset
+//! ([`entry::set_tsc_offset`]) and decides the virtual PIC's interrupt with
+//! [`entry::interruptibility`] and `hvcore::devices::interrupt::decide`:
+//! [`entry::inject`] it, or [`entry::set_interrupt_window`]. A change to the
+//! nested page tables sets [`state::SoftState::flush_tlb`].
+//!
 //! XCR0, the x87/SSE/AVX state, DR0-DR3 and TSC_AUX are not switched by
 //! VMRUN: the kernel keeps switching them lazily as on VT-x. CR2, DR6, DR7,
 //! EFER, PAT (G_PAT with nested paging) are VMCB state. Each VM gets its
