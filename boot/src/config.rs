@@ -16,32 +16,97 @@
 //! # mode = "long64"        or "real16" (flat images only)
 //! ```
 //!
-//! [`load`] reads the file, rejects unknown keys and syntax errors with their
-//! line and column, resolves each image (project guests through the caller's
-//! resolver, `file:` paths relative to the configuration file), reads the image
-//! files (once per distinct file), and runs [`hvcore::config::validate`]. Every
-//! problem is reported at once, each naming the VM and the field.
+//! [`load`] reads the file (a regular file of at most [`MAX_CONFIG_BYTES`]),
+//! rejects unknown keys and syntax errors with their line and column, resolves
+//! each image (project guests through the caller's resolver, `file:` paths
+//! relative to the configuration file), reads the image files (once per
+//! distinct file; regular files only, no larger than the memory of the VMs
+//! that use them), and runs [`hvcore::config::validate`], the rules the kernel
+//! applies again, with the images parsed by the kernel's own loader and the
+//! machine limits the caller knows ([`MachineHint`]). Every problem is
+//! reported at once, each naming the VM and the field; a problem shared by many
+//! VMs is shown once with a count.
 //!
 //! This file uses only `hvcore`, `serde`, `toml` and `std`.
 
 use hvcore::config::{
-    self, ConfigError, GuestMode, ImageInfo, ImageKind, MachineLimits, Problem, VmSpec,
+    self, ConfigError, GuestMode, HostRange, ImageInfo, ImageKind, MachineLimits, MemoryLimits,
+    Problem, Size, VmLabel, VmSpec, GIB, MEMORY_ALIGN, MIB, MIN_MEMORY,
 };
 use hvcore::package::{BootOptions, Command, Image, Package};
+use hvcore::text::Escaped;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::files::{self, ReadError};
 
 /// Slice used when a VM gives neither `slice_ms` nor `slice_us`.
 pub const DEFAULT_SLICE_US: u32 = 10_000;
 /// Prefix of an image reference that is a file path rather than a project guest.
 pub const FILE_PREFIX: &str = "file:";
+/// The largest configuration file read (a few hundred VMs' worth of text).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// The largest image file read, whatever the VM's memory.
+pub const MAX_IMAGE_BYTES: u64 = GIB;
+/// Memory of an emulated machine that VMs cannot have: firmware, the
+/// bootloader, the hypervisor's image, heap and page tables. An estimate; the
+/// kernel checks against the real figure.
+pub const MACHINE_RESERVE: u64 = 64 * MIB;
+/// The boot package's own bytes besides the images (tables, padding), at most.
+pub const PACKAGE_OVERHEAD: u64 = 64 * 1024;
 
 /// Turns the name of a guest built by this project into the path of its ELF file.
 pub type Resolver<'a> = &'a dyn Fn(&str) -> Result<PathBuf, String>;
+
+/// What the host knows about the machine the VMs will run on, and from which
+/// option: nothing (`check-config FILE`), a CPU count (`--cpus`, `--smp`), a
+/// memory size (`--mem`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineHint {
+    /// CPU count, and the option that gave it.
+    pub cpus: Option<(u32, &'static str)>,
+    /// Memory in MiB, and the option that gave it.
+    pub memory_mib: Option<(u32, &'static str)>,
+}
+
+impl MachineHint {
+    /// Nothing known.
+    pub const NONE: MachineHint = MachineHint {
+        cpus: None,
+        memory_mib: None,
+    };
+
+    /// Only the CPU count is known (`--cpus N`).
+    pub fn cpus(count: u32) -> MachineHint {
+        MachineHint {
+            cpus: Some((count, "--cpus")),
+            memory_mib: None,
+        }
+    }
+
+    /// The physical ranges where RAM can be on a machine of `bytes`: below
+    /// 3 GiB, and above 4 GiB for what does not fit below (QEMU's q35 and
+    /// Bochs put RAM there). The host cannot know the real map; this only
+    /// refuses placements that cannot be RAM at all.
+    fn ram_ranges(bytes: u64) -> Vec<HostRange> {
+        let low_end = bytes.min(3 * GIB);
+        let mut ranges = vec![HostRange {
+            start: 0,
+            end: low_end,
+        }];
+        if bytes > 2 * GIB {
+            ranges.push(HostRange {
+                start: 4 * GIB,
+                end: 4 * GIB + bytes,
+            });
+        }
+        ranges
+    }
+}
 
 /// A configuration that passed every host-side check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +130,17 @@ pub struct ImageFile {
     pub data: Vec<u8>,
 }
 
+impl ImageFile {
+    /// What the validation rules take.
+    pub fn info(&self) -> ImageInfo<'_> {
+        ImageInfo {
+            name: &self.name,
+            kind: self.kind,
+            data: &self.data,
+        }
+    }
+}
+
 impl LoadedConfig {
     /// A boot package for these VMs, ready for [`hvcore::package::encode`].
     pub fn package(&self, command: Command, options: BootOptions) -> Package<'_> {
@@ -83,6 +159,16 @@ impl LoadedConfig {
                 .collect(),
         }
     }
+
+    /// The image table as [`hvcore::config::validate`] takes it.
+    pub fn image_infos(&self) -> Vec<ImageInfo<'_>> {
+        self.images.iter().map(ImageFile::info).collect()
+    }
+}
+
+/// A path shown in a message: control characters escaped.
+pub fn shown(path: &Path) -> String {
+    Escaped(&path.display().to_string()).to_string()
 }
 
 /// Why a configuration file was refused.
@@ -92,8 +178,8 @@ pub enum ConfigFileError {
     Read {
         /// The configuration file.
         path: PathBuf,
-        /// The I/O error.
-        error: io::Error,
+        /// Why.
+        error: ReadError,
     },
     /// Not valid TOML, or keys or values that do not fit the schema.
     Syntax {
@@ -108,28 +194,56 @@ pub enum ConfigFileError {
         path: PathBuf,
         /// Every problem found, in VM order.
         problems: Vec<FileProblem>,
+        /// What the machine limits were, when some were known.
+        machine: Option<String>,
     },
 }
+
+/// A problem shared by more VMs than this is shown once, with a count.
+pub const SHOWN_REPEATS: usize = 3;
 
 impl fmt::Display for ConfigFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigFileError::Read { path, error } => {
-                write!(f, "cannot read {}: {error}", path.display())
+                write!(f, "cannot read {}: {error}", shown(path))
             }
             ConfigFileError::Syntax { path, message } => {
-                write!(f, "{}: {}", path.display(), message.trim_end())
+                let message = Escaped(message.trim_end()).to_string().replace("\\n", "\n");
+                write!(f, "{}: {message}", shown(path))
             }
-            ConfigFileError::Invalid { path, problems } => {
+            ConfigFileError::Invalid {
+                path,
+                problems,
+                machine,
+            } => {
                 let n = problems.len();
                 write!(
                     f,
                     "{}: {n} problem{}:",
-                    path.display(),
+                    shown(path),
                     if n == 1 { "" } else { "s" }
                 )?;
-                for p in problems {
-                    write!(f, "\n  {p}")?;
+                let details: Vec<String> = problems.iter().map(FileProblem::detail).collect();
+                let mut count: HashMap<&str, usize> = HashMap::new();
+                for d in &details {
+                    *count.entry(d).or_default() += 1;
+                }
+                let mut done: HashMap<&str, ()> = HashMap::new();
+                for (p, d) in problems.iter().zip(&details) {
+                    let n = count[d.as_str()];
+                    if n <= SHOWN_REPEATS || p.label().is_none() {
+                        write!(f, "\n  {p}")?;
+                    } else if done.insert(d, ()).is_none() {
+                        write!(
+                            f,
+                            "\n  {p}\n  ... and {} more VMs with the same problem",
+                            n - 1
+                        )?;
+                    }
+                }
+                if let Some(machine) = machine {
+                    write!(f, "\n  (checked against {machine})")?;
                 }
                 Ok(())
             }
@@ -169,45 +283,94 @@ pub enum FileProblem {
         vm: String,
         /// The file.
         path: PathBuf,
-        /// The I/O error.
+        /// Why.
         reason: String,
+    },
+    /// The images would make a boot package the machine cannot hold.
+    PackageTooLarge {
+        /// Estimated package size in bytes.
+        package: u64,
+        /// The machine's memory in bytes.
+        machine: u64,
+        /// The option that gave the machine's memory.
+        from: &'static str,
     },
     /// A rule of [`hvcore::config`] is broken.
     Config(ConfigError),
 }
 
-impl fmt::Display for FileProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl FileProblem {
+    /// How the problem names its VM (`vm "alpha"`), if it is about one.
+    pub fn label(&self) -> Option<String> {
         match self {
-            FileProblem::SliceTwice { vm } => {
-                write!(f, "{vm}: slice: give slice_ms or slice_us, not both")
+            FileProblem::SliceTwice { vm }
+            | FileProblem::ImageUnknown { vm, .. }
+            | FileProblem::ImageUnreadable { vm, .. } => Some(vm.clone()),
+            FileProblem::Config(ConfigError::Vm(e)) => Some(e.label().to_string()),
+            FileProblem::Config(ConfigError::NoVms) | FileProblem::PackageTooLarge { .. } => None,
+        }
+    }
+
+    /// The message without the VM's label: the same for the same mistake in
+    /// different VMs.
+    pub fn detail(&self) -> String {
+        match self {
+            FileProblem::SliceTwice { .. } => {
+                "slice: give slice_ms or slice_us, not both".to_string()
             }
-            FileProblem::ImageUnknown { vm, image, reason } => {
-                write!(f, "{vm}: image: {image:?}: {reason}")
+            FileProblem::ImageUnknown { image, reason, .. } => {
+                format!("image: {:?}: {reason}", image)
             }
-            FileProblem::ImageUnreadable { vm, path, reason } => {
-                write!(f, "{vm}: image: cannot read {}: {reason}", path.display())
+            FileProblem::ImageUnreadable { path, reason, .. } => {
+                format!("image: cannot read {}: {reason}", shown(path))
             }
-            FileProblem::Config(e) => e.fmt(f),
+            FileProblem::PackageTooLarge {
+                package,
+                machine,
+                from,
+            } => format!(
+                "the boot package would take {}; with {} for firmware and hypervisor it does \
+                 not fit the machine's {} ({from})",
+                Size(package.next_multiple_of(MIB)),
+                Size(MACHINE_RESERVE),
+                Size(*machine)
+            ),
+            FileProblem::Config(ConfigError::NoVms) => ConfigError::NoVms.to_string(),
+            FileProblem::Config(ConfigError::Vm(e)) => match e.problem.field() {
+                Some(field) => format!("{}: {}", field.key(), e.problem),
+                None => e.problem.to_string(),
+            },
         }
     }
 }
 
-/// Reads, parses and validates the configuration at `path`.
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.label() {
+            Some(label) => write!(f, "{label}: {}", self.detail()),
+            None => write!(f, "{}", self.detail()),
+        }
+    }
+}
+
+/// Reads, parses and validates the configuration at `path` (a regular file of
+/// at most [`MAX_CONFIG_BYTES`]).
 ///
-/// `cpus_hint` is the machine's CPU count when the caller knows it (`--cpus N`);
-/// without it only machine-independent rules apply. `resolve` maps a project
-/// guest's name to its ELF file.
+/// `machine` is what the caller knows about the machine (`--cpus`, `--smp`,
+/// `--mem`); without it only machine-independent rules apply. `resolve` maps
+/// a project guest's name to its image file.
 pub fn load(
     path: &Path,
-    cpus_hint: Option<u32>,
+    machine: &MachineHint,
     resolve: Resolver<'_>,
 ) -> Result<LoadedConfig, ConfigFileError> {
-    let text = fs::read_to_string(path).map_err(|error| ConfigFileError::Read {
-        path: path.to_path_buf(),
-        error,
+    let text = files::read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|error| {
+        ConfigFileError::Read {
+            path: path.to_path_buf(),
+            error,
+        }
     })?;
-    parse(&text, path, cpus_hint, resolve)
+    parse(&text, path, machine, resolve)
 }
 
 /// Like [`load`] for text already read; `path` names the file in messages and
@@ -215,7 +378,7 @@ pub fn load(
 pub fn parse(
     text: &str,
     path: &Path,
-    cpus_hint: Option<u32>,
+    machine: &MachineHint,
     resolve: Resolver<'_>,
 ) -> Result<LoadedConfig, ConfigFileError> {
     let file: FileToml = toml::from_str(text).map_err(|e| ConfigFileError::Syntax {
@@ -226,13 +389,71 @@ pub fn parse(
 
     // (VM index or None for the whole file, problem), sorted by VM at the end.
     let mut problems: Vec<(Option<usize>, FileProblem)> = Vec::new();
+    let labels: Vec<String> = file
+        .vm
+        .iter()
+        .enumerate()
+        .map(|(index, vm)| vm_label(index, &vm.name))
+        .collect();
+
+    // Resolve every image reference, then read each distinct file once, with a
+    // size limit from the largest VM that uses it.
+    struct Distinct {
+        key: PathBuf,
+        path: PathBuf,
+        name: String,
+        limit: u64,
+        /// Why it was not read: its size when too large, else the error.
+        failure: Option<Result<u64, String>>,
+    }
+    let mut distinct: Vec<Distinct> = Vec::new();
+    let mut uses: Vec<Result<usize, String>> = Vec::with_capacity(file.vm.len());
+    for vm in &file.vm {
+        uses.push(
+            resolve_image(&vm.image, base_dir, resolve).map(|image_path| {
+                let key = fs::canonicalize(&image_path).unwrap_or_else(|_| image_path.clone());
+                let limit = vm.memory.0.clamp(MIN_MEMORY, MAX_IMAGE_BYTES);
+                match distinct.iter().position(|d| d.key == key) {
+                    Some(i) => {
+                        distinct[i].limit = distinct[i].limit.max(limit);
+                        i
+                    }
+                    None => {
+                        distinct.push(Distinct {
+                            key,
+                            path: image_path,
+                            name: vm.image.clone(),
+                            limit,
+                            failure: None,
+                        });
+                        distinct.len() - 1
+                    }
+                }
+            }),
+        );
+    }
     let mut images: Vec<ImageFile> = Vec::new();
-    let mut image_keys: Vec<PathBuf> = Vec::new();
+    let mut image_index: Vec<Option<usize>> = vec![None; distinct.len()];
+    for (i, d) in distinct.iter_mut().enumerate() {
+        match files::read_bounded(&d.path, d.limit) {
+            Ok(data) => {
+                image_index[i] = Some(images.len());
+                images.push(ImageFile {
+                    name: d.name.clone(),
+                    path: d.path.clone(),
+                    kind: ImageKind::detect(&data),
+                    data,
+                });
+            }
+            Err(ReadError::TooLarge { len, .. }) => d.failure = Some(Ok(len)),
+            Err(e) => d.failure = Some(Err(e.to_string())),
+        }
+    }
+
     let mut unresolved = vec![false; file.vm.len()];
     let mut vms = Vec::with_capacity(file.vm.len());
-
     for (index, vm) in file.vm.into_iter().enumerate() {
-        let label = vm_label(index, &vm.name);
+        let label = &labels[index];
         let slice_us = match (vm.slice_ms, vm.slice_us) {
             (Some(_), Some(_)) => {
                 problems.push((Some(index), FileProblem::SliceTwice { vm: label.clone() }));
@@ -242,35 +463,33 @@ pub fn parse(
             (None, Some(us)) => us,
             (None, None) => DEFAULT_SLICE_US,
         };
-        let image = match resolve_image(&vm.image, base_dir, resolve) {
+        let image = match &uses[index] {
             Err(reason) => Err(FileProblem::ImageUnknown {
                 vm: label.clone(),
                 image: vm.image.clone(),
-                reason,
+                reason: reason.clone(),
             }),
-            Ok(image_path) => {
-                let key = fs::canonicalize(&image_path).unwrap_or_else(|_| image_path.clone());
-                match image_keys.iter().position(|k| *k == key) {
-                    Some(i) => Ok(i),
-                    None => match fs::read(&image_path) {
-                        Err(e) => Err(FileProblem::ImageUnreadable {
-                            vm: label.clone(),
-                            path: image_path,
-                            reason: e.to_string(),
-                        }),
-                        Ok(data) => {
-                            image_keys.push(key);
-                            images.push(ImageFile {
-                                name: vm.image.clone(),
-                                path: image_path,
-                                kind: ImageKind::detect(&data),
-                                data,
-                            });
-                            Ok(images.len() - 1)
-                        }
+            Ok(d) => match image_index[*d] {
+                Some(i) => Ok(i),
+                None => Err(FileProblem::ImageUnreadable {
+                    vm: label.clone(),
+                    path: distinct[*d].path.clone(),
+                    reason: match &distinct[*d].failure {
+                        Some(Ok(len)) if *len > vm.memory.0 => format!(
+                            "it holds {}, more than the VM's {} of memory",
+                            Size(*len),
+                            Size(vm.memory.0)
+                        ),
+                        Some(Ok(len)) => format!(
+                            "it holds {}, more than the limit of {} per image",
+                            Size(*len),
+                            Size(MAX_IMAGE_BYTES)
+                        ),
+                        Some(Err(reason)) => reason.clone(),
+                        None => "not read".to_string(),
                     },
-                }
-            }
+                }),
+            },
         };
         let image = match image.map(u32::try_from) {
             Ok(Ok(i)) => i,
@@ -297,18 +516,16 @@ pub fn parse(
         });
     }
 
-    let infos: Vec<ImageInfo<'_>> = images
+    let infos: Vec<ImageInfo<'_>> = images.iter().map(ImageFile::info).collect();
+    let package_estimate = images
         .iter()
-        .map(|i| ImageInfo {
-            name: &i.name,
-            len: i.data.len() as u64,
-            kind: i.kind,
-        })
-        .collect();
-    let limits = MachineLimits {
-        cpu_count: cpus_hint,
-        memory: None,
-    };
+        .map(|i| i.data.len() as u64)
+        .sum::<u64>()
+        .saturating_add(PACKAGE_OVERHEAD);
+    let (limits, machine_note, too_large) = machine_limits(machine, package_estimate);
+    if let Some(problem) = too_large {
+        problems.push((None, problem));
+    }
     if let Err(errors) = config::validate(&vms, &infos, &limits) {
         for error in errors {
             let index = match &error {
@@ -331,17 +548,62 @@ pub fn parse(
         Err(ConfigFileError::Invalid {
             path: path.to_path_buf(),
             problems: problems.into_iter().map(|(_, p)| p).collect(),
+            machine: machine_note,
         })
     }
 }
 
-/// How messages name a VM: by name, or by 1-based position when it has none.
-fn vm_label(index: usize, name: &str) -> String {
-    if name.is_empty() {
-        format!("vm #{}", index + 1)
-    } else {
-        format!("vm \"{name}\"")
+/// The limits `validate` applies for `machine`, a description of them for
+/// messages, and a problem when the boot package alone would not fit.
+fn machine_limits(
+    machine: &MachineHint,
+    package: u64,
+) -> (MachineLimits, Option<String>, Option<FileProblem>) {
+    let mut limits = MachineLimits {
+        cpu_count: machine.cpus.map(|(n, _)| n),
+        memory: None,
+    };
+    let mut notes = Vec::new();
+    if let Some((n, from)) = machine.cpus {
+        notes.push(format!("{n} CPU(s) ({from} {n})"));
     }
+    let mut too_large = None;
+    if let Some((mib, from)) = machine.memory_mib {
+        let bytes = u64::from(mib) * MIB;
+        match bytes.checked_sub(MACHINE_RESERVE.saturating_add(package)) {
+            None => {
+                too_large = Some(FileProblem::PackageTooLarge {
+                    package,
+                    machine: bytes,
+                    from,
+                })
+            }
+            Some(left) => {
+                // Whole 2 MiB pages, as guest memory is allocated.
+                let usable = left - left % MEMORY_ALIGN;
+                notes.push(format!(
+                    "a machine of {} ({from} {mib}): about {} for VMs after {} for firmware and \
+                     hypervisor and {} of boot package",
+                    Size(bytes),
+                    Size(usable),
+                    Size(MACHINE_RESERVE),
+                    Size(package.next_multiple_of(MIB))
+                ));
+                limits.memory = Some(MemoryLimits {
+                    usable_bytes: usable,
+                    usable_ranges: MachineHint::ram_ranges(bytes),
+                });
+            }
+        }
+    }
+    let note = (!notes.is_empty()).then(|| notes.join(" and "));
+    (limits, note, too_large)
+}
+
+/// How messages name a VM: by name (escaped), or by 1-based position when it
+/// has none.
+fn vm_label(index: usize, name: &str) -> String {
+    VmLabel { index, name }.to_string()
 }
 
 fn resolve_image(image: &str, base_dir: &Path, resolve: Resolver<'_>) -> Result<PathBuf, String> {
@@ -442,7 +704,6 @@ fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hvcore::config::MIB;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A scratch directory with guest files: `counter.elf` (ELF), `boot.bin`
@@ -460,8 +721,7 @@ mod tests {
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ));
             fs::create_dir_all(&dir).unwrap();
-            let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
-            elf.resize(4096, 0);
+            let elf = hvcore::image::minimal_elf(0x10_0000, &[(0x10_0000, &[0x90; 64], 0x1_0000)]);
             fs::write(dir.join("counter.elf"), elf).unwrap();
             fs::write(dir.join("boot.bin"), [0x90u8; 512]).unwrap();
             fs::write(dir.join("three.bin"), vec![0u8; 3 * MIB as usize]).unwrap();
@@ -482,7 +742,18 @@ mod tests {
         }
 
         fn parse(&self, text: &str, cpus: Option<u32>) -> Result<LoadedConfig, ConfigFileError> {
-            parse(text, &self.config_path(), cpus, &|name| self.resolve(name))
+            let machine = cpus.map(MachineHint::cpus).unwrap_or_default();
+            self.parse_on(text, &machine)
+        }
+
+        fn parse_on(
+            &self,
+            text: &str,
+            machine: &MachineHint,
+        ) -> Result<LoadedConfig, ConfigFileError> {
+            parse(text, &self.config_path(), machine, &|name| {
+                self.resolve(name)
+            })
         }
 
         /// The problems' messages of a configuration that must be invalid.
@@ -557,18 +828,19 @@ mod tests {
         )
         .replace("image = \"counter\"\n", "");
         fs::write(s.config_path(), text).unwrap();
-        let loaded = load(&s.config_path(), None, &|n| s.resolve(n)).unwrap();
+        let loaded = load(&s.config_path(), &MachineHint::NONE, &|n| s.resolve(n)).unwrap();
         assert_eq!(loaded.images[0].path, s.dir.join("boot.bin"));
         assert_eq!(loaded.images[0].kind, ImageKind::Flat);
         assert_eq!(loaded.vms[0].mode, GuestMode::Real16);
         assert_eq!(loaded.vms[0].load_addr, Some(0x7c00));
 
         let missing = s.dir.join("nope.toml");
-        let err = load(&missing, None, &|n| s.resolve(n)).unwrap_err();
+        let err = load(&missing, &MachineHint::NONE, &|n| s.resolve(n)).unwrap_err();
         assert!(matches!(err, ConfigFileError::Read { .. }));
-        assert!(err
-            .to_string()
-            .starts_with(&format!("cannot read {}: ", missing.display())));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read {}: no such file", missing.display())
+        );
     }
 
     #[test]
@@ -577,7 +849,7 @@ mod tests {
         let loaded = s
             .parse(
                 &(vm("a", "")
-                    + &vm("b", "image = \"file:boot.bin\"\nload_addr = 0x1000")
+                    + &vm("b", "image = \"file:boot.bin\"\nload_addr = 0x8000")
                         .replace("image = \"counter\"\n", "")),
                 None,
             )
@@ -594,7 +866,11 @@ mod tests {
         let s = Scratch::new();
         let text = vm("a", "")
             + &vm_with("b", "image", "image = \"file:counter.elf\"")
-            + &vm_with("c", "image", "image = \"file:./boot.bin\"\nload_addr = 0");
+            + &vm_with(
+                "c",
+                "image",
+                "image = \"file:./boot.bin\"\nload_addr = 0x8000",
+            );
         let loaded = s.parse(&text, None).unwrap();
         assert_eq!(loaded.images.len(), 2);
         assert_eq!(loaded.images[0].name, "counter");
@@ -789,11 +1065,18 @@ mod tests {
             s.problems(&vm_with("f", "image", "image = \"file:boot.bin\"\nload_addr = 0xffff00"), None),
             ["vm \"f\": load_addr: the image at 0xffff00 (512 bytes) ends past the VM's 16 MiB of memory"]
         );
-        let text = vm_with("f", "image", "image = \"file:three.bin\"\nload_addr = 0")
-            .replace("\"16M\"", "\"2M\"");
+        let text = vm_with(
+            "f",
+            "image",
+            "image = \"file:three.bin\"\nload_addr = 0x8000",
+        )
+        .replace("\"16M\"", "\"2M\"");
         assert_eq!(
             s.problems(&text, None),
-            ["vm \"f\": image: the image (3 MiB) is larger than the VM's 2 MiB of memory"]
+            [format!(
+                "vm \"f\": image: cannot read {}: it holds 3 MiB, more than the VM's 2 MiB of memory",
+                s.dir.join("three.bin").display()
+            )]
         );
         assert_eq!(
             s.problems(&vm("e", "load_addr = 0x1000"), None),
@@ -861,9 +1144,197 @@ mod tests {
                  vm \"a\": slice: must not be zero\n  \
                  vm \"b\": image: \"nope\": no such guest (known: counter, ghost)\n  \
                  vm \"b\": cpus: CPU 9 does not exist (machine has 2)\n  \
-                 vm \"a\": name: already used by vm #1",
+                 vm \"a\": name: already used by vm #1\n  \
+                 (checked against 2 CPU(s) (--cpus 2))",
                 s.config_path().display()
             )
+        );
+    }
+
+    #[test]
+    fn repeated_problems_are_summarised() {
+        let s = Scratch::new();
+        let text: String = (0..1000).map(|i| vm(&format!("v{i}"), "")).collect();
+        let err = s.parse(&text, None).unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(
+            shown,
+            format!(
+                "{}: 984 problems:\n  \
+                 vm \"v16\": at most 16 VMs can be configured\n  \
+                 ... and 983 more VMs with the same problem",
+                s.config_path().display()
+            )
+        );
+        // Up to three identical problems are all shown; different ones stay apart.
+        let text = vm_with("a", "cpus", "cpus = [9]")
+            + &vm_with("b", "cpus", "cpus = [9]")
+            + &vm_with("c", "memory", "memory = \"3M\"");
+        assert_eq!(
+            s.problems(&text, Some(2)),
+            [
+                "vm \"a\": cpus: CPU 9 does not exist (machine has 2)",
+                "vm \"b\": cpus: CPU 9 does not exist (machine has 2)",
+                "vm \"c\": memory: 3 MiB is not a multiple of 2 MiB",
+            ]
+        );
+        let shown = s.parse(&text, Some(2)).unwrap_err().to_string();
+        assert!(
+            shown.ends_with("(checked against 2 CPU(s) (--cpus 2))"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn names_are_escaped_in_messages() {
+        let s = Scratch::new();
+        let text = vm("\\u001b[2J\\u001b[H", "");
+        let err = s.parse(&text, None).unwrap_err().to_string();
+        assert!(!err.contains('\x1b'), "{err:?}");
+        assert!(
+            err.contains("vm \"\\x1b[2J\\x1b[H\": name: character '\\u{1b}' is not allowed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn special_files_are_refused_by_name_and_at_once() {
+        let s = Scratch::new();
+        let start = std::time::Instant::now();
+        let text = vm_with(
+            "z",
+            "image",
+            "image = \"file:/dev/zero\"\nload_addr = 0x8000",
+        );
+        assert_eq!(
+            s.problems(&text, None),
+            ["vm \"z\": image: cannot read /dev/zero: a character device, not a regular file"]
+        );
+        let fifo = s.dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(
+            made.is_ok_and(|st| st.success()),
+            "mkfifo (coreutils) is needed"
+        );
+        let text = vm_with("p", "image", "image = \"file:fifo\"\nload_addr = 0x8000");
+        assert_eq!(
+            s.problems(&text, None),
+            [format!(
+                "vm \"p\": image: cannot read {}: a FIFO (named pipe), not a regular file",
+                fifo.display()
+            )]
+        );
+        for config in [Path::new("/dev/zero"), fifo.as_path(), s.dir.as_path()] {
+            let err = load(config, &MachineHint::NONE, &|n| s.resolve(n)).unwrap_err();
+            assert!(
+                err.to_string().ends_with(", not a regular file"),
+                "{config:?}: {err}"
+            );
+        }
+        // A configuration file larger than the limit is not read.
+        let big = s.dir.join("big.toml");
+        fs::write(&big, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        let err = load(&big, &MachineHint::NONE, &|n| s.resolve(n)).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("is larger than the limit of 4 MiB"),
+            "{err}"
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn elf_images_are_checked_on_the_host() {
+        let s = Scratch::new();
+        let mut bits32 = fs::read(s.dir.join("counter.elf")).unwrap();
+        bits32[4] = 1;
+        fs::write(s.dir.join("x32.elf"), &bits32).unwrap();
+        fs::write(s.dir.join("four.elf"), b"\x7fELF").unwrap();
+        let low = hvcore::image::minimal_elf(0x1000, &[(0x1000, &[0x90; 16], 0x10)]);
+        fs::write(s.dir.join("low.elf"), low).unwrap();
+        let text = vm_with("a", "image", "image = \"file:x32.elf\"")
+            + &vm_with("b", "image", "image = \"file:four.elf\"")
+            + &vm_with("c", "image", "image = \"file:low.elf\"");
+        assert_eq!(
+            s.problems(&text, None),
+            [
+                "vm \"a\": image: \"file:x32.elf\": a 32-bit ELF (ELFCLASS32); guests must be ELF64",
+                "vm \"b\": image: \"file:four.elf\": truncated image: ELF identification lies outside the file",
+                "vm \"c\": image: segment 0x1000..0x1010 overlaps 0x1000..0x8000, where the hypervisor \
+                 writes a 64-bit guest's GDT and page tables (link the image at 0x8000 or above)",
+            ]
+        );
+    }
+
+    #[test]
+    fn machine_limits_apply_when_known() {
+        let s = Scratch::new();
+        let machine = MachineHint {
+            cpus: Some((2, "--smp")),
+            memory_mib: Some((512, "--mem")),
+        };
+        // 512 MiB less 64 MiB reserved and 1 MiB of package: 446 MiB for VMs.
+        let text = vm_with("big", "memory", "memory = \"448M\"");
+        let err = s.parse_on(&text, &machine).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "vm \"big\": memory: 448 MiB is more than the machine's 446 MiB of usable memory"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("(checked against 2 CPU(s) (--smp 2) and a machine of 512 MiB (--mem 512): about 446 MiB for VMs"),
+            "{err}"
+        );
+        let text = vm("a", "") + &vm_with("b", "cpus", "cpus = [2]");
+        assert_eq!(
+            s.parse_on(&text, &machine)
+                .unwrap_err()
+                .to_string()
+                .lines()
+                .nth(1),
+            Some("  vm \"b\": cpus: CPU 2 does not exist (machine has 2)")
+        );
+        assert!(s
+            .parse_on(&vm("a", "host_base = \"1G\""), &machine)
+            .is_err());
+        assert!(s
+            .parse_on(&vm("a", "host_base = \"256M\""), &machine)
+            .is_ok());
+        // A package that alone would not fit the machine.
+        fs::write(s.dir.join("huge.bin"), vec![0u8; 600 << 20]).unwrap();
+        let text = vm_with(
+            "h",
+            "memory",
+            "memory = \"1G\"\nimage = \"file:huge.bin\"\nload_addr = 0x8000",
+        )
+        .replace("image = \"counter\"\n", "");
+        let err = s.parse_on(&text, &machine).unwrap_err().to_string();
+        assert!(
+            err.contains("the boot package would take 601 MiB; with 64 MiB for firmware and hypervisor it does not fit the machine's 512 MiB (--mem)"),
+            "{err}"
+        );
+        let roomy = MachineHint {
+            memory_mib: Some((2048, "--mem")),
+            ..machine
+        };
+        assert!(s.parse_on(&text, &roomy).is_ok());
+    }
+
+    #[test]
+    fn hostile_cpu_list_is_checked_quickly() {
+        let s = Scratch::new();
+        let cpus: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        let text = vm_with("many", "cpus", &format!("cpus = [{}]", cpus.join(", ")));
+        let start = std::time::Instant::now();
+        assert_eq!(
+            s.problems(&text, None),
+            ["vm \"many\": cpus: 100000 CPUs listed; there are at most 256 distinct CPUs"]
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
         );
     }
 }

@@ -14,8 +14,24 @@ use crate::Error;
 
 /// Names of the guest programs in `kernel/guests/src/bin`, in build order.
 pub const GUEST_PROGRAMS: &[&str] = &[
-    "hello", "counter", "cpuid", "msr", "escape", "hvmem", "triple", "realmode", "spin", "bench",
-    "pingpong", "halter", "statekeeper", "syscall", "crs", "cr8", "stihlt", "flood",
+    "hello",
+    "counter",
+    "cpuid",
+    "msr",
+    "escape",
+    "hvmem",
+    "triple",
+    "realmode",
+    "spin",
+    "bench",
+    "pingpong",
+    "halter",
+    "statekeeper",
+    "syscall",
+    "crs",
+    "cr8",
+    "stihlt",
+    "flood",
 ];
 
 /// What the bare-metal build produced.
@@ -75,29 +91,45 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
         .args(["--target", "x86_64-unknown-none"])
         .arg("--target-dir")
         .arg(&target_dir);
-    if std::env::var("HV_BUILD_STD").map(|v| v == "1").unwrap_or(false) {
+    if std::env::var("HV_BUILD_STD")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+    {
         cmd.args([
             "-Zbuild-std=core,alloc,compiler_builtins",
             "-Zbuild-std-features=compiler-builtins-mem",
         ]);
     }
     // Frame pointers make the crash report's backtrace possible.
-    cmd.env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C force-frame-pointers=yes");
+    cmd.env(
+        "CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS",
+        "-C force-frame-pointers=yes",
+    );
     // The outer cargo's per-package variables must not leak into the inner build.
-    for var in ["CARGO_PRIMARY_PACKAGE", "CARGO_MANIFEST_DIR", "CARGO_PKG_NAME"] {
+    for var in [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
+    ] {
         cmd.env_remove(var);
     }
     eprintln!("==> building kernel and guests (x86_64-unknown-none, release)");
-    let status = cmd
-        .status()
-        .map_err(|e| Error::Tool { tool: "cargo".into(), detail: e.to_string() })?;
+    let status = cmd.status().map_err(|e| Error::Tool {
+        tool: "cargo".into(),
+        detail: e.to_string(),
+    })?;
     if !status.success() {
-        return Err(Error::Build(format!("cargo build of kernel/guests failed ({status})")));
+        return Err(Error::Build(format!(
+            "cargo build of kernel/guests failed ({status})"
+        )));
     }
     let out = target_dir.join("x86_64-unknown-none").join("release");
     let kernel = out.join("kernel");
     if !kernel.is_file() {
-        return Err(Error::Build(format!("kernel ELF missing at {}", kernel.display())));
+        return Err(Error::Build(format!(
+            "kernel ELF missing at {}",
+            kernel.display()
+        )));
     }
     // Images get copies without debug information: BIOS firmware (Bochs above
     // all) reads the disk slowly, and the full ELFs stay here for GDB.
@@ -107,12 +139,19 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
     for guest in GUEST_PROGRAMS {
         if REAL_MODE_PROGRAMS.contains(guest) {
             // Real-mode guests are flat binaries, like a boot sector.
-            objcopy(&out.join(guest), &stripped.join(guest), &["-O", "binary", "--only-section=.text16"])?;
+            objcopy(
+                &out.join(guest),
+                &stripped.join(guest),
+                &["-O", "binary", "--only-section=.text16"],
+            )?;
         } else {
             objcopy(&out.join(guest), &stripped.join(guest), &["--strip-debug"])?;
         }
     }
-    Ok(Artifacts { kernel: stripped.join("kernel"), guests_dir: stripped })
+    Ok(Artifacts {
+        kernel: stripped.join("kernel"),
+        guests_dir: stripped,
+    })
 }
 
 /// Guest programs that are 16-bit real-mode code, packed as flat binaries
@@ -125,7 +164,10 @@ fn objcopy(input: &Path, output: &Path, args: &[&str]) -> Result<(), Error> {
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
-        .map_err(|e| Error::Tool { tool: "rustc".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::Tool {
+            tool: "rustc".into(),
+            detail: e.to_string(),
+        })?;
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
     let objcopy = Path::new(&sysroot).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-objcopy");
     if !objcopy.is_file() {
@@ -139,9 +181,16 @@ fn objcopy(input: &Path, output: &Path, args: &[&str]) -> Result<(), Error> {
         .arg(input)
         .arg(output)
         .status()
-        .map_err(|e| Error::Tool { tool: objcopy.display().to_string(), detail: e.to_string() })?;
+        .map_err(|e| Error::Tool {
+            tool: objcopy.display().to_string(),
+            detail: e.to_string(),
+        })?;
     if !status.success() {
-        return Err(Error::Build(format!("llvm-objcopy {} {} failed", args.join(" "), input.display())));
+        return Err(Error::Build(format!(
+            "llvm-objcopy {} {} failed",
+            args.join(" "),
+            input.display()
+        )));
     }
     Ok(())
 }

@@ -6,7 +6,10 @@
 //! `src/main.rs` is the command line over this library; the integration tests
 //! in `tests/` use the same library to build and boot images.
 
+#![forbid(unsafe_code)]
+pub mod cli;
 pub mod config;
+pub mod files;
 pub mod flash;
 pub mod image;
 pub mod kernel_build;
@@ -55,7 +58,10 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: &Path, e: std::io::Error) -> Self {
-        Error::Io { path: path.display().to_string(), detail: e.to_string() }
+        Error::Io {
+            path: config::shown(path),
+            detail: e.to_string(),
+        }
     }
 }
 

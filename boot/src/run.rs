@@ -6,6 +6,13 @@
 //! so it learns the result the same way under both emulators, and kills the
 //! emulator on a timeout or once the result is in: no emulator is left running,
 //! even when the caller panics (the child is killed on drop).
+//!
+//! The serial log mixes the kernel's lines with its guests' output, which the
+//! kernel prints as `vm NAME: TEXT` ([`guest_line`]). Only kernel lines count:
+//! `HV-EXIT` only at the start of a line (a guest's line starts with `vm `),
+//! and the VM start report only from a kernel log line (`[ s.us] LEVEL ...`).
+//! [`exit_status`] turns a run into the documented exit status of `boot run`
+//! (see [`status`]).
 
 use std::fmt;
 use std::fs;
@@ -109,31 +116,165 @@ impl fmt::Display for Ending {
                 Some(k) => write!(f, "kernel exit {code:#x} ({})", k.name()),
                 None => write!(f, "kernel exit {code:#x} (unknown code)"),
             },
-            Ending::EmulatorExited(Some(c)) => write!(f, "emulator exited with status {c} without a kernel result"),
-            Ending::EmulatorExited(None) => write!(f, "emulator killed by a signal without a kernel result"),
-            Ending::TimedOut(d) => write!(f, "timed out after {:.1} s (emulator killed)", d.as_secs_f64()),
+            Ending::EmulatorExited(Some(c)) => {
+                write!(f, "emulator exited with status {c} without a kernel result")
+            }
+            Ending::EmulatorExited(None) => {
+                write!(f, "emulator killed by a signal without a kernel result")
+            }
+            Ending::TimedOut(d) => write!(
+                f,
+                "timed out after {:.1} s (emulator killed)",
+                d.as_secs_f64()
+            ),
         }
     }
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{} after {:.1} s", self.ending, self.elapsed.as_secs_f64())?;
+        writeln!(
+            f,
+            "{} after {:.1} s",
+            self.ending,
+            self.elapsed.as_secs_f64()
+        )?;
         writeln!(f, "command: {}", self.command)?;
         writeln!(f, "serial log (last 40 lines):")?;
-        write!(f, "{}", self.serial_tail(40))
+        write!(f, "{}", hvcore::text::EscapedLines(&self.serial_tail(40)))
     }
 }
 
 /// Parses the kernel's `HV-EXIT <code>` line out of a serial log. Only a
-/// complete line counts: the emulator may have written half of it so far.
+/// complete line counts (the emulator may have written half of it so far), and
+/// only one that starts with the marker: guest output is prefixed `vm NAME: `,
+/// so a guest printing `HV-EXIT 0x10` cannot end a run.
 pub fn kernel_code_in(serial: &str) -> Option<u32> {
-    serial.split_inclusive('\n').filter(|l| l.ends_with('\n')).find_map(|line| {
-        let rest = line.trim_end().split(hvcore::EXIT_MARKER).nth(1)?;
-        let word = rest.split_whitespace().next()?;
-        let hex = word.strip_prefix("0x")?;
-        u32::from_str_radix(hex, 16).ok()
-    })
+    serial
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .find_map(|line| {
+            let rest = line.strip_prefix(hvcore::EXIT_MARKER)?;
+            let word = rest.split_whitespace().next()?;
+            let hex = word.strip_prefix("0x")?;
+            u32::from_str_radix(hex, 16).ok()
+        })
+}
+
+/// A guest's output line as the kernel prints it, `vm NAME: TEXT`: the VM's
+/// name and the text. `None` for the kernel's own lines, including its log
+/// lines about VMs (`[ 1.000000] INFO  vm alpha: ...`) and stop reports
+/// (`vm alpha (id 0) stopped: ...`).
+pub fn guest_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix("vm ")?;
+    let (name, text) = rest.split_once(": ")?;
+    let valid = !name.is_empty()
+        && name.len() <= hvcore::config::MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    valid.then_some((name, text.trim_end_matches('\r')))
+}
+
+/// The level and message of a kernel log line, `[SECONDS.MICROS] LEVEL MESSAGE`.
+pub fn kernel_log_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (stamp, rest) = rest.split_once("] ")?;
+    let (secs, micros) = stamp.trim_start().split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || !digits(micros) {
+        return None;
+    }
+    let (level, message) = rest.split_once(' ')?;
+    matches!(level, "ERROR" | "WARN" | "INFO" | "DEBUG" | "TRACE")
+        .then(|| (level, message.trim_start().trim_end_matches('\r')))
+}
+
+/// What the kernel said about starting the configured VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmStart {
+    /// `started N of M VM(s): ...`.
+    Started {
+        /// VMs that started.
+        started: u32,
+        /// VMs in the configuration.
+        configured: u32,
+    },
+    /// `no VMs started: ...` (no usable VT-x) or `no VM could be started`.
+    NoneStarted,
+}
+
+/// The kernel's VM start report in `serial`, from its log lines only.
+pub fn vm_start_in(serial: &str) -> Option<VmStart> {
+    let mut found = None;
+    for (_, message) in serial.lines().filter_map(kernel_log_line) {
+        if let Some(rest) = message.strip_prefix("started ") {
+            let mut words = rest.split(' ');
+            let started = words.next().and_then(|w| w.parse().ok());
+            let of = words.next();
+            let configured = words.next().and_then(|w| w.parse().ok());
+            if let (Some(started), Some("of"), Some(configured)) = (started, of, configured) {
+                if words.next().is_some_and(|w| w.starts_with("VM(s)")) {
+                    found = Some(VmStart::Started {
+                        started,
+                        configured,
+                    });
+                }
+            }
+        } else if message.starts_with("no VMs started")
+            || message.starts_with("no VM could be started")
+        {
+            found = Some(VmStart::NoneStarted);
+        }
+    }
+    match found {
+        Some(VmStart::Started { started: 0, .. }) => Some(VmStart::NoneStarted),
+        other => other,
+    }
+}
+
+/// Exit statuses of `boot run` (and `./qemu-run.sh`).
+pub mod status {
+    /// The kernel reported success and, when VMs were configured, started all of them.
+    pub const OK: u8 = 0;
+    /// The host tool failed before booting: bad options, an invalid
+    /// configuration, a failed build, a missing emulator.
+    pub const TOOL_ERROR: u8 = 2;
+    /// The kernel refused some of the configured VMs (`started N of M`, N < M)
+    /// and ran the others.
+    pub const VMS_REFUSED: u8 = 3;
+    /// The kernel started none of the configured VMs (all refused, or no
+    /// usable VT-x).
+    pub const NO_VM_STARTED: u8 = 4;
+    /// The wall-clock limit (`--timeout`) passed; the emulator was killed.
+    pub const TIMED_OUT: u8 = 124;
+    /// The emulator ended without a kernel result.
+    pub const EMULATOR_DIED: u8 = 125;
+    // Any other kernel result is its own code: 0x11 (17) failure, 0x12 (18)
+    // panic, 0x13 (19) CPU exception, 0x14 (20) bad boot package.
+}
+
+/// The exit status of a run (see [`status`]); `runs_vms` when the boot's
+/// command was to run the VMs of a configuration.
+pub fn exit_status(outcome: &Outcome, runs_vms: bool) -> u8 {
+    match outcome.ending {
+        Ending::Kernel(code) if code == KernelExit::Success as u32 => {
+            if !runs_vms {
+                return status::OK;
+            }
+            match vm_start_in(&outcome.serial) {
+                Some(VmStart::Started {
+                    started,
+                    configured,
+                }) if started >= configured => status::OK,
+                Some(VmStart::Started { .. }) => status::VMS_REFUSED,
+                Some(VmStart::NoneStarted) | None => status::NO_VM_STARTED,
+            }
+        }
+        Ending::Kernel(code) => u8::try_from(code).unwrap_or(u8::MAX),
+        Ending::TimedOut(_) => status::TIMED_OUT,
+        Ending::EmulatorExited(_) => status::EMULATOR_DIED,
+    }
 }
 
 /// Maps QEMU's exit status to the kernel's code: `isa-debug-exit` turns a write
@@ -150,7 +291,10 @@ fn require_tool(tool: &str, package: &str) -> Result<(), Error> {
     if found {
         Ok(())
     } else {
-        Err(Error::MissingTool { tool: tool.into(), package: package.into() })
+        Err(Error::MissingTool {
+            tool: tool.into(),
+            package: package.into(),
+        })
     }
 }
 
@@ -158,7 +302,10 @@ fn require_file(path: &str, package: &str) -> Result<(), Error> {
     if Path::new(path).is_file() {
         Ok(())
     } else {
-        Err(Error::MissingTool { tool: path.into(), package: package.into() })
+        Err(Error::MissingTool {
+            tool: path.into(),
+            package: package.into(),
+        })
     }
 }
 
@@ -167,13 +314,24 @@ fn require_file(path: &str, package: &str) -> Result<(), Error> {
 /// paravirtual KVM that cannot run ordinary guests aborts at vCPU reset).
 pub fn kvm_with_vmx_usable() -> bool {
     let cpu_has_vmx = fs::read_to_string("/proc/cpuinfo")
-        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx"))
+        })
         .unwrap_or(false);
     if !cpu_has_vmx || !Path::new("/dev/kvm").exists() {
         return false;
     }
     let child = Command::new("qemu-system-x86_64")
-        .args(["-enable-kvm", "-cpu", "host,+vmx", "-machine", "q35", "-display", "none"])
+        .args([
+            "-enable-kvm",
+            "-cpu",
+            "host,+vmx",
+            "-machine",
+            "q35",
+            "-display",
+            "none",
+        ])
         .args(["-nodefaults", "-S", "-m", "64"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -230,14 +388,18 @@ fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Er
         require_file(OVMF_CODE, "ovmf")?;
         let vars = spec.work_dir.join("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).map_err(|e| Error::io(&vars, e))?;
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
-        cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
-    cmd.arg("-drive").arg(format!("format=raw,file={}", spec.image.display()));
+    cmd.arg("-drive")
+        .arg(format!("format=raw,file={}", spec.image.display()));
     if spec.interactive {
         cmd.args(["-serial", "mon:stdio"]);
     } else {
-        cmd.arg("-serial").arg(format!("file:{}", serial_log.display()));
+        cmd.arg("-serial")
+            .arg(format!("file:{}", serial_log.display()));
     }
     if !spec.display {
         cmd.args(["-display", "none"]);
@@ -253,10 +415,14 @@ fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
     require_file(BOCHS_BIOS, "bochsbios")?;
     require_file(BOCHS_VGABIOS, "vgabios")?;
     if spec.firmware != Firmware::Bios {
-        return Err(Error::Usage("Bochs has no UEFI firmware here: use the BIOS image".into()));
+        return Err(Error::Usage(
+            "Bochs has no UEFI firmware here: use the BIOS image".into(),
+        ));
     }
     if spec.gdb {
-        return Err(Error::Usage("--gdb works with QEMU only (Debian's Bochs has no gdbstub)".into()));
+        return Err(Error::Usage(
+            "--gdb works with QEMU only (Debian's Bochs has no gdbstub)".into(),
+        ));
     }
     // Bochs locks the disk image with `<image>.lock` and leaves it behind when
     // killed; a stale lock makes the next run fail ("Sector Size of 0"). The
@@ -323,21 +489,43 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
     let log_file = fs::File::create(&emulator_log).map_err(|e| Error::io(&emulator_log, e))?;
     let qemu_stdio = spec.interactive && spec.emulator == Emulator::Qemu;
     if !qemu_stdio {
-        let err_file = log_file.try_clone().map_err(|e| Error::io(&emulator_log, e))?;
+        let err_file = log_file
+            .try_clone()
+            .map_err(|e| Error::io(&emulator_log, e))?;
         cmd.stdin(Stdio::null()).stdout(log_file).stderr(err_file);
     }
     let start = Instant::now();
-    let child = cmd.spawn().map_err(|e| Error::Tool { tool: command.clone(), detail: e.to_string() })?;
+    let child = cmd.spawn().map_err(|e| Error::Tool {
+        tool: command.clone(),
+        detail: e.to_string(),
+    })?;
     let mut guard = ChildGuard(child);
     let mut echoed = 0usize;
+    let echo = |serial: &[u8], echoed: &mut usize, all: bool| {
+        // Whole lines only (a UTF-8 sequence is never cut), escaped: the log
+        // holds guest output and goes to a terminal.
+        let upto = if all {
+            serial.len()
+        } else {
+            serial
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        if spec.interactive && !qemu_stdio && upto > *echoed {
+            let mut out = std::io::stdout();
+            let _ = write!(
+                out,
+                "{}",
+                hvcore::text::EscapedBytes(&serial[*echoed..upto])
+            );
+            let _ = out.flush();
+            *echoed = upto;
+        }
+    };
     let ending = loop {
         let serial = fs::read(&serial_log).unwrap_or_default();
-        if spec.interactive && !qemu_stdio && serial.len() > echoed {
-            let mut out = std::io::stdout();
-            let _ = out.write_all(&serial[echoed..]);
-            let _ = out.flush();
-            echoed = serial.len();
-        }
+        echo(&serial, &mut echoed, false);
         if let Some(code) = kernel_code_in(&String::from_utf8_lossy(&serial)) {
             // Give QEMU a moment to take the exit-device path by itself.
             std::thread::sleep(Duration::from_millis(200));
@@ -356,7 +544,12 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
                 };
             }
             Ok(None) => {}
-            Err(e) => return Err(Error::Tool { tool: command, detail: e.to_string() }),
+            Err(e) => {
+                return Err(Error::Tool {
+                    tool: command,
+                    detail: e.to_string(),
+                })
+            }
         }
         if let Some(limit) = spec.timeout {
             if start.elapsed() > limit {
@@ -369,8 +562,16 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
     if spec.emulator == Emulator::Bochs {
         let _ = fs::remove_file(lock_file(&spec.image));
     }
-    let serial = String::from_utf8_lossy(&fs::read(&serial_log).unwrap_or_default()).into_owned();
-    Ok(Outcome { command, ending, serial, elapsed: start.elapsed(), kvm })
+    let serial = fs::read(&serial_log).unwrap_or_default();
+    echo(&serial, &mut echoed, true);
+    let serial = String::from_utf8_lossy(&serial).into_owned();
+    Ok(Outcome {
+        command,
+        ending,
+        serial,
+        elapsed: start.elapsed(),
+        kvm,
+    })
 }
 
 #[cfg(test)]
@@ -386,6 +587,124 @@ mod tests {
         // A line still being written is not a result yet.
         assert_eq!(kernel_code_in("banner\nHV-EXIT 0x1"), None);
         assert_eq!(kernel_code_in("HV-EXIT 0x10 success\r\n"), Some(0x10));
+    }
+
+    #[test]
+    fn only_the_kernel_ends_a_run() {
+        // A guest printing the marker appears prefixed: no result.
+        let log =
+            "[    1.000000] INFO  started 1 of 1 VM(s): evil\nvm evil: HV-EXIT 0x10 success\n";
+        assert_eq!(kernel_code_in(log), None);
+        assert_eq!(
+            kernel_code_in("vm evil: HV-EXIT 0x13\nxHV-EXIT 0x10\n"),
+            None
+        );
+        // The kernel's own line after it still counts.
+        let log = format!("{log}HV-EXIT 0x11 failure\n");
+        assert_eq!(kernel_code_in(&log), Some(0x11));
+        let o = outcome(Ending::Kernel(0x11), &log);
+        assert_eq!(exit_status(&o, true), 0x11);
+    }
+
+    #[test]
+    fn guest_and_kernel_lines_are_told_apart() {
+        assert_eq!(guest_line("vm alpha: hello"), Some(("alpha", "hello")));
+        assert_eq!(
+            guest_line("vm a-b_c.1: report 1=2\r"),
+            Some(("a-b_c.1", "report 1=2"))
+        );
+        assert_eq!(
+            guest_line("vm alpha (id 0) stopped: shutdown, exit code 0"),
+            None
+        );
+        assert_eq!(
+            guest_line("[    0.500000] INFO  vm alpha: 16 MiB at host 0x4000000"),
+            None
+        );
+        assert_eq!(guest_line("vm : x"), None);
+        assert_eq!(guest_line("stats for vm hello:"), None);
+        assert_eq!(
+            kernel_log_line("[    1.234567] INFO  started 2 of 3 VM(s): a, b"),
+            Some(("INFO", "started 2 of 3 VM(s): a, b"))
+        );
+        assert_eq!(
+            kernel_log_line("[12345.000001] WARN  no VM could be started"),
+            Some(("WARN", "no VM could be started"))
+        );
+        assert_eq!(
+            kernel_log_line("vm a: [    1.000000] INFO  started 1 of 1 VM(s)"),
+            None
+        );
+        assert_eq!(kernel_log_line("[ x.y] INFO  nope"), None);
+        assert_eq!(kernel_log_line("[    1.000000] LOUD  nope"), None);
+    }
+
+    fn outcome(ending: Ending, serial: &str) -> Outcome {
+        Outcome {
+            command: "qemu".into(),
+            ending,
+            serial: serial.into(),
+            elapsed: Duration::from_secs(1),
+            kvm: false,
+        }
+    }
+
+    #[test]
+    fn exit_status_says_how_the_vms_fared() {
+        let ok = Ending::Kernel(KernelExit::Success as u32);
+        let run = |serial: &str| exit_status(&outcome(ok.clone(), serial), true);
+        assert_eq!(
+            run("[    1.000000] INFO  started 3 of 3 VM(s): a, b, c\nHV-EXIT 0x10 success\n"),
+            status::OK
+        );
+        assert_eq!(
+            run("[    1.000000] ERROR vm \"huge\": memory: 1 GiB is more than ...; not started\n\
+                 [    1.000000] INFO  started 4 of 6 VM(s): escape, hvmem, triple, hello\nHV-EXIT 0x10 success\n"),
+            status::VMS_REFUSED
+        );
+        assert_eq!(
+            run("[    1.000000] INFO  started 0 of 2 VM(s): \n[    1.000000] WARN  no VM could be started\n"),
+            status::NO_VM_STARTED
+        );
+        assert_eq!(run("VT-x not available\n[    1.000000] INFO  no VMs started: this CPU cannot run them\n"), status::NO_VM_STARTED);
+        assert_eq!(
+            run("HV-EXIT 0x10 success\n"),
+            status::NO_VM_STARTED,
+            "no start report at all"
+        );
+        // A guest cannot fake the report.
+        assert_eq!(
+            run("[    1.000000] INFO  started 1 of 2 VM(s): a\nvm a: [    2.000000] INFO  started 2 of 2 VM(s): a, b\n"),
+            status::VMS_REFUSED
+        );
+        // Other commands, and other endings.
+        assert_eq!(
+            exit_status(&outcome(ok, "HV-EXIT 0x10 success\n"), false),
+            status::OK
+        );
+        assert_eq!(exit_status(&outcome(Ending::Kernel(0x12), ""), true), 0x12);
+        assert_eq!(exit_status(&outcome(Ending::Kernel(0x1234), ""), true), 255);
+        assert_eq!(
+            exit_status(&outcome(Ending::TimedOut(Duration::from_secs(1)), ""), true),
+            status::TIMED_OUT
+        );
+        assert_eq!(
+            exit_status(&outcome(Ending::EmulatorExited(Some(1)), ""), true),
+            status::EMULATOR_DIED
+        );
+    }
+
+    #[test]
+    fn failure_reports_escape_the_serial_log() {
+        let o = outcome(
+            Ending::TimedOut(Duration::from_secs(1)),
+            "ok\nvm x: \x1b[2Jgone\n",
+        );
+        let shown = o.to_string();
+        assert!(
+            !shown.contains('\x1b') && shown.contains("vm x: \\x1b[2Jgone"),
+            "{shown}"
+        );
     }
 
     #[test]

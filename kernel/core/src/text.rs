@@ -65,8 +65,7 @@ fn write_escaped(f: &mut dyn Write, s: &str, keep_lines: bool) -> fmt::Result {
         let mut chars = rest[at..].chars();
         let c = chars.next().unwrap_or(' ');
         let after = chars.as_str();
-        let kept = keep_lines
-            && (c == '\n' || c == '\t' || (c == '\r' && after.starts_with('\n')));
+        let kept = keep_lines && (c == '\n' || c == '\t' || (c == '\r' && after.starts_with('\n')));
         if kept {
             f.write_char(c)?;
         } else {
@@ -123,7 +122,10 @@ mod tests {
     #[test]
     fn plain_text_passes() {
         assert_eq!(format!("{}", Escaped("alpha-1.b_c")), "alpha-1.b_c");
-        assert_eq!(format!("{}", Escaped("bóot ünïcode 名前")), "bóot ünïcode 名前");
+        assert_eq!(
+            format!("{}", Escaped("bóot ünïcode 名前")),
+            "bóot ünïcode 名前"
+        );
         assert_eq!(format!("{}", Escaped("")), "");
     }
 
@@ -140,7 +142,10 @@ mod tests {
     #[test]
     fn invisible_reordering_characters_are_visible() {
         assert_eq!(format!("{}", Escaped("ab\u{202e}cd")), "ab\\u{202e}cd");
-        assert_eq!(format!("{}", Escaped("\u{200b}\u{2066}\u{feff}")), "\\u{200b}\\u{2066}\\u{feff}");
+        assert_eq!(
+            format!("{}", Escaped("\u{200b}\u{2066}\u{feff}")),
+            "\\u{200b}\\u{2066}\\u{feff}"
+        );
         assert!(!needs_escape('é'));
         assert!(needs_escape('\u{2028}'));
     }
@@ -148,13 +153,19 @@ mod tests {
     #[test]
     fn lines_keep_their_breaks_only() {
         assert_eq!(format!("{}", EscapedLines("a\r\nb\tc\n")), "a\r\nb\tc\n");
-        assert_eq!(format!("{}", EscapedLines("over\rwrite\x1b[1A\n")), "over\\rwrite\\x1b[1A\n");
+        assert_eq!(
+            format!("{}", EscapedLines("over\rwrite\x1b[1A\n")),
+            "over\\rwrite\\x1b[1A\n"
+        );
         assert_eq!(format!("{}", EscapedLines("end\r")), "end\\r");
     }
 
     #[test]
     fn bytes_that_are_not_utf8() {
-        assert_eq!(format!("{}", EscapedBytes(b"ok\xff\xfe\x1b!\n")), "ok\\xff\\xfe\\x1b!\n");
+        assert_eq!(
+            format!("{}", EscapedBytes(b"ok\xff\xfe\x1b!\n")),
+            "ok\\xff\\xfe\\x1b!\n"
+        );
         assert_eq!(format!("{}", EscapedBytes("é".as_bytes())), "é");
         // A truncated multi-byte sequence.
         assert_eq!(format!("{}", EscapedBytes(&"é".as_bytes()[..1])), "\\xc3");
@@ -167,7 +178,9 @@ mod tests {
             let mut buf = [0u8; 4];
             let shown = format!("{}", Escaped(c.encode_utf8(&mut buf)));
             assert!(
-                shown.chars().all(|o| !o.is_control() && !is_invisible_format(o)),
+                shown
+                    .chars()
+                    .all(|o| !o.is_control() && !is_invisible_format(o)),
                 "{c:?} shown as {shown:?}"
             );
         }
