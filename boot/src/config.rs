@@ -1337,4 +1337,125 @@ mod tests {
             start.elapsed()
         );
     }
+
+    /// Rounds of a fuzz loop: `default`, or `HV_FUZZ_ROUNDS` when set (the
+    /// long run described in README.md).
+    fn rounds(default: u64) -> u64 {
+        std::env::var("HV_FUZZ_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Mutated configurations never panic the parser, and whatever it accepts
+    /// passes the kernel's rules and survives the boot package unchanged.
+    #[test]
+    fn fuzz_mutated_configs() {
+        let s = Scratch::new();
+        let base = vm("a", "host_base = 0x4000000\nslice_us = 500")
+            + &vm_with(
+                "b",
+                "image",
+                "image = \"file:boot.bin\"\nload_addr = 0x7c00\nmode = \"real16\"",
+            )
+            + &vm_with("c", "cpus", "cpus = [1, 0]\nentry = 0x100010");
+        assert!(s.parse(&base, Some(2)).is_ok());
+        const PIECES: &[&str] = &[
+            "[",
+            "]",
+            "[[vm]]",
+            "=",
+            "\"",
+            ",",
+            "\n",
+            " ",
+            "0",
+            "1",
+            "7",
+            "9",
+            "0x",
+            "M",
+            "G",
+            "K",
+            "-",
+            "_",
+            ".",
+            "#",
+            "name",
+            "memory",
+            "cpus",
+            "image",
+            "entry",
+            "load_addr",
+            "mode",
+            "real16",
+            "long64",
+            "file:",
+            "counter",
+            "slice_ms",
+            "host_base",
+            "\u{1b}",
+            "é",
+            "99999999999999999999",
+            "-1",
+            "true",
+            "{",
+            "}",
+        ];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut accepted, n) = (0u64, rounds(400));
+        for _ in 0..n {
+            let mut text = base.clone();
+            for _ in 0..1 + next() % 4 {
+                let mut at = (next() % (text.len() as u64 + 1)) as usize;
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let piece = PIECES[(next() % PIECES.len() as u64) as usize];
+                match next() % 3 {
+                    0 => text.insert_str(at, piece),
+                    1 => {
+                        let mut end = (at + 1 + (next() % 8) as usize).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, piece);
+                    }
+                    _ => {
+                        let mut end = (at + 1 + (next() % 4) as usize).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                }
+            }
+            let Ok(loaded) = s.parse(&text, Some(2)) else {
+                continue;
+            };
+            accepted += 1;
+            let limits = MachineLimits {
+                cpu_count: Some(2),
+                memory: None,
+            };
+            assert_eq!(
+                config::validate(&loaded.vms, &loaded.image_infos(), &limits),
+                Ok(()),
+                "{text}"
+            );
+            let package = loaded.package(Command::RunVms, BootOptions::default());
+            let bytes = hvcore::package::encode(&package).unwrap();
+            assert_eq!(hvcore::package::decode(&bytes).as_ref(), Ok(&package));
+        }
+        assert!(
+            accepted > 0,
+            "no mutated configuration was accepted in {n} rounds"
+        );
+    }
 }
