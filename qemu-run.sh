@@ -2,7 +2,9 @@
 # Builds what is stale and boots the hypervisor. Without options: the UEFI image
 # with the default VM configuration (boot/configs/default.toml) in QEMU.
 # `./qemu-run.sh --help` lists the options (memory, CPUs, BIOS, Bochs, GDB, ...).
-# The exit status is the kernel's: 0 when it reported success.
+# Options are checked before anything is built. Exit status (README.md, "The two
+# commands"): 0 success, 2 bad options/configuration/build, 3 the kernel refused
+# some VMs, 4 it started none, 17-20 the kernel's failure codes, 124 timeout.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/boot/toolchain.sh"
 
