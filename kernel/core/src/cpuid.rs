@@ -15,7 +15,7 @@
 //! | 0x4000_0000 | EAX = [`HV_MAX_LEAF`], EBX:ECX:EDX = [`HV_SIGNATURE`] |
 //! | 0x4000_0001 | EAX = [`HYPERCALL_VERSION`](crate::hypercall::HYPERCALL_VERSION) |
 //! | 0x4000_0002 ..= 0x4000_00FF | zeros |
-//! | 0x8000_0000 .. host max extended | host values; 0x8000_0001 ECX: clear SVM(2) |
+//! | 0x8000_0000 .. host max extended | host values; 0x8000_0001 ECX: clear SVM(2); 0x8000_000A (SVM features) zeros |
 //! | anything else | zeros |
 //!
 //! Why these bits: the guest must not see VMX/SMX/SVM (no nested
@@ -66,6 +66,8 @@ const LEAF7_EBX_CLEAR: u32 = (1 << 2)
     | (1 << 31);
 const LEAF7_ECX_CLEAR: u32 = (1 << 5) | (1 << 30);
 const EXT1_ECX_SVM: u32 = 1 << 2;
+/// CPUID Fn8000_000A: SVM revision and features (APM Vol. 3, E.4.9).
+const EXT_SVM_LEAF: u32 = 0x8000_000A;
 
 /// The guest's view of CPUID(`leaf`, `subleaf`) as `[eax, ebx, ecx, edx]`.
 pub fn guest_cpuid(leaf: u32, subleaf: u32, env: &dyn Platform) -> [u32; 4] {
@@ -83,6 +85,10 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, env: &dyn Platform) -> [u32; 4] {
         EXT_BASE_LEAF.. => {
             let max_ext = env.host_cpuid(EXT_BASE_LEAF, 0)[0];
             if leaf > max_ext {
+                return [0; 4];
+            }
+            // SVM's own leaf describes a feature the guest does not have.
+            if leaf == EXT_SVM_LEAF {
                 return [0; 4];
             }
             let mut r = env.host_cpuid(leaf, subleaf);
@@ -243,6 +249,13 @@ mod tests {
         env.cpu.limits.xcr0_allowed = 0;
         let ecx = run(1, 0, &mut env).rcx as u32;
         assert_eq!(ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX), 0);
+    }
+
+    #[test]
+    fn svm_leaf_hidden() {
+        let mut env = FakePlatform::new();
+        assert_eq!(guest_cpuid(0x8000_000A, 0, &env), [0; 4]);
+        assert_eq!(run(0x8000_0001, 0, &mut env).rcx & (1 << 2), 0);
     }
 
     #[test]
