@@ -641,6 +641,20 @@ pub enum StopReason {
         /// Guest RIP.
         rip: u64,
     },
+    /// The backend had to read the exiting instruction from guest memory to
+    /// learn its length (AMD-V without NRIP save) and could not: its bytes
+    /// could not be fetched or do not encode the instruction the exit
+    /// reported.
+    InstructionNotDecoded {
+        /// The instruction the exit reported (e.g. "CPUID").
+        instruction: &'static str,
+        /// What went wrong.
+        why: &'static str,
+        /// Guest-linear address of the instruction (CS base + RIP).
+        linear: u64,
+        /// Guest RIP.
+        rip: u64,
+    },
     /// The hypervisor stopped the VM (its run time limit passed, or the
     /// hypervisor is shutting down).
     HostStop,
@@ -701,6 +715,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::MissingFeature { what, feature, rip } => {
                 write!(f, "{what} needs {feature}, which this CPU lacks, at rip {rip:#x}")
+            }
+            StopReason::InstructionNotDecoded { instruction, why, linear, rip } => {
+                write!(f, "the length of the {instruction} at rip {rip:#x} (linear {linear:#x}) could not be read from guest memory: {why}")
             }
             StopReason::HostStop => write!(f, "stopped by the hypervisor (run time limit or shutdown)"),
             StopReason::Fault {

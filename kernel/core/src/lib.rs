@@ -3,8 +3,9 @@
 //!
 //! - Configuration: [`config`] (VM descriptions and their validation, shared by
 //!   the host tool and the kernel) and [`package`] (the binary boot package).
-//! - Memory: [`frames`] (physical frame allocation) and [`image`] (where a
-//!   guest image's bytes go).
+//! - Memory: [`frames`] (physical frame allocation), [`image`] (where a
+//!   guest image's bytes go) and [`guest_paging`] (guest-linear addresses
+//!   through the guest's page tables).
 //! - VM exits: [`exit`] (backend-neutral exits in, actions out) with
 //!   [`cpuid`], [`msr_policy`], [`hypercall`] and the device models in
 //!   [`devices`]; [`vcpu`] (run states, stop reasons) and [`stats`].
@@ -21,6 +22,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod exit;
 pub mod frames;
+pub mod guest_paging;
 pub mod hypercall;
 pub mod image;
 pub mod layout;
