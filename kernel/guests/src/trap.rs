@@ -8,10 +8,10 @@
 //! stub clears `RESUME`). An exception with no probe armed is fatal: the guest
 //! prints it and shuts down with [`UNEXPECTED_EXCEPTION`] as exit code.
 //!
-//! Vectors 32-255 (external interrupts: no source exists yet, but the
-//! hypervisor may inject one) go to a stub that counts them in
-//! [`INTERRUPTS`] and returns; the guest has no interrupt controller to
-//! acknowledge.
+//! Vectors 32-255 (external interrupts) go to stubs that count them in
+//! [`INTERRUPTS`] and return. Vectors 32-47 are where a guest that programs
+//! the 8259 pair with [`init_pic`] receives IRQ 0-15: their stubs also send
+//! the end-of-interrupt command (to both chips for IRQ 8-15).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -171,8 +171,9 @@ struct Idt([Gate; 256]);
 static mut IDT: Idt = Idt([Gate::EMPTY; 256]);
 
 extern "C" {
-    /// Addresses of the 32 exception stubs, in vector order (below).
-    static hv_trap_stubs: [u64; 32];
+    /// Addresses of the exception stubs (0-31) and the PIC IRQ stubs (32-47),
+    /// in vector order (below).
+    static hv_trap_stubs: [u64; 48];
     fn hv_irq_stub();
 }
 
@@ -216,6 +217,25 @@ core::arch::global_asm!(
     "    and rsp, -16",
     "    call {unexpected}",
     "    ud2",
+    // IRQ 0-7 of a PIC pair based at 0x20: EOI to the master.
+    ".irp n, 32,33,34,35,36,37,38,39",
+    "hv_trap_stub_\\n:",
+    "    push rax",
+    "    mov al, 0x20",
+    "    out 0x20, al",
+    "    pop rax",
+    "    jmp hv_irq_stub",
+    ".endr",
+    // IRQ 8-15: EOI to the slave, then the master.
+    ".irp n, 40,41,42,43,44,45,46,47",
+    "hv_trap_stub_\\n:",
+    "    push rax",
+    "    mov al, 0x20",
+    "    out 0xa0, al",
+    "    out 0x20, al",
+    "    pop rax",
+    "    jmp hv_irq_stub",
+    ".endr",
     ".global hv_irq_stub",
     "hv_irq_stub:",
     "    lock inc qword ptr [rip + {interrupts}]",
@@ -225,6 +245,9 @@ core::arch::global_asm!(
     ".global hv_trap_stubs",
     "hv_trap_stubs:",
     ".irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    .quad hv_trap_stub_\\n",
+    ".endr",
+    ".irp n, 32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47",
     "    .quad hv_trap_stub_\\n",
     ".endr",
     ".text",
@@ -248,7 +271,7 @@ extern "C" fn unexpected() -> ! {
     crate::shutdown(UNEXPECTED_EXCEPTION)
 }
 
-/// Builds the IDT (exception stubs for 0-31, the counting stub for 32-255,
+/// Builds the IDT (exception stubs for 0-31, counting stubs for 32-255,
 /// interrupt gates with the current code selector) and loads it.
 pub fn install() {
     let cs: u16;
@@ -262,7 +285,7 @@ pub fn install() {
         for (gate, stub) in idt.0.iter_mut().zip(stubs.iter()) {
             *gate = Gate::interrupt(*stub, cs);
         }
-        for gate in idt.0.iter_mut().skip(32) {
+        for gate in idt.0.iter_mut().skip(stubs.len()) {
             *gate = Gate::interrupt(hv_irq_stub as unsafe extern "C" fn() as usize as u64, cs);
         }
         let pointer = x86_64::structures::DescriptorTablePointer {
@@ -271,4 +294,34 @@ pub fn install() {
         };
         x86_64::instructions::tables::lidt(&pointer);
     }
+}
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O in a guest exits to the hypervisor's device models.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+}
+
+/// Programs the 8259 pair (ICW1-ICW4: edge-triggered, cascaded on IRQ 2,
+/// IRQ 0-7 at vectors 32-39, IRQ 8-15 at 40-47) and sets the masks
+/// (`master_mask`, `slave_mask`: bit n set = IRQ n masked).
+pub fn init_pic(master_mask: u8, slave_mask: u8) {
+    outb(0x20, 0x11);
+    outb(0xa0, 0x11);
+    outb(0x21, 32);
+    outb(0xa1, 40);
+    outb(0x21, 1 << 2);
+    outb(0xa1, 2);
+    outb(0x21, 0x01);
+    outb(0xa1, 0x01);
+    outb(0x21, master_mask);
+    outb(0xa1, slave_mask);
+}
+
+/// Starts 8254 channel 0 as a rate generator (mode 2) with `divisor` (the
+/// input clock is 1.193182 MHz): IRQ 0 at 1193182 / divisor Hz.
+pub fn start_pit(divisor: u16) {
+    let [lo, hi] = divisor.to_le_bytes();
+    outb(0x43, 0x34);
+    outb(0x40, lo);
+    outb(0x40, hi);
 }
