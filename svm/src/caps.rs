@@ -161,9 +161,6 @@ pub enum SvmError {
     /// No nested paging (Fn8000_000A EDX.NP clear); the hypervisor needs it
     /// to isolate guest memory.
     NoNestedPaging,
-    /// No next-RIP save (Fn8000_000A EDX.NRIPS clear); the hypervisor needs
-    /// nRIP to skip intercepted instructions.
-    NoNripSave,
     /// Fewer than two ASIDs: no ASID for a guest.
     NoGuestAsid,
 }
@@ -180,9 +177,6 @@ impl fmt::Display for SvmError {
             }
             SvmError::NoNestedPaging => {
                 f.write_str("AMD-V without nested paging (CPUID 8000_000Ah EDX.NP = 0)")
-            }
-            SvmError::NoNripSave => {
-                f.write_str("AMD-V without next-RIP save (CPUID 8000_000Ah EDX.NRIPS = 0)")
             }
             SvmError::NoGuestAsid => {
                 f.write_str("AMD-V with no ASID for guests (CPUID 8000_000Ah EBX < 2)")
@@ -201,7 +195,12 @@ pub const fn has_svm(leaf_8000_0001: [u32; 4]) -> bool {
 /// Decides whether AMD-V is usable from the raw values: the highest
 /// extended CPUID leaf (Fn8000_0000 EAX), Fn8000_0001 and Fn8000_000A as
 /// `[eax, ebx, ecx, edx]`, and VM_CR. Checks, in order: SVM present, not
-/// disabled by firmware, nested paging, next-RIP save, a guest ASID.
+/// disabled by firmware, nested paging, a guest ASID.
+///
+/// Next-RIP save is not required: without it the VMCB's nRIP field stays
+/// unwritten, and the length of an intercepted instruction has to come from
+/// its bytes in guest memory. QEMU's TCG (7.2) emulates SVM with nested
+/// paging but without NRIP save.
 pub const fn check(
     max_extended_leaf: u32,
     leaf_8000_0001: [u32; 4],
@@ -219,9 +218,6 @@ pub const fn check(
     }
     if !caps.features.contains(SvmFeatures::NESTED_PAGING) {
         return Err(SvmError::NoNestedPaging);
-    }
-    if !caps.features.contains(SvmFeatures::NRIP_SAVE) {
-        return Err(SvmError::NoNripSave);
     }
     if caps.asid_count < 2 {
         return Err(SvmError::NoGuestAsid);
@@ -328,12 +324,25 @@ mod tests {
             Err(SvmError::NoNestedPaging)
         );
         assert_eq!(
-            check(0x8000_001F, BOCHS_EXT1, [1, 8, 0, 0x1], 0),
-            Err(SvmError::NoNripSave)
-        );
-        assert_eq!(
             check(0x8000_001F, BOCHS_EXT1, [1, 1, 0, 0x9], 0),
             Err(SvmError::NoGuestAsid)
+        );
+    }
+
+    #[test]
+    fn nrip_save_is_optional() {
+        // QEMU 7.2 TCG: `-cpu EPYC` (NP only once TCG filters NRIPS out)
+        // and `-cpu max` (NP, VGIF, SVME_ADDR_CHK), 16 ASIDs.
+        for leaf_a in [[1, 0x10, 0, 0x1], [1, 0x10, 0, 0x1001_0001]] {
+            let caps = check(0x8000_001F, BOCHS_EXT1, leaf_a, 0).unwrap();
+            assert!(caps.features.contains(SvmFeatures::NESTED_PAGING));
+            assert!(!caps.features.contains(SvmFeatures::NRIP_SAVE));
+            assert_eq!(caps.max_guest_asid(), 15);
+        }
+        // Without nested paging it is still refused, NRIP save or not.
+        assert_eq!(
+            check(0x8000_001F, BOCHS_EXT1, [1, 0x10, 0, 0x1_0008], 0),
+            Err(SvmError::NoNestedPaging)
         );
     }
 
@@ -350,7 +359,6 @@ mod tests {
         for e in [
             SvmError::DisabledByFirmware { locked: false },
             SvmError::NoNestedPaging,
-            SvmError::NoNripSave,
             SvmError::NoGuestAsid,
         ] {
             assert!(e.to_string().starts_with("AMD-V "), "{e}");

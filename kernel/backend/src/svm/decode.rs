@@ -4,18 +4,35 @@
 //! Guest RAX lives in the VMCB state-save area, not in the world switch's
 //! register block: [`decode`] copies it (with RIP) into [`GuestRegs`] so
 //! handlers and the decoding of OUT and WRMSR see the guest's RAX, and
-//! [`super::entry::before_vmrun`] copies it back. The instruction length is
-//! nRIP - RIP (NRIP save is required at boot); an IOIO exit gives the next
-//! RIP in EXITINFO2 itself (APM 15.10.2).
+//! [`super::entry::before_vmrun`] copies it back.
+//!
+//! # Instruction lengths
+//!
+//! An exit whose instruction completes by being skipped (CPUID, RDMSR,
+//! WRMSR, HLT, VMMCALL, XSETBV, INVD, RDPMC) needs its length:
+//!
+//! - with NRIP save, nRIP - RIP;
+//! - without it ([`super::Optional::nrip_save`], QEMU's TCG), or should
+//!   nRIP be implausible (not 1 to 15 bytes on), the instruction's bytes at
+//!   CS base + RIP, read through the guest's page tables and checked
+//!   against the exit ([`super::insn`]). If they cannot be read or are not
+//!   that instruction, [`Decoded::stop`] says why and the VM is stopped:
+//!   a length is never guessed.
+//!
+//! An IOIO exit gives the next RIP in EXITINFO2 on every CPU (APM 15.10.2).
 
 use hvcore::arch::{
-    Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestRegs, IoAccess, IoDir,
+    Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestMemory, GuestRegs,
+    IoAccess, IoDir, StopReason,
 };
 use svm::exit::{
     CrAccessInfo, EventType, Exit as SvmExit, ExitCode, ExitInfo, IoDirection, IoExitInfo,
     MsrAccess, NpfAccess,
 };
 use svm::vmcb::Vmcb;
+
+use super::insn::{fetch_length, Skipped};
+use super::SvmSetup;
 
 /// One decoded exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +43,12 @@ pub struct Decoded {
     /// 15.7.2): it must be delivered again on the next VMRUN, unless a
     /// handler injects another.
     pub vectoring: Option<Event>,
+    /// The exit cannot be handled: the length of its instruction could not
+    /// be decoded from guest memory (see the module docs). The kernel stops
+    /// the VM with this reason instead of calling `handle_exit`. `exit` is
+    /// then [`Exit::Unhandled`] naming the exit code, so a caller that
+    /// handled it anyway would stop the VM too, with a vaguer report.
+    pub stop: Option<StopReason>,
 }
 
 /// The length of an instruction that ends at `next` and starts at `rip`,
@@ -37,33 +60,68 @@ fn len_between(rip: u64, next: u64) -> Option<u64> {
     }
 }
 
+/// The instruction an exit skips, if it is one whose length is needed.
+fn skipped(exit: &SvmExit) -> Option<Skipped> {
+    Some(match exit {
+        SvmExit::Cpuid => Skipped::Cpuid,
+        SvmExit::Hlt => Skipped::Hlt,
+        SvmExit::Vmmcall => Skipped::Vmmcall,
+        SvmExit::Msr {
+            access: MsrAccess::Read,
+        } => Skipped::Rdmsr,
+        SvmExit::Msr {
+            access: MsrAccess::Write,
+        } => Skipped::Wrmsr,
+        SvmExit::Other(ExitCode::Xsetbv) => Skipped::Xsetbv,
+        SvmExit::Other(ExitCode::Invd) => Skipped::Invd,
+        SvmExit::Other(ExitCode::Rdpmc) => Skipped::Rdpmc,
+        _ => return None,
+    })
+}
+
 /// Decodes the exit recorded in `vmcb`. Sets `regs.rip` and `regs.rax` from
 /// the state-save area and `regs.instruction_len` (0 for exits that are not
-/// caused by an instruction).
-pub fn decode(vmcb: &Vmcb, regs: &mut GuestRegs) -> Decoded {
+/// caused by an instruction). `mem` is the VM's memory, read only on a CPU
+/// without NRIP save (or with an implausible nRIP) to find an instruction's
+/// length; `setup` says whether the CPU saves nRIP.
+pub fn decode(
+    vmcb: &Vmcb,
+    regs: &mut GuestRegs,
+    mem: &dyn GuestMemory,
+    setup: &SvmSetup,
+) -> Decoded {
     let info = ExitInfo::from_vmcb(vmcb);
     regs.rip = vmcb.save.rip;
     regs.rax = vmcb.save.rax;
     regs.instruction_len = 0;
     let svm_exit = info.decode();
-    // nRIP - RIP, or the instruction's architectural length (no prefixes)
-    // should a CPU save no usable nRIP for an instruction it intercepted.
-    let len = |architectural: u64| info.instruction_len().unwrap_or(architectural);
+    // nRIP means nothing without NRIP save (the field is never written).
+    let nrip_len = if setup.optional.nrip_save {
+        info.instruction_len()
+    } else {
+        None
+    };
+    if let Some(insn) = skipped(&svm_exit) {
+        let len = match nrip_len {
+            Some(n) => Ok(n),
+            None => fetch_length(vmcb, mem, insn),
+        };
+        match len {
+            Ok(n) => regs.instruction_len = n,
+            Err(reason) => {
+                return Decoded {
+                    exit: unhandled(&info),
+                    vectoring: vectoring_event(&info),
+                    stop: Some(reason),
+                }
+            }
+        }
+    }
     let exit = match svm_exit {
-        SvmExit::Cpuid => {
-            regs.instruction_len = len(2);
-            Exit::Cpuid
-        }
-        SvmExit::Hlt => {
-            regs.instruction_len = len(1);
-            Exit::Hlt
-        }
-        SvmExit::Vmmcall => {
-            regs.instruction_len = len(3);
-            Exit::Vmcall
-        }
+        SvmExit::Cpuid => Exit::Cpuid,
+        SvmExit::Hlt => Exit::Hlt,
+        SvmExit::Vmmcall => Exit::Vmcall,
         SvmExit::Msr { access } => {
-            regs.instruction_len = len(2);
             let msr = regs.rcx as u32;
             match access {
                 MsrAccess::Read => Exit::Rdmsr { msr },
@@ -73,32 +131,21 @@ pub fn decode(vmcb: &Vmcb, regs: &mut GuestRegs) -> Decoded {
                 },
             }
         }
-        SvmExit::Io { info: io, next_rip } => {
-            match len_between(regs.rip, next_rip).or_else(|| info.instruction_len()) {
-                Some(n) => {
-                    regs.instruction_len = n;
-                    io_exit(io, regs)
-                }
-                None => unhandled(&info),
+        SvmExit::Io { info: io, next_rip } => match len_between(regs.rip, next_rip).or(nrip_len) {
+            Some(n) => {
+                regs.instruction_len = n;
+                io_exit(io, regs)
             }
-        }
-        SvmExit::Other(ExitCode::Xsetbv) => {
-            regs.instruction_len = len(3);
-            Exit::Xsetbv
-        }
-        SvmExit::Other(ExitCode::Invd) => {
-            regs.instruction_len = len(2);
-            Exit::Invd
-        }
-        SvmExit::Other(ExitCode::Rdpmc) => {
-            regs.instruction_len = len(2);
-            Exit::Rdpmc
-        }
+            None => unhandled(&info),
+        },
+        SvmExit::Other(ExitCode::Xsetbv) => Exit::Xsetbv,
+        SvmExit::Other(ExitCode::Invd) => Exit::Invd,
+        SvmExit::Other(ExitCode::Rdpmc) => Exit::Rdpmc,
         SvmExit::CrAccess {
             cr,
             write,
             info: CrAccessInfo::MovCr { gpr },
-        } => match info.instruction_len() {
+        } => match nrip_len {
             // Only with decode assists (not intercepted today).
             Some(n) => {
                 regs.instruction_len = n;
@@ -141,6 +188,7 @@ pub fn decode(vmcb: &Vmcb, regs: &mut GuestRegs) -> Decoded {
                     qualification: 0,
                 },
                 vectoring: None,
+                stop: None,
             }
         }
         // SVM is hidden from guests (CPUID 8000_0001h ECX.SVM = 0, EFER.SVME
@@ -164,7 +212,11 @@ pub fn decode(vmcb: &Vmcb, regs: &mut GuestRegs) -> Decoded {
         Exit::TripleFault => None,
         _ => vectoring_event(&info),
     };
-    Decoded { exit, vectoring }
+    Decoded {
+        exit,
+        vectoring,
+        stop: None,
+    }
 }
 
 /// The #UD name of an intercepted instruction the guest's CPU lacks.
@@ -230,7 +282,11 @@ fn vectoring_event(info: &ExitInfo) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::insn::testmem::Ram;
+    use super::super::testcaps::{bochs, tcg, QEMU_TCG_EPYC, QEMU_TCG_MAX};
     use super::*;
+    use hvcore::arch::{CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
+    use svm::vmcb::{SegmentAttributes, SegmentRegister};
     use svm::EventInfo;
 
     /// A VMCB with an exit staged at RIP 0x1000 and guest RAX `rax`.
@@ -245,15 +301,42 @@ mod tests {
         v
     }
 
-    fn run(v: &Vmcb) -> (Decoded, GuestRegs) {
+    /// Decodes on `setup`'s CPU with `mem` as the VM's memory.
+    fn run_on(v: &Vmcb, mem: &Ram, setup: &SvmSetup) -> (Decoded, GuestRegs) {
         let mut regs = GuestRegs {
             rax: 0xdead,
             rcx: 0x277,
             rdx: 0x7,
             ..Default::default()
         };
-        let d = decode(v, &mut regs);
+        let d = decode(v, &mut regs, mem, setup);
         (d, regs)
+    }
+
+    /// Decodes on Bochs' CPU (NRIP save) with no guest memory.
+    fn run(v: &Vmcb) -> (Decoded, GuestRegs) {
+        run_on(v, &Ram::new(0), &bochs())
+    }
+
+    /// RAM with `bytes` at 0x1000, where [`staged`] puts RIP (paging off).
+    fn code_at_1000(bytes: &[u8]) -> Ram {
+        let mut mem = Ram::new(0x2000);
+        mem.put(0x1000, bytes);
+        mem
+    }
+
+    /// The length QEMU's TCG (no NRIP save) finds for `bytes` at RIP, nRIP
+    /// left at 0 as TCG leaves it.
+    fn tcg_len(code: u64, info1: u64, bytes: &[u8]) -> Result<(Exit, u64), StopReason> {
+        let (d, regs) = run_on(
+            &staged(code, info1, 0, 0),
+            &code_at_1000(bytes),
+            &tcg(QEMU_TCG_EPYC),
+        );
+        match d.stop {
+            Some(reason) => Err(reason),
+            None => Ok((d.exit, regs.instruction_len)),
+        }
     }
 
     #[test]
@@ -263,7 +346,8 @@ mod tests {
             d,
             Decoded {
                 exit: Exit::Cpuid,
-                vectoring: None
+                vectoring: None,
+                stop: None
             }
         );
         assert_eq!(
@@ -281,11 +365,220 @@ mod tests {
         // 66 0F A2: a CPUID with a redundant prefix is 3 bytes.
         let (_, regs) = run(&staged(0x72, 0, 0, 0x1003));
         assert_eq!(regs.instruction_len, 3);
-        // No usable nRIP: the architectural length.
-        let (d, regs) = run(&staged(0x72, 0, 0, 0));
+        // No usable nRIP: the bytes decide, not a guess.
+        let (d, regs) = run_on(
+            &staged(0x72, 0, 0, 0),
+            &code_at_1000(&[0x66, 0x0F, 0xA2]),
+            &bochs(),
+        );
+        assert_eq!(
+            (d.exit, regs.instruction_len, d.stop),
+            (Exit::Cpuid, 3, None)
+        );
+        let (d, regs) = run_on(
+            &staged(0x8D, 0, 0, 0x2000),
+            &code_at_1000(&[0x0F, 0x01, 0xD1]),
+            &bochs(),
+        );
+        assert_eq!((d.exit, regs.instruction_len), (Exit::Xsetbv, 3));
+        // ... and unreadable bytes stop the VM.
+        let (d, _) = run(&staged(0x72, 0, 0, 0));
+        assert!(
+            matches!(
+                d.stop,
+                Some(StopReason::InstructionNotDecoded {
+                    instruction: "CPUID",
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn without_nrip_save_lengths_come_from_guest_memory() {
+        assert_eq!(tcg_len(0x72, 0, &[0x0F, 0xA2]), Ok((Exit::Cpuid, 2)));
+        assert_eq!(tcg_len(0x72, 0, &[0x66, 0x0F, 0xA2]), Ok((Exit::Cpuid, 3)));
+        assert_eq!(tcg_len(0x81, 0, &[0x0F, 0x01, 0xD9]), Ok((Exit::Vmcall, 3)));
+        assert_eq!(tcg_len(0x78, 0, &[0xF4]), Ok((Exit::Hlt, 1)));
+        assert_eq!(
+            tcg_len(0x7C, 0, &[0x0F, 0x32]),
+            Ok((Exit::Rdmsr { msr: 0x277 }, 2))
+        );
+        // WRMSR with segment, operand- and address-size prefixes.
+        assert_eq!(
+            tcg_len(0x7C, 1, &[0x2E, 0x66, 0x67, 0x0F, 0x30]),
+            Ok((
+                Exit::Wrmsr {
+                    msr: 0x277,
+                    value: 0x7_1234_5641
+                },
+                5
+            ))
+        );
+        assert_eq!(tcg_len(0x8D, 0, &[0x0F, 0x01, 0xD1]), Ok((Exit::Xsetbv, 3)));
+        assert_eq!(tcg_len(0x76, 0, &[0x0F, 0x08]), Ok((Exit::Invd, 2)));
+        assert_eq!(tcg_len(0x6F, 0, &[0x0F, 0x33]), Ok((Exit::Rdpmc, 2)));
+    }
+
+    #[test]
+    fn without_nrip_save_a_stale_nrip_is_ignored() {
+        // TCG never writes nRIP: whatever the field holds means nothing.
+        let mut v = staged(0x72, 0, 0, 0x1005);
+        v.save.rip = 0x1000;
+        let (d, regs) = run_on(&v, &code_at_1000(&[0x0F, 0xA2]), &tcg(QEMU_TCG_MAX));
         assert_eq!((d.exit, regs.instruction_len), (Exit::Cpuid, 2));
-        let (_, regs) = run(&staged(0x8D, 0, 0, 0x2000));
-        assert_eq!(regs.instruction_len, 3, "XSETBV without a plausible nRIP");
+        // I/O: EXITINFO2 is the next RIP; without it, nothing to fall back on.
+        let (d, regs) = run_on(
+            &staged(0x7B, (0x3F8 << 16) | (1 << 4), 0x1001, 0x1005),
+            &Ram::new(0),
+            &tcg(QEMU_TCG_MAX),
+        );
+        assert!(matches!(d.exit, Exit::Io(_)), "{d:?}");
+        assert_eq!(regs.instruction_len, 1);
+        let (d, _) = run_on(
+            &staged(0x7B, (0x3F8 << 16) | (1 << 4), 0, 0x1001),
+            &Ram::new(0),
+            &tcg(QEMU_TCG_MAX),
+        );
+        assert!(
+            matches!(d.exit, Exit::Unhandled { code: 0x7B, .. }),
+            "{d:?}"
+        );
+        // A CR access (decode assists) needs nRIP: not decoded from memory.
+        let (d, _) = run_on(
+            &staged(0x14, (1 << 63) | 3, 0, 0x1003),
+            &Ram::new(0),
+            &tcg(QEMU_TCG_MAX),
+        );
+        assert!(
+            matches!(d.exit, Exit::Unhandled { code: 0x14, .. }),
+            "{d:?}"
+        );
+        // Exits that skip nothing read no memory.
+        let (d, regs) = run_on(&staged(0x80, 0, 0, 0), &Ram::new(0), &tcg(QEMU_TCG_MAX));
+        assert_eq!(
+            (d.exit, regs.instruction_len, d.stop),
+            (Exit::UndefinedInstruction { name: "VMRUN" }, 0, None)
+        );
+    }
+
+    #[test]
+    fn garbage_at_rip_stops_the_vm() {
+        let e = tcg_len(0x72, 0, &[0x90, 0x90]).unwrap_err();
+        assert_eq!(
+            e,
+            StopReason::InstructionNotDecoded {
+                instruction: "CPUID",
+                why: "the bytes at RIP do not encode it",
+                linear: 0x1000,
+                rip: 0x1000
+            }
+        );
+        assert_eq!(
+            alloc::format!("{e}"),
+            "the length of the CPUID at rip 0x1000 (linear 0x1000) could not be read \
+             from guest memory: the bytes at RIP do not encode it"
+        );
+        // Fifteen prefixes: longer than any instruction.
+        assert!(matches!(
+            tcg_len(0x78, 0, &[0x66; 15]),
+            Err(StopReason::InstructionNotDecoded {
+                instruction: "HLT",
+                why: "the bytes at RIP are prefixes beyond 15 bytes",
+                ..
+            })
+        ));
+        // The exit says VMMCALL, memory says XSETBV.
+        assert!(tcg_len(0x81, 0, &[0x0F, 0x01, 0xD1]).is_err());
+        // What a caller that ignores `stop` would handle: an unhandled
+        // exit, which stops the VM too.
+        let (d, regs) = run_on(
+            &staged(0x72, 0, 0, 0),
+            &code_at_1000(&[0xCC]),
+            &tcg(QEMU_TCG_EPYC),
+        );
+        assert_eq!(
+            d.exit,
+            Exit::Unhandled {
+                code: 0x72,
+                name: "VMEXIT_CPUID",
+                qualification: 0
+            }
+        );
+        assert_eq!(regs.instruction_len, 0);
+    }
+
+    /// A 64-bit (or, without CS.L, compatibility-mode) guest whose page
+    /// tables map linear 0x10000 -> 0x9000 and 0x11000 -> 0x7000.
+    fn paged(rip: u64, cs_long: bool) -> (Vmcb, Ram) {
+        let mut v = staged(0x72, 0, 0, 0);
+        v.save.cr0 = CR0_PE | CR0_PG;
+        v.save.cr3 = Ram::PML4;
+        v.save.cr4 = CR4_PAE;
+        v.save.efer = EFER_LME | EFER_LMA | svm::caps::EFER_SVME;
+        let attrib = if cs_long {
+            SegmentAttributes::CODE64
+        } else {
+            SegmentAttributes::CODE32
+        };
+        v.save.cs = SegmentRegister::new(8, attrib, 0xFFFF_FFFF, 0);
+        v.save.rip = rip;
+        let mut mem = Ram::new(0x1_0000);
+        mem.map_4k(&[(0x10_000, 0x9000), (0x11_000, 0x7000)]);
+        (v, mem)
+    }
+
+    #[test]
+    fn rex_counts_in_64_bit_mode_only() {
+        let (v, mut mem) = paged(0x10_100, true);
+        mem.put(0x9100, &[0x48, 0x0F, 0xA2]);
+        let setup = tcg(QEMU_TCG_EPYC);
+        let (d, regs) = run_on(&v, &mem, &setup);
+        assert_eq!(
+            (d.exit, regs.instruction_len, d.stop),
+            (Exit::Cpuid, 3, None)
+        );
+        // The same bytes in compatibility mode: 48 is DEC EAX.
+        let (v, _) = paged(0x10_100, false);
+        let (d, _) = run_on(&v, &mem, &setup);
+        assert!(
+            matches!(
+                d.stop,
+                Some(StopReason::InstructionNotDecoded {
+                    why: "the bytes at RIP do not encode it",
+                    linear: 0x10_100,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn an_instruction_crossing_into_a_page_mapped_elsewhere() {
+        // 66 0F | A2 across linear 0x11000, physically 0x9FFE and 0x7000.
+        let (v, mut mem) = paged(0x10_FFE, true);
+        mem.put(0x9FFE, &[0x66, 0x0F]);
+        mem.put(0x7000, &[0xA2]);
+        let (d, regs) = run_on(&v, &mem, &tcg(QEMU_TCG_EPYC));
+        assert_eq!(
+            (d.exit, regs.instruction_len, d.stop),
+            (Exit::Cpuid, 3, None)
+        );
+        assert_eq!(regs.rip, 0x10_FFE);
+        // RIP on a page the guest has not mapped.
+        let (v, mem) = paged(0x12_000, true);
+        let (d, _) = run_on(&v, &mem, &tcg(QEMU_TCG_EPYC));
+        assert_eq!(
+            d.stop,
+            Some(StopReason::InstructionNotDecoded {
+                instruction: "CPUID",
+                why: "a guest page-table entry is not present",
+                linear: 0x12_000,
+                rip: 0x12_000
+            })
+        );
     }
 
     #[test]
@@ -550,7 +843,8 @@ mod tests {
                     code: 0xFFFF_FFFF,
                     qualification: 0
                 },
-                vectoring: None
+                vectoring: None,
+                stop: None
             }
         );
         assert_eq!(regs.rip, 0x1000);

@@ -1,7 +1,9 @@
 //! The AMD-V backend, twin of [`crate::vtx`]: intercepts decided once at boot
 //! ([`SvmSetup`]), VMCB programming ([`setup`]), exit translation
-//! ([`decode`]), guest-state access over the VMCB ([`state`]), entry
-//! preparation ([`entry`]) and the I/O and MSR permission maps ([`perm`]).
+//! ([`decode`], with instruction lengths from guest memory when the CPU has
+//! no NRIP save: [`insn`]), guest-state access over the VMCB ([`state`]),
+//! entry preparation ([`entry`]) and the I/O and MSR permission maps
+//! ([`perm`]).
 //! APM means AMD publication 24593 (Vol. 2), chapter 15, as in the `svm`
 //! crate.
 //!
@@ -80,8 +82,8 @@
 //! | feature | required | without it |
 //! |---|---|---|
 //! | nested paging | yes | - |
-//! | NRIP save | yes | - (the length of an intercepted instruction comes from nRIP) |
 //! | two ASIDs or more | yes | - |
+//! | NRIP save | no | the length of an intercepted instruction is decoded from its bytes in guest memory ([`insn`]) instead of nRIP - RIP |
 //! | VMCB clean bits | no | the processor reloads every VMCB field at every VMRUN |
 //! | flush by ASID | no | a vCPU's TLB flush (TLB_CONTROL 1) flushes every ASID |
 //! | decode assists | no | not used: control-register accesses are never intercepted |
@@ -91,8 +93,13 @@
 //! virtualization, SVM lock, NRIP save, flush by ASID, pause filter): no
 //! clean bits, no decode assists. QEMU 7.2's TCG offers nested paging, VGIF
 //! and SVME address checks but no NRIP save (`TCG_SVM_FEATURES` in
-//! `target/i386/cpu.c`; its #VMEXIT never writes nRIP), so `-cpu EPYC` (EDX
-//! 0x1 once TCG filters NRIPS out) and `-cpu max` (0x1001_0001) are refused.
+//! `target/i386/cpu.c`; its #VMEXIT never writes nRIP): `-cpu EPYC` (EDX
+//! 0x1 once TCG filters NRIPS out) and `-cpu max` (0x1001_0001) run with
+//! every optional feature missing, and [`decode::decode`] reads each
+//! skipped instruction (CPUID, RDMSR, WRMSR, HLT, VMMCALL, XSETBV, INVD,
+//! RDPMC) at CS base + RIP through the guest's page tables
+//! ([`hvcore::guest_paging`]) to learn its length. An I/O exit needs no
+//! decoding: EXITINFO2 holds the next RIP on every CPU (APM 15.10.2).
 //!
 //! # What the kernel's world switch does
 //!
@@ -115,7 +122,8 @@
 //!    handled: [`state::VmcbCpu`] reads it there); `vmload` the host save
 //!    VMCB (GS base, TR); `cli`; `stgi`;
 //! 4. [`entry::after_vmexit`], then [`decode::decode`] (which copies the
-//!    VMCB's RIP and RAX into GuestRegs), take a pending host interrupt
+//!    VMCB's RIP and RAX into GuestRegs; a [`decode::Decoded::stop`] stops
+//!    the VM instead of handling the exit), take a pending host interrupt
 //!    (`sti; nop; cli`) on `ExternalInterrupt`, `hvcore::exit::handle_exit`,
 //!    [`entry::advance`], [`entry::next_event`] and [`entry::inject`].
 //!
@@ -134,6 +142,7 @@
 
 pub mod decode;
 pub mod entry;
+pub mod insn;
 pub mod perm;
 pub mod setup;
 pub mod state;
@@ -148,6 +157,9 @@ pub use crate::vtx::{HostFeatures, Missing};
 /// Optional features this CPU has (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Optional {
+    /// NRIP save: #VMEXIT writes the next RIP of an intercepted instruction
+    /// (VMCB 0C8h); without it lengths are decoded from guest memory.
+    pub nrip_save: bool,
     /// VMCB clean bits (APM 15.15.3).
     pub vmcb_clean: bool,
     /// TLB_CONTROL 3 and 7: flush one ASID (APM 15.16).
@@ -182,7 +194,7 @@ pub struct SvmSetup {
 impl SvmSetup {
     /// Decides the intercepts from the SVM capabilities (CPUID Fn8000_000A,
     /// VM_CR) and the host's features. Refuses, by name, a CPU without
-    /// nested paging, NRIP save or a guest ASID, or with SVM disabled.
+    /// nested paging or a guest ASID, or with SVM disabled.
     pub fn from_caps(caps: &SvmCapabilities, host: HostFeatures) -> Result<SvmSetup, SvmError> {
         if caps.vm_cr.contains(VmCr::SVMDIS) {
             return Err(SvmError::DisabledByFirmware {
@@ -192,14 +204,12 @@ impl SvmSetup {
         if !caps.features.contains(SvmFeatures::NESTED_PAGING) {
             return Err(SvmError::NoNestedPaging);
         }
-        if !caps.features.contains(SvmFeatures::NRIP_SAVE) {
-            return Err(SvmError::NoNripSave);
-        }
         if caps.asid_count < 2 {
             return Err(SvmError::NoGuestAsid);
         }
         let f = caps.features;
         let optional = Optional {
+            nrip_save: f.contains(SvmFeatures::NRIP_SAVE),
             vmcb_clean: f.contains(SvmFeatures::VMCB_CLEAN),
             flush_by_asid: f.contains(SvmFeatures::FLUSH_BY_ASID),
             decode_assists: f.contains(SvmFeatures::DECODE_ASSISTS),
@@ -260,6 +270,10 @@ impl SvmSetup {
     pub fn missing(&self) -> alloc::vec::Vec<Missing> {
         let o = self.optional;
         [
+            (
+                o.nrip_save,
+                ("NRIP save", "instruction lengths decoded from guest memory"),
+            ),
             (
                 o.vmcb_clean,
                 (
@@ -326,6 +340,15 @@ pub(crate) mod testcaps {
             Err(e) => panic!("Bochs ryzen refused: {e}"),
         }
     }
+
+    /// A QEMU TCG setup (no NRIP save): [`QEMU_TCG_EPYC`] or
+    /// [`QEMU_TCG_MAX`].
+    pub fn tcg(leaf: [u32; 4]) -> SvmSetup {
+        match SvmSetup::from_caps(&caps(leaf), HOST) {
+            Ok(s) => s,
+            Err(e) => panic!("QEMU TCG refused: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +362,7 @@ mod tests {
         assert_eq!(
             s.optional,
             Optional {
+                nrip_save: true,
                 vmcb_clean: false,
                 flush_by_asid: true,
                 decode_assists: false,
@@ -414,18 +438,38 @@ mod tests {
     }
 
     #[test]
-    fn qemu_tcg_lacks_nrip_save_and_is_refused_by_name() {
+    fn qemu_tcg_runs_without_nrip_save() {
         for leaf in [QEMU_TCG_EPYC, QEMU_TCG_MAX] {
-            let e = SvmSetup::from_caps(&caps(leaf), HOST).unwrap_err();
-            assert_eq!(e, SvmError::NoNripSave);
-            assert!(alloc::format!("{e}").contains("next-RIP save"), "{e}");
+            let s = tcg(leaf);
+            assert_eq!(s.optional, Optional::default(), "nothing optional");
+            assert_eq!(
+                s.missing(),
+                [
+                    ("NRIP save", "instruction lengths decoded from guest memory"),
+                    (
+                        "VMCB clean bits",
+                        "the whole VMCB is reloaded at every VMRUN"
+                    ),
+                    ("flush by ASID", "a vCPU's TLB flush flushes every ASID"),
+                    (
+                        "decode assists",
+                        "not used: control-register accesses are never intercepted"
+                    ),
+                    (
+                        "LBR virtualization",
+                        "guest DEBUGCTL kept in software: LBR and BTF have no effect"
+                    ),
+                ]
+            );
+            assert_eq!(s.tlb_flush, TlbControl::FlushAll);
+            assert_eq!(s.max_asid, 15);
+            assert_eq!(s.intercept_vector3, bochs().intercept_vector3);
         }
-        // The same model with NRIP save (as KVM would offer it) runs, with
-        // every optional feature missing and 15 guest ASIDs.
+        // The same model with NRIP save (as KVM would offer it) lacks the
+        // other four.
         let s = SvmSetup::from_caps(&caps(EPYC_MODEL), HOST).unwrap();
+        assert!(s.optional.nrip_save);
         assert_eq!(s.missing().len(), 4);
-        assert_eq!(s.tlb_flush, TlbControl::FlushAll);
-        assert_eq!(s.max_asid, 15);
     }
 
     #[test]
@@ -469,12 +513,16 @@ mod tests {
 #[cfg(test)]
 mod round_trip {
     //! Exits through the whole backend and hvcore's policy, as the kernel's
-    //! vCPU loop will run them: after_vmexit, decode, handle_exit over
-    //! VmcbCpu, advance, next_event/inject, before_vmrun.
+    //! vCPU loop will run them: after_vmexit, decode (a decoding stop stops
+    //! the VM), handle_exit over VmcbCpu, advance, next_event/inject,
+    //! before_vmrun. Guest memory holds the boot page tables a 64-bit guest
+    //! starts with.
+    use super::insn::testmem::Ram;
     use super::setup::{program, GuestStart};
     use super::state::{LazyMsrs, SoftState, VmcbCpu};
-    use super::testcaps::bochs;
+    use super::testcaps::{bochs, tcg, QEMU_TCG_EPYC};
     use super::{decode, entry, SvmSetup};
+    use crate::vtx::setup::long_mode_boot_words;
     use hvcore::arch::{
         Action, Event, GuestCpu, GuestMemory, GuestMemoryError, GuestRegs, Platform, StopReason,
     };
@@ -536,11 +584,22 @@ mod round_trip {
         regs: GuestRegs,
         vm: VmContext,
         state: VcpuState,
+        mem: Ram,
     }
 
     impl Vcpu {
+        /// On Bochs' CPU (NRIP save).
         fn new() -> Vcpu {
-            let setup = bochs();
+            Vcpu::on(bochs())
+        }
+
+        /// A 64-bit guest at 0x10_0000 on `setup`'s CPU, with 2 MiB of
+        /// memory.
+        fn on(setup: SvmSetup) -> Vcpu {
+            let mut mem = Ram::new(0x20_0000);
+            for (gpa, word) in long_mode_boot_words() {
+                mem.put(gpa, &word.to_le_bytes());
+            }
             let mut vmcb = alloc::boxed::Box::new(Vmcb::new());
             let start = GuestStart {
                 mode: GuestMode::Long64,
@@ -558,18 +617,22 @@ mod round_trip {
                 regs: GuestRegs::default(),
                 vm: VmContext::new(1, "svm"),
                 state: VcpuState::new(0),
+                mem,
             }
         }
 
         /// The hardware exits with `code`; the kernel handles it and
-        /// prepares the next VMRUN.
+        /// prepares the next VMRUN. Without NRIP save the CPU leaves nRIP
+        /// alone (`len` is then unused).
         fn exit(&mut self, code: u64, info1: u64, len: u64) -> Action {
             let v = &mut self.vmcb;
             v.control.exit_code = code;
             v.control.exit_info1 = info1;
-            v.control.next_rip = v.save.rip + len;
+            if self.setup.optional.nrip_save {
+                v.control.next_rip = v.save.rip + len;
+            }
             entry::after_vmexit(v, &self.setup);
-            let d = decode::decode(v, &mut self.regs);
+            let d = decode::decode(v, &mut self.regs, &self.mem, &self.setup);
             let action = {
                 let cpu = VmcbCpu {
                     vmcb: v,
@@ -578,13 +641,22 @@ mod round_trip {
                     msrs: &mut NoLazy,
                 };
                 let mut env = Env { cpu };
-                handle_exit(
-                    &mut self.vm,
-                    &mut self.state,
-                    &d.exit,
-                    &mut self.regs,
-                    &mut env,
-                )
+                match d.stop {
+                    Some(reason) => {
+                        // What the kernel's vCPU loop does with a decoding
+                        // stop: stop the VM and the vCPU, handle nothing.
+                        self.vm.stop(reason, &mut env);
+                        self.state.run_state_mut().stop(reason).unwrap();
+                        Action::Stop(reason)
+                    }
+                    None => handle_exit(
+                        &mut self.vm,
+                        &mut self.state,
+                        &d.exit,
+                        &mut self.regs,
+                        &mut env,
+                    ),
+                }
             };
             entry::advance(v, &action, &self.regs);
             if let Some(ev) = entry::next_event(&action, d.vectoring, None) {
@@ -698,5 +770,47 @@ mod round_trip {
             c.vmcb.control.interrupt_state.is_empty(),
             "STI; HLT: the shadow ends"
         );
+    }
+
+    #[test]
+    fn qemu_tcg_skips_instructions_by_their_bytes() {
+        let mut c = Vcpu::on(tcg(QEMU_TCG_EPYC));
+        // 66 0F A2 (CPUID), 0F 01 D9 (VMMCALL), 2E 0F 32 (RDMSR), F4 (HLT)
+        // in a row at the entry point, through the boot page tables.
+        c.mem.put(
+            0x10_0000,
+            &[0x66, 0x0F, 0xA2, 0x0F, 0x01, 0xD9, 0x2E, 0x0F, 0x32, 0xF4],
+        );
+        c.vmcb.save.rax = 0;
+        assert_eq!(c.exit(0x72, 0, 0), Action::AdvanceRip);
+        assert_eq!(c.vmcb.save.rip, 0x10_0003);
+        c.vmcb.save.rax = 0x1234; // an unknown hypercall fails, and skips
+        let a = c.exit(0x81, 0, 0);
+        assert!(matches!(a, Action::AdvanceRip), "{a:?}");
+        assert_eq!(c.vmcb.save.rip, 0x10_0006);
+        c.regs.rcx = u64::from(IA32_EFER);
+        assert_eq!(c.exit(0x7C, 0, 0), Action::AdvanceRip);
+        assert_eq!((c.vmcb.save.rip, c.regs.rax), (0x10_0009, 0xd00));
+        assert_eq!(c.exit(0x78, 0, 0), Action::Halt);
+        assert_eq!(c.vmcb.save.rip, 0x10_000A);
+    }
+
+    #[test]
+    fn qemu_tcg_stops_a_vm_whose_code_changed() {
+        let mut c = Vcpu::on(tcg(QEMU_TCG_EPYC));
+        // The exit says CPUID; memory holds a NOP (the guest rewrote it).
+        c.mem.put(0x10_0000, &[0x90]);
+        let reason = StopReason::InstructionNotDecoded {
+            instruction: "CPUID",
+            why: "the bytes at RIP do not encode it",
+            linear: 0x10_0000,
+            rip: 0x10_0000,
+        };
+        assert_eq!(c.exit(0x72, 0, 0), Action::Stop(reason));
+        assert_eq!(c.vmcb.save.rip, 0x10_0000, "nothing skipped");
+        assert_eq!(c.vm.stop_reason(), Some(&reason));
+        // Any later exit finds the VM stopped.
+        c.mem.put(0x10_0000, &[0x0F, 0xA2]);
+        assert_eq!(c.exit(0x72, 0, 0), Action::Stop(reason));
     }
 }
