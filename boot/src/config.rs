@@ -34,10 +34,10 @@ use hvcore::config::{
     Problem, Size, VmLabel, VmSpec, GIB, MEMORY_ALIGN, MIB, MIN_MEMORY,
 };
 use hvcore::package::{BootOptions, Command, Image, Package};
-use hvcore::text::Escaped;
+use hvcore::text::{Escaped, EscapedLines};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -209,8 +209,7 @@ impl fmt::Display for ConfigFileError {
                 write!(f, "cannot read {}: {error}", shown(path))
             }
             ConfigFileError::Syntax { path, message } => {
-                let message = Escaped(message.trim_end()).to_string().replace("\\n", "\n");
-                write!(f, "{}: {message}", shown(path))
+                write!(f, "{}: {}", shown(path), EscapedLines(message.trim_end()))
             }
             ConfigFileError::Invalid {
                 path,
@@ -229,12 +228,12 @@ impl fmt::Display for ConfigFileError {
                 for d in &details {
                     *count.entry(d).or_default() += 1;
                 }
-                let mut done: HashMap<&str, ()> = HashMap::new();
+                let mut done: HashSet<&str> = HashSet::new();
                 for (p, d) in problems.iter().zip(&details) {
                     let n = count[d.as_str()];
                     if n <= SHOWN_REPEATS || p.label().is_none() {
                         write!(f, "\n  {p}")?;
-                    } else if done.insert(d, ()).is_none() {
+                    } else if done.insert(d) {
                         write!(
                             f,
                             "\n  {p}\n  ... and {} more VMs with the same problem",

@@ -31,6 +31,7 @@ fn main_inner() -> Result<u8, Error> {
             scenario,
             run: options,
         } => {
+            run::check_tools(options.emulator, options.firmware)?;
             let images = pack::prepare_for(&scenario, "hv", &options.machine())?;
             let spec = RunSpec {
                 emulator: options.emulator,

@@ -309,6 +309,26 @@ fn require_file(path: &str, package: &str) -> Result<(), Error> {
     }
 }
 
+/// Checks that the emulator and firmware a run needs are installed, before
+/// anything is built for it.
+pub fn check_tools(emulator: Emulator, firmware: Firmware) -> Result<(), Error> {
+    match emulator {
+        Emulator::Qemu => {
+            require_tool("qemu-system-x86_64", "qemu-system-x86")?;
+            if firmware == Firmware::Uefi {
+                require_file(OVMF_CODE, "ovmf")?;
+                require_file(OVMF_VARS, "ovmf")?;
+            }
+        }
+        Emulator::Bochs => {
+            require_tool("bochs", "bochs bochs-sdl")?;
+            require_file(BOCHS_BIOS, "bochsbios")?;
+            require_file(BOCHS_VGABIOS, "vgabios")?;
+        }
+    }
+    Ok(())
+}
+
 /// True when QEMU can really run a VT-x capable guest with KVM here: the host
 /// CPU exposes VMX, /dev/kvm exists, and a paused `-cpu host` VM starts (a
 /// paravirtual KVM that cannot run ordinary guests aborts at vCPU reset).
