@@ -54,7 +54,7 @@ pub fn run(filter: &str, machine: &Machine) -> KernelExit {
     let selected: Vec<&Case> = CASES.iter().filter(|c| c.name.contains(filter)).collect();
     println!("selftest: running {} of {} case(s) (filter {filter:?})", selected.len(), CASES.len());
     let (mut passed, mut failed, mut unavailable) = (0usize, 0usize, 0usize);
-    let vmx = crate::vmm::enable::detect();
+    let vmx = crate::vmm::vtx::enable::detect();
     for case in &selected {
         if let (true, Err(e)) = (case.needs_vmx, &vmx) {
             unavailable += 1;

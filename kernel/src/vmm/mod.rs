@@ -1,41 +1,146 @@
-//! Virtual machines: VT-x bring-up, partitions, vCPUs and the per-CPU
-//! scheduling loop.
+//! Virtual machines: backend bring-up (VT-x or AMD-V, whichever the CPU
+//! offers), partitions, vCPUs and the per-CPU scheduling loop.
 //!
-//! Flow: detect VT-x (a clear one-line refusal without it); validate the boot
-//! package's VMs against this machine (`hvcore::config::check_each`), build
-//! each valid VM completely (partition, EPT, image, VMCS region) or not at all,
-//! prove that no two partitions share a frame and no hypervisor frame is
-//! mapped (EPT walk), hand each vCPU to the CPU it is pinned to, and run every
-//! CPU's round-robin loop (`hvcore::sched`) with VMX-preemption-timer slices.
-//! A stopped VM is reported at once; the others go on. When every VM has
-//! stopped (or the run time limit passes) the summary is printed.
+//! Flow: pick the backend (a clear one-line refusal when the CPU has
+//! neither); decide its controls once from the capability MSRs or CPUID;
+//! validate the boot package's VMs against this machine
+//! (`hvcore::config::check_each`), build each valid VM completely
+//! (partition, nested page tables, image, VMCS or VMCB) or not at all, prove
+//! that no two partitions share a frame and no hypervisor frame is mapped
+//! (a walk of every EPT/NPT), hand each vCPU to the CPU it is pinned to, and
+//! run every CPU's round-robin loop (`hvcore::sched`). Slices end by the
+//! VMX-preemption timer (VT-x) or the host's LAPIC timer (AMD-V). A stopped
+//! VM is reported at once; the others go on. When every VM has stopped (or
+//! the run time limit passes) the summary is printed.
 //!
-//! Exit handling is policy in `hvcore`; this module and [`vcpu`] only move
-//! state between the VMCS and `hvcore`'s neutral types.
+//! Exit handling is policy in `hvcore`; the host-testable halves of the
+//! backends are in `backend`; [`vtx`] and [`svm`] keep only what needs the
+//! hardware.
 
-pub mod enable;
-pub mod entry;
 pub mod lazy;
 pub mod partition;
-pub mod vcpu;
+pub mod platform;
+pub mod svm;
+pub mod vtx;
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use backend::svm::SvmSetup;
+use backend::vtx::{HostFeatures, SetupError, VmxSetup};
 use hvcore::config::{self, HostRange, MachineLimits, MemoryLimits};
 use hvcore::package::Package;
 use hvcore::sched::{Scheduler, VcpuId};
 use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
 use spin::Mutex;
-use backend::vtx::{HostFeatures, SetupError, VmxSetup};
 use vmx::VmxCapabilities;
 
 use crate::acpi::Machine;
 use crate::percpu::MAX_CPUS;
-use partition::Partition;
-use vcpu::{HostCpu, SliceEnd, Vcpu};
+use partition::{Partition, TablesKind};
+use platform::KernelPlatform;
+use vtx::enable;
+
+/// How a slice ended.
+pub enum SliceEnd {
+    /// The slice's time ran out.
+    Preempted,
+    /// The guest yielded.
+    Yielded,
+    /// The guest halted.
+    Halted,
+    /// The VM stopped (its report is in `vm.stop_report()`).
+    Stopped,
+}
+
+/// The hardware backend chosen at boot.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// Intel VT-x.
+    Vtx(VmxSetup),
+    /// AMD-V, with the machine's I/O and MSR permission maps (host-physical).
+    Svm { setup: SvmSetup, iopm: u64, msrpm: u64 },
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Vtx(_) => "VT-x",
+            Backend::Svm { .. } => "AMD-V",
+        }
+    }
+
+    fn tables(&self) -> TablesKind {
+        match self {
+            Backend::Vtx(_) => TablesKind::Ept,
+            Backend::Svm { .. } => TablesKind::Npt,
+        }
+    }
+}
+
+static BACKEND: spin::Once<Backend> = spin::Once::new();
+
+/// A vCPU of either backend.
+pub enum Vcpu {
+    /// On VT-x.
+    Vtx(vtx::vcpu::Vcpu),
+    /// On AMD-V.
+    Svm(svm::vcpu::Vcpu),
+}
+
+/// Per-CPU facts of either backend.
+enum HostCpu {
+    Vtx(vtx::vcpu::HostCpu),
+    Svm(svm::vcpu::HostCpu),
+}
+
+macro_rules! each {
+    ($self:expr, $v:ident => $e:expr) => {
+        match $self {
+            Vcpu::Vtx($v) => $e,
+            Vcpu::Svm($v) => $e,
+        }
+    };
+}
+
+impl Vcpu {
+    fn vm(&self) -> &VmContext {
+        each!(self, v => &v.vm)
+    }
+    fn vm_mut(&mut self) -> &mut VmContext {
+        each!(self, v => &mut v.vm)
+    }
+    fn partition(&self) -> &Partition {
+        each!(self, v => &v.partition)
+    }
+    fn entry(&self) -> u64 {
+        each!(self, v => v.entry())
+    }
+    fn slice_us(&self) -> u32 {
+        each!(self, v => v.slice_us())
+    }
+    fn save_lazy(&mut self) {
+        each!(self, v => v.save_lazy())
+    }
+    fn load_lazy(&self) {
+        each!(self, v => v.load_lazy())
+    }
+    fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
+        each!(self, v => v.stop(reason, env))
+    }
+    fn release(self) {
+        each!(self, v => v.release())
+    }
+    fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+        match (self, host) {
+            (Vcpu::Vtx(v), HostCpu::Vtx(h)) => v.run_slice(h, slice_end, env),
+            (Vcpu::Svm(v), HostCpu::Svm(h)) => v.run_slice(h, slice_end, env),
+            _ => panic!("a vCPU of one backend on a CPU set up for the other"),
+        }
+    }
+}
 
 /// The vCPUs one physical CPU runs.
 struct CpuWork(Vec<Vcpu>);
@@ -77,115 +182,37 @@ static STATS_REQUEST: AtomicU32 = AtomicU32::new(0);
 /// Set when the console asks to stop every VM.
 static STOP_ALL: AtomicBool = AtomicBool::new(false);
 
-/// The services exit handlers get, for the VM whose exit is handled
-/// (bound to a VM by `KernelPlatform::with`, see [`vcpu`]).
-///
-/// Guest console lines are queued here and printed between slices
-/// ([`KernelPlatform::flush_output`]): drawing them (the framebuffer scroll
-/// above all) would otherwise run inside the guest's slice and stretch it
-/// past its end.
-pub struct KernelPlatform {
-    apic_id: u32,
-    output: String,
-    dropped_bytes: u64,
-    drop_reported: bool,
-}
-
-/// Queued guest output beyond this is dropped (and counted) until the next
-/// flush. The serial line carries about 11 bytes per millisecond at 115200
-/// baud, so a flooding guest could otherwise occupy the host console (and
-/// every CPU waiting for it) for seconds per slice; like Xen's console ring,
-/// what the line cannot carry is dropped.
-const OUTPUT_QUEUE_LIMIT: usize = 512;
-
-impl KernelPlatform {
-    fn new(apic_id: u32) -> Self {
-        KernelPlatform { apic_id, output: String::with_capacity(OUTPUT_QUEUE_LIMIT), dropped_bytes: 0, drop_reported: false }
-    }
-
-    /// Queues one guest console line, prefixed with the VM's name.
-    fn queue_line(&mut self, vm_name: &str, line: &str) {
-        use core::fmt::Write;
-        if self.output.len() + vm_name.len() + line.len() + 6 > OUTPUT_QUEUE_LIMIT {
-            self.dropped_bytes += line.len() as u64 + 1;
-            return;
-        }
-        let _ = writeln!(self.output, "vm {vm_name}: {line}");
-    }
-
-    /// Prints the queued guest output (outside any guest's slice).
-    fn flush_output(&mut self) {
-        if !self.output.is_empty() {
-            crate::print!("{}", self.output);
-            self.output.clear();
-        }
-        if self.dropped_bytes != 0 && !self.drop_reported {
-            log::warn!("guest console output faster than the host console: dropping what does not fit");
-            self.drop_reported = true;
-        }
-    }
-}
-
-fn tsc_from_us(us: u64) -> u64 {
+pub(crate) fn tsc_from_us(us: u64) -> u64 {
     let hz = crate::apic::tsc_hz().max(1_000_000);
     (us as u128 * hz as u128 / 1_000_000) as u64
 }
 
-fn us_from_tsc(ticks: u64) -> u64 {
+pub(crate) fn us_from_tsc(ticks: u64) -> u64 {
     let hz = crate::apic::tsc_hz().max(1_000_000);
     (ticks as u128 * 1_000_000 / hz as u128) as u64
 }
 
 /// Starts the VMs of the package and runs them to completion.
 pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
-    if let Err(e) = enable::detect() {
-        crate::println!("{e}");
-        log::info!("no VMs started: this CPU cannot run them");
+    let backend = if enable::detect().is_ok() {
+        match start_vtx() {
+            Ok(b) => b,
+            Err(exit) => return exit,
+        }
+    } else if let Ok(caps) = svm::enable::probe() {
+        match start_svm(&caps) {
+            Ok(b) => b,
+            Err(exit) => return exit,
+        }
+    } else {
+        report_no_virtualization();
         return KernelExit::Success;
-    }
-    let caps = match enable::capabilities() {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("{e}; no VMs started");
-            return KernelExit::Failure;
-        }
     };
-    log::info!(
-        "VT-x: VMCS revision {:#x}, true controls {}, EPT {:?}, preemption timer rate 2^{}",
-        caps.basic.revision_id(),
-        caps.basic.true_controls(),
-        caps.ept_vpid,
-        caps.misc.preemption_timer_rate()
-    );
-    let caps = *CAPS.call_once(|| caps);
-    let setup = match decide_setup(&caps) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("{e}; no VMs started");
-            return KernelExit::Failure;
-        }
-    };
-    for (feature, consequence) in setup.missing() {
-        log::warn!("VT-x: no {feature}: {consequence}");
-    }
-    log::info!(
-        "VT-x set-up: VPID {}, unrestricted guest {}, TPR shadow {}, guest XCR0 allowed {:#x}",
-        setup.optional.vpid,
-        setup.optional.unrestricted_guest,
-        setup.optional.tpr_shadow,
-        setup.limits.xcr0_allowed
-    );
-    if let Err(e) = enable_on_boot_cpu(&caps) {
-        log::error!("{e}; no VMs started");
-        return match e {
-            enable::VmxError::DisabledByFirmware => KernelExit::Success,
-            _ => KernelExit::Failure,
-        };
-    }
-    log::info!("VMX operation on CPU 0 (VMXON done)");
+    let backend = *BACKEND.call_once(|| backend);
+    log::info!("virtualization backend: {}", backend.name());
 
     let cpus = crate::smp::online_cpus().max(1);
-    let vcpus = build_vms(package, cpus);
+    let vcpus = build_vms(package, cpus, &backend);
     if vcpus.is_empty() {
         log::warn!("no VM could be started");
         return KernelExit::Success;
@@ -216,7 +243,9 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     // Wake the application processors waiting in `ap_main`.
     crate::smp::wake_others();
 
-    cpu_loop(0, &setup, package.options.serial_input);
+    if let Some(host) = host_cpu(0, &backend) {
+        cpu_loop(0, &host, package.options.serial_input);
+    }
     if WORK_CPU0_HAD_WORK.load(Ordering::Relaxed) {
         CPUS_DONE.fetch_add(1, Ordering::Release);
     }
@@ -227,14 +256,134 @@ pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
     KernelExit::Success
 }
 
+/// The one line a machine without VT-x and AMD-V gets.
+fn report_no_virtualization() {
+    let vtx = enable::detect().err().map(|e| alloc::format!("{e}")).unwrap_or_default();
+    let amd = match svm::enable::probe() {
+        Err(e) => alloc::format!("{e}"),
+        Ok(_) => String::new(),
+    };
+    crate::println!("{vtx}; AMD-V not available either ({amd})");
+    log::info!("no VMs started: this CPU cannot run them");
+}
+
+/// VT-x on the boot CPU: capabilities, boot-time decisions, VMXON.
+fn start_vtx() -> Result<Backend, KernelExit> {
+    let caps = match enable::capabilities() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}; no VMs started");
+            return Err(KernelExit::Failure);
+        }
+    };
+    log::info!(
+        "VT-x: VMCS revision {:#x}, true controls {}, EPT {:?}, preemption timer rate 2^{}",
+        caps.basic.revision_id(),
+        caps.basic.true_controls(),
+        caps.ept_vpid,
+        caps.misc.preemption_timer_rate()
+    );
+    let caps = *CAPS.call_once(|| caps);
+    let setup = match decide_setup(&caps) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}; no VMs started");
+            return Err(KernelExit::Failure);
+        }
+    };
+    for (feature, consequence) in setup.missing() {
+        log::warn!("VT-x: no {feature}: {consequence}");
+    }
+    log::info!(
+        "VT-x set-up: VPID {}, unrestricted guest {}, TPR shadow {}, guest XCR0 allowed {:#x}",
+        setup.optional.vpid,
+        setup.optional.unrestricted_guest,
+        setup.optional.tpr_shadow,
+        setup.limits.xcr0_allowed
+    );
+    if let Err(e) = enable_on_boot_cpu(&caps) {
+        log::error!("{e}; no VMs started");
+        return Err(match e {
+            enable::VmxError::DisabledByFirmware => KernelExit::Success,
+            _ => KernelExit::Failure,
+        });
+    }
+    log::info!("VMX operation on CPU 0 (VMXON done)");
+    Ok(Backend::Vtx(setup))
+}
+
+/// AMD-V on the boot CPU: boot-time decisions, permission maps, EFER.SVME.
+fn start_svm(caps: &::svm::SvmCapabilities) -> Result<Backend, KernelExit> {
+    let xcr0_supported = lazy::init_this_cpu();
+    let setup = match SvmSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits: phys_addr_bits() }) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::println!("{e}");
+            log::info!("no VMs started: AMD-V is present but cannot run them");
+            return Err(KernelExit::Success);
+        }
+    };
+    for (feature, consequence) in setup.missing() {
+        log::warn!("AMD-V: no {feature}: {consequence}");
+    }
+    log::info!(
+        "AMD-V set-up: {} ASIDs, guest XCR0 allowed {:#x}, features {:?}",
+        setup.max_asid,
+        setup.limits.xcr0_allowed,
+        caps.features
+    );
+    let alloc_map = |frames: usize| crate::mm::alloc_zeroed(frames, 1).map(|r| r.start);
+    let (Ok(iopm), Ok(msrpm)) = (alloc_map(3), alloc_map(2)) else {
+        log::error!("out of memory for the AMD-V permission maps; no VMs started");
+        return Err(KernelExit::Failure);
+    };
+    // SAFETY: both ranges were just allocated for the maps, contiguous and
+    // mapped through the physical-memory window, used by nothing else.
+    unsafe {
+        backend::svm::perm::build_iopm(&mut *crate::mm::phys_to_virt(iopm).as_mut_ptr::<[u8; ::svm::IOPM_SIZE]>());
+        if backend::svm::perm::build_msrpm(&mut *crate::mm::phys_to_virt(msrpm).as_mut_ptr::<[u8; ::svm::MSRPM_SIZE]>())
+            .is_err()
+        {
+            panic!("an MSR of the pass-through list lies outside the MSR permission map");
+        }
+    }
+    if let Err(e) = svm::enable::enable_on_this_cpu(0) {
+        log::error!("{e}; no VMs started");
+        return Err(KernelExit::Failure);
+    }
+    log::info!("AMD-V on CPU 0 (EFER.SVME, host save area)");
+    Ok(Backend::Svm { setup, iopm, msrpm })
+}
+
+fn phys_addr_bits() -> u8 {
+    let max_ext = crate::arch::cpuid(0x8000_0000, 0).eax;
+    if max_ext >= 0x8000_0008 {
+        (crate::arch::cpuid(0x8000_0008, 0).eax & 0xFF) as u8
+    } else {
+        36
+    }
+}
+
+/// This CPU's backend facts (after the backend is on here).
+fn host_cpu(cpu: usize, backend: &Backend) -> Option<HostCpu> {
+    match backend {
+        Backend::Vtx(setup) => Some(HostCpu::Vtx(vtx_host_cpu(setup))),
+        Backend::Svm { setup, .. } => match svm::enable::enable_on_this_cpu(cpu) {
+            Ok(host_vmcb) => Some(HostCpu::Svm(svm::vcpu::HostCpu { setup: *setup, host_vmcb, cpu: cpu as u32 })),
+            Err(e) => {
+                log::error!("CPU {cpu}: {e}");
+                None
+            }
+        },
+    }
+}
+
 /// The boot-time VT-x decisions (once): control words from the capability
 /// MSRs, guest limits from CPUID, and the MSR bitmap page.
 fn decide_setup(caps: &VmxCapabilities) -> Result<VmxSetup, SetupError> {
     let setup = *SETUP.call_once(|| {
         let xcr0_supported = lazy::init_this_cpu();
-        let max_ext = crate::arch::cpuid(0x8000_0000, 0).eax;
-        let phys_addr_bits = if max_ext >= 0x8000_0008 { (crate::arch::cpuid(0x8000_0008, 0).eax & 0xFF) as u8 } else { 36 };
-        VmxSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits })
+        VmxSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits: phys_addr_bits() })
     });
     let setup = setup?;
     MSR_BITMAP.call_once(|| {
@@ -248,9 +397,9 @@ fn decide_setup(caps: &VmxCapabilities) -> Result<VmxSetup, SetupError> {
     Ok(setup)
 }
 
-/// The per-CPU facts a vCPU needs on the calling CPU.
-fn host_cpu(setup: &VmxSetup) -> HostCpu {
-    HostCpu {
+/// The per-CPU facts a VT-x vCPU needs on the calling CPU.
+fn vtx_host_cpu(setup: &VmxSetup) -> vtx::vcpu::HostCpu {
+    vtx::vcpu::HostCpu {
         tables: crate::smp::tables_of_current_cpu(),
         setup: *setup,
         msr_bitmap: MSR_BITMAP.get().copied().unwrap_or_else(|| panic!("MSR bitmap used before decide_setup")),
@@ -287,13 +436,13 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     let caps = *CAPS.call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
     let setup = decide_setup(&caps).map_err(|e| format!("{e}"))?;
     enable_on_boot_cpu(&caps).map_err(|e| format!("{e}"))?;
-    let part = Partition::new(2 << 20, None).map_err(|e| format!("{e}"))?;
+    let part = Partition::new(2 << 20, None, TablesKind::Ept).map_err(|e| format!("{e}"))?;
     let vm = VmContext::new(900, "broken");
-    let mut v = Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps).map_err(|(e, p)| {
+    let mut v = vtx::vcpu::Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps).map_err(|(e, p)| {
         p.release();
         format!("{e}")
     })?;
-    let host = host_cpu(&setup);
+    let host = vtx_host_cpu(&setup);
     let (field, value) = match breakage {
         Breakage::GuestState => (vmx::vmcs::GUEST_CS_AR_BYTES.encoding(), 1 << 16),
         Breakage::Controls => (vmx::vmcs::SECONDARY_VM_EXEC_CONTROL.encoding(), u32::MAX as u64),
@@ -314,8 +463,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
 }
 
 /// Validates and builds every VM; returns the vCPUs that start, with their CPU.
-fn build_vms(package: &Package<'_>, cpus: u32) -> Vec<(Vcpu, usize)> {
-    let caps = CAPS.get().copied();
+fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, usize)> {
     let usable: Vec<HostRange> =
         crate::mm::usable_ranges().iter().map(|r| HostRange { start: r.start, end: r.end }).collect();
     let (free, _) = crate::mm::counts();
@@ -333,19 +481,20 @@ fn build_vms(package: &Package<'_>, cpus: u32) -> Vec<(Vcpu, usize)> {
             }
             continue;
         }
-        let (Some(caps), Some(Ok(setup))) = (caps.as_ref(), SETUP.get()) else { break };
-        if spec.mode == config::GuestMode::Real16 && !setup.optional.unrestricted_guest {
-            log::error!("vm \"{}\": real mode needs VT-x unrestricted guest, which this CPU lacks; not started", spec.name);
-            continue;
+        if let Backend::Vtx(setup) = backend {
+            if spec.mode == config::GuestMode::Real16 && !setup.optional.unrestricted_guest {
+                log::error!("vm \"{}\": real mode needs VT-x unrestricted guest, which this CPU lacks; not started", spec.name);
+                continue;
+            }
         }
-        match build_one(index as u32, spec, package, caps) {
+        match build_one(index as u32, spec, package, backend) {
             Ok(v) => {
                 let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
                 log::info!(
                     "vm {}: {} MiB at host {:#x}, CPU {cpu}, slice {} us, {:?} entry {:#x}",
                     spec.name,
                     spec.memory_bytes >> 20,
-                    v.partition.host.start,
+                    v.partition().host.start,
                     spec.slice_us,
                     spec.mode,
                     v.entry()
@@ -361,12 +510,13 @@ fn build_vms(package: &Package<'_>, cpus: u32) -> Vec<(Vcpu, usize)> {
 }
 
 /// Builds one VM completely or not at all (what was allocated is released).
-fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, caps: &VmxCapabilities) -> Result<Vcpu, String> {
+fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Backend) -> Result<Vcpu, String> {
     use alloc::format;
     let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
     let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
         .map_err(|e| format!("image \"{}\": {e}", image.name))?;
-    let mut part = Partition::new(spec.memory_bytes, spec.host_base).map_err(|e| format!("memory: {e}"))?;
+    let mut part =
+        Partition::new(spec.memory_bytes, spec.host_base, backend.tables()).map_err(|e| format!("memory: {e}"))?;
     for seg in &plan.segments {
         match part.slice_mut(seg.gpa, seg.mem_len) {
             Some(dst) => {
@@ -380,47 +530,65 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, caps: &VmxCa
         }
     }
     let vm = VmContext::new(id, &spec.name);
-    match Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, caps) {
-        Ok(v) => Ok(v),
-        Err((e, part)) => {
-            part.release();
-            Err(format!("{e}"))
+    match backend {
+        Backend::Vtx(_) => {
+            let Some(caps) = CAPS.get() else {
+                part.release();
+                return Err(String::from("VT-x capabilities not read"));
+            };
+            match vtx::vcpu::Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, caps) {
+                Ok(v) => Ok(Vcpu::Vtx(v)),
+                Err((e, part)) => {
+                    part.release();
+                    Err(format!("{e}"))
+                }
+            }
+        }
+        Backend::Svm { setup, iopm, msrpm } => {
+            // One ASID per VM (0 is the host's).
+            let asid = id + 1;
+            match svm::vcpu::Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, setup, asid, (*iopm, *msrpm)) {
+                Ok(v) => Ok(Vcpu::Svm(v)),
+                Err((e, part)) => {
+                    part.release();
+                    Err(format!("{e}"))
+                }
+            }
         }
     }
 }
 
-/// Walks every VM's EPT: each mapping must lie inside that VM's partition
-/// (so no hypervisor frame is mapped) and partitions must not overlap.
+/// Walks every VM's EPT or NPT: each mapping must lie inside that VM's
+/// partition (so no hypervisor frame is mapped) and partitions must not
+/// overlap.
 fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
     use alloc::format;
     let mut mapped_total = 0u64;
     for (i, (v, _)) in vcpus.iter().enumerate() {
-        let part = &v.partition.host;
+        let part = &v.partition().host;
         let mut bad = None;
         let mut bytes = 0u64;
-        v.partition.ept.walk(|m| {
-            let len = m.size.bytes();
-            let start = m.hpa.as_u64();
+        v.partition().tables.walk(|start, len| {
             bytes += len;
             if start < part.start || start + len > part.end {
                 bad = Some(start);
             }
         });
         if let Some(addr) = bad {
-            return Err(format!("vm {}: EPT maps host {addr:#x} outside its partition", v.vm.name()));
+            return Err(format!("vm {}: nested page tables map host {addr:#x} outside its partition", v.vm().name()));
         }
         if bytes != part.len() {
-            return Err(format!("vm {}: EPT maps {bytes} bytes, partition has {}", v.vm.name(), part.len()));
+            return Err(format!("vm {}: nested page tables map {bytes} bytes, partition has {}", v.vm().name(), part.len()));
         }
         for (w, _) in &vcpus[i + 1..] {
-            if part.overlaps(&w.partition.host) {
-                return Err(format!("vms {} and {} share host memory", v.vm.name(), w.vm.name()));
+            if part.overlaps(&w.partition().host) {
+                return Err(format!("vms {} and {} share host memory", v.vm().name(), w.vm().name()));
             }
         }
         mapped_total += bytes;
     }
     log::info!(
-        "partition check: {} VM(s), {} MiB mapped, EPTs disjoint, no hypervisor frame mapped",
+        "partition check: {} VM(s), {} MiB mapped, nested page tables disjoint, no hypervisor frame mapped",
         vcpus.len(),
         mapped_total >> 20
     );
@@ -439,17 +607,27 @@ pub fn ap_main(cpu: u32) -> ! {
     }
     let has_work = WORK[cpu as usize].lock().is_some();
     if has_work {
-        if let (Some(caps), Some(Ok(setup))) = (CAPS.get(), SETUP.get()) {
-            lazy::init_this_cpu();
-            match enable::enable_on_this_cpu(caps) {
-                Ok(_) => {
-                    log::info!("VMX operation on CPU {cpu}");
-                    cpu_loop(cpu as usize, setup, false);
-                }
-                Err(e) => {
-                    log::error!("CPU {cpu}: {e}; its VMs do not run");
-                    stop_unrunnable(cpu as usize);
-                }
+        lazy::init_this_cpu();
+        let enabled = match BACKEND.get() {
+            Some(Backend::Vtx(_)) => match CAPS.get().map(enable::enable_on_this_cpu) {
+                Some(Ok(())) => Ok(()),
+                Some(Err(e)) => Err(alloc::format!("{e}")),
+                None => Err(String::from("VT-x capabilities not read")),
+            },
+            Some(Backend::Svm { .. }) => Ok(()),
+            None => Err(String::from("no backend chosen")),
+        };
+        let host = enabled.and_then(|()| {
+            BACKEND.get().and_then(|b| host_cpu(cpu as usize, b)).ok_or_else(|| String::from("backend set-up failed"))
+        });
+        match host {
+            Ok(host) => {
+                log::info!("{} on CPU {cpu}", BACKEND.get().map_or("?", Backend::name));
+                cpu_loop(cpu as usize, &host, false);
+            }
+            Err(e) => {
+                log::error!("CPU {cpu}: {e}; its VMs do not run");
+                stop_unrunnable(cpu as usize);
             }
         }
         CPUS_DONE.fetch_add(1, Ordering::Release);
@@ -461,9 +639,9 @@ fn stop_unrunnable(cpu: usize) {
     if let Some(CpuWork(list)) = WORK[cpu].lock().take() {
         for v in list {
             SUMMARIES.lock().push(VmSummary {
-                name: v.vm.name().into(),
+                name: v.vm().name().into(),
                 cpu,
-                report: alloc::format!("vm {} not run: VMX unavailable on CPU {cpu}", v.vm.name()),
+                report: alloc::format!("vm {} not run: virtualization unavailable on CPU {cpu}", v.vm().name()),
                 slices: 0,
                 guest_us: 0,
                 exits: 0,
@@ -473,12 +651,11 @@ fn stop_unrunnable(cpu: usize) {
 }
 
 /// One CPU's scheduling loop: round-robin over its vCPUs until all stopped.
-fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
+fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     let Some(CpuWork(list)) = WORK[cpu].lock().take() else { return };
     // A stopped VM's slot empties: its memory goes back to the frame
     // allocator at once.
     let mut vcpus: Vec<Option<Vcpu>> = list.into_iter().map(Some).collect();
-    let host = host_cpu(setup);
     // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
     // the hardware holds: switched only when another vCPU runs next.
     let mut lazy_owner: Option<usize> = None;
@@ -506,7 +683,7 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
         if request != stats_seen {
             stats_seen = request;
             for v in vcpus.iter().flatten() {
-                crate::println!("{}", v.vm.stats.report(v.vm.name()));
+                crate::println!("{}", v.vm().stats.report(v.vm().name()));
             }
         }
         let now = crate::arch::rdtsc();
@@ -555,11 +732,11 @@ fn cpu_loop(cpu: usize, setup: &VmxSetup, serial_input: bool) {
         if FIRST_ENTRY.swap(false, Ordering::Relaxed) {
             log::info!("bench: boot to first guest slice: {} us (TSC)", us_from_tsc(start - crate::console::boot_tsc()));
         }
-        let end = v.run_slice(&host, now + slice, &mut platform);
+        let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
         platform.flush_output();
         last_slice_end = Some(t);
-        v.vm.stats.record_slice(t - now);
+        v.vm_mut().stats.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
             SliceEnd::Yielded => sched.on_yield(id, t),
@@ -594,21 +771,21 @@ static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
 /// Reports a stopped VM, takes it off the run queue and frees its memory.
 fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
     let _ = sched.stop(id, now);
-    let report = match v.vm.stop_report() {
+    let report = match v.vm().stop_report() {
         Some(r) => alloc::format!("{r}"),
-        None => alloc::format!("vm {} stopped", v.vm.name()),
+        None => alloc::format!("vm {} stopped", v.vm().name()),
     };
     crate::println!("{report}");
-    crate::println!("{}", v.vm.stats.report(v.vm.name()));
+    crate::println!("{}", v.vm().stats.report(v.vm().name()));
     SUMMARIES.lock().push(VmSummary {
-        name: v.vm.name().into(),
+        name: v.vm().name().into(),
         cpu,
         report,
-        slices: v.vm.stats.slices_run,
-        guest_us: us_from_tsc(v.vm.stats.guest_ticks),
-        exits: v.vm.stats.total_exits(),
+        slices: v.vm().stats.slices_run,
+        guest_us: us_from_tsc(v.vm().stats.guest_ticks),
+        exits: v.vm().stats.total_exits(),
     });
-    let (name, mib) = (String::from(v.vm.name()), v.partition.size() >> 20);
+    let (name, mib) = (String::from(v.vm().name()), v.partition().size() >> 20);
     v.release();
     log::info!("vm {name}: {mib} MiB returned to the free pool ({} frames free)", crate::mm::counts().0);
 }

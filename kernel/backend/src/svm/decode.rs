@@ -172,6 +172,14 @@ pub fn decode(
                 linear: None,
             }
         }
+        // #UD from VMCALL (Intel's encoding): a hypercall, as VMMCALL is.
+        SvmExit::Exception { vector: 6, .. } => match super::insn::fetch_length(vmcb, mem, Skipped::Vmcall) {
+            Ok(len) => {
+                regs.instruction_len = len;
+                Exit::Vmcall
+            }
+            Err(_) => Exit::Exception { vector: 6, error_code: None },
+        },
         SvmExit::Exception {
             vector, error_code, ..
         } => Exit::Exception { vector, error_code },

@@ -53,6 +53,10 @@ pub enum Skipped {
     Hlt,
     /// VMMCALL, 0F 01 D9.
     Vmmcall,
+    /// VMCALL, 0F 01 C1: Intel's hypercall instruction, #UD on AMD-V; the
+    /// #UD intercept turns it into a hypercall so guests built for VT-x run
+    /// unchanged (as KVM does).
+    Vmcall,
     /// XSETBV, 0F 01 D1.
     Xsetbv,
     /// INVD, 0F 08.
@@ -73,6 +77,7 @@ impl Skipped {
             Skipped::Wrmsr => &[0x0F, 0x30],
             Skipped::Hlt => &[0xF4],
             Skipped::Vmmcall => &[0x0F, 0x01, 0xD9],
+            Skipped::Vmcall => &[0x0F, 0x01, 0xC1],
             Skipped::Xsetbv => &[0x0F, 0x01, 0xD1],
             Skipped::Invd => &[0x0F, 0x08],
             Skipped::Rdpmc => &[0x0F, 0x33],
@@ -96,6 +101,7 @@ impl Skipped {
             Skipped::Wrmsr => "WRMSR",
             Skipped::Hlt => "HLT",
             Skipped::Vmmcall => "VMMCALL",
+            Skipped::Vmcall => "VMCALL",
             Skipped::Xsetbv => "XSETBV",
             Skipped::Invd => "INVD",
             Skipped::Rdpmc => "RDPMC",

@@ -25,6 +25,7 @@
 //! | VMRUN (mandatory, APM 15.5.1), VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA | SVM is hidden from guests; run natively they would reach the hardware (CLGI would hold off the host's interrupts) | `UndefinedInstruction` (#UD) |
 //! | VMMCALL | hypercalls | `Vmcall` |
 //! | MONITOR, MWAIT | hidden by CPUID | `UndefinedInstruction` |
+//! | exception #UD (6) | VMCALL, Intel's hypercall instruction, raises #UD on AMD: run as a hypercall (as KVM does); any other #UD is reflected | `Vmcall` or `Exception` |
 //! | exception #AC (17) | an #AC whose delivery raises #AC again loops inside the CPU, where no interrupt can end it (CVE-2015-5307); intercepted, it is reflected | `Exception` |
 //!
 //! # Control registers: nothing is intercepted
@@ -244,7 +245,7 @@ impl SvmSetup {
             CR4_GUEST_OWNED
         };
         Ok(SvmSetup {
-            intercept_exceptions: ExceptionIntercepts::AC,
+            intercept_exceptions: ExceptionIntercepts::AC | ExceptionIntercepts::UD,
             intercept_vector3: v3,
             intercept_vector4: v4,
             vintr: VIntr::default().with_v_intr_masking(true),
@@ -432,7 +433,7 @@ mod tests {
                 | InterceptVector4::MWAIT
                 | InterceptVector4::XSETBV
         );
-        assert_eq!(s.intercept_exceptions, ExceptionIntercepts::AC);
+        assert_eq!(s.intercept_exceptions, ExceptionIntercepts::AC | ExceptionIntercepts::UD);
         assert!(s.vintr.v_intr_masking());
         assert_eq!(s.vintr.0, VIntr::V_INTR_MASKING);
     }

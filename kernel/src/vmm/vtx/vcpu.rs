@@ -10,7 +10,6 @@
 use backend::vtx::setup::{self, GuestStart, HostState};
 use backend::vtx::state::{SoftState, VmcsCpu};
 use backend::vtx::{decode, entry, VmxSetup};
-use hvcore::arch::{GuestCpu, GuestLimits, Reg, StateError};
 use hvcore::config::GuestMode;
 use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
@@ -20,23 +19,14 @@ use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
 
+use super::super::platform::{KernelPlatform, PlatformFor};
 use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
-use super::lazy::{self, HardwareMsrs, LazyState};
-use super::partition::Partition;
+use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
+use crate::vmm::partition::Partition;
 use crate::arch::gdt::PerCpuTables;
+use crate::vmm::SliceEnd;
 
-/// How a slice ended.
-pub enum SliceEnd {
-    /// The slice's time ran out.
-    Preempted,
-    /// The guest yielded.
-    Yielded,
-    /// The guest halted.
-    Halted,
-    /// The VM stopped (its report is in `vm.stop_report()`).
-    Stopped,
-}
 
 /// A VT-x vCPU and, for now, the one VM it belongs to.
 pub struct Vcpu {
@@ -82,70 +72,6 @@ pub struct HostCpu {
     pub setup: VmxSetup,
     /// Host-physical address of the shared MSR bitmap.
     pub msr_bitmap: u64,
-}
-
-/// The services for exit handlers, bound to one VM and (during an exit) to
-/// its vCPU's state.
-pub struct PlatformFor<'a> {
-    apic_id: u32,
-    host: &'a mut super::KernelPlatform,
-    memory: &'a Partition,
-    cpu: &'a mut dyn GuestCpu,
-}
-
-/// Stand-in for vCPU state outside an exit (a VM being stopped by the
-/// host): every access fails, so nothing guesses a value.
-struct NoCpu;
-
-impl GuestCpu for NoCpu {
-    fn read(&mut self, reg: Reg) -> Result<u64, StateError> {
-        Err(StateError { reg })
-    }
-    fn write(&mut self, reg: Reg, _: u64) -> Result<(), StateError> {
-        Err(StateError { reg })
-    }
-    fn limits(&self) -> GuestLimits {
-        GuestLimits::default()
-    }
-}
-
-impl super::KernelPlatform {
-    /// Binds the platform to one VM's memory, outside any exit.
-    pub fn with<'a>(&'a mut self, memory: &'a Partition) -> PlatformFor<'a> {
-        let apic_id = self.apic_id;
-        static mut NO_CPU: NoCpu = NoCpu;
-        // SAFETY: NoCpu is a zero-sized type without state; handing out
-        // several mutable references to it cannot alias any data.
-        let cpu: &'a mut dyn GuestCpu = unsafe { &mut *core::ptr::addr_of_mut!(NO_CPU) };
-        PlatformFor { apic_id, host: self, memory, cpu }
-    }
-}
-
-impl hx::Platform for PlatformFor<'_> {
-    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
-        let r = crate::arch::cpuid(leaf, subleaf);
-        [r.eax, r.ebx, r.ecx, r.edx]
-    }
-
-    fn console_write(&mut self, vm_name: &str, line: &str) {
-        self.host.queue_line(vm_name, line);
-    }
-
-    fn now_ticks(&self) -> u64 {
-        crate::arch::rdtsc()
-    }
-
-    fn cpu_apic_id(&self) -> u32 {
-        self.apic_id
-    }
-
-    fn guest_memory(&self) -> &dyn hx::GuestMemory {
-        self.memory
-    }
-
-    fn guest_cpu(&mut self) -> &mut dyn GuestCpu {
-        self.cpu
-    }
 }
 
 impl Vcpu {
@@ -195,6 +121,11 @@ impl Vcpu {
             panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
         }
         Ok(vcpu)
+    }
+
+    /// The EPT pointer of the VM's partition.
+    fn eptp(&self) -> u64 {
+        self.partition.tables.eptp().unwrap_or_else(|| panic!("VT-x vCPU on a partition without an EPT"))
     }
 
     /// Guest entry point.
@@ -263,7 +194,7 @@ impl Vcpu {
         use vmx::instructions::{InveptType, InvvpidType};
         let kind = if setup.invept_single { InveptType::SingleContext } else { InveptType::AllContext };
         // SAFETY: VMX root operation; the EPTP is this VM's valid EPT.
-        if let Err(e) = unsafe { vmx::instructions::invept(kind, self.partition.ept.eptp().as_u64()) } {
+        if let Err(e) = unsafe { vmx::instructions::invept(kind, self.eptp()) } {
             log::warn!("vm {}: INVEPT failed: {e}", self.vm.name());
         }
         if setup.optional.vpid {
@@ -298,7 +229,7 @@ impl Vcpu {
         let guest = GuestStart {
             mode: self.mode,
             entry: self.entry,
-            eptp: self.partition.ept.eptp().as_u64(),
+            eptp: self.eptp(),
             vpid: self.vpid,
             msr_bitmap: host.msr_bitmap,
             virtual_apic: self.virtual_apic.as_u64(),
@@ -309,7 +240,7 @@ impl Vcpu {
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
     /// halts or stops). `env` gives exit handlers the platform services.
     /// The vCPU's lazy registers must be loaded ([`Vcpu::load_lazy`]).
-    pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut super::KernelPlatform) -> SliceEnd {
+    pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         let mut vmcs = match self.load(host) {
             Ok(v) => v,
             Err(e) => {
@@ -407,7 +338,7 @@ impl Vcpu {
 
     /// Stops this vCPU and its VM from the host side (a failed VM entry, a
     /// run time limit), with the VM's report.
-    pub fn stop(&mut self, reason: StopReason, env: &mut super::KernelPlatform) {
+    pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         self.vm.stop(reason, &mut env.with(&self.partition));
         // Already stopped: the first reason stays.
         let _ = self.state.run_state_mut().stop(reason);
@@ -435,7 +366,7 @@ impl Vcpu {
         &mut self,
         vmcs: &ActiveVmcs,
         fail: Option<VmFail>,
-        env: &mut super::KernelPlatform,
+        env: &mut KernelPlatform,
     ) -> SliceEnd {
         let rip = vmcs.get(GUEST_RIP).unwrap_or(u64::MAX);
         let (number, meaning) = match fail {
@@ -452,7 +383,7 @@ impl Vcpu {
         SliceEnd::Stopped
     }
 
-    fn stop_with_vmcs_failure(&mut self, vmcs: &ActiveVmcs, env: &mut super::KernelPlatform) -> SliceEnd {
+    fn stop_with_vmcs_failure(&mut self, vmcs: &ActiveVmcs, env: &mut KernelPlatform) -> SliceEnd {
         let fail = vmcs.instruction_error().ok().map(VmFail::Valid);
         self.stop_on_entry_instruction_failure(vmcs, fail, env)
     }

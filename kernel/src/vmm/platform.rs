@@ -1,0 +1,124 @@
+//! The services exit handlers get ([`hvcore::arch::Platform`]), shared by
+//! the VT-x and AMD-V vCPUs: CPUID of the physical CPU, the time, the VM's
+//! memory, the vCPU's backend-held state, and the guest console, whose
+//! lines are queued and printed between slices.
+
+use alloc::string::String;
+
+use hvcore::arch::{GuestCpu, GuestLimits, GuestMemory, Platform, Reg, StateError};
+
+use super::partition::Partition;
+
+/// The services exit handlers get, for the VM whose exit is handled
+/// (bound to a VM by `KernelPlatform::with`, see [`vcpu`]).
+///
+/// Guest console lines are queued here and printed between slices
+/// ([`KernelPlatform::flush_output`]): drawing them (the framebuffer scroll
+/// above all) would otherwise run inside the guest's slice and stretch it
+/// past its end.
+pub struct KernelPlatform {
+    pub(super) apic_id: u32,
+    output: String,
+    pub(super) dropped_bytes: u64,
+    drop_reported: bool,
+}
+
+/// Queued guest output beyond this is dropped (and counted) until the next
+/// flush. The serial line carries about 11 bytes per millisecond at 115200
+/// baud, so a flooding guest could otherwise occupy the host console (and
+/// every CPU waiting for it) for seconds per slice; like Xen's console ring,
+/// what the line cannot carry is dropped.
+const OUTPUT_QUEUE_LIMIT: usize = 512;
+
+impl KernelPlatform {
+    pub(super) fn new(apic_id: u32) -> Self {
+        KernelPlatform { apic_id, output: String::with_capacity(OUTPUT_QUEUE_LIMIT), dropped_bytes: 0, drop_reported: false }
+    }
+
+    /// Queues one guest console line, prefixed with the VM's name.
+    pub(super) fn queue_line(&mut self, vm_name: &str, line: &str) {
+        use core::fmt::Write;
+        if self.output.len() + vm_name.len() + line.len() + 6 > OUTPUT_QUEUE_LIMIT {
+            self.dropped_bytes += line.len() as u64 + 1;
+            return;
+        }
+        let _ = writeln!(self.output, "vm {vm_name}: {line}");
+    }
+
+    /// Prints the queued guest output (outside any guest's slice).
+    pub(super) fn flush_output(&mut self) {
+        if !self.output.is_empty() {
+            crate::print!("{}", self.output);
+            self.output.clear();
+        }
+        if self.dropped_bytes != 0 && !self.drop_reported {
+            log::warn!("guest console output faster than the host console: dropping what does not fit");
+            self.drop_reported = true;
+        }
+    }
+}
+
+/// The services for exit handlers, bound to one VM and (during an exit) to
+/// its vCPU's state.
+pub struct PlatformFor<'a> {
+    pub(super) apic_id: u32,
+    pub(super) host: &'a mut KernelPlatform,
+    pub(super) memory: &'a Partition,
+    pub(super) cpu: &'a mut dyn GuestCpu,
+}
+
+/// Stand-in for vCPU state outside an exit (a VM being stopped by the
+/// host): every access fails, so nothing guesses a value.
+struct NoCpu;
+
+impl GuestCpu for NoCpu {
+    fn read(&mut self, reg: Reg) -> Result<u64, StateError> {
+        Err(StateError { reg })
+    }
+    fn write(&mut self, reg: Reg, _: u64) -> Result<(), StateError> {
+        Err(StateError { reg })
+    }
+    fn limits(&self) -> GuestLimits {
+        GuestLimits::default()
+    }
+}
+
+impl KernelPlatform {
+    /// Binds the platform to one VM's memory, outside any exit.
+    pub fn with<'a>(&'a mut self, memory: &'a Partition) -> PlatformFor<'a> {
+        let apic_id = self.apic_id;
+        static mut NO_CPU: NoCpu = NoCpu;
+        // SAFETY: NoCpu is a zero-sized type without state; handing out
+        // several mutable references to it cannot alias any data.
+        let cpu: &'a mut dyn GuestCpu = unsafe { &mut *core::ptr::addr_of_mut!(NO_CPU) };
+        PlatformFor { apic_id, host: self, memory, cpu }
+    }
+}
+
+impl Platform for PlatformFor<'_> {
+    fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        let r = crate::arch::cpuid(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    }
+
+    fn console_write(&mut self, vm_name: &str, line: &str) {
+        self.host.queue_line(vm_name, line);
+    }
+
+    fn now_ticks(&self) -> u64 {
+        crate::arch::rdtsc()
+    }
+
+    fn cpu_apic_id(&self) -> u32 {
+        self.apic_id
+    }
+
+    fn guest_memory(&self) -> &dyn GuestMemory {
+        self.memory
+    }
+
+    fn guest_cpu(&mut self) -> &mut dyn GuestCpu {
+        self.cpu
+    }
+}
+

@@ -1,0 +1,286 @@
+//! One vCPU on AMD-V: its VMCB, its lazily switched registers, and the loop
+//! that runs it for one time slice.
+//!
+//! Everything that is not a privileged instruction lives in the host-tested
+//! `backend::svm`: the VMCB is programmed by [`setup::program`], exits are
+//! decoded by [`decode::decode`], guest state is reached through
+//! [`VmcbCpu`], RIP and the interrupt shadow move in [`entry::advance`].
+//! Without a preemption timer, slices end by the host's LAPIC timer: its
+//! interrupt exits (INTR intercept) and the loop finds the slice over.
+
+use backend::svm::decode;
+use backend::svm::entry;
+use backend::svm::setup::{self, GuestStart};
+use backend::svm::state::{SoftState, VmcbCpu};
+use backend::svm::SvmSetup;
+use hvcore::config::GuestMode;
+use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
+use hvcore::vcpu::{StopReason, VcpuState, VmContext};
+use svm::Vmcb;
+
+use super::entry as switch;
+use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
+use crate::vmm::partition::Partition;
+use crate::vmm::platform::{KernelPlatform, PlatformFor};
+use crate::vmm::SliceEnd;
+
+/// Per-CPU AMD-V facts a vCPU needs.
+pub struct HostCpu {
+    /// Intercepts and limits decided at boot.
+    pub setup: SvmSetup,
+    /// This CPU's host VMCB (VMLOADed after every #VMEXIT).
+    pub host_vmcb: u64,
+    /// This CPU's index.
+    pub cpu: u32,
+}
+
+/// An AMD-V vCPU and, for now, the one VM it belongs to.
+pub struct Vcpu {
+    /// The VM: devices, console, statistics.
+    pub vm: VmContext,
+    /// This vCPU's policy state: run state and MSR file.
+    pub state: VcpuState,
+    /// The VM's memory.
+    pub partition: Partition,
+    /// The VMCB's frame (host-physical).
+    vmcb: u64,
+    /// Guest RBX..R15 (RAX, RIP and the length of the exiting instruction
+    /// are copied from and to the VMCB by the backend).
+    regs: GuestRegs,
+    /// An event to inject at the next VMRUN.
+    pending_event: Option<Event>,
+    /// Entry point.
+    entry: u64,
+    /// Configured time slice.
+    slice_us: u32,
+    /// Guest state kept in software (XCR0, EFER.SVME as seen, DEBUGCTL).
+    soft: SoftState,
+    /// Registers switched when the CPU changes vCPU.
+    lazy: LazyState,
+    /// CPU the vCPU last ran on (its ASID's TLB entries live there).
+    last_cpu: Option<u32>,
+}
+
+/// Why an AMD-V vCPU could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// No frame for the VMCB.
+    OutOfMemory,
+    /// The backend refused the VMCB (ASID out of range, ...).
+    Program(backend::svm::setup::ProgramError),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfMemory => write!(f, "out of memory for the VMCB"),
+            Self::Program(e) => write!(f, "VMCB: {e}"),
+        }
+    }
+}
+
+impl Vcpu {
+    /// A vCPU for `vm` in `partition`, starting at `entry` in `mode`, with
+    /// ASID `asid` and the machine's permission maps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: VmContext,
+        mut partition: Partition,
+        entry: u64,
+        mode: GuestMode,
+        slice_us: u32,
+        setup: &SvmSetup,
+        asid: u32,
+        maps: (u64, u64),
+    ) -> Result<Vcpu, (BuildError, Partition)> {
+        let Some(n_cr3) = partition.tables.n_cr3() else {
+            panic!("AMD-V vCPU for a partition without nested page tables");
+        };
+        let vmcb = match crate::mm::alloc_frame_zeroed() {
+            Ok(f) => f,
+            Err(_) => return Err((BuildError::OutOfMemory, partition)),
+        };
+        let start = GuestStart {
+            mode,
+            entry,
+            n_cr3: svm::HostPhysAddr::new(n_cr3),
+            asid,
+            iopm: svm::HostPhysAddr::new(maps.0),
+            msrpm: svm::HostPhysAddr::new(maps.1),
+        };
+        if mode == GuestMode::Long64 {
+            for (gpa, value) in backend::vtx::setup::long_mode_boot_words() {
+                if let Some(b) = partition.slice_mut(gpa, 8) {
+                    b.copy_from_slice(&value.to_le_bytes());
+                }
+            }
+        }
+        let mut vcpu = Vcpu {
+            vm,
+            state: VcpuState::new(0),
+            partition,
+            vmcb,
+            regs: GuestRegs::default(),
+            pending_event: None,
+            entry,
+            slice_us,
+            soft: SoftState::default(),
+            lazy: LazyState::new(),
+            last_cpu: None,
+        };
+        if let Err(e) = setup::program(vcpu.vmcb_mut(), setup, &start) {
+            free_frame(vmcb);
+            return Err((BuildError::Program(e), vcpu.partition));
+        }
+        if let Err(e) = vcpu.state.run_state_mut().make_runnable() {
+            panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
+        }
+        Ok(vcpu)
+    }
+
+    fn vmcb_mut(&mut self) -> &mut Vmcb {
+        let ptr = crate::mm::phys_to_virt(self.vmcb).as_mut_ptr::<Vmcb>();
+        // SAFETY: the frame was allocated for this vCPU's VMCB alone (4 KiB,
+        // 4 KiB-aligned, the size and alignment of `Vmcb`), is mapped through
+        // the physical-memory window, and the processor writes it only during
+        // VMRUN/#VMEXIT/VMSAVE, which run with `&mut self` held.
+        unsafe { &mut *ptr }
+    }
+
+    /// Guest entry point.
+    pub fn entry(&self) -> u64 {
+        self.entry
+    }
+
+    /// Configured time slice in microseconds.
+    pub fn slice_us(&self) -> u32 {
+        self.slice_us
+    }
+
+    /// Saves the registers this vCPU left in the hardware.
+    pub fn save_lazy(&mut self) {
+        self.lazy.save(self.soft.xcr0);
+    }
+
+    /// Loads this vCPU's lazily switched registers into the hardware.
+    pub fn load_lazy(&self) {
+        self.lazy.load(self.soft.xcr0);
+    }
+
+    /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
+    /// halts or stops).
+    pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
+            if let Err(e) = self.state.run_state_mut().wake() {
+                panic!("vm {}: wake from {:?} ({})", self.vm.name(), e.from, e.attempted);
+            }
+        }
+        if let Err(e) = self.state.run_state_mut().enter() {
+            panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+        }
+        let now = crate::arch::rdtsc();
+        crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(now)).max(1));
+        let end = self.run_until(host, slice_end, env);
+        crate::apic::stop_timer();
+        end
+    }
+
+    fn run_until(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+        let cpu_changed = self.last_cpu != Some(host.cpu);
+        self.last_cpu = Some(host.cpu);
+        let setup = &host.setup;
+        let vmcb_ptr = crate::mm::phys_to_virt(self.vmcb).as_mut_ptr::<Vmcb>();
+        // SAFETY: as in `vmcb_mut`: the frame is this vCPU's VMCB alone, and
+        // `&mut self` is held for the whole slice; the processor writes it
+        // only inside `switch::run`, while this reference is not used.
+        let vmcb: &mut Vmcb = unsafe { &mut *vmcb_ptr };
+        let mut first = true;
+        loop {
+            if crate::arch::rdtsc() >= slice_end || crate::smp::stopping() {
+                return self.end_slice_early();
+            }
+            if let Some(ev) = self.pending_event.take() {
+                entry::inject(vmcb, ev);
+            }
+            entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed && first);
+            first = false;
+            // SAFETY: AMD-V is on for this CPU (host.host_vmcb comes from
+            // enable_on_this_cpu); the VMCB is this vCPU's, programmed by
+            // `setup::program`; interrupts are off in the scheduler loop.
+            unsafe { switch::run(&mut self.regs, self.vmcb, host.host_vmcb) };
+            entry::after_vmexit(vmcb, setup);
+            let decoded = decode::decode(vmcb, &mut self.regs, &self.partition, setup);
+            if let Some(reason) = decoded.stop {
+                log::error!("vm {}: {reason}", self.vm.name());
+                self.stop(reason, env);
+                return SliceEnd::Stopped;
+            }
+            let exit = decoded.exit;
+            if let Exit::ExternalInterrupt = exit {
+                // Take the host interrupt that caused the exit (GIF is 1
+                // again, IF 0): STI's shadow ends after the NOP.
+                // SAFETY: the host IDT handles every vector it can receive.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            }
+            if let Exit::EntryFailed { .. } = exit {
+                let save = &vmcb.save;
+                log::error!(
+                    "vm {}: VMRUN refused the guest state (VMEXIT_INVALID): rip {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}/{:?}",
+                    self.vm.name(),
+                    save.rip,
+                    save.cr0,
+                    save.cr3,
+                    save.cr4,
+                    save.efer,
+                    save.cs.selector,
+                    save.cs.attrib
+                );
+            }
+            let xcr0 = self.soft.xcr0;
+            let action = {
+                let mut cpu = VmcbCpu { vmcb: &mut *vmcb, setup, soft: &mut self.soft, msrs: &mut HardwareMsrs };
+                let mut platform =
+                    PlatformFor { apic_id: env.apic_id, host: env, memory: &self.partition, cpu: &mut cpu };
+                hx::handle_exit(&mut self.vm, &mut self.state, &exit, &mut self.regs, &mut platform)
+            };
+            if self.soft.xcr0 != xcr0 {
+                lazy::set_xcr0(self.soft.xcr0);
+            }
+            entry::advance(vmcb, &action, &self.regs);
+            self.pending_event = backend::vtx::entry::next_event(&action, decoded.vectoring, self.pending_event);
+            match action {
+                Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
+                Action::Yield => return SliceEnd::Yielded,
+                Action::Preempted => return SliceEnd::Preempted,
+                Action::Halt => return SliceEnd::Halted,
+                Action::Stop(_) => return SliceEnd::Stopped,
+            }
+        }
+    }
+
+    /// Ends a slice between exits: Running -> Runnable.
+    fn end_slice_early(&mut self) -> SliceEnd {
+        if let Err(e) = self.state.run_state_mut().preempt() {
+            panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+        }
+        SliceEnd::Preempted
+    }
+
+    /// Stops this vCPU and its VM from the host side.
+    pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
+        self.vm.stop(reason, &mut env.with(&self.partition));
+        let _ = self.state.run_state_mut().stop(reason);
+    }
+
+    /// Frees the VMCB and the VM's memory.
+    pub fn release(self) {
+        free_frame(self.vmcb);
+        self.partition.release();
+    }
+}
+
+fn free_frame(frame: u64) {
+    if let Err(e) = crate::mm::free(hvcore::frames::PhysRange::new(frame, frame + 4096)) {
+        log::error!("frame {frame:#x} could not be freed: {e:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Intel VT-x: enabling VMX per CPU ([`enable`]), the world switch
+//! ([`entry`]) and the vCPU ([`vcpu`]). Boot-time decisions and everything
+//! host-testable are in `backend::vtx`.
+
+pub mod enable;
+pub mod entry;
+pub mod vcpu;
