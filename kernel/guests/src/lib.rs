@@ -14,10 +14,13 @@
 //! Test guests (`statekeeper`, `syscall`, `crs`, `cr8`, `stihlt`) use [`trap`]
 //! for their own IDT, [`cpu`] for privileged registers, and end with
 //! [`finish`]: a verdict line, a [`key::FAILURES`] report and an exit code
-//! (0 when every check passed, [`EXIT_FAILED`] otherwise).
+//! (0 when every check passed, [`EXIT_FAILED`] otherwise). They call
+//! [`pace_output`] first, so that bursts of lines are not cut by the
+//! hypervisor's per-slice console limit.
 #![no_std]
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub mod cpu;
 pub mod trap;
@@ -58,6 +61,8 @@ pub fn hypercall(nr: u64, a: u64, b: u64, c: u64) -> HcResult {
 
 /// Reports `key = value` to the hypervisor.
 pub fn report(key: u64, value: u64) {
+    // The host prints `report KEY=VALUE` (at most 20 digits each).
+    pace(48);
     hypercall(nr::REPORT, key, value, 0);
 }
 
@@ -74,16 +79,16 @@ pub fn vm_id() -> u64 {
 /// Exit code of a test guest that found a failed check.
 pub const EXIT_FAILED: u64 = 1;
 
-/// Ends a test guest: prints `NAME: OK` (no failures) or `NAME: FAILED (N
-/// failed checks)`, reports [`key::FAILURES`], and shuts down with 0 or
-/// [`EXIT_FAILED`].
+/// Ends a test guest: reports [`key::FAILURES`], prints `NAME: OK` (no
+/// failures) or `NAME: FAILED (N failed checks)` as its last line, and shuts
+/// down with 0 or [`EXIT_FAILED`].
 pub fn finish(name: &str, failures: u64) -> ! {
+    report(key::FAILURES, failures);
     if failures == 0 {
         println!("{name}: OK");
     } else {
         println!("{name}: FAILED ({failures} failed checks)");
     }
-    report(key::FAILURES, failures);
     shutdown(if failures == 0 { 0 } else { EXIT_FAILED })
 }
 
@@ -148,8 +153,59 @@ impl Write for Uart {
     }
 }
 
+/// Whether output is paced (see [`pace_output`]).
+static PACED: AtomicBool = AtomicBool::new(false);
+/// Bytes of console output (with the host's per-line prefix) since the last
+/// yield, when paced.
+static PRINTED: AtomicUsize = AtomicUsize::new(0);
+
+/// How much console output a paced guest sends between two yields: the host
+/// queues 512 bytes of guest output per CPU and slice and drops the rest
+/// (kernel `OUTPUT_QUEUE_LIMIT`), printing the queue between slices.
+const PACE_BUDGET: usize = 480;
+/// What the host adds to each line: `vm NAME: ` and the newline (names have
+/// at most 32 bytes).
+const PACE_LINE_OVERHEAD: usize = 38;
+
+/// From now on, printing (and [`report`]) first yields the time slice when
+/// the next line would take this guest's output since its last yield past
+/// what the hypervisor prints per slice; the yield ends the slice and the
+/// hypervisor prints the queued lines. For test guests whose every line
+/// matters; a guest that measures scheduling should not pace.
+pub fn pace_output() {
+    PACED.store(true, Ordering::Relaxed);
+}
+
+/// Accounts for one line of `len` bytes, yielding first when it would not fit.
+fn pace(len: usize) {
+    if !PACED.load(Ordering::Relaxed) {
+        return;
+    }
+    let cost = len + PACE_LINE_OVERHEAD;
+    if PRINTED.load(Ordering::Relaxed) + cost > PACE_BUDGET {
+        yield_now();
+        PRINTED.store(0, Ordering::Relaxed);
+    }
+    PRINTED.fetch_add(cost, Ordering::Relaxed);
+}
+
+/// Counts the bytes a formatted message would take.
+struct Counter(usize);
+
+impl Write for Counter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments<'_>) {
+    if PACED.load(Ordering::Relaxed) {
+        let mut n = Counter(0);
+        let _ = n.write_fmt(args);
+        pace(n.0);
+    }
     let _ = Uart.write_fmt(args);
 }
 

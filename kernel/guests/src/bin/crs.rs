@@ -207,6 +207,7 @@ fn check_vmx_instructions(failures: &mut u64) {
 }
 
 fn main() {
+    guests::pace_output();
     trap::install();
     let mut failures = 0u64;
 

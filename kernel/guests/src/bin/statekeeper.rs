@@ -172,6 +172,7 @@ fn unmap_fault_region() {
 }
 
 fn main() {
+    guests::pace_output();
     trap::install();
     let id = guests::vm_id();
     let seed = mix(0x5eed_0000 + id);

@@ -41,6 +41,7 @@ const PIT_DIVISOR: u16 = 1193;
 const SIGNATURE_EBX: u32 = u32::from_le_bytes([b'R', b'u', b's', b't']);
 
 fn main() {
+    guests::pace_output();
     trap::install();
     let id = guests::vm_id();
     let mut failures = 0u64;

@@ -193,6 +193,7 @@ fn try_wrmsr(name: &str, msr: u32, value: u64, failures: &mut u64) -> bool {
 }
 
 fn main() {
+    guests::pace_output();
     trap::install();
     let mut failures = 0u64;
     VM_ID.store(guests::vm_id(), Ordering::Relaxed);
