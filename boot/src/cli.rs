@@ -17,7 +17,7 @@ use crate::config::MachineHint;
 use crate::image::Firmware;
 use crate::kernel_build;
 use crate::pack::Scenario;
-use crate::run::Emulator;
+use crate::run::{CpuModel, Emulator};
 use crate::Error;
 
 /// The usage text (`boot help`).
@@ -44,7 +44,11 @@ SCENARIO (what the kernel does; default: run the VMs of boot/configs/default.tom
 
 RUN:
   --bios            boot the BIOS image instead of UEFI
-  --bochs           use Bochs (BIOS image, Skylake-X CPU with VMX) instead of QEMU
+  --bochs           use Bochs (BIOS image) instead of QEMU
+  --cpu MODEL       intel (Bochs Skylake-X with VT-x; QEMU only with nested
+                    KVM), amd (Bochs Ryzen or QEMU EPYC, AMD-V), none (QEMU,
+                    neither); default: QEMU picks KVM when it runs nested
+                    guests, else TCG with AMD-V; Bochs picks intel
   --mem MIB         machine memory in MiB, 64 to 65536 (default 512)
   --smp N           number of CPUs, 1 to 256 (default 2)
   --gdb             QEMU waits for GDB on localhost:1234 (target remote :1234)
@@ -125,6 +129,8 @@ pub struct RunOptions {
     pub memory_mib: u32,
     /// CPU count.
     pub cpus: u32,
+    /// Emulated CPU model.
+    pub cpu: CpuModel,
     /// Wait for GDB.
     pub gdb: bool,
     /// Show the emulator window.
@@ -321,6 +327,12 @@ fn run_options(args: &mut Args) -> Result<RunOptions, Error> {
         cpus: args
             .number("--smp", CPUS, "CPUs")?
             .map_or(DEFAULT_CPUS, to_u32),
+        cpu: match args.value("--cpu", "intel, amd or none")? {
+            None => CpuModel::Default,
+            Some(name) => CpuModel::from_name(&name).ok_or_else(|| {
+                Error::Usage(format!("--cpu {}: expected intel, amd or none", Escaped(&name)))
+            })?,
+        },
         gdb,
         display: args.flag("--display"),
         timeout: args

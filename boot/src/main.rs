@@ -39,6 +39,7 @@ fn main_inner() -> Result<u8, Error> {
                 image: images.for_firmware(options.firmware).to_path_buf(),
                 memory_mib: options.memory_mib,
                 cpus: options.cpus,
+                cpu: options.cpu,
                 gdb: options.gdb,
                 display: options.display,
                 interactive: true,
@@ -46,10 +47,20 @@ fn main_inner() -> Result<u8, Error> {
                 work_dir: kernel_build::output_dir(&kernel_build::repo_root()).join("run"),
             };
             if spec.emulator == Emulator::Qemu {
-                if run::kvm_with_vmx_usable() {
-                    eprintln!("==> QEMU with KVM and nested VT-x");
-                } else {
-                    eprintln!("==> no usable KVM with VT-x here: QEMU uses TCG, which does not emulate VMX (the kernel will say VT-x is unavailable; use --bochs to run VMs)");
+                match (spec.cpu, run::kvm_nested()) {
+                    (run::CpuModel::NoVirtualization, _) => {
+                        eprintln!("==> QEMU TCG with a CPU without VT-x or AMD-V (qemu64)")
+                    }
+                    (run::CpuModel::Default | run::CpuModel::Intel, Some("vmx")) => {
+                        eprintln!("==> QEMU with KVM and nested VT-x")
+                    }
+                    (run::CpuModel::Default | run::CpuModel::Amd, Some("svm")) => {
+                        eprintln!("==> QEMU with KVM and nested AMD-V")
+                    }
+                    (run::CpuModel::Amd, _) => eprintln!("==> QEMU TCG with an EPYC CPU (AMD-V with nested paging)"),
+                    _ => eprintln!(
+                        "==> no KVM that runs nested guests here: QEMU uses TCG with AMD-V and nested paging (TCG does not emulate VT-x; --bochs runs VT-x)"
+                    ),
                 }
             }
             if spec.gdb {

@@ -57,6 +57,8 @@ pub struct RunSpec {
     pub memory_mib: u32,
     /// Number of emulated CPUs.
     pub cpus: u32,
+    /// Which CPU the emulator presents.
+    pub cpu: CpuModel,
     /// Wait for GDB on localhost:1234 before the first instruction (QEMU only).
     pub gdb: bool,
     /// Show the emulator's screen (the framebuffer console).
@@ -68,6 +70,37 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// Folder for the serial log, firmware variables and emulator logs.
     pub work_dir: PathBuf,
+}
+
+/// The CPU an emulator presents, and so which virtualization backend the
+/// kernel finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuModel {
+    /// QEMU: KVM with the host CPU when it really runs guests with nested
+    /// VT-x or AMD-V, else TCG `-cpu max` (AMD-V with nested paging, no
+    /// VT-x). Bochs: Skylake-X (VT-x with EPT).
+    #[default]
+    Default,
+    /// An Intel CPU with VT-x: Bochs Skylake-X, or QEMU with KVM and nested
+    /// VT-x (TCG does not emulate VMX).
+    Intel,
+    /// An AMD CPU with AMD-V and nested paging: Bochs Ryzen, or QEMU `-cpu
+    /// EPYC` (TCG).
+    Amd,
+    /// A CPU with neither VT-x nor AMD-V: QEMU `-cpu qemu64,-svm,-vmx`.
+    NoVirtualization,
+}
+
+impl CpuModel {
+    /// The model for a `--cpu` value.
+    pub fn from_name(name: &str) -> Option<CpuModel> {
+        match name {
+            "intel" => Some(CpuModel::Intel),
+            "amd" => Some(CpuModel::Amd),
+            "none" => Some(CpuModel::NoVirtualization),
+            _ => None,
+        }
+    }
 }
 
 /// How a run ended.
@@ -329,24 +362,32 @@ pub fn check_tools(emulator: Emulator, firmware: Firmware) -> Result<(), Error> 
     Ok(())
 }
 
-/// True when QEMU can really run a VT-x capable guest with KVM here: the host
-/// CPU exposes VMX, /dev/kvm exists, and a paused `-cpu host` VM starts (a
-/// paravirtual KVM that cannot run ordinary guests aborts at vCPU reset).
-pub fn kvm_with_vmx_usable() -> bool {
-    let cpu_has_vmx = fs::read_to_string("/proc/cpuinfo")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "vmx"))
-        })
-        .unwrap_or(false);
-    if !cpu_has_vmx || !Path::new("/dev/kvm").exists() {
-        return false;
+/// The virtualization extension QEMU with KVM can pass to a guest here: the
+/// host CPU exposes VMX or SVM, /dev/kvm exists, and a paused `-cpu host` VM
+/// with it starts (a paravirtual KVM that cannot run ordinary guests aborts
+/// at vCPU reset). `None` when KVM cannot run nested guests.
+pub fn kvm_nested() -> Option<&'static str> {
+    let flags = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| {
+        flags
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag))
+    };
+    let ext = if has("vmx") {
+        "vmx"
+    } else if has("svm") {
+        "svm"
+    } else {
+        return None;
+    };
+    if !Path::new("/dev/kvm").exists() {
+        return None;
     }
     let child = Command::new("qemu-system-x86_64")
         .args([
             "-enable-kvm",
             "-cpu",
-            "host,+vmx",
+            &format!("host,+{ext}"),
             "-machine",
             "q35",
             "-display",
@@ -357,11 +398,35 @@ pub fn kvm_with_vmx_usable() -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
-    let Ok(child) = child else { return false };
+    let Ok(child) = child else { return None };
     let mut guard = ChildGuard(child);
     std::thread::sleep(Duration::from_millis(1500));
     // Still running (paused) after 1.5 s means the vCPU was created and reset.
-    matches!(guard.0.try_wait(), Ok(None))
+    matches!(guard.0.try_wait(), Ok(None)).then_some(ext)
+}
+
+/// True when QEMU can really run a VT-x capable guest with KVM here.
+pub fn kvm_with_vmx_usable() -> bool {
+    kvm_nested() == Some("vmx")
+}
+
+/// The QEMU `-cpu` arguments for `model`, and whether KVM is used.
+pub fn qemu_cpu(model: CpuModel, kvm: Option<&'static str>) -> Result<(Vec<String>, bool), Error> {
+    let kvm_args = |ext: &str| vec!["-enable-kvm".into(), "-cpu".into(), format!("host,+{ext}")];
+    let tcg = |cpu: &str| vec!["-cpu".to_string(), cpu.to_string()];
+    Ok(match (model, kvm) {
+        (CpuModel::Default, Some(ext)) => (kvm_args(ext), true),
+        (CpuModel::Default, None) => (tcg("max"), false),
+        (CpuModel::Intel, Some("vmx")) => (kvm_args("vmx"), true),
+        (CpuModel::Intel, _) => {
+            return Err(Error::Usage(
+                "QEMU cannot present an Intel CPU with VT-x here: TCG does not emulate VMX and KVM has no nested VT-x; use --bochs --cpu intel".into(),
+            ))
+        }
+        (CpuModel::Amd, Some("svm")) => (kvm_args("svm"), true),
+        (CpuModel::Amd, _) => (tcg("EPYC"), false),
+        (CpuModel::NoVirtualization, _) => (tcg("qemu64,-svm,-vmx"), false),
+    })
 }
 
 fn lock_file(image: &Path) -> PathBuf {
@@ -397,13 +462,12 @@ fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Er
         .args(["-m", &format!("{}M", spec.memory_mib)])
         .args(["-smp", &spec.cpus.to_string()])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-    let kvm = kvm_with_vmx_usable();
-    if kvm {
-        cmd.args(["-enable-kvm", "-cpu", "host,+vmx"]);
-    } else {
-        // TCG: no VMX, but SVM with nested paging for the future AMD-V backend.
-        cmd.args(["-cpu", "max"]);
-    }
+    let kvm_ext = match spec.cpu {
+        CpuModel::NoVirtualization => None,
+        _ => kvm_nested(),
+    };
+    let (cpu_args, kvm) = qemu_cpu(spec.cpu, kvm_ext)?;
+    cmd.args(cpu_args);
     if spec.firmware == Firmware::Uefi {
         require_file(OVMF_CODE, "ovmf")?;
         let vars = spec.work_dir.join("OVMF_VARS.fd");
@@ -448,12 +512,21 @@ fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
     // killed; a stale lock makes the next run fail ("Sector Size of 0"). The
     // images are ours and used by one run at a time, so the lock is dropped.
     let _ = fs::remove_file(lock_file(&spec.image));
+    let model = match spec.cpu {
+        CpuModel::Default | CpuModel::Intel => "corei7_skylake_x",
+        CpuModel::Amd => "ryzen",
+        CpuModel::NoVirtualization => {
+            return Err(Error::Usage(
+                "the Bochs models used here all have VT-x or AMD-V: use QEMU for --cpu none".into(),
+            ))
+        }
+    };
     let rc = spec.work_dir.join("bochsrc");
     // ips=200M: Bochs counts time in instructions; with it the TSC advances one
     // tick per guest instruction, which makes benchmark figures repeatable.
     let text = format!(
         "megs: {megs}\n\
-         cpu: model=corei7_skylake_x, count={cpus}, ips=200000000, reset_on_triple_fault=0\n\
+         cpu: model={model}, count={cpus}, ips=200000000, reset_on_triple_fault=0\n\
          romimage: file={BOCHS_BIOS}\n\
          vgaromimage: file={BOCHS_VGABIOS}\n\
          vga: extension=vbe\n\

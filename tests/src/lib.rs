@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use boot::image::{Firmware, Images};
 pub use boot::pack::Scenario;
-pub use boot::run::{status, Emulator, Ending, Outcome, RunSpec, VmStart};
+pub use boot::run::{status, CpuModel, Emulator, Ending, Outcome, RunSpec, VmStart};
 pub use hvcore::package::{BootOptions, Command, CrashTest};
 pub use hvcore::KernelExit;
 
@@ -151,6 +151,8 @@ pub struct Machine {
     pub firmware: Firmware,
     /// Emulated CPUs.
     pub cpus: u32,
+    /// Emulated CPU model (which virtualization backend the kernel finds).
+    pub cpu: CpuModel,
     /// Wall-clock limit.
     pub timeout: Duration,
 }
@@ -162,6 +164,7 @@ impl Machine {
             emulator: Emulator::Qemu,
             firmware: Firmware::Uefi,
             cpus,
+            cpu: CpuModel::Default,
             timeout: QEMU_TIMEOUT,
         }
     }
@@ -171,6 +174,7 @@ impl Machine {
             emulator: Emulator::Qemu,
             firmware: Firmware::Bios,
             cpus,
+            cpu: CpuModel::Default,
             timeout: QEMU_TIMEOUT,
         }
     }
@@ -180,8 +184,14 @@ impl Machine {
             emulator: Emulator::Bochs,
             firmware: Firmware::Bios,
             cpus,
+            cpu: CpuModel::Default,
             timeout: BOCHS_TIMEOUT,
         }
+    }
+
+    /// The same machine with another CPU model.
+    pub fn with_cpu(self, cpu: CpuModel) -> Self {
+        Machine { cpu, ..self }
     }
 }
 
@@ -196,6 +206,7 @@ pub fn boot_on(name: &str, scenario: &Scenario, machine: &Machine) -> Outcome {
         image: images.for_firmware(machine.firmware).to_path_buf(),
         memory_mib: MEMORY_MIB,
         cpus: machine.cpus,
+        cpu: machine.cpu,
         gdb: false,
         display: false,
         interactive: false,

@@ -85,13 +85,12 @@ image = "stihlt"
 /// intact after it; meanwhile three more VMs on the same CPU change CR0/CR4,
 /// XCR0, the SYSCALL MSRs and EFER, run in ring 3, and exit inside STI and
 /// MOV SS shadows.
-#[test]
-fn state_stays_private_on_one_cpu() {
+fn state_stays_private_on_one_cpu(machine: Machine, tag: &str) {
     let config = config_file("guest_state", STATE_ONE_CPU);
     let mut scenario = vms_scenario(&config);
     // A safety net: every VM here finishes by itself well before this.
     scenario.options.stop_after_ms = Some(30_000);
-    let o = boot_on("guest_state", &scenario, &bochs_one_cpu());
+    let o = boot_on(&format!("guest_state_{tag}"), &scenario, &machine);
 
     // statekeeper: AVX offered (XSAVE, XCR0 = x87|SSE|AVX), nothing leaked.
     for (vm, id) in [("keeper-a", 0), ("keeper-b", 1)] {
@@ -201,13 +200,12 @@ mode = "real16"
 /// slices, and the VM halting next to it on the same CPU (and the host) keeps
 /// running. The position-independent real-mode guest runs at 0000:7C00,
 /// 2000:0000 and F000:FF00.
-#[test]
-fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere() {
+fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere(machine: Machine, tag: &str) {
     let config = config_file("tpr_real_mode", TPR_AND_REAL_MODE);
     let mut scenario = vms_scenario(&config);
     // A safety net: every VM here finishes by itself well before this.
     scenario.options.stop_after_ms = Some(30_000);
-    let o = boot_on("tpr_real_mode", &scenario, &bochs_one_cpu());
+    let o = boot_on(&format!("tpr_real_mode_{tag}"), &scenario, &machine);
 
     assert_guest(&o, "cr8", "cr8: initial tpr 0");
     assert_guest(&o, "cr8", "cr8: tpr 15 kept, OK");
@@ -225,4 +223,24 @@ fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere() {
         assert_shutdown(&o, vm, id, 22);
     }
     assert_success(&o);
+}
+
+#[test]
+fn state_stays_private_on_one_cpu_vtx_bochs() {
+    state_stays_private_on_one_cpu(bochs_one_cpu(), "vtx");
+}
+
+#[test]
+fn state_stays_private_on_one_cpu_svm_qemu() {
+    state_stays_private_on_one_cpu(Machine::qemu_bios(1).with_cpu(CpuModel::Amd), "svm");
+}
+
+#[test]
+fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere_vtx_bochs() {
+    tpr_stays_in_the_vm_and_real_mode_starts_anywhere(bochs_one_cpu(), "vtx");
+}
+
+#[test]
+fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere_svm_qemu() {
+    tpr_stays_in_the_vm_and_real_mode_starts_anywhere(Machine::qemu_bios(1).with_cpu(CpuModel::Amd), "svm");
 }

@@ -41,10 +41,9 @@ mode = "real16"
 /// A guest prints through its emulated UART (name-prefixed on the host
 /// serial), uses hypercalls and shuts itself down; CPUID is filtered; an
 /// unknown MSR raises #GP inside the guest; a real-mode guest runs.
-#[test]
-fn guest_basics() {
+fn guest_basics(machine: Machine, tag: &str) {
     let config = config_file("guest_basics", GUEST_BASICS);
-    let o = boot_bochs("guest_basics", &vms_scenario(&config), 1);
+    let o = boot_on(&format!("guest_basics_{tag}"), &vms_scenario(&config), &machine);
     // UART output, prefixed with the VM's name; hypercalls.
     assert_contains(&o, "vm hello: hello from a guest over the emulated 16550 (scratch 0x5a)");
     assert_contains(&o, "vm hello: vm id 0 (status 0), hypercall interface version 1");
@@ -114,16 +113,15 @@ image = "hello"
 /// and a triple-faulting VM are each stopped with a report, while the healthy
 /// VM completes. VMs the machine cannot hold are refused at boot, by name, and
 /// the rest start.
-#[test]
-fn faulting_vms_are_contained() {
+fn faulting_vms_are_contained(machine: Machine, tag: &str) {
     let config = config_file("faulting_vms", FAULTS);
-    let o = boot_bochs("faulting_vms", &vms_scenario(&config), 1);
+    let o = boot_on(&format!("faulting_vms_{tag}"), &vms_scenario(&config), &machine);
     // The kernel checks the configuration against the machine again: these
     // two pass the host's check (it knows neither CPUs nor memory) but not this.
     assert_contains(&o, "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)");
     assert_contains(&o, "vm \"huge\": memory:");
     assert_contains(&o, "started 4 of 6 VM(s): escape, hvmem, triple, hello");
-    assert_contains(&o, "partition check: 4 VM(s), 16 MiB mapped, EPTs disjoint, no hypervisor frame mapped");
+    assert_contains(&o, "partition check: 4 VM(s), 16 MiB mapped, nested page tables disjoint, no hypervisor frame mapped");
     assert_contains(&o, "vm escape (id 0) stopped: EPT/NPT violation at gpa 0x4000000 outside the VM's memory (access -w-");
     // The hvmem guest aims at the kernel image's host-physical address.
     assert_contains(&o, "kernel image at host-physical 0x1000000..");
@@ -237,12 +235,11 @@ fn last_count(o: &boot::run::Outcome, vm: &str) -> u64 {
 /// round-robin; CPU 1 runs a VM pinned to it, two faulting VMs and a healthy
 /// one, and a VM that halts. Shares stay within 15% of equal, the spinning VM loses the CPU at
 /// every slice end, and the faults on CPU 1 do not disturb CPU 0.
-#[test]
-fn scheduling_on_two_cpus() {
+fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
     let config = config_file("scheduling", SCHEDULING);
     let mut scenario = vms_scenario(&config);
     scenario.options.stop_after_ms = Some(1500);
-    let o = boot_bochs("scheduling", &scenario, 2);
+    let o = boot_on(&format!("scheduling_{tag}"), &scenario, &machine);
     // CPU 1 is APIC ID 1 in Bochs; the pinned VM sees it through CPUID.
     assert_contains(&o, "vm pinned: cpuid.1: vmx=0 hypervisor=1 apic_id=1");
     assert_contains(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
@@ -276,4 +273,34 @@ fn scheduling_on_two_cpus() {
     }
     assert_contains(&o, "vm flood: flood 00000001 ....");
     assert_code(&o, KernelExit::Success);
+}
+
+#[test]
+fn guest_basics_vtx_bochs() {
+    guest_basics(Machine::bochs(1), "vtx");
+}
+
+#[test]
+fn guest_basics_svm_qemu() {
+    guest_basics(Machine::qemu_bios(1).with_cpu(CpuModel::Amd), "svm");
+}
+
+#[test]
+fn faulting_vms_are_contained_vtx_bochs() {
+    faulting_vms_are_contained(Machine::bochs(1), "vtx");
+}
+
+#[test]
+fn faulting_vms_are_contained_svm_qemu() {
+    faulting_vms_are_contained(Machine::qemu_bios(1).with_cpu(CpuModel::Amd), "svm");
+}
+
+#[test]
+fn scheduling_on_two_cpus_vtx_bochs() {
+    scheduling_on_two_cpus(Machine::bochs(2), "vtx");
+}
+
+#[test]
+fn scheduling_on_two_cpus_svm_qemu() {
+    scheduling_on_two_cpus(Machine::qemu_bios(2).with_cpu(CpuModel::Amd), "svm");
 }

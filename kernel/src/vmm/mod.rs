@@ -263,7 +263,7 @@ fn report_no_virtualization() {
         Err(e) => alloc::format!("{e}"),
         Ok(_) => String::new(),
     };
-    crate::println!("{vtx}; AMD-V not available either ({amd})");
+    crate::println!("no hardware virtualization: {vtx}; AMD-V not available: {amd}");
     log::info!("no VMs started: this CPU cannot run them");
 }
 
