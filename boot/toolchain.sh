@@ -6,7 +6,8 @@
 #   (a) an online rustup nightly with `rust-src` and `llvm-tools` (what
 #       rust-toolchain.toml asks for);
 #   (b) Debian's offline Rust (packages rustc-web cargo-web rust-web-src
-#       rust-web-llvm lld-22), selected with RUSTUP_TOOLCHAIN=/usr, with
+#       rust-web-llvm lld-22 rust-web-clippy rustfmt-web), selected with
+#       RUSTUP_TOOLCHAIN=/usr, with
 #       RUSTC_BOOTSTRAP=1 for the unstable `-Zbuild-std`.
 # Exports: RUSTUP_TOOLCHAIN (b only), RUSTC_BOOTSTRAP, HV_BUILD_STD (1 when the
 # kernel needs `-Zbuild-std`), HV_TOOLCHAIN (a name for the logs).
@@ -19,7 +20,7 @@ hv_step() { printf '==> %s\n' "$*" >&2; }
 hv_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages each part needs. Emulator packages are only needed to run.
-HV_PKGS_TOOLCHAIN="rustc-web cargo-web rust-web-src rust-web-llvm lld-22 llvm-22"
+HV_PKGS_TOOLCHAIN="rustc-web cargo-web rust-web-src rust-web-llvm lld-22 llvm-22 rust-web-clippy rustfmt-web"
 HV_PKGS_QEMU="qemu-system-x86 ovmf"
 HV_PKGS_BOCHS="bochs bochsbios vgabios bochs-sdl"
 

@@ -8,6 +8,15 @@ hv_setup_toolchain
 hv_ensure_pkgs "QEMU and OVMF" $HV_PKGS_QEMU
 hv_ensure_pkgs "Bochs" $HV_PKGS_BOCHS
 cd "$HV_ROOT"
+hv_step "formatting: cargo fmt --check"
+cargo fmt --all --check
+hv_step "lints: cargo clippy with warnings denied (host crates, then the bare-metal kernel and guests)"
+cargo clippy -q --workspace --exclude kernel --exclude guests --all-targets -- -D warnings
+build_std=()
+[ "${HV_BUILD_STD:-0}" = 1 ] && build_std=(-Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem)
+CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS="-C force-frame-pointers=yes" \
+    cargo clippy -q -p kernel -p guests --target x86_64-unknown-none \
+    --target-dir "${HV_TARGET_DIR:-$HV_ROOT/target}/baremetal" "${build_std[@]}" -- -D warnings
 hv_step "building the host tool and test harness (first time: ~5 min for the bootloader stages)"
 cargo build --tests -q
 hv_step "running unit and integration tests"

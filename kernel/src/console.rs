@@ -28,7 +28,7 @@ impl Consoles {
     fn write_str(&mut self, s: &str) {
         COM1.write_str(s);
         if let Some(fb) = self.fb.as_mut() {
-            let _ = fb.write_str(s);
+            fb.write_str(s);
         }
     }
 }

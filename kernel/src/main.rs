@@ -77,7 +77,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     mm::enable_bitmap_allocator();
     let (free, total) = mm::counts();
-    log::info!("frames: {free} free of {total} ({} MiB free)", free * 4096 >> 20);
+    log::info!("frames: {free} free of {total} ({} MiB free)", (free * 4096) >> 20);
 
     let ramdisk = ramdisk(boot_info);
     let rsdp = boot_info.rsdp_addr.into_option();

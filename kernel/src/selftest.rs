@@ -243,7 +243,7 @@ fn heap(_: &Machine) -> CaseResult {
     #[repr(align(4096))]
     struct Page([u8; 4096]);
     let page = Box::new(Page([7; 4096]));
-    ensure!((&*page as *const Page as usize) % 4096 == 0, "Box<Page> is not 4 KiB aligned");
+    ensure!((&*page as *const Page as usize).is_multiple_of(4096), "Box<Page> is not 4 KiB aligned");
     ensure!(page.0.iter().all(|&x| x == 7), "Box<Page> contents");
     drop(page);
 
@@ -359,7 +359,7 @@ fn breakpoint(_: &Machine) -> CaseResult {
 
 /// Candidate lower-half addresses for the page-fault test; the first one the
 /// page tables do not map is used.
-const UNMAPPED_CANDIDATES: [u64; 4] = [0xdead_beef_000, 0x5555_0000_0000, 0x7000_0000_0000, 0x1234_5678_9000];
+const UNMAPPED_CANDIDATES: [u64; 4] = [0x0dea_dbee_f000, 0x5555_0000_0000, 0x7000_0000_0000, 0x1234_5678_9000];
 
 fn unmapped_address() -> Option<u64> {
     UNMAPPED_CANDIDATES.into_iter().find(|&a| mm::mapper::translate(VirtAddr::new(a)).is_none())

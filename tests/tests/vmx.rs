@@ -227,7 +227,7 @@ fn last_count(o: &boot::run::Outcome, vm: &str) -> u64 {
         .iter()
         .filter(|(name, key, _)| name == vm && key == "1")
         .filter_map(|(_, _, v)| v.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or_else(|| fail(o, &format!("vm {vm} reported no counter")))
 }
 

@@ -111,7 +111,7 @@ fn print_backtrace(out: &mut dyn Write, mut rbp: u64) {
         // A frame pointer must be aligned and point at mapped memory (the
         // bootloader may place kernel stacks in either half); anything else
         // ends the walk rather than faulting inside the crash report.
-        if rbp == 0 || rbp % 8 != 0 || !readable(rbp) || !readable(rbp + 8) {
+        if rbp == 0 || !rbp.is_multiple_of(8) || !readable(rbp) || !readable(rbp + 8) {
             if depth == 1 {
                 let _ = writeln!(out, "    (no frame pointer chain)");
             }
@@ -136,7 +136,7 @@ fn print_backtrace(out: &mut dyn Write, mut rbp: u64) {
 /// tables through the physical-memory mapping without taking the mapper's lock
 /// (the crash may have happened while it was held).
 fn readable(va: u64) -> bool {
-    let canonical = va < 0x0000_8000_0000_0000 || va >= 0xffff_8000_0000_0000;
+    let canonical = !(0x0000_8000_0000_0000..0xffff_8000_0000_0000).contains(&va);
     let offset = crate::mm::phys_offset();
     if !canonical || offset == 0 {
         return false;

@@ -24,6 +24,8 @@ pub const AP_TRAMPOLINE: u64 = 0x8000;
 
 static PHYS_OFFSET: AtomicU64 = AtomicU64::new(0);
 
+// One instance, in a static: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     Boot(BootFrames),
     Bitmap(FrameAllocator),

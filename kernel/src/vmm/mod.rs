@@ -163,8 +163,7 @@ struct VmSummary {
     exits: u64,
 }
 
-const NO_WORK: Mutex<Option<CpuWork>> = Mutex::new(None);
-static WORK: [Mutex<Option<CpuWork>>; MAX_CPUS] = [NO_WORK; MAX_CPUS];
+static WORK: [Mutex<Option<CpuWork>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
 static WORK_READY: AtomicBool = AtomicBool::new(false);
 /// Whether the boot CPU has vCPUs of its own (it counts itself done then).
 static WORK_CPU0_HAD_WORK: AtomicBool = AtomicBool::new(false);

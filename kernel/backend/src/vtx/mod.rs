@@ -230,7 +230,7 @@ impl VmxSetup {
             cr0_allowed_bits,
             cr4_fixed1_bits,
             limits,
-            preemption_timer_rate: caps.misc.preemption_timer_rate() as u8,
+            preemption_timer_rate: caps.misc.preemption_timer_rate(),
             invept_single: caps.ept_vpid.contains(EptVpidCap::INVEPT_SINGLE_CONTEXT),
             invvpid_single: caps.ept_vpid.contains(EptVpidCap::INVVPID_SINGLE_CONTEXT),
         })

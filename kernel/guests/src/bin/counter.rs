@@ -16,7 +16,7 @@ fn main() {
         if count & 0x3_ffff == 0 {
             report(key::COUNTER, count);
             reports += 1;
-            if reports % 64 == 0 {
+            if reports.is_multiple_of(64) {
                 println!("count {count}");
             }
         }

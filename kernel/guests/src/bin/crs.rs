@@ -183,7 +183,7 @@ fn check_vmx_instructions(failures: &mut u64) {
     };
     let desc = [0u64; 2];
     let d = desc.as_ptr();
-    // SAFETY (each probe): a VMX instruction in a guest without VMX must raise
+    // SAFETY: (each probe) a VMX instruction in a guest without VMX must raise
     // #UD; the operands point at this guest's own memory.
     let results: [(&str, Option<Fault>); 12] = unsafe {
         [
