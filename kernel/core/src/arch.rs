@@ -536,6 +536,9 @@ pub trait Platform {
     fn console_write(&mut self, vm_name: &str, line: &str);
     /// Monotonic time in host TSC ticks; the guest's TSC is derived from it.
     fn now_ticks(&self) -> u64;
+    /// The same monotonic time in nanoseconds: the time base of the VM's
+    /// devices (PIT, RTC, UART timeouts).
+    fn now_ns(&self) -> u64;
     /// Local APIC ID of the physical CPU running this vCPU.
     fn cpu_apic_id(&self) -> u32;
     /// The memory of the VM whose exit is being handled (used by hypercalls).
@@ -655,6 +658,14 @@ pub enum StopReason {
         /// Guest RIP.
         rip: u64,
     },
+    /// The guest asked for a reset through a chipset device (keyboard
+    /// controller, reset control register, fast reset).
+    ResetRequested {
+        /// The device.
+        source: &'static str,
+        /// Guest RIP.
+        rip: u64,
+    },
     /// The hypervisor stopped the VM (its run time limit passed, or the
     /// hypervisor is shutting down).
     HostStop,
@@ -667,6 +678,14 @@ pub enum StopReason {
         /// Guest RIP.
         rip: u64,
     },
+}
+
+impl StopReason {
+    /// Whether the guest asked to be reset (a triple fault or a chipset
+    /// reset): a VM whose policy says so restarts instead of stopping.
+    pub fn is_reset(&self) -> bool {
+        matches!(self, StopReason::TripleFault { .. } | StopReason::ResetRequested { .. })
+    }
 }
 
 impl fmt::Display for StopReason {
@@ -718,6 +737,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::InstructionNotDecoded { instruction, why, linear, rip } => {
                 write!(f, "the length of the {instruction} at rip {rip:#x} (linear {linear:#x}) could not be read from guest memory: {why}")
+            }
+            StopReason::ResetRequested { source, rip } => {
+                write!(f, "guest requested a reset ({source}) at rip {rip:#x}")
             }
             StopReason::HostStop => write!(f, "stopped by the hypervisor (run time limit or shutdown)"),
             StopReason::Fault {

@@ -7,7 +7,7 @@
 //! | leaf | policy |
 //! |------|--------|
 //! | 0 .. host max basic | host values, filtered as below |
-//! | 1 | ECX: clear DTES64(2), MONITOR(3), DS-CPL(4), VMX(5), SMX(6), EST(7), TM2(8), PDCM(15), x2APIC(21), TSC-deadline(24), XSAVE(26), OSXSAVE(27), AVX(28); set hypervisor(31). EDX: clear MCE(7), MCA(14), DS(21), ACPI(22), TM(29), PBE(31). EBX bits 31:24 = APIC ID of the physical CPU |
+//! | 1 | ECX: clear DTES64(2), MONITOR(3), DS-CPL(4), VMX(5), SMX(6), EST(7), TM2(8), PDCM(15), x2APIC(21), TSC-deadline(24), XSAVE(26), OSXSAVE(27), AVX(28); set hypervisor(31). EDX: clear MCE(7), APIC(9), MCA(14), DS(21), ACPI(22), TM(29), PBE(31). EBX bits 31:24 = APIC ID of the physical CPU |
 //! | 5, 6, 0xA, 0xD | zeros (MONITOR/MWAIT, thermal/power, PMU, XSAVE state: not virtualized) |
 //! | 7.0 | EBX: clear SGX(2), AVX2(5), AVX-512 (16,17,21,26,27,28,30,31); ECX: clear WAITPKG(5), SGX-LC(30) |
 //! | 0xB, 0x1F | host topology, EDX = APIC ID of the physical CPU |
@@ -53,7 +53,7 @@ const LEAF1_ECX_CLEAR: u32 = (1 << 2)
     | (1 << 27)
     | (1 << 28);
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-const LEAF1_EDX_CLEAR: u32 = (1 << 7) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+const LEAF1_EDX_CLEAR: u32 = (1 << 7) | (1 << 9) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
 const LEAF7_EBX_CLEAR: u32 = (1 << 2)
     | (1 << 5)
     | (1 << 16)

@@ -13,7 +13,7 @@
 //! | IA32_TSC | 0x10 | host ticks + per-VM offset | sets the offset |
 //! | IA32_FEATURE_CONTROL | 0x3A | locked, VMX off (`1`) | #GP (locked) |
 //! | IA32_BIOS_SIGN_ID | 0x8B | 0 (no microcode reported) | ignored |
-//! | IA32_APIC_BASE | 0x1B | `0xFEE0_0000` \| enable \| BSP | same value only |
+//! | IA32_APIC_BASE | 0x1B | #GP: no local APIC is virtualized (CPUID.1:EDX.APIC = 0), as on a CPU without one | #GP |
 //! | IA32_MTRRCAP | 0xFE | 0 (no fixed/variable ranges, no WC) | #GP |
 //! | IA32_SYSENTER_CS/ESP/EIP | 0x174-0x176 | virtual | virtual (ESP/EIP canonical) |
 //! | IA32_MISC_ENABLE | 0x1A0 | fast strings, BTS/PEBS unavailable | ignored |
@@ -217,7 +217,6 @@ impl MsrState {
     pub fn read(&self, msr: u32, now_ticks: u64) -> Result<u64, MsrError> {
         Ok(match msr {
             IA32_TSC => now_ticks.wrapping_add(self.tsc_offset),
-            IA32_APIC_BASE => APIC_BASE_VALUE,
             IA32_FEATURE_CONTROL => FEATURE_CONTROL_VALUE,
             IA32_BIOS_SIGN_ID => 0,
             IA32_MTRRCAP => 0,
@@ -232,8 +231,6 @@ impl MsrState {
     pub fn write(&mut self, msr: u32, value: u64, now_ticks: u64) -> Result<(), MsrError> {
         match msr {
             IA32_TSC => self.tsc_offset = value.wrapping_sub(now_ticks),
-            IA32_APIC_BASE if value == APIC_BASE_VALUE => {}
-            IA32_APIC_BASE => return Err(MsrError::InvalidValue),
             IA32_FEATURE_CONTROL | IA32_MTRRCAP => return Err(MsrError::ReadOnly),
             IA32_BIOS_SIGN_ID | IA32_MISC_ENABLE => {}
             IA32_MTRR_DEF_TYPE if valid_mtrr_def_type(value) => self.mtrr_def_type = value,
@@ -336,15 +333,14 @@ mod tests {
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(regs.rax, 0x0007_0406);
         assert_eq!(regs.rdx, 0x0007_0406);
-        handle_exit(&mut vm, &mut vcpu,
+        let a = handle_exit(&mut vm, &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_APIC_BASE,
             },
             &mut regs,
             &mut env,
         );
-        assert_eq!(regs.rax, 0xFEE0_0900);
-        assert_eq!(regs.rdx, 0);
+        assert_eq!(a, Action::Inject(Event::GP0), "no local APIC");
         handle_exit(&mut vm, &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_FEATURE_CONTROL,

@@ -27,7 +27,7 @@ use core::fmt;
 
 use crate::devices::console::LineBuffer;
 use crate::devices::pic8259::PicPair;
-use crate::devices::pit8254::{Pit, PIT_IRQ};
+use crate::devices::pc::{add_pc_devices, advance, next_deadline_ns, PcConfig};
 use crate::devices::serial16550::Serial16550;
 use crate::devices::{DeviceEffect, Effects, IoBus};
 pub use crate::arch::StopReason;
@@ -210,12 +210,14 @@ impl VmContext {
         }
     }
 
-    /// A VM with COM1, the 8259 pair and the 8254 (for a PC-style guest).
-    pub fn with_pc_devices(id: u32, name: &str) -> Self {
+    /// A VM with the PC device set ([`crate::devices::pc`]): COM1, the 8259
+    /// pair with ELCR, the 8254 with port 0x61, CMOS/RTC, i8042, port 0x80,
+    /// port 0x92 and the PCI configuration ports.
+    pub fn with_pc_devices(id: u32, name: &str, cfg: &PcConfig) -> Self {
         let mut vm = Self::new(id, name);
-        // Fixed, disjoint port ranges: 0x3F8, 0x20/0xA0, 0x40.
-        let _ = vm.bus.register(Box::new(PicPair::new()));
-        let _ = vm.bus.register(Box::new(Pit::new()));
+        // The set's port ranges are fixed and disjoint (a test checks), and
+        // `add_pc_devices` keeps the COM1 that `new` registered.
+        let _ = add_pc_devices(&mut vm.bus, cfg);
         vm
     }
 
@@ -317,18 +319,19 @@ impl VmContext {
             .is_some_and(|bit| self.irq_levels & bit != 0)
     }
 
-    /// Advances the PIT to `now_ns`, pulsing IRQ 0 if it fired. Returns the
-    /// number of timer periods that elapsed (several collapse into one edge).
-    pub fn advance_timers(&mut self, now_ns: u64) -> u64 {
-        let edges = self
-            .bus
-            .device_mut::<Pit>()
-            .map_or(0, |pit| pit.tick_until(now_ns));
-        if edges > 0 {
-            self.set_irq_level(PIT_IRQ, true);
-            self.set_irq_level(PIT_IRQ, false);
-        }
+    /// Advances the time-driven devices (PIT, RTC, UART timeout) to
+    /// `now_ns` and applies their IRQ changes. Returns the number of PIT
+    /// periods that elapsed (several collapse into one edge).
+    pub fn advance_timers(&mut self, now_ns: u64, env: &mut dyn Platform) -> u64 {
+        let mut fx = Effects::new();
+        let edges = advance(&mut self.bus, now_ns, &mut fx);
+        self.apply_effects(&fx, env);
         edges
+    }
+
+    /// When a device will next change an IRQ line by itself (ns), if ever.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        next_deadline_ns(&self.bus)
     }
 
     /// The vector the virtual PIC presents, if any (a halted vCPU with one
@@ -424,9 +427,15 @@ mod tests {
         assert_eq!(alloc::format!("{r}"), "shutdown, exit code 3");
     }
 
+    const PC: PcConfig = PcConfig {
+        wall_clock_secs: 0,
+        now_ns: 0,
+        memory_bytes: 16 << 20,
+    };
+
     #[test]
     fn pc_devices_timer_interrupt_end_to_end() {
-        let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut vm = VmContext::with_pc_devices(1, "pc", &PC);
         let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
@@ -457,7 +466,7 @@ mod tests {
         out(&mut vm, 0x40, 0x9C); // 11932
         out(&mut vm, 0x40, 0x2E);
         assert_eq!(vm.pending_interrupt(), None);
-        assert_eq!(vm.advance_timers(25_000_000), 2);
+        assert_eq!(vm.advance_timers(25_000_000, &mut env), 2);
         assert_eq!(vm.pending_interrupt(), Some(0x30));
         assert_eq!(vm.ack_interrupt(), Some(Event::interrupt(0x30)));
         assert_eq!(vm.pending_interrupt(), None);
@@ -467,7 +476,7 @@ mod tests {
 
     #[test]
     fn console_input_raises_uart_irq_on_pic() {
-        let mut vm = VmContext::with_pc_devices(1, "pc");
+        let mut vm = VmContext::with_pc_devices(1, "pc", &PC);
         let mut vcpu = crate::vcpu::VcpuState::new(0);
         let mut env = FakePlatform::new();
         // PIC: vectors 0x20, only IRQ 4 unmasked.

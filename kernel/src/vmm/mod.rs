@@ -17,6 +17,7 @@
 //! backends are in `backend`; [`vtx`] and [`svm`] keep only what needs the
 //! hardware.
 
+pub mod irq;
 pub mod lazy;
 pub mod partition;
 pub mod platform;
@@ -133,6 +134,10 @@ impl Vcpu {
     fn release(self) {
         each!(self, v => v.release())
     }
+    /// When a halted vCPU's devices will next raise an interrupt (TSC).
+    fn wake_tsc(&self) -> Option<u64> {
+        each!(self, v => v.clock.wake_tsc())
+    }
     fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         match (self, host) {
             (Vcpu::Vtx(v), HostCpu::Vtx(h)) => v.run_slice(h, slice_end, env),
@@ -184,6 +189,18 @@ static STOP_ALL: AtomicBool = AtomicBool::new(false);
 pub(crate) fn tsc_from_us(us: u64) -> u64 {
     let hz = crate::apic::tsc_hz().max(1_000_000);
     (us as u128 * hz as u128 / 1_000_000) as u64
+}
+
+/// Nanoseconds of the TSC time base: the clock of the VMs' devices.
+pub(crate) fn ns_from_tsc(ticks: u64) -> u64 {
+    let hz = crate::apic::tsc_hz().max(1_000_000);
+    (ticks as u128 * 1_000_000_000 / hz as u128) as u64
+}
+
+/// TSC value at nanosecond `ns` of the same time base.
+pub(crate) fn tsc_from_ns(ns: u64) -> u64 {
+    let hz = crate::apic::tsc_hz().max(1_000_000);
+    (ns as u128 * hz as u128 / 1_000_000_000) as u64
 }
 
 pub(crate) fn us_from_tsc(ticks: u64) -> u64 {
@@ -528,7 +545,14 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
             }
         }
     }
-    let vm = VmContext::new(id, &spec.name);
+    // Every VM is a PC: UART, PIC, PIT, RTC, keyboard controller, chipset
+    // ports, all on the TSC time base.
+    let pc = hvcore::devices::pc::PcConfig {
+        wall_clock_secs: 0,
+        now_ns: ns_from_tsc(crate::arch::rdtsc()),
+        memory_bytes: spec.memory_bytes,
+    };
+    let vm = VmContext::with_pc_devices(id, &spec.name, &pc);
     match backend {
         Backend::Vtx(_) => {
             let Some(caps) = CAPS.get() else {
@@ -739,7 +763,12 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
             SliceEnd::Yielded => sched.on_yield(id, t),
-            SliceEnd::Halted => sched.on_halt(id, t, Some(t + slice)),
+            // A halted vCPU sleeps until its devices raise an interrupt
+            // (its PIT tick), or for a slice when none will.
+            SliceEnd::Halted => {
+                let wake = vcpus[i].as_ref().and_then(Vcpu::wake_tsc).map_or(t + slice, |w| w.max(t));
+                sched.on_halt(id, t, Some(wake))
+            }
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
                     finish_vm(cpu, v, &mut sched, id, t);

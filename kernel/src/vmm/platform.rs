@@ -109,6 +109,10 @@ impl Platform for PlatformFor<'_> {
         crate::arch::rdtsc()
     }
 
+    fn now_ns(&self) -> u64 {
+        super::ns_from_tsc(crate::arch::rdtsc())
+    }
+
     fn cpu_apic_id(&self) -> u32 {
         self.apic_id
     }

@@ -103,6 +103,17 @@ pub enum ResetSource {
     FastReset,
 }
 
+impl ResetSource {
+    /// The description, as a static string (for stop reasons).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::KeyboardController => "keyboard controller reset pulse",
+            Self::ResetControl => "reset control register 0xcf9",
+            Self::FastReset => "fast reset through port 0x92",
+        }
+    }
+}
+
 impl fmt::Display for ResetSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

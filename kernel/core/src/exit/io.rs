@@ -29,6 +29,8 @@ pub fn handle(
         });
     }
     let mut fx = Effects::new();
+    // Time-driven devices catch up first, so the guest reads current counts.
+    crate::devices::pc::advance(&mut vm.bus, env.now_ns(), &mut fx);
     match access.dir {
         IoDir::In => {
             let value = match vm.bus.read(access.port, access.size, &mut fx) {
@@ -49,6 +51,12 @@ pub fn handle(
         }
     }
     vm.apply_effects(&fx, env);
+    if let Some(source) = fx.reset_requested() {
+        return Action::Stop(StopReason::ResetRequested {
+            source: source.name(),
+            rip: regs.rip,
+        });
+    }
     Action::AdvanceRip
 }
 

@@ -228,6 +228,9 @@ pub(crate) mod testenv {
         fn now_ticks(&self) -> u64 {
             self.ticks
         }
+        fn now_ns(&self) -> u64 {
+            self.ticks
+        }
         fn cpu_apic_id(&self) -> u32 {
             self.apic_id
         }

@@ -19,6 +19,7 @@ use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use svm::Vmcb;
 
 use super::entry as switch;
+use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::partition::Partition;
 use crate::vmm::platform::{KernelPlatform, PlatformFor};
@@ -59,6 +60,8 @@ pub struct Vcpu {
     lazy: LazyState,
     /// CPU the vCPU last ran on (its ASID's TLB entries live there).
     last_cpu: Option<u32>,
+    /// Device time and the interrupt window.
+    pub clock: DeviceClock,
 }
 
 /// Why an AMD-V vCPU could not be built.
@@ -127,6 +130,7 @@ impl Vcpu {
             soft: SoftState::default(),
             lazy: LazyState::new(),
             last_cpu: None,
+            clock: DeviceClock::default(),
         };
         if let Err(e) = setup::program(vcpu.vmcb_mut(), setup, &start) {
             free_frame(vmcb);
@@ -199,6 +203,17 @@ impl Vcpu {
             if crate::arch::rdtsc() >= slice_end || crate::smp::stopping() {
                 return self.end_slice_early();
             }
+            self.clock.catch_up(&mut self.vm, &self.partition, env);
+            let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+                Some(entry::interruptibility(vmcb))
+            });
+            if irq.is_some() {
+                self.pending_event = irq;
+            }
+            if window != self.clock.window_open {
+                entry::set_interrupt_window(vmcb, window);
+                self.clock.window_open = window;
+            }
             if let Some(ev) = self.pending_event.take() {
                 entry::inject(vmcb, ev);
             }
@@ -245,6 +260,9 @@ impl Vcpu {
             };
             if self.soft.xcr0 != xcr0 {
                 lazy::set_xcr0(self.soft.xcr0);
+            }
+            if let Exit::Io(_) = exit {
+                self.clock.refresh(&self.vm);
             }
             entry::advance(vmcb, &action, &self.regs);
             self.pending_event = backend::vtx::entry::next_event(&action, decoded.vectoring, self.pending_event);

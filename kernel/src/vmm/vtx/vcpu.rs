@@ -14,7 +14,8 @@ use hvcore::config::GuestMode;
 use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use vmx::vmcs::*;
-use vmx::{ActiveVmcs, HostPhysAddr, VmFail, VmcsAccess, VmxCapabilities};
+use hvcore::devices::interrupt::GuestInterruptibility;
+use vmx::{ActiveVmcs, HostPhysAddr, PrimaryControls, VmFail, VmcsAccess, VmxCapabilities};
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
@@ -22,6 +23,7 @@ use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
 use super::super::platform::{KernelPlatform, PlatformFor};
 use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
+use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::partition::Partition;
 use crate::arch::gdt::PerCpuTables;
@@ -62,6 +64,8 @@ pub struct Vcpu {
     soft: SoftState,
     /// Registers switched when the CPU changes vCPU.
     lazy: LazyState,
+    /// Device time and the interrupt window.
+    pub clock: DeviceClock,
 }
 
 /// Per-CPU VMX facts the host state needs.
@@ -112,6 +116,7 @@ impl Vcpu {
             slice_us,
             soft: SoftState::default(),
             lazy: LazyState::new(),
+            clock: DeviceClock::default(),
         };
         if mode == GuestMode::Long64 {
             vcpu.write_long_mode_structures();
@@ -275,6 +280,22 @@ impl Vcpu {
                 return self.end_slice_early();
             }
             let timer = ((slice_end - now) >> rate).min(u32::MAX as u64) as u32;
+            self.clock.catch_up(&mut self.vm, &self.partition, env);
+            let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+                let rflags = vmcs.get(GUEST_RFLAGS).ok()?;
+                let state = vmcs.get(GUEST_INTERRUPTIBILITY_INFO).ok()?;
+                Some(GuestInterruptibility::from_vmx(rflags, state, false))
+            });
+            if irq.is_some() {
+                self.pending_event = irq;
+            }
+            if window != self.clock.window_open {
+                let bits = host.setup.primary | if window { PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() } else { 0 };
+                if vmcs.set(CPU_BASED_VM_EXEC_CONTROL, bits).is_err() {
+                    return self.stop_with_vmcs_failure(&vmcs, env);
+                }
+                self.clock.window_open = window;
+            }
             if self.prepare_entry(&mut vmcs, timer).is_err() {
                 return self.stop_with_vmcs_failure(&vmcs, env);
             }
@@ -318,6 +339,9 @@ impl Vcpu {
             };
             if self.soft.xcr0 != xcr0 {
                 lazy::set_xcr0(self.soft.xcr0);
+            }
+            if let Exit::Io(_) = exit {
+                self.clock.refresh(&self.vm);
             }
             if entry::advance(&mut vmcs, &action, &self.regs).is_err() {
                 return self.stop_with_vmcs_failure(&vmcs, env);

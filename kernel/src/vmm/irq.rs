@@ -1,0 +1,67 @@
+//! The VM's devices between exits: time-driven devices catch up with the
+//! clock before each entry (only when one of them is due), and the virtual
+//! PIC's interrupt is injected when the guest can take it, or an
+//! interrupt-window exit is requested (SDM 26.7.5 / APM 15.21).
+
+use hvcore::devices::interrupt::{decide, Delivery, GuestInterruptibility};
+use hvcore::exit::Event;
+use hvcore::vcpu::VmContext;
+
+use super::partition::Partition;
+use super::platform::KernelPlatform;
+
+/// Per-vCPU bookkeeping of device time and the interrupt window.
+#[derive(Default)]
+pub struct DeviceClock {
+    /// When a device next changes an IRQ line by itself (ns), if ever.
+    deadline_ns: Option<u64>,
+    /// Whether the backend currently asks for an interrupt-window exit.
+    pub window_open: bool,
+}
+
+impl DeviceClock {
+    /// Brings the devices up to now when one is due. Returns the time (ns).
+    pub fn catch_up(&mut self, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
+        let now = super::ns_from_tsc(crate::arch::rdtsc());
+        if self.deadline_ns.is_some_and(|d| now >= d) {
+            vm.advance_timers(now, &mut env.with(memory));
+            self.deadline_ns = vm.next_deadline_ns();
+        }
+    }
+
+    /// The guest may have reprogrammed a device (after a port exit).
+    pub fn refresh(&mut self, vm: &VmContext) {
+        self.deadline_ns = vm.next_deadline_ns();
+    }
+
+    /// The TSC value at which a halted vCPU should be woken, if a device
+    /// will raise an interrupt by then.
+    pub fn wake_tsc(&self) -> Option<u64> {
+        self.deadline_ns.map(super::tsc_from_ns)
+    }
+}
+
+/// What to do about the PIC's pending interrupt at this entry: `Some(event)`
+/// to inject (the PIC is acknowledged), and whether to ask for a window
+/// exit. `interruptibility` is read only when an interrupt is pending.
+pub fn deliver(
+    vm: &mut VmContext,
+    event_pending: bool,
+    interruptibility: impl FnOnce() -> Option<GuestInterruptibility>,
+) -> (Option<Event>, bool) {
+    let Some(vector) = vm.pending_interrupt() else {
+        return (None, false);
+    };
+    if event_pending {
+        // An exception or re-injection goes first; try again at the next exit.
+        return (None, true);
+    }
+    let Some(state) = interruptibility() else {
+        return (None, true);
+    };
+    match decide(state, Some(vector)) {
+        Delivery::Inject(_) => (vm.ack_interrupt(), false),
+        Delivery::RequestWindow => (None, true),
+        Delivery::Nothing => (None, false),
+    }
+}
