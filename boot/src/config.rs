@@ -512,6 +512,9 @@ pub fn parse(
                 ModeToml::Long64 => GuestMode::Long64,
                 ModeToml::Real16 => GuestMode::Real16,
             },
+            initrd: None,
+            cmdline: String::new(),
+            on_reboot: hvcore::config::RebootPolicy::Stop,
         });
     }
 

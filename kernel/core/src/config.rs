@@ -24,6 +24,15 @@
 //! ([`crate::layout::reserved_for`]), or an entry point outside a loaded segment
 //! is refused here, on the host as in the kernel.
 //!
+//! Kernels (a VM whose [`GuestMode`] is [`GuestMode::Linux64`] or
+//! [`GuestMode::Protected32`], configured with `kernel =` instead of
+//! `image =`) are judged the same way, by the boot-protocol loaders that will
+//! boot them: [`crate::boot_proto::linux::plan`] with the initrd and command
+//! line, or [`crate::boot_proto::multiboot::plan`]. A kernel that is neither a
+//! bzImage nor a Multiboot kernel, a boot protocol too old, a kernel or initrd
+//! that does not fit the VM's memory, or a command line the kernel would not
+//! take is refused here, again on the host as in the kernel.
+//!
 //! Addresses here are plain `u64`s whose field names say which address space they
 //! are in: `host_base` is host-physical, `load_addr` and `entry` are
 //! guest-physical (guests start with an identity mapping, so a 64-bit entry point
@@ -42,6 +51,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::boot_proto::linux::{self, LinuxError};
+use crate::boot_proto::multiboot::{self, MultibootError};
 use crate::image::{self, ImageError};
 use crate::layout;
 use crate::text::Escaped;
@@ -66,6 +77,9 @@ pub const MAX_SLICE_US: u32 = 1_000_000;
 /// vCPU starts at CS:IP with CS = (entry >> 4) & 0xF000 and IP = entry - CS * 16
 /// (see [`real_mode_cs_ip`]), which reaches only the first mebibyte.
 pub const REAL_MODE_LIMIT: u64 = MIB;
+/// The longest kernel command line, in bytes (without the NUL the loaders
+/// add); a kernel's own limit (Linux's `cmdline_size`) may be lower.
+pub const MAX_CMDLINE_LEN: usize = 4095;
 
 /// Where a real16 guest entered at `entry` starts: `(CS, IP)` with
 /// CS = (entry >> 4) & 0xF000 and IP = entry - CS * 16; `None` when `entry`
@@ -80,29 +94,107 @@ pub fn real_mode_cs_ip(entry: u64) -> Option<(u16, u16)> {
 }
 
 /// How the vCPU is set up when the VM starts.
+///
+/// `Long64` and `Real16` start an image (`image =` in the configuration; the
+/// `mode` key picks one). `Linux64` and `Protected32` start a kernel through
+/// its boot protocol (`kernel =`); they follow from the kernel's format and
+/// are never written in a configuration file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GuestMode {
     /// 64-bit long mode with identity-mapped paging (the project's own guests).
     Long64,
     /// 16-bit real mode, as after reset (flat binaries such as boot sectors).
     Real16,
+    /// The 64-bit Linux boot protocol ([`crate::boot_proto::linux`]): a
+    /// bzImage entered at its 64-bit entry point in long mode with an
+    /// identity map, RSI = the zero page.
+    Linux64,
+    /// Multiboot 1 ([`crate::boot_proto::multiboot`]): 32-bit protected mode
+    /// with paging off, EAX = the boot loader magic, EBX = the information
+    /// structure.
+    Protected32,
 }
 
 impl GuestMode {
     /// Every mode, in encoding order.
-    pub const ALL: [GuestMode; 2] = [GuestMode::Long64, GuestMode::Real16];
+    pub const ALL: [GuestMode; 4] = [
+        GuestMode::Long64,
+        GuestMode::Real16,
+        GuestMode::Linux64,
+        GuestMode::Protected32,
+    ];
 
-    /// The name used in configuration files.
+    /// The name used in configuration files and messages.
     pub fn name(self) -> &'static str {
         match self {
             GuestMode::Long64 => "long64",
             GuestMode::Real16 => "real16",
+            GuestMode::Linux64 => "linux",
+            GuestMode::Protected32 => "protected32",
         }
     }
 
-    /// The mode called `name` in configuration files.
+    /// The mode called `name` (see [`GuestMode::name`]).
     pub fn from_name(name: &str) -> Option<GuestMode> {
         Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the VM boots a kernel through its boot protocol (`kernel =`)
+    /// rather than an image (`image =`).
+    pub fn is_kernel(self) -> bool {
+        self.kernel_kind().is_some()
+    }
+
+    /// The kind of kernel a VM in this mode boots: a bzImage for `Linux64`,
+    /// a Multiboot kernel for `Protected32`; `None` for image modes.
+    pub fn kernel_kind(self) -> Option<ImageKind> {
+        match self {
+            GuestMode::Linux64 => Some(ImageKind::BzImage),
+            GuestMode::Protected32 => Some(ImageKind::Multiboot),
+            GuestMode::Long64 | GuestMode::Real16 => None,
+        }
+    }
+}
+
+/// What a VM does when its guest resets the machine (a triple fault: Linux's
+/// `reboot` with `reboot=t`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RebootPolicy {
+    /// Stop the VM with a report (the default for images).
+    #[default]
+    Stop,
+    /// Load the VM's image or kernel afresh and start it again (the default
+    /// for kernels).
+    Restart,
+}
+
+impl RebootPolicy {
+    /// Every policy, in encoding order.
+    pub const ALL: [RebootPolicy; 2] = [RebootPolicy::Stop, RebootPolicy::Restart];
+
+    /// The name used in configuration files (`on_reboot = "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RebootPolicy::Stop => "stop",
+            RebootPolicy::Restart => "restart",
+        }
+    }
+
+    /// The policy called `name`.
+    pub fn from_name(name: &str) -> Option<RebootPolicy> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The policy of a VM in `mode` whose configuration does not say:
+    /// `Restart` for kernels (a reboot of an operating system starts it
+    /// again, as on a real machine), `Stop` for images (a triple fault of a
+    /// test guest is a failure to report).
+    pub fn default_for(mode: GuestMode) -> RebootPolicy {
+        if mode.is_kernel() {
+            RebootPolicy::Restart
+        } else {
+            RebootPolicy::Stop
+        }
     }
 }
 
@@ -111,20 +203,64 @@ impl GuestMode {
 pub enum ImageKind {
     /// An ELF64 executable: segments load where its program headers say.
     Elf,
-    /// Raw bytes copied to the VM's `load_addr`.
+    /// Raw bytes copied to the VM's `load_addr` (also every initrd).
     Flat,
+    /// A Linux bzImage ("HdrS" at 0x202), booted by
+    /// [`crate::boot_proto::linux`].
+    BzImage,
+    /// A Multiboot 1 kernel (a Multiboot header in the first 8 KiB; ELF32 or
+    /// the a.out kludge), booted by [`crate::boot_proto::multiboot`].
+    Multiboot,
 }
 
 impl ImageKind {
     /// Every kind, in encoding order.
-    pub const ALL: [ImageKind; 2] = [ImageKind::Elf, ImageKind::Flat];
+    pub const ALL: [ImageKind; 4] = [
+        ImageKind::Elf,
+        ImageKind::Flat,
+        ImageKind::BzImage,
+        ImageKind::Multiboot,
+    ];
 
-    /// The kind of an image judged by its first bytes: ELF magic or else flat.
+    /// The kind of a file named by `image =`, judged by its bytes, first
+    /// match wins: "HdrS" at 0x202 is a bzImage; the ELF magic an ELF image
+    /// (whether or not it has a Multiboot header: as an image it loads as
+    /// ELF64); a Multiboot header (magic and checksum) in the first 8 KiB a
+    /// Multiboot kernel; anything else a flat image. A bzImage or Multiboot
+    /// kernel named by `image =` is refused with a hint to use `kernel =`.
     pub fn detect(data: &[u8]) -> ImageKind {
-        if data.starts_with(b"\x7fELF") {
+        if is_bzimage(data) {
+            ImageKind::BzImage
+        } else if data.starts_with(b"\x7fELF") {
             ImageKind::Elf
+        } else if has_multiboot_header(data) {
+            ImageKind::Multiboot
         } else {
             ImageKind::Flat
+        }
+    }
+
+    /// The kind of a file named by `kernel =`: a bzImage ("HdrS" at 0x202,
+    /// checked first), else a Multiboot kernel (a Multiboot header in the
+    /// first 8 KiB, an ELF32 file included), else `None`: not a kernel this
+    /// hypervisor boots.
+    pub fn detect_kernel(data: &[u8]) -> Option<ImageKind> {
+        if is_bzimage(data) {
+            Some(ImageKind::BzImage)
+        } else if has_multiboot_header(data) {
+            Some(ImageKind::Multiboot)
+        } else {
+            None
+        }
+    }
+
+    /// The mode a kernel of this kind starts in: `Linux64` for a bzImage,
+    /// `Protected32` for a Multiboot kernel; `None` for images.
+    pub fn kernel_mode(self) -> Option<GuestMode> {
+        match self {
+            ImageKind::BzImage => Some(GuestMode::Linux64),
+            ImageKind::Multiboot => Some(GuestMode::Protected32),
+            ImageKind::Elf | ImageKind::Flat => None,
         }
     }
 
@@ -133,8 +269,31 @@ impl ImageKind {
         match self {
             ImageKind::Elf => "elf",
             ImageKind::Flat => "flat",
+            ImageKind::BzImage => "bzimage",
+            ImageKind::Multiboot => "multiboot",
         }
     }
+
+    /// What the kind is, in words, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ImageKind::Elf => "an ELF image",
+            ImageKind::Flat => "a flat image",
+            ImageKind::BzImage => "a Linux bzImage",
+            ImageKind::Multiboot => "a Multiboot kernel",
+        }
+    }
+}
+
+/// "HdrS" at 0x202: the Linux boot protocol's setup header magic.
+fn is_bzimage(data: &[u8]) -> bool {
+    data.get(0x202..0x206) == Some(b"HdrS".as_slice())
+}
+
+/// A Multiboot header (magic with a valid checksum) in the first 8 KiB,
+/// whether or not this loader supports what it asks for.
+fn has_multiboot_header(data: &[u8]) -> bool {
+    !matches!(multiboot::find_header(data), Err(MultibootError::NoHeader))
 }
 
 /// One VM as configured.
@@ -148,7 +307,8 @@ pub struct VmSpec {
     pub host_base: Option<u64>,
     /// Physical CPU indices (0 = boot CPU) the VM may run on; not empty.
     pub cpus: Vec<u32>,
-    /// Index into the package's image table.
+    /// Index into the package's image table: the image (`image =`), or for
+    /// a kernel mode ([`GuestMode::is_kernel`]) the kernel (`kernel =`).
     pub image: u32,
     /// Scheduler time slice in microseconds, 1 ..= [`MAX_SLICE_US`].
     pub slice_us: u32,
@@ -158,8 +318,16 @@ pub struct VmSpec {
     /// Guest-physical address a flat image is copied to (required for flat
     /// images, refused for ELF images).
     pub load_addr: Option<u64>,
-    /// How the vCPU starts.
+    /// How the vCPU starts; for a kernel, the mode its format implies
+    /// ([`ImageKind::kernel_mode`]).
     pub mode: GuestMode,
+    /// Index into the package's image table of the initrd (`Linux64` only).
+    pub initrd: Option<u32>,
+    /// The kernel command line (kernel modes only; empty otherwise): at most
+    /// [`MAX_CMDLINE_LEN`] bytes, no control characters.
+    pub cmdline: String,
+    /// What happens when the guest resets the machine.
+    pub on_reboot: RebootPolicy,
 }
 
 impl VmSpec {
@@ -182,7 +350,7 @@ impl VmSpec {
 pub struct ImageInfo<'a> {
     /// The image's name (the reference used in the configuration file).
     pub name: &'a str,
-    /// ELF or flat.
+    /// ELF, flat, bzImage or Multiboot.
     pub kind: ImageKind,
     /// The image's bytes, exactly as packed.
     pub data: &'a [u8],
@@ -325,6 +493,12 @@ pub enum Field {
     LoadAddr,
     /// `mode`
     Mode,
+    /// `kernel`
+    Kernel,
+    /// `initrd`
+    Initrd,
+    /// `cmdline`
+    Cmdline,
 }
 
 impl Field {
@@ -340,6 +514,9 @@ impl Field {
             Field::Entry => "entry",
             Field::LoadAddr => "load_addr",
             Field::Mode => "mode",
+            Field::Kernel => "kernel",
+            Field::Initrd => "initrd",
+            Field::Cmdline => "cmdline",
         }
     }
 }
@@ -426,6 +603,72 @@ pub enum Problem {
     RealModeNeedsFlat,
     /// Real mode starting at or above [`REAL_MODE_LIMIT`] (0x100000).
     RealModeEntryTooHigh { entry: u64 },
+    /// An image (`image =`) that is a kernel: boot it with `kernel =`.
+    KernelAsImage { image: String, kind: ImageKind },
+    /// The kernel index is not in the image table.
+    KernelMissing { index: u32, count: usize },
+    /// A kernel (`kernel =`) that is neither a bzImage nor a Multiboot kernel.
+    NotAKernel { image: String },
+    /// A kernel whose format is not the one the VM's mode boots (only in a
+    /// package not written by `boot`).
+    KernelModeMismatch { mode: GuestMode, kind: ImageKind },
+    /// The boot-protocol loader refuses the kernel, its initrd or its
+    /// command line (`image` names the kernel, or the initrd when the error
+    /// is about it).
+    KernelInvalid { image: String, error: KernelError },
+    /// `entry` given for a kernel.
+    EntryWithKernel,
+    /// `load_addr` given for a kernel.
+    LoadAddrWithKernel,
+    /// The initrd index is not in the image table.
+    InitrdMissing { index: u32, count: usize },
+    /// An initrd of zero bytes.
+    InitrdEmpty { image: String },
+    /// An initrd for an image (`image =`).
+    InitrdWithImage,
+    /// An initrd for a Multiboot kernel.
+    InitrdWithMultiboot,
+    /// A command line for an image (`image =`).
+    CmdlineWithImage,
+    /// A command line longer than [`MAX_CMDLINE_LEN`].
+    CmdlineTooLong { len: usize },
+    /// A control character (NUL included) in the command line.
+    CmdlineBadChar { at: usize, ch: char },
+}
+
+/// Why a boot-protocol loader refuses a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelError {
+    /// [`linux::plan`] refuses the bzImage, initrd or command line.
+    Linux(LinuxError),
+    /// [`multiboot::plan`] refuses the kernel or command line.
+    Multiboot(MultibootError),
+}
+
+impl KernelError {
+    /// The configuration field the error is about: `initrd` when the initrd
+    /// does not fit, `cmdline` for the command line, otherwise `kernel`.
+    pub fn field(&self) -> Field {
+        match self {
+            KernelError::Linux(LinuxError::InitrdDoesNotFit { .. }) => Field::Initrd,
+            KernelError::Linux(
+                LinuxError::CmdlineTooLong { .. } | LinuxError::CmdlineHasNul { .. },
+            )
+            | KernelError::Multiboot(
+                MultibootError::CmdlineTooLong { .. } | MultibootError::CmdlineHasNul { .. },
+            ) => Field::Cmdline,
+            _ => Field::Kernel,
+        }
+    }
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::Linux(e) => e.fmt(f),
+            KernelError::Multiboot(e) => e.fmt(f),
+        }
+    }
 }
 
 impl Problem {
@@ -464,7 +707,16 @@ impl Problem {
             EntryOutsideMemory { .. } | RealModeEntryTooHigh { .. } | EntryInReserved { .. } => {
                 Field::Entry
             }
-            RealModeNeedsFlat => Field::Mode,
+            RealModeNeedsFlat | KernelModeMismatch { .. } => Field::Mode,
+            KernelAsImage { .. } => Field::Image,
+            KernelMissing { .. } | NotAKernel { .. } => Field::Kernel,
+            KernelInvalid { error, .. } => error.field(),
+            EntryWithKernel => Field::Entry,
+            LoadAddrWithKernel => Field::LoadAddr,
+            InitrdMissing { .. } | InitrdEmpty { .. } | InitrdWithImage | InitrdWithMultiboot => {
+                Field::Initrd
+            }
+            CmdlineWithImage | CmdlineTooLong { .. } | CmdlineBadChar { .. } => Field::Cmdline,
         })
     }
 }
@@ -617,6 +869,69 @@ impl fmt::Display for Problem {
                 "{entry:#x} is not below {REAL_MODE_LIMIT:#x} ({}): real16 starts at \
                  CS:IP with CS = (entry >> 4) & 0xf000, inside the first MiB",
                 Size(REAL_MODE_LIMIT)
+            ),
+            KernelAsImage { image, kind } => write!(
+                f,
+                "\"{}\" is {}: boot it with `kernel = ...` instead of `image = ...`",
+                Escaped(image),
+                kind.describe()
+            ),
+            KernelMissing { index, count } => {
+                write!(f, "image #{index} does not exist (the package has {count})")
+            }
+            NotAKernel { image } => write!(
+                f,
+                "\"{}\" is neither a Linux bzImage (\"HdrS\" at 0x202) nor a Multiboot kernel \
+                 (a Multiboot header in the first 8 KiB)",
+                Escaped(image)
+            ),
+            KernelModeMismatch { mode, kind } => write!(
+                f,
+                "{} does not boot {}",
+                mode.name(),
+                kind.describe()
+            ),
+            KernelInvalid { image, error } => {
+                if error.field() == Field::Cmdline {
+                    write!(f, "{error}")
+                } else {
+                    write!(f, "\"{}\": {error}", Escaped(image))
+                }
+            }
+            EntryWithKernel => write!(
+                f,
+                "a kernel starts where its boot protocol says (remove entry)"
+            ),
+            LoadAddrWithKernel => write!(
+                f,
+                "a kernel loads where its boot protocol says (remove load_addr)"
+            ),
+            InitrdMissing { index, count } => {
+                write!(f, "image #{index} does not exist (the package has {count})")
+            }
+            InitrdEmpty { image } => {
+                write!(f, "\"{}\": the initrd is empty (0 bytes)", Escaped(image))
+            }
+            InitrdWithImage => write!(
+                f,
+                "only a Linux kernel (`kernel = ...`) takes an initrd, not an image"
+            ),
+            InitrdWithMultiboot => write!(
+                f,
+                "a Multiboot kernel takes no initrd (only a Linux bzImage does)"
+            ),
+            CmdlineWithImage => write!(
+                f,
+                "only a kernel (`kernel = ...`) takes a command line, not an image"
+            ),
+            CmdlineTooLong { len } => write!(
+                f,
+                "{len} bytes is longer than the limit of {MAX_CMDLINE_LEN}"
+            ),
+            CmdlineBadChar { at, ch } => write!(
+                f,
+                "character {ch:?} at byte {at} is not allowed (no control characters; \
+                 separate options with spaces)"
             ),
         }
     }
@@ -808,7 +1123,7 @@ pub fn check_vm(
     } else if vm.slice_us > MAX_SLICE_US {
         problems.push(Problem::SliceTooLong { us: vm.slice_us });
     }
-    if let Some(entry) = vm.entry {
+    if let Some(entry) = vm.entry.filter(|_| !vm.mode.is_kernel()) {
         if entry >= vm.memory_bytes {
             problems.push(Problem::EntryOutsideMemory {
                 entry,
@@ -922,8 +1237,23 @@ fn check_cpus(cpus: &[u32], limits: &MachineLimits, problems: &mut Vec<Problem>)
     }
 }
 
+/// The image at `index` of the table, if there is one.
+fn image_at<'a, 'b>(images: &'b [ImageInfo<'a>], index: u32) -> Option<&'b ImageInfo<'a>> {
+    usize::try_from(index).ok().and_then(|i| images.get(i))
+}
+
 fn check_image(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem>) {
-    let image = usize::try_from(vm.image).ok().and_then(|i| images.get(i));
+    if vm.mode.is_kernel() {
+        check_kernel(vm, images, problems);
+        return;
+    }
+    if vm.initrd.is_some() {
+        problems.push(Problem::InitrdWithImage);
+    }
+    if !vm.cmdline.is_empty() {
+        problems.push(Problem::CmdlineWithImage);
+    }
+    let image = image_at(images, vm.image);
     let Some(image) = image else {
         problems.push(Problem::ImageMissing {
             index: vm.image,
@@ -945,6 +1275,10 @@ fn check_image(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem
         return;
     }
     match image.kind {
+        ImageKind::BzImage | ImageKind::Multiboot => problems.push(Problem::KernelAsImage {
+            image: String::from(image.name),
+            kind: image.kind,
+        }),
         ImageKind::Elf => {
             if vm.load_addr.is_some() {
                 problems.push(Problem::LoadAddrWithElf);
@@ -1013,6 +1347,107 @@ fn check_image(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem
                 }
             }
         }
+    }
+}
+
+/// Checks a command line on its own (the kernel's limits are the loader's);
+/// `false` when it is refused.
+fn check_cmdline(cmdline: &str, problems: &mut Vec<Problem>) -> bool {
+    if let Some((at, ch)) = cmdline.char_indices().find(|(_, c)| c.is_control()) {
+        problems.push(Problem::CmdlineBadChar { at, ch });
+        return false;
+    }
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        problems.push(Problem::CmdlineTooLong { len: cmdline.len() });
+        return false;
+    }
+    true
+}
+
+/// A VM booting a kernel: the keys of images refused, the initrd and command
+/// line checked, and the kernel planned by its boot-protocol loader.
+fn check_kernel(vm: &VmSpec, images: &[ImageInfo<'_>], problems: &mut Vec<Problem>) {
+    if vm.entry.is_some() {
+        problems.push(Problem::EntryWithKernel);
+    }
+    if vm.load_addr.is_some() {
+        problems.push(Problem::LoadAddrWithKernel);
+    }
+    let cmdline_ok = check_cmdline(&vm.cmdline, problems);
+    let initrd = match vm.initrd {
+        None => None,
+        Some(_) if vm.mode != GuestMode::Linux64 => {
+            problems.push(Problem::InitrdWithMultiboot);
+            None
+        }
+        Some(index) => match image_at(images, index) {
+            None => {
+                problems.push(Problem::InitrdMissing {
+                    index,
+                    count: images.len(),
+                });
+                None
+            }
+            Some(initrd) if initrd.is_empty() => {
+                problems.push(Problem::InitrdEmpty {
+                    image: String::from(initrd.name),
+                });
+                None
+            }
+            Some(initrd) => Some(initrd),
+        },
+    };
+    let Some(kernel) = image_at(images, vm.image) else {
+        problems.push(Problem::KernelMissing {
+            index: vm.image,
+            count: images.len(),
+        });
+        return;
+    };
+    let memory = vm.memory_bytes;
+    if memory < MIN_MEMORY {
+        // Reported under `memory`; kernels are judged against a usable size.
+        return;
+    }
+    match kernel.kind.kernel_mode() {
+        Some(mode) if mode == vm.mode => {}
+        Some(_) => {
+            problems.push(Problem::KernelModeMismatch {
+                mode: vm.mode,
+                kind: kernel.kind,
+            });
+            return;
+        }
+        None => {
+            problems.push(Problem::NotAKernel {
+                image: String::from(kernel.name),
+            });
+            return;
+        }
+    }
+    // A command line refused above is not judged again by the loader.
+    let cmdline = if cmdline_ok {
+        vm.cmdline.as_bytes()
+    } else {
+        b""
+    };
+    let verdict = match vm.mode {
+        GuestMode::Linux64 => linux::plan(kernel.data, initrd.map(|i| i.data), cmdline, memory)
+            .map(drop)
+            .map_err(KernelError::Linux),
+        _ => multiboot::plan(kernel.data, cmdline, memory)
+            .map(drop)
+            .map_err(KernelError::Multiboot),
+    };
+    if let Err(error) = verdict {
+        let image = match (error.field(), initrd) {
+            (Field::Initrd, Some(initrd)) => initrd.name,
+            _ => kernel.name,
+        };
+        problems.push(Problem::KernelInvalid {
+            image: String::from(image),
+            error,
+        });
     }
 }
 

@@ -130,6 +130,12 @@ pub enum ImageError {
     NoLoadAddress,
     /// No `PT_LOAD` segment with a size.
     NothingToLoad,
+    /// A kernel (bzImage, Multiboot) is loaded by its boot protocol
+    /// ([`crate::boot_proto`]), not as an image.
+    NotAnImage {
+        /// What it is.
+        kind: ImageKind,
+    },
 }
 
 impl ImageError {
@@ -220,6 +226,11 @@ impl fmt::Display for ImageError {
             ),
             Self::NoLoadAddress => write!(f, "a flat image needs a load address"),
             Self::NothingToLoad => write!(f, "the ELF image has no PT_LOAD segment to load"),
+            Self::NotAnImage { kind } => write!(
+                f,
+                "{} is booted through its boot protocol, not loaded as an image",
+                kind.describe()
+            ),
         }
     }
 }
@@ -315,6 +326,7 @@ pub fn segments(
             }
         }
         ImageKind::Elf => plan_elf(data, memory)?,
+        ImageKind::BzImage | ImageKind::Multiboot => return Err(ImageError::NotAnImage { kind }),
     })
 }
 
@@ -444,6 +456,58 @@ pub fn minimal_elf(entry: u64, segments: &[(u64, &[u8], u64)]) -> Vec<u8> {
         out[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
     }
     out
+}
+
+/// Writes a minimal Linux bzImage with the header values of Debian's cloud
+/// kernel (boot protocol 2.15, 64-bit entry, relocatable, 2 MiB alignment,
+/// preferred address 16 MiB, `cmdline_size` 2047, initrd below 2 GiB), the
+/// given `init_size` and a protected-mode part of `pm_len` bytes (at least
+/// 0x201, a multiple of 16). For tests of the code that checks kernels;
+/// nothing in it runs.
+pub fn minimal_bzimage(pm_len: usize, init_size: u32) -> Vec<u8> {
+    let setup_sects = 27u8;
+    let kernel_off = (usize::from(setup_sects) + 1) * 512;
+    let mut b = alloc::vec![0u8; kernel_off + pm_len];
+    let mut put = |at: usize, bytes: &[u8]| b[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0x1F1, &[setup_sects]);
+    put(0x1F4, &((pm_len / 16) as u32).to_le_bytes()); // syssize
+    put(0x1FE, &0xAA55u16.to_le_bytes()); // boot_flag
+    put(0x200, &[0xEB, 0x6A]); // jump: the header ends at 0x26C
+    put(0x202, b"HdrS");
+    put(0x206, &0x020Fu16.to_le_bytes()); // version 2.15
+    put(0x211, &[1]); // loadflags: LOADED_HIGH
+    put(0x22C, &0x7FFF_FFFFu32.to_le_bytes()); // initrd_addr_max
+    put(0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(0x234, &[1, 21]); // relocatable_kernel, min_alignment
+    put(0x236, &0x7Fu16.to_le_bytes()); // xloadflags: XLF_KERNEL_64 and more
+    put(0x238, &2047u32.to_le_bytes()); // cmdline_size
+    put(0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+    put(0x260, &init_size.to_le_bytes());
+    b
+}
+
+/// Writes a minimal Multiboot 1 kernel with the a.out kludge: the header at
+/// file offset 0x40 (memory information required), the whole file of `len`
+/// bytes (at least 0x80) loaded at `load_addr`, entry 0x80 bytes in. For
+/// tests of the code that checks kernels.
+pub fn minimal_multiboot(load_addr: u32, len: usize) -> Vec<u8> {
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = (1 << 16) | (1 << 1); // a.out kludge, memory info
+    let mut b = alloc::vec![0x90u8; len.max(0x80)];
+    let fields = [
+        MAGIC,
+        FLAGS,
+        0u32.wrapping_sub(MAGIC).wrapping_sub(FLAGS),
+        load_addr + 0x40, // header_addr
+        load_addr,        // load_addr
+        0,                // load_end_addr: the end of the file
+        0,                // bss_end_addr: no bss
+        load_addr + 0x80, // entry_addr
+    ];
+    for (i, v) in fields.iter().enumerate() {
+        b[0x40 + 4 * i..0x44 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    b
 }
 
 #[cfg(test)]

@@ -33,10 +33,13 @@ pub const PD0: u64 = 0x4000;
 pub const BOOT_INFO: Range<u64> = 0x8000..0x1_0000;
 
 /// The range the hypervisor writes into for a guest starting in `mode`
-/// (empty when it writes nothing).
+/// (empty when it writes nothing). Kernels started through a boot protocol
+/// (`Linux64`, `Protected32`) keep their loaders off [`BOOT_RESERVED`] and
+/// [`BOOT_INFO`] themselves ([`crate::boot_proto`]); `BOOT_RESERVED` is
+/// theirs too, reported reserved in the memory map they are given.
 pub fn reserved_for(mode: GuestMode) -> Range<u64> {
     match mode {
-        GuestMode::Long64 => BOOT_RESERVED,
+        GuestMode::Long64 | GuestMode::Linux64 | GuestMode::Protected32 => BOOT_RESERVED,
         GuestMode::Real16 => 0..0,
     }
 }

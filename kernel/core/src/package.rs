@@ -12,14 +12,14 @@
 //! [`encode`] writes: whatever decodes encodes back to the same bytes, so a
 //! package cannot hide bytes in gaps, padding or overlapping images.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! All integers little-endian.
 //!
 //! | offset | size | field                                                         |
 //! |--------|------|---------------------------------------------------------------|
 //! | 0      | 8    | magic `"HVPKG\0\0\x01"`                                        |
-//! | 8      | 4    | format version, `u32` = 1                                      |
+//! | 8      | 4    | format version, `u32` = 2                                      |
 //! | 12     | 8    | total package length `N` in bytes, checksum included, `u64`   |
 //! | 20     | ...  | body (below)                                                   |
 //! | N - 4  | 4    | CRC-32 (IEEE 802.3, as zlib) of bytes `0..N-4`                 |
@@ -36,16 +36,23 @@
 //!   stop-after in ms if bit 2 is set
 //! - VM table: `u32` count, then per VM: `str` name, `u64` memory bytes,
 //!   `opt<u64>` host base, `u32` CPU count + that many `u32` CPU indices,
-//!   `u32` image index, `u32` slice in µs, `opt<u64>` entry, `opt<u64>` load
-//!   address, `u8` mode (0 long64, 1 real16)
+//!   `u32` image index (the kernel's, for a kernel mode), `u32` slice in µs,
+//!   `opt<u64>` entry, `opt<u64>` load address, `u8` mode (0 long64,
+//!   1 real16, 2 linux, 3 protected32), `opt<u32>` initrd image index, `str`
+//!   kernel command line, `u8` on reboot (0 stop, 1 restart)
 //! - image table: `u32` count, then per image: `str` name, `u8` kind (0 ELF,
-//!   1 flat), `u64` offset from the start of the package, `u64` length
+//!   1 flat, 2 bzImage, 3 Multiboot), `u64` offset from the start of the
+//!   package, `u64` length
 //! - image data: the images in table order, each at the first multiple of
 //!   [`IMAGE_ALIGN`] at or after the end of the table or of the image before it,
 //!   with zero bytes in between; the checksum follows the last image (or the
 //!   table) directly
+//!
+//! Version 2 added the modes linux and protected32, the image kinds bzImage
+//! and Multiboot, and each VM's initrd, command line and reboot policy;
+//! version 1 packages are refused (`boot` and the kernel are built together).
 
-use crate::config::{GuestMode, ImageInfo, ImageKind, VmSpec};
+use crate::config::{GuestMode, ImageInfo, ImageKind, RebootPolicy, VmSpec};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -53,7 +60,7 @@ use core::fmt;
 /// First eight bytes of every package.
 pub const MAGIC: [u8; 8] = *b"HVPKG\0\0\x01";
 /// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Images start at multiples of this offset in packages written by [`encode`].
 pub const IMAGE_ALIGN: usize = 16;
 /// Size of the fixed header: magic, version, total length.
@@ -144,7 +151,7 @@ const OPT_KNOWN: u8 = OPT_SERIAL_INPUT | OPT_BENCH | OPT_STOP_AFTER | OPT_POWER_
 pub struct Image<'a> {
     /// The name the configuration referred to it by.
     pub name: &'a str,
-    /// ELF or flat.
+    /// ELF, flat, bzImage or Multiboot.
     pub kind: ImageKind,
     /// The image file's bytes.
     pub data: &'a [u8],
@@ -326,6 +333,22 @@ const CRC_TABLE: [u32; 256] = {
     table
 };
 
+/// The code of `value` in the format: its position in `all` (the type's
+/// `ALL`, "in encoding order").
+fn code_of<T: PartialEq + Copy>(all: &[T], value: T) -> u8 {
+    all.iter().position(|&v| v == value).unwrap_or(0) as u8
+}
+
+/// The value of `code` (see [`code_of`]), or a `BadEnum` naming `field`.
+fn from_code<T: Copy>(all: &[T], code: u8, field: &'static str) -> Result<T, DecodeError> {
+    all.get(usize::from(code))
+        .copied()
+        .ok_or(DecodeError::BadEnum {
+            field,
+            value: code.into(),
+        })
+}
+
 /// Writes `package` in the boot package format.
 pub fn encode(package: &Package<'_>) -> Result<Vec<u8>, EncodeError> {
     let mut w = Writer { out: Vec::new() };
@@ -369,10 +392,10 @@ pub fn encode(package: &Package<'_>) -> Result<Vec<u8>, EncodeError> {
         w.u32(vm.slice_us);
         w.opt_u64(vm.entry);
         w.opt_u64(vm.load_addr);
-        w.u8(match vm.mode {
-            GuestMode::Long64 => 0,
-            GuestMode::Real16 => 1,
-        });
+        w.u8(code_of(&GuestMode::ALL, vm.mode));
+        w.opt_u32(vm.initrd);
+        w.str(&vm.cmdline, "kernel command line")?;
+        w.u8(code_of(&RebootPolicy::ALL, vm.on_reboot));
     }
     w.count(package.images.len(), "image table")?;
     // The table has a known size, so image offsets can be written in one pass.
@@ -385,10 +408,7 @@ pub fn encode(package: &Package<'_>) -> Result<Vec<u8>, EncodeError> {
     for image in &package.images {
         offset = offset.next_multiple_of(IMAGE_ALIGN);
         w.str(image.name, "image name")?;
-        w.u8(match image.kind {
-            ImageKind::Elf => 0,
-            ImageKind::Flat => 1,
-        });
+        w.u8(code_of(&ImageKind::ALL, image.kind));
         w.u64(offset as u64);
         w.u64(image.data.len() as u64);
         offset += image.data.len();
@@ -433,6 +453,15 @@ impl Writer {
             Some(v) => {
                 self.u8(1);
                 self.u64(v);
+            }
+        }
+    }
+    fn opt_u32(&mut self, v: Option<u32>) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                self.u32(v);
             }
         }
     }
@@ -541,16 +570,10 @@ pub fn decode(bytes: &[u8]) -> Result<Package<'_>, DecodeError> {
         let slice_us = r.u32()?;
         let entry = r.opt_u64("VM entry")?;
         let load_addr = r.opt_u64("VM load address")?;
-        let mode = match r.u8()? {
-            0 => GuestMode::Long64,
-            1 => GuestMode::Real16,
-            v => {
-                return Err(DecodeError::BadEnum {
-                    field: "VM mode",
-                    value: v.into(),
-                })
-            }
-        };
+        let mode = from_code(&GuestMode::ALL, r.u8()?, "VM mode")?;
+        let initrd = r.opt_u32("VM initrd")?;
+        let cmdline = String::from(r.str()?);
+        let on_reboot = from_code(&RebootPolicy::ALL, r.u8()?, "VM reboot policy")?;
         vms.push(VmSpec {
             name,
             memory_bytes,
@@ -561,6 +584,9 @@ pub fn decode(bytes: &[u8]) -> Result<Package<'_>, DecodeError> {
             entry,
             load_addr,
             mode,
+            initrd,
+            cmdline,
+            on_reboot,
         });
     }
 
@@ -568,16 +594,7 @@ pub fn decode(bytes: &[u8]) -> Result<Package<'_>, DecodeError> {
     let mut table = Vec::new();
     for _ in 0..image_count {
         let name = r.str()?;
-        let kind = match r.u8()? {
-            0 => ImageKind::Elf,
-            1 => ImageKind::Flat,
-            v => {
-                return Err(DecodeError::BadEnum {
-                    field: "image kind",
-                    value: v.into(),
-                })
-            }
-        };
+        let kind = from_code(&ImageKind::ALL, r.u8()?, "image kind")?;
         let offset = r.u64()?;
         let len = r.u64()?;
         table.push((name, kind, offset, len));
@@ -657,6 +674,16 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(self.u64()?)),
+            v => Err(DecodeError::BadEnum {
+                field,
+                value: v.into(),
+            }),
+        }
+    }
+    fn opt_u32(&mut self, field: &'static str) -> Result<Option<u32>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u32()?)),
             v => Err(DecodeError::BadEnum {
                 field,
                 value: v.into(),

@@ -13,6 +13,9 @@ fn vm(name: &str) -> VmSpec {
         entry: None,
         load_addr: None,
         mode: GuestMode::Long64,
+        initrd: None,
+        cmdline: String::new(),
+        on_reboot: RebootPolicy::Stop,
     }
 }
 
@@ -624,11 +627,493 @@ fn sizes_and_durations_display() {
 }
 
 #[test]
-fn names_of_modes_and_kinds() {
+fn names_of_modes_kinds_and_policies() {
     for m in GuestMode::ALL {
         assert_eq!(GuestMode::from_name(m.name()), Some(m));
+        assert_eq!(
+            m.kernel_kind().and_then(ImageKind::kernel_mode),
+            m.kernel_kind().map(|_| m)
+        );
     }
-    assert_eq!(GuestMode::from_name("protected32"), None);
-    assert_eq!(ImageKind::detect(b"\x7fELF\x02"), ImageKind::Elf);
-    assert_eq!(ImageKind::detect(b"\xeb\x3c"), ImageKind::Flat);
+    let names: Vec<&str> = GuestMode::ALL.iter().map(|m| m.name()).collect();
+    assert_eq!(names, ["long64", "real16", "linux", "protected32"]);
+    assert_eq!(GuestMode::from_name("protected"), None);
+    assert!(GuestMode::Linux64.is_kernel() && GuestMode::Protected32.is_kernel());
+    assert!(!GuestMode::Long64.is_kernel() && !GuestMode::Real16.is_kernel());
+    let kinds: Vec<&str> = ImageKind::ALL.iter().map(|k| k.name()).collect();
+    assert_eq!(kinds, ["elf", "flat", "bzimage", "multiboot"]);
+    for k in ImageKind::ALL {
+        assert_eq!(
+            k.kernel_mode().and_then(GuestMode::kernel_kind),
+            k.kernel_mode().map(|_| k)
+        );
+    }
+    for p in RebootPolicy::ALL {
+        assert_eq!(RebootPolicy::from_name(p.name()), Some(p));
+    }
+    assert_eq!(RebootPolicy::from_name("reset"), None);
+    assert_eq!(RebootPolicy::default(), RebootPolicy::Stop);
+    assert_eq!(
+        RebootPolicy::default_for(GuestMode::Linux64),
+        RebootPolicy::Restart
+    );
+    assert_eq!(
+        RebootPolicy::default_for(GuestMode::Protected32),
+        RebootPolicy::Restart
+    );
+    assert_eq!(
+        RebootPolicy::default_for(GuestMode::Long64),
+        RebootPolicy::Stop
+    );
+    assert_eq!(
+        RebootPolicy::default_for(GuestMode::Real16),
+        RebootPolicy::Stop
+    );
+}
+
+/// A header of `len` zero bytes with `bytes` written at `at`.
+fn synthetic(len: usize, at: usize, bytes: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[at..at + bytes.len()].copy_from_slice(bytes);
+    b
+}
+
+/// Multiboot magic, flags and checksum.
+fn multiboot_header(flags: u32) -> [u8; 12] {
+    let magic = 0x1BAD_B002u32;
+    let mut h = [0u8; 12];
+    h[..4].copy_from_slice(&magic.to_le_bytes());
+    h[4..8].copy_from_slice(&flags.to_le_bytes());
+    h[8..].copy_from_slice(&0u32.wrapping_sub(magic).wrapping_sub(flags).to_le_bytes());
+    h
+}
+
+#[test]
+fn detect_recognises_kernels_by_their_headers() {
+    use ImageKind::*;
+    assert_eq!(ImageKind::detect(b"\x7fELF\x02"), Elf);
+    assert_eq!(ImageKind::detect(b"\xeb\x3c"), Flat);
+    assert_eq!(ImageKind::detect(&[]), Flat);
+    // "HdrS" at 0x202, nothing else: a bzImage (the loader judges the rest).
+    let bz = synthetic(0x206, 0x202, b"HdrS");
+    assert_eq!(ImageKind::detect(&bz), BzImage);
+    assert_eq!(ImageKind::detect_kernel(&bz), Some(BzImage));
+    assert_eq!(ImageKind::detect(&bz[..0x205]), Flat, "magic cut short");
+    assert_eq!(ImageKind::detect(&synthetic(0x400, 0x203, b"HdrS")), Flat);
+    assert_eq!(ImageKind::detect(&synthetic(0x400, 0x202, b"hdrs")), Flat);
+    // A Multiboot header anywhere 4-aligned in the first 8 KiB, with its checksum.
+    let mb = synthetic(0x2000, 0x1ff4, &multiboot_header(2));
+    assert_eq!(ImageKind::detect(&mb), Multiboot);
+    assert_eq!(ImageKind::detect_kernel(&mb), Some(Multiboot));
+    assert_eq!(
+        ImageKind::detect(&synthetic(0x3000, 0x2000, &multiboot_header(2))),
+        Flat,
+        "past 8 KiB"
+    );
+    assert_eq!(
+        ImageKind::detect(&synthetic(0x100, 0x42, &multiboot_header(2))),
+        Flat,
+        "unaligned"
+    );
+    let mut bad_sum = multiboot_header(2);
+    bad_sum[8] ^= 1;
+    assert_eq!(ImageKind::detect(&synthetic(0x100, 0x40, &bad_sum)), Flat);
+    // A header asking for what the loader lacks is still a Multiboot kernel
+    // (refused by the loader, with its reason).
+    let video = synthetic(0x100, 0x40, &multiboot_header(4));
+    assert_eq!(ImageKind::detect(&video), Multiboot);
+    // bzImage first: both headers make a bzImage.
+    let mut both = synthetic(0x2000, 0x202, b"HdrS");
+    both[0x1000..0x100C].copy_from_slice(&multiboot_header(2));
+    assert_eq!(ImageKind::detect(&both), BzImage);
+    assert_eq!(ImageKind::detect_kernel(&both), Some(BzImage));
+    // An ELF with a Multiboot header: an ELF image, a Multiboot kernel.
+    let mut elf_mb = synthetic(0x2000, 0, b"\x7fELF\x01\x01\x01");
+    elf_mb[0x1000..0x100C].copy_from_slice(&multiboot_header(2));
+    assert_eq!(ImageKind::detect(&elf_mb), Elf);
+    assert_eq!(ImageKind::detect_kernel(&elf_mb), Some(Multiboot));
+    // Neither.
+    assert_eq!(ImageKind::detect_kernel(&ELF_BYTES), None);
+    assert_eq!(ImageKind::detect_kernel(&FLAT_BYTES), None);
+    // The test builders are what they claim.
+    assert_eq!(
+        ImageKind::detect(&image::minimal_bzimage(0x1000, 0x10_0000)),
+        BzImage
+    );
+    assert_eq!(
+        ImageKind::detect(&image::minimal_multiboot(0x10_0000, 0x1000)),
+        Multiboot
+    );
+}
+
+/// A bzImage like Debian's cloud kernel (init_size 51.5 MiB from 16 MiB), a
+/// Multiboot kernel at 1 MiB and an initrd, after the ELF and flat images.
+static BZ_BYTES: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| image::minimal_bzimage(0x1000, 0x338_0000));
+static MB_BYTES: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| image::minimal_multiboot(0x10_0000, 0x1000));
+static INITRD_BYTES: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| vec![0x1f; 1_000_000]);
+const CMDLINE: &str = "console=ttyS0 acpi=off pci=off reboot=t";
+
+fn kernel_images() -> Vec<ImageInfo<'static>> {
+    vec![
+        elf(),
+        flat(),
+        ImageInfo {
+            name: "file:vmlinuz",
+            kind: ImageKind::BzImage,
+            data: &BZ_BYTES,
+        },
+        ImageInfo {
+            name: "file:mboot",
+            kind: ImageKind::Multiboot,
+            data: &MB_BYTES,
+        },
+        ImageInfo {
+            name: "file:initramfs.cpio.gz",
+            kind: ImageKind::Flat,
+            data: &INITRD_BYTES,
+        },
+        ImageInfo {
+            name: "file:empty",
+            kind: ImageKind::Flat,
+            data: &[],
+        },
+    ]
+}
+
+fn linux_vm(name: &str) -> VmSpec {
+    VmSpec {
+        memory_bytes: 256 * MIB,
+        image: 2,
+        mode: GuestMode::Linux64,
+        initrd: Some(4),
+        cmdline: CMDLINE.to_string(),
+        on_reboot: RebootPolicy::Restart,
+        ..vm(name)
+    }
+}
+
+fn multiboot_vm(name: &str) -> VmSpec {
+    VmSpec {
+        image: 3,
+        mode: GuestMode::Protected32,
+        cmdline: "/boot/kernel debug".to_string(),
+        ..vm(name)
+    }
+}
+
+fn kernel_messages(vms: &[VmSpec]) -> Vec<String> {
+    messages(vms, &kernel_images(), &MachineLimits::UNKNOWN)
+}
+
+#[test]
+fn kernels_pass_their_loaders() {
+    let mut no_initrd = linux_vm("bare");
+    no_initrd.initrd = None;
+    no_initrd.cmdline.clear();
+    no_initrd.on_reboot = RebootPolicy::Stop;
+    let vms = [
+        linux_vm("linux"),
+        no_initrd,
+        multiboot_vm("mb"),
+        vm("counter"),
+    ];
+    assert_eq!(kernel_messages(&vms), Vec::<String>::new());
+    assert_eq!(
+        validate(&vms, &kernel_images(), &machine(2, &[(0, GIB)])),
+        Ok(())
+    );
+    // The longest command line the limits allow (the kernel's 2047 bytes; a
+    // Multiboot kernel takes MAX_CMDLINE_LEN).
+    let mut v = linux_vm("l");
+    v.cmdline = "a".repeat(2047);
+    let mut m = multiboot_vm("m");
+    m.cmdline = "a".repeat(MAX_CMDLINE_LEN);
+    assert_eq!(kernel_messages(&[v, m]), Vec::<String>::new());
+}
+
+#[test]
+fn image_keys_are_refused_for_kernels_and_kernel_keys_for_images() {
+    let mut l = linux_vm("l");
+    l.entry = Some(0x100_0200);
+    l.load_addr = Some(0x100_0000);
+    let mut v = vm("v");
+    v.initrd = Some(4);
+    v.cmdline = "quiet".to_string();
+    let mut m = multiboot_vm("m");
+    m.initrd = Some(4);
+    assert_eq!(
+        kernel_messages(&[l, v, m]),
+        [
+            "vm \"l\": entry: a kernel starts where its boot protocol says (remove entry)",
+            "vm \"l\": load_addr: a kernel loads where its boot protocol says (remove load_addr)",
+            "vm \"v\": initrd: only a Linux kernel (`kernel = ...`) takes an initrd, not an image",
+            "vm \"v\": cmdline: only a kernel (`kernel = ...`) takes a command line, not an image",
+            "vm \"m\": initrd: a Multiboot kernel takes no initrd (only a Linux bzImage does)",
+        ]
+    );
+    // An entry outside memory is reported as a kernel key, once.
+    let mut l = linux_vm("l");
+    l.entry = Some(u64::MAX);
+    assert_eq!(
+        kernel_messages(&[l]),
+        ["vm \"l\": entry: a kernel starts where its boot protocol says (remove entry)"]
+    );
+}
+
+#[test]
+fn kernels_and_images_are_told_apart() {
+    let mut not_kernel = linux_vm("l");
+    not_kernel.image = 0;
+    let mut flat_kernel = multiboot_vm("m");
+    flat_kernel.image = 1;
+    let mut bz_as_image = vm("v");
+    bz_as_image.image = 2;
+    let mut mb_as_image = vm("w");
+    mb_as_image.image = 3;
+    mb_as_image.load_addr = Some(0x10_0000);
+    let mut mismatch = linux_vm("x");
+    mismatch.image = 3;
+    mismatch.initrd = None;
+    let mut mismatch32 = multiboot_vm("y");
+    mismatch32.image = 2;
+    assert_eq!(
+        kernel_messages(&[
+            not_kernel,
+            flat_kernel,
+            bz_as_image,
+            mb_as_image,
+            mismatch,
+            mismatch32
+        ]),
+        [
+            "vm \"l\": kernel: \"counter\" is neither a Linux bzImage (\"HdrS\" at 0x202) nor a \
+             Multiboot kernel (a Multiboot header in the first 8 KiB)",
+            "vm \"m\": kernel: \"boot.bin\" is neither a Linux bzImage (\"HdrS\" at 0x202) nor a \
+             Multiboot kernel (a Multiboot header in the first 8 KiB)",
+            "vm \"v\": image: \"file:vmlinuz\" is a Linux bzImage: boot it with `kernel = ...` \
+             instead of `image = ...`",
+            "vm \"w\": image: \"file:mboot\" is a Multiboot kernel: boot it with `kernel = ...` \
+             instead of `image = ...`",
+            "vm \"x\": mode: linux does not boot a Multiboot kernel",
+            "vm \"y\": mode: protected32 does not boot a Linux bzImage",
+        ]
+    );
+}
+
+#[test]
+fn missing_and_empty_kernel_files() {
+    let mut l = linux_vm("l");
+    l.image = 9;
+    l.initrd = Some(7);
+    let mut e = linux_vm("e");
+    e.initrd = Some(5);
+    assert_eq!(
+        kernel_messages(&[l, e]),
+        [
+            "vm \"l\": initrd: image #7 does not exist (the package has 6)",
+            "vm \"l\": kernel: image #9 does not exist (the package has 6)",
+            "vm \"e\": initrd: \"file:empty\": the initrd is empty (0 bytes)",
+        ]
+    );
+    // A kernel in a VM below the minimum memory is judged under memory only.
+    let mut tiny = linux_vm("t");
+    tiny.memory_bytes = MIB;
+    assert_eq!(
+        kernel_messages(&[tiny]),
+        ["vm \"t\": memory: 1 MiB is below the minimum of 2 MiB"]
+    );
+}
+
+#[test]
+fn command_line_rules() {
+    let with = |cmdline: &str| {
+        let mut v = linux_vm("l");
+        v.cmdline = cmdline.to_string();
+        kernel_messages(&[v])
+    };
+    assert_eq!(
+        with("console=ttyS0\tquiet"),
+        [
+            "vm \"l\": cmdline: character '\\t' at byte 13 is not allowed (no control characters; \
+          separate options with spaces)"
+        ]
+    );
+    assert_eq!(
+        with("a\0b"),
+        [
+            "vm \"l\": cmdline: character '\\0' at byte 1 is not allowed (no control characters; \
+          separate options with spaces)"
+        ]
+    );
+    assert_eq!(with("x\u{1b}[2J").len(), 1);
+    assert_eq!(with("x\u{85}").len(), 1, "C1 controls too");
+    assert_eq!(with("init=/bin/sh é"), Vec::<String>::new(), "UTF-8 passes");
+    assert_eq!(
+        with(&"a".repeat(MAX_CMDLINE_LEN + 1)),
+        ["vm \"l\": cmdline: 4096 bytes is longer than the limit of 4095"]
+    );
+    // The kernel's own limit (cmdline_size 2047), from its loader.
+    assert_eq!(
+        with(&"a".repeat(2048)),
+        ["vm \"l\": cmdline: the command line has 2048 bytes, the kernel accepts at most 2047"]
+    );
+    // A Multiboot kernel: the same own rules.
+    let mut m = multiboot_vm("m");
+    m.cmdline = "a".repeat(MAX_CMDLINE_LEN + 1);
+    assert_eq!(
+        kernel_messages(&[m]),
+        ["vm \"m\": cmdline: 4096 bytes is longer than the limit of 4095"]
+    );
+}
+
+#[test]
+fn kernels_are_checked_by_their_loaders() {
+    let mut old = BZ_BYTES.clone();
+    old[0x206..0x208].copy_from_slice(&0x0204u16.to_le_bytes());
+    let mut no64 = BZ_BYTES.clone();
+    no64[0x236] = 0;
+    let mut fixed = BZ_BYTES.clone();
+    fixed[0x234] = 0; // not relocatable, pref_address 16 MiB: fine
+    let mut no_flag = BZ_BYTES.clone();
+    no_flag[0x1FE] = 0;
+    let low_mb = image::minimal_multiboot(0x2000, 0x1000);
+    let video = {
+        let mut b = MB_BYTES.clone();
+        b[0x44] |= 4;
+        b[0x48..0x4C].copy_from_slice(
+            &(0u32.wrapping_sub(0x1BAD_B002).wrapping_sub(0x1_0006)).to_le_bytes(),
+        );
+        b
+    };
+    let big_initrd = vec![1u8; 16 * MIB as usize];
+    let mut images = kernel_images();
+    let mut add = |name: &'static str, kind: ImageKind, data: &'static [u8]| {
+        images.push(ImageInfo { name, kind, data });
+        images.len() as u32 - 1
+    };
+    // Leaked so the image table can borrow them for the whole test.
+    let leak = |v: Vec<u8>| -> &'static [u8] { Vec::leak(v) };
+    let old = add("old", ImageKind::BzImage, leak(old));
+    let no64 = add("no64", ImageKind::BzImage, leak(no64));
+    let fixed = add("fixed", ImageKind::BzImage, leak(fixed));
+    let no_flag = add("noflag", ImageKind::BzImage, leak(no_flag));
+    let low_mb = add("lowmb", ImageKind::Multiboot, leak(low_mb));
+    let video = add("video", ImageKind::Multiboot, leak(video));
+    let big = add("file:big-initrd", ImageKind::Flat, leak(big_initrd));
+    let linux = |name: &str, image: u32| VmSpec {
+        image,
+        ..linux_vm(name)
+    };
+    let mut small = linux("small", 2);
+    small.memory_bytes = 64 * MIB;
+    let mut tight = linux("tight", 2);
+    tight.memory_bytes = 68 * MIB;
+    tight.initrd = Some(big);
+    let mut tight_ok = tight.clone();
+    tight_ok.name = "tight-ok".to_string();
+    tight_ok.initrd = Some(4);
+    let vms = [
+        linux("old", old),
+        linux("no64", no64),
+        linux("fixed", fixed),
+        linux("noflag", no_flag),
+        small,
+        tight,
+        tight_ok,
+        VmSpec {
+            image: low_mb,
+            ..multiboot_vm("lowmb")
+        },
+        VmSpec {
+            image: video,
+            ..multiboot_vm("video")
+        },
+    ];
+    assert_eq!(
+        messages(&vms, &images, &MachineLimits::UNKNOWN),
+        [
+            "vm \"old\": kernel: \"old\": boot protocol 2.04 is too old (2.06 or later needed)",
+            "vm \"no64\": kernel: \"no64\": the kernel has no 64-bit entry point (protocol 2.15, \
+             xloadflags 0x0; XLF_KERNEL_64 needs 2.12+)",
+            "vm \"noflag\": kernel: \"noflag\": not a bzImage: no \"HdrS\" magic at 0x202 (found \
+             0x53726448) or boot flag 0xaa55 at 0x1fe (found 0xaa00)",
+            "vm \"small\": kernel: \"file:vmlinuz\": the kernel needs 0x1000000..0x4380000 (52 MiB \
+             from its load address, init_size included) but the VM has 64 MiB of memory",
+            "vm \"tight\": initrd: \"file:big-initrd\": the initrd (16777216 bytes) does not fit \
+             below 0x4400000 outside the kernel at 0x1000000..0x4380000",
+            "vm \"lowmb\": kernel: \"lowmb\": segment 0x2000..0x3000 overlaps the boot structures \
+             at 0x1000..0x10000",
+            "vm \"video\": kernel: \"video\": the Multiboot header requires features this loader \
+             lacks (flags 0x10006, unsupported 0x4; bit 2 is the video mode table)",
+        ]
+    );
+}
+
+#[test]
+fn kernel_problems_name_their_fields() {
+    let field = |p: Problem| p.field();
+    let linux = |e| Problem::KernelInvalid {
+        image: String::new(),
+        error: KernelError::Linux(e),
+    };
+    assert_eq!(field(linux(LinuxError::NotLoadedHigh)), Some(Field::Kernel));
+    assert_eq!(
+        field(linux(LinuxError::InitrdDoesNotFit {
+            len: 1,
+            limit: 2,
+            kernel: (3, 4)
+        })),
+        Some(Field::Initrd)
+    );
+    assert_eq!(
+        field(linux(LinuxError::CmdlineHasNul { at: 0 })),
+        Some(Field::Cmdline)
+    );
+    let mb = |e| Problem::KernelInvalid {
+        image: String::new(),
+        error: KernelError::Multiboot(e),
+    };
+    assert_eq!(field(mb(MultibootError::NoHeader)), Some(Field::Kernel));
+    assert_eq!(
+        field(mb(MultibootError::CmdlineTooLong { len: 9, max: 8 })),
+        Some(Field::Cmdline)
+    );
+    assert_eq!(
+        field(Problem::KernelMissing { index: 0, count: 0 }),
+        Some(Field::Kernel)
+    );
+    assert_eq!(field(Problem::InitrdWithImage), Some(Field::Initrd));
+    assert_eq!(field(Problem::CmdlineWithImage), Some(Field::Cmdline));
+    assert_eq!(
+        field(Problem::KernelModeMismatch {
+            mode: GuestMode::Linux64,
+            kind: ImageKind::Elf
+        }),
+        Some(Field::Mode)
+    );
+    let keys: Vec<&str> = [Field::Kernel, Field::Initrd, Field::Cmdline]
+        .iter()
+        .map(|f| f.key())
+        .collect();
+    assert_eq!(keys, ["kernel", "initrd", "cmdline"]);
+}
+
+#[test]
+fn kernel_images_are_not_loaded_as_images() {
+    assert_eq!(
+        image::segments(&BZ_BYTES, ImageKind::BzImage, None, GIB),
+        Err(ImageError::NotAnImage {
+            kind: ImageKind::BzImage
+        })
+    );
+    assert_eq!(
+        ImageError::NotAnImage {
+            kind: ImageKind::Multiboot
+        }
+        .to_string(),
+        "a Multiboot kernel is booted through its boot protocol, not loaded as an image"
+    );
 }

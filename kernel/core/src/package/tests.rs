@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::MIB;
+use crate::config::{RebootPolicy, MIB};
 use alloc::string::ToString;
 use alloc::vec;
 
@@ -28,6 +28,9 @@ fn sample() -> Package<'static> {
                 entry: None,
                 load_addr: None,
                 mode: GuestMode::Long64,
+                initrd: None,
+                cmdline: String::new(),
+                on_reboot: RebootPolicy::Stop,
             },
             VmSpec {
                 name: "bóot".to_string(),
@@ -39,6 +42,23 @@ fn sample() -> Package<'static> {
                 entry: Some(0x7c00),
                 load_addr: Some(0x7c00),
                 mode: GuestMode::Real16,
+                initrd: None,
+                cmdline: String::new(),
+                on_reboot: RebootPolicy::Restart,
+            },
+            VmSpec {
+                name: "linux".to_string(),
+                memory_bytes: 256 * MIB,
+                host_base: None,
+                cpus: vec![1],
+                image: 0,
+                slice_us: 10_000,
+                entry: None,
+                load_addr: None,
+                mode: GuestMode::Linux64,
+                initrd: Some(1),
+                cmdline: "console=ttyS0 acpi=off pci=off reboot=t".to_string(),
+                on_reboot: RebootPolicy::Restart,
             },
         ],
         images: vec![
@@ -89,8 +109,9 @@ struct Fields {
     stop_after: usize,
     vm_count: usize,
     /// Per VM: name length, memory, host-base tag, CPU count, image index,
-    /// slice, entry tag, load-address tag, mode.
-    vms: Vec<[usize; 9]>,
+    /// slice, entry tag, load-address tag, mode, initrd tag, command-line
+    /// length, reboot policy.
+    vms: Vec<[usize; 12]>,
     image_count: usize,
     /// Per image: name length, kind, offset, length.
     images: Vec<[usize; 4]>,
@@ -128,7 +149,15 @@ fn fields(bytes: &[u8]) -> Fields {
         at += 1 + if bytes[load] == 1 { 8 } else { 0 };
         let mode = at;
         at += 1;
-        vms.push([name, memory, host, cpus, image, slice, entry, load, mode]);
+        let initrd = at;
+        at += 1 + if bytes[initrd] == 1 { 4 } else { 0 };
+        let cmdline = at;
+        at += 4 + u32_at(cmdline);
+        let on_reboot = at;
+        at += 1;
+        vms.push([
+            name, memory, host, cpus, image, slice, entry, load, mode, initrd, cmdline, on_reboot,
+        ]);
     }
     let image_count = at;
     at += 4;
@@ -267,9 +296,9 @@ fn every_single_byte_flip_is_an_error() {
 fn header_errors() {
     let bytes = encode(&sample()).unwrap();
     assert_eq!(decode(b"ELF\0garbage"), Err(DecodeError::BadMagic));
-    let mut v2 = bytes.clone();
-    v2[8] = 2;
-    assert_eq!(decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
+    let mut v1 = bytes.clone();
+    v1[8] = 1;
+    assert_eq!(decode(&v1), Err(DecodeError::UnsupportedVersion(1)));
     let mut short = bytes.clone();
     short[12..20].copy_from_slice(&3u64.to_le_bytes());
     assert_eq!(decode(&short), Err(DecodeError::BadLength { declared: 3 }));
@@ -344,7 +373,7 @@ fn every_header_field_is_checked() {
     assert_eq!(decode(b"HVPKX"), Err(DecodeError::BadMagic));
     assert_eq!(decode(&[]), Err(DecodeError::Truncated { at: 0 }));
     // The version.
-    for v in [0u32, 2, u32::MAX] {
+    for v in [0u32, 1, 3, u32::MAX] {
         let mut bad = bytes.clone();
         bad[8..12].copy_from_slice(&v.to_le_bytes());
         assert_eq!(decode(&bad), Err(DecodeError::UnsupportedVersion(v)));
@@ -421,10 +450,24 @@ fn every_enumerated_field_is_checked() {
         decode_patched(&bytes, vm[7], &[9]),
         bad_enum("VM load address", 9)
     );
-    assert_eq!(decode_patched(&bytes, vm[8], &[2]), bad_enum("VM mode", 2));
+    assert_eq!(decode_patched(&bytes, vm[8], &[4]), bad_enum("VM mode", 4));
     assert_eq!(
-        decode_patched(&bytes, f.images[0][1], &[2]),
-        bad_enum("image kind", 2)
+        decode_patched(&bytes, vm[8], &[0xff]),
+        bad_enum("VM mode", 0xff)
+    );
+    for vm in &f.vms {
+        assert_eq!(
+            decode_patched(&bytes, vm[9], &[2]),
+            bad_enum("VM initrd", 2)
+        );
+        assert_eq!(
+            decode_patched(&bytes, vm[11], &[2]),
+            bad_enum("VM reboot policy", 2)
+        );
+    }
+    assert_eq!(
+        decode_patched(&bytes, f.images[0][1], &[4]),
+        bad_enum("image kind", 4)
     );
     // The crash test code, in a package of its own.
     let crash = encode(&Package {
@@ -451,6 +494,9 @@ fn every_length_is_checked() {
         f.filter_len,
         f.vms[0][0],
         f.vms[1][0],
+        f.vms[2][0],
+        f.vms[0][10],
+        f.vms[2][10],
         f.images[0][0],
         f.images[1][0],
     ] {
@@ -592,6 +638,153 @@ fn huge_counts_do_not_allocate_or_panic() {
     bytes[vm_count_at..vm_count_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     reseal(&mut bytes);
     assert!(matches!(decode(&bytes), Err(DecodeError::Truncated { .. })));
+}
+
+#[test]
+fn kernel_fields_are_where_the_format_says() {
+    let bytes = encode(&sample()).unwrap();
+    let f = fields(&bytes);
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let linux = f.vms[2];
+    assert_eq!(bytes[linux[8]], 2, "mode linux");
+    assert_eq!((bytes[linux[9]], u32_at(linux[9] + 1)), (1, 1), "initrd #1");
+    let cmdline = "console=ttyS0 acpi=off pci=off reboot=t";
+    assert_eq!(u32_at(linux[10]) as usize, cmdline.len());
+    assert_eq!(&bytes[linux[10] + 4..][..cmdline.len()], cmdline.as_bytes());
+    assert_eq!(bytes[linux[11]], 1, "restart");
+    let alpha = f.vms[0];
+    assert_eq!(
+        (
+            bytes[alpha[8]],
+            bytes[alpha[9]],
+            u32_at(alpha[10]),
+            bytes[alpha[11]]
+        ),
+        (0, 0, 0, 0),
+        "long64, no initrd, no command line, stop"
+    );
+    assert_eq!(bytes[f.vms[1][8]], 1, "real16");
+    // Image kinds: 0 ELF, 1 flat, 2 bzImage, 3 Multiboot.
+    for (code, kind) in ImageKind::ALL.into_iter().enumerate() {
+        let package = Package {
+            images: vec![Image {
+                name: "k",
+                kind,
+                data: FLAT_BYTES,
+            }],
+            ..sample()
+        };
+        let bytes = encode(&package).unwrap();
+        assert_eq!(bytes[fields(&bytes).images[0][1]], code as u8);
+        assert_eq!(decode(&bytes), Ok(package));
+    }
+    for (code, mode) in GuestMode::ALL.into_iter().enumerate() {
+        let mut package = sample();
+        package.vms[0].mode = mode;
+        let bytes = encode(&package).unwrap();
+        assert_eq!(bytes[fields(&bytes).vms[0][8]], code as u8);
+    }
+}
+
+#[test]
+fn roundtrip_every_mode_kind_and_reboot_policy() {
+    let long_line = "é".repeat(2000) + "x";
+    for mode in GuestMode::ALL {
+        for on_reboot in RebootPolicy::ALL {
+            for initrd in [None, Some(0), Some(1), Some(u32::MAX)] {
+                for cmdline in ["", "quiet", long_line.as_str()] {
+                    let mut package = sample();
+                    let vm = &mut package.vms[2];
+                    vm.mode = mode;
+                    vm.on_reboot = on_reboot;
+                    vm.initrd = initrd;
+                    vm.cmdline = cmdline.to_string();
+                    package.images[0].kind = ImageKind::ALL[mode.name().len() % 4];
+                    let bytes = encode(&package).unwrap();
+                    assert_eq!(decode(&bytes), Ok(package));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_fields_are_checked() {
+    let bytes = encode(&sample()).unwrap();
+    let f = fields(&bytes);
+    let linux = f.vms[2];
+    // The command line's bytes are not UTF-8.
+    assert_eq!(
+        decode_patched(&bytes, linux[10] + 4, &[0xff]),
+        Err(DecodeError::BadUtf8 { at: linux[10] + 4 })
+    );
+    // A command line length one too long or short misreads what follows.
+    let len = u32::from_le_bytes(bytes[linux[10]..][..4].try_into().unwrap());
+    for wrong in [len + 1, len - 1, 0] {
+        assert!(
+            decode_patched(&bytes, linux[10], &wrong.to_le_bytes()).is_err(),
+            "length {wrong}"
+        );
+    }
+    // The initrd present without its index, or absent with one.
+    assert!(decode_patched(&bytes, linux[9], &[0]).is_err());
+    assert!(decode_patched(&bytes, f.vms[0][9], &[1]).is_err());
+    // Truncated inside the new fields.
+    for at in [
+        linux[9],
+        linux[9] + 3,
+        linux[10] + 2,
+        linux[10] + 10,
+        linux[11],
+    ] {
+        let mut cut = bytes[..at].to_vec();
+        cut.extend_from_slice(&[0; CRC_LEN]);
+        let total = cut.len() as u64;
+        cut[12..20].copy_from_slice(&total.to_le_bytes());
+        reseal(&mut cut);
+        assert!(
+            matches!(decode(&cut), Err(DecodeError::Truncated { .. })),
+            "cut at {at}: {:?}",
+            decode(&cut)
+        );
+    }
+}
+
+/// A Linux VM with a kernel and an initrd of realistic size (Debian's cloud
+/// kernel is 14 MiB, a busybox initramfs 1 MiB) packs, and decodes without
+/// copying either.
+#[test]
+fn large_kernels_and_initrds_pack() {
+    let kernel = vec![0x5au8; 14 * MIB as usize + 123];
+    let initrd = vec![0x1fu8; MIB as usize + 7];
+    let package = Package {
+        command: Command::RunVms,
+        options: BootOptions::default(),
+        vms: vec![sample().vms[2].clone()],
+        images: vec![
+            Image {
+                name: "file:../../target/linux/vmlinuz",
+                kind: ImageKind::BzImage,
+                data: &kernel,
+            },
+            Image {
+                name: "file:../../target/linux/initramfs.cpio.gz",
+                kind: ImageKind::Flat,
+                data: &initrd,
+            },
+        ],
+    };
+    let start = std::time::Instant::now();
+    let bytes = encode(&package).unwrap();
+    let decoded = decode(&bytes).unwrap();
+    assert_eq!(decoded, package);
+    let inside = |data: &[u8]| {
+        let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+        at.is_multiple_of(IMAGE_ALIGN) && at + data.len() <= bytes.len()
+    };
+    assert!(decoded.images.iter().all(|i| inside(i.data)));
+    assert!(bytes.len() < kernel.len() + initrd.len() + 4096);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]
