@@ -125,6 +125,12 @@ pub struct SvmCapabilities {
     pub features: SvmFeatures,
     /// VM_CR as read (empty if it was not read).
     pub vm_cr: VmCr,
+    /// The CR4 bits this processor implements ([`cr4_implemented`]); the
+    /// others are reserved: MOV CR4 with one set raises #GP, and VMRUN
+    /// refuses a guest CR4 with one set (APM 15.5.1). [`SvmCapabilities::from_cpuid`]
+    /// and [`check`] start from [`CR4_BASELINE`]; [`probe`] reads the rest
+    /// from CPUID.
+    pub cr4_implemented: u64,
 }
 
 impl SvmCapabilities {
@@ -136,6 +142,16 @@ impl SvmCapabilities {
             asid_count: leaf_8000_000a[1],
             features: SvmFeatures::from_bits_truncate(leaf_8000_000a[3]),
             vm_cr: VmCr::from_bits_retain(vm_cr),
+            cr4_implemented: CR4_BASELINE,
+        }
+    }
+
+    /// The same capabilities with the CR4 bits CPUID reports
+    /// ([`cr4_implemented`]).
+    pub const fn with_cr4_implemented(self, cr4_implemented: u64) -> Self {
+        SvmCapabilities {
+            cr4_implemented,
+            ..self
         }
     }
 
@@ -144,6 +160,58 @@ impl SvmCapabilities {
     pub const fn max_guest_asid(&self) -> u32 {
         self.asid_count.saturating_sub(1)
     }
+}
+
+/// CPUID leaf with the basic feature flags (Fn0000_0001).
+pub const CPUID_FEATURES: u32 = 1;
+/// CPUID leaf with the structured extended feature flags (Fn0000_0007,
+/// subleaf 0).
+pub const CPUID_STRUCTURED_FEATURES: u32 = 7;
+
+/// CR4 bits 10:0, which every processor with AMD-V implements: VME, PVI,
+/// TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT (APM Vol. 2, 3.1.3;
+/// long mode needs PAE and every AMD64 processor has VME, PSE, PGE, MCE,
+/// FXSR and SSE).
+pub const CR4_BASELINE: u64 = 0x7FF;
+
+/// The CR4 bits beyond [`CR4_BASELINE`] and the CPUID bit that says the
+/// processor implements each: `(CR4 bit, leaf, register index in
+/// [eax, ebx, ecx, edx], register bit)` (APM Vol. 2, 3.1.3; Vol. 3,
+/// Appendix E). VMXE (13) and SMXE (14) are Intel's: reserved on AMD.
+pub const CR4_FEATURE_BITS: [(u32, u32, usize, u32); 10] = [
+    (11, CPUID_STRUCTURED_FEATURES, 2, 2),  // UMIP: Fn7 ECX[2]
+    (12, CPUID_STRUCTURED_FEATURES, 2, 16), // LA57: Fn7 ECX[16]
+    (16, CPUID_STRUCTURED_FEATURES, 1, 0),  // FSGSBASE: Fn7 EBX[0]
+    (17, CPUID_FEATURES, 2, 17),            // PCIDE: Fn1 ECX[17] (PCID)
+    (18, CPUID_FEATURES, 2, 26),            // OSXSAVE: Fn1 ECX[26] (XSAVE)
+    (20, CPUID_STRUCTURED_FEATURES, 1, 7),  // SMEP: Fn7 EBX[7]
+    (21, CPUID_STRUCTURED_FEATURES, 1, 20), // SMAP: Fn7 EBX[20]
+    (22, CPUID_STRUCTURED_FEATURES, 2, 3),  // PKE: Fn7 ECX[3] (PKU)
+    (23, CPUID_STRUCTURED_FEATURES, 2, 7),  // CET: Fn7 ECX[7] (CET_SS)
+    (24, CPUID_STRUCTURED_FEATURES, 2, 31), // PKS: Fn7 ECX[31]
+];
+
+/// The CR4 bits a processor implements, from the highest basic CPUID leaf
+/// (Fn0000_0000 EAX) and leaves 1 and 7 (subleaf 0) as `[eax, ebx, ecx,
+/// edx]`; leaf 7 counts only when the highest basic leaf reaches it.
+pub const fn cr4_implemented(max_basic_leaf: u32, leaf_1: [u32; 4], leaf_7: [u32; 4]) -> u64 {
+    let mut bits = CR4_BASELINE;
+    let mut i = 0;
+    while i < CR4_FEATURE_BITS.len() {
+        let (cr4_bit, leaf, reg, bit) = CR4_FEATURE_BITS[i];
+        let regs = if leaf == CPUID_FEATURES {
+            leaf_1
+        } else if max_basic_leaf >= CPUID_STRUCTURED_FEATURES {
+            leaf_7
+        } else {
+            [0; 4]
+        };
+        if regs[reg] & (1 << bit) != 0 {
+            bits |= 1 << cr4_bit;
+        }
+        i += 1;
+    }
+    bits
 }
 
 /// Why AMD-V cannot run this hypervisor's guests.
@@ -228,6 +296,8 @@ pub const fn check(
 /// [`check`] with the values fetched through closures: `cpuid(leaf)`
 /// returns `[eax, ebx, ecx, edx]` of subleaf 0, and `read_vm_cr` is called
 /// only when CPUID reports SVM (reading VM_CR on a CPU without SVM faults).
+/// The capabilities carry the CR4 bits CPUID leaves 1 and 7 report
+/// ([`cr4_implemented`]).
 pub fn probe(
     mut cpuid: impl FnMut(u32) -> [u32; 4],
     read_vm_cr: impl FnOnce() -> u64,
@@ -241,7 +311,18 @@ pub fn probe(
         return Err(SvmError::NoSvm);
     }
     let leaf_a = cpuid(CPUID_SVM_FEATURES);
-    check(max_extended_leaf, ext, leaf_a, read_vm_cr())
+    let caps = check(max_extended_leaf, ext, leaf_a, read_vm_cr())?;
+    let max_basic_leaf = cpuid(0)[0];
+    let leaf_7 = if max_basic_leaf >= CPUID_STRUCTURED_FEATURES {
+        cpuid(CPUID_STRUCTURED_FEATURES)
+    } else {
+        [0; 4]
+    };
+    Ok(caps.with_cr4_implemented(cr4_implemented(
+        max_basic_leaf,
+        cpuid(CPUID_FEATURES),
+        leaf_7,
+    )))
 }
 
 #[cfg(test)]
@@ -365,6 +446,48 @@ mod tests {
         }
     }
 
+    /// QEMU 7.2 `-cpu EPYC` (Zen 1): leaf 1 ECX has XSAVE but not PCID;
+    /// leaf 7 EBX has FSGSBASE, SMEP and SMAP, ECX nothing CR4 enables.
+    const EPYC_LEAF_1: [u32; 4] = [0x800f12, 0, 0x7ed8_320b, 0x178b_fbff];
+    const EPYC_LEAF_7: [u32; 4] = [0, 0x209c_01a9, 0, 0];
+
+    #[test]
+    fn cr4_bits_follow_cpuid() {
+        assert_eq!(
+            cr4_implemented(0xd, EPYC_LEAF_1, EPYC_LEAF_7),
+            CR4_BASELINE | (1 << 16) | (1 << 18) | (1 << 20) | (1 << 21)
+        );
+        // Leaf 7 beyond the highest basic leaf is not read.
+        assert_eq!(
+            cr4_implemented(6, EPYC_LEAF_1, EPYC_LEAF_7),
+            CR4_BASELINE | (1 << 18)
+        );
+        // Every feature bit on: every CR4 bit but VMXE, SMXE and the
+        // reserved 15 and 19 (and those above PKS).
+        let all = cr4_implemented(7, [!0; 4], [!0; 4]);
+        assert_eq!(
+            all,
+            0x1FF_FFFF & !((1 << 13) | (1 << 14) | (1 << 15) | (1 << 19))
+        );
+        let cpuid = |leaf: u32| match leaf {
+            0 => [0xd, 0, 0, 0],
+            CPUID_FEATURES => EPYC_LEAF_1,
+            CPUID_STRUCTURED_FEATURES => EPYC_LEAF_7,
+            CPUID_EXT_MAX => [0x8000_001F, 0, 0, 0],
+            CPUID_EXT_FEATURES => BOCHS_EXT1,
+            CPUID_SVM_FEATURES => BOCHS_LEAF_A,
+            _ => [0; 4],
+        };
+        let caps = probe(cpuid, || 0).unwrap();
+        assert_eq!(caps.cr4_implemented, 0x3507FF);
+        assert_eq!(
+            check(0x8000_001F, BOCHS_EXT1, BOCHS_LEAF_A, 0)
+                .unwrap()
+                .cr4_implemented,
+            CR4_BASELINE
+        );
+    }
+
     #[test]
     fn probe_reads_vm_cr_only_with_svm() {
         let cpuid = |leaf: u32| match leaf {
@@ -375,6 +498,8 @@ mod tests {
         };
         let caps = probe(cpuid, || 0x8).unwrap();
         assert_eq!(caps.vm_cr, VmCr::LOCK);
+        // Basic leaves all zero: only the baseline CR4 bits.
+        assert_eq!(caps.cr4_implemented, CR4_BASELINE);
 
         // No SVM: VM_CR must not be read.
         let no_svm = |leaf: u32| match leaf {

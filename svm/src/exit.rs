@@ -64,6 +64,12 @@ macro_rules! exit_codes {
             CrWriteTrap(u8),
             /// -1 (all ones) VMEXIT_INVALID: VMRUN found illegal guest state
             /// or controls and never ran the guest (APM 15.5.1, Table C-1).
+            /// [`ExitCode::from_raw`] also reads 0xFFFF_FFFF (-1 in the low
+            /// 32 bits only) as this code: QEMU's TCG (7.2) stores its
+            /// `SVM_EXIT_ERR` (-1) through `cpu_vmexit(env, uint32_t
+            /// exit_code, ...)` (`target/i386/tcg/helper-tcg.h`), so the
+            /// 64-bit EXITCODE reads 0x0000_0000_FFFF_FFFF. No other code
+            /// is near that value.
             Invalid,
             /// A code this crate does not know.
             Unknown(u64),
@@ -80,7 +86,7 @@ macro_rules! exit_codes {
                     0x40..=0x5F => Self::Exception((raw - 0x40) as u8),
                     0x90..=0x9F => Self::CrWriteTrap((raw - 0x90) as u8),
                     $($num => Self::$name,)*
-                    u64::MAX => Self::Invalid,
+                    u64::MAX | 0xFFFF_FFFF => Self::Invalid,
                     other => Self::Unknown(other),
                 }
             }
@@ -1115,6 +1121,12 @@ mod tests {
             assert!(!code.describe().is_empty());
             assert!(!code.apm_name().is_empty());
         }
+        // VMEXIT_INVALID truncated to 32 bits (QEMU's TCG) is still VMEXIT_INVALID.
+        assert_eq!(ExitCode::from_raw(0xFFFF_FFFF), ExitCode::Invalid);
+        assert_eq!(
+            ExitCode::from_raw(0xFFFF_FFFE),
+            ExitCode::Unknown(0xFFFF_FFFE)
+        );
         assert_eq!(ExitCode::from_raw(0xA7), ExitCode::Unknown(0xA7));
         assert_eq!(ExitCode::from_raw(0x404), ExitCode::Unknown(0x404));
         assert_eq!(

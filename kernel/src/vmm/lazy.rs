@@ -185,6 +185,22 @@ pub fn set_xcr0(value: u64) {
     }
 }
 
+/// The XCR0 the hardware holds (XGETBV with ECX = 0), or `None` without
+/// XSAVE. Right after a VM exit it is the running vCPU's: neither VMX nor
+/// AMD-V switches XCR0 (a guest's XSETBV that did not exit shows here).
+pub fn hardware_xcr0() -> Option<u64> {
+    if XCR0_SUPPORTED.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: CR4.OSXSAVE is set (init_this_cpu) whenever XCR0_SUPPORTED
+    // is nonzero, and XCR0 (ECX = 0) always exists then; XGETBV only reads.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+    }
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
 fn rdmsr(msr: u32) -> u64 {
     // SAFETY: the lazily switched MSRs exist on every x86-64 CPU (TSC_AUX is
     // only touched when RDTSCP exists).

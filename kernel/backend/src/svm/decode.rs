@@ -20,6 +20,10 @@
 //!   a length is never guessed.
 //!
 //! An IOIO exit gives the next RIP in EXITINFO2 on every CPU (APM 15.10.2).
+//!
+//! An intercepted MOV CR4 needs its source register as well: EXITINFO1
+//! names it with decode assists; without them it comes from the same bytes
+//! ([`super::insn::fetch_mov_to_cr4`]).
 
 use hvcore::arch::{
     Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestMemory, GuestRegs,
@@ -141,12 +145,33 @@ pub fn decode(
         SvmExit::Other(ExitCode::Xsetbv) => Exit::Xsetbv,
         SvmExit::Other(ExitCode::Invd) => Exit::Invd,
         SvmExit::Other(ExitCode::Rdpmc) => Exit::Rdpmc,
+        // The one CR intercept (see the module docs of `super`): MOV CR4.
+        SvmExit::CrAccess {
+            cr: 4,
+            write: true,
+            info: operand,
+        } => match mov_to_cr4(vmcb, mem, setup, operand, nrip_len) {
+            Ok((gpr, len)) => {
+                regs.instruction_len = len;
+                Exit::CrAccess(CrAccess {
+                    cr: 4,
+                    kind: CrAccessKind::MovTo { gpr },
+                })
+            }
+            Err(reason) => {
+                return Decoded {
+                    exit: unhandled(&info),
+                    vectoring: vectoring_event(&info),
+                    stop: Some(reason),
+                }
+            }
+        },
         SvmExit::CrAccess {
             cr,
             write,
             info: CrAccessInfo::MovCr { gpr },
         } => match nrip_len {
-            // Only with decode assists (not intercepted today).
+            // Only with decode assists (other CRs are not intercepted).
             Some(n) => {
                 regs.instruction_len = n;
                 let gpr = gpr.index();
@@ -173,13 +198,18 @@ pub fn decode(
             }
         }
         // #UD from VMCALL (Intel's encoding): a hypercall, as VMMCALL is.
-        SvmExit::Exception { vector: 6, .. } => match super::insn::fetch_length(vmcb, mem, Skipped::Vmcall) {
-            Ok(len) => {
-                regs.instruction_len = len;
-                Exit::Vmcall
+        SvmExit::Exception { vector: 6, .. } => {
+            match super::insn::fetch_length(vmcb, mem, Skipped::Vmcall) {
+                Ok(len) => {
+                    regs.instruction_len = len;
+                    Exit::Vmcall
+                }
+                Err(_) => Exit::Exception {
+                    vector: 6,
+                    error_code: None,
+                },
             }
-            Err(_) => Exit::Exception { vector: 6, error_code: None },
-        },
+        }
         SvmExit::Exception {
             vector, error_code, ..
         } => Exit::Exception { vector, error_code },
@@ -224,6 +254,35 @@ pub fn decode(
         exit,
         vectoring,
         stop: None,
+    }
+}
+
+/// The source register and length of an intercepted MOV CR4: from
+/// EXITINFO1 and nRIP with decode assists, else from the instruction's
+/// bytes at RIP ([`super::insn::fetch_mov_to_cr4`]); with NRIP save the
+/// decoded length must agree with nRIP (else the guest changed the bytes
+/// since: the VM stops rather than guess the operand).
+fn mov_to_cr4(
+    vmcb: &Vmcb,
+    mem: &dyn GuestMemory,
+    setup: &SvmSetup,
+    info: CrAccessInfo,
+    nrip_len: Option<u64>,
+) -> Result<(u8, u64), StopReason> {
+    if let (CrAccessInfo::MovCr { gpr }, Some(len), true) =
+        (info, nrip_len, setup.optional.decode_assists)
+    {
+        return Ok((gpr.index(), len));
+    }
+    let (gpr, len) = super::insn::fetch_mov_to_cr4(vmcb, mem)?;
+    match nrip_len {
+        Some(n) if n != len => Err(StopReason::InstructionNotDecoded {
+            instruction: "MOV CR4",
+            why: "the bytes at RIP are not as long as the instruction that exited",
+            linear: super::insn::CodeLocation::of(vmcb).linear,
+            rip: vmcb.save.rip,
+        }),
+        _ => Ok((gpr, len)),
     }
 }
 
@@ -811,17 +870,30 @@ mod tests {
 
     #[test]
     fn cr_accesses_need_decode_assists() {
-        // MOV CR4, RBX with decode assists (bit 63, GPR 3), 3 bytes.
-        let (d, regs) = run(&staged(0x14, (1 << 63) | 3, 0, 0x1003));
-        assert_eq!(
-            d.exit,
-            Exit::CrAccess(CrAccess {
-                cr: 4,
-                kind: CrAccessKind::MovTo { gpr: 3 }
-            })
+        // Every optional feature, decode assists among them.
+        let assisted = SvmSetup::from_caps(
+            &super::super::testcaps::caps([1, 0x8000, 0, 0xff]),
+            super::super::testcaps::HOST,
+        )
+        .unwrap();
+        let mov_cr4_rbx = Exit::CrAccess(CrAccess {
+            cr: 4,
+            kind: CrAccessKind::MovTo { gpr: 3 },
+        });
+        // MOV CR4, RBX with decode assists (bit 63, GPR 3), 3 bytes: guest
+        // memory is not read.
+        let (d, regs) = run_on(
+            &staged(0x14, (1 << 63) | 3, 0, 0x1003),
+            &Ram::new(0),
+            &assisted,
         );
+        assert_eq!(d.exit, mov_cr4_rbx);
         assert_eq!(regs.instruction_len, 3);
-        let (d, _) = run(&staged(0x08, (1 << 63) | 9, 0, 0x1004));
+        let (d, _) = run_on(
+            &staged(0x08, (1 << 63) | 9, 0, 0x1004),
+            &Ram::new(0),
+            &assisted,
+        );
         assert_eq!(
             d.exit,
             Exit::CrAccess(CrAccess {
@@ -829,7 +901,8 @@ mod tests {
                 kind: CrAccessKind::MovFrom { gpr: 9 }
             })
         );
-        // Without decode assists the register is unknown: not guessed.
+        // Without decode assists the register of a CR access that is not a
+        // CR4 write is unknown: not guessed.
         let (d, _) = run(&staged(0x10, 0, 0, 0x1003));
         assert_eq!(
             d.exit,
@@ -838,6 +911,57 @@ mod tests {
                 name: "VMEXIT_CRx_WRITE",
                 qualification: 0
             }
+        );
+    }
+
+    #[test]
+    fn cr4_writes_without_decode_assists_read_the_instruction() {
+        let mov_cr4 = |gpr| {
+            Exit::CrAccess(CrAccess {
+                cr: 4,
+                kind: CrAccessKind::MovTo { gpr },
+            })
+        };
+        // Bochs: NRIP save, no decode assists; `mov cr4, ebx` (paging off).
+        let mem = code_at_1000(&[0x0F, 0x22, 0xE3]);
+        let (d, regs) = run_on(&staged(0x14, 0, 0, 0x1003), &mem, &bochs());
+        assert_eq!(
+            (d.exit, d.stop, regs.instruction_len),
+            (mov_cr4(3), None, 3)
+        );
+        // QEMU's TCG: neither; the crs guest's `mov cr4, r15` in 64-bit mode.
+        let mut v = staged(0x14, 0, 0, 0);
+        v.save.efer = EFER_LME | EFER_LMA;
+        v.save.cr0 = CR0_PE;
+        v.save.cs = SegmentRegister::new(8, SegmentAttributes::CODE64, 0xFFFF_FFFF, 0);
+        let mem = code_at_1000(&[0x41, 0x0F, 0x22, 0xE7]);
+        let (d, regs) = run_on(&v, &mem, &tcg(QEMU_TCG_EPYC));
+        assert_eq!(
+            (d.exit, d.stop, regs.instruction_len),
+            (mov_cr4(15), None, 4)
+        );
+        // nRIP and the bytes disagree: the guest changed its code; stopped.
+        let mem = code_at_1000(&[0x0F, 0x22, 0xE3]);
+        let (d, _) = run_on(&staged(0x14, 0, 0, 0x1004), &mem, &bochs());
+        assert!(matches!(
+            d.stop,
+            Some(StopReason::InstructionNotDecoded {
+                instruction: "MOV CR4",
+                ..
+            })
+        ));
+        assert!(matches!(d.exit, Exit::Unhandled { code: 0x14, .. }));
+        // Not a MOV to CR4 at RIP: stopped as well.
+        let mem = code_at_1000(&[0x0F, 0x22, 0xC3]);
+        let (d, _) = run_on(&staged(0x14, 0, 0, 0), &mem, &tcg(QEMU_TCG_EPYC));
+        assert_eq!(
+            d.stop,
+            Some(StopReason::InstructionNotDecoded {
+                instruction: "MOV CR4",
+                why: "the bytes at RIP do not encode it",
+                linear: 0x1000,
+                rip: 0x1000
+            })
         );
     }
 
@@ -856,6 +980,9 @@ mod tests {
             }
         );
         assert_eq!(regs.rip, 0x1000);
+        // QEMU's TCG writes VMEXIT_INVALID as 0x0000_0000_FFFF_FFFF.
+        let (d32, _) = run(&staged(0xFFFF_FFFF, 0, 0, 0));
+        assert_eq!(d32, d);
         let (d, _) = run(&staged(0x6E, 0, 0, 0x1002));
         assert_eq!(
             d.exit,

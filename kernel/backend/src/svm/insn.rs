@@ -15,6 +15,10 @@
 //!   opcode to take effect; one followed by a legacy prefix is ignored but
 //!   still a byte of the instruction. Outside 64-bit mode 40-4F are INC/DEC.
 //!
+//! A CR4 write intercept without decode assists needs the source register
+//! as well: [`mov_to_cr`] decodes `MOV CRn, reg` (`0F 22 /r`, with REX.R
+//! and REX.B extending the register numbers) the same way.
+//!
 //! An instruction is at most 15 bytes (longer ones raise #GP, so they never
 //! cause an intercept). Bytes that do not end in the opcode the exit reported
 //! mean the guest changed its code or its page tables since it ran the
@@ -167,6 +171,68 @@ pub fn length(bytes: &[u8], insn: Skipped, mode64: bool) -> Result<usize, Length
     Ok(end)
 }
 
+/// A `MOV CRn, reg` decoded from its bytes ([`mov_to_cr`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MovToCr {
+    /// The control register written (ModRM.reg, extended by REX.R; LOCK
+    /// adds 8, AMD's alternate encoding of CR8 outside 64-bit mode).
+    pub cr: u8,
+    /// The source register (ModRM.rm, extended by REX.B), 0 = RAX .. 15 = R15.
+    pub gpr: u8,
+    /// The instruction's length.
+    pub len: usize,
+}
+
+/// The opcode of MOV to a control register (APM Vol. 3, "MOV CRn").
+const MOV_TO_CR: [u8; 2] = [0x0F, 0x22];
+
+/// Decodes `MOV CRn, reg` (`0F 22 /r`) at the start of `bytes`: legacy
+/// prefixes, a REX prefix right before the opcode (64-bit mode only), the
+/// opcode and a ModRM byte whose `mod` field is ignored (the operand is
+/// always a register, APM Vol. 3 "MOV CRn"). Pure: see [`fetch_mov_to_cr4`].
+pub fn mov_to_cr(bytes: &[u8], mode64: bool) -> Result<MovToCr, LengthError> {
+    let mut i = 0;
+    let mut rex = 0u8;
+    let mut lock = false;
+    let opcode_at = loop {
+        if i >= MAX_LEN {
+            return Err(LengthError::TooLong);
+        }
+        let Some(&b) = bytes.get(i) else {
+            return Err(LengthError::Truncated);
+        };
+        if mode64 && b & 0xF0 == 0x40 {
+            rex = b;
+        } else if LEGACY_PREFIXES.contains(&b) {
+            // A REX followed by a legacy prefix is ignored.
+            rex = 0;
+            lock |= b == 0xF0;
+        } else {
+            break i;
+        }
+        i += 1;
+    };
+    let end = opcode_at + MOV_TO_CR.len() + 1;
+    let seen = &bytes[opcode_at..end.min(bytes.len())];
+    let opcode_seen = &seen[..seen.len().min(MOV_TO_CR.len())];
+    if MOV_TO_CR[..opcode_seen.len()] != *opcode_seen {
+        return Err(LengthError::Mismatch);
+    }
+    if end > MAX_LEN {
+        return Err(LengthError::TooLong);
+    }
+    let Some(&modrm) = seen.get(2) else {
+        return Err(LengthError::Truncated);
+    };
+    let rex_r = (rex >> 2) & 1;
+    let rex_b = rex & 1;
+    Ok(MovToCr {
+        cr: ((modrm >> 3) & 7) | (rex_r << 3) | if lock { 8 } else { 0 },
+        gpr: (modrm & 7) | (rex_b << 3),
+        len: end,
+    })
+}
+
 /// Where the guest's code is, from the VMCB's state-save area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLocation {
@@ -215,9 +281,39 @@ impl CodeLocation {
 /// Reads the instruction at RIP of `vmcb` from guest memory and returns its
 /// length, checking that it is `insn`. The error is the VM's stop reason.
 pub fn fetch_length(vmcb: &Vmcb, mem: &dyn GuestMemory, insn: Skipped) -> Result<u64, StopReason> {
+    fetch_decoded(vmcb, mem, insn.name(), |bytes, mode64| {
+        length(bytes, insn, mode64)
+    })
+    .map(|n| n as u64)
+}
+
+/// Reads the `MOV CR4, reg` at RIP of `vmcb` from guest memory (for a CR4
+/// write intercept without decode assists) and returns its source register
+/// (0 = RAX .. 15 = R15) and length. Bytes that are not a MOV to CR4 stop
+/// the VM, as in [`fetch_length`].
+pub fn fetch_mov_to_cr4(vmcb: &Vmcb, mem: &dyn GuestMemory) -> Result<(u8, u64), StopReason> {
+    fetch_decoded(vmcb, mem, "MOV CR4", |bytes, mode64| {
+        let mov = mov_to_cr(bytes, mode64)?;
+        if mov.cr != 4 {
+            return Err(LengthError::Mismatch);
+        }
+        Ok((mov.gpr, mov.len as u64))
+    })
+}
+
+/// Reads the instruction at RIP of `vmcb` and decodes it with `decode`:
+/// only the page holding RIP first, the next page when `decode` finds the
+/// bytes end too early. Errors become
+/// [`StopReason::InstructionNotDecoded`] naming `name`.
+fn fetch_decoded<T>(
+    vmcb: &Vmcb,
+    mem: &dyn GuestMemory,
+    name: &'static str,
+    decode: impl Fn(&[u8], bool) -> Result<T, LengthError>,
+) -> Result<T, StopReason> {
     let code = CodeLocation::of(vmcb);
     let stop = |why| StopReason::InstructionNotDecoded {
-        instruction: insn.name(),
+        instruction: name,
         why,
         linear: code.linear,
         rip: vmcb.save.rip,
@@ -227,17 +323,34 @@ pub fn fetch_length(vmcb: &Vmcb, mem: &dyn GuestMemory, insn: Skipped) -> Result
     let first = in_page.min(MAX_LEN);
     read_linear(mem, &code.paging, code.linear, &mut buf[..first])
         .map_err(|e| stop(e.describe()))?;
-    let n = match length(&buf[..first], insn, code.mode64) {
+    match decode(&buf[..first], code.mode64) {
         Err(LengthError::Truncated) if first < MAX_LEN => {
             // The instruction continues on the next page.
             read_linear(mem, &code.paging, code.at(first), &mut buf[first..])
                 .map_err(|e| stop(e.describe()))?;
-            length(&buf, insn, code.mode64)
+            decode(&buf, code.mode64)
         }
         other => other,
     }
-    .map_err(|e| stop(e.describe()))?;
-    Ok(n as u64)
+    .map_err(|e| stop(e.describe()))
+}
+
+/// Up to [`MAX_LEN`] bytes at RIP of `vmcb`, for reports: as many as the
+/// guest's page tables map (the page holding RIP, then the next one), and
+/// how many that is (0 when none could be read).
+pub fn bytes_at_rip(vmcb: &Vmcb, mem: &dyn GuestMemory) -> ([u8; MAX_LEN], usize) {
+    let code = CodeLocation::of(vmcb);
+    let mut buf = [0u8; MAX_LEN];
+    let in_page = 4096 - (code.linear & 0xFFF) as usize;
+    let first = in_page.min(MAX_LEN);
+    if read_linear(mem, &code.paging, code.linear, &mut buf[..first]).is_err() {
+        return (buf, 0);
+    }
+    if first < MAX_LEN && read_linear(mem, &code.paging, code.at(first), &mut buf[first..]).is_ok()
+    {
+        return (buf, MAX_LEN);
+    }
+    (buf, first)
 }
 
 #[cfg(test)]
@@ -367,6 +480,64 @@ mod tests {
         assert_eq!(length(&[0x0F, 0xA3], Cpuid, false), Err(Mismatch));
         assert_eq!(length(&[0x90], Cpuid, false), Err(Mismatch));
         assert_eq!(length(&[0x0F], Hlt, false), Err(Mismatch));
+    }
+
+    #[test]
+    fn mov_to_cr_operands() {
+        let mov = |cr, gpr, len| Ok(MovToCr { cr, gpr, len });
+        // mov cr4, rax / mov cr4, r15 (REX.B) / mov cr0, rbx.
+        assert_eq!(mov_to_cr(&[0x0F, 0x22, 0xE0], true), mov(4, 0, 3));
+        assert_eq!(mov_to_cr(&[0x41, 0x0F, 0x22, 0xE7], true), mov(4, 15, 4));
+        assert_eq!(mov_to_cr(&[0x0F, 0x22, 0xC3], false), mov(0, 3, 3));
+        // REX.R selects CR8 (mov cr8, rcx); LOCK does outside 64-bit mode.
+        assert_eq!(mov_to_cr(&[0x44, 0x0F, 0x22, 0xC1], true), mov(8, 1, 4));
+        assert_eq!(mov_to_cr(&[0xF0, 0x0F, 0x22, 0xC1], false), mov(8, 1, 4));
+        // The mod field is ignored: 0x24 is still CR4 <- RSP.
+        assert_eq!(mov_to_cr(&[0x0F, 0x22, 0x24], true), mov(4, 4, 3));
+        // Outside 64-bit mode 41 is INC ECX, not a prefix.
+        assert_eq!(mov_to_cr(&[0x41, 0x0F, 0x22, 0xE7], false), Err(Mismatch));
+        // A REX before a legacy prefix is ignored (but counted).
+        assert_eq!(
+            mov_to_cr(&[0x41, 0x66, 0x0F, 0x22, 0xE7], true),
+            mov(4, 7, 5)
+        );
+        // Not a MOV to CR: MOV from CR4 (0F 20), and short input.
+        assert_eq!(mov_to_cr(&[0x0F, 0x20, 0xE0], true), Err(Mismatch));
+        assert_eq!(mov_to_cr(&[0x0F, 0x22], true), Err(Truncated));
+        assert_eq!(mov_to_cr(&[0x0F], true), Err(Truncated));
+        assert_eq!(mov_to_cr(&[0x90], true), Err(Mismatch));
+        let mut b = alloc::vec![0x66; 13];
+        b.extend([0x0F, 0x22, 0xE0]);
+        assert_eq!(mov_to_cr(&b, false), Err(TooLong));
+    }
+
+    #[test]
+    fn mov_to_cr4_from_guest_memory() {
+        let mut mem = Ram::new(0x1_0000);
+        mem.map_4k(&[(0x10_000, 0x9000), (0x11_000, 0x7000)]);
+        // The crs guest's `mov cr4, r15`, split across two pages.
+        mem.put(0x9FFE, &[0x41, 0x0F]);
+        mem.put(0x7000, &[0x22, 0xE7]);
+        assert_eq!(fetch_mov_to_cr4(&long_vmcb(0x10FFE), &mem), Ok((15, 4)));
+        // A MOV to CR0 where the exit said CR4: not decoded, the VM stops.
+        mem.put(0x9000, &[0x0F, 0x22, 0xC0]);
+        assert_eq!(
+            fetch_mov_to_cr4(&long_vmcb(0x10000), &mem),
+            Err(StopReason::InstructionNotDecoded {
+                instruction: "MOV CR4",
+                why: "the bytes at RIP do not encode it",
+                linear: 0x10000,
+                rip: 0x10000
+            })
+        );
+        // Bytes for a report: 15 where both pages are mapped, the rest of
+        // the page where the next one is not.
+        let (b, n) = bytes_at_rip(&long_vmcb(0x10FFE), &mem);
+        assert_eq!((n, &b[..4]), (MAX_LEN, &[0x41, 0x0F, 0x22, 0xE7][..]));
+        let mut mem = Ram::new(0x1_0000);
+        mem.map_4k(&[(0x10_000, 0x9000)]);
+        assert_eq!(bytes_at_rip(&long_vmcb(0x10FFE), &mem).1, 2);
+        assert_eq!(bytes_at_rip(&long_vmcb(0x20000), &mem).1, 0);
     }
 
     /// A VMCB at RIP `rip` in 64-bit mode over [`Ram::map_4k`] tables.

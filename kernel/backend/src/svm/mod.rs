@@ -19,6 +19,7 @@
 //! | NMI, SMI, INIT | host events: the host takes them after `stgi` | `ExternalInterrupt` |
 //! | VINTR | interrupt window (V_IRQ with V_IGN_TPR, see [`entry::set_interrupt_window`]) | `InterruptWindow` |
 //! | CPUID, HLT, INVD, RDPMC, XSETBV | policy, as on VT-x | the same exits as VT-x |
+//! | CR4 writes | reserved and hidden bits raise #GP (see below) | `CrAccess` |
 //! | IOIO_PROT (IOPM all ones) | every port is emulated | `Io` |
 //! | MSR_PROT (MSRPM, [`perm`]) | MSR policy | `Rdmsr` / `Wrmsr` |
 //! | SHUTDOWN | triple fault | `TripleFault` |
@@ -28,7 +29,7 @@
 //! | exception #UD (6) | VMCALL, Intel's hypercall instruction, raises #UD on AMD: run as a hypercall (as KVM does); any other #UD is reflected | `Vmcall` or `Exception` |
 //! | exception #AC (17) | an #AC whose delivery raises #AC again loops inside the CPU, where no interrupt can end it (CVE-2015-5307); intercepted, it is reflected | `Exception` |
 //!
-//! # Control registers: nothing is intercepted
+//! # Control registers: only CR4 writes are intercepted
 //!
 //! On VT-x the hypervisor owns CR0.CD/NW (a VM exit does not reload them,
 //! so a guest's CD would disable the host's caches), CR0.PE/PG (mirrored in
@@ -37,14 +38,40 @@
 //! CR4 live entirely in the VMCB: VMRUN loads them and #VMEXIT reloads the
 //! host's from the host save area (APM 15.5, 15.6), so CD/NW cannot leak,
 //! long mode activates in hardware (EFER.LMA is guest state), and no CR4
-//! bit has to be forced on. Every CR access therefore runs natively: the
-//! guest-visible values are the VMCB's ([`state::VmcbCpu`]). This also
-//! avoids the one thing a CR intercept would need and Bochs' "ryzen" lacks:
-//! decode assists, without which a MOV CRx intercept does not say which
-//! register it moves. The cost: [`GuestLimits::cr4_allowed`] is not enforced
-//! by exits; the hardware refuses reserved bits, and a CR4 feature that
-//! CPUID hides but the CPU has can be switched on by a guest that ignores
-//! CPUID, affecting only itself.
+//! bit has to be forced on. CR0 and CR3 accesses and CR4 reads therefore
+//! run natively: the guest-visible values are the VMCB's
+//! ([`state::VmcbCpu`]).
+//!
+//! CR4 writes are intercepted (VMEXIT_CR4_WRITE) and emulated by
+//! `hvcore::exit::cr` with the checks of MOV CR4, against
+//! [`GuestLimits::cr4_allowed`]: the guest-owned bits
+//! ([`CR4_GUEST_OWNED`]) that this CPU implements
+//! ([`svm::SvmCapabilities::cr4_implemented`], from CPUID), without
+//! OSXSAVE when the host has no XSAVE. Setting any other bit raises #GP, as
+//! a reserved CR4 bit does on the CPU (CR4.VMXE is reserved on AMD). Run
+//! natively, two things would go wrong:
+//!
+//! - QEMU 7.2's TCG ends the guest with VMEXIT_INVALID instead of raising
+//!   #GP when a guest's MOV CR4 sets a reserved bit (`helper_write_crN` in
+//!   `target/i386/tcg/sysemu/misc_helper.c`: `if (t0 &
+//!   cr4_reserved_bits(env)) cpu_vmexit(env, SVM_EXIT_ERR, 0, GETPC())`);
+//!   its CR4 write intercept is checked first (`gen_svm_check_intercept`
+//!   before `gen_helper_write_crN` in `tcg/translate.c`), so intercepted
+//!   the guest gets its #GP;
+//! - `cr4_allowed` would not be enforced: a CR4 feature that CPUID hides
+//!   but the CPU has could be switched on by a guest that ignores CPUID.
+//!
+//! The exit names the register operand only with decode assists
+//! (EXITINFO1); without them (QEMU's TCG, Bochs' "ryzen") the MOV's bytes at
+//! RIP are decoded ([`insn::mov_to_cr4`]). A CR4 write costs one exit (KVM
+//! intercepts them on AMD-V as well); the vCPU's TLB is flushed only when a
+//! bit that affects translation changes ([`state::VmcbCpu`]).
+//!
+//! QEMU's TCG reports a guest MOV CR3 with bits beyond the physical-address
+//! width in long mode as VMEXIT_INVALID as well (same function); CR3
+//! writes are too frequent to intercept for that, and the kernel's
+//! VMEXIT_INVALID report names the instruction at RIP
+//! ([`check::check_guest_state`] tells a refused VMCB from such a report).
 //!
 //! CR8 (the TPR) is virtualized by V_TPR with V_INTR_MASKING = 1 (APM
 //! 15.21.1): MOV CR8 reads and writes V_TPR without an exit and never
@@ -87,7 +114,7 @@
 //! | NRIP save | no | the length of an intercepted instruction is decoded from its bytes in guest memory ([`insn`]) instead of nRIP - RIP |
 //! | VMCB clean bits | no | the processor reloads every VMCB field at every VMRUN |
 //! | flush by ASID | no | a vCPU's TLB flush (TLB_CONTROL 1) flushes every ASID |
-//! | decode assists | no | not used: control-register accesses are never intercepted |
+//! | decode assists | no | the register operand of an intercepted MOV CR4 is decoded from guest memory |
 //! | LBR virtualization | no | the guest's DEBUGCTL is kept in software: LBR and BTF have no effect |
 //!
 //! Bochs `cpu: model=ryzen` reports EDX 0x44f (nested paging, LBR
@@ -137,10 +164,21 @@
 //! nested page tables sets [`state::SoftState::flush_tlb`].
 //!
 //! XCR0, the x87/SSE/AVX state, DR0-DR3 and TSC_AUX are not switched by
-//! VMRUN: the kernel keeps switching them lazily as on VT-x. CR2, DR6, DR7,
+//! VMRUN: the kernel keeps switching them lazily as on VT-x. XSETBV is
+//! intercepted, but QEMU 7.2's TCG does not implement that intercept (its
+//! XSETBV, `0F 01 D1` in `tcg/translate.c`, calls `helper_xsetbv` with no
+//! `gen_svm_check_intercept`; `target/i386/svm.h` has no
+//! `SVM_EXIT_XSETBV`): there the guest's XSETBV loads the hardware's XCR0
+//! without an exit. Since XCR0 is not switched by VMRUN either, the kernel
+//! reads XCR0 after every #VMEXIT and, when it differs from
+//! [`state::SoftState::xcr0`], takes it as the guest's after the checks of
+//! [`state::native_xcr0`] (or stops the VM); otherwise the next vCPU
+//! switch would save and reload the guest's registers with a stale XCR0
+//! (losing its AVX state and leaving AVX disabled: #UD). CR2, DR6, DR7,
 //! EFER, PAT (G_PAT with nested paging) are VMCB state. Each VM gets its
 //! own ASID (VM id + 1, up to [`SvmSetup::max_asid`]).
 
+pub mod check;
 pub mod decode;
 pub mod entry;
 pub mod insn;
@@ -150,7 +188,7 @@ pub mod state;
 
 use hvcore::arch::{GuestLimits, CR4_GUEST_OWNED, CR4_OSXSAVE};
 use svm::caps::{SvmCapabilities, SvmError, SvmFeatures, VmCr};
-use svm::intercept::{ExceptionIntercepts, InterceptVector3, InterceptVector4};
+use svm::intercept::{CrIntercepts, ExceptionIntercepts, InterceptVector3, InterceptVector4};
 use svm::vmcb::{TlbControl, VIntr};
 
 pub use crate::vtx::{HostFeatures, Missing};
@@ -174,6 +212,13 @@ pub struct Optional {
 /// Intercepts and guest limits decided once at boot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SvmSetup {
+    /// Control-register write intercepts (VMCB 002h): CR4 (see the module
+    /// docs).
+    pub intercept_cr_write: CrIntercepts,
+    /// The CR4 bits the CPU implements
+    /// ([`svm::SvmCapabilities::cr4_implemented`]): any other bit in a
+    /// guest's CR4 makes VMRUN fail ([`check::check_guest_state`]).
+    pub cr4_implemented: u64,
     /// Exception intercepts (VMCB 008h).
     pub intercept_exceptions: ExceptionIntercepts,
     /// Intercept vector 3 (VMCB 00Ch).
@@ -239,12 +284,17 @@ impl SvmSetup {
             | InterceptVector4::MONITOR
             | InterceptVector4::MWAIT
             | InterceptVector4::XSETBV;
+        // Guest-owned bits the CPU implements (the others are reserved:
+        // VMRUN would refuse them, APM 15.5.1).
+        let implemented = CR4_GUEST_OWNED & caps.cr4_implemented;
         let cr4_allowed = if host.xcr0_supported == 0 {
-            CR4_GUEST_OWNED & !CR4_OSXSAVE
+            implemented & !CR4_OSXSAVE
         } else {
-            CR4_GUEST_OWNED
+            implemented
         };
         Ok(SvmSetup {
+            intercept_cr_write: CrIntercepts::CR4,
+            cr4_implemented: caps.cr4_implemented,
             intercept_exceptions: ExceptionIntercepts::AC | ExceptionIntercepts::UD,
             intercept_vector3: v3,
             intercept_vector4: v4,
@@ -290,7 +340,7 @@ impl SvmSetup {
                 o.decode_assists,
                 (
                     "decode assists",
-                    "not used: control-register accesses are never intercepted",
+                    "MOV CR4 operands decoded from guest memory",
                 ),
             ),
             (
@@ -331,8 +381,12 @@ pub(crate) mod testcaps {
         phys_addr_bits: 40,
     };
 
+    /// CR4 bits of a Zen 1 (Bochs' "ryzen", QEMU's EPYC): the baseline,
+    /// FSGSBASE, OSXSAVE, SMEP, SMAP; no UMIP, no PCID.
+    pub const ZEN1_CR4: u64 = 0x7FF | (1 << 16) | (1 << 18) | (1 << 20) | (1 << 21);
+
     pub fn caps(leaf: [u32; 4]) -> SvmCapabilities {
-        SvmCapabilities::from_cpuid(leaf, 0)
+        SvmCapabilities::from_cpuid(leaf, 0).with_cr4_implemented(ZEN1_CR4)
     }
 
     pub fn bochs() -> SvmSetup {
@@ -378,11 +432,32 @@ mod tests {
             s.limits,
             GuestLimits {
                 xcr0_allowed: 7,
-                cr4_allowed: CR4_GUEST_OWNED,
+                cr4_allowed: ZEN1_CR4,
                 phys_addr_bits: 40,
                 unrestricted: true
             }
         );
+        assert_eq!(s.cr4_implemented, ZEN1_CR4);
+    }
+
+    #[test]
+    fn guests_get_the_owned_cr4_bits_the_cpu_implements() {
+        use hvcore::arch::{CR4_PCIDE, CR4_VMXE};
+        const CR4_UMIP: u64 = 1 << 11;
+        // Zen 1 has no PCID and no UMIP: CR4.PCIDE and UMIP are reserved
+        // there, so guests may not set them although they are guest-owned.
+        let s = bochs();
+        assert_eq!(s.limits.cr4_allowed & (CR4_PCIDE | CR4_UMIP), 0);
+        assert_eq!(s.limits.cr4_allowed & !CR4_GUEST_OWNED, 0);
+        // VMXE is never allowed (reserved on AMD, hidden on Intel).
+        let all = SvmCapabilities::from_cpuid(BOCHS_RYZEN, 0).with_cr4_implemented(!0);
+        let s = SvmSetup::from_caps(&all, HOST).unwrap();
+        assert_eq!(s.limits.cr4_allowed, CR4_GUEST_OWNED);
+        assert_eq!(s.limits.cr4_allowed & CR4_VMXE, 0);
+        // Without CPUID's view only the baseline bits remain.
+        let bare = SvmCapabilities::from_cpuid(BOCHS_RYZEN, 0);
+        let s = SvmSetup::from_caps(&bare, HOST).unwrap();
+        assert_eq!(s.limits.cr4_allowed, 0x7FF);
     }
 
     #[test]
@@ -433,7 +508,11 @@ mod tests {
                 | InterceptVector4::MWAIT
                 | InterceptVector4::XSETBV
         );
-        assert_eq!(s.intercept_exceptions, ExceptionIntercepts::AC | ExceptionIntercepts::UD);
+        assert_eq!(
+            s.intercept_exceptions,
+            ExceptionIntercepts::AC | ExceptionIntercepts::UD
+        );
+        assert_eq!(s.intercept_cr_write, CrIntercepts::CR4);
         assert!(s.vintr.v_intr_masking());
         assert_eq!(s.vintr.0, VIntr::V_INTR_MASKING);
     }
@@ -454,7 +533,7 @@ mod tests {
                     ("flush by ASID", "a vCPU's TLB flush flushes every ASID"),
                     (
                         "decode assists",
-                        "not used: control-register accesses are never intercepted"
+                        "MOV CR4 operands decoded from guest memory"
                     ),
                     (
                         "LBR virtualization",
@@ -565,6 +644,9 @@ mod round_trip {
         }
         fn console_write(&mut self, _: &str, _: &str) {}
         fn now_ticks(&self) -> u64 {
+            1000
+        }
+        fn now_ns(&self) -> u64 {
             1000
         }
         fn cpu_apic_id(&self) -> u32 {
@@ -720,6 +802,39 @@ mod round_trip {
         assert_eq!(c.exit(0x72, 0, 2), Action::AdvanceRip);
         assert_eq!(c.regs.rcx & (1 << 2), 0);
         assert_eq!(c.vmcb.save.rax, u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn cr4_writes_are_checked_as_amd_hardware_checks_them() {
+        // The crs guest's sequence on QEMU's TCG: `mov cr4, r15` (41 0F 22
+        // E7) read from guest memory, no NRIP save, no decode assists.
+        let mut c = Vcpu::on(tcg(QEMU_TCG_EPYC));
+        c.mem.put(0x10_0000, &[0x41, 0x0F, 0x22, 0xE7]);
+        let cr4 = c.vmcb.save.cr4;
+        // Reserved bit 15 and CR4.VMXE (reserved on AMD): #GP at the MOV,
+        // CR4 unchanged, exactly as the CPU would (and not VMEXIT_INVALID,
+        // which is what QEMU makes of them natively).
+        for bit in [15, 13] {
+            c.regs.r15 = cr4 | (1 << bit);
+            assert_eq!(c.exit(0x14, 0, 0), Action::Inject(Event::GP0), "bit {bit}");
+            assert_eq!(c.vmcb.save.cr4, cr4);
+            assert_eq!(c.vmcb.save.rip, 0x10_0000);
+            assert_eq!(
+                c.vmcb.control.event_inj,
+                EventInfo::new(13, EventType::Exception, Some(0))
+            );
+            assert_eq!(super::check::check_guest_state(&c.vmcb, &c.setup), Ok(()));
+        }
+        // PCIDE: guest-owned, but Zen 1 has no PCID: #GP too.
+        c.regs.r15 = cr4 | hvcore::arch::CR4_PCIDE;
+        assert_eq!(c.exit(0x14, 0, 0), Action::Inject(Event::GP0));
+        // OSXSAVE and OSFXSR: written, RIP past the 4 bytes, no TLB flush.
+        c.regs.r15 = cr4 | hvcore::arch::CR4_OSXSAVE | (1 << 9);
+        assert_eq!(c.exit(0x14, 0, 0), Action::AdvanceRip);
+        assert_eq!(c.vmcb.save.cr4, c.regs.r15);
+        assert_eq!(c.vmcb.save.rip, 0x10_0004);
+        assert_eq!(c.vmcb.tlb_control(), Some(svm::vmcb::TlbControl::DoNothing));
+        assert_eq!(super::check::check_guest_state(&c.vmcb, &c.setup), Ok(()));
     }
 
     #[test]

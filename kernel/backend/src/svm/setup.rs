@@ -101,7 +101,7 @@ pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<
     let c = &mut vmcb.control;
     // Intercepts (APM 15.7-15.14; the module docs say why).
     c.intercept_cr_read = CrIntercepts::empty();
-    c.intercept_cr_write = CrIntercepts::empty();
+    c.intercept_cr_write = setup.intercept_cr_write;
     c.intercept_exceptions = setup.intercept_exceptions;
     c.intercept_vector3 = setup.intercept_vector3;
     c.intercept_vector4 = setup.intercept_vector4;
@@ -245,7 +245,8 @@ mod tests {
         assert_eq!(v.tlb_control(), Some(TlbControl::FlushGuest));
         assert!(c.vintr.v_intr_masking() && !c.vintr.v_irq());
         assert_eq!(c.intercept_cr_read, CrIntercepts::empty());
-        assert_eq!(c.intercept_cr_write, CrIntercepts::empty());
+        // Only CR4 writes exit (reserved and hidden bits raise #GP).
+        assert_eq!(c.intercept_cr_write, CrIntercepts::CR4);
         assert_eq!(c.intercept_vector3, s.intercept_vector3);
         assert!(c
             .intercept_vector3

@@ -19,6 +19,31 @@ pub use crate::vtx::state::LazyMsrs;
 
 use super::SvmSetup;
 
+/// CR4 bits whose change invalidates translations (APM Vol. 2, 5.5.2;
+/// SDM Vol. 3A 4.10.4.1): PSE, PAE, PGE, LA57, PCIDE, SMEP, SMAP, PKE.
+pub const CR4_TLB_BITS: u64 =
+    (1 << 4) | (1 << 5) | (1 << 7) | (1 << 12) | (1 << 17) | (1 << 20) | (1 << 21) | (1 << 22);
+
+/// An XCR0 the hardware holds after a #VMEXIT that is not
+/// [`SoftState::xcr0`]: the guest ran XSETBV without an exit (QEMU 7.2's TCG
+/// does not implement the XSETBV intercept, see the module docs of
+/// [`super`]), and the CPU has already checked the value as XSETBV does. It
+/// becomes the vCPU's XCR0 when it holds only components the policy allows
+/// ([`GuestLimits::xcr0_allowed`]); then `Ok(true)` (`Ok(false)`: nothing
+/// changed). `Err(value)` names a value with other components: the caller
+/// loads [`SoftState::xcr0`] back into the hardware and stops the VM (its
+/// state in those components would not be switched).
+pub fn native_xcr0(soft: &mut SoftState, limits: &GuestLimits, hardware: u64) -> Result<bool, u64> {
+    if hardware == soft.xcr0 {
+        return Ok(false);
+    }
+    if hardware & !limits.xcr0_allowed != 0 {
+        return Err(hardware);
+    }
+    soft.xcr0 = hardware;
+    Ok(true)
+}
+
 /// Per-vCPU state that lives in no VMCB field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SoftState {
@@ -127,13 +152,18 @@ impl GuestCpu for VmcbCpu<'_> {
             Reg::Cpl => return Err(StateError { reg }),
             other => {
                 let (field, group) = self.field(other).ok_or(StateError { reg })?;
-                *field = value;
+                let old = core::mem::replace(field, value);
                 self.vmcb.mark_dirty(group);
-                if matches!(reg, Reg::Cr0 | Reg::Cr3 | Reg::Cr4) {
-                    // VMRUN does not treat a new CR value in the VMCB as the
-                    // guest's MOV CR: its cached translations stay.
-                    self.soft.flush_tlb = true;
-                }
+                // VMRUN does not treat a new CR value in the VMCB as the
+                // guest's MOV CR: its cached translations stay. A CR4 write
+                // (intercepted: one per guest MOV CR4) flushes only when a
+                // bit that changes translation does, as MOV CR4 would.
+                let flush = match reg {
+                    Reg::Cr0 | Reg::Cr3 => true,
+                    Reg::Cr4 => (old ^ value) & CR4_TLB_BITS != 0,
+                    _ => false,
+                };
+                self.soft.flush_tlb |= flush;
             }
         }
         Ok(())
@@ -214,6 +244,49 @@ mod tests {
             "only the CRx group is dirty"
         );
         assert!(soft.flush_tlb);
+    }
+
+    #[test]
+    fn cr4_writes_flush_only_for_translation_bits() {
+        let setup = bochs();
+        let mut v = fixture(&setup);
+        let mut soft = SoftState {
+            flush_tlb: false,
+            ..SoftState::default()
+        };
+        let mut msrs = Msrs::default();
+        let mut cpu = VmcbCpu {
+            vmcb: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
+        // OSFXSR, OSXMMEXCPT, OSXSAVE, TSD: no flush.
+        cpu.write(Reg::Cr4, 0x20 | (1 << 9) | (1 << 10) | (1 << 18) | (1 << 2))
+            .unwrap();
+        assert!(!cpu.soft.flush_tlb);
+        assert_eq!(
+            cpu.read(Reg::Cr4),
+            Ok(0x20 | (1 << 9) | (1 << 10) | (1 << 18) | (1 << 2))
+        );
+        // PGE on (as Linux toggles it to flush global pages): flush.
+        cpu.write(Reg::Cr4, 0x20 | (1 << 7)).unwrap();
+        assert!(cpu.soft.flush_tlb);
+        assert!(!v.control.vmcb_clean.contains(CleanBits::CRX));
+    }
+
+    #[test]
+    fn xcr0_set_without_an_exit_is_adopted_within_policy() {
+        let setup = bochs();
+        let mut soft = SoftState::default();
+        assert_eq!(native_xcr0(&mut soft, &setup.limits, 1), Ok(false));
+        // The guest's native XSETBV of x87|SSE|AVX (QEMU's TCG).
+        assert_eq!(native_xcr0(&mut soft, &setup.limits, 7), Ok(true));
+        assert_eq!(soft.xcr0, 7);
+        assert_eq!(native_xcr0(&mut soft, &setup.limits, 3), Ok(true));
+        // PKRU (bit 9) is not offered to guests: refused, XCR0 kept.
+        assert_eq!(native_xcr0(&mut soft, &setup.limits, 0x203), Err(0x203));
+        assert_eq!(soft.xcr0, 3);
     }
 
     #[test]

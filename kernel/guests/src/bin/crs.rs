@@ -10,6 +10,12 @@
 //!   is accepted and reads back;
 //! - every VMX instruction but VMCALL raises #UD.
 //!
+//! The expectations hold for both vendors: on AMD CPUs CR4.VMXE (bit 13)
+//! is a reserved bit (MOV CR4 raises #GP) and the VMX instructions are
+//! undefined opcodes, so an AMD-V hypervisor must give the same results
+//! (it intercepts CR4 writes for that: QEMU's TCG would otherwise end the
+//! guest with VMEXIT_INVALID at the reserved-bit writes).
+//!
 //! Output when everything holds (one line per check, in this order):
 //!
 //! ```text

@@ -8,8 +8,12 @@
 //! Without a preemption timer, slices end by the host's LAPIC timer: its
 //! interrupt exits (INTR intercept) and the loop finds the slice over.
 
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use backend::svm::decode;
 use backend::svm::entry;
+use backend::svm::{check, insn, state};
 use backend::svm::setup::{self, GuestStart};
 use backend::svm::state::{SoftState, VmcbCpu};
 use backend::svm::SvmSetup;
@@ -24,6 +28,9 @@ use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::partition::Partition;
 use crate::vmm::platform::{KernelPlatform, PlatformFor};
 use crate::vmm::SliceEnd;
+
+/// Whether a guest's XSETBV was seen to run without an exit (logged once).
+static NATIVE_XSETBV_SEEN: AtomicBool = AtomicBool::new(false);
 
 /// Per-CPU AMD-V facts a vCPU needs.
 pub struct HostCpu {
@@ -230,6 +237,9 @@ impl Vcpu {
                 self.stop(reason, env);
                 return SliceEnd::Stopped;
             }
+            if let Some(end) = self.follow_native_xcr0(setup, env) {
+                return end;
+            }
             let exit = decoded.exit;
             if let Exit::ExternalInterrupt = exit {
                 // Take the host interrupt that caused the exit (GIF is 1
@@ -238,18 +248,7 @@ impl Vcpu {
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
             if let Exit::EntryFailed { .. } = exit {
-                let save = &vmcb.save;
-                log::error!(
-                    "vm {}: VMRUN refused the guest state (VMEXIT_INVALID): rip {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}/{:?}",
-                    self.vm.name(),
-                    save.rip,
-                    save.cr0,
-                    save.cr3,
-                    save.cr4,
-                    save.efer,
-                    save.cs.selector,
-                    save.cs.attrib
-                );
+                self.report_invalid(vmcb, setup);
             }
             let xcr0 = self.soft.xcr0;
             let action = {
@@ -272,6 +271,80 @@ impl Vcpu {
                 Action::Preempted => return SliceEnd::Preempted,
                 Action::Halt => return SliceEnd::Halted,
                 Action::Stop(_) => return SliceEnd::Stopped,
+            }
+        }
+    }
+
+    /// After a #VMEXIT: an XCR0 in the hardware that is not the vCPU's
+    /// means the guest's XSETBV ran without an exit (QEMU 7.2's TCG has no
+    /// XSETBV intercept; VMRUN does not switch XCR0). Within policy it
+    /// becomes the vCPU's XCR0, so the lazy switch saves and restores the
+    /// guest's registers with it; otherwise the VM stops (and the hardware
+    /// gets the vCPU's XCR0 back). `Some` when the slice ends here.
+    fn follow_native_xcr0(&mut self, setup: &SvmSetup, env: &mut KernelPlatform) -> Option<SliceEnd> {
+        let hardware = lazy::hardware_xcr0()?;
+        match state::native_xcr0(&mut self.soft, &setup.limits, hardware) {
+            Ok(false) => None,
+            Ok(true) => {
+                if !NATIVE_XSETBV_SEEN.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "AMD-V: vm {} set XCR0 to {hardware:#x} without an XSETBV exit (this CPU does not intercept XSETBV): guest XCR0 is read back after every exit",
+                        self.vm.name()
+                    );
+                }
+                None
+            }
+            Err(value) => {
+                lazy::set_xcr0(self.soft.xcr0);
+                log::error!(
+                    "vm {}: XCR0 {value:#x}, set without an XSETBV exit, has components beyond the allowed {:#x}",
+                    self.vm.name(),
+                    setup.limits.xcr0_allowed
+                );
+                let reason = StopReason::MissingFeature {
+                    what: "an XSETBV of XCR0 components the hypervisor does not offer",
+                    feature: "the XSETBV intercept",
+                    rip: self.regs.rip,
+                };
+                self.stop(reason, env);
+                Some(SliceEnd::Stopped)
+            }
+        }
+    }
+
+    /// Logs a VMEXIT_INVALID with what explains it: the first APM 15.5.1
+    /// check the VMCB fails, or, when it passes them all, the instruction
+    /// at RIP (QEMU's TCG reports some faulting guest instructions this
+    /// way, see `backend::svm::check`).
+    fn report_invalid(&self, vmcb: &Vmcb, setup: &SvmSetup) {
+        let save = &vmcb.save;
+        log::error!(
+            "vm {}: VMEXIT_INVALID at rip {:#x}: cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} cs {:#x}/{:?} dr6 {:#x} dr7 {:#x} asid {}",
+            self.vm.name(),
+            save.rip,
+            save.cr0,
+            save.cr3,
+            save.cr4,
+            save.efer,
+            save.cs.selector,
+            save.cs.attrib,
+            save.dr6,
+            save.dr7,
+            vmcb.control.guest_asid
+        );
+        match check::check_guest_state(vmcb, setup) {
+            Err(why) => log::error!("vm {}: VMRUN refused the VMCB: {why} (APM 15.5.1)", self.vm.name()),
+            Ok(()) => {
+                let (bytes, n) = insn::bytes_at_rip(vmcb, &self.partition);
+                let mut hex = alloc::string::String::new();
+                for b in &bytes[..n] {
+                    let _ = write!(hex, " {b:02x}");
+                }
+                log::error!(
+                    "vm {}: the VMCB passes the APM 15.5.1 checks known here: the CPU refused something else, or reported a guest instruction as VMEXIT_INVALID (QEMU's TCG does so for MOV CR3 with bits beyond the physical-address width); bytes at rip:{}",
+                    self.vm.name(),
+                    if n == 0 { " (not mapped)" } else { hex.as_str() }
+                );
             }
         }
     }
