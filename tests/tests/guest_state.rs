@@ -40,12 +40,12 @@ fn assert_no_failures(o: &Outcome, vm: &str) {
 
 /// The line `vm NAME: TEXT` is in the serial log.
 fn assert_guest(o: &Outcome, vm: &str, text: &str) {
-    assert_contains(o, &format!("vm {vm}: {text}"));
+    assert_guest_line(o, vm, text);
 }
 
 /// `vm NAME (id ID) stopped: shutdown, exit code CODE`.
 fn assert_shutdown(o: &Outcome, vm: &str, id: u32, code: u64) {
-    assert_contains(o, &format!("vm {vm} (id {id}) stopped: shutdown, exit code {code}"));
+    assert_kernel_line(o, &format!("vm {vm} (id {id}) stopped: shutdown, exit code {code}"));
 }
 
 const STATE_ONE_CPU: &str = r#"
@@ -154,7 +154,7 @@ fn state_stays_private_on_one_cpu(machine: Machine, tag: &str) {
     assert_no_failures(&o, "stihlt");
     assert_shutdown(&o, "stihlt", 4, 0);
 
-    assert_lacks(&o, "unexpected exception");
+    assert_no_kernel_line(&o, "unexpected exception");
     assert_success(&o);
 }
 

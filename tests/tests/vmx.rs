@@ -45,28 +45,28 @@ fn guest_basics(machine: Machine, tag: &str) {
     let config = config_file("guest_basics", GUEST_BASICS);
     let o = boot_on(&format!("guest_basics_{tag}"), &vms_scenario(&config), &machine);
     // UART output, prefixed with the VM's name; hypercalls.
-    assert_contains(&o, "vm hello: hello from a guest over the emulated 16550 (scratch 0x5a)");
-    assert_contains(&o, "vm hello: vm id 0 (status 0), hypercall interface version 1");
-    assert_contains(&o, "vm hello: hello through the console hypercall");
-    assert_contains(&o, "vm hello: unknown hypercall status -1");
-    assert_contains(&o, "vm hello (id 0) stopped: shutdown, exit code 0");
+    assert_guest_line(&o, "hello", "hello from a guest over the emulated 16550 (scratch 0x5a)");
+    assert_guest_line(&o, "hello", "vm id 0 (status 0), hypercall interface version 1");
+    assert_guest_line(&o, "hello", "hello through the console hypercall");
+    assert_guest_line(&o, "hello", "unknown hypercall status -1");
+    assert_kernel_line(&o, "vm hello (id 0) stopped: shutdown, exit code 0");
     // Exit counts when the VM stops.
-    assert_contains(&o, "stats for vm hello:");
+    assert_kernel_line(&o, "stats for vm hello:");
     let hello = summary_row(&o, "hello");
     if hello.exits < 50 {
         fail(&o, &format!("vm hello made only {} exits; its UART output alone needs more", hello.exits));
     }
     // CPUID: VMX hidden, hypervisor bit set, our signature and interface version.
-    assert_contains(&o, "vm cpuid: cpuid.1: vmx=0 hypervisor=1 apic_id=0");
-    assert_contains(&o, "signature=\"RustBareHv\"");
-    assert_contains(&o, "vm cpuid: cpuid.40000001: interface_version=1");
+    assert_guest_line(&o, "cpuid", "cpuid.1: vmx=0 hypervisor=1 apic_id=0");
+    assert_kernel_line(&o, "signature=\"RustBareHv\"");
+    assert_guest_line(&o, "cpuid", "cpuid.40000001: interface_version=1");
     // MSRs: an allowed one reads; an unknown one is a #GP the guest handles.
-    assert_contains(&o, "vm msr: rdmsr IA32_PAT = 0x7040600070406");
-    assert_contains(&o, "vm msr: guest #GP handler: error code 0x0");
-    assert_contains(&o, "vm msr: unknown MSR raised #GP in the guest: OK");
+    assert_guest_line(&o, "msr", "rdmsr IA32_PAT = 0x7040600070406");
+    assert_guest_line(&o, "msr", "guest #GP handler: error code 0x0");
+    assert_guest_line(&o, "msr", "unknown MSR raised #GP in the guest: OK");
     // Real mode under unrestricted guest.
-    assert_contains(&o, "vm realmode: hello from real mode (16-bit, unrestricted guest)");
-    assert_contains(&o, "vm realmode (id 3) stopped: shutdown, exit code 22");
+    assert_guest_line(&o, "realmode", "hello from real mode (16-bit, unrestricted guest)");
+    assert_kernel_line(&o, "vm realmode (id 3) stopped: shutdown, exit code 22");
     assert_success(&o);
 }
 
@@ -115,25 +115,28 @@ image = "hello"
 /// the rest start.
 fn faulting_vms_are_contained(machine: Machine, tag: &str) {
     let config = config_file("faulting_vms", FAULTS);
-    let o = boot_on(&format!("faulting_vms_{tag}"), &vms_scenario(&config), &machine);
+    let scenario = vms_scenario(&config);
+    let o = boot_on(&format!("faulting_vms_{tag}"), &scenario, &machine);
     // The kernel checks the configuration against the machine again: these
     // two pass the host's check (it knows neither CPUs nor memory) but not this.
-    assert_contains(&o, "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)");
-    assert_contains(&o, "vm \"huge\": memory:");
-    assert_contains(&o, "started 4 of 6 VM(s): escape, hvmem, triple, hello");
-    assert_contains(&o, "partition check: 4 VM(s), 16 MiB mapped, nested page tables disjoint, no hypervisor frame mapped");
-    assert_contains(&o, "vm escape (id 0) stopped: EPT/NPT violation at gpa 0x4000000 outside the VM's memory (access -w-");
+    assert_kernel_line(&o, "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)");
+    assert_kernel_line(&o, "vm \"huge\": memory:");
+    assert_kernel_line(&o, "started 4 of 6 VM(s): escape, hvmem, triple, hello");
+    assert_kernel_line(&o, "partition check: 4 VM(s), 16 MiB mapped, nested page tables disjoint, no hypervisor frame mapped");
+    assert_kernel_line(&o, "vm escape (id 0) stopped: EPT/NPT violation at gpa 0x4000000 outside the VM's memory (access -w-");
     // The hvmem guest aims at the kernel image's host-physical address.
-    assert_contains(&o, "kernel image at host-physical 0x1000000..");
-    assert_contains(&o, "vm hvmem (id 1) stopped: EPT/NPT violation at gpa 0x1000000 outside the VM's memory (access -w-");
-    assert_contains(&o, "vm triple (id 2) stopped: triple fault at rip 0x");
-    assert_lacks(&o, "ESCAPED");
+    assert_kernel_line(&o, "kernel image at host-physical 0x1000000..");
+    assert_kernel_line(&o, "vm hvmem (id 1) stopped: EPT/NPT violation at gpa 0x1000000 outside the VM's memory (access -w-");
+    assert_kernel_line(&o, "vm triple (id 2) stopped: triple fault at rip 0x");
+    assert_no_kernel_line(&o, "ESCAPED");
     // The healthy VM finishes after the others were stopped.
-    assert_contains(&o, "vm hello: goodbye");
-    assert_contains(&o, "vm hello (id 3) stopped: shutdown, exit code 0");
+    assert_guest_line(&o, "hello", "goodbye");
+    assert_kernel_line(&o, "vm hello (id 3) stopped: shutdown, exit code 0");
     // Each stopped VM's memory goes back to the pool at once.
-    assert_contains(&o, "vm escape: 4 MiB returned to the free pool");
+    assert_guest_line(&o, "escape", "4 MiB returned to the free pool");
     assert_success(&o);
+    // Refused VMs make `boot run` exit with 3.
+    assert_run_status(&o, &scenario, status::VMS_REFUSED);
 }
 
 const SCHEDULING: &str = r#"
@@ -241,14 +244,14 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
     scenario.options.stop_after_ms = Some(1500);
     let o = boot_on(&format!("scheduling_{tag}"), &scenario, &machine);
     // CPU 1 is APIC ID 1 in Bochs; the pinned VM sees it through CPUID.
-    assert_contains(&o, "vm pinned: cpuid.1: vmx=0 hypervisor=1 apic_id=1");
-    assert_contains(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
-    assert_contains(&o, "vm triple (id 6) stopped: triple fault");
-    assert_contains(&o, "vm hello (id 7) stopped: shutdown, exit code 0");
+    assert_guest_line(&o, "pinned", "cpuid.1: vmx=0 hypervisor=1 apic_id=1");
+    assert_kernel_line(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
+    assert_kernel_line(&o, "vm triple (id 6) stopped: triple fault");
+    assert_kernel_line(&o, "vm hello (id 7) stopped: shutdown, exit code 0");
     // HLT gives up the slice; the VM is resumed later and finishes.
-    assert_contains(&o, "vm halter: halting (2)");
-    assert_contains(&o, "vm halter: woke up after 3 HLTs");
-    assert_contains(&o, "vm halter (id 8) stopped: shutdown, exit code 0");
+    assert_guest_line(&o, "halter", "halting (2)");
+    assert_guest_line(&o, "halter", "woke up after 3 HLTs");
+    assert_kernel_line(&o, "vm halter (id 8) stopped: shutdown, exit code 0");
     // Fair shares on CPU 0.
     let counts: Vec<u64> = ["alpha", "beta", "gamma"].iter().map(|vm| last_count(&o, vm)).collect();
     let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
@@ -259,7 +262,7 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
         }
     }
     // The spinner was preempted at every slice end and stopped at the limit.
-    assert_contains(&o, "vm spinner (id 3) stopped: stopped by the hypervisor");
+    assert_kernel_line(&o, "vm spinner (id 3) stopped: stopped by the hypervisor");
     let spinner = summary_row(&o, "spinner");
     if spinner.slices < 5 {
         fail(&o, &format!("the spinning VM ran only {} slices: it was not preempted", spinner.slices));
@@ -271,7 +274,7 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
     if flood.slices < 5 || per_slice > 13_000 {
         fail(&o, &format!("the flooding VM ran {} slices of {per_slice} us on average (configured 10000)", flood.slices));
     }
-    assert_contains(&o, "vm flood: flood 00000001 ....");
+    assert_guest_line(&o, "flood", "flood 00000001 ....");
     assert_code(&o, KernelExit::Success);
 }
 

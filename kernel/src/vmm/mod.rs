@@ -530,7 +530,7 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
     use alloc::format;
     let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
     let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
-        .map_err(|e| format!("image \"{}\": {e}", image.name))?;
+        .map_err(|e| format!("image \"{}\": {e}", hvcore::text::Escaped(image.name)))?;
     let mut part =
         Partition::new(spec.memory_bytes, spec.host_base, backend.tables()).map_err(|e| format!("memory: {e}"))?;
     for seg in &plan.segments {
@@ -541,7 +541,7 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
             }
             None => {
                 part.release();
-                return Err(format!("image \"{}\": segment at {:#x} outside memory", image.name, seg.gpa));
+                return Err(format!("image \"{}\": segment at {:#x} outside memory", hvcore::text::Escaped(image.name), seg.gpa));
             }
         }
     }
