@@ -23,6 +23,8 @@ hv_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 HV_PKGS_TOOLCHAIN="rustc-web cargo-web rust-web-src rust-web-llvm lld-22 llvm-22 rust-web-clippy rustfmt-web"
 HV_PKGS_QEMU="qemu-system-x86 ovmf"
 HV_PKGS_BOCHS="bochs bochsbios vgabios bochs-sdl"
+# The Linux guest's test assets (tests/linux-assets.sh) are packed with cpio.
+HV_PKGS_LINUX_TEST="cpio"
 
 # hv_missing_pkgs PKG...: prints the packages of the list that dpkg lacks.
 hv_missing_pkgs() {

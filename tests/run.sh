@@ -8,6 +8,10 @@ hv_setup_toolchain
 hv_ensure_pkgs "QEMU and OVMF" $HV_PKGS_QEMU
 hv_ensure_pkgs "Bochs" $HV_PKGS_BOCHS
 cd "$HV_ROOT"
+# The Linux guest's kernel and initramfs (target/linux/), fetched once (root
+# and Debian's archive needed then; cpio is installed by the script).
+hv_step "Linux guest assets: tests/linux-assets.sh"
+tests/linux-assets.sh
 hv_step "formatting: cargo fmt --check"
 cargo fmt --all --check
 hv_step "lints: cargo clippy with warnings denied (host crates, then the bare-metal kernel and guests)"

@@ -14,24 +14,43 @@
 //! # entry = 0x7c00         entry point (default: the ELF entry, or load_addr)
 //! # load_addr = 0x7c00     where a flat (non-ELF) image is copied; required for those
 //! # mode = "long64"        or "real16" (flat images only)
+//! # on_reboot = "stop"     or "restart": what a guest's reset (triple fault) does
+//!
+//! [[vm]]                 # a kernel instead of an image
+//! name = "linux"
+//! memory = "256M"
+//! cpus = [1]
+//! kernel = "file:vmlinuz"          # a Linux bzImage or a Multiboot kernel
+//! initrd = "file:initramfs.cpio.gz" # Linux only
+//! cmdline = "console=ttyS0"        # Linux and Multiboot
+//! # on_reboot = "restart"            the default for kernels
 //! ```
+//!
+//! A VM gives exactly one of `image` and `kernel`. A kernel's format is found
+//! from its bytes ([`ImageKind::detect_kernel`]: a bzImage by "HdrS" at 0x202,
+//! else a Multiboot kernel by its header in the first 8 KiB, an ELF32 one
+//! included) and sets the VM's mode ([`GuestMode::Linux64`] or
+//! [`GuestMode::Protected32`]); `mode`, `entry` and `load_addr` are refused
+//! with it. An initrd is packed as raw bytes ([`ImageKind::Flat`]).
+//! `on_reboot` defaults to [`RebootPolicy::default_for`] the VM's mode.
 //!
 //! [`load`] reads the file (a regular file of at most [`MAX_CONFIG_BYTES`]),
 //! rejects unknown keys and syntax errors with their line and column, resolves
-//! each image (project guests through the caller's resolver, `file:` paths
-//! relative to the configuration file), reads the image files (once per
-//! distinct file; regular files only, no larger than the memory of the VMs
-//! that use them), and runs [`hvcore::config::validate`], the rules the kernel
-//! applies again, with the images parsed by the kernel's own loader and the
-//! machine limits the caller knows ([`MachineHint`]). Every problem is
-//! reported at once, each naming the VM and the field; a problem shared by many
-//! VMs is shown once with a count.
+//! each image, kernel and initrd (project guests through the caller's
+//! resolver, `file:` paths relative to the configuration file), reads the
+//! files (once per distinct file; regular files only, no larger than the
+//! memory of the VMs that use them), and runs [`hvcore::config::validate`],
+//! the rules the kernel applies again, with the images parsed by the kernel's
+//! own loader, kernels planned by its boot-protocol loaders, and the machine
+//! limits the caller knows ([`MachineHint`]). Every problem is reported at
+//! once, each naming the VM and the field; a problem shared by many VMs is
+//! shown once with a count.
 //!
 //! This file uses only `hvcore`, `serde`, `toml` and `std`.
 
 use hvcore::config::{
     self, ConfigError, GuestMode, HostRange, ImageInfo, ImageKind, MachineLimits, MemoryLimits,
-    Problem, Size, VmLabel, VmSpec, GIB, MEMORY_ALIGN, MIB, MIN_MEMORY,
+    Problem, RebootPolicy, Size, VmLabel, VmSpec, GIB, MEMORY_ALIGN, MIB, MIN_MEMORY,
 };
 use hvcore::package::{BootOptions, Command, Image, Package};
 use hvcore::text::{Escaped, EscapedLines};
@@ -50,7 +69,8 @@ pub const DEFAULT_SLICE_US: u32 = 10_000;
 pub const FILE_PREFIX: &str = "file:";
 /// The largest configuration file read (a few hundred VMs' worth of text).
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
-/// The largest image file read, whatever the VM's memory.
+/// The largest image, kernel or initrd file read, whatever the VM's memory
+/// (each is also limited to the memory of the VMs that use it).
 pub const MAX_IMAGE_BYTES: u64 = GIB;
 /// Memory of an emulated machine that VMs cannot have: firmware, the
 /// bootloader, the hypervisor's image, heap and page tables. An estimate; the
@@ -117,14 +137,17 @@ pub struct LoadedConfig {
     pub images: Vec<ImageFile>,
 }
 
-/// One image file to pack.
+/// One image file to pack: an image, a kernel or an initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageFile {
     /// The reference as first written in the configuration (`counter`, `file:x.bin`).
     pub name: String,
     /// Where it was read from.
     pub path: PathBuf,
-    /// ELF (by its magic) or flat.
+    /// What it is: for an image [`ImageKind::detect`], for a kernel
+    /// [`ImageKind::detect_kernel`] (else what `detect` says, which the
+    /// kernel checks refuse), [`ImageKind::Flat`] for an initrd. A file used
+    /// in two ways is packed once per kind.
     pub kind: ImageKind,
     /// The file's contents.
     pub data: Vec<u8>,
@@ -271,19 +294,32 @@ pub enum FileProblem {
     ImageUnknown {
         /// How the VM is shown.
         vm: String,
+        /// The key: `image`, `kernel` or `initrd`.
+        field: &'static str,
         /// The reference as written.
         image: String,
         /// The resolver's explanation.
         reason: String,
     },
-    /// The image file could not be read.
+    /// The image, kernel or initrd file could not be read.
     ImageUnreadable {
         /// How the VM is shown.
         vm: String,
+        /// The key: `image`, `kernel` or `initrd`.
+        field: &'static str,
         /// The file.
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// Keys that do not go together, or a key missing (`image` or `kernel`).
+    Keys {
+        /// How the VM is shown.
+        vm: String,
+        /// The key the problem is charged to.
+        field: &'static str,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The images would make a boot package the machine cannot hold.
     PackageTooLarge {
@@ -304,7 +340,8 @@ impl FileProblem {
         match self {
             FileProblem::SliceTwice { vm }
             | FileProblem::ImageUnknown { vm, .. }
-            | FileProblem::ImageUnreadable { vm, .. } => Some(vm.clone()),
+            | FileProblem::ImageUnreadable { vm, .. }
+            | FileProblem::Keys { vm, .. } => Some(vm.clone()),
             FileProblem::Config(ConfigError::Vm(e)) => Some(e.label().to_string()),
             FileProblem::Config(ConfigError::NoVms) | FileProblem::PackageTooLarge { .. } => None,
         }
@@ -317,12 +354,23 @@ impl FileProblem {
             FileProblem::SliceTwice { .. } => {
                 "slice: give slice_ms or slice_us, not both".to_string()
             }
-            FileProblem::ImageUnknown { image, reason, .. } => {
-                format!("image: {:?}: {reason}", image)
+            FileProblem::ImageUnknown {
+                field,
+                image,
+                reason,
+                ..
+            } => {
+                format!("{field}: {:?}: {reason}", image)
             }
-            FileProblem::ImageUnreadable { path, reason, .. } => {
-                format!("image: cannot read {}: {reason}", shown(path))
+            FileProblem::ImageUnreadable {
+                field,
+                path,
+                reason,
+                ..
+            } => {
+                format!("{field}: cannot read {}: {reason}", shown(path))
             }
+            FileProblem::Keys { field, reason, .. } => format!("{field}: {reason}"),
             FileProblem::PackageTooLarge {
                 package,
                 machine,
@@ -395,63 +443,100 @@ pub fn parse(
         .map(|(index, vm)| vm_label(index, &vm.name))
         .collect();
 
-    // Resolve every image reference, then read each distinct file once, with a
-    // size limit from the largest VM that uses it.
+    // What each VM boots: `image` or `kernel` (exactly one), and an initrd.
+    let mains: Vec<Option<(Role, &str)>> = file
+        .vm
+        .iter()
+        .enumerate()
+        .map(|(index, vm)| {
+            let keys = |field, reason| {
+                (
+                    Some(index),
+                    FileProblem::Keys {
+                        vm: labels[index].clone(),
+                        field,
+                        reason,
+                    },
+                )
+            };
+            match (&vm.image, &vm.kernel) {
+                (Some(image), None) => Some((Role::Image, image.as_str())),
+                (None, Some(kernel)) => {
+                    if vm.mode.is_some() {
+                        problems.push(keys("mode", MODE_WITH_KERNEL));
+                    }
+                    Some((Role::Kernel, kernel.as_str()))
+                }
+                (Some(_), Some(_)) => {
+                    problems.push(keys("kernel", "give image or kernel, not both"));
+                    None
+                }
+                (None, None) => {
+                    problems.push(keys("image", NO_IMAGE));
+                    None
+                }
+            }
+        })
+        .collect();
+
+    // Resolve every reference, then read each distinct file once, with a size
+    // limit from the largest VM that uses it.
     struct Distinct {
         key: PathBuf,
         path: PathBuf,
-        name: String,
         limit: u64,
-        /// Why it was not read: its size when too large, else the error.
-        failure: Option<Result<u64, String>>,
+        /// The bytes, or why they were not read: the size when too large,
+        /// else the error.
+        data: Result<Vec<u8>, Result<u64, String>>,
     }
     let mut distinct: Vec<Distinct> = Vec::new();
-    let mut uses: Vec<Result<usize, String>> = Vec::with_capacity(file.vm.len());
-    for vm in &file.vm {
-        uses.push(
-            resolve_image(&vm.image, base_dir, resolve).map(|image_path| {
-                let key = fs::canonicalize(&image_path).unwrap_or_else(|_| image_path.clone());
-                let limit = vm.memory.0.clamp(MIN_MEMORY, MAX_IMAGE_BYTES);
-                match distinct.iter().position(|d| d.key == key) {
-                    Some(i) => {
-                        distinct[i].limit = distinct[i].limit.max(limit);
-                        i
-                    }
-                    None => {
-                        distinct.push(Distinct {
-                            key,
-                            path: image_path,
-                            name: vm.image.clone(),
-                            limit,
-                            failure: None,
-                        });
-                        distinct.len() - 1
-                    }
+    let mut use_file = |reference: &str, memory: u64| {
+        resolve_image(reference, base_dir, resolve).map(|path| {
+            let key = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            let limit = memory.clamp(MIN_MEMORY, MAX_IMAGE_BYTES);
+            match distinct.iter().position(|d| d.key == key) {
+                Some(i) => {
+                    distinct[i].limit = distinct[i].limit.max(limit);
+                    i
                 }
-            }),
-        );
-    }
-    let mut images: Vec<ImageFile> = Vec::new();
-    let mut image_index: Vec<Option<usize>> = vec![None; distinct.len()];
-    for (i, d) in distinct.iter_mut().enumerate() {
-        match files::read_bounded(&d.path, d.limit) {
-            Ok(data) => {
-                image_index[i] = Some(images.len());
-                images.push(ImageFile {
-                    name: d.name.clone(),
-                    path: d.path.clone(),
-                    kind: ImageKind::detect(&data),
-                    data,
-                });
+                None => {
+                    distinct.push(Distinct {
+                        key,
+                        path,
+                        limit,
+                        data: Err(Err("not read".to_string())),
+                    });
+                    distinct.len() - 1
+                }
             }
-            Err(ReadError::TooLarge { len, .. }) => d.failure = Some(Ok(len)),
-            Err(e) => d.failure = Some(Err(e.to_string())),
-        }
+        })
+    };
+    // Per VM: the main file (image or kernel) and the initrd file, each as a
+    // distinct-file index or the resolver's refusal.
+    let mut uses: Vec<[Option<Result<usize, String>>; 2]> = Vec::with_capacity(file.vm.len());
+    for (vm, main) in file.vm.iter().zip(&mains) {
+        let memory = vm.memory.0;
+        uses.push([
+            main.map(|(_, reference)| use_file(reference, memory)),
+            vm.initrd
+                .as_deref()
+                .map(|reference| use_file(reference, memory)),
+        ]);
+    }
+    for d in &mut distinct {
+        d.data = files::read_bounded(&d.path, d.limit).map_err(|e| match e {
+            ReadError::TooLarge { len, .. } => Ok(len),
+            e => Err(e.to_string()),
+        });
     }
 
-    let mut unresolved = vec![false; file.vm.len()];
+    // The image table: one entry per distinct file and kind, in the order of
+    // first use.
+    let mut images: Vec<ImageFile> = Vec::new();
+    let mut entries: HashMap<(usize, ImageKind), usize> = HashMap::new();
+    let mut unresolved = vec![[false; 2]; file.vm.len()];
     let mut vms = Vec::with_capacity(file.vm.len());
-    for (index, vm) in file.vm.into_iter().enumerate() {
+    for (index, vm) in file.vm.iter().enumerate() {
         let label = &labels[index];
         let slice_us = match (vm.slice_ms, vm.slice_us) {
             (Some(_), Some(_)) => {
@@ -462,59 +547,100 @@ pub fn parse(
             (None, Some(us)) => us,
             (None, None) => DEFAULT_SLICE_US,
         };
-        let image = match &uses[index] {
-            Err(reason) => Err(FileProblem::ImageUnknown {
-                vm: label.clone(),
-                image: vm.image.clone(),
-                reason: reason.clone(),
-            }),
-            Ok(d) => match image_index[*d] {
-                Some(i) => Ok(i),
-                None => Err(FileProblem::ImageUnreadable {
-                    vm: label.clone(),
-                    path: distinct[*d].path.clone(),
-                    reason: match &distinct[*d].failure {
-                        Some(Ok(len)) if *len > vm.memory.0 => format!(
-                            "it holds {}, more than the VM's {} of memory",
-                            Size(*len),
-                            Size(vm.memory.0)
-                        ),
-                        Some(Ok(len)) => format!(
-                            "it holds {}, more than the limit of {} per image",
-                            Size(*len),
-                            Size(MAX_IMAGE_BYTES)
-                        ),
-                        Some(Err(reason)) => reason.clone(),
-                        None => "not read".to_string(),
-                    },
-                }),
-            },
-        };
-        let image = match image.map(u32::try_from) {
-            Ok(Ok(i)) => i,
-            Ok(Err(_)) => u32::MAX,
-            Err(problem) => {
-                problems.push((Some(index), problem));
-                unresolved[index] = true;
-                u32::MAX
+        // Neither or both of image and kernel: a kernel when kernel keys say so.
+        let role = match mains[index] {
+            Some((role, _)) => role,
+            None if vm.kernel.is_some() || vm.initrd.is_some() || vm.cmdline.is_some() => {
+                Role::Kernel
             }
+            None => Role::Image,
         };
-        vms.push(VmSpec {
-            name: vm.name,
-            memory_bytes: vm.memory.0,
-            host_base: vm.host_base.map(|b| b.0),
-            cpus: vm.cpus,
-            image,
-            slice_us,
-            entry: vm.entry,
-            load_addr: vm.load_addr,
-            mode: match vm.mode {
+        let mut table_index =
+            |slot: usize, role: Role, reference: &str| -> Option<(u32, ImageKind)> {
+                let field = role.field();
+                let problem = match uses[index][slot].as_ref()? {
+                    Err(reason) => FileProblem::ImageUnknown {
+                        vm: label.clone(),
+                        field,
+                        image: reference.to_string(),
+                        reason: reason.clone(),
+                    },
+                    Ok(d) => match &distinct[*d].data {
+                        Ok(data) => {
+                            let kind = role.kind(data);
+                            let i = *entries.entry((*d, kind)).or_insert_with(|| {
+                                images.push(ImageFile {
+                                    name: reference.to_string(),
+                                    path: distinct[*d].path.clone(),
+                                    kind,
+                                    data: data.clone(),
+                                });
+                                images.len() - 1
+                            });
+                            return Some((u32::try_from(i).unwrap_or(u32::MAX), kind));
+                        }
+                        Err(failure) => FileProblem::ImageUnreadable {
+                            vm: label.clone(),
+                            field,
+                            path: distinct[*d].path.clone(),
+                            reason: match failure {
+                                Ok(len) if *len > vm.memory.0 => format!(
+                                    "it holds {}, more than the VM's {} of memory",
+                                    Size(*len),
+                                    Size(vm.memory.0)
+                                ),
+                                Ok(len) => format!(
+                                    "it holds {}, more than the limit of {} per file",
+                                    Size(*len),
+                                    Size(MAX_IMAGE_BYTES)
+                                ),
+                                Err(reason) => reason.clone(),
+                            },
+                        },
+                    },
+                };
+                problems.push((Some(index), problem));
+                None
+            };
+        let main = match mains[index] {
+            Some((role, reference)) => table_index(0, role, reference),
+            None => None,
+        };
+        let initrd = match vm.initrd.as_deref() {
+            Some(reference) => {
+                let found = table_index(1, Role::Initrd, reference);
+                unresolved[index][1] = found.is_none();
+                Some(found.map_or(u32::MAX, |(i, _)| i))
+            }
+            None => None,
+        };
+        unresolved[index][0] = main.is_none();
+        let mode = match role {
+            Role::Kernel => main
+                .and_then(|(_, kind)| kind.kernel_mode())
+                .unwrap_or(GuestMode::Linux64),
+            _ => match vm.mode.unwrap_or_default() {
                 ModeToml::Long64 => GuestMode::Long64,
                 ModeToml::Real16 => GuestMode::Real16,
             },
-            initrd: None,
-            cmdline: String::new(),
-            on_reboot: hvcore::config::RebootPolicy::Stop,
+        };
+        vms.push(VmSpec {
+            name: vm.name.clone(),
+            memory_bytes: vm.memory.0,
+            host_base: vm.host_base.map(|b| b.0),
+            cpus: vm.cpus.clone(),
+            image: main.map_or(u32::MAX, |(i, _)| i),
+            slice_us,
+            entry: vm.entry,
+            load_addr: vm.load_addr,
+            mode,
+            initrd,
+            cmdline: vm.cmdline.clone().unwrap_or_default(),
+            on_reboot: match vm.on_reboot {
+                Some(RebootToml::Stop) => RebootPolicy::Stop,
+                Some(RebootToml::Restart) => RebootPolicy::Restart,
+                None => RebootPolicy::default_for(mode),
+            },
         });
     }
 
@@ -534,7 +660,13 @@ pub fn parse(
                 ConfigError::NoVms => None,
                 ConfigError::Vm(e) => {
                     // Already reported as unresolved, with the reason.
-                    if unresolved[e.index] && matches!(e.problem, Problem::ImageMissing { .. }) {
+                    let [main, initrd] = unresolved[e.index];
+                    let missing = match e.problem {
+                        Problem::ImageMissing { .. } | Problem::KernelMissing { .. } => main,
+                        Problem::InitrdMissing { .. } => initrd,
+                        _ => false,
+                    };
+                    if missing {
                         continue;
                     }
                     Some(e.index)
@@ -608,6 +740,46 @@ fn vm_label(index: usize, name: &str) -> String {
     VmLabel { index, name }.to_string()
 }
 
+/// Why `mode` is refused with `kernel`.
+const MODE_WITH_KERNEL: &str = "a kernel's mode follows from its format (linux for a bzImage, \
+     protected32 for a Multiboot kernel); remove mode";
+/// Why a VM without `image` and `kernel` is refused.
+const NO_IMAGE: &str = "missing: give image (a guest of this project or a file) or kernel \
+     (a Linux bzImage or a Multiboot kernel)";
+
+/// What a file reference of a VM is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `image =`: ELF or flat.
+    Image,
+    /// `kernel =`: a bzImage or a Multiboot kernel.
+    Kernel,
+    /// `initrd =`: raw bytes.
+    Initrd,
+}
+
+impl Role {
+    /// The configuration key.
+    fn field(self) -> &'static str {
+        match self {
+            Role::Image => "image",
+            Role::Kernel => "kernel",
+            Role::Initrd => "initrd",
+        }
+    }
+
+    /// The kind a file used this way is packed as.
+    fn kind(self, data: &[u8]) -> ImageKind {
+        match self {
+            Role::Image => ImageKind::detect(data),
+            Role::Kernel => {
+                ImageKind::detect_kernel(data).unwrap_or_else(|| ImageKind::detect(data))
+            }
+            Role::Initrd => ImageKind::Flat,
+        }
+    }
+}
+
 fn resolve_image(image: &str, base_dir: &Path, resolve: Resolver<'_>) -> Result<PathBuf, String> {
     match image.strip_prefix(FILE_PREFIX) {
         Some("") => Err("file: needs a path".to_string()),
@@ -631,7 +803,16 @@ struct VmToml {
     #[serde(default)]
     host_base: Option<ByteSize>,
     cpus: Vec<u32>,
-    image: String,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    kernel: Option<String>,
+    #[serde(default)]
+    initrd: Option<String>,
+    #[serde(default)]
+    cmdline: Option<String>,
+    #[serde(default)]
+    on_reboot: Option<RebootToml>,
     #[serde(default)]
     slice_ms: Option<u32>,
     #[serde(default)]
@@ -641,15 +822,23 @@ struct VmToml {
     #[serde(default)]
     load_addr: Option<u64>,
     #[serde(default)]
-    mode: ModeToml,
+    mode: Option<ModeToml>,
 }
 
+/// The modes a configuration may name; kernel modes follow from the kernel.
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum ModeToml {
     #[default]
     Long64,
     Real16,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RebootToml {
+    Stop,
+    Restart,
 }
 
 /// A byte count written as an integer or as a string with a binary suffix.
@@ -1323,6 +1512,439 @@ mod tests {
         assert!(s.parse_on(&text, &roomy).is_ok());
     }
 
+    /// Writes the kernel fixtures into the scratch folder: `vmlinuz` (a
+    /// bzImage like Debian's cloud kernel: init_size 51.5 MiB from 16 MiB,
+    /// cmdline_size 2047), `old-vmlinuz` (boot protocol 2.04), `mboot` (a
+    /// Multiboot kernel with the a.out kludge at 1 MiB), `mboot32.elf` (an
+    /// ELF32 Multiboot kernel) and `initrd.gz` (64 KiB).
+    fn kernel_files(s: &Scratch) {
+        let bz = hvcore::image::minimal_bzimage(0x1000, 0x338_0000);
+        fs::write(s.dir.join("vmlinuz"), &bz).unwrap();
+        let mut old = bz;
+        old[0x206..0x208].copy_from_slice(&0x0204u16.to_le_bytes());
+        fs::write(s.dir.join("old-vmlinuz"), old).unwrap();
+        fs::write(
+            s.dir.join("mboot"),
+            hvcore::image::minimal_multiboot(0x10_0000, 0x1000),
+        )
+        .unwrap();
+        fs::write(s.dir.join("mboot32.elf"), elf32_multiboot()).unwrap();
+        fs::write(s.dir.join("initrd.gz"), vec![0x1fu8; 64 * 1024]).unwrap();
+    }
+
+    /// An ELF32 i386 executable with one PT_LOAD segment at 1 MiB holding a
+    /// Multiboot header (memory information required), entry at 1 MiB.
+    fn elf32_multiboot() -> Vec<u8> {
+        let mut b = vec![0u8; 0x2000];
+        b[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(16, &2u16.to_le_bytes()); // ET_EXEC
+        put(18, &3u16.to_le_bytes()); // EM_386
+        put(20, &1u32.to_le_bytes());
+        put(24, &0x10_0000u32.to_le_bytes()); // e_entry
+        put(28, &52u32.to_le_bytes()); // e_phoff
+        put(42, &32u16.to_le_bytes()); // e_phentsize
+        put(44, &1u16.to_le_bytes()); // e_phnum
+        for (i, v) in [1u32, 0x1000, 0x10_0000, 0x10_0000, 0x1000, 0x1000]
+            .iter()
+            .enumerate()
+        {
+            put(52 + 4 * i, &v.to_le_bytes());
+        }
+        let magic = 0x1BAD_B002u32;
+        put(0x1000, &magic.to_le_bytes());
+        put(0x1004, &2u32.to_le_bytes());
+        put(
+            0x1008,
+            &0u32.wrapping_sub(magic).wrapping_sub(2).to_le_bytes(),
+        );
+        b
+    }
+
+    /// A Linux VM booting the scratch `vmlinuz` with `extra` lines.
+    fn linux(name: &str, extra: &str) -> String {
+        format!(
+            "[[vm]]\nname = \"{name}\"\nmemory = \"256M\"\ncpus = [1]\nkernel = \"file:vmlinuz\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn kernels_initrds_and_command_lines_are_read() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        let text = linux(
+            "linux",
+            "initrd = \"file:initrd.gz\"\ncmdline = \"console=ttyS0 acpi=off pci=off reboot=t\"",
+        ) + &linux("mb", "cmdline = \"debug\"\non_reboot = \"stop\"")
+            .replace("file:vmlinuz", "file:mboot")
+            + &linux("elf32", "").replace("file:vmlinuz", "file:mboot32.elf")
+            + &vm("plain", "")
+            + &vm("restarts", "on_reboot = \"restart\"");
+        let loaded = s.parse(&text, Some(2)).unwrap();
+        let kinds: Vec<(&str, ImageKind)> = loaded
+            .images
+            .iter()
+            .map(|i| (i.name.as_str(), i.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("file:vmlinuz", ImageKind::BzImage),
+                ("file:initrd.gz", ImageKind::Flat),
+                ("file:mboot", ImageKind::Multiboot),
+                ("file:mboot32.elf", ImageKind::Multiboot),
+                ("counter", ImageKind::Elf),
+            ]
+        );
+        let v = &loaded.vms;
+        assert_eq!(
+            (v[0].mode, v[0].image, v[0].initrd, v[0].on_reboot),
+            (GuestMode::Linux64, 0, Some(1), RebootPolicy::Restart)
+        );
+        assert_eq!(v[0].cmdline, "console=ttyS0 acpi=off pci=off reboot=t");
+        assert_eq!(
+            (v[1].mode, v[1].image, v[1].initrd, v[1].on_reboot),
+            (GuestMode::Protected32, 2, None, RebootPolicy::Stop)
+        );
+        assert_eq!(v[1].cmdline, "debug");
+        assert_eq!((v[2].mode, v[2].image), (GuestMode::Protected32, 3));
+        assert_eq!(
+            v[2].on_reboot,
+            RebootPolicy::Restart,
+            "the default for kernels"
+        );
+        assert_eq!(
+            (
+                v[3].mode,
+                v[3].on_reboot,
+                v[3].cmdline.as_str(),
+                v[3].initrd
+            ),
+            (GuestMode::Long64, RebootPolicy::Stop, "", None),
+            "the defaults for images"
+        );
+        assert_eq!(v[4].on_reboot, RebootPolicy::Restart);
+        // The package carries all of it.
+        let package = loaded.package(Command::RunVms, BootOptions::default());
+        let bytes = hvcore::package::encode(&package).unwrap();
+        assert_eq!(hvcore::package::decode(&bytes), Ok(package));
+    }
+
+    #[test]
+    fn a_file_used_as_kernel_and_as_image_is_packed_once_per_kind() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        // An ELF32 Multiboot kernel as an image is an ELF image (refused by
+        // the ELF64 loader); as a kernel a Multiboot kernel. The initrd is
+        // shared and raw whatever its bytes.
+        let text = linux("k", "initrd = \"file:vmlinuz\"")
+            + &linux("k2", "initrd = \"file:./vmlinuz\"")
+            + &vm_with("e", "image", "image = \"file:mboot32.elf\"");
+        let problems = s.problems(&text, None);
+        assert_eq!(
+            problems,
+            ["vm \"e\": image: \"file:mboot32.elf\": a 32-bit ELF (ELFCLASS32); guests must be ELF64"]
+        );
+        let text = linux("k", "initrd = \"file:vmlinuz\"")
+            + &linux("k2", "initrd = \"file:./vmlinuz\"")
+            + &linux("m", "").replace("file:vmlinuz", "file:mboot32.elf");
+        let loaded = s.parse(&text, None).unwrap();
+        let kinds: Vec<ImageKind> = loaded.images.iter().map(|i| i.kind).collect();
+        assert_eq!(
+            kinds,
+            [ImageKind::BzImage, ImageKind::Flat, ImageKind::Multiboot]
+        );
+        assert_eq!(loaded.images[0].data, loaded.images[1].data);
+        assert_eq!(loaded.vms[1].initrd, Some(1), "the same file, packed once");
+    }
+
+    #[test]
+    fn image_or_kernel_exactly_once() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        assert_eq!(
+            s.problems(&vm("a", "kernel = \"file:vmlinuz\""), None),
+            ["vm \"a\": kernel: give image or kernel, not both"]
+        );
+        assert_eq!(
+            s.problems(&vm("a", "").replace("image = \"counter\"\n", ""), None),
+            [
+                "vm \"a\": image: missing: give image (a guest of this project or a file) or \
+              kernel (a Linux bzImage or a Multiboot kernel)"
+            ]
+        );
+        // Kernel keys alone mean a kernel was meant: no complaint about them.
+        let text = linux("a", "initrd = \"file:initrd.gz\"\ncmdline = \"quiet\"")
+            .replace("kernel = \"file:vmlinuz\"\n", "");
+        assert_eq!(
+            s.problems(&text, None),
+            [
+                "vm \"a\": image: missing: give image (a guest of this project or a file) or \
+              kernel (a Linux bzImage or a Multiboot kernel)"
+            ]
+        );
+    }
+
+    #[test]
+    fn image_keys_are_refused_with_a_kernel() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        let text = linux(
+            "l",
+            "mode = \"long64\"\nentry = 0x1000200\nload_addr = 0x1000000",
+        );
+        assert_eq!(
+            s.problems(&text, None),
+            [
+                "vm \"l\": mode: a kernel's mode follows from its format (linux for a bzImage, \
+                 protected32 for a Multiboot kernel); remove mode",
+                "vm \"l\": entry: a kernel starts where its boot protocol says (remove entry)",
+                "vm \"l\": load_addr: a kernel loads where its boot protocol says (remove load_addr)",
+            ]
+        );
+        // The kernel modes cannot be written at all.
+        let message = s.syntax(&linux("l", "mode = \"linux\""));
+        assert!(message.contains("unknown variant `linux`"), "{message}");
+        let message = s.syntax(&vm("a", "mode = \"protected32\""));
+        assert!(
+            message.contains("unknown variant `protected32`"),
+            "{message}"
+        );
+        let message = s.syntax(&vm("a", "on_reboot = \"reset\""));
+        assert!(
+            message.contains("unknown variant `reset`, expected `stop` or `restart`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn kernel_keys_are_refused_with_an_image() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        let text = vm("a", "initrd = \"file:initrd.gz\"\ncmdline = \"quiet\"")
+            + &linux("m", "initrd = \"file:initrd.gz\"").replace("file:vmlinuz", "file:mboot");
+        assert_eq!(
+            s.problems(&text, None),
+            [
+                "vm \"a\": initrd: only a Linux kernel (`kernel = ...`) takes an initrd, not an image",
+                "vm \"a\": cmdline: only a kernel (`kernel = ...`) takes a command line, not an image",
+                "vm \"m\": initrd: a Multiboot kernel takes no initrd (only a Linux bzImage does)",
+            ]
+        );
+        // A kernel named as an image gets a hint.
+        assert_eq!(
+            s.problems(&vm_with("v", "image", "image = \"file:vmlinuz\""), None),
+            ["vm \"v\": image: \"file:vmlinuz\" is a Linux bzImage: boot it with `kernel = ...` \
+              instead of `image = ...`"]
+        );
+        assert_eq!(
+            s.problems(&vm_with("v", "image", "image = \"file:mboot\""), None),
+            ["vm \"v\": image: \"file:mboot\" is a Multiboot kernel: boot it with `kernel = ...` \
+              instead of `image = ...`"]
+        );
+    }
+
+    #[test]
+    fn command_lines_are_checked() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        let with = |cmdline: &str| s.problems(&linux("l", &format!("cmdline = {cmdline}")), None);
+        assert_eq!(
+            with("\"console=ttyS0\\tquiet\""),
+            [
+                "vm \"l\": cmdline: character '\\t' at byte 13 is not allowed (no control \
+              characters; separate options with spaces)"
+            ]
+        );
+        assert_eq!(
+            with("\"a\\u0000b\""),
+            [
+                "vm \"l\": cmdline: character '\\0' at byte 1 is not allowed (no control \
+              characters; separate options with spaces)"
+            ]
+        );
+        assert_eq!(
+            with(&format!("\"{}\"", "a".repeat(4096))),
+            ["vm \"l\": cmdline: 4096 bytes is longer than the limit of 4095"]
+        );
+        assert_eq!(
+            with(&format!("\"{}\"", "a".repeat(2048))),
+            ["vm \"l\": cmdline: the command line has 2048 bytes, the kernel accepts at most 2047"]
+        );
+        assert!(s
+            .parse(
+                &linux("l", &format!("cmdline = \"{}\"", "a".repeat(2047))),
+                None
+            )
+            .is_ok());
+        // Shown escaped, never raw.
+        let err = s
+            .parse(&linux("l", "cmdline = \"\\u001b[2J\""), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\x1b'), "{err:?}");
+    }
+
+    #[test]
+    fn kernels_are_checked_by_their_loaders_on_the_host() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        fs::write(s.dir.join("big-initrd"), vec![1u8; 16 * MIB as usize]).unwrap();
+        let text = linux("elf", "").replace("file:vmlinuz", "file:counter.elf")
+            + &linux("flat", "").replace("file:vmlinuz", "file:boot.bin")
+            + &linux("old", "").replace("file:vmlinuz", "file:old-vmlinuz")
+            + &linux("small", "").replace("256M", "64M")
+            + &linux("tight", "initrd = \"file:big-initrd\"").replace("256M", "68M");
+        assert_eq!(
+            s.problems(&text, None),
+            [
+                "vm \"elf\": kernel: \"file:counter.elf\" is neither a Linux bzImage (\"HdrS\" at \
+                 0x202) nor a Multiboot kernel (a Multiboot header in the first 8 KiB)",
+                "vm \"flat\": kernel: \"file:boot.bin\" is neither a Linux bzImage (\"HdrS\" at \
+                 0x202) nor a Multiboot kernel (a Multiboot header in the first 8 KiB)",
+                "vm \"old\": kernel: \"file:old-vmlinuz\": boot protocol 2.04 is too old (2.06 or \
+                 later needed)",
+                "vm \"small\": kernel: \"file:vmlinuz\": the kernel needs 0x1000000..0x4380000 (52 \
+                 MiB from its load address, init_size included) but the VM has 64 MiB of memory",
+                "vm \"tight\": initrd: \"file:big-initrd\": the initrd (16777216 bytes) does not fit \
+                 below 0x4400000 outside the kernel at 0x1000000..0x4380000",
+            ]
+        );
+    }
+
+    #[test]
+    fn kernel_and_initrd_files_are_named_by_their_key() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        let text = linux("a", "initrd = \"file:nope.gz\"").replace("file:vmlinuz", "file:gone")
+            + &linux("b", "initrd = \"no-such-guest\"").replace("file:vmlinuz", "ghost2")
+            + &linux("c", "initrd = \"file:/dev/zero\"");
+        let problems = s.problems(&text, None);
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "vm \"a\": kernel: cannot read {}: no such file",
+                    s.dir.join("gone").display()
+                ),
+                format!(
+                    "vm \"a\": initrd: cannot read {}: no such file",
+                    s.dir.join("nope.gz").display()
+                ),
+                "vm \"b\": kernel: \"ghost2\": no such guest (known: counter, ghost)".to_string(),
+                "vm \"b\": initrd: \"no-such-guest\": no such guest (known: counter, ghost)"
+                    .to_string(),
+                "vm \"c\": initrd: cannot read /dev/zero: a character device, not a regular file"
+                    .to_string(),
+            ]
+        );
+    }
+
+    /// Kernels and initrds of real sizes are read; each file may hold as much
+    /// as the memory of the largest VM using it.
+    #[test]
+    fn large_kernels_and_initrds_are_read_up_to_the_vms_memory() {
+        let s = Scratch::new();
+        kernel_files(&s);
+        // A 64 MiB bzImage (init_size below its size: the image is what it needs).
+        let mut big = hvcore::image::minimal_bzimage(64 * MIB as usize - 28 * 512, 0x100_0000);
+        big.truncate(64 * MIB as usize);
+        fs::write(s.dir.join("big-vmlinuz"), &big).unwrap();
+        fs::write(s.dir.join("initrd-100m"), vec![7u8; 100 * MIB as usize]).unwrap();
+        let text = linux("big", "initrd = \"file:initrd-100m\"")
+            .replace("file:vmlinuz", "file:big-vmlinuz");
+        let loaded = s.parse(&text, None).unwrap();
+        assert_eq!(loaded.images[0].data.len(), 64 * MIB as usize);
+        assert_eq!(loaded.images[1].data.len(), 100 * MIB as usize);
+        // More than the VM's memory is refused before reading.
+        let text = linux("small", "initrd = \"file:initrd-100m\"").replace("256M", "96M");
+        assert_eq!(
+            s.problems(&text, None),
+            [format!(
+                "vm \"small\": initrd: cannot read {}: it holds 100 MiB, more than the VM's 96 MiB \
+                 of memory",
+                s.dir.join("initrd-100m").display()
+            )]
+        );
+        // With a machine: the package's size counts against its memory.
+        let machine = MachineHint {
+            cpus: Some((2, "--smp")),
+            memory_mib: Some((512, "--mem")),
+        };
+        let text = linux("big", "initrd = \"file:initrd-100m\"")
+            .replace("file:vmlinuz", "file:big-vmlinuz");
+        assert!(s.parse_on(&text, &machine).is_ok());
+        let tight = MachineHint {
+            memory_mib: Some((200, "--mem")),
+            ..machine
+        };
+        let err = s.parse_on(&text, &tight).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "the boot package would take 165 MiB; with 64 MiB for firmware and \
+                          hypervisor it does not fit the machine's 200 MiB (--mem)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn linux_config_is_valid() {
+        // configs/linux.toml with the assets where it expects them: two
+        // folders up from the configuration, in target/linux/.
+        let s = Scratch::new();
+        kernel_files(&s);
+        let configs = s.dir.join("boot/configs");
+        let assets = s.dir.join("target/linux");
+        fs::create_dir_all(&configs).unwrap();
+        fs::create_dir_all(&assets).unwrap();
+        fs::copy(s.dir.join("vmlinuz"), assets.join("vmlinuz")).unwrap();
+        fs::copy(s.dir.join("initrd.gz"), assets.join("initramfs.cpio.gz")).unwrap();
+        let path = configs.join("linux.toml");
+        let machine = MachineHint {
+            cpus: Some((2, "--smp")),
+            memory_mib: Some((512, "--mem")),
+        };
+        let loaded = parse(
+            include_str!("../configs/linux.toml"),
+            &path,
+            &machine,
+            &|name| s.resolve(name),
+        )
+        .unwrap();
+        let names: Vec<&str> = loaded.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["counter0", "counter1", "linux"]);
+        let linux = &loaded.vms[2];
+        assert_eq!(
+            (linux.mode, linux.memory_bytes, linux.cpus.as_slice()),
+            (GuestMode::Linux64, 256 * MIB, &[1][..])
+        );
+        assert_eq!(linux.cmdline, "console=ttyS0 acpi=off pci=off reboot=t");
+        assert_eq!(linux.on_reboot, RebootPolicy::Restart);
+        assert!(linux.initrd.is_some());
+        assert!(loaded.vms[..2].iter().all(|v| v.cpus == [0]));
+    }
+
+    /// The real assets of `tests/linux-assets.sh`, when they have been
+    /// fetched: boot/configs/linux.toml passes on a 512 MiB, 2-CPU machine.
+    #[test]
+    fn linux_config_with_the_fetched_assets() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = root.join("boot/configs/linux.toml");
+        if !root.join("target/linux/vmlinuz").is_file() {
+            eprintln!("target/linux/vmlinuz not fetched (tests/linux-assets.sh): skipped");
+            return;
+        }
+        let s = Scratch::new();
+        let machine = MachineHint {
+            cpus: Some((2, "--smp")),
+            memory_mib: Some((512, "--mem")),
+        };
+        let loaded = load(&config, &machine, &|name| s.resolve(name)).unwrap();
+        assert_eq!(loaded.images[1].kind, ImageKind::BzImage);
+        assert!(loaded.images[1].data.len() > MIB as usize);
+    }
+
     #[test]
     fn hostile_cpu_list_is_checked_quickly() {
         let s = Scratch::new();
@@ -1354,13 +1976,19 @@ mod tests {
     #[test]
     fn fuzz_mutated_configs() {
         let s = Scratch::new();
+        kernel_files(&s);
         let base = vm("a", "host_base = 0x4000000\nslice_us = 500")
             + &vm_with(
                 "b",
                 "image",
                 "image = \"file:boot.bin\"\nload_addr = 0x7c00\nmode = \"real16\"",
             )
-            + &vm_with("c", "cpus", "cpus = [1, 0]\nentry = 0x100010");
+            + &vm_with("c", "cpus", "cpus = [1, 0]\nentry = 0x100010")
+            + &linux(
+                "d",
+                "initrd = \"file:initrd.gz\"\ncmdline = \"console=ttyS0 quiet\"\non_reboot = \"stop\"",
+            )
+            + &linux("e", "cmdline = \"x\"").replace("file:vmlinuz", "file:mboot");
         assert!(s.parse(&base, Some(2)).is_ok());
         const PIECES: &[&str] = &[
             "[",
@@ -1396,6 +2024,16 @@ mod tests {
             "counter",
             "slice_ms",
             "host_base",
+            "kernel",
+            "initrd",
+            "cmdline",
+            "on_reboot",
+            "restart",
+            "stop",
+            "file:vmlinuz",
+            "file:mboot",
+            "file:initrd.gz",
+            "\\t",
             "\u{1b}",
             "é",
             "99999999999999999999",

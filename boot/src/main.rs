@@ -101,12 +101,26 @@ fn main_inner() -> Result<u8, Error> {
                 loaded.vms.len()
             );
             for vm in &loaded.vms {
+                let name_of = |i: u32| {
+                    let image = usize::try_from(i).ok().and_then(|i| loaded.images.get(i));
+                    hvcore::text::Escaped(image.map_or("?", |image| image.name.as_str()))
+                };
+                let boots = if vm.mode.is_kernel() {
+                    let initrd = vm
+                        .initrd
+                        .map(|i| format!(", initrd {}", name_of(i)))
+                        .unwrap_or_default();
+                    format!("kernel {} ({}){initrd}", name_of(vm.image), vm.mode.name())
+                } else {
+                    format!("image {} ({})", name_of(vm.image), vm.mode.name())
+                };
                 println!(
-                    "  {}: {} MiB, CPUs {:?}, slice {} us",
+                    "  {}: {} MiB, CPUs {:?}, slice {} us, {boots}, on reboot {}",
                     vm.name,
                     vm.memory_bytes >> 20,
                     vm.cpus,
-                    vm.slice_us
+                    vm.slice_us,
+                    vm.on_reboot.name()
                 );
             }
             Ok(status::OK)
