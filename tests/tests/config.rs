@@ -525,3 +525,83 @@ fn check_config_accepts_the_project_guests_as_packed() {
         );
     }
 }
+
+/// Kernels through the real command line: a Linux VM with an initrd and a
+/// Multiboot VM pass `boot check-config` (which says what each VM boots);
+/// kernel keys on an image, image keys on a kernel, a command line longer
+/// than the kernel takes and a kernel that does not fit its VM are refused
+/// with exit status 2, each naming the VM and the key.
+#[test]
+fn check_config_cli_kernels() {
+    let name = "check_config_cli_kernels";
+    let dir = work_dir(name);
+    // Debian's cloud kernel's header: init_size 51.5 MiB from 16 MiB.
+    std::fs::write(
+        dir.join("vmlinuz"),
+        hvcore::image::minimal_bzimage(0x1000, 0x338_0000),
+    )
+    .expect("write vmlinuz");
+    std::fs::write(
+        dir.join("mboot"),
+        hvcore::image::minimal_multiboot(0x10_0000, 0x1000),
+    )
+    .expect("write mboot");
+    std::fs::write(dir.join("initrd.gz"), vec![0x1fu8; 100_000]).expect("write initrd.gz");
+    let linux = |vm: &str, memory: &str, extra: &str| {
+        format!(
+            "[[vm]]\nname = \"{vm}\"\nmemory = \"{memory}\"\ncpus = [1]\nkernel = \"file:vmlinuz\"\n{extra}\n"
+        )
+    };
+    let good = linux(
+        "linux",
+        "256M",
+        "initrd = \"file:initrd.gz\"\ncmdline = \"console=ttyS0 acpi=off pci=off reboot=t\"",
+    ) + &linux("mb", "16M", "cmdline = \"debug\"\non_reboot = \"stop\"")
+        .replace("file:vmlinuz", "file:mboot")
+        + &vm("alpha", "16M", "[0]", "");
+    let path = write_config(name, &good);
+    let path = path.to_string_lossy().into_owned();
+    let out = boot_cli(
+        name,
+        &["check-config", &path, "--cpus", "2", "--mem", "512"],
+        &[],
+        Duration::from_secs(10),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "[{name}] refused:\n{stdout}");
+    for needle in [
+        "OK, 3 VM(s)",
+        "linux: 256 MiB, CPUs [1], slice 10000 us, kernel file:vmlinuz (linux), initrd file:initrd.gz, on reboot restart",
+        "mb: 16 MiB, CPUs [1], slice 10000 us, kernel file:mboot (protected32), on reboot stop",
+        "alpha: 16 MiB, CPUs [0], slice 10000 us, image file:guest.bin (long64), on reboot stop",
+    ] {
+        assert!(stdout.contains(needle), "[{name}] stdout lacks {needle:?}:\n{stdout}");
+    }
+
+    let bad = linux("k", "256M", "mode = \"long64\"\nload_addr = 0x100000")
+        + &vm(
+            "i",
+            "16M",
+            "[0]",
+            "initrd = \"file:initrd.gz\"\ncmdline = \"quiet\"",
+        )
+        + &linux("c", "256M", &format!("cmdline = \"{}\"", "a".repeat(2048)))
+        + &linux("s", "64M", "")
+        + &linux("b", "64M", "image = \"file:guest.bin\"");
+    let path = write_config(name, &bad);
+    let path = path.to_string_lossy().into_owned();
+    assert_cli_refuses(
+        name,
+        &["check-config", &path],
+        &[
+            "vm \"k\": mode: a kernel's mode follows from its format",
+            "vm \"k\": load_addr: a kernel loads where its boot protocol says (remove load_addr)",
+            "vm \"i\": initrd: only a Linux kernel (`kernel = ...`) takes an initrd, not an image",
+            "vm \"i\": cmdline: only a kernel (`kernel = ...`) takes a command line, not an image",
+            "vm \"c\": cmdline: the command line has 2048 bytes, the kernel accepts at most 2047",
+            "vm \"s\": kernel: \"file:vmlinuz\": the kernel needs 0x1000000..0x4380000 (52 MiB \
+             from its load address, init_size included) but the VM has 64 MiB of memory",
+            "vm \"b\": kernel: give image or kernel, not both",
+        ],
+    );
+}
