@@ -292,6 +292,9 @@ pub enum Reg {
     Rflags,
     /// Current privilege level (read only: SS.DPL).
     Cpl,
+    /// 1 in 64-bit mode (EFER.LMA and CS.L), else 0 (read only): outside it,
+    /// instructions use 32-bit operands for control registers.
+    Mode64,
     /// IA32_FS_BASE.
     FsBase,
     /// IA32_GS_BASE.

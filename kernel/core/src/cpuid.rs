@@ -9,7 +9,7 @@
 //! | 0 .. host max basic | host values, filtered as below |
 //! | 1 | ECX: clear DTES64(2), MONITOR(3), DS-CPL(4), VMX(5), SMX(6), EST(7), TM2(8), PDCM(15), x2APIC(21), TSC-deadline(24), XSAVE(26), OSXSAVE(27), AVX(28); set hypervisor(31). EDX: clear MCE(7), APIC(9), MCA(14), DS(21), ACPI(22), TM(29), PBE(31). EBX bits 31:24 = APIC ID of the physical CPU |
 //! | 5, 6, 0xA, 0xD | zeros (MONITOR/MWAIT, thermal/power, PMU, XSAVE state: not virtualized) |
-//! | 7.0 | EBX: clear SGX(2), AVX2(5), AVX-512 (16,17,21,26,27,28,30,31); ECX: clear WAITPKG(5), SGX-LC(30) |
+//! | 7.0 | EBX: clear SGX(2), AVX2(5), AVX-512 (16,17,21,26,27,28,30,31) unless XCR0 allows them; ECX: clear PKU(3), OSPKE(4), WAITPKG(5), CET_SS(7), LA57(16), SGX-LC(30); EDX: clear CET_IBT(20) |
 //! | 0xB, 0x1F | host topology, EDX = APIC ID of the physical CPU |
 //! | above host max basic (< 0x4000_0000) | zeros |
 //! | 0x4000_0000 | EAX = [`HV_MAX_LEAF`], EBX:ECX:EDX = [`HV_SIGNATURE`] |
@@ -64,7 +64,12 @@ const LEAF7_EBX_CLEAR: u32 = (1 << 2)
     | (1 << 28)
     | (1 << 30)
     | (1 << 31);
-const LEAF7_ECX_CLEAR: u32 = (1 << 5) | (1 << 30);
+/// CPUID.(7,0):ECX cleared: PKU(3), OSPKE(4), WAITPKG(5), CET_SS(7),
+/// LA57(16), SGX-LC(30): their CR4 bits (PKE, CET, LA57) are not guest-owned,
+/// so setting them raises #GP (see `exit::cr::CR4_GUEST_OWNED`).
+const LEAF7_ECX_CLEAR: u32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 16) | (1 << 30);
+/// CPUID.(7,0):EDX cleared: CET_IBT(20).
+const LEAF7_EDX_CLEAR: u32 = 1 << 20;
 const EXT1_ECX_SVM: u32 = 1 << 2;
 /// CPUID Fn8000_000A: SVM revision and features (APM Vol. 3, E.4.9).
 const EXT_SVM_LEAF: u32 = 0x8000_000A;
@@ -123,7 +128,7 @@ fn basic_leaf(leaf: u32, host: [u32; 4], subleaf: u32, apic_id: u32) -> [u32; 4]
             edx & !LEAF1_EDX_CLEAR,
         ],
         5 | 6 | 0xA | 0xD => [0; 4],
-        7 if subleaf == 0 => [eax, ebx & !LEAF7_EBX_CLEAR, ecx & !LEAF7_ECX_CLEAR, edx],
+        7 if subleaf == 0 => [eax, ebx & !LEAF7_EBX_CLEAR, ecx & !LEAF7_ECX_CLEAR, edx & !LEAF7_EDX_CLEAR],
         0xB | 0x1F => [eax, ebx, ecx, apic_id],
         _ => host,
     }

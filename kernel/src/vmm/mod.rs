@@ -33,6 +33,7 @@ use backend::vtx::{HostFeatures, SetupError, VmxSetup};
 use hvcore::config::{self, HostRange, MachineLimits, MemoryLimits};
 use hvcore::package::Package;
 use hvcore::sched::{Scheduler, VcpuId};
+use hvcore::exit::GuestRegs;
 use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
 use spin::Mutex;
@@ -526,25 +527,78 @@ fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, 
 }
 
 /// Builds one VM completely or not at all (what was allocated is released).
+/// Where a loaded guest starts: its entry point and the registers its boot
+/// protocol defines (RSI = zero page for Linux, EAX/EBX for Multiboot).
+struct Start {
+    entry: u64,
+    regs: GuestRegs,
+}
+
+/// Copies `spec`'s image (or kernel, initrd and boot information) into the
+/// partition, through the loader of its kind; the partition is zero.
+fn load_guest(spec: &config::VmSpec, package: &Package<'_>, part: &mut Partition) -> Result<Start, String> {
+    use alloc::format;
+    use hvcore::boot_proto::{linux, multiboot};
+    use hvcore::text::Escaped;
+    let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
+    let name = Escaped(image.name);
+    let mut copy = |gpa: u64, bytes: &[u8]| match part.slice_mut(gpa, bytes.len() as u64) {
+        Some(dst) => {
+            dst.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => Err(format!("\"{name}\": {} bytes at {gpa:#x} outside memory", bytes.len())),
+    };
+    let mut regs = GuestRegs::default();
+    let entry = match spec.mode {
+        config::GuestMode::Linux64 => {
+            let initrd = match spec.initrd {
+                Some(i) => Some(package.images.get(i as usize).ok_or_else(|| format!("initrd #{i} missing"))?.data),
+                None => None,
+            };
+            let plan = linux::plan(image.data, initrd, spec.cmdline.as_bytes(), spec.memory_bytes)
+                .map_err(|e| format!("kernel \"{name}\": {e}"))?;
+            for (gpa, bytes) in plan.writes() {
+                copy(gpa, bytes)?;
+            }
+            // 64-bit boot protocol: RSI points at the zero page.
+            regs.rsi = plan.rsi;
+            plan.entry64
+        }
+        config::GuestMode::Protected32 => {
+            let plan = multiboot::plan(image.data, spec.cmdline.as_bytes(), spec.memory_bytes)
+                .map_err(|e| format!("kernel \"{name}\": {e}"))?;
+            for (gpa, bytes) in plan.writes() {
+                copy(gpa, bytes)?;
+            }
+            regs.rax = u64::from(plan.eax);
+            regs.rbx = u64::from(plan.ebx);
+            u64::from(plan.entry)
+        }
+        config::GuestMode::Long64 | config::GuestMode::Real16 => {
+            let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
+                .map_err(|e| format!("image \"{name}\": {e}"))?;
+            for seg in &plan.segments {
+                copy(seg.gpa, seg.data)?;
+            }
+            plan.entry
+        }
+    };
+    Ok(Start { entry, regs })
+}
+
+/// Builds one VM completely or not at all (what was allocated is released).
 fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Backend) -> Result<Vcpu, String> {
     use alloc::format;
-    let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
-    let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
-        .map_err(|e| format!("image \"{}\": {e}", hvcore::text::Escaped(image.name)))?;
     let mut part =
         Partition::new(spec.memory_bytes, spec.host_base, backend.tables()).map_err(|e| format!("memory: {e}"))?;
-    for seg in &plan.segments {
-        match part.slice_mut(seg.gpa, seg.mem_len) {
-            Some(dst) => {
-                dst[..seg.data.len()].copy_from_slice(seg.data);
-                dst[seg.data.len()..].fill(0);
-            }
-            None => {
-                part.release();
-                return Err(format!("image \"{}\": segment at {:#x} outside memory", hvcore::text::Escaped(image.name), seg.gpa));
-            }
+    let start = match load_guest(spec, package, &mut part) {
+        Ok(s) => s,
+        Err(e) => {
+            part.release();
+            return Err(e);
         }
-    }
+    };
     // Every VM is a PC: UART, PIC, PIT, RTC, keyboard controller, chipset
     // ports, all on the TSC time base.
     let pc = hvcore::devices::pc::PcConfig {
@@ -559,8 +613,11 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
                 part.release();
                 return Err(String::from("VT-x capabilities not read"));
             };
-            match vtx::vcpu::Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, caps) {
-                Ok(v) => Ok(Vcpu::Vtx(v)),
+            match vtx::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, caps) {
+                Ok(mut v) => {
+                    v.set_start_regs(start.regs);
+                    Ok(Vcpu::Vtx(v))
+                }
                 Err((e, part)) => {
                     part.release();
                     Err(format!("{e}"))
@@ -570,8 +627,11 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
         Backend::Svm { setup, iopm, msrpm } => {
             // One ASID per VM (0 is the host's).
             let asid = id + 1;
-            match svm::vcpu::Vcpu::new(vm, part, plan.entry, spec.mode, spec.slice_us, setup, asid, (*iopm, *msrpm)) {
-                Ok(v) => Ok(Vcpu::Svm(v)),
+            match svm::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, setup, asid, (*iopm, *msrpm)) {
+                Ok(mut v) => {
+                    v.set_start_regs(start.regs);
+                    Ok(Vcpu::Svm(v))
+                }
                 Err((e, part)) => {
                     part.release();
                     Err(format!("{e}"))

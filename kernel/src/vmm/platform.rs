@@ -19,20 +19,30 @@ use super::partition::Partition;
 pub struct KernelPlatform {
     pub(super) apic_id: u32,
     output: String,
+    /// The queue reached [`OUTPUT_FLUSH_AT`]: end the running slice.
+    pub(super) output_full: bool,
     pub(super) dropped_bytes: u64,
     drop_reported: bool,
 }
 
-/// Queued guest output beyond this is dropped (and counted) until the next
-/// flush. The serial line carries about 11 bytes per millisecond at 115200
-/// baud, so a flooding guest could otherwise occupy the host console (and
-/// every CPU waiting for it) for seconds per slice; like Xen's console ring,
-/// what the line cannot carry is dropped.
-const OUTPUT_QUEUE_LIMIT: usize = 512;
+/// When the queued guest output reaches this, the vCPU's slice ends early so
+/// the queue is printed: a guest that writes faster than the host console
+/// carries it (about 11 bytes per millisecond at 115200 baud) is slowed to
+/// the console's pace instead of losing output or stretching its slice.
+const OUTPUT_FLUSH_AT: usize = 512;
+/// Hard bound of the queue (a line longer than the flush point still fits;
+/// anything beyond is dropped and counted, which only a bug could cause).
+const OUTPUT_QUEUE_LIMIT: usize = 8 * 1024;
 
 impl KernelPlatform {
     pub(super) fn new(apic_id: u32) -> Self {
-        KernelPlatform { apic_id, output: String::with_capacity(OUTPUT_QUEUE_LIMIT), dropped_bytes: 0, drop_reported: false }
+        KernelPlatform {
+            apic_id,
+            output: String::with_capacity(OUTPUT_QUEUE_LIMIT),
+            output_full: false,
+            dropped_bytes: 0,
+            drop_reported: false,
+        }
     }
 
     /// Queues one guest console line, prefixed with the VM's name.
@@ -43,6 +53,7 @@ impl KernelPlatform {
             return;
         }
         let _ = writeln!(self.output, "vm {vm_name}: {line}");
+        self.output_full = self.output.len() >= OUTPUT_FLUSH_AT;
     }
 
     /// Prints the queued guest output (outside any guest's slice).
@@ -51,6 +62,7 @@ impl KernelPlatform {
             crate::print!("{}", self.output);
             self.output.clear();
         }
+        self.output_full = false;
         if self.dropped_bytes != 0 && !self.drop_reported {
             log::warn!("guest console output faster than the host console: dropping what does not fit");
             self.drop_reported = true;

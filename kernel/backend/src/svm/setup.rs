@@ -137,6 +137,24 @@ pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<
         s.cr4 = 0;
         s.efer = EFER_SVME;
         s.rip = ip;
+    } else if guest.mode == GuestMode::Protected32 {
+        // Multiboot: 32-bit protected mode, flat segments, paging off.
+        let data = from_gdt(selectors::DATA);
+        (s.es, s.ss, s.ds, s.fs, s.gs) = (data, data, data, data, data);
+        s.cs = from_gdt(selectors::CODE32);
+        s.tr = from_gdt(selectors::TSS);
+        s.gdtr = SegmentRegister::new(
+            0,
+            SegmentAttributes(0),
+            (selectors::GDT_ENTRIES.len() * 8 - 1) as u32,
+            layout::GDT,
+        );
+        s.idtr = SegmentRegister::NULL;
+        s.cr0 = CR0_ET | CR0_PE | CR0_NE;
+        s.cr3 = 0;
+        s.cr4 = 0;
+        s.efer = EFER_SVME;
+        s.rip = guest.entry;
     } else {
         let data = from_gdt(selectors::DATA);
         (s.es, s.ss, s.ds, s.fs, s.gs) = (data, data, data, data, data);
@@ -225,7 +243,7 @@ mod tests {
             s.tr,
             SegmentRegister::new(0x18, SegmentAttributes::TSS_BUSY, 0x67, 0)
         );
-        assert_eq!((s.gdtr.base, s.gdtr.limit), (layout::GDT, 39));
+        assert_eq!((s.gdtr.base, s.gdtr.limit), (layout::GDT, 47));
         assert_eq!((s.idtr.base, s.idtr.limit), (0, 0));
         assert!(!s.ldtr.attrib.is_present());
         assert_eq!((s.cpl, s.rflags, s.dr7, s.dr6), (0, 2, 0x400, 0xFFFF_0FF0));

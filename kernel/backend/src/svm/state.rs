@@ -112,7 +112,7 @@ impl VmcbCpu<'_> {
             }
             Reg::DebugCtl => (&mut self.soft.debugctl, CleanBits::empty()),
             Reg::Xcr0 => (&mut self.soft.xcr0, CleanBits::empty()),
-            Reg::Cr8 | Reg::Efer | Reg::Cpl | Reg::TscAux => return None,
+            Reg::Cr8 | Reg::Efer | Reg::Cpl | Reg::Mode64 | Reg::TscAux => return None,
         })
     }
 }
@@ -126,6 +126,9 @@ impl GuestCpu for VmcbCpu<'_> {
                 (self.vmcb.save.efer & !EFER_SVME) | svme
             }
             Reg::Cpl => u64::from(self.vmcb.save.cpl & 3),
+            Reg::Mode64 => {
+                u64::from(self.vmcb.save.efer & hvcore::arch::EFER_LMA != 0 && self.vmcb.save.cs.attrib.is_long())
+            }
             Reg::TscAux => self.msrs.read(IA32_TSC_AUX),
             other => match self.field(other) {
                 Some((value, _)) => *value,
@@ -149,7 +152,7 @@ impl GuestCpu for VmcbCpu<'_> {
                 self.vmcb.mark_dirty(CleanBits::CRX);
             }
             Reg::TscAux => self.msrs.write(IA32_TSC_AUX, value),
-            Reg::Cpl => return Err(StateError { reg }),
+            Reg::Cpl | Reg::Mode64 => return Err(StateError { reg }),
             other => {
                 let (field, group) = self.field(other).ok_or(StateError { reg })?;
                 let old = core::mem::replace(field, value);

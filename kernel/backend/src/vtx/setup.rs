@@ -65,6 +65,8 @@ pub mod ar {
     pub const CODE64: u32 = 0xa09b;
     /// Data, read/write, accessed, present, D/B=1, G=1.
     pub const DATA32: u32 = 0xc093;
+    /// 32-bit code, execute/read, accessed, present, D/B=1, G=1.
+    pub const CODE32: u32 = 0xc09b;
     /// 16-bit code for real mode: execute/read, accessed, present.
     pub const CODE16: u32 = 0x009b;
     /// 16-bit data for real mode: read/write, accessed, present.
@@ -84,10 +86,14 @@ pub mod selectors {
     pub const DATA: u16 = 0x10;
     /// TSS.
     pub const TSS: u16 = 0x18;
+    /// 32-bit code, for guests that start in protected mode (Multiboot).
+    pub const CODE32: u16 = 0x28;
     /// The descriptors (SDM Vol. 3A 3.4.5): 64-bit code (L=1, P, DPL 0,
     /// execute/read), flat 4 GiB data (G, D/B, P, read/write), the low half of a
-    /// busy 64-bit TSS of 0x68 bytes at 0, and its (zero) high half.
-    pub const GDT_ENTRIES: [u64; 5] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0];
+    /// busy 64-bit TSS of 0x68 bytes at 0, its (zero) high half, and flat
+    /// 32-bit code (G, D, P, execute/read).
+    pub const GDT_ENTRIES: [u64; 6] =
+        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0, 0x00cf_9b00_0000_ffff];
 }
 
 /// The four guest-state fields of one segment register (SDM 25.4.1).
@@ -124,6 +130,7 @@ segment!(LDTR, GUEST_LDTR_SELECTOR, GUEST_LDTR_BASE, GUEST_LDTR_LIMIT, GUEST_LDT
 /// CR0 at reset as the guest sees it: ET, plus PE|PG|NE for long mode.
 const CR0_ET: u64 = 1 << 4;
 const CR0_PE_NE_PG: u64 = (1 << 0) | (1 << 5) | (1 << 31);
+const CR0_PE_NE: u64 = (1 << 0) | (1 << 5);
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME_LMA_NXE: u64 = (1 << 8) | (1 << 10) | (1 << 11);
 /// Power-on PAT value (SDM 11.12.4).
@@ -142,12 +149,13 @@ pub fn real_mode_cs(entry: u64) -> (u16, u64, u64) {
 /// Writes every control, host-state and guest-state field of a new vCPU.
 pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, guest: &GuestStart) -> Result<(), VmFail> {
     let real = guest.mode == GuestMode::Real16;
+    let protected32 = guest.mode == GuestMode::Protected32;
     // Controls (SDM 25.6-25.8).
     vmcs.set(PIN_BASED_VM_EXEC_CONTROL, setup.pin)?;
     vmcs.set(CPU_BASED_VM_EXEC_CONTROL, setup.primary)?;
     vmcs.set(SECONDARY_VM_EXEC_CONTROL, setup.secondary)?;
     vmcs.set(VM_EXIT_CONTROLS, setup.exit)?;
-    vmcs.set(VM_ENTRY_CONTROLS, setup.entry_controls(!real))?;
+    vmcs.set(VM_ENTRY_CONTROLS, setup.entry_controls(!real && !protected32))?;
     vmcs.set(EXCEPTION_BITMAP, 0)?;
     vmcs.set(CR3_TARGET_COUNT, 0)?;
     vmcs.set(VM_EXIT_MSR_STORE_COUNT, 0)?;
@@ -195,6 +203,8 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
     // Guest state (SDM 25.4, checks in 27.3.1).
     let (cr0, cr4, efer) = if real {
         (CR0_ET, 0, 0)
+    } else if protected32 {
+        (CR0_ET | CR0_PE_NE, 0, 0)
     } else {
         (CR0_ET | CR0_PE_NE_PG, CR4_PAE, EFER_LME_LMA_NXE)
     };
@@ -218,6 +228,20 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
         vmcs.set(GUEST_IDTR_BASE, 0)?;
         vmcs.set(GUEST_IDTR_LIMIT, 0x3ff)?;
         ip
+    } else if protected32 {
+        // Multiboot: 32-bit protected mode, flat segments, paging off.
+        for seg in [&ES, &SS, &DS, &FS, &GS] {
+            seg.write(vmcs, selectors::DATA, 0, 0xffff_ffff, ar::DATA32)?;
+        }
+        CS.write(vmcs, selectors::CODE32, 0, 0xffff_ffff, ar::CODE32)?;
+        TR.write(vmcs, selectors::TSS, 0, 0x67, ar::TSS_BUSY)?;
+        LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
+        vmcs.set(GUEST_CR3, 0)?;
+        vmcs.set(GUEST_GDTR_BASE, layout::GDT)?;
+        vmcs.set(GUEST_GDTR_LIMIT, (selectors::GDT_ENTRIES.len() * 8 - 1) as u32)?;
+        vmcs.set(GUEST_IDTR_BASE, 0)?;
+        vmcs.set(GUEST_IDTR_LIMIT, 0)?;
+        guest.entry
     } else {
         for seg in [&ES, &SS, &DS, &FS, &GS] {
             seg.write(vmcs, selectors::DATA, 0, 0xffff_ffff, ar::DATA32)?;
@@ -299,6 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn protected_mode_start_for_multiboot() {
+        let s = setup();
+        let mut v = FakeVmcs::new();
+        program(&mut v, &s, &HostState::default(), &start(GuestMode::Protected32, 0x10_0000)).unwrap();
+        assert_eq!(v.get(CR0_READ_SHADOW), Ok(0x31), "PE, ET, NE; paging off");
+        assert_eq!(v.get(GUEST_CR0), Ok(0x31));
+        assert_eq!(v.get(GUEST_IA32_EFER), Ok(0));
+        assert_eq!(v.get(VM_ENTRY_CONTROLS), Ok(s.entry_controls(false)));
+        assert_eq!(v.get(GUEST_CS_SELECTOR), Ok(selectors::CODE32));
+        assert_eq!(v.get(GUEST_CS_AR_BYTES), Ok(ar::CODE32));
+        assert_eq!(v.get(GUEST_RIP), Ok(0x10_0000));
+        // The descriptor behind the selector matches the hidden state.
+        assert_eq!(selectors::GDT_ENTRIES[usize::from(selectors::CODE32 >> 3)] >> 40 & 0xf0ff, u64::from(ar::CODE32));
+    }
+
+    #[test]
     fn real_mode_cs_reaches_every_entry_below_1mib() {
         assert_eq!(real_mode_cs(0x7c00), (0, 0, 0x7c00));
         assert_eq!(real_mode_cs(0x20000), (0x2000, 0x20000, 0));
@@ -335,7 +375,7 @@ mod tests {
     #[test]
     fn boot_words_stay_in_the_reserved_range() {
         let words: alloc::vec::Vec<_> = long_mode_boot_words().collect();
-        assert_eq!(words.len(), 5 + 1 + 4 + 4 * 512);
+        assert_eq!(words.len(), 6 + 1 + 4 + 4 * 512);
         for (gpa, _) in &words {
             assert!(layout::BOOT_RESERVED.contains(gpa) && layout::BOOT_RESERVED.contains(&(gpa + 7)));
         }

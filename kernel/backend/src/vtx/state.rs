@@ -88,6 +88,12 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::Rflags => self.natural(reg, GUEST_RFLAGS),
             // CPL is SS.DPL (SDM 27.3.1.2).
             Reg::Cpl => self.vmcs.get(GUEST_SS_AR_BYTES).map(|ar| u64::from((ar >> 5) & 3)).map_err(e),
+            // 64-bit mode: EFER.LMA and CS.L (access-rights bit 13).
+            Reg::Mode64 => {
+                let lma = self.vmcs.get(GUEST_IA32_EFER).map_err(e)? & hvcore::arch::EFER_LMA != 0;
+                let cs_l = self.vmcs.get(GUEST_CS_AR_BYTES).map_err(e)? & (1 << 13) != 0;
+                Ok(u64::from(lma && cs_l))
+            }
             Reg::FsBase => self.natural(reg, GUEST_FS_BASE),
             Reg::GsBase => self.natural(reg, GUEST_GS_BASE),
             Reg::SysenterCs => self.vmcs.get(GUEST_SYSENTER_CS).map(u64::from).map_err(e),
@@ -140,7 +146,7 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::SysenterEip => self.vmcs.set(GUEST_SYSENTER_EIP, value).map_err(e)?,
             Reg::Pat => self.vmcs.set(GUEST_IA32_PAT, value).map_err(e)?,
             Reg::DebugCtl => self.vmcs.set(GUEST_IA32_DEBUGCTL, value).map_err(e)?,
-            Reg::Cpl | Reg::KernelGsBase | Reg::Star | Reg::Lstar | Reg::Cstar | Reg::Fmask | Reg::TscAux => {
+            Reg::Cpl | Reg::Mode64 | Reg::KernelGsBase | Reg::Star | Reg::Lstar | Reg::Cstar | Reg::Fmask | Reg::TscAux => {
                 return Err(StateError { reg })
             }
         }

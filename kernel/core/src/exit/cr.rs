@@ -52,9 +52,15 @@ fn emulate(access: CrAccess, regs: &mut GuestRegs, cpu: &mut dyn GuestCpu) -> Re
         // Other control registers do not exist: MOV to or from them is #UD.
         _ => return Ok(Action::Inject(Event::UD)),
     };
+    // Outside 64-bit mode MOV CR moves 32 bits (SDM Vol. 2B MOV CR): the
+    // upper half of the source is ignored, the destination's is zeroed.
+    let operand_mask = match access.kind {
+        CrAccessKind::MovFrom { .. } | CrAccessKind::MovTo { .. } if cpu.read(Reg::Mode64)? == 0 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
     match access.kind {
         CrAccessKind::MovFrom { gpr } => {
-            let value = cpu.read(reg)?;
+            let value = cpu.read(reg)? & operand_mask;
             if gpr == 4 {
                 cpu.write(Reg::Rsp, value)?;
             } else if !regs.set_gpr(gpr, value) {
@@ -69,7 +75,7 @@ fn emulate(access: CrAccess, regs: &mut GuestRegs, cpu: &mut dyn GuestCpu) -> Re
                     Some(v) => v,
                     None => return Ok(Action::Inject(Event::UD)),
                 },
-            };
+            } & operand_mask;
             write_cr(reg, value, regs, cpu)
         }
         CrAccessKind::Clts => {
@@ -287,6 +293,21 @@ mod tests {
         // CR2 and CR5 are not intercepted registers: #UD.
         let cr5 = Exit::CrAccess(CrAccess { cr: 5, kind: CrAccessKind::MovFrom { gpr: 0 } });
         assert_eq!(run(&mut env, &mut regs, cr5), Action::Inject(Event::UD));
+    }
+
+    #[test]
+    fn outside_64_bit_mode_only_32_bits_move() {
+        let mut env = FakePlatform::new();
+        env.cpu.set(Reg::Mode64, 0);
+        env.cpu.set(Reg::Efer, 0x100); // LME, not active
+        // Garbage in the upper half of RCX, left by earlier 64-bit code.
+        let mut regs = GuestRegs { rcx: 0xdead_beef_0000_0020, ..Default::default() };
+        assert_eq!(run(&mut env, &mut regs, mov_to(4, 1)), Action::AdvanceRip);
+        assert_eq!(env.cpu.get(Reg::Cr4), 0x20);
+        env.cpu.set(Reg::Cr3, 0x1_2345_6000);
+        let from = Exit::CrAccess(CrAccess { cr: 3, kind: CrAccessKind::MovFrom { gpr: 2 } });
+        assert_eq!(run(&mut env, &mut regs, from), Action::AdvanceRip);
+        assert_eq!(regs.rdx, 0x2345_6000);
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub(crate) mod testenv {
                     (Reg::Efer, 0x500),
                     (Reg::Xcr0, 1),
                     (Reg::Pat, crate::msr_policy::PAT_RESET),
+                    (Reg::Mode64, 1),
                 ],
                 limits: crate::arch::GuestLimits {
                     xcr0_allowed: 0xE7,

@@ -118,7 +118,7 @@ impl Vcpu {
             iopm: svm::HostPhysAddr::new(maps.0),
             msrpm: svm::HostPhysAddr::new(maps.1),
         };
-        if mode == GuestMode::Long64 {
+        if hvcore::layout::reserved_for(mode) == hvcore::layout::BOOT_RESERVED {
             for (gpa, value) in backend::vtx::setup::long_mode_boot_words() {
                 if let Some(b) = partition.slice_mut(gpa, 8) {
                     b.copy_from_slice(&value.to_le_bytes());
@@ -156,6 +156,12 @@ impl Vcpu {
         // the physical-memory window, and the processor writes it only during
         // VMRUN/#VMEXIT/VMSAVE, which run with `&mut self` held.
         unsafe { &mut *ptr }
+    }
+
+    /// The general-purpose registers the guest starts with (its boot
+    /// protocol's: RSI for Linux, EAX/EBX for Multiboot).
+    pub fn set_start_regs(&mut self, regs: GuestRegs) {
+        self.regs = regs;
     }
 
     /// Guest entry point.
@@ -271,6 +277,10 @@ impl Vcpu {
                 Action::Preempted => return SliceEnd::Preempted,
                 Action::Halt => return SliceEnd::Halted,
                 Action::Stop(_) => return SliceEnd::Stopped,
+            }
+            // The console queue is full: end the slice so it is printed.
+            if env.output_full {
+                return self.end_slice_early();
             }
         }
     }

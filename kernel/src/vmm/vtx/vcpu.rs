@@ -118,7 +118,7 @@ impl Vcpu {
             lazy: LazyState::new(),
             clock: DeviceClock::default(),
         };
-        if mode == GuestMode::Long64 {
+        if hvcore::layout::reserved_for(mode) == hvcore::layout::BOOT_RESERVED {
             vcpu.write_long_mode_structures();
         }
         // Fully built: the scheduler may pick it.
@@ -131,6 +131,12 @@ impl Vcpu {
     /// The EPT pointer of the VM's partition.
     fn eptp(&self) -> u64 {
         self.partition.tables.eptp().unwrap_or_else(|| panic!("VT-x vCPU on a partition without an EPT"))
+    }
+
+    /// The general-purpose registers the guest starts with (its boot
+    /// protocol's: RSI for Linux, EAX/EBX for Multiboot).
+    pub fn set_start_regs(&mut self, regs: GuestRegs) {
+        self.regs = regs;
     }
 
     /// Guest entry point.
@@ -354,7 +360,7 @@ impl Vcpu {
                 Action::Halt => return SliceEnd::Halted,
                 Action::Stop(_) => return SliceEnd::Stopped,
             }
-            if crate::smp::stopping() {
+            if crate::smp::stopping() || env.output_full {
                 return self.end_slice_early();
             }
         }
