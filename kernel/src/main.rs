@@ -123,7 +123,7 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let code = match &package.command {
         Command::SelfTest { filter } => selftest::run(filter, &machine),
         Command::Crash(kind) => selftest::crash(*kind),
-        Command::RunVms => vmm::run(&package, &machine),
+        Command::RunVms => vmm::run(alloc::boxed::Box::leak(alloc::boxed::Box::new(package.clone())), &machine),
     };
     exit::exit(code)
 }

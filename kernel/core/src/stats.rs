@@ -132,6 +132,8 @@ pub struct VmStats {
     pub slices_run: u64,
     /// Host ticks spent in the guest.
     pub guest_ticks: u64,
+    /// Times the VM was restarted after a reset (`on_reboot = "restart"`).
+    pub restarts: u64,
 }
 
 impl VmStats {
@@ -198,6 +200,9 @@ impl fmt::Display for StatsReport<'_> {
             "unclaimed port writes", s.unhandled_port_writes
         )?;
         writeln!(f, "  {:<22} {:>12}", "slices run", s.slices_run)?;
+        if s.restarts != 0 {
+            writeln!(f, "  {:<22} {:>12}", "restarts", s.restarts)?;
+        }
         write!(f, "  {:<22} {:>12}", "guest ticks", s.guest_ticks)
     }
 }

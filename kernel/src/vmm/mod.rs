@@ -210,7 +210,8 @@ pub(crate) fn us_from_tsc(ticks: u64) -> u64 {
 }
 
 /// Starts the VMs of the package and runs them to completion.
-pub fn run(package: &Package<'_>, _machine: &Machine) -> KernelExit {
+pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit {
+    PACKAGE.call_once(|| package);
     let backend = if enable::detect().is_ok() {
         match start_vtx() {
             Ok(b) => b,
@@ -831,7 +832,29 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             }
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
-                    finish_vm(cpu, v, &mut sched, id, t);
+                    match restart_if_asked(v) {
+                        Restart::Restarted(fresh) => {
+                            // The restarted VM is a new vCPU on the same CPU;
+                            // the old one's registers are gone from the
+                            // hardware's point of view.
+                            let _ = sched.stop(id, t);
+                            let slice = tsc_from_us(fresh.slice_us() as u64).max(1);
+                            match sched.add_vcpu_with_slice(0, slice) {
+                                Ok(new_id) => {
+                                    ids[i] = new_id;
+                                    vcpus[i] = Some(fresh);
+                                    if lazy_owner == Some(i) {
+                                        lazy_owner = None;
+                                    }
+                                }
+                                Err(e) => panic!("scheduler refused a restarted vCPU: {e:?}"),
+                            }
+                        }
+                        Restart::NotAsked(v) => finish_vm(cpu, v, &mut sched, id, t),
+                        Restart::Failed => {
+                            let _ = sched.stop(id, t);
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -855,6 +878,55 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
 const OVERHEAD_SAMPLES: usize = 4096;
 /// Set until the first guest slice starts (for the boot-time figure).
 static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
+
+/// The boot package, for restarting VMs (`on_reboot = "restart"`).
+static PACKAGE: spin::Once<&'static Package<'static>> = spin::Once::new();
+
+/// A VM that asked to be reset (triple fault, chipset reset) and whose
+/// policy says `restart` is rebuilt from the boot package: fresh memory with
+/// its images reloaded, fresh vCPU state, the same id and CPU. Anything else
+/// (or a rebuild that fails) comes back as `Err` to be finished.
+fn restart_if_asked(v: Vcpu) -> Restart {
+    let Some(reason) = v.vm().stop_reason().copied() else { return Restart::NotAsked(v) };
+    let id = v.vm().id();
+    let (Some(package), Some(backend)) = (PACKAGE.get(), BACKEND.get()) else { return Restart::NotAsked(v) };
+    let Some(spec) = package.vms.get(id as usize) else { return Restart::NotAsked(v) };
+    if !reason.is_reset() || spec.on_reboot != config::RebootPolicy::Restart {
+        return Restart::NotAsked(v);
+    }
+    let restarts = v.vm().stats.restarts + 1;
+    crate::println!("vm {} (id {id}) restarting: {reason} (restart {restarts})", v.vm().name());
+    v.release();
+    match build_one(id, spec, package, backend) {
+        Ok(mut fresh) => {
+            fresh.vm_mut().stats.restarts = restarts;
+            Restart::Restarted(fresh)
+        }
+        Err(e) => {
+            // The old VM is gone; nothing is left to finish but a report.
+            crate::println!("vm {} (id {id}) stopped: restart failed: {e}", spec.name);
+            SUMMARIES.lock().push(VmSummary {
+                name: spec.name.clone(),
+                cpu: spec.cpus.first().copied().unwrap_or(0) as usize,
+                report: alloc::format!("vm {} (id {id}) stopped: restart failed: {e}", spec.name),
+                slices: 0,
+                guest_us: 0,
+                exits: 0,
+            });
+            Restart::Failed
+        }
+    }
+}
+
+/// What [`restart_if_asked`] did.
+enum Restart {
+    /// The VM was rebuilt.
+    Restarted(Vcpu),
+    /// The VM stays stopped (not a reset, or its policy is `stop`).
+    NotAsked(Vcpu),
+    /// The rebuild failed; the report is in the summary.
+    Failed,
+}
 
 /// Reports a stopped VM, takes it off the run queue and frees its memory.
 fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
