@@ -122,6 +122,15 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=vt100
 /bin/busybox mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 /bin/busybox --install -s
 echo HVLINUX-INIT-OK
+# Test actions chosen on the kernel command line (tests/tests/linux.rs):
+# hvtest=reboot reboots at once (reboot=t makes that a triple fault),
+# hvtest=crash crashes the kernel through sysrq (panic=N reboots after N s).
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        hvtest=reboot) echo HVLINUX-REBOOTING; reboot -f ;;
+        hvtest=crash) echo HVLINUX-CRASHING; echo c >/proc/sysrq-trigger ;;
+    esac
+done
 while true; do
     setsid cttyhack sh
     echo "HVLINUX-SHELL-EXIT $?"
