@@ -102,6 +102,16 @@ impl Serial {
         });
     }
 
+    /// Writes raw bytes (any values: a guest's terminal output while the
+    /// console is attached to it), waiting for the transmitter before each.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        without_interrupts(|| {
+            if let Some(port) = self.port.lock().as_mut() {
+                bytes.iter().for_each(|&b| port.send_raw(b));
+            }
+        });
+    }
+
     /// Writes formatted text, e.g. `COM1.write_fmt(format_args!("x = {x}"))`.
     pub fn write_fmt(&self, args: fmt::Arguments<'_>) {
         without_interrupts(|| {

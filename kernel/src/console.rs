@@ -5,7 +5,7 @@
 //! line also goes to the framebuffer text console the bootloader handed over.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bootloader_api::info::{FrameBuffer, PixelFormat};
 use drivers::framebuffer::{FbConsole, FbInfo, PixelFormat as FbPixelFormat};
@@ -19,6 +19,11 @@ struct Consoles {
 
 static CONSOLES: Mutex<Consoles> = Mutex::new(Consoles { fb: None });
 
+/// The last bytes on the consoles were raw guest output that did not end a
+/// line ([`print_raw`], a shell prompt): the next kernel text starts a new
+/// line first, so every kernel line (`HV-EXIT` above all) stays at a line start.
+static RAW_MIDLINE: AtomicBool = AtomicBool::new(false);
+
 /// TSC frequency once calibrated (0 before): turns timestamps into seconds.
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// TSC value at boot, the zero of timestamps.
@@ -26,6 +31,9 @@ static TSC_BOOT: AtomicU64 = AtomicU64::new(0);
 
 impl Consoles {
     fn write_str(&mut self, s: &str) {
+        if RAW_MIDLINE.swap(false, Ordering::Relaxed) {
+            self.write_str("\n");
+        }
         COM1.write_str(s);
         if let Some(fb) = self.fb.as_mut() {
             fb.write_str(s);
@@ -96,6 +104,30 @@ pub fn uptime_us() -> u64 {
 pub fn print(args: fmt::Arguments<'_>) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _ = CONSOLES.lock().write_fmt(args);
+    });
+}
+
+/// Writes a guest's terminal output as it is (the console is attached to
+/// that VM): every byte to serial, the printable ones and newlines to the
+/// framebuffer (a text console without escape sequences).
+pub fn print_raw(bytes: &[u8]) {
+    let Some(&last) = bytes.last() else { return };
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let mut consoles = CONSOLES.lock();
+        COM1.write_bytes(bytes);
+        if let Some(fb) = consoles.fb.as_mut() {
+            let mut text = [0u8; 64];
+            for chunk in bytes.chunks(text.len()) {
+                let mut n = 0;
+                for &b in chunk.iter().filter(|&&b| b == b'\n' || b == b'\t' || (0x20..0x7F).contains(&b)) {
+                    text[n] = b;
+                    n += 1;
+                }
+                // Only ASCII was kept.
+                fb.write_str(core::str::from_utf8(&text[..n]).unwrap_or(""));
+            }
+        }
+        RAW_MIDLINE.store(last != b'\n', Ordering::Relaxed);
     });
 }
 

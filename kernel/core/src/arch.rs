@@ -537,6 +537,11 @@ pub trait Platform {
     /// Prints `line` (no trailing newline) prefixed with the VM name on the
     /// host serial console.
     fn console_write(&mut self, vm_name: &str, line: &str);
+    /// Prints guest console bytes as they are: no prefix, no line
+    /// buffering, control characters included. Used only while the host
+    /// console is attached to the VM ([`crate::vcpu::VmContext::set_raw_console`]),
+    /// when a user asked for the guest's terminal.
+    fn console_raw(&mut self, vm_name: &str, bytes: &[u8]);
     /// Monotonic time in host TSC ticks; the guest's TSC is derived from it.
     fn now_ticks(&self) -> u64;
     /// The same monotonic time in nanoseconds: the time base of the VM's

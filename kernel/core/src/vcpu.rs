@@ -189,6 +189,8 @@ pub struct VmContext {
     pub stats: VmStats,
     pub(crate) bus: IoBus,
     console: LineBuffer,
+    /// Console output goes out raw ([`Self::set_raw_console`]).
+    raw_console: bool,
     irq_levels: u16,
     stopped: Option<StopReason>,
 }
@@ -205,6 +207,7 @@ impl VmContext {
             stats: VmStats::default(),
             bus,
             console: LineBuffer::new(),
+            raw_console: false,
             irq_levels: 0,
             stopped: None,
         }
@@ -264,11 +267,41 @@ impl VmContext {
         self.stopped.get_or_insert(reason);
     }
 
-    /// One byte of guest console output (UART or hypercall).
+    /// One byte of guest console output (UART or hypercall): collected into
+    /// sanitized lines printed as `vm NAME: LINE`, or passed on as it is
+    /// while the console is raw.
     pub fn console_byte(&mut self, byte: u8, env: &mut dyn Platform) {
         let name = &self.name;
-        self.console
-            .push(byte, |line| env.console_write(name, line));
+        if self.raw_console {
+            env.console_raw(name, &[byte]);
+        } else {
+            self.console
+                .push(byte, |line| env.console_write(name, line));
+        }
+    }
+
+    /// Switches the console between lines (`vm NAME: LINE`, control
+    /// characters replaced; the default) and raw output
+    /// ([`Platform::console_raw`]: bytes as they come, unprefixed, control
+    /// characters included), for while a user has the host console attached
+    /// to this VM. An unfinished line (a shell prompt) goes out raw when the
+    /// console turns raw, so the user sees it at once. Returns whether the
+    /// mode changed.
+    pub fn set_raw_console(&mut self, raw: bool, env: &mut dyn Platform) -> bool {
+        if self.raw_console == raw {
+            return false;
+        }
+        self.raw_console = raw;
+        if raw {
+            let name = &self.name;
+            self.console.take_partial(|bytes| env.console_raw(name, bytes));
+        }
+        true
+    }
+
+    /// Whether console output goes out raw.
+    pub fn raw_console(&self) -> bool {
+        self.raw_console
     }
 
     /// Prints a pending partial console line.
@@ -472,6 +505,69 @@ mod tests {
         assert_eq!(vm.pending_interrupt(), None);
         assert_eq!(vm.stats.injected_events, 1);
         assert_eq!(vm.stats.unhandled_port_writes, 0);
+    }
+
+    #[test]
+    fn raw_console_passes_bytes_unprefixed() {
+        let mut vm = VmContext::new(2, "linux");
+        let mut env = FakePlatform::new();
+        for &b in b"boot \x07ok\n/ # \x1b[6n" {
+            vm.console_byte(b, &mut env);
+        }
+        assert_eq!(env.lines, ["[linux] boot ?ok"]);
+        // Attaching shows the pending prompt as the guest wrote it (its
+        // cursor-position query included), then bytes as they come, escape
+        // sequences and carriage returns included.
+        assert!(vm.set_raw_console(true, &mut env));
+        assert!(!vm.set_raw_console(true, &mut env));
+        assert!(vm.raw_console());
+        for &b in b"42\r\n\xff" {
+            vm.console_byte(b, &mut env);
+        }
+        assert_eq!(env.raw, b"/ # \x1b[6n42\r\n\xff");
+        assert_eq!(env.raw_vm, "linux");
+        assert_eq!(env.lines.len(), 1, "nothing went to the line console");
+        // A stop while raw has no partial line to flush.
+        vm.stop(StopReason::HostStop, &mut env);
+        assert_eq!(env.lines.len(), 1);
+        // Detached: lines again, sanitized and prefixed.
+        let mut vm = VmContext::new(3, "sh");
+        vm.set_raw_console(true, &mut env);
+        assert!(vm.set_raw_console(false, &mut env));
+        for &b in b"\x1b[1mx\r\n" {
+            vm.console_byte(b, &mut env);
+        }
+        assert_eq!(env.lines.last().map(String::as_str), Some("[sh] ?[1mx"));
+    }
+
+    #[test]
+    fn raw_console_echo_of_uart_input() {
+        // A guest echoing what it reads (as a shell does) through the UART
+        // in polled mode: input in, raw echo out.
+        let mut vm = VmContext::with_pc_devices(1, "pc", &PC);
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut env = FakePlatform::new();
+        vm.set_raw_console(true, &mut env);
+        vm.console_input(b"ab", &mut env);
+        let mut regs = GuestRegs::default();
+        let mut io = |vm: &mut VmContext, port: u16, dir: IoDir| {
+            let exit = Exit::Io(IoAccess {
+                port,
+                size: AccessSize::Byte,
+                dir,
+                string_or_rep: false,
+            });
+            handle_exit(vm, &mut vcpu, &exit, &mut regs, &mut env);
+            regs.rax as u8
+        };
+        for _ in 0..2 {
+            assert_eq!(io(&mut vm, 0x3FD, IoDir::In) & 1, 1, "LSR.DR");
+            let byte = io(&mut vm, 0x3F8, IoDir::In);
+            io(&mut vm, 0x3F8, IoDir::Out { value: u32::from(byte) });
+        }
+        assert_eq!(io(&mut vm, 0x3FD, IoDir::In) & 1, 0, "all read");
+        assert_eq!(env.raw, b"ab");
+        assert!(env.lines.is_empty());
     }
 
     #[test]

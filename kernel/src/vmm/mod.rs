@@ -17,6 +17,7 @@
 //! backends are in `backend`; [`vtx`] and [`svm`] keep only what needs the
 //! hardware.
 
+pub mod console;
 pub mod irq;
 pub mod lazy;
 pub mod partition;
@@ -138,6 +139,20 @@ impl Vcpu {
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
     fn wake_tsc(&self) -> Option<u64> {
         each!(self, v => v.clock.wake_tsc())
+    }
+    /// Raw console output while the host console is attached to the VM;
+    /// whether the mode changed.
+    fn set_raw_console(&mut self, raw: bool, env: &mut KernelPlatform) -> bool {
+        each!(self, v => v.vm.set_raw_console(raw, &mut env.with(&v.partition)))
+    }
+    /// Typed input for the VM's UART (its interrupt, when the guest enabled
+    /// it, is due at the next entry).
+    fn console_input(&mut self, bytes: &[u8], env: &mut KernelPlatform) {
+        each!(self, v => {
+            v.vm.console_input(bytes, &mut env.with(&v.partition));
+            // The UART's character timeout may now be due.
+            v.clock.refresh(&v.vm);
+        })
     }
     fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         match (self, host) {
@@ -261,13 +276,23 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
     // Wake the application processors waiting in `ap_main`.
     crate::smp::wake_others();
 
+    if package.options.serial_input {
+        console::announce_keys();
+    }
     if let Some(host) = host_cpu(0, &backend) {
         cpu_loop(0, &host, package.options.serial_input);
     }
     if WORK_CPU0_HAD_WORK.load(Ordering::Relaxed) {
         CPUS_DONE.fetch_add(1, Ordering::Release);
     }
+    // CPU 0 keeps reading the console while the other CPUs run their VMs.
+    let mut next_poll = 0;
     while (CPUS_DONE.load(Ordering::Acquire) as usize) < busy_cpus {
+        let now = crate::arch::rdtsc();
+        if package.options.serial_input && now >= next_poll {
+            poll_console();
+            next_poll = now + tsc_from_us(1000);
+        }
         core::hint::spin_loop();
     }
     print_summary();
@@ -755,6 +780,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
     }
     let mut stats_seen = STATS_REQUEST.load(Ordering::Relaxed);
+    // The host console can attach to these VMs (by id).
+    console::cpu_started(cpu, platform.apic_id, vcpus.iter().flatten().map(|v| (v.vm().id(), v.vm().name())));
+    // The VM whose console output this CPU last made raw.
+    let mut raw_vm: Option<u32> = None;
     // Host time between two slices (scheduling, accounting): the cost of a
     // scheduler decision, reported in the summary.
     let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
@@ -762,6 +791,27 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     loop {
         if serial_input {
             poll_console();
+        }
+        // The host console attached to one of these VMs: its output raw, its
+        // typed input into its UART (a halted vCPU with input is woken).
+        let attached = console::attached();
+        if attached.is_some() || raw_vm.is_some() {
+            let mut changed = false;
+            for (i, slot) in vcpus.iter_mut().enumerate() {
+                let Some(v) = slot.as_mut() else { continue };
+                let id = v.vm().id();
+                changed |= v.set_raw_console(attached == Some(id), &mut platform);
+                if attached == Some(id) {
+                    if let Some(bytes) = console::take_input(id) {
+                        v.console_input(&bytes, &mut platform);
+                        let _ = sched.wake(ids[i]);
+                    }
+                }
+            }
+            raw_vm = attached;
+            if changed {
+                platform.flush_output();
+            }
         }
         let request = STATS_REQUEST.load(Ordering::Relaxed);
         if request != stats_seen {
@@ -806,6 +856,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             lazy_owner = Some(i);
         }
         let Some(v) = vcpus[i].as_mut() else { continue };
+        let vm_id = v.vm().id();
         let slice = sched.slice_ticks(id).unwrap_or(default_slice);
         let start = crate::arch::rdtsc();
         if let Some(prev) = last_slice_end {
@@ -859,7 +910,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 Ok(())
             }
         };
+        if vcpus[i].is_none() {
+            console::vm_gone(vm_id);
+        }
     }
+    console::cpu_done(cpu);
     if platform.dropped_bytes != 0 {
         log::warn!("CPU {cpu}: {} bytes of guest console output dropped", platform.dropped_bytes);
     }
@@ -950,20 +1005,23 @@ fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
     log::info!("vm {name}: {mib} MiB returned to the free pool ({} frames free)", crate::mm::counts().0);
 }
 
-/// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs.
+/// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs,
+/// `0`-`9` attach the console to a VM and Ctrl-] detaches ([`console`]).
 fn poll_console() {
     while let Some(byte) = drivers::serial::COM1.try_read_byte() {
-        match byte {
-            b's' => {
+        match console::key(byte) {
+            None => {}
+            Some(b's') => {
                 STATS_REQUEST.fetch_add(1, Ordering::Relaxed);
             }
-            b'q' => {
+            Some(b'q') => {
                 log::info!("console: stopping every VM");
                 STOP_ALL.store(true, Ordering::Relaxed);
             }
-            _ => {}
+            Some(_) => {}
         }
     }
+    console::kick();
 }
 
 fn print_summary() {

@@ -1,9 +1,10 @@
 //! The services exit handlers get ([`hvcore::arch::Platform`]), shared by
 //! the VT-x and AMD-V vCPUs: CPUID of the physical CPU, the time, the VM's
 //! memory, the vCPU's backend-held state, and the guest console, whose
-//! lines are queued and printed between slices.
+//! lines (and raw bytes, while the host console is attached to the VM) are
+//! queued and printed between slices.
 
-use alloc::string::String;
+use alloc::vec::Vec;
 
 use hvcore::arch::{GuestCpu, GuestLimits, GuestMemory, Platform, Reg, StateError};
 
@@ -18,7 +19,10 @@ use super::partition::Partition;
 /// past its end.
 pub struct KernelPlatform {
     pub(super) apic_id: u32,
-    output: String,
+    /// Queued guest output in order: `vm NAME: LINE` lines and raw bytes.
+    output: Vec<u8>,
+    /// The raw stretches of `output` (start, end).
+    raw_runs: Vec<(usize, usize)>,
     /// The queue reached [`OUTPUT_FLUSH_AT`]: end the running slice.
     pub(super) output_full: bool,
     pub(super) dropped_bytes: u64,
@@ -38,7 +42,8 @@ impl KernelPlatform {
     pub(super) fn new(apic_id: u32) -> Self {
         KernelPlatform {
             apic_id,
-            output: String::with_capacity(OUTPUT_QUEUE_LIMIT),
+            output: Vec::with_capacity(OUTPUT_QUEUE_LIMIT),
+            raw_runs: Vec::new(),
             output_full: false,
             dropped_bytes: 0,
             drop_reported: false,
@@ -47,20 +52,51 @@ impl KernelPlatform {
 
     /// Queues one guest console line, prefixed with the VM's name.
     pub(super) fn queue_line(&mut self, vm_name: &str, line: &str) {
-        use core::fmt::Write;
         if self.output.len() + vm_name.len() + line.len() + 6 > OUTPUT_QUEUE_LIMIT {
             self.dropped_bytes += line.len() as u64 + 1;
             return;
         }
-        let _ = writeln!(self.output, "vm {vm_name}: {line}");
+        for part in [b"vm ", vm_name.as_bytes(), b": ", line.as_bytes(), b"\n"] {
+            self.output.extend_from_slice(part);
+        }
+        self.output_full = self.output.len() >= OUTPUT_FLUSH_AT;
+    }
+
+    /// Queues raw guest console bytes (the host console is attached to the
+    /// VM): printed as they are, unprefixed.
+    pub(super) fn queue_raw(&mut self, bytes: &[u8]) {
+        if self.output.len() + bytes.len() > OUTPUT_QUEUE_LIMIT {
+            self.dropped_bytes += bytes.len() as u64;
+            return;
+        }
+        let start = self.output.len();
+        self.output.extend_from_slice(bytes);
+        let end = self.output.len();
+        match self.raw_runs.last_mut() {
+            Some(run) if run.1 == start => run.1 = end,
+            _ => self.raw_runs.push((start, end)),
+        }
         self.output_full = self.output.len() >= OUTPUT_FLUSH_AT;
     }
 
     /// Prints the queued guest output (outside any guest's slice).
     pub(super) fn flush_output(&mut self) {
         if !self.output.is_empty() {
-            crate::print!("{}", self.output);
+            let mut at = 0;
+            let lines = |from: usize, to: usize, output: &[u8]| {
+                if let Some(text) = output.get(from..to).filter(|t| !t.is_empty()) {
+                    // Lines hold sanitized ASCII and VM names only.
+                    crate::print!("{}", core::str::from_utf8(text).unwrap_or("<invalid>\n"));
+                }
+            };
+            for &(start, end) in &self.raw_runs {
+                lines(at, start, &self.output);
+                crate::console::print_raw(self.output.get(start..end).unwrap_or(&[]));
+                at = end;
+            }
+            lines(at, self.output.len(), &self.output);
             self.output.clear();
+            self.raw_runs.clear();
         }
         self.output_full = false;
         if self.dropped_bytes != 0 && !self.drop_reported {
@@ -115,6 +151,10 @@ impl Platform for PlatformFor<'_> {
 
     fn console_write(&mut self, vm_name: &str, line: &str) {
         self.host.queue_line(vm_name, line);
+    }
+
+    fn console_raw(&mut self, _vm_name: &str, bytes: &[u8]) {
+        self.host.queue_raw(bytes);
     }
 
     fn now_ticks(&self) -> u64 {

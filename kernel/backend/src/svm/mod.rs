@@ -643,6 +643,7 @@ mod round_trip {
             }
         }
         fn console_write(&mut self, _: &str, _: &str) {}
+        fn console_raw(&mut self, _: &str, _: &[u8]) {}
         fn now_ticks(&self) -> u64 {
             1000
         }

@@ -1,9 +1,10 @@
 //! Collects a VM's console output bytes into lines for the host console.
 //!
-//! A line is emitted on `'\n'` or when [`LINE_MAX`] bytes are pending. Bytes are
-//! sanitized: printable ASCII and tab pass, `'\r'` is dropped, anything else
-//! becomes `'?'`, so a guest cannot send escape sequences to the host terminal
-//! and every line is valid UTF-8.
+//! A line is emitted on `'\n'` or when [`LINE_MAX`] bytes are pending. Lines
+//! are sanitized: printable ASCII and tab pass, `'\r'` is dropped, anything
+//! else becomes `'?'`, so a guest cannot send escape sequences to the host
+//! terminal and every line is valid UTF-8. An unfinished line taken by a
+//! console that turns raw ([`LineBuffer::take_partial`]) keeps its bytes.
 
 /// Longest line before a forced flush.
 pub const LINE_MAX: usize = 256;
@@ -35,8 +36,7 @@ impl LineBuffer {
         match byte {
             b'\n' => self.flush(&mut emit),
             b'\r' => {}
-            b'\t' | 0x20..=0x7E => self.append(byte, &mut emit),
-            _ => self.append(b'?', &mut emit),
+            _ => self.append(byte, &mut emit),
         }
     }
 
@@ -52,8 +52,13 @@ impl LineBuffer {
 
     /// Emits the pending bytes as a line, even an empty one after `'\n'`.
     pub fn flush(&mut self, emit: &mut impl FnMut(&str)) {
-        let bytes = self.buf.get(..self.len).unwrap_or(&[]);
-        // Only sanitized ASCII is ever stored, so this cannot fail.
+        let bytes = self.buf.get_mut(..self.len).unwrap_or(&mut []);
+        for b in bytes.iter_mut() {
+            if !matches!(*b, b'\t' | 0x20..=0x7E) {
+                *b = b'?';
+            }
+        }
+        // Sanitized to ASCII just above, so this cannot fail.
         emit(core::str::from_utf8(bytes).unwrap_or("<invalid>"));
         self.len = 0;
     }
@@ -62,6 +67,17 @@ impl LineBuffer {
     pub fn flush_partial(&mut self, mut emit: impl FnMut(&str)) {
         if self.len > 0 {
             self.flush(&mut emit);
+        }
+    }
+
+    /// Hands the pending bytes (as the guest wrote them, without `'\r'`) to
+    /// `take` and empties the buffer; `take` is not called when nothing is pending.
+    /// For a console switching to raw output, which shows an unfinished
+    /// line (a shell prompt) as it is.
+    pub fn take_partial(&mut self, take: impl FnOnce(&[u8])) {
+        if self.len > 0 {
+            take(self.buf.get(..self.len).unwrap_or(&[]));
+            self.len = 0;
         }
     }
 
@@ -94,6 +110,19 @@ mod tests {
         lb.flush_partial(|l| out.push(l.to_string()));
         assert_eq!(out.last().unwrap(), "tail");
         lb.flush_partial(|_| panic!("nothing pending"));
+    }
+
+    #[test]
+    fn partial_line_taken_once() {
+        let mut lb = LineBuffer::new();
+        let mut out = Vec::new();
+        feed(&mut lb, b"done\n/ # \x1b", &mut out);
+        let mut taken = Vec::new();
+        lb.take_partial(|b| taken.extend_from_slice(b));
+        assert_eq!(taken, b"/ # \x1b");
+        assert_eq!(lb.pending(), 0);
+        lb.take_partial(|_| panic!("nothing pending"));
+        assert_eq!(out, ["done"]);
     }
 
     #[test]

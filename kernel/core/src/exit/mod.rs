@@ -190,6 +190,10 @@ pub(crate) mod testenv {
 
     pub struct FakePlatform {
         pub lines: Vec<String>,
+        /// Raw console output ([`Platform::console_raw`]), with the name of
+        /// the VM that wrote last.
+        pub raw: Vec<u8>,
+        pub raw_vm: String,
         pub ticks: u64,
         pub apic_id: u32,
         pub mem: FakeMem,
@@ -200,6 +204,8 @@ pub(crate) mod testenv {
         pub fn new() -> Self {
             FakePlatform {
                 lines: Vec::new(),
+                raw: Vec::new(),
+                raw_vm: String::new(),
                 ticks: 1000,
                 apic_id: 0,
                 mem: FakeMem {
@@ -225,6 +231,10 @@ pub(crate) mod testenv {
         }
         fn console_write(&mut self, vm_name: &str, line: &str) {
             self.lines.push(alloc::format!("[{vm_name}] {line}"));
+        }
+        fn console_raw(&mut self, vm_name: &str, bytes: &[u8]) {
+            self.raw.extend_from_slice(bytes);
+            self.raw_vm = vm_name.into();
         }
         fn now_ticks(&self) -> u64 {
             self.ticks
