@@ -45,6 +45,7 @@ fn main_inner() -> Result<u8, Error> {
                 interactive: true,
                 timeout: options.timeout,
                 work_dir: kernel_build::output_dir(&kernel_build::repo_root()).join("run"),
+                input: Vec::new(),
             };
             if spec.emulator == Emulator::Qemu {
                 match (spec.cpu, run::kvm_nested()) {

@@ -13,12 +13,23 @@
 //! and the VM start report only from a kernel log line (`[ s.us] LEVEL ...`).
 //! [`exit_status`] turns a run into the documented exit status of `boot run`
 //! (see [`status`]).
+//!
+//! A run can type into the serial port ([`RunSpec::input`], [`InputStep`]):
+//! the port is then a socket (QEMU: a unix socket chardev the emulator waits
+//! on; Bochs: `mode=socket-server` on a local TCP port) instead of a file; the
+//! runner connects, copies everything the kernel sends into the same serial
+//! log, and writes each step's bytes once the log shows what the step waits
+//! for. Without steps the port is a plain file, as it always was.
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hvcore::KernelExit;
@@ -70,6 +81,31 @@ pub struct RunSpec {
     pub timeout: Option<Duration>,
     /// Folder for the serial log, firmware variables and emulator logs.
     pub work_dir: PathBuf,
+    /// Scripted serial input, for non-interactive runs (tests): each step in
+    /// turn waits until the serial output since the previous step's bytes
+    /// were sent contains its text, then sends its bytes. Empty: the serial
+    /// port is output only (a file).
+    pub input: Vec<InputStep>,
+}
+
+/// One step of scripted serial input ([`RunSpec::input`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputStep {
+    /// Text the serial output must contain (after the previous step's send,
+    /// or from the start for the first step) before `send` goes out.
+    pub wait_for: String,
+    /// The bytes typed, as they are (`\n` for Enter, 0x1d for Ctrl-]).
+    pub send: Vec<u8>,
+}
+
+impl InputStep {
+    /// Waits for `wait_for`, then sends `send`.
+    pub fn new(wait_for: &str, send: impl AsRef<[u8]>) -> Self {
+        InputStep {
+            wait_for: wait_for.into(),
+            send: send.as_ref().to_vec(),
+        }
+    }
 }
 
 /// The CPU an emulator presents, and so which virtualization backend the
@@ -127,6 +163,10 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Whether QEMU ran with KVM.
     pub kvm: bool,
+    /// How many of [`RunSpec::input`]'s steps sent their bytes.
+    pub input_sent: usize,
+    /// The text the first unsent step was still waiting for, if any.
+    pub input_waiting: Option<String>,
 }
 
 impl Outcome {
@@ -173,6 +213,13 @@ impl fmt::Display for Outcome {
             self.elapsed.as_secs_f64()
         )?;
         writeln!(f, "command: {}", self.command)?;
+        if let Some(text) = &self.input_waiting {
+            writeln!(
+                f,
+                "input: {} step(s) sent; the next still waited for {:?}",
+                self.input_sent, text
+            )?;
+        }
         writeln!(f, "serial log (last 40 lines):")?;
         write!(f, "{}", hvcore::text::EscapedLines(&self.serial_tail(40)))
     }
@@ -448,14 +495,22 @@ impl Drop for ChildGuard {
 }
 
 /// Builds the emulator command line for a run; also returns whether KVM is used.
-fn command_for(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Error> {
+fn command_for(
+    spec: &RunSpec,
+    serial_log: &Path,
+    link: Option<&Endpoint>,
+) -> Result<(Command, bool), Error> {
     match spec.emulator {
-        Emulator::Qemu => qemu_command(spec, serial_log),
-        Emulator::Bochs => Ok((bochs_command(spec, serial_log)?, false)),
+        Emulator::Qemu => qemu_command(spec, serial_log, link),
+        Emulator::Bochs => Ok((bochs_command(spec, serial_log, link)?, false)),
     }
 }
 
-fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Error> {
+fn qemu_command(
+    spec: &RunSpec,
+    serial_log: &Path,
+    link: Option<&Endpoint>,
+) -> Result<(Command, bool), Error> {
     require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35", "-no-reboot"])
@@ -481,6 +536,21 @@ fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Er
         .arg(format!("format=raw,file={}", spec.image.display()));
     if spec.interactive {
         cmd.args(["-serial", "mon:stdio"]);
+    } else if let Some(link) = link {
+        // QEMU waits for the runner to connect before it starts the machine.
+        let chardev = match link {
+            Endpoint::Unix(path) => format!(
+                "socket,id=com1,path={},server=on,wait=on",
+                path.display()
+            ),
+            Endpoint::Tcp(addr) => format!(
+                "socket,id=com1,host={},port={},server=on,wait=on",
+                addr.ip(),
+                addr.port()
+            ),
+        };
+        cmd.arg("-chardev").arg(chardev);
+        cmd.args(["-serial", "chardev:com1"]);
     } else {
         cmd.arg("-serial")
             .arg(format!("file:{}", serial_log.display()));
@@ -494,7 +564,11 @@ fn qemu_command(spec: &RunSpec, serial_log: &Path) -> Result<(Command, bool), Er
     Ok((cmd, kvm))
 }
 
-fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
+fn bochs_command(
+    spec: &RunSpec,
+    serial_log: &Path,
+    link: Option<&Endpoint>,
+) -> Result<Command, Error> {
     require_tool("bochs", "bochs bochs-sdl")?;
     require_file(BOCHS_BIOS, "bochsbios")?;
     require_file(BOCHS_VGABIOS, "vgabios")?;
@@ -521,6 +595,17 @@ fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
             ))
         }
     };
+    // With input, Bochs listens on a local TCP port and waits for the runner
+    // before it starts (Debian's Bochs has no unix sockets; pipes are Windows only).
+    let com1 = match link {
+        None => format!("mode=file, dev={}", serial_log.display()),
+        Some(Endpoint::Tcp(addr)) => format!("mode=socket-server, dev={addr}"),
+        Some(Endpoint::Unix(_)) => {
+            return Err(Error::Usage(
+                "Bochs serial input needs a TCP endpoint".into(),
+            ))
+        }
+    };
     let rc = spec.work_dir.join("bochsrc");
     // ips=200M: Bochs counts time in instructions; with it the TSC advances one
     // tick per guest instruction, which makes benchmark figures repeatable.
@@ -532,13 +617,12 @@ fn bochs_command(spec: &RunSpec, serial_log: &Path) -> Result<Command, Error> {
          vga: extension=vbe\n\
          ata0-master: type=disk, path={image}, mode=flat\n\
          boot: disk\n\
-         com1: enabled=1, mode=file, dev={serial}\n\
+         com1: enabled=1, {com1}\n\
          display_library: sdl2\n\
          log: {log}\n",
         megs = spec.memory_mib,
         cpus = spec.cpus,
         image = spec.image.display(),
-        serial = serial_log.display(),
         log = spec.work_dir.join("bochs.log").display(),
     );
     fs::write(&rc, text).map_err(|e| Error::io(&rc, e))?;
@@ -576,7 +660,17 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
     fs::create_dir_all(&spec.work_dir).map_err(|e| Error::io(&spec.work_dir, e))?;
     let serial_log = spec.work_dir.join("serial.log");
     fs::write(&serial_log, b"").map_err(|e| Error::io(&serial_log, e))?;
-    let (mut cmd, kvm) = command_for(spec, &serial_log)?;
+    if spec.interactive && !spec.input.is_empty() {
+        return Err(Error::Usage(
+            "scripted serial input needs a non-interactive run".into(),
+        ));
+    }
+    let mut link = if spec.input.is_empty() {
+        None
+    } else {
+        Some(SerialLink::new(spec.emulator, &serial_log)?)
+    };
+    let (mut cmd, kvm) = command_for(spec, &serial_log, link.as_ref().map(|l| &l.endpoint))?;
     let command = describe(&cmd);
     let emulator_log = spec.work_dir.join("emulator.log");
     let log_file = fs::File::create(&emulator_log).map_err(|e| Error::io(&emulator_log, e))?;
@@ -616,9 +710,16 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
             *echoed = upto;
         }
     };
+    let mut steps = Steps::default();
     let ending = loop {
+        if let Some(link) = link.as_mut() {
+            link.connect();
+        }
         let serial = fs::read(&serial_log).unwrap_or_default();
         echo(&serial, &mut echoed, false);
+        if let Some(link) = link.as_mut().filter(|l| l.connected()) {
+            steps.advance(&spec.input, &serial, |bytes| link.send(bytes));
+        }
         if let Some(code) = kernel_code_in(&String::from_utf8_lossy(&serial)) {
             // Give QEMU a moment to take the exit-device path by itself.
             std::thread::sleep(Duration::from_millis(200));
@@ -652,6 +753,8 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(guard);
+    // The emulator is gone: the rest of its output reaches the log.
+    drop(link.take());
     if spec.emulator == Emulator::Bochs {
         let _ = fs::remove_file(lock_file(&spec.image));
     }
@@ -664,7 +767,205 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
         serial,
         elapsed: start.elapsed(),
         kvm,
+        input_sent: steps.next,
+        input_waiting: spec.input.get(steps.next).map(|s| s.wait_for.clone()),
     })
+}
+
+/// Where scripted input goes through the input steps.
+#[derive(Debug, Default)]
+struct Steps {
+    /// The next step to send.
+    next: usize,
+    /// Where the output the next step looks at starts (the log's length when
+    /// the previous step sent).
+    from: usize,
+    /// How far the next step has searched without a match.
+    searched: usize,
+}
+
+impl Steps {
+    /// Sends every step whose text `serial` shows, in order.
+    fn advance(&mut self, steps: &[InputStep], serial: &[u8], mut send: impl FnMut(&[u8])) {
+        while let Some(step) = steps.get(self.next) {
+            let needle = step.wait_for.as_bytes();
+            // Resume a little before the end of the last search: a match may
+            // straddle it.
+            let start = self
+                .searched
+                .saturating_sub(needle.len())
+                .max(self.from)
+                .min(serial.len());
+            if !contains(&serial[start..], needle) {
+                self.searched = serial.len();
+                return;
+            }
+            send(&step.send);
+            self.next += 1;
+            self.from = serial.len();
+            self.searched = serial.len();
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sockets serve as COM1 only in runs with input; their paths are unique per run.
+static LINKS: AtomicUsize = AtomicUsize::new(0);
+
+/// The emulator's end of the serial socket.
+#[derive(Debug)]
+enum Endpoint {
+    /// A unix socket QEMU listens on.
+    Unix(PathBuf),
+    /// A local TCP port (Bochs).
+    Tcp(SocketAddr),
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.write_all(bytes),
+            Stream::Tcp(s) => s.write_all(bytes),
+        }
+    }
+}
+
+/// The runner's side of a serial port that takes input: connected once
+/// the emulator listens; a thread appends what the kernel sends to the
+/// serial log.
+struct SerialLink {
+    endpoint: Endpoint,
+    log: PathBuf,
+    stream: Option<Stream>,
+    copier: Option<JoinHandle<()>>,
+}
+
+impl SerialLink {
+    fn new(emulator: Emulator, log: &Path) -> Result<SerialLink, Error> {
+        let endpoint = match emulator {
+            Emulator::Qemu => {
+                // In the temporary folder: a unix socket path has at most 107 bytes.
+                let n = LINKS.fetch_add(1, Ordering::Relaxed);
+                let path =
+                    std::env::temp_dir().join(format!("hv-com1-{}-{n}.sock", std::process::id()));
+                let _ = fs::remove_file(&path);
+                Endpoint::Unix(path)
+            }
+            Emulator::Bochs => {
+                // A port that was free a moment ago (Bochs cannot be told to
+                // pick one and say which).
+                let probe = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Tool {
+                    tool: "a local TCP port for the serial port".into(),
+                    detail: e.to_string(),
+                })?;
+                let addr = probe.local_addr().map_err(|e| Error::Tool {
+                    tool: "a local TCP port for the serial port".into(),
+                    detail: e.to_string(),
+                })?;
+                Endpoint::Tcp(addr)
+            }
+        };
+        Ok(SerialLink {
+            endpoint,
+            log: log.to_path_buf(),
+            stream: None,
+            copier: None,
+        })
+    }
+
+    fn connected(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// One attempt to connect (the emulator may not listen yet).
+    fn connect(&mut self) {
+        if self.stream.is_some() {
+            return;
+        }
+        let stream = match &self.endpoint {
+            Endpoint::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
+            Endpoint::Tcp(addr) => {
+                TcpStream::connect_timeout(addr, Duration::from_millis(200)).map(|s| {
+                    let _ = s.set_nodelay(true);
+                    Stream::Tcp(s)
+                })
+            }
+        };
+        let Ok(stream) = stream else { return };
+        let (Ok(mut reader), Ok(mut log)) = (
+            stream.try_clone(),
+            fs::OpenOptions::new().append(true).open(&self.log),
+        ) else {
+            return;
+        };
+        self.copier = Some(std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                if log.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }));
+        self.stream = Some(stream);
+    }
+
+    /// Types `bytes` (a failure means the emulator is gone, which the run
+    /// loop sees by itself).
+    fn send(&mut self, bytes: &[u8]) {
+        if let Some(stream) = self.stream.as_mut() {
+            let _ = stream.write_all(bytes);
+        }
+    }
+
+}
+
+impl Drop for SerialLink {
+    /// Once the emulator has ended, the copier reads what is left and sees
+    /// the end of the stream; it is cut off if that takes long.
+    fn drop(&mut self) {
+        if let Some(copier) = self.copier.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !copier.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(stream) = self.stream.as_ref() {
+                stream.shutdown();
+            }
+            let _ = copier.join();
+        }
+        if let Endpoint::Unix(path) = &self.endpoint {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -739,6 +1040,8 @@ mod tests {
             serial: serial.into(),
             elapsed: Duration::from_secs(1),
             kvm: false,
+            input_sent: 0,
+            input_waiting: None,
         }
     }
 
@@ -798,6 +1101,61 @@ mod tests {
             !shown.contains('\x1b') && shown.contains("vm x: \\x1b[2Jgone"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn input_steps_wait_for_output_after_the_previous_send() {
+        let steps = [
+            InputStep::new("login", "0"),
+            InputStep::new("attached", "echo\n"),
+            InputStep::new("attached", [0x1d]),
+        ];
+        let mut at = Steps::default();
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let mut log = b"boot".to_vec();
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        assert!(sent.is_empty());
+        // A match split across two reads of the log still counts.
+        log.extend_from_slice(b" log");
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        log.extend_from_slice(b"in: attached");
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        // What was in the log before the send does not count for the next step.
+        assert_eq!(sent, [b"0".to_vec()]);
+        log.extend_from_slice(b"console: attached");
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        // Step 2 saw "attached" after step 1's send; step 3 needs a new one.
+        assert_eq!(sent, [b"0".to_vec(), b"echo\n".to_vec()]);
+        assert_eq!(at.next, 2);
+        log.extend_from_slice(b"\nattac");
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        assert_eq!(at.next, 2);
+        log.extend_from_slice(b"hed\n");
+        at.advance(&steps, &log, |b| sent.push(b.to_vec()));
+        assert_eq!(sent.last().unwrap(), &[0x1d]);
+        assert_eq!(at.next, 3);
+        at.advance(&steps, &log, |_| panic!("no steps left"));
+    }
+
+    #[test]
+    fn interactive_runs_take_no_scripted_input() {
+        let spec = RunSpec {
+            emulator: Emulator::Qemu,
+            firmware: Firmware::Bios,
+            image: "/nonexistent.img".into(),
+            memory_mib: 64,
+            cpus: 1,
+            cpu: CpuModel::Default,
+            gdb: false,
+            display: false,
+            interactive: true,
+            timeout: None,
+            work_dir: std::env::temp_dir().join(format!("hv-run-test-{}", std::process::id())),
+            input: vec![InputStep::new("", "x")],
+        };
+        let e = run(&spec).unwrap_err();
+        let _ = fs::remove_dir_all(&spec.work_dir);
+        assert!(matches!(e, Error::Usage(_)), "{e}");
     }
 
     #[test]

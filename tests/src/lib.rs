@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use boot::image::{Firmware, Images};
 pub use boot::pack::Scenario;
-pub use boot::run::{status, CpuModel, Emulator, Ending, Outcome, RunSpec, VmStart};
+pub use boot::run::{status, CpuModel, Emulator, Ending, InputStep, Outcome, RunSpec, VmStart};
 pub use hvcore::package::{BootOptions, Command, CrashTest};
 pub use hvcore::KernelExit;
 
@@ -199,6 +199,20 @@ impl Machine {
 /// The result is printed (visible with `--nocapture` and on failure); a missing
 /// emulator or firmware panics with the package to install.
 pub fn boot_on(name: &str, scenario: &Scenario, machine: &Machine) -> Outcome {
+    boot_on_with_input(name, scenario, machine, &[])
+}
+
+/// [`boot_on`], typing into the serial console: each step waits until the
+/// serial output since the previous step's send contains its text, then
+/// sends its bytes ([`InputStep`]). The kernel reads keys only when the
+/// scenario's `options.serial_input` is on. Check with
+/// [`assert_input_done`] that every step was sent.
+pub fn boot_on_with_input(
+    name: &str,
+    scenario: &Scenario,
+    machine: &Machine,
+    steps: &[InputStep],
+) -> Outcome {
     let images = images(name, scenario);
     let spec = RunSpec {
         emulator: machine.emulator,
@@ -213,6 +227,7 @@ pub fn boot_on(name: &str, scenario: &Scenario, machine: &Machine) -> Outcome {
         timeout: Some(machine.timeout),
         work_dir: work_dir(name)
             .join(format!("{:?}-{:?}", machine.emulator, machine.firmware).to_lowercase()),
+        input: steps.to_vec(),
     };
     let outcome = boot::run::run(&spec).unwrap_or_else(|e| match e {
         boot::Error::MissingTool { .. } => panic!("[{name}] cannot boot: {e}"),
@@ -260,6 +275,19 @@ pub fn fail(outcome: &Outcome, why: &str) -> ! {
 pub fn assert_success(outcome: &Outcome) {
     if !outcome.success() {
         fail(outcome, "expected the kernel to report success");
+    }
+}
+
+/// Every input step of the run sent its bytes (each saw what it waited for).
+pub fn assert_input_done(outcome: &Outcome) {
+    if let Some(text) = &outcome.input_waiting {
+        fail(
+            outcome,
+            &format!(
+                "input step {} never saw {text:?} in the serial output",
+                outcome.input_sent + 1
+            ),
+        );
     }
 }
 
@@ -462,6 +490,8 @@ mod tests {
             serial: serial.into(),
             elapsed: Duration::from_secs(1),
             kvm: false,
+            input_sent: 0,
+            input_waiting: None,
         }
     }
 

@@ -69,6 +69,7 @@ fn runner_kills_emulator_on_timeout() {
         // OVMF alone takes longer than this, so the kernel never gets to report.
         timeout: Some(Duration::from_secs(1)),
         work_dir: work_dir(name),
+        input: Vec::new(),
     };
     let o = boot::run::run(&spec).unwrap_or_else(|e| panic!("[{name}] cannot boot: {e}"));
     if !matches!(o.ending, Ending::TimedOut(_)) {
