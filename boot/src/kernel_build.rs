@@ -32,6 +32,7 @@ pub const GUEST_PROGRAMS: &[&str] = &[
     "cr8",
     "stihlt",
     "flood",
+    "multiboot",
 ];
 
 /// What the bare-metal build produced.
