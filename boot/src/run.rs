@@ -74,8 +74,9 @@ pub struct RunSpec {
     pub gdb: bool,
     /// Show the emulator's screen (the framebuffer console).
     pub display: bool,
-    /// Serial on the terminal, keyboard included (`./qemu-run.sh`); otherwise the
-    /// serial log is only written to `work_dir`.
+    /// Serial on the terminal, keyboard included (`./qemu-run.sh`; QEMU also
+    /// copies it to the serial log in `work_dir`, which gives the exit status
+    /// its start report); otherwise the serial log is only written to `work_dir`.
     pub interactive: bool,
     /// Wall-clock limit; the emulator is killed when it passes.
     pub timeout: Option<Duration>,
@@ -535,7 +536,14 @@ fn qemu_command(
     cmd.arg("-drive")
         .arg(format!("format=raw,file={}", spec.image.display()));
     if spec.interactive {
-        cmd.args(["-serial", "mon:stdio"]);
+        // `-serial mon:stdio` (the terminal, with QEMU's monitor behind
+        // Ctrl-A C) that also writes the serial output to the log, where the
+        // run's exit status finds the kernel's start report.
+        cmd.arg("-chardev").arg(format!(
+            "stdio,id=com1,mux=on,logfile={}",
+            serial_log.display()
+        ));
+        cmd.args(["-serial", "chardev:com1", "-mon", "chardev=com1"]);
     } else if let Some(link) = link {
         // QEMU waits for the runner to connect before it starts the machine.
         let chardev = match link {
@@ -715,7 +723,14 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
         if let Some(link) = link.as_mut() {
             link.connect();
         }
-        let serial = fs::read(&serial_log).unwrap_or_default();
+        // QEMU on the terminal ends by itself after the kernel's result and
+        // puts the terminal back as it found it (killed, it could not), so
+        // its log is only read at the end.
+        let serial = if qemu_stdio {
+            Vec::new()
+        } else {
+            fs::read(&serial_log).unwrap_or_default()
+        };
         echo(&serial, &mut echoed, false);
         if let Some(link) = link.as_mut().filter(|l| l.connected()) {
             steps.advance(&spec.input, &serial, |bytes| link.send(bytes));
