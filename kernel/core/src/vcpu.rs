@@ -571,6 +571,53 @@ mod tests {
     }
 
     #[test]
+    fn typed_line_reaches_a_fifo_guest_by_character_timeout() {
+        // Linux's 8250 driver: FIFO with trigger level 8, receive interrupt
+        // on, OUT2 set. A line shorter than the trigger level is announced
+        // by the character timeout, which the VM's device clock runs.
+        let mut vm = VmContext::with_pc_devices(1, "linux", &PC);
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut env = FakePlatform::new();
+        if let Some(pic) = vm.bus_mut().device_mut::<PicPair>() {
+            for (p, v) in [
+                (0x20u16, 0x11u8),
+                (0x21, 0x30),
+                (0x21, 0x04),
+                (0x21, 0x01),
+                (0x21, 0xEF),
+            ] {
+                pic.write(p, AccessSize::Byte, u32::from(v), &mut Effects::new());
+            }
+        }
+        let mut regs = GuestRegs::default();
+        for (port, v) in [(0x3FAu16, 0x81u32), (0x3FC, 0x0B), (0x3F9, 0x01)] {
+            let exit = Exit::Io(IoAccess {
+                port,
+                size: AccessSize::Byte,
+                dir: IoDir::Out { value: v },
+                string_or_rep: false,
+            });
+            handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
+        }
+        assert_eq!(vm.next_deadline_ns(), None, "no input, no timeout");
+        vm.console_input(b"ls\r", &mut env);
+        assert_eq!(vm.pending_interrupt(), None, "3 bytes < trigger level 8");
+        let due = vm.next_deadline_ns().expect("the character timeout is due");
+        vm.advance_timers(due, &mut env);
+        assert!(vm.irq_level(4));
+        assert_eq!(vm.pending_interrupt(), Some(0x34));
+        // A full trigger level raises it at once.
+        let mut vm2 = VmContext::with_pc_devices(2, "b", &PC);
+        if let Some(uart) = vm2.bus_mut().device_mut::<Serial16550>() {
+            for (p, v) in [(0x3FAu16, 0x81u32), (0x3FC, 0x0B), (0x3F9, 0x01)] {
+                uart.write(p, AccessSize::Byte, v, &mut Effects::new());
+            }
+        }
+        vm2.console_input(b"echo $((6*7))\r", &mut env);
+        assert!(vm2.irq_level(4));
+    }
+
+    #[test]
     fn console_input_raises_uart_irq_on_pic() {
         let mut vm = VmContext::with_pc_devices(1, "pc", &PC);
         let mut vcpu = crate::vcpu::VcpuState::new(0);
