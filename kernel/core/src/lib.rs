@@ -18,6 +18,7 @@ extern crate alloc;
 pub mod arch;
 pub mod boot_proto;
 pub mod config;
+pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
