@@ -111,6 +111,20 @@ pub mod key {
     pub const BENCH_SWITCH_MIN: u64 = 0x18;
     /// Benchmark: world switch median.
     pub const BENCH_SWITCH_MEDIAN: u64 = 0x19;
+    /// Benchmark loop (`xor eax,eax; xor ecx,ecx; <op>; dec esi; jnz`):
+    /// ticks per iteration of the empty loop, in tenths.
+    pub const BENCH_LOOP_EMPTY: u64 = 0x1A;
+    /// Benchmark loop with CPUID (leaf 0), tenths of a tick per iteration,
+    /// net of the empty loop.
+    pub const BENCH_LOOP_CPUID: u64 = 0x1B;
+    /// Benchmark loop with VMCALL (version), net tenths per iteration.
+    pub const BENCH_LOOP_VMCALL: u64 = 0x1C;
+    /// Benchmark loop with OUT to a port no device claims, net tenths.
+    pub const BENCH_LOOP_OUT_UNCLAIMED: u64 = 0x1D;
+    /// Benchmark loop with OUT to the UART's THR, net tenths.
+    pub const BENCH_LOOP_OUT_UART: u64 = 0x1E;
+    /// Benchmark loop with VMMCALL (AMD only), net tenths per iteration.
+    pub const BENCH_LOOP_VMMCALL: u64 = 0x1F;
 
     /// `cpuid` guest: the APIC ID it read from CPUID leaf 1.
     pub const CPUID_APIC_ID: u64 = 0x20;

@@ -79,6 +79,19 @@ pub fn guests_dir(root: &Path) -> PathBuf {
     output_dir(root).join("baremetal").join("stripped")
 }
 
+/// The `--features` value for `HV_KERNEL_FEATURES` (kernel features,
+/// comma-separated), if any is named.
+fn kernel_features() -> Option<String> {
+    let names = std::env::var("HV_KERNEL_FEATURES").ok()?;
+    let list: Vec<String> = names
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("kernel/{n}"))
+        .collect();
+    (!list.is_empty()).then(|| list.join(","))
+}
+
 /// Builds the kernel and the guest programs (release profile) and returns their paths.
 ///
 /// `HV_BUILD_STD=1` (set by `boot/toolchain.sh` when the toolchain has no
@@ -92,6 +105,12 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
         .args(["--target", "x86_64-unknown-none"])
         .arg("--target-dir")
         .arg(&target_dir);
+    // `HV_KERNEL_FEATURES=vmcs-count` (comma-separated kernel features):
+    // the benchmark's counting build (tests/bench.sh gives it its own
+    // `HV_TARGET_DIR`, so it never replaces the ordinary kernel).
+    if let Some(features) = kernel_features() {
+        cmd.arg("--features").arg(features);
+    }
     if std::env::var("HV_BUILD_STD")
         .map(|v| v == "1")
         .unwrap_or(false)

@@ -426,6 +426,63 @@ pub unsafe fn vmwrite(encoding: u32, value: u64) -> Result<(), VmFail> {
     unsafe { flags_to_result(cf, zf) }
 }
 
+/// VMREAD without the failure check, for a field that cannot fail: see
+/// [`crate::vmcs::VmcsAccess::read_known`]. Debug builds still check the
+/// flags and panic on a failure, which then is a bug in the caller.
+///
+/// # Safety
+///
+/// The CPU is in VMX root operation.
+#[inline]
+pub unsafe fn vmread_unchecked(encoding: u32) -> u64 {
+    if cfg!(debug_assertions) {
+        // SAFETY: the caller's contract.
+        return match unsafe { vmread(encoding) } {
+            Ok(v) => v,
+            Err(e) => panic!("VMREAD of field {encoding:#x} failed: {e}"),
+        };
+    }
+    let value: u64;
+    // SAFETY: the caller guarantees VMX operation; VMREAD only writes the
+    // output register (and the flags).
+    unsafe {
+        asm!(
+            "vmread {value}, {field}",
+            field = in(reg) u64::from(encoding),
+            value = out(reg) value,
+            options(nostack, nomem),
+        );
+    }
+    value
+}
+
+/// VMWRITE without the failure check, for a field that cannot fail: see
+/// [`crate::vmcs::VmcsAccess::write_known`]. Debug builds still check.
+///
+/// # Safety
+///
+/// The CPU is in VMX root operation.
+#[inline]
+pub unsafe fn vmwrite_unchecked(encoding: u32, value: u64) {
+    if cfg!(debug_assertions) {
+        // SAFETY: the caller's contract.
+        if let Err(e) = unsafe { vmwrite(encoding, value) } {
+            panic!("VMWRITE of field {encoding:#x} failed: {e}");
+        }
+        return;
+    }
+    // SAFETY: the caller guarantees VMX operation; VMWRITE only changes the
+    // current VMCS (and the flags), which Rust code never accesses as memory.
+    unsafe {
+        asm!(
+            "vmwrite {field}, {value}",
+            field = in(reg) u64::from(encoding),
+            value = in(reg) value,
+            options(nostack, nomem),
+        );
+    }
+}
+
 /// Invalidates EPT-derived translations (INVEPT, SDM 31.3). `eptp` is ignored
 /// for [`InveptType::AllContext`].
 ///

@@ -19,7 +19,11 @@
 //! 2. **VMX failures are typed.** Every instruction returns
 //!    `Result<_, `[`VmFail`]`>`, with CF and ZF read in the same `asm!` block as
 //!    the instruction; VMfailValid carries the decoded [`InstructionError`]. A
-//!    failed `vmread` is an error, never a zero.
+//!    failed `vmread` is an error, never a zero. The one exception is by
+//!    construction: [`VmcsAccess::read_known`] and `write_known` access
+//!    fields every VMX processor has on the VMCS an [`ActiveVmcs`] proves
+//!    current, where VMREAD and VMWRITE cannot fail (SDM 31.3); the exit
+//!    path uses them without a `Result` (debug builds and [`FakeVmcs`] check).
 //! 3. **VMCS fields are typed by width and access** (SDM Appendix B): a 16-bit
 //!    field takes a `u16`, and read-only exit-information fields cannot be
 //!    written. Encodings are checked against their types at compile time:

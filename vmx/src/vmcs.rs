@@ -582,6 +582,39 @@ pub trait VmcsAccess {
         self.write(field.encoding(), F::to_raw(value))
     }
 
+    /// Reads a field that cannot fail: one every VMX processor has (or one
+    /// of a feature the caller's set-up requires), of the VMCS that this
+    /// handle proves current. VMREAD fails only without a current VMCS or
+    /// for an unsupported field (SDM 31.3, VMREAD), so the exit path reads
+    /// such fields without a `Result` to check. A failure here is a bug in
+    /// the caller: implementations that can tell (debug builds, [`FakeVmcs`]
+    /// for a field never written) panic.
+    fn read_known(&self, encoding: u32) -> u64 {
+        match self.read(encoding) {
+            Ok(v) => v,
+            Err(e) => panic!("VMREAD of field {encoding:#x} failed: {e}"),
+        }
+    }
+
+    /// Writes a field that cannot fail, as for [`Self::read_known`]:
+    /// VMWRITE fails only without a current VMCS, for an unsupported field
+    /// or for a read-only one, which the typed [`Self::set_known`] excludes.
+    fn write_known(&mut self, encoding: u32, value: u64) {
+        if let Err(e) = self.write(encoding, value) {
+            panic!("VMWRITE of field {encoding:#x} failed: {e}");
+        }
+    }
+
+    /// Reads a typed field that cannot fail ([`Self::read_known`]).
+    fn get_known<F: Field>(&self, field: F) -> F::Value {
+        F::from_raw(self.read_known(field.encoding()))
+    }
+
+    /// Writes a typed, writable field that cannot fail ([`Self::write_known`]).
+    fn set_known<F: WritableField>(&mut self, field: F, value: F::Value) {
+        self.write_known(field.encoding(), F::to_raw(value))
+    }
+
     /// Reads a field, applies `f` and writes the result back; returns the new value.
     fn update<F: WritableField>(
         &mut self,
@@ -600,6 +633,12 @@ impl<V: VmcsAccess + ?Sized> VmcsAccess for &mut V {
     }
     fn write(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         (**self).write(encoding, value)
+    }
+    fn read_known(&self, encoding: u32) -> u64 {
+        (**self).read_known(encoding)
+    }
+    fn write_known(&mut self, encoding: u32, value: u64) {
+        (**self).write_known(encoding, value)
     }
 }
 
@@ -663,6 +702,18 @@ impl VmcsAccess for ActiveVmcs {
     fn write(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         // SAFETY: as for `read`.
         unsafe { crate::instructions::vmwrite(encoding, value) }
+    }
+
+    #[inline]
+    fn read_known(&self, encoding: u32) -> u64 {
+        // SAFETY: as for `read`.
+        unsafe { crate::instructions::vmread_unchecked(encoding) }
+    }
+
+    #[inline]
+    fn write_known(&mut self, encoding: u32, value: u64) {
+        // SAFETY: as for `read`.
+        unsafe { crate::instructions::vmwrite_unchecked(encoding, value) }
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`entry`]) and the vCPU ([`vcpu`]). Boot-time decisions and everything
 //! host-testable are in `backend::vtx`.
 
+pub mod count;
 pub mod enable;
 pub mod entry;
 pub mod vcpu;

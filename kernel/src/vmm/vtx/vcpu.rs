@@ -21,6 +21,7 @@ use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
 
 use super::super::platform::{KernelPlatform, PlatformFor};
+use super::count::{self, Tally};
 use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
 use crate::vmm::irq::{self, DeviceClock};
@@ -66,6 +67,8 @@ pub struct Vcpu {
     lazy: LazyState,
     /// Device time and the interrupt window.
     pub clock: DeviceClock,
+    /// VMREAD/VMWRITE counts (bench builds only, see [`count`]).
+    tally: Tally,
 }
 
 /// Per-CPU VMX facts the host state needs.
@@ -117,6 +120,7 @@ impl Vcpu {
             soft: SoftState::default(),
             lazy: LazyState::new(),
             clock: DeviceClock::default(),
+            tally: Tally::new(),
         };
         if hvcore::layout::reserved_for(mode) == hvcore::layout::BOOT_RESERVED {
             vcpu.write_long_mode_structures();
@@ -253,7 +257,7 @@ impl Vcpu {
     /// The vCPU's lazy registers must be loaded ([`Vcpu::load_lazy`]).
     pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         let mut vmcs = match self.load(host) {
-            Ok(v) => v,
+            Ok(v) => count::wrap(v),
             Err(e) => {
                 log::error!("vm {}: cannot set up its VMCS: {e}", self.vm.name());
                 let reason = match e {
@@ -280,9 +284,11 @@ impl Vcpu {
             panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
         }
         let rate = host.setup.preemption_timer_rate;
+        self.tally.slice_start();
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
+                self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
             let timer = ((slice_end - now) >> rate).min(u32::MAX as u64) as u32;
@@ -298,17 +304,18 @@ impl Vcpu {
             if window != self.clock.window_open {
                 let bits = host.setup.primary | if window { PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() } else { 0 };
                 if vmcs.set(CPU_BASED_VM_EXEC_CONTROL, bits).is_err() {
-                    return self.stop_with_vmcs_failure(&vmcs, env);
+                    return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
                 }
                 self.clock.window_open = window;
             }
             if self.prepare_entry(&mut vmcs, timer).is_err() {
-                return self.stop_with_vmcs_failure(&vmcs, env);
+                return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
             }
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
                 self.flush_translations(&host.setup);
             }
+            self.tally.settle(&vmcs);
             // SAFETY: this CPU is in VMX root operation with this vCPU's VMCS
             // current and fully set up by `setup` (host state of this CPU);
             // `launched` tracks VMLAUNCH vs VMRESUME; interrupts are off in
@@ -316,16 +323,17 @@ impl Vcpu {
             let result = unsafe { switch::switch(&mut self.regs, self.launched) };
             match result {
                 SwitchResult::EntryFailed { rflags } => {
-                    let fail = vmx::check_vm_entry_flags(rflags).err().map(|k| k.resolve(&vmcs));
-                    return self.stop_on_entry_instruction_failure(&vmcs, fail, env);
+                    let fail = vmx::check_vm_entry_flags(rflags).err().map(|k| k.resolve(count::inner(&vmcs)));
+                    return self.stop_on_entry_instruction_failure(count::inner(&vmcs), fail, env);
                 }
                 SwitchResult::Exited => self.launched = true,
             }
             let decoded = match decode::decode(&vmcs, &mut self.regs) {
                 Ok(d) => d,
-                Err(_) => return self.stop_with_vmcs_failure(&vmcs, env),
+                Err(_) => return self.stop_with_vmcs_failure(count::inner(&vmcs), env),
             };
             let exit = decoded.exit;
+            self.tally.exit(hvcore::stats::ExitKind::of(&exit));
             if let Exit::ExternalInterrupt = exit {
                 // Let the host's IDT take the interrupt that caused the exit.
                 // STI's one-instruction shadow ends after the NOP, where the
@@ -335,7 +343,7 @@ impl Vcpu {
             }
             if let Exit::EntryFailed { .. } = exit {
                 log::error!("vm {}: VM entry failed ({exit:?}); guest state:", self.vm.name());
-                dump_guest_state(&vmcs);
+                dump_guest_state(count::inner(&vmcs));
             }
             let xcr0 = self.soft.xcr0;
             let action = {
@@ -350,9 +358,10 @@ impl Vcpu {
                 self.clock.refresh(&self.vm);
             }
             if entry::advance(&mut vmcs, &action, &self.regs).is_err() {
-                return self.stop_with_vmcs_failure(&vmcs, env);
+                return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
             }
             self.pending_event = entry::next_event(&action, decoded.vectoring, self.pending_event);
+            self.tally.settle(&vmcs);
             match action {
                 Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
                 Action::Yield => return SliceEnd::Yielded,
@@ -384,7 +393,7 @@ impl Vcpu {
     }
 
     /// Writes the preemption timer and any pending event before an entry.
-    fn prepare_entry(&mut self, vmcs: &mut ActiveVmcs, timer: u32) -> Result<(), VmFail> {
+    fn prepare_entry(&mut self, vmcs: &mut count::Vmcs, timer: u32) -> Result<(), VmFail> {
         vmcs.set(VMX_PREEMPTION_TIMER_VALUE, timer)?;
         if let Some(ev) = self.pending_event.take() {
             entry::inject(vmcs, ev)?;
@@ -420,6 +429,7 @@ impl Vcpu {
 
     /// Frees the VMCS region, the virtual-APIC page and the VM's memory.
     pub fn release(self) {
+        self.tally.print(self.vm.name());
         // SAFETY: the vCPU is stopped and never entered again; VMCLEAR makes
         // the region inactive before its frame is returned.
         let _ = unsafe { vmx::instructions::vmclear(self.vmcs) };
