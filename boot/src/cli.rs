@@ -28,6 +28,7 @@ USAGE:
   boot build [SCENARIO] [--smp N] [--mem MIB] [--for-usb]
                                    build the kernel, guests and both disk images
   boot run [SCENARIO] [RUN]        build, then boot in an emulator
+  boot ctl [--json] COMMAND        manage VMs of a running hypervisor (`boot ctl --help`)
   boot flash DEVICE [--image IMG] [--yes] [--dry-run]
                                    write the UEFI image to a USB stick
   boot check-config FILE [--cpus N] [--mem MIB]
@@ -276,6 +277,7 @@ fn scenario(args: &mut Args) -> Result<Scenario, Error> {
         stop_after_ms,
         bench,
         power_off: !no_power_off,
+        control: false,
     };
     Ok(Scenario {
         command,
@@ -361,6 +363,9 @@ pub fn parse(argv: Vec<String>) -> Result<Cli, Error> {
         "run" => {
             let mut scenario = scenario(&mut args)?;
             scenario.options.serial_input = true;
+            // Interactive runs are managed at run time (issue 11) unless
+            // they measure: benchmarks end when their VMs do.
+            scenario.options.control = !scenario.options.bench;
             let run = run_options(&mut args)?;
             Cli::Run { scenario, run }
         }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod files;
 pub mod flash;
 pub mod image;

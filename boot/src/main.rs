@@ -13,6 +13,10 @@ use hvcore::package::Command;
 
 fn main_inner() -> Result<u8, Error> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("ctl") {
+        let opts = boot::ctl::parse_args(&argv[1..])?;
+        return boot::ctl::run(&opts);
+    }
     match cli::parse(argv)? {
         Cli::Help => {
             println!("{}", cli::HELP);
@@ -46,6 +50,10 @@ fn main_inner() -> Result<u8, Error> {
                 timeout: options.timeout,
                 work_dir: kernel_build::output_dir(&kernel_build::repo_root()).join("run"),
                 input: Vec::new(),
+                // The control port (COM2) next to the run's logs:
+                // `cargo run -p boot -- ctl list` finds it there.
+                control: (options.emulator == Emulator::Qemu && scenario.options.control)
+                    .then(|| boot::ctl::default_socket()),
             };
             if spec.emulator == Emulator::Qemu {
                 match (spec.cpu, run::kvm_nested()) {

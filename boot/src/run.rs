@@ -87,6 +87,9 @@ pub struct RunSpec {
     /// were sent contains its text, then sends its bytes. Empty: the serial
     /// port is output only (a file).
     pub input: Vec<InputStep>,
+    /// The control port (COM2, issue 11): QEMU serves it as a unix socket
+    /// at this path (`boot ctl --socket PATH` connects); `None`: no COM2.
+    pub control: Option<PathBuf>,
 }
 
 /// One step of scripted serial input ([`RunSpec::input`]).
@@ -562,6 +565,16 @@ fn qemu_command(
     } else {
         cmd.arg("-serial")
             .arg(format!("file:{}", serial_log.display()));
+    }
+    if let Some(path) = &spec.control {
+        // The second `-serial` is COM2: the control port, a unix socket
+        // QEMU listens on without waiting (clients come and go).
+        let _ = fs::remove_file(path);
+        cmd.arg("-chardev").arg(format!(
+            "socket,id=com2,path={},server=on,wait=off",
+            path.display()
+        ));
+        cmd.args(["-serial", "chardev:com2"]);
     }
     if !spec.display {
         cmd.args(["-display", "none"]);
@@ -1167,6 +1180,7 @@ mod tests {
             timeout: None,
             work_dir: std::env::temp_dir().join(format!("hv-run-test-{}", std::process::id())),
             input: vec![InputStep::new("", "x")],
+            control: None,
         };
         let e = run(&spec).unwrap_err();
         let _ = fs::remove_dir_all(&spec.work_dir);

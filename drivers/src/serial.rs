@@ -56,6 +56,18 @@ pub struct Serial {
 /// COM1, the console.
 pub static COM1: Serial = Serial::new(COM1_BASE);
 
+/// I/O base of COM2.
+pub const COM2_BASE: u16 = 0x2F8;
+
+/// COM2, the control port (issue 11): requests in, responses and events out.
+pub static COM2: Serial = Serial::new(COM2_BASE);
+
+/// Scratch register offset (16450 and later): holds what was written.
+const SCR: u16 = 7;
+/// Line status: a received byte waits (DR) / the transmitter takes a byte (THRE).
+const LSR_DR: u8 = 1 << 0;
+const LSR_THRE: u8 = 1 << 5;
+
 impl Serial {
     const fn new(base: u16) -> Self {
         Self { base, port: Mutex::new(None) }
@@ -135,6 +147,62 @@ impl Serial {
                 None => false,
             },
             None => false,
+        })
+    }
+
+    /// Whether a UART answers at this port: its scratch register keeps two
+    /// patterns (a missing port reads back all ones). Call before `init`.
+    pub fn present(&self) -> bool {
+        use x86_64::instructions::port::Port;
+        let mut scr: Port<u8> = Port::new(self.base + SCR);
+        without_interrupts(|| {
+            [0x5A_u8, 0xA5].iter().all(|&v| {
+                // SAFETY: the scratch register of a 16550 has no effect on the
+                // line; on an absent port the write goes nowhere.
+                unsafe {
+                    scr.write(v);
+                    scr.read() == v
+                }
+            })
+        })
+    }
+
+    /// Sends one byte if the transmitter takes it now (LSR.THRE); never
+    /// waits. Returns whether it was sent.
+    pub fn try_send_byte(&self, byte: u8) -> bool {
+        use x86_64::instructions::port::{Port, PortReadOnly};
+        without_interrupts(|| {
+            let guard = self.port.lock();
+            if guard.is_none() {
+                return false;
+            }
+            let mut lsr: PortReadOnly<u8> = PortReadOnly::new(self.base + LSR);
+            let mut thr: Port<u8> = Port::new(self.base);
+            // SAFETY: the port lock is held, so nobody else talks to this
+            // UART meanwhile; LSR reads have no side effect, and THR is
+            // written only when the UART says it takes a byte.
+            unsafe {
+                if lsr.read() & LSR_THRE == 0 {
+                    return false;
+                }
+                thr.write(byte);
+            }
+            true
+        })
+    }
+
+    /// A received byte, if one is waiting, read without the `uart_16550`
+    /// wrapper's line-status bookkeeping (never blocks).
+    pub fn try_read_raw(&self) -> Option<u8> {
+        use x86_64::instructions::port::{Port, PortReadOnly};
+        without_interrupts(|| {
+            let guard = self.port.lock();
+            guard.as_ref()?;
+            let mut lsr: PortReadOnly<u8> = PortReadOnly::new(self.base + LSR);
+            let mut rbr: Port<u8> = Port::new(self.base);
+            // SAFETY: as in `try_send_byte`; RBR is read only when LSR.DR says
+            // a byte waits.
+            unsafe { (lsr.read() & LSR_DR != 0).then(|| rbr.read()) }
         })
     }
 

@@ -72,6 +72,7 @@ pub fn options() -> BootOptions {
         stop_after_ms: None,
         bench: false,
         power_off: true,
+        control: false,
     }
 }
 
@@ -228,6 +229,7 @@ pub fn boot_on_with_input(
         work_dir: work_dir(name)
             .join(format!("{:?}-{:?}", machine.emulator, machine.firmware).to_lowercase()),
         input: steps.to_vec(),
+        control: None,
     };
     let outcome = boot::run::run(&spec).unwrap_or_else(|e| match e {
         boot::Error::MissingTool { .. } => panic!("[{name}] cannot boot: {e}"),

@@ -70,6 +70,7 @@ fn runner_kills_emulator_on_timeout() {
         timeout: Some(Duration::from_secs(1)),
         work_dir: work_dir(name),
         input: Vec::new(),
+        control: None,
     };
     let o = boot::run::run(&spec).unwrap_or_else(|e| panic!("[{name}] cannot boot: {e}"));
     if !matches!(o.ending, Ending::TimedOut(_)) {

@@ -511,6 +511,25 @@ impl FrameAllocator {
         self.free
     }
 
+    /// The longest run of free frames that starts at a multiple of `align`
+    /// frames (a power of two), in frames: the largest block [`Self::alloc`]
+    /// could hand out with that alignment (issue 11's pool report).
+    pub fn largest_free_run(&self, align: usize) -> usize {
+        let align = align.max(1) as u64;
+        let mut best = 0usize;
+        let mut bit = 0usize;
+        while let Some(start) = self.first_free(bit) {
+            let end = self.first_used(start, self.frames - start).unwrap_or(self.frames);
+            let frame = self.base_frame + start as u64;
+            let aligned = (frame.div_ceil(align) * align - self.base_frame) as usize;
+            if aligned < end {
+                best = best.max(end - aligned);
+            }
+            bit = end;
+        }
+        best
+    }
+
     /// Frames managed (usable after exclusions).
     pub fn total_count(&self) -> usize {
         self.total
@@ -628,6 +647,27 @@ impl FrameAllocator {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn largest_free_run_follows_alloc_and_free() {
+        let mut a = FrameAllocator::new(regions(), &[]).unwrap();
+        let before = (a.free_count(), a.largest_free_run(512));
+        assert!(before.1 > 0);
+        let blocks: Vec<PhysRange> = (0..3).filter_map(|_| a.alloc(512, 512).ok()).collect();
+        assert!(a.largest_free_run(512) < before.1 || blocks.len() < 3);
+        // A block as large as the largest run fits; one frame more does not.
+        let largest = a.largest_free_run(512);
+        if largest > 0 {
+            let r = a.alloc(largest, 512).unwrap();
+            assert!(a.alloc(a.largest_free_run(512) + 1, 512).is_err());
+            a.free(r).unwrap();
+        }
+        for b in blocks {
+            a.free(b).unwrap();
+        }
+        assert_eq!((a.free_count(), a.largest_free_run(512)), before);
+        assert!(a.largest_free_run(1) >= a.largest_free_run(512));
+    }
 
     const MIB: u64 = 1 << 20;
 

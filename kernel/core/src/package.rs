@@ -138,13 +138,18 @@ pub struct BootOptions {
     /// Power the machine off at the end (emulators, tests); off for images
     /// meant for a real machine, whose screen should keep the final report.
     pub power_off: bool,
+    /// Serve the control protocol (issue 11): requests on COM2 and typed
+    /// commands on the console; CPUs keep serving their mailboxes when their
+    /// VMs have stopped, until a `shutdown` (or `q`, or `stop_after_ms`).
+    pub control: bool,
 }
 
 const OPT_SERIAL_INPUT: u8 = 1 << 0;
 const OPT_BENCH: u8 = 1 << 1;
 const OPT_STOP_AFTER: u8 = 1 << 2;
 const OPT_POWER_OFF: u8 = 1 << 3;
-const OPT_KNOWN: u8 = OPT_SERIAL_INPUT | OPT_BENCH | OPT_STOP_AFTER | OPT_POWER_OFF;
+const OPT_CONTROL: u8 = 1 << 4;
+const OPT_KNOWN: u8 = OPT_SERIAL_INPUT | OPT_BENCH | OPT_STOP_AFTER | OPT_POWER_OFF | OPT_CONTROL;
 
 /// One guest image of a package.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,6 +375,7 @@ pub fn encode(package: &Package<'_>) -> Result<Vec<u8>, EncodeError> {
     let flags = (if o.serial_input { OPT_SERIAL_INPUT } else { 0 })
         | (if o.bench { OPT_BENCH } else { 0 })
         | (if o.power_off { OPT_POWER_OFF } else { 0 })
+        | (if o.control { OPT_CONTROL } else { 0 })
         | (if o.stop_after_ms.is_some() {
             OPT_STOP_AFTER
         } else {
@@ -546,6 +552,7 @@ pub fn decode(bytes: &[u8]) -> Result<Package<'_>, DecodeError> {
         serial_input: flags & OPT_SERIAL_INPUT != 0,
         bench: flags & OPT_BENCH != 0,
         power_off: flags & OPT_POWER_OFF != 0,
+        control: flags & OPT_CONTROL != 0,
         stop_after_ms: if flags & OPT_STOP_AFTER != 0 {
             Some(r.u32()?)
         } else {

@@ -114,6 +114,15 @@ pub fn counts() -> (usize, usize) {
     }
 }
 
+/// The longest run of free frames starting at a multiple of `align` frames
+/// (the largest VM partition that could be placed now, with `align` 512).
+pub fn largest_free_run(align: usize) -> usize {
+    match FRAMES.lock().as_ref() {
+        Some(Phase::Bitmap(b)) => b.largest_free_run(align),
+        _ => 0,
+    }
+}
+
 /// Usable host-physical ranges (for validating fixed VM placements).
 pub fn usable_ranges() -> alloc::vec::Vec<PhysRange> {
     match FRAMES.lock().as_ref() {

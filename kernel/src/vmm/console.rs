@@ -186,7 +186,7 @@ pub fn key(byte: u8) -> Option<u8> {
     }
 }
 
-fn attach(id: u32) {
+pub(crate) fn attach(id: u32) {
     let live = LIVE.lock();
     match live.iter().find(|v| v.id == id) {
         Some(vm) => {
@@ -225,7 +225,7 @@ pub fn kick() {
     }
 }
 
-fn wake_cpu(cpu: usize) {
+pub(crate) fn wake_cpu(cpu: usize) {
     use crate::arch::idt::WAKE_VECTOR;
     use drivers::apic::Ipi;
     if cpu == crate::percpu::cpu_index() as usize {

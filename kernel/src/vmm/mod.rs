@@ -18,6 +18,7 @@
 //! hardware.
 
 pub mod console;
+pub mod control;
 pub mod irq;
 pub mod lazy;
 pub mod partition;
@@ -245,8 +246,20 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
     log::info!("virtualization backend: {}", backend.name());
 
     let cpus = crate::smp::online_cpus().max(1);
+    // Issue 11 hook: the control protocol (COM2, `:` on the console).
+    let control_on = package.options.control;
+    if control_on {
+        control::init();
+    }
     let vcpus = build_vms(package, cpus, &backend);
-    if vcpus.is_empty() {
+    if control_on {
+        for (v, cpu) in &vcpus {
+            if let Some(spec) = package.vms.get(v.vm().id() as usize) {
+                control::register_boot_vm(v.vm().id(), spec, *cpu);
+            }
+        }
+    }
+    if vcpus.is_empty() && !control_on {
         log::warn!("no VM could be started");
         return KernelExit::Success;
     }
@@ -264,7 +277,8 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
     }
     let mut busy_cpus = 0;
     for (cpu, list) in per_cpu.into_iter().enumerate() {
-        if !list.is_empty() {
+        // With the control protocol every CPU runs a loop (VMs may be created there).
+        if !list.is_empty() || control_on {
             busy_cpus += 1;
             if cpu == 0 {
                 WORK_CPU0_HAD_WORK.store(true, Ordering::Relaxed);
@@ -293,9 +307,13 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
             poll_console();
             next_poll = now + tsc_from_us(1000);
         }
+        control::poll();
         core::hint::spin_loop();
     }
     print_summary();
+    if control_on {
+        control::flush();
+    }
     KernelExit::Success
 }
 
@@ -792,6 +810,17 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         if serial_input {
             poll_console();
         }
+        // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
+        // (create, start, stop, restart, destroy) and publishes counters.
+        if control::enabled() {
+            if cpu == 0 {
+                control::poll();
+            }
+            if control::mail_waiting(cpu) {
+                control::serve(cpu, &mut vcpus, &mut ids, &mut sched, &mut lazy_owner, &mut platform);
+            }
+            control::publish(cpu, &vcpus, crate::arch::rdtsc());
+        }
         // The host console attached to one of these VMs: its output raw, its
         // typed input into its UART (a halted vCPU with input is woken).
         let attached = console::attached();
@@ -833,12 +862,16 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             break;
         }
         let Some(id) = sched.pick_next(0, now) else {
-            if sched.all_stopped(0) {
+            if sched.all_stopped(0) && !control::enabled() {
                 break;
             }
             // Idle: every vCPU halted. Sleep until the earliest wake-up on the
             // LAPIC timer (a wake IPI or a stop request end the sleep too).
-            let wake = sched.next_wake(0).unwrap_or(now + default_slice);
+            let mut wake = sched.next_wake(0).unwrap_or(now + default_slice);
+            if cpu == 0 && control::enabled() {
+                // CPU 0 looks at COM2 at least every millisecond.
+                wake = wake.min(now + tsc_from_us(1000));
+            }
             crate::apic::one_shot_us(us_from_tsc(wake.saturating_sub(now)).max(1));
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
@@ -945,12 +978,16 @@ fn restart_if_asked(v: Vcpu) -> Restart {
     let Some(reason) = v.vm().stop_reason().copied() else { return Restart::NotAsked(v) };
     let id = v.vm().id();
     let (Some(package), Some(backend)) = (PACKAGE.get(), BACKEND.get()) else { return Restart::NotAsked(v) };
-    let Some(spec) = package.vms.get(id as usize) else { return Restart::NotAsked(v) };
+    // A VM created at run time (or one whose id was reused) boots from the
+    // control registry's spec.
+    let registered = control::spec_of(id);
+    let Some(spec) = registered.as_ref().or(package.vms.get(id as usize)) else { return Restart::NotAsked(v) };
     if !reason.is_reset() || spec.on_reboot != config::RebootPolicy::Restart {
         return Restart::NotAsked(v);
     }
     let restarts = v.vm().stats.restarts + 1;
     crate::println!("vm {} (id {id}) restarting: {reason} (restart {restarts})", v.vm().name());
+    control::vm_rebooted(id, v.vm().name(), &reason);
     v.release();
     match build_one(id, spec, package, backend) {
         Ok(mut fresh) => {
@@ -992,6 +1029,7 @@ fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
     };
     crate::println!("{report}");
     crate::println!("{}", v.vm().stats.report(v.vm().name()));
+    control::vm_finished(&v, &report);
     SUMMARIES.lock().push(VmSummary {
         name: v.vm().name().into(),
         cpu,
@@ -1009,6 +1047,11 @@ fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
 /// `0`-`9` attach the console to a VM and Ctrl-] detaches ([`console`]).
 fn poll_console() {
     while let Some(byte) = drivers::serial::COM1.try_read_byte() {
+        // Issue 11 hook: `:` starts a control command line on the console.
+        if control::console_typing() {
+            control::console_key(byte);
+            continue;
+        }
         match console::key(byte) {
             None => {}
             Some(b's') => {
@@ -1018,6 +1061,7 @@ fn poll_console() {
                 log::info!("console: stopping every VM");
                 STOP_ALL.store(true, Ordering::Relaxed);
             }
+            Some(b':') if control::enabled() => control::console_start(),
             Some(_) => {}
         }
     }

@@ -51,6 +51,86 @@ impl fmt::Display for VmRef {
     }
 }
 
+/// The request line for `command` with `id`: what [`parse_request`] reads
+/// back (the host CLI writes it).
+pub fn request_line(id: u64, command: &Command) -> String {
+    let o = json::Obj::new().num("id", id).str("cmd", command.name());
+    let o = match command {
+        Command::Create(c) => {
+            let cpus: Vec<u64> = c.cpus.iter().map(|&c| u64::from(c)).collect();
+            let o = o
+                .str("name", &c.name)
+                .str("image", &c.image)
+                .num("memory_mib", c.memory_mib)
+                .nums("cpus", &cpus)
+                .num("slice_us", u64::from(c.slice_us));
+            if c.cmdline.is_empty() {
+                o
+            } else {
+                o.str("cmdline", &c.cmdline)
+            }
+        }
+        other => match other.vm() {
+            Some(VmRef::Id(id)) => o.num("vm", u64::from(*id)),
+            Some(VmRef::Name(n)) => o.str("vm", n),
+            None => o,
+        },
+    };
+    o.end()
+}
+
+/// A readable table: a header row and rows of cells, columns padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let start = out.len();
+        for (i, (c, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                out.push_str("  ");
+            }
+            out.push_str(&format!("{c:<w$}"));
+        }
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for r in rows {
+        line(&mut r.iter().map(String::as_str));
+    }
+    out.pop();
+    out
+}
+
+/// The columns of `list`.
+pub const LIST_HEADER: [&str; 8] = ["ID", "NAME", "STATE", "CPUS", "MIB", "UPTIME_S", "EXITS/S", "CPU"];
+
+/// One `list` row's cells from a VM object of the `list` response.
+pub fn list_row(vm: &Value) -> Vec<String> {
+    let num = |k: &str| vm.get(k).and_then(Value::as_num).unwrap_or(0);
+    let cpus: Vec<String> = match vm.get("cpus") {
+        Some(Value::Arr(a)) => a.iter().filter_map(Value::as_num).map(|c| format!("{c}")).collect(),
+        _ => Vec::new(),
+    };
+    let (up, share) = (num("uptime_ms"), num("cpu_permille"));
+    alloc::vec![
+        format!("{}", num("vm_id")),
+        String::from(vm.get("name").and_then(Value::as_str).unwrap_or("?")),
+        String::from(vm.get("state").and_then(Value::as_str).unwrap_or("?")),
+        cpus.join(","),
+        format!("{}", num("memory_mib")),
+        format!("{}.{:03}", up / 1000, up % 1000),
+        format!("{}", num("exits_per_s")),
+        format!("{}.{}%", share / 10, share % 10),
+    ]
+}
+
 /// What `create` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateRequest {

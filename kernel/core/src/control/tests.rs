@@ -162,3 +162,17 @@ fn fuzz_requests_never_panic() {
         let _ = parse_words(&String::from_utf8_lossy(&doc));
     }
 }
+
+#[test]
+fn request_lines_round_trip() {
+    for words in ["list", "info web", "stop 3", "create a image=hello memory=4 cpus=1 slice=500", "pool", "stats reset", "shutdown"] {
+        let cmd = parse_words(words).unwrap();
+        let line = request_line(9, &cmd);
+        assert_eq!(parse_request(line.as_bytes()), Ok(Request { id: 9, command: cmd }), "{line}");
+    }
+    let rows = vec![list_row(&json::parse(br#"{"vm_id":1,"name":"a","state":"running","cpus":[0,1],"memory_mib":2,"uptime_ms":1500,"exits_per_s":7,"cpu_permille":125}"#).unwrap())];
+    assert_eq!(rows[0], ["1", "a", "running", "0,1", "2", "1.500", "7", "12.5%"]);
+    let t = table(&LIST_HEADER, &rows);
+    assert_eq!(t.lines().count(), 2);
+    assert!(t.starts_with("ID  NAME  STATE    CPUS  MIB  UPTIME_S  EXITS/S  CPU\n1   a     running  0,1   2    1.500     7        12.5%"), "{t}");
+}

@@ -16,6 +16,7 @@ fn sample() -> Package<'static> {
             stop_after_ms: Some(5000),
             bench: false,
             power_off: true,
+            control: false,
         },
         vms: vec![
             VmSpec {
@@ -219,12 +220,13 @@ fn roundtrip_every_command_and_option() {
     .into_iter()
     .chain(CrashTest::ALL.into_iter().map(Command::Crash));
     for command in commands {
-        for bits in 0..16u8 {
+        for bits in 0..32u8 {
             let options = BootOptions {
                 serial_input: bits & 1 != 0,
                 bench: bits & 2 != 0,
                 stop_after_ms: (bits & 4 != 0).then_some(u32::MAX),
                 power_off: bits & 8 != 0,
+                control: bits & 16 != 0,
             };
             let package = Package {
                 command: command.clone(),
