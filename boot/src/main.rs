@@ -53,7 +53,7 @@ fn main_inner() -> Result<u8, Error> {
                 // The control port (COM2) next to the run's logs:
                 // `cargo run -p boot -- ctl list` finds it there.
                 control: (options.emulator == Emulator::Qemu && scenario.options.control)
-                    .then(|| boot::ctl::default_socket()),
+                    .then(boot::ctl::default_socket),
             };
             if spec.emulator == Emulator::Qemu {
                 match (spec.cpu, run::kvm_nested()) {
