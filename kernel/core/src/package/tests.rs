@@ -435,7 +435,7 @@ fn every_enumerated_field_is_checked() {
         decode_patched(&bytes, f.command, &[0xff]),
         bad_enum("command", 0xff)
     );
-    for bit in 4..8 {
+    for bit in 5..8 {
         let flags = bytes[f.flags] | 1 << bit;
         assert_eq!(
             decode_patched(&bytes, f.flags, &[flags]),
