@@ -52,6 +52,7 @@ impl Write for Consoles {
 /// [`attach_framebuffer`].
 pub fn init() {
     TSC_BOOT.store(crate::arch::rdtsc(), Ordering::Relaxed);
+    SERIAL_PRESENT.store(COM1.present(), Ordering::Relaxed);
     COM1.init();
     static LOGGER: Logger = Logger;
     // Fails only if a logger is already set, in which case ours is not needed.
@@ -105,6 +106,28 @@ pub fn print(args: fmt::Arguments<'_>) {
     x86_64::instructions::interrupts::without_interrupts(|| {
         let _ = CONSOLES.lock().write_fmt(args);
     });
+}
+
+/// Whether COM1 answered at boot (checked once, before it was initialised).
+static SERIAL_PRESENT: AtomicBool = AtomicBool::new(true);
+
+/// Writes guests' prefixed console lines: to serial when the machine has a
+/// serial port, and then not to the framebuffer, whose drawing and scrolling
+/// (pixel by pixel, slow in emulators above all) would cost more host time
+/// than the guests' own slices; machines without a serial port get them on
+/// the screen.
+pub fn print_guest_lines(text: &str) {
+    if SERIAL_PRESENT.load(Ordering::Relaxed) {
+        x86_64::instructions::interrupts::without_interrupts(|| {
+            let _guard = CONSOLES.lock();
+            if RAW_MIDLINE.swap(false, Ordering::Relaxed) {
+                COM1.write_str("\n");
+            }
+            COM1.write_str(text);
+        });
+    } else {
+        print(format_args!("{text}"));
+    }
 }
 
 /// Writes a guest's terminal output as it is (the console is attached to

@@ -86,7 +86,7 @@ impl KernelPlatform {
             let lines = |from: usize, to: usize, output: &[u8]| {
                 if let Some(text) = output.get(from..to).filter(|t| !t.is_empty()) {
                     // Lines hold sanitized ASCII and VM names only.
-                    crate::print!("{}", core::str::from_utf8(text).unwrap_or("<invalid>\n"));
+                    crate::console::print_guest_lines(core::str::from_utf8(text).unwrap_or("<invalid>\n"));
                 }
             };
             for &(start, end) in &self.raw_runs {
