@@ -78,6 +78,12 @@ pub fn register_bsp_tables(tables: &'static PerCpuTables) {
     slot.online.store(true, Ordering::Release);
 }
 
+/// The local APIC ID of CPU `index`, once it is online.
+pub fn apic_id_of(index: usize) -> Option<u32> {
+    let slot = SLOTS.get(index)?;
+    slot.online.load(Ordering::Acquire).then(|| slot.apic_id.load(Ordering::Relaxed))
+}
+
 /// CPUs online, the boot CPU included.
 pub fn online_cpus() -> u32 {
     SLOTS.iter().filter(|s| s.online.load(Ordering::Acquire)).count().max(1) as u32

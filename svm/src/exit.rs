@@ -77,6 +77,7 @@ macro_rules! exit_codes {
 
         impl ExitCode {
             /// Decodes a raw EXITCODE.
+            #[inline]
             pub const fn from_raw(raw: u64) -> Self {
                 match raw {
                     0x00..=0x0F => Self::CrRead(raw as u8),
@@ -850,6 +851,7 @@ pub struct ExitInfo {
 
 impl ExitInfo {
     /// Snapshots the exit fields of `vmcb`.
+    #[inline]
     pub fn from_vmcb(vmcb: &Vmcb) -> Self {
         ExitInfo {
             code: ExitCode::from_raw(vmcb.control.exit_code),
@@ -872,6 +874,7 @@ impl ExitInfo {
 
     /// Decodes the exit into one [`Exit`] (total: unusual values become
     /// [`Exit::Malformed`] or [`Exit::Other`]).
+    #[inline]
     pub const fn decode(&self) -> Exit {
         match self.code {
             ExitCode::CrRead(cr) => Exit::CrAccess {

@@ -28,6 +28,7 @@ macro_rules! exit_reasons {
 
         impl ExitReason {
             /// Decodes a basic exit reason (exit-reason bits 15:0).
+            #[inline(always)]
             pub const fn from_basic(basic: u16) -> Self {
                 match basic {
                     $($num => Self::$name,)*
@@ -141,6 +142,7 @@ impl RawExitReason {
     }
 
     /// The basic exit reason, decoded.
+    #[inline(always)]
     pub const fn reason(self) -> ExitReason {
         ExitReason::from_basic(self.basic())
     }
@@ -739,6 +741,24 @@ impl EventInjection {
             _ => {}
         }
         vmcs.set(vmcs::VM_ENTRY_INTR_INFO, self.info.0)
+    }
+
+    /// [`Self::write_to`] for the current VMCS, whose entry-interruption
+    /// fields exist on every processor: cannot fail
+    /// ([`VmcsAccess::write_known`]).
+    pub fn write_known<V: VmcsAccess + ?Sized>(&self, vmcs: &mut V) {
+        if self.info.error_code_valid() {
+            vmcs.set_known(vmcs::VM_ENTRY_EXCEPTION_ERROR_CODE, self.error_code);
+        }
+        match self.info.kind() {
+            InterruptionType::SoftwareInterrupt
+            | InterruptionType::PrivilegedSoftwareException
+            | InterruptionType::SoftwareException => {
+                vmcs.set_known(vmcs::VM_ENTRY_INSTRUCTION_LEN, self.instruction_len);
+            }
+            _ => {}
+        }
+        vmcs.set_known(vmcs::VM_ENTRY_INTR_INFO, self.info.0)
     }
 }
 

@@ -4,6 +4,14 @@
 //! from ECX, results in EAX/EBX/ECX/EDX (upper halves cleared, as hardware
 //! does), then [`Action::AdvanceRip`].
 //!
+//! Each vCPU answers from a [`CpuidTable`] filled when its VM is created,
+//! for every leaf whose answer depends on nothing but the host, the VM's
+//! XSAVE offer and the APIC ID of its CPU (so a CPUID exit costs a lookup,
+//! not two host CPUIDs); the others (leaves with subleaves, leaves that
+//! differ between CPUs, reserved leaves) are computed at each exit by
+//! [`guest_view`], from which the table is filled too. CPUID.1:ECX.OSXSAVE
+//! stays dynamic: it follows the guest's CR4.OSXSAVE at every CPUID(1).
+//!
 //! | leaf | policy |
 //! |------|--------|
 //! | 0 .. host max basic | host values, filtered as below |
@@ -74,8 +82,48 @@ const EXT1_ECX_SVM: u32 = 1 << 2;
 /// CPUID Fn8000_000A: SVM revision and features (APM Vol. 3, E.4.9).
 const EXT_SVM_LEAF: u32 = 0x8000_000A;
 
-/// The guest's view of CPUID(`leaf`, `subleaf`) as `[eax, ebx, ecx, edx]`.
+/// The host's CPUID, as the policy sees it: `(leaf, subleaf) -> [eax, ebx, ecx, edx]`.
+pub type HostCpuid<'a> = &'a dyn Fn(u32, u32) -> [u32; 4];
+
+/// The guest's view of CPUID(`leaf`, `subleaf`) as `[eax, ebx, ecx, edx]`,
+/// before the XSAVE family is added back ([`xsave_view`]).
 pub fn guest_cpuid(leaf: u32, subleaf: u32, env: &dyn Platform) -> [u32; 4] {
+    filtered(leaf, subleaf, &|l, s| env.host_cpuid(l, s), env.cpu_apic_id())
+}
+
+/// [`guest_cpuid`] from the host's values `host` and the APIC ID of the
+/// physical CPU the vCPU runs on.
+fn filtered(leaf: u32, subleaf: u32, host: HostCpuid<'_>, apic_id: u32) -> [u32; 4] {
+    match leaf {
+        HV_BASE_LEAF..=HV_RANGE_END => hypervisor_leaf(leaf),
+        EXT_BASE_LEAF.. => {
+            let max_ext = host(EXT_BASE_LEAF, 0)[0];
+            if leaf > max_ext {
+                return [0; 4];
+            }
+            // SVM's own leaf describes a feature the guest does not have.
+            if leaf == EXT_SVM_LEAF {
+                return [0; 4];
+            }
+            let mut r = host(leaf, subleaf);
+            if leaf == 0x8000_0001 {
+                r[2] &= !EXT1_ECX_SVM;
+            }
+            r
+        }
+        0..HV_BASE_LEAF => {
+            let max_basic = host(0, 0)[0];
+            if leaf > max_basic {
+                return [0; 4];
+            }
+            basic_leaf(leaf, host(leaf, subleaf), subleaf, apic_id)
+        }
+        _ => [0; 4],
+    }
+}
+
+/// The hypervisor's leaves 0x4000_0000 ..= 0x4000_00FF.
+fn hypervisor_leaf(leaf: u32) -> [u32; 4] {
     match leaf {
         HV_BASE_LEAF => {
             let sig = |i: usize| {
@@ -86,35 +134,126 @@ pub fn guest_cpuid(leaf: u32, subleaf: u32, env: &dyn Platform) -> [u32; 4] {
             [HV_MAX_LEAF, sig(0), sig(4), sig(8)]
         }
         0x4000_0001 => [crate::hypercall::HYPERCALL_VERSION, 0, 0, 0],
-        0x4000_0002..=HV_RANGE_END => [0; 4],
-        EXT_BASE_LEAF.. => {
-            let max_ext = env.host_cpuid(EXT_BASE_LEAF, 0)[0];
-            if leaf > max_ext {
-                return [0; 4];
-            }
-            // SVM's own leaf describes a feature the guest does not have.
-            if leaf == EXT_SVM_LEAF {
-                return [0; 4];
-            }
-            let mut r = env.host_cpuid(leaf, subleaf);
-            if leaf == 0x8000_0001 {
-                r[2] &= !EXT1_ECX_SVM;
-            }
-            r
-        }
-        0..HV_BASE_LEAF => {
-            let max_basic = env.host_cpuid(0, 0)[0];
-            if leaf > max_basic {
-                return [0; 4];
-            }
-            basic_leaf(
-                leaf,
-                env.host_cpuid(leaf, subleaf),
-                subleaf,
-                env.cpu_apic_id(),
-            )
-        }
         _ => [0; 4],
+    }
+}
+
+/// The guest's whole view of CPUID(`leaf`, `subleaf`): the filtered host
+/// values with the XSAVE family added back for `xcr0_allowed`, OSXSAVE as
+/// `osxsave` says (the guest's CR4.OSXSAVE). What a CPUID exit returns; a
+/// [`CpuidTable`] holds the same (with `osxsave` false) for the leaves it
+/// covers.
+pub fn guest_view(
+    leaf: u32,
+    subleaf: u32,
+    host: HostCpuid<'_>,
+    apic_id: u32,
+    xcr0_allowed: u64,
+    osxsave: bool,
+) -> [u32; 4] {
+    let mut r = filtered(leaf, subleaf, host, apic_id);
+    if matches!(leaf, 1 | 7 | 0xD) {
+        xsave_view(leaf, subleaf, &mut r, host(leaf, subleaf), xcr0_allowed, osxsave);
+    }
+    r
+}
+
+/// Basic leaves whose answer ignores the subleaf and is the same on every
+/// CPU of a machine (once the APIC ID is filled in): 0-3, 5, 6, 9, 0xA,
+/// 0x15, 0x16 (SDM Vol. 2A, CPUID). The table holds them.
+const TABLE_BASIC: u32 = (1 << 0)
+    | (1 << 1)
+    | (1 << 2)
+    | (1 << 3)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 9)
+    | (1 << 0xA)
+    | (1 << 0x15)
+    | (1 << 0x16);
+/// Extended leaves the table holds: 0x8000_0000 ..= 0x8000_0008 (brand
+/// string, address sizes, cache and power information) and 0x8000_000A.
+const TABLE_EXT_LAST: u32 = 0x8000_000A;
+
+/// Whether the table holds leaf `leaf` (for a machine with these highest
+/// basic and extended leaves): the leaves above, the hypervisor's, and every
+/// leaf beyond the highest one (zeros).
+fn in_table(leaf: u32, max_basic: u32, max_ext: u32) -> bool {
+    match leaf {
+        0..HV_BASE_LEAF if leaf > max_basic => true,
+        0..HV_BASE_LEAF => leaf < 0x20 && TABLE_BASIC & (1 << leaf) != 0,
+        EXT_BASE_LEAF.. if leaf > max_ext => true,
+        EXT_BASE_LEAF.. => leaf <= TABLE_EXT_LAST && leaf != 0x8000_0009,
+        // The hypervisor's leaves, and the unused range up to the extended
+        // leaves (zeros).
+        _ => true,
+    }
+}
+
+/// One vCPU's CPUID answers for the leaves that need no computing at an
+/// exit (see the module docs), filled once when its VM is created. The
+/// default (empty) table holds nothing: every leaf is computed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuidTable(Option<alloc::boxed::Box<Filled>>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Filled {
+    /// Which of leaves 0 ..= 0x1F the table holds (bit n: leaf n).
+    basic_held: u32,
+    /// Leaves 0 ..= 0x1F.
+    basic: [[u32; 4]; 0x20],
+    max_basic: u32,
+    max_ext: u32,
+    /// Leaves 0x8000_0000 ..= [`TABLE_EXT_LAST`].
+    ext: [[u32; 4]; (TABLE_EXT_LAST - EXT_BASE_LEAF + 1) as usize],
+}
+
+impl CpuidTable {
+    /// The table of a vCPU on the CPU with `apic_id`, whose VM may use the
+    /// XCR0 components `xcr0_allowed`, from the host's CPUID (`host`).
+    pub fn new(host: HostCpuid<'_>, apic_id: u32, xcr0_allowed: u64) -> Self {
+        let max_basic = host(0, 0)[0];
+        let max_ext = host(EXT_BASE_LEAF, 0)[0];
+        let view = |leaf| guest_view(leaf, 0, host, apic_id, xcr0_allowed, false);
+        let mut basic = [[0; 4]; 0x20];
+        let mut basic_held = 0;
+        for (leaf, slot) in (0u32..).zip(basic.iter_mut()) {
+            if in_table(leaf, max_basic, max_ext) {
+                *slot = view(leaf);
+                basic_held |= 1 << leaf;
+            }
+        }
+        let mut ext = [[0; 4]; (TABLE_EXT_LAST - EXT_BASE_LEAF + 1) as usize];
+        for (leaf, slot) in (EXT_BASE_LEAF..).zip(ext.iter_mut()) {
+            if in_table(leaf, max_basic, max_ext) {
+                *slot = view(leaf);
+            }
+        }
+        CpuidTable(Some(alloc::boxed::Box::new(Filled { basic_held, basic, max_basic, max_ext, ext })))
+    }
+
+    /// The answer for `leaf` (whatever the subleaf: the table holds only
+    /// leaves that ignore it) with CPUID.1:ECX.OSXSAVE clear, if the table
+    /// holds the leaf; `None`: compute it ([`guest_view`]).
+    #[inline]
+    pub fn lookup(&self, leaf: u32) -> Option<[u32; 4]> {
+        let t = self.0.as_deref()?;
+        // The common case first: a basic leaf of the table.
+        if let Some(r) = t.basic.get(leaf as usize) {
+            return (t.basic_held & (1 << leaf) != 0).then_some(*r);
+        }
+        if !in_table(leaf, t.max_basic, t.max_ext) {
+            return None;
+        }
+        Some(match leaf {
+            HV_BASE_LEAF..=HV_RANGE_END => hypervisor_leaf(leaf),
+            EXT_BASE_LEAF.. if leaf <= t.max_ext => {
+                t.ext.get((leaf - EXT_BASE_LEAF) as usize).copied().unwrap_or([0; 4])
+            }
+            // Beyond the highest basic or extended leaf, or between the
+            // ranges.
+            _ => [0; 4],
+        })
     }
 }
 
@@ -185,21 +324,26 @@ pub fn xsave_view(leaf: u32, subleaf: u32, r: &mut [u32; 4], host: [u32; 4], xcr
     }
 }
 
-/// Handles a CPUID exit.
-pub fn handle(regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {
+/// Handles a CPUID exit from a vCPU with `table`.
+#[inline(always)]
+pub fn handle<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P) -> Action {
     let leaf = regs.rax as u32;
     let subleaf = regs.rcx as u32;
-    let xcr0_allowed = env.guest_cpu().limits().xcr0_allowed;
-    let osxsave = match leaf {
-        1 => match env.guest_cpu().read(Reg::Cr4) {
-            Ok(cr4) => cr4 & crate::arch::CR4_OSXSAVE != 0,
-            Err(e) => return crate::arch::state_failure(e, regs),
-        },
-        _ => false,
+    let mut r = match table.lookup(leaf) {
+        Some(r) => r,
+        None => {
+            let xcr0_allowed = env.guest_cpu().limits().xcr0_allowed;
+            guest_view(leaf, subleaf, &|l, s| env.host_cpuid(l, s), env.cpu_apic_id(), xcr0_allowed, false)
+        }
     };
-    let mut r = guest_cpuid(leaf, subleaf, env);
-    if matches!(leaf, 1 | 7 | 0xD) {
-        xsave_view(leaf, subleaf, &mut r, env.host_cpuid(leaf, subleaf), xcr0_allowed, osxsave);
+    // OSXSAVE mirrors the guest's CR4.OSXSAVE where XSAVE is offered: read
+    // at every CPUID(1), never kept in the table.
+    if leaf == 1 && r[2] & LEAF1_ECX_XSAVE != 0 {
+        match env.guest_cpu().read(Reg::Cr4) {
+            Ok(cr4) if cr4 & crate::arch::CR4_OSXSAVE != 0 => r[2] |= LEAF1_ECX_OSXSAVE,
+            Ok(_) => {}
+            Err(e) => return crate::arch::state_failure(e, regs),
+        }
     }
     let [a, b, c, d] = r;
     regs.rax = u64::from(a);
@@ -254,6 +398,93 @@ mod tests {
         env.cpu.limits.xcr0_allowed = 0;
         let ecx = run(1, 0, &mut env).rcx as u32;
         assert_eq!(ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX), 0);
+    }
+
+    /// A host as real CPUs answer: leaf 0 says 0x1F, leaf 0x8000_0000 says
+    /// 0x8000_0021; leaves with subleaves (4, 7, 0xB, 0xD, 0xF, 0x10, 0x12,
+    /// 0x14, 0x17, 0x18, 0x1A-0x1F, 0x8000_001D, 0x8000_0020) answer per
+    /// subleaf, the others ignore it; every bit of the feature leaves set.
+    fn realistic_host(leaf: u32, subleaf: u32) -> [u32; 4] {
+        let per_subleaf = matches!(leaf, 4 | 7 | 0xB | 0xD | 0xF | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1A..=0x1F)
+            || matches!(leaf, 0x8000_001D | 0x8000_0020);
+        let sub = if per_subleaf { subleaf } else { 0 };
+        match leaf {
+            0 => [0x1F, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            1 => [0x0005_0654, 0x7708_0800, 0xFFFF_FFFF, 0xFFFF_FFFF],
+            7 if sub == 0 => [2, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF],
+            0xD => [0x2E7 ^ sub, 0xA88 + sub, 0x2A8 * (sub + 1), sub],
+            0x8000_0000 => [0x8000_0021, 0, 0, 0],
+            0x8000_0001 => [0, 0, 0xFFFF_FFFF, 0xFFFF_FFFF],
+            _ => [leaf, sub.wrapping_mul(7), 0x1234 ^ leaf, 0x5678],
+        }
+    }
+
+    /// Every leaf the table holds answers exactly what the per-exit
+    /// computation answers, for any subleaf, with and without XSAVE offered
+    /// and for CPUs with other APIC IDs; the leaves it leaves out are those
+    /// with subleaves, per-CPU or reserved ones.
+    #[test]
+    fn table_equals_per_exit_computation_for_every_leaf_it_holds() {
+        let host = |l, s| realistic_host(l, s);
+        let leaves = (0..0x60)
+            .chain(0x4000_0000..0x4000_0110)
+            .chain(0x7FFF_FFF0..0x8000_0030)
+            .chain([0x2000_0000, 0x3FFF_FFFF, 0xC000_0000, 0xFFFF_FFFF]);
+        for xcr0_allowed in [0, 0x7, 0xE7] {
+            for apic_id in [0, 3, 0xFF] {
+                let table = CpuidTable::new(&host, apic_id, xcr0_allowed);
+                let mut held = alloc::vec::Vec::new();
+                for leaf in leaves.clone() {
+                    let Some(r) = table.lookup(leaf) else { continue };
+                    held.push(leaf);
+                    for subleaf in [0, 1, 2, 63, 0xFFFF_FFFF] {
+                        let computed = guest_view(leaf, subleaf, &host, apic_id, xcr0_allowed, false);
+                        assert_eq!(r, computed, "leaf {leaf:#x}.{subleaf} xcr0 {xcr0_allowed:#x} apic {apic_id}");
+                    }
+                }
+                for leaf in [0, 1, 2, 3, 5, 6, 9, 0xA, 0x15, 0x16, 0x20, 0x5F, 0x4000_0000, 0x4000_0001] {
+                    assert!(held.contains(&leaf), "leaf {leaf:#x} in the table");
+                }
+                for leaf in [0x8000_0000, 0x8000_0001, 0x8000_0008, 0x8000_000A, 0x8000_0022, 0xC000_0000] {
+                    assert!(held.contains(&leaf), "leaf {leaf:#x} in the table");
+                }
+                for leaf in [4, 7, 0xB, 0xD, 0x1A, 0x1F, 0x8000_0009, 0x8000_001D, 0x8000_001E] {
+                    assert!(!held.contains(&leaf), "leaf {leaf:#x} computed per exit");
+                }
+            }
+        }
+        assert_eq!(CpuidTable::default().lookup(0), None, "an empty table holds nothing");
+    }
+
+    /// The same through the exit handler: a vCPU with a table answers every
+    /// leaf as one without, and CPUID.1:ECX.OSXSAVE follows the guest's
+    /// CR4.OSXSAVE at each exit, table or not.
+    #[test]
+    fn exits_answer_the_same_with_the_table_and_osxsave_stays_dynamic() {
+        let mut env = FakePlatform::new();
+        env.apic_id = 2;
+        env.cpu.limits.xcr0_allowed = 0x7;
+        let host = |l, s| FakePlatform::new().host_cpuid(l, s);
+        let table = CpuidTable::new(&host, 2, 0x7);
+        let exit = |table: &CpuidTable, leaf: u32, env: &mut FakePlatform| {
+            let mut regs = GuestRegs { rax: u64::from(leaf), ..Default::default() };
+            assert_eq!(handle(table, &mut regs, env), Action::AdvanceRip);
+            [regs.rax, regs.rbx, regs.rcx, regs.rdx]
+        };
+        for cr4 in [0, crate::arch::CR4_OSXSAVE] {
+            env.cpu.set(Reg::Cr4, cr4);
+            for leaf in (0..0x20).chain([0x4000_0000, 0x4000_0001, 0x8000_0000, 0x8000_0001, 0x8000_0008]) {
+                let empty = exit(&CpuidTable::default(), leaf, &mut env);
+                assert_eq!(exit(&table, leaf, &mut env), empty, "leaf {leaf:#x} cr4 {cr4:#x}");
+            }
+            let ecx = exit(&table, 1, &mut env)[2] as u32;
+            assert_eq!(ecx & LEAF1_ECX_OSXSAVE != 0, cr4 != 0, "OSXSAVE follows CR4");
+            assert_ne!(ecx & LEAF1_ECX_XSAVE, 0);
+        }
+        // Without XSAVE offered, CR4 is not even read for leaf 1.
+        let table = CpuidTable::new(&host, 2, 0);
+        env.cpu.fail = Some(Reg::Cr4);
+        assert_eq!(exit(&table, 1, &mut env)[2] as u32 & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE), 0);
     }
 
     #[test]

@@ -105,7 +105,8 @@ fn ret(regs: &mut GuestRegs, code: i64) {
 }
 
 /// Handles a VMCALL exit.
-pub fn handle(vm: &mut VmContext, regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {
+#[inline]
+pub fn handle<P: Platform>(vm: &mut VmContext, regs: &mut GuestRegs, env: &mut P) -> Action {
     vm.stats.hypercalls += 1;
     match Hypercall::decode(regs) {
         Hypercall::Version => {

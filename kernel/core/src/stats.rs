@@ -61,6 +61,7 @@ impl ExitKind {
     ];
 
     /// The kind of `exit`.
+    #[inline]
     pub fn of(exit: &Exit) -> Self {
         match exit {
             Exit::Cpuid => ExitKind::Cpuid,
@@ -86,6 +87,7 @@ impl ExitKind {
     }
 
     /// Counter index (position in [`Self::ALL`]).
+    #[inline]
     pub fn index(self) -> usize {
         self as usize
     }
@@ -138,6 +140,7 @@ pub struct VmStats {
 
 impl VmStats {
     /// Counts one exit.
+    #[inline]
     pub fn record_exit(&mut self, kind: ExitKind) {
         if let Some(c) = self.exits.get_mut(kind.index()) {
             *c = c.saturating_add(1);

@@ -27,11 +27,12 @@ use core::fmt;
 
 use crate::devices::console::LineBuffer;
 use crate::devices::pic8259::PicPair;
-use crate::devices::pc::{add_pc_devices, advance, next_deadline_ns, PcConfig};
+use crate::devices::pc::{add_pc_devices, advance, PcConfig};
 use crate::devices::serial16550::Serial16550;
 use crate::devices::{DeviceEffect, Effects, IoBus};
 pub use crate::arch::StopReason;
 use crate::arch::{Action, Event, Platform};
+use crate::cpuid::CpuidTable;
 use crate::msr_policy::MsrState;
 use crate::stats::VmStats;
 
@@ -130,21 +131,26 @@ impl VcpuRunState {
     }
 }
 
-/// The state of one vCPU that policy keeps: its run state and its MSR
-/// file. Registers, the FPU area and the control block belong to the
-/// backend; the VM's memory, devices and console to [`VmContext`].
+/// The state of one vCPU that policy keeps: its run state, its MSR file
+/// and its CPUID answers. Registers, the FPU area and the control block
+/// belong to the backend; the VM's memory, devices and console to
+/// [`VmContext`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuState {
     index: u32,
     state: VcpuRunState,
     /// Software-kept MSR values of this vCPU.
     pub msrs: MsrState,
+    /// CPUID answers filled when the VM is created (empty: every leaf is
+    /// computed at its exit).
+    pub cpuid: CpuidTable,
 }
 
 impl VcpuState {
-    /// vCPU number `index` of its VM, freshly created.
+    /// vCPU number `index` of its VM, freshly created (with an empty CPUID
+    /// table).
     pub fn new(index: u32) -> Self {
-        VcpuState { index, state: VcpuRunState::Created, msrs: MsrState::default() }
+        VcpuState { index, state: VcpuRunState::Created, msrs: MsrState::default(), cpuid: CpuidTable::default() }
     }
 
     /// This vCPU's number within its VM.
@@ -165,6 +171,7 @@ impl VcpuState {
     /// Run-state bookkeeping after a handled exit. A transition error means
     /// the kernel skipped `enter()`; the state is then left as it was rather
     /// than guessed.
+    #[inline]
     pub(crate) fn after_exit(&mut self, action: &Action) {
         match action {
             Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
@@ -192,6 +199,16 @@ pub struct VmContext {
     /// Console output goes out raw ([`Self::set_raw_console`]).
     raw_console: bool,
     irq_levels: u16,
+    /// Whether the PIC may present an interrupt: false only while it is
+    /// known not to. Everything that changes PIC state sets it (IRQ lines,
+    /// guest accesses to the PIC, acknowledgement, [`Self::bus_mut`]);
+    /// [`Self::pending_interrupt`] asks the PIC only while it is set, and
+    /// clears it when the PIC has nothing. The kernel looks at this before
+    /// every entry.
+    intr_possible: bool,
+    /// When a device will next change an IRQ line by itself (ns), kept
+    /// current by everything that changes device time or programming.
+    deadline_ns: Option<u64>,
     stopped: Option<StopReason>,
 }
 
@@ -209,6 +226,8 @@ impl VmContext {
             console: LineBuffer::new(),
             raw_console: false,
             irq_levels: 0,
+            intr_possible: true,
+            deadline_ns: None,
             stopped: None,
         }
     }
@@ -221,6 +240,7 @@ impl VmContext {
         // The set's port ranges are fixed and disjoint (a test checks), and
         // `add_pc_devices` keeps the COM1 that `new` registered.
         let _ = add_pc_devices(&mut vm.bus, cfg);
+        vm.refresh_deadline();
         vm
     }
 
@@ -244,8 +264,12 @@ impl VmContext {
         &self.bus
     }
 
-    /// The port bus, mutably.
+    /// The port bus, mutably. Whatever is done to the devices through it,
+    /// the VM looks at the PIC again before the next entry and advances
+    /// the devices' time at once.
     pub fn bus_mut(&mut self) -> &mut IoBus {
+        self.intr_possible = true;
+        self.deadline_ns = Some(0);
         &mut self.bus
     }
 
@@ -270,6 +294,7 @@ impl VmContext {
     /// One byte of guest console output (UART or hypercall): collected into
     /// sanitized lines printed as `vm NAME: LINE`, or passed on as it is
     /// while the console is raw.
+    #[inline]
     pub fn console_byte(&mut self, byte: u8, env: &mut dyn Platform) {
         let name = &self.name;
         if self.raw_console {
@@ -318,9 +343,12 @@ impl VmContext {
             uart.push_input(bytes, &mut fx);
         }
         self.apply_effects(&fx, env);
+        // The character timeout may now be coming.
+        self.refresh_deadline();
     }
 
     /// Applies device effects to the VM: console output and IRQ levels.
+    #[inline]
     pub fn apply_effects(&mut self, fx: &Effects, env: &mut dyn Platform) {
         for effect in fx.iter() {
             match effect {
@@ -343,6 +371,7 @@ impl VmContext {
         }
         if let Some(pic) = self.bus.device_mut::<PicPair>() {
             pic.set_irq(irq, level);
+            self.intr_possible = true;
         }
     }
 
@@ -359,37 +388,62 @@ impl VmContext {
         let mut fx = Effects::new();
         let edges = advance(&mut self.bus, now_ns, &mut fx);
         self.apply_effects(&fx, env);
+        self.refresh_deadline();
         edges
     }
 
-    /// When a device will next change an IRQ line by itself (ns), if ever.
+    /// When a device will next change an IRQ line by itself (ns), if ever:
+    /// kept current, so asking costs nothing.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        next_deadline_ns(&self.bus)
+        self.deadline_ns
+    }
+
+    /// Looks at the devices' deadlines again (their time or programming
+    /// changed).
+    pub(crate) fn refresh_deadline(&mut self) {
+        self.bus.note_deadlines();
+        self.deadline_ns = self.bus.next_deadline_ns();
+    }
+
+    /// Device `index` was accessed: its deadline may have changed.
+    pub(crate) fn device_deadline_changed(&mut self, index: usize) {
+        self.bus.note_deadline(index);
+        self.deadline_ns = self.bus.next_deadline_ns();
+    }
+
+    /// The PIC changed (a guest access to it): look at its vector again.
+    pub(crate) fn pic_changed(&mut self) {
+        self.intr_possible = true;
+    }
+
+    /// Whether the PIC may present an interrupt ([`Self::pending_interrupt`]
+    /// then says which): false only while it is known not to. The kernel
+    /// tests this before every entry.
+    #[inline]
+    pub fn interrupt_possible(&self) -> bool {
+        self.intr_possible
     }
 
     /// The vector the virtual PIC presents, if any (a halted vCPU with one
-    /// should be woken).
-    pub fn pending_interrupt(&self) -> Option<u8> {
-        self.bus
-            .device::<PicPair>()
-            .and_then(PicPair::pending_vector)
+    /// should be woken). Costs a flag test while the PIC is known to have
+    /// nothing, which is what the kernel asks before every entry.
+    #[inline]
+    pub fn pending_interrupt(&mut self) -> Option<u8> {
+        if !self.intr_possible {
+            return None;
+        }
+        let vector = self.bus.device::<PicPair>().and_then(PicPair::pending_vector);
+        self.intr_possible = vector.is_some();
+        vector
     }
 
     /// Acknowledges the PIC's pending interrupt, for injection at the next
     /// entry when the guest is interruptible. Counted as an injected event.
     pub fn ack_interrupt(&mut self) -> Option<Event> {
+        self.intr_possible = true;
         let vector = self.bus.device_mut::<PicPair>()?.ack()?;
         self.stats.injected_events += 1;
         Some(Event::interrupt(vector))
-    }
-
-    /// Stats and stop bookkeeping after a handled exit.
-    pub(crate) fn after_exit(&mut self, action: &Action, env: &mut dyn Platform) {
-        match action {
-            Action::Inject(_) => self.stats.injected_events += 1,
-            Action::Stop(reason) => self.stop(*reason, env),
-            _ => {}
-        }
     }
 }
 

@@ -13,31 +13,44 @@ use super::platform::KernelPlatform;
 /// Per-vCPU bookkeeping of device time and the interrupt window.
 #[derive(Default)]
 pub struct DeviceClock {
-    /// When a device next changes an IRQ line by itself (ns), if ever.
-    deadline_ns: Option<u64>,
+    /// When a device next changes an IRQ line by itself, if ever: the VM's
+    /// deadline in nanoseconds and the TSC value that reaches it (converted
+    /// once, when the deadline changes, so each entry costs a compare).
+    deadline: Option<(u64, u64)>,
     /// Whether the backend currently asks for an interrupt-window exit.
     pub window_open: bool,
 }
 
 impl DeviceClock {
-    /// Brings the devices up to now when one is due. Returns the time (ns).
-    pub fn catch_up(&mut self, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
-        let now = super::ns_from_tsc(crate::arch::rdtsc());
-        if self.deadline_ns.is_some_and(|d| now >= d) {
-            vm.advance_timers(now, &mut env.with(memory));
-            self.deadline_ns = vm.next_deadline_ns();
+    /// Brings the devices up to `now` (TSC) when one is due.
+    #[inline]
+    pub fn catch_up(&mut self, now: u64, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
+        if let Some((due_ns, due_tsc)) = self.deadline {
+            if now >= due_tsc {
+                self.tick(now, due_ns, vm, memory, env);
+            }
         }
     }
 
-    /// The guest may have reprogrammed a device (after a port exit).
+    #[cold]
+    #[inline(never)]
+    fn tick(&mut self, now: u64, due_ns: u64, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
+        // The TSC says the deadline has come: the devices are at least there.
+        let now_ns = super::ns_from_tsc(now).max(due_ns);
+        vm.advance_timers(now_ns, &mut env.with(memory));
+        self.refresh(vm);
+    }
+
+    /// The VM's deadline may have changed (a port exit, host input).
+    #[inline]
     pub fn refresh(&mut self, vm: &VmContext) {
-        self.deadline_ns = vm.next_deadline_ns();
+        self.deadline = vm.next_deadline_ns().map(|ns| (ns, super::tsc_from_ns(ns)));
     }
 
     /// The TSC value at which a halted vCPU should be woken, if a device
     /// will raise an interrupt by then.
     pub fn wake_tsc(&self) -> Option<u64> {
-        self.deadline_ns.map(super::tsc_from_ns)
+        self.deadline.map(|(_, tsc)| tsc)
     }
 }
 

@@ -93,6 +93,11 @@ fn xsetbv(value: u64) {
     }
 }
 
+/// The values of the lazily switched MSRs, in [`LAZY_MSRS`] order: what
+/// the hardware holds right after [`LazyState::save`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsrValues([u64; 6]);
+
 /// One vCPU's lazily switched registers while it is not loaded.
 pub struct LazyState {
     xsave: Box<XsaveArea>,
@@ -146,8 +151,17 @@ impl LazyState {
         }
     }
 
+    /// This vCPU's MSR values as last saved.
+    pub fn msrs(&self) -> MsrValues {
+        MsrValues(self.msrs)
+    }
+
     /// Loads this vCPU's registers into the hardware, with XCR0 = `xcr0`.
-    pub fn load(&self, xcr0: u64) {
+    /// `hardware`: the MSR values the hardware holds now, when known (the
+    /// vCPU saved just before); an MSR that already has this vCPU's value is
+    /// not written again (WRMSR is slow, and most guests leave most of them
+    /// alike).
+    pub fn load(&self, xcr0: u64, hardware: Option<MsrValues>) {
         let area = self.xsave.0.as_ptr();
         if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
             xsetbv(xcr0);
@@ -170,7 +184,10 @@ impl LazyState {
             core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
         }
-        for (value, msr) in self.msrs.iter().zip(LAZY_MSRS) {
+        for (k, (value, msr)) in self.msrs.iter().zip(LAZY_MSRS).enumerate() {
+            if hardware.is_some_and(|h| h.0.get(k) == Some(value)) {
+                continue;
+            }
             if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
                 wrmsr(msr, *value);
             }

@@ -24,6 +24,7 @@ pub mod lazy;
 pub mod partition;
 pub mod platform;
 pub mod svm;
+pub mod time;
 pub mod vtx;
 
 use alloc::string::String;
@@ -82,6 +83,14 @@ impl Backend {
             Backend::Svm { .. } => TablesKind::Npt,
         }
     }
+
+    /// What guests may use on this machine.
+    fn limits(&self) -> hvcore::arch::GuestLimits {
+        match self {
+            Backend::Vtx(setup) => setup.limits,
+            Backend::Svm { setup, .. } => setup.limits,
+        }
+    }
 }
 
 static BACKEND: spin::Once<Backend> = spin::Once::new();
@@ -128,8 +137,11 @@ impl Vcpu {
     fn save_lazy(&mut self) {
         each!(self, v => v.save_lazy())
     }
-    fn load_lazy(&self) {
-        each!(self, v => v.load_lazy())
+    fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+        each!(self, v => v.load_lazy(hardware))
+    }
+    fn lazy_msrs(&self) -> lazy::MsrValues {
+        each!(self, v => v.lazy_msrs())
     }
     fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         each!(self, v => v.stop(reason, env))
@@ -203,31 +215,12 @@ static STATS_REQUEST: AtomicU32 = AtomicU32::new(0);
 /// Set when the console asks to stop every VM.
 static STOP_ALL: AtomicBool = AtomicBool::new(false);
 
-pub(crate) fn tsc_from_us(us: u64) -> u64 {
-    let hz = crate::apic::tsc_hz().max(1_000_000);
-    (us as u128 * hz as u128 / 1_000_000) as u64
-}
-
-/// Nanoseconds of the TSC time base: the clock of the VMs' devices.
-pub(crate) fn ns_from_tsc(ticks: u64) -> u64 {
-    let hz = crate::apic::tsc_hz().max(1_000_000);
-    (ticks as u128 * 1_000_000_000 / hz as u128) as u64
-}
-
-/// TSC value at nanosecond `ns` of the same time base.
-pub(crate) fn tsc_from_ns(ns: u64) -> u64 {
-    let hz = crate::apic::tsc_hz().max(1_000_000);
-    (ns as u128 * hz as u128 / 1_000_000_000) as u64
-}
-
-pub(crate) fn us_from_tsc(ticks: u64) -> u64 {
-    let hz = crate::apic::tsc_hz().max(1_000_000);
-    (ticks as u128 * 1_000_000 / hz as u128) as u64
-}
+pub(crate) use time::{ns_from_tsc, tsc_from_ns, tsc_from_us, us_from_tsc};
 
 /// Starts the VMs of the package and runs them to completion.
 pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit {
     PACKAGE.call_once(|| package);
+    time::init();
     let backend = if enable::detect().is_ok() {
         match start_vtx() {
             Ok(b) => b,
@@ -511,7 +504,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     let result = v.overwrite_field_for_selftest(&host, field, value).map_err(|e| format!("{e}"));
     let report = result.map(|()| {
         let mut platform = KernelPlatform::new(0);
-        v.load_lazy();
+        v.load_lazy(None);
         let end = v.run_slice(&host, crate::arch::rdtsc() + tsc_from_us(100_000), &mut platform);
         platform.flush_output();
         match (end, v.vm.stop_report()) {
@@ -651,6 +644,17 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
         memory_bytes: spec.memory_bytes,
     };
     let vm = VmContext::with_pc_devices(id, &spec.name, &pc);
+    // CPUID answers for the CPU the VM is pinned to, filled once.
+    let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
+    let apic_id = crate::smp::apic_id_of(cpu).unwrap_or(cpu as u32);
+    let cpuid = hvcore::cpuid::CpuidTable::new(
+        &|leaf, subleaf| {
+            let r = crate::arch::cpuid(leaf, subleaf);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        },
+        apic_id,
+        backend.limits().xcr0_allowed,
+    );
     match backend {
         Backend::Vtx(_) => {
             let Some(caps) = CAPS.get() else {
@@ -660,6 +664,7 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
             match vtx::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, caps) {
                 Ok(mut v) => {
                     v.set_start_regs(start.regs);
+                    v.state.cpuid = cpuid;
                     Ok(Vcpu::Vtx(v))
                 }
                 Err((e, part)) => {
@@ -674,6 +679,7 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
             match svm::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, setup, asid, (*iopm, *msrpm)) {
                 Ok(mut v) => {
                     v.set_start_regs(start.regs);
+                    v.state.cpuid = cpuid;
                     Ok(Vcpu::Svm(v))
                 }
                 Err((e, part)) => {
@@ -802,8 +808,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     console::cpu_started(cpu, platform.apic_id, vcpus.iter().flatten().map(|v| (v.vm().id(), v.vm().name())));
     // The VM whose console output this CPU last made raw.
     let mut raw_vm: Option<u32> = None;
-    // Host time between two slices (scheduling, accounting): the cost of a
-    // scheduler decision, reported in the summary.
+    // Host time between two slices (scheduling, accounting, the lazy
+    // register switch): the cost of switching from one vCPU to the next,
+    // reported in the summary. A slice after which something was printed
+    // (guest output, a stopped VM's report) gives no sample: printing is
+    // not switching.
     let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
     let mut last_slice_end: Option<u64> = None;
     loop {
@@ -880,11 +889,13 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         };
         let Some(i) = ids.iter().position(|x| *x == id) else { continue };
         if lazy_owner != Some(i) {
+            let mut held = None;
             if let Some(prev) = lazy_owner.and_then(|p| vcpus[p].as_mut()) {
                 prev.save_lazy();
+                held = Some(prev.lazy_msrs());
             }
             if let Some(next) = vcpus[i].as_ref() {
-                next.load_lazy();
+                next.load_lazy(held);
             }
             lazy_owner = Some(i);
         }
@@ -902,8 +913,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
+        let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
-        last_slice_end = Some(t);
+        last_slice_end = (!printed).then_some(t);
         v.vm_mut().stats.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),

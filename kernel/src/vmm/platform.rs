@@ -79,6 +79,11 @@ impl KernelPlatform {
         self.output_full = self.output.len() >= OUTPUT_FLUSH_AT;
     }
 
+    /// Whether guest output is queued (printed by [`Self::flush_output`]).
+    pub(super) fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
     /// Prints the queued guest output (outside any guest's slice).
     pub(super) fn flush_output(&mut self) {
         if !self.output.is_empty() {

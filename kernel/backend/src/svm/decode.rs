@@ -88,6 +88,7 @@ fn skipped(exit: &SvmExit) -> Option<Skipped> {
 /// caused by an instruction). `mem` is the VM's memory, read only on a CPU
 /// without NRIP save (or with an implausible nRIP) to find an instruction's
 /// length; `setup` says whether the CPU saves nRIP.
+#[inline]
 pub fn decode(
     vmcb: &Vmcb,
     regs: &mut GuestRegs,

@@ -23,6 +23,7 @@
 //! | TPR shadow | no | MOV CR8 exits and is emulated |
 //! | RDTSCP, INVPCID | no | the instruction raises #UD in the guest |
 //! | RDPMC exiting | no | RDPMC reads the host's counters (a leak): noted |
+//! | save VMX-preemption timer value | no | the timer is written at every VM entry instead of once per slice |
 
 pub mod decode;
 pub mod entry;
@@ -75,6 +76,9 @@ pub struct Optional {
     pub invpcid: bool,
     /// RDPMC exiting.
     pub rdpmc_exiting: bool,
+    /// The VMX-preemption timer's value is saved at every VM exit, so the
+    /// timer written at a slice's first entry counts down the whole slice.
+    pub preemption_timer_save: bool,
 }
 
 /// Host facts the guest limits depend on (CPUID, decided by the kernel).
@@ -155,6 +159,7 @@ impl VmxSetup {
             rdtscp: secondary_allowed(SecondaryControls::ENABLE_RDTSCP),
             invpcid: secondary_allowed(SecondaryControls::ENABLE_INVPCID),
             rdpmc_exiting: primary_allowed(PrimaryControls::RDPMC_EXITING),
+            preemption_timer_save: caps.exit.permits(ExitControls::SAVE_PREEMPTION_TIMER.bits()),
         };
         let mut primary_wanted = PrimaryControls::HLT_EXITING
             | PrimaryControls::UNCONDITIONAL_IO_EXITING
@@ -183,16 +188,16 @@ impl VmxSetup {
             }
         }
         let secondary = caps.secondary_controls(secondary_wanted).map_err(c)?;
-        let exit = caps
-            .exit_controls(
-                ExitControls::HOST_ADDRESS_SPACE_SIZE
-                    | ExitControls::SAVE_DEBUG_CONTROLS
-                    | ExitControls::LOAD_IA32_EFER
-                    | ExitControls::SAVE_IA32_EFER
-                    | ExitControls::LOAD_IA32_PAT
-                    | ExitControls::SAVE_IA32_PAT,
-            )
-            .map_err(c)?;
+        let mut exit_wanted = ExitControls::HOST_ADDRESS_SPACE_SIZE
+            | ExitControls::SAVE_DEBUG_CONTROLS
+            | ExitControls::LOAD_IA32_EFER
+            | ExitControls::SAVE_IA32_EFER
+            | ExitControls::LOAD_IA32_PAT
+            | ExitControls::SAVE_IA32_PAT;
+        if optional.preemption_timer_save {
+            exit_wanted |= ExitControls::SAVE_PREEMPTION_TIMER;
+        }
+        let exit = caps.exit_controls(exit_wanted).map_err(c)?;
         let entry = caps
             .entry_controls(EntryControls::LOAD_DEBUG_CONTROLS | EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT)
             .map_err(c)?;
@@ -255,6 +260,7 @@ impl VmxSetup {
             (o.rdtscp, ("RDTSCP", "#UD in guests")),
             (o.invpcid, ("INVPCID", "#UD in guests")),
             (o.rdpmc_exiting, ("RDPMC exiting", "guests can read performance counters")),
+            (o.preemption_timer_save, ("saving the VMX-preemption timer", "the timer is written at every VM entry")),
         ]
         .into_iter()
         .filter(|(present, _)| !present)
@@ -331,7 +337,19 @@ mod tests {
     #[test]
     fn bochs_has_everything() {
         let s = VmxSetup::from_caps(&bochs(), HOST).unwrap();
-        assert_eq!(s.optional, Optional { vpid: true, unrestricted_guest: true, tpr_shadow: true, rdtscp: true, invpcid: true, rdpmc_exiting: true });
+        assert_eq!(
+            s.optional,
+            Optional {
+                vpid: true,
+                unrestricted_guest: true,
+                tpr_shadow: true,
+                rdtscp: true,
+                invpcid: true,
+                rdpmc_exiting: true,
+                preemption_timer_save: true
+            }
+        );
+        assert_ne!(s.exit & ExitControls::SAVE_PREEMPTION_TIMER.bits(), 0);
         assert!(s.missing().is_empty());
         assert_ne!(s.primary & PrimaryControls::USE_TPR_SHADOW.bits(), 0);
         assert_eq!(s.primary & PrimaryControls::CR8_LOAD_EXITING.bits(), 0);
@@ -354,6 +372,23 @@ mod tests {
         assert!(!s.optional.vpid);
         assert_eq!(s.secondary & SecondaryControls::ENABLE_VPID.bits(), 0);
         assert_eq!(s.missing(), [("VPID", "TLB flushed on every VM entry and exit")]);
+    }
+
+    #[test]
+    fn without_saving_the_timer_it_is_written_per_entry() {
+        let bit = u64::from(ExitControls::SAVE_PREEMPTION_TIMER.bits());
+        let caps = VmxCapabilities::from_reader(|m| {
+            let v = bochs_msr(m);
+            if m == msr::IA32_VMX_EXIT_CTLS || m == msr::IA32_VMX_TRUE_EXIT_CTLS {
+                v & !(bit << 32)
+            } else {
+                v
+            }
+        });
+        let s = VmxSetup::from_caps(&caps, HOST).unwrap();
+        assert!(!s.optional.preemption_timer_save);
+        assert_eq!(s.exit & ExitControls::SAVE_PREEMPTION_TIMER.bits(), 0);
+        assert_eq!(s.missing(), [("saving the VMX-preemption timer", "the timer is written at every VM entry")]);
     }
 
     #[test]

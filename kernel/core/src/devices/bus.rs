@@ -27,10 +27,51 @@ pub enum BusError {
     },
 }
 
-/// The port-I/O bus of one VM.
-#[derive(Default)]
+/// Ports below this are routed through a table (every legacy PC device
+/// lives there); ports above through a list of ranges.
+const TABLE_PORTS: usize = 0x400;
+
+/// What the VM must do around an access to a device (asked once, at
+/// registration).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceTraits {
+    /// The device counts time ([`PortDevice::counts_time`]).
+    pub counts_time: bool,
+    /// The device is the interrupt controller
+    /// ([`PortDevice::is_interrupt_controller`]).
+    pub interrupt_controller: bool,
+}
+
+/// The port-I/O bus of one VM. An access finds its device through a table
+/// (ports below 0x400) or a short list of ranges, without asking every
+/// device for its ports.
 pub struct IoBus {
     devices: Vec<Box<dyn PortDevice>>,
+    traits: Vec<DeviceTraits>,
+    /// The indices of the devices that count time.
+    timed: Vec<usize>,
+    /// Each device's deadline as last noted (`None` for the others).
+    deadlines: Vec<Option<u64>>,
+    /// The earliest of `deadlines`.
+    earliest: Option<u64>,
+    /// For each port below [`TABLE_PORTS`]: 1 + the index of its device, or 0.
+    table: Vec<u16>,
+    /// The ranges at or above [`TABLE_PORTS`], with their device's index.
+    high: Vec<(PortRange, usize)>,
+}
+
+impl Default for IoBus {
+    fn default() -> Self {
+        IoBus {
+            devices: Vec::new(),
+            traits: Vec::new(),
+            timed: Vec::new(),
+            deadlines: Vec::new(),
+            earliest: None,
+            table: alloc::vec![0; TABLE_PORTS],
+            high: Vec::new(),
+        }
+    }
 }
 
 impl IoBus {
@@ -51,20 +92,107 @@ impl IoBus {
                 }
             }
         }
+        let index = self.devices.len();
+        // At most a few dozen devices: the index fits the table's u16.
+        let entry = u16::try_from(index + 1).unwrap_or(u16::MAX);
+        for range in device.ports() {
+            for offset in 0..range.len {
+                let port = range.base.wrapping_add(offset);
+                match self.table.get_mut(usize::from(port)) {
+                    Some(slot) => *slot = entry,
+                    None => {
+                        let rest = PortRange::new(port, range.len - offset);
+                        self.high.push((rest, index));
+                        break;
+                    }
+                }
+            }
+        }
+        self.traits.push(DeviceTraits {
+            counts_time: device.counts_time(),
+            interrupt_controller: device.is_interrupt_controller(),
+        });
+        if device.counts_time() {
+            self.timed.push(index);
+        }
+        self.deadlines.push(device.next_deadline_ns());
         self.devices.push(device);
+        self.earliest = self.deadlines.iter().flatten().min().copied();
         Ok(())
     }
 
-    fn find(&mut self, port: u16) -> Option<&mut Box<dyn PortDevice>> {
-        self.devices
-            .iter_mut()
-            .find(|d| d.ports().iter().any(|r| r.contains(port)))
+    /// The earliest deadline of the devices that count time, as last
+    /// noted ([`Self::note_deadline`], [`Self::note_deadlines`]).
+    #[inline]
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        self.earliest
+    }
+
+    /// Notes device `index`'s deadline again (an access may have
+    /// reprogrammed it, or time moved it). Costs a look at that device
+    /// alone when its deadline stayed what it was.
+    pub fn note_deadline(&mut self, index: usize) {
+        let (Some(dev), Some(slot)) = (self.devices.get(index), self.deadlines.get_mut(index)) else {
+            return;
+        };
+        let new = dev.next_deadline_ns();
+        if core::mem::replace(slot, new) != new {
+            self.earliest = self.deadlines.iter().flatten().min().copied();
+        }
+    }
+
+    /// Notes every device's deadline again (after [`pc::advance`] or direct
+    /// access to the devices).
+    ///
+    /// [`pc::advance`]: super::pc::advance
+    pub fn note_deadlines(&mut self) {
+        for &index in &self.timed {
+            if let (Some(dev), Some(slot)) = (self.devices.get(index), self.deadlines.get_mut(index)) {
+                *slot = dev.next_deadline_ns();
+            }
+        }
+        self.earliest = self.deadlines.iter().flatten().min().copied();
+    }
+
+    /// The index of the device that decodes `port`, if one does.
+    pub fn find(&self, port: u16) -> Option<usize> {
+        match self.table.get(usize::from(port)) {
+            Some(&entry) => usize::from(entry).checked_sub(1),
+            None => self.high.iter().find(|(r, _)| r.contains(port)).map(|&(_, i)| i),
+        }
+    }
+
+    /// What the VM must do around an access to device `index`.
+    pub fn traits(&self, index: usize) -> DeviceTraits {
+        self.traits.get(index).copied().unwrap_or_default()
+    }
+
+    /// Guest `IN` from `port` of device `index` (from [`Self::find`]).
+    pub fn read_at(&mut self, index: usize, port: u16, size: AccessSize, fx: &mut Effects) -> u32 {
+        match self.devices.get_mut(index) {
+            Some(dev) => dev.read(port, size, fx) & size.mask(),
+            None => size.mask(),
+        }
+    }
+
+    /// Guest `OUT` to `port` of device `index` (from [`Self::find`]).
+    pub fn write_at(&mut self, index: usize, port: u16, size: AccessSize, value: u32, fx: &mut Effects) {
+        if let Some(dev) = self.devices.get_mut(index) {
+            dev.write(port, size, value & size.mask(), fx);
+        }
+    }
+
+    /// Brings device `index` to `now_ns` ([`PortDevice::advance`]).
+    pub fn advance_at(&mut self, index: usize, now_ns: u64, fx: &mut Effects) {
+        if let Some(dev) = self.devices.get_mut(index) {
+            dev.advance(now_ns, fx);
+        }
     }
 
     /// Guest `IN` from `port`.
     pub fn read(&mut self, port: u16, size: AccessSize, fx: &mut Effects) -> BusResult<u32> {
         match self.find(port) {
-            Some(dev) => BusResult::Claimed(dev.read(port, size, fx) & size.mask()),
+            Some(i) => BusResult::Claimed(self.read_at(i, port, size, fx)),
             None => BusResult::Unclaimed(size.mask()),
         }
     }
@@ -78,8 +206,8 @@ impl IoBus {
         fx: &mut Effects,
     ) -> BusResult<()> {
         match self.find(port) {
-            Some(dev) => {
-                dev.write(port, size, value & size.mask(), fx);
+            Some(i) => {
+                self.write_at(i, port, size, value, fx);
                 BusResult::Claimed(())
             }
             None => BusResult::Unclaimed(()),
@@ -133,6 +261,36 @@ mod tests {
             BusResult::Unclaimed(())
         );
         assert!(fx.is_empty());
+    }
+
+    /// Ports below 0x400 are found through the table, the others (the PCI
+    /// configuration ports) through the ranges; what the VM must do around
+    /// an access comes from the devices themselves.
+    #[test]
+    fn finds_devices_by_table_and_range_with_their_traits() {
+        let bus = crate::devices::pc::pc_devices(&crate::devices::pc::PcConfig {
+            wall_clock_secs: 0,
+            now_ns: 0,
+            memory_bytes: 1 << 20,
+        });
+        let name = |port| bus.find(port).map(|i| bus.devices[i].name());
+        assert_eq!(name(0x3F8), Some("serial16550"));
+        assert_eq!(name(0x3FF), Some("serial16550"));
+        assert_eq!(name(0xA1), Some("pic8259"));
+        assert_eq!(name(0x4D1), Some("pic8259"), "ELCR, above the table");
+        assert_eq!(name(0x61), Some("pit8254"));
+        assert_eq!(name(0xCF8), Some("pci-host"));
+        assert_eq!(name(0xCFF), Some("pci-host"));
+        for unclaimed in [0, 0xE9, 0x2F8, 0x3F7, 0x400, 0xCF7, 0xD00, 0xFFFF] {
+            assert_eq!(name(unclaimed), None, "port {unclaimed:#x}");
+        }
+        let traits = |port| bus.find(port).map(|i| bus.traits(i));
+        let timed = DeviceTraits { counts_time: true, interrupt_controller: false };
+        assert_eq!(traits(0x3F8), Some(timed));
+        assert_eq!(traits(0x40), Some(timed));
+        assert_eq!(traits(0x71), Some(timed));
+        assert_eq!(traits(0x20), Some(DeviceTraits { counts_time: false, interrupt_controller: true }));
+        assert_eq!(traits(0x60), Some(DeviceTraits::default()));
     }
 
     #[test]

@@ -531,6 +531,18 @@ impl PortDevice for Cmos {
         "cmos-rtc"
     }
 
+    fn counts_time(&self) -> bool {
+        true
+    }
+
+    fn next_deadline_ns(&self) -> Option<u64> {
+        Cmos::next_deadline_ns(self)
+    }
+
+    fn advance(&mut self, now_ns: u64, fx: &mut Effects) {
+        Cmos::advance(self, now_ns, fx);
+    }
+
     fn ports(&self) -> &[PortRange] {
         &self.ports
     }

@@ -19,10 +19,12 @@
 //! - [`console::LineBuffer`]: turns output bytes into console lines.
 //!
 //! Time: models that count time ([`pit8254::Pit`], [`cmos::Cmos`],
-//! [`serial16550::Serial16550`]'s receive timeout) never read a clock. The VM
-//! advances them with a monotonic `now_ns` ([`pc::advance`]) before it routes
-//! an access to them, and asks [`pc::next_deadline_ns`] when an idle vCPU
-//! must be woken.
+//! [`serial16550::Serial16550`]'s receive timeout) never read a clock. They
+//! say so once ([`PortDevice::counts_time`]); the VM advances such a device
+//! with a monotonic `now_ns` ([`PortDevice::advance`]) before it routes an
+//! access to it, advances them all ([`pc::advance`]) when the earliest of
+//! their deadlines ([`pc::next_deadline_ns`]) has come, and sleeps a halted
+//! vCPU until then. Accesses to the other devices read no clock at all.
 //!
 //! Resets: a guest asking for a machine reset (keyboard controller pulse,
 //! port 0xCF9, port 0x92) is reported with [`Effects::request_reset`], beside
@@ -159,7 +161,7 @@ impl Effects {
 
     /// The effects in order.
     pub fn iter(&self) -> impl Iterator<Item = DeviceEffect> + '_ {
-        self.items.iter().take(self.len).flatten().copied()
+        self.items.get(..self.len).unwrap_or(&[]).iter().flatten().copied()
     }
 
     /// Records that the guest asked for a machine reset (the first request of
@@ -190,6 +192,27 @@ pub trait PortDevice: Any {
     fn read(&mut self, port: u16, size: AccessSize, fx: &mut Effects) -> u32;
     /// Guest `OUT`; `value` is already truncated to `size`.
     fn write(&mut self, port: u16, size: AccessSize, value: u32, fx: &mut Effects);
+    /// Whether the device's state moves with time, so that [`Self::advance`]
+    /// must bring it to the present before each access. Asked once, when
+    /// the device is registered.
+    fn counts_time(&self) -> bool {
+        false
+    }
+    /// Brings a device that [counts time](Self::counts_time) to `now_ns`
+    /// (monotonic; earlier values are ignored), pushing the IRQ changes that
+    /// brings. The same as what [`pc::advance`] does for the device.
+    fn advance(&mut self, _now_ns: u64, _fx: &mut Effects) {}
+    /// When a device that [counts time](Self::counts_time) will next change
+    /// an IRQ line by itself, if ever (as [`pc::next_deadline_ns`] finds it).
+    fn next_deadline_ns(&self) -> Option<u64> {
+        None
+    }
+    /// Whether the device is the interrupt controller, whose pending vector
+    /// the VM must look at again after an access. Asked once, at
+    /// registration.
+    fn is_interrupt_controller(&self) -> bool {
+        false
+    }
     /// For typed access to a registered device ([`IoBus::device_mut`]).
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// For typed access to a registered device ([`IoBus::device`]).

@@ -124,6 +124,31 @@ pub fn next_deadline_ns(bus: &IoBus) -> Option<u64> {
 }
 
 #[cfg(test)]
+mod deadline_tests {
+    use super::*;
+
+    /// The bus's noted deadlines agree with the devices' own.
+    #[test]
+    fn bus_deadline_is_the_devices_earliest() {
+        let cfg = PcConfig { wall_clock_secs: 0, now_ns: 0, memory_bytes: 1 << 20 };
+        let mut bus = pc_devices(&cfg);
+        assert_eq!(bus.next_deadline_ns(), None);
+        let mut fx = Effects::new();
+        // PIT channel 0, mode 2, count 1193 (1 ms): a deadline at 1 ms.
+        for (port, v) in [(0x43, 0x34), (0x40, 0xA9), (0x40, 0x04)] {
+            bus.write(port, crate::exit::AccessSize::Byte, v, &mut fx);
+        }
+        assert_eq!(bus.next_deadline_ns(), None, "not noted yet");
+        bus.note_deadline(bus.find(0x40).unwrap());
+        assert_eq!(bus.next_deadline_ns(), next_deadline_ns(&bus));
+        assert!(bus.next_deadline_ns().is_some());
+        advance(&mut bus, 5_000_000, &mut fx);
+        bus.note_deadlines();
+        assert_eq!(bus.next_deadline_ns(), next_deadline_ns(&bus));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::interrupt::{decide, Delivery, GuestInterruptibility};

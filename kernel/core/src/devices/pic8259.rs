@@ -403,6 +403,10 @@ impl PortDevice for PicPair {
         "pic8259"
     }
 
+    fn is_interrupt_controller(&self) -> bool {
+        true
+    }
+
     fn ports(&self) -> &[PortRange] {
         &self.ports
     }

@@ -45,7 +45,7 @@
 
 use core::any::Any;
 
-use super::{widen_byte, Effects, PortDevice, PortRange};
+use super::{widen_byte, DeviceEffect, Effects, PortDevice, PortRange};
 use crate::exit::AccessSize;
 
 /// Input clock of the 8254 in a PC, in Hz.
@@ -603,6 +603,23 @@ impl Pit {
 impl PortDevice for Pit {
     fn name(&self) -> &'static str {
         "pit8254"
+    }
+
+    fn counts_time(&self) -> bool {
+        true
+    }
+
+    fn next_deadline_ns(&self) -> Option<u64> {
+        Pit::next_deadline_ns(self)
+    }
+
+    fn advance(&mut self, now_ns: u64, fx: &mut Effects) {
+        // Several elapsed periods collapse into one IRQ 0 edge, as in
+        // `pc::advance`.
+        if self.tick_until(now_ns) > 0 {
+            fx.push(DeviceEffect::RaiseIrq(PIT_IRQ));
+            fx.push(DeviceEffect::LowerIrq(PIT_IRQ));
+        }
     }
 
     fn ports(&self) -> &[PortRange] {

@@ -208,6 +208,12 @@ impl Serial16550 {
     /// due).
     pub fn advance(&mut self, now_ns: u64, fx: &mut Effects) {
         self.now_ns = self.now_ns.max(now_ns);
+        // Time matters only to received bytes (the character timeout) and
+        // to host input waiting for room; without either the IRQ line is
+        // as the last access left it.
+        if self.rx.is_empty() && self.input.is_empty() {
+            return;
+        }
         self.refill();
         self.update_irq(fx);
     }
@@ -466,6 +472,18 @@ impl Serial16550 {
 impl PortDevice for Serial16550 {
     fn name(&self) -> &'static str {
         "serial16550"
+    }
+
+    fn counts_time(&self) -> bool {
+        true
+    }
+
+    fn next_deadline_ns(&self) -> Option<u64> {
+        Serial16550::next_deadline_ns(self)
+    }
+
+    fn advance(&mut self, now_ns: u64, fx: &mut Effects) {
+        Serial16550::advance(self, now_ns, fx);
     }
 
     fn ports(&self) -> &[PortRange] {

@@ -7,20 +7,26 @@
 //! [`VmContext::set_irq_level`]. Accesses no device claims read as all ones and
 //! are counted in the VM's stats; writes to them are dropped and counted.
 //!
+//! Time is read only when it matters: a device that counts time is brought
+//! to the present before the access, and every such device once a deadline
+//! has passed (so an access sees every IRQ edge that is due, as if the
+//! devices ran continuously); other accesses read no clock.
+//!
 //! String and `REP` port I/O (`INS`/`OUTS`) is not emulated (it needs guest
 //! linear-address translation); the VM is stopped with
 //! [`StopReason::UnsupportedIo`].
 
 use super::{AccessSize, Action, GuestRegs, IoAccess, IoDir, Platform};
-use crate::devices::{BusResult, Effects};
+use crate::devices::Effects;
 use crate::vcpu::{StopReason, VmContext};
 
 /// Handles one port access.
-pub fn handle(
+#[inline]
+pub fn handle<P: Platform>(
     vm: &mut VmContext,
     access: &IoAccess,
     regs: &mut GuestRegs,
-    env: &mut dyn Platform,
+    env: &mut P,
 ) -> Action {
     if access.string_or_rep {
         return Action::Stop(StopReason::UnsupportedIo {
@@ -28,27 +34,46 @@ pub fn handle(
             rip: regs.rip,
         });
     }
+    let Some(device) = vm.bus.find(access.port) else {
+        match access.dir {
+            IoDir::In => {
+                vm.stats.unhandled_port_reads += 1;
+                merge_in_result(regs, access.size, access.size.mask());
+            }
+            IoDir::Out { .. } => vm.stats.unhandled_port_writes += 1,
+        }
+        return Action::AdvanceRip;
+    };
+    let traits = vm.bus.traits(device);
     let mut fx = Effects::new();
-    // Time-driven devices catch up first, so the guest reads current counts.
-    crate::devices::pc::advance(&mut vm.bus, env.now_ns(), &mut fx);
+    let mut advanced_all = false;
+    if traits.counts_time || vm.next_deadline_ns().is_some() {
+        let now = env.now_ns();
+        if vm.next_deadline_ns().is_some_and(|due| now >= due) {
+            // Every device to the present: IRQ edges that are due come first.
+            crate::devices::pc::advance(&mut vm.bus, now, &mut fx);
+            advanced_all = true;
+        } else if traits.counts_time {
+            vm.bus.advance_at(device, now, &mut fx);
+        }
+    }
     match access.dir {
         IoDir::In => {
-            let value = match vm.bus.read(access.port, access.size, &mut fx) {
-                BusResult::Claimed(v) => v,
-                BusResult::Unclaimed(v) => {
-                    vm.stats.unhandled_port_reads += 1;
-                    v
-                }
-            };
+            let value = vm.bus.read_at(device, access.port, access.size, &mut fx);
             merge_in_result(regs, access.size, value);
         }
         IoDir::Out { value } => {
-            let value = value & access.size.mask();
-            if let BusResult::Unclaimed(()) = vm.bus.write(access.port, access.size, value, &mut fx)
-            {
-                vm.stats.unhandled_port_writes += 1;
-            }
+            vm.bus.write_at(device, access.port, access.size, value & access.size.mask(), &mut fx);
         }
+    }
+    // A device that counts time may have been reprogrammed.
+    if advanced_all {
+        vm.refresh_deadline();
+    } else if traits.counts_time {
+        vm.device_deadline_changed(device);
+    }
+    if traits.interrupt_controller {
+        vm.pic_changed();
     }
     vm.apply_effects(&fx, env);
     if let Some(source) = fx.reset_requested() {

@@ -49,12 +49,17 @@ use crate::vcpu::{VcpuRunState, VcpuState, VmContext};
 /// Updates `vm`'s statistics and run state (`Halted` on [`Action::Halt`],
 /// `Stopped` on [`Action::Stop`]; on stop any partial console line is
 /// flushed). Calling it for an already stopped VM returns the same stop again.
-pub fn handle_exit(
+///
+/// Generic over the platform, and always inlined into the backend's exit
+/// loop: the exits that need no platform service (CPUID from the table, a
+/// port without a device, most hypercalls) then never build one.
+#[inline(always)]
+pub fn handle_exit<P: Platform>(
     vm: &mut VmContext,
     vcpu: &mut VcpuState,
     exit: &Exit,
     regs: &mut GuestRegs,
-    env: &mut dyn Platform,
+    env: &mut P,
 ) -> Action {
     if let VcpuRunState::Stopped(reason) = vcpu.run_state() {
         return Action::Stop(*reason);
@@ -67,7 +72,7 @@ pub fn handle_exit(
     }
     vm.stats.record_exit(crate::stats::ExitKind::of(exit));
     let action = match *exit {
-        Exit::Cpuid => crate::cpuid::handle(regs, env),
+        Exit::Cpuid => crate::cpuid::handle(&vcpu.cpuid, regs, env),
         Exit::Hlt => Action::Halt,
         Exit::Io(access) => io::handle(vm, &access, regs, env),
         Exit::Rdmsr { msr } => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
@@ -98,7 +103,11 @@ pub fn handle_exit(
         } => fault::unhandled(code, name, qualification, regs),
     };
     vcpu.after_exit(&action);
-    vm.after_exit(&action, env);
+    match action {
+        Action::Inject(_) => vm.stats.injected_events += 1,
+        Action::Stop(reason) => vm.stop(reason, env),
+        _ => {}
+    }
     action
 }
 

@@ -179,9 +179,15 @@ impl Vcpu {
         self.lazy.save(self.soft.xcr0);
     }
 
-    /// Loads this vCPU's lazily switched registers into the hardware.
-    pub fn load_lazy(&self) {
-        self.lazy.load(self.soft.xcr0);
+    /// Loads this vCPU's lazily switched registers into the hardware
+    /// (`hardware`: the MSR values it holds now, if known).
+    pub fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+        self.lazy.load(self.soft.xcr0, hardware);
+    }
+
+    /// The lazily switched MSRs as this vCPU last saved them.
+    pub fn lazy_msrs(&self) -> lazy::MsrValues {
+        self.lazy.msrs()
     }
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
@@ -211,27 +217,20 @@ impl Vcpu {
         // `&mut self` is held for the whole slice; the processor writes it
         // only inside `switch::run`, while this reference is not used.
         let vmcb: &mut Vmcb = unsafe { &mut *vmcb_ptr };
-        let mut first = true;
+        self.clock.refresh(&self.vm);
+        // The VMCB moved to this CPU: everything cached is stale (once).
+        let mut cpu_changed = cpu_changed;
         loop {
-            if crate::arch::rdtsc() >= slice_end || crate::smp::stopping() {
+            let now = crate::arch::rdtsc();
+            if now >= slice_end {
                 return self.end_slice_early();
             }
-            self.clock.catch_up(&mut self.vm, &self.partition, env);
-            let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
-                Some(entry::interruptibility(vmcb))
-            });
-            if irq.is_some() {
-                self.pending_event = irq;
+            self.clock.catch_up(now, &mut self.vm, &self.partition, env);
+            if self.pending_event.is_some() || self.clock.window_open || self.vm.interrupt_possible() {
+                self.prepare_events(vmcb);
             }
-            if window != self.clock.window_open {
-                entry::set_interrupt_window(vmcb, window);
-                self.clock.window_open = window;
-            }
-            if let Some(ev) = self.pending_event.take() {
-                entry::inject(vmcb, ev);
-            }
-            entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed && first);
-            first = false;
+            entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
+            cpu_changed = false;
             // SAFETY: AMD-V is on for this CPU (host.host_vmcb comes from
             // enable_on_this_cpu); the VMCB is this vCPU's, programmed by
             // `setup::program`; interrupts are off in the scheduler loop.
@@ -239,9 +238,7 @@ impl Vcpu {
             entry::after_vmexit(vmcb, setup);
             let decoded = decode::decode(vmcb, &mut self.regs, &self.partition, setup);
             if let Some(reason) = decoded.stop {
-                log::error!("vm {}: {reason}", self.vm.name());
-                self.stop(reason, env);
-                return SliceEnd::Stopped;
+                return self.stop_undecoded(reason, env);
             }
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
@@ -270,7 +267,9 @@ impl Vcpu {
                 self.clock.refresh(&self.vm);
             }
             entry::advance(vmcb, &action, &self.regs);
-            self.pending_event = backend::vtx::entry::next_event(&action, decoded.vectoring, self.pending_event);
+            if let Some(ev) = backend::vtx::entry::event_to_inject(&action, decoded.vectoring) {
+                self.pending_event = Some(ev);
+            }
             match action {
                 Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
                 Action::Yield => return SliceEnd::Yielded,
@@ -278,11 +277,41 @@ impl Vcpu {
                 Action::Halt => return SliceEnd::Halted,
                 Action::Stop(_) => return SliceEnd::Stopped,
             }
-            // The console queue is full: end the slice so it is printed.
-            if env.output_full {
+            // The console queue is full (end the slice so it is printed), or
+            // the host is stopping.
+            if env.output_full || crate::smp::stopping() {
                 return self.end_slice_early();
             }
         }
+    }
+
+    /// Before an entry that may inject: the PIC's interrupt when the guest
+    /// can take it (else a virtual-interrupt window is asked for), then the
+    /// pending event.
+    #[inline(never)]
+    fn prepare_events(&mut self, vmcb: &mut Vmcb) {
+        let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+            Some(entry::interruptibility(vmcb))
+        });
+        if irq.is_some() {
+            self.pending_event = irq;
+        }
+        if window != self.clock.window_open {
+            entry::set_interrupt_window(vmcb, window);
+            self.clock.window_open = window;
+        }
+        if let Some(ev) = self.pending_event.take() {
+            entry::inject(vmcb, ev);
+        }
+    }
+
+    /// The exit could not be decoded (see `backend::svm::decode`): the VM
+    /// stops with the reason.
+    #[cold]
+    fn stop_undecoded(&mut self, reason: StopReason, env: &mut KernelPlatform) -> SliceEnd {
+        log::error!("vm {}: {reason}", self.vm.name());
+        self.stop(reason, env);
+        SliceEnd::Stopped
     }
 
     /// After a #VMEXIT: an XCR0 in the hardware that is not the vCPU's

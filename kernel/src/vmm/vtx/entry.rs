@@ -4,8 +4,11 @@
 //! VMX loads and saves RIP, RSP, RFLAGS, control registers and segments
 //! through the VMCS (SDM 27.3, 28.5); the other GPRs are ours to switch. The
 //! host callee-saved registers are pushed before entry; HOST_RSP is written
-//! right before VMLAUNCH/VMRESUME so that the exit lands on that same stack,
-//! where the pointer to the guest register block waits.
+//! at the first entry of a slice (the vCPU loop calls the switch from one
+//! place, so the stack pointer is the same at every entry of the slice), so
+//! that the exit lands on that same stack, where the pointer to the guest
+//! register block waits. The common entry (VMRESUME, HOST_RSP current) tests
+//! one value and goes straight to the register loads.
 
 use hvcore::exit::GuestRegs;
 use vmx::vmcs::HOST_RSP;
@@ -34,12 +37,59 @@ pub enum SwitchResult {
     EntryFailed { rflags: u64 },
 }
 
+/// How to enter, as `hv_vmx_switch` takes it: bit 0 VMRESUME (else
+/// VMLAUNCH), bit 1 write HOST_RSP first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Mode {
+    /// The first entry since the VMCS was cleared (HOST_RSP written too).
+    Launch = 2,
+    /// The first entry of a slice: HOST_RSP may hold another stack pointer.
+    ResumeNewStack = 3,
+    /// Any other entry: the common one, which tests one value.
+    Resume = 1,
+}
+
+impl Mode {
+    /// The first entry of a slice.
+    pub fn slice_start(launched: bool) -> Self {
+        if launched {
+            Mode::ResumeNewStack
+        } else {
+            Mode::Launch
+        }
+    }
+}
+
+/// The guest's RAX..R15 (RSP excepted) from the block at RDI; RDI last.
+macro_rules! load_guest_regs {
+    () => {
+        concat!(
+            "mov rax, [rdi + 0]\n",
+            "mov rbx, [rdi + 8]\n",
+            "mov rcx, [rdi + 16]\n",
+            "mov rdx, [rdi + 24]\n",
+            "mov rsi, [rdi + 32]\n",
+            "mov rbp, [rdi + 48]\n",
+            "mov r8,  [rdi + 56]\n",
+            "mov r9,  [rdi + 64]\n",
+            "mov r10, [rdi + 72]\n",
+            "mov r11, [rdi + 80]\n",
+            "mov r12, [rdi + 88]\n",
+            "mov r13, [rdi + 96]\n",
+            "mov r14, [rdi + 104]\n",
+            "mov r15, [rdi + 112]\n",
+            "mov rdi, [rdi + 40]\n",
+        )
+    };
+}
+
 core::arch::global_asm!(
     ".global hv_vmx_switch",
     ".global hv_vmx_exit",
-    // hv_vmx_switch(regs: *mut GuestRegs (rdi), launched: u64 (rsi)) -> u64 (rax)
+    // hv_vmx_switch(regs: *mut GuestRegs (rdi), mode: u64 (rsi)) -> u64 (rax)
     // returns 0 after a VM exit, or RFLAGS (never 0: bit 1 is always set)
-    // when the VM-entry instruction failed.
+    // when the VM-entry instruction failed. Mode: see `Mode::bits`.
     "hv_vmx_switch:",
     "push rbp",
     "push rbx",
@@ -48,26 +98,22 @@ core::arch::global_asm!(
     "push r14",
     "push r15",
     "push rdi",
+    "cmp esi, 1",
+    "jne 5f",
+    // The common entry: VMRESUME, HOST_RSP already this stack pointer.
+    load_guest_regs!(),
+    "vmresume",
+    "jmp 3f",
+    "5:",
+    "test esi, 2",
+    "jz 6f",
     // HOST_RSP = this stack pointer: [rsp] holds the register block pointer.
     "mov rax, {host_rsp}",
     "vmwrite rax, rsp",
-    "mov rax, rsi",
-    "mov rbx, [rdi + 8]",
-    "mov rcx, [rdi + 16]",
-    "mov rdx, [rdi + 24]",
-    "mov rsi, [rdi + 32]",
-    "mov rbp, [rdi + 48]",
-    "mov r8,  [rdi + 56]",
-    "mov r9,  [rdi + 64]",
-    "mov r10, [rdi + 72]",
-    "mov r11, [rdi + 80]",
-    "mov r12, [rdi + 88]",
-    "mov r13, [rdi + 96]",
-    "mov r14, [rdi + 104]",
-    "mov r15, [rdi + 112]",
-    "test rax, rax",
-    "mov rax, [rdi + 0]",
-    "mov rdi, [rdi + 40]",
+    "6:",
+    // The flags of this test survive the loads (MOV changes none).
+    "test esi, 1",
+    load_guest_regs!(),
     "jnz 2f",
     "vmlaunch",
     "jmp 3f",
@@ -112,7 +158,7 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    fn hv_vmx_switch(regs: *mut GuestRegs, launched: u64) -> u64;
+    fn hv_vmx_switch(regs: *mut GuestRegs, mode: u64) -> u64;
     fn hv_vmx_exit();
 }
 
@@ -127,12 +173,15 @@ pub fn exit_entry_point() -> u64 {
 /// The CPU is in VMX root operation with a current VMCS whose host state is
 /// this CPU's (HOST_RIP = [`exit_entry_point`], CR3, GDT, IDT, TR, GS base)
 /// and whose guest state and controls were checked by the caller's set-up;
-/// `launched` is true exactly when this VMCS was launched on this CPU since
-/// its last VMCLEAR. Interrupts must be disabled.
-pub unsafe fn switch(regs: &mut GuestRegs, launched: bool) -> SwitchResult {
+/// `mode` is [`Mode::Launch`] exactly when this VMCS was not launched on
+/// this CPU since its last VMCLEAR; with [`Mode::Resume`], HOST_RSP holds
+/// the stack pointer of an earlier call made with the same stack pointer
+/// (the same call site in the same frame). Interrupts must be disabled.
+#[inline]
+pub unsafe fn switch(regs: &mut GuestRegs, mode: Mode) -> SwitchResult {
     // SAFETY: the caller's contract; the asm saves and restores every
     // callee-saved register and returns on the same stack.
-    let r = unsafe { hv_vmx_switch(regs, launched as u64) };
+    let r = unsafe { hv_vmx_switch(regs, mode as u64) };
     if r == 0 {
         SwitchResult::Exited
     } else {

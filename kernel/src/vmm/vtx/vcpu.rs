@@ -51,6 +51,9 @@ pub struct Vcpu {
     regs: GuestRegs,
     /// An event to inject at the next entry.
     pending_event: Option<Event>,
+    /// Whether the last exit's instruction was skipped (STI/MOV SS blocking
+    /// it recorded has ended; cleared before any injection).
+    shadow: entry::Shadow,
     /// Guest mode at start.
     mode: GuestMode,
     /// VPID (VM id + 1; 0 is the host's).
@@ -112,6 +115,7 @@ impl Vcpu {
             launched: false,
             regs: GuestRegs::default(),
             pending_event: None,
+            shadow: entry::Shadow::default(),
             mode,
             vpid,
             initialised: false,
@@ -170,9 +174,15 @@ impl Vcpu {
         self.lazy.save(self.soft.xcr0);
     }
 
-    /// Loads this vCPU's lazily switched registers into the hardware.
-    pub fn load_lazy(&self) {
-        self.lazy.load(self.soft.xcr0);
+    /// Loads this vCPU's lazily switched registers into the hardware
+    /// (`hardware`: the MSR values it holds now, if known).
+    pub fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+        self.lazy.load(self.soft.xcr0, hardware);
+    }
+
+    /// The lazily switched MSRs as this vCPU last saved them.
+    pub fn lazy_msrs(&self) -> lazy::MsrValues {
+        self.lazy.msrs()
     }
 
     /// VMPTRLDs this vCPU's VMCS on the calling CPU (and sets it up the
@@ -255,6 +265,15 @@ impl Vcpu {
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
     /// halts or stops). `env` gives exit handlers the platform services.
     /// The vCPU's lazy registers must be loaded ([`Vcpu::load_lazy`]).
+    ///
+    /// Work is done where it changes: once per slice the VMCS is made
+    /// current, the preemption timer set (the CPU saves its value at every
+    /// exit, so it counts down the whole slice; without that feature it is
+    /// set at every entry) and HOST_RSP written (the world switch runs on
+    /// the same stack for the whole slice). Before each entry: a compare
+    /// with the slice's end and with the devices' deadline, and an `Option`
+    /// test for an event to inject or an interrupt the PIC may present.
+    /// After each exit: the fields the exit has, the handler, RIP.
     pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         let mut vmcs = match self.load(host) {
             Ok(v) => count::wrap(v),
@@ -283,44 +302,43 @@ impl Vcpu {
         if let Err(e) = self.state.run_state_mut().enter() {
             panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
         }
-        let rate = host.setup.preemption_timer_rate;
         self.tally.slice_start();
+        self.clock.refresh(&self.vm);
+        let rate = host.setup.preemption_timer_rate;
+        let timer = |now: u64| ((slice_end.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32;
+        let timer_saved = host.setup.optional.preemption_timer_save;
+        if timer_saved {
+            vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(crate::arch::rdtsc()));
+        }
+        let mut mode = switch::Mode::slice_start(self.launched);
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
                 self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
-            let timer = ((slice_end - now) >> rate).min(u32::MAX as u64) as u32;
-            self.clock.catch_up(&mut self.vm, &self.partition, env);
-            let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
-                let rflags = vmcs.get(GUEST_RFLAGS).ok()?;
-                let state = vmcs.get(GUEST_INTERRUPTIBILITY_INFO).ok()?;
-                Some(GuestInterruptibility::from_vmx(rflags, state, false))
-            });
-            if irq.is_some() {
-                self.pending_event = irq;
+            if !timer_saved {
+                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now));
             }
-            if window != self.clock.window_open {
-                let bits = host.setup.primary | if window { PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() } else { 0 };
-                if vmcs.set(CPU_BASED_VM_EXEC_CONTROL, bits).is_err() {
-                    return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
-                }
-                self.clock.window_open = window;
-            }
-            if self.prepare_entry(&mut vmcs, timer).is_err() {
-                return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
+            self.clock.catch_up(now, &mut self.vm, &self.partition, env);
+            if self.pending_event.is_some() || self.clock.window_open || self.vm.interrupt_possible() {
+                self.prepare_events(&mut vmcs, &host.setup);
             }
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
                 self.flush_translations(&host.setup);
             }
             self.tally.settle(&vmcs);
+            if mode != switch::Mode::Resume {
+                self.tally.asm_write();
+            }
             // SAFETY: this CPU is in VMX root operation with this vCPU's VMCS
             // current and fully set up by `setup` (host state of this CPU);
-            // `launched` tracks VMLAUNCH vs VMRESUME; interrupts are off in
-            // the scheduler loop.
-            let result = unsafe { switch::switch(&mut self.regs, self.launched) };
+            // `launched` tracks VMLAUNCH vs VMRESUME; HOST_RSP is written at
+            // the slice's first entry and the switch runs on the same stack
+            // for the whole slice; interrupts are off in the scheduler loop.
+            let result = unsafe { switch::switch(&mut self.regs, mode) };
+            mode = switch::Mode::Resume;
             match result {
                 SwitchResult::EntryFailed { rflags } => {
                     let fail = vmx::check_vm_entry_flags(rflags).err().map(|k| k.resolve(count::inner(&vmcs)));
@@ -328,22 +346,26 @@ impl Vcpu {
                 }
                 SwitchResult::Exited => self.launched = true,
             }
-            let decoded = match decode::decode(&vmcs, &mut self.regs) {
-                Ok(d) => d,
-                Err(_) => return self.stop_with_vmcs_failure(count::inner(&vmcs), env),
-            };
+            let decoded = decode::decode(&vmcs, &mut self.regs);
             let exit = decoded.exit;
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            if let Exit::ExternalInterrupt = exit {
-                // Let the host's IDT take the interrupt that caused the exit.
-                // STI's one-instruction shadow ends after the NOP, where the
-                // pending interrupt is delivered; CLI closes the window again.
-                // SAFETY: the host IDT handles every vector it can receive.
-                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-            }
-            if let Exit::EntryFailed { .. } = exit {
-                log::error!("vm {}: VM entry failed ({exit:?}); guest state:", self.vm.name());
-                dump_guest_state(count::inner(&vmcs));
+            match exit {
+                Exit::ExternalInterrupt => {
+                    // Let the host's IDT take the interrupt that caused the
+                    // exit. STI's one-instruction shadow ends after the NOP,
+                    // where the pending interrupt is delivered; CLI closes
+                    // the window again.
+                    // SAFETY: the host IDT handles every vector it can receive.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                }
+                Exit::EntryFailed { code, qualification } => {
+                    log::error!(
+                        "vm {}: VM entry failed (reason {code}, qualification {qualification:#x}); guest state:",
+                        self.vm.name()
+                    );
+                    dump_guest_state(count::inner(&vmcs));
+                }
+                _ => {}
             }
             let xcr0 = self.soft.xcr0;
             let action = {
@@ -357,22 +379,54 @@ impl Vcpu {
             if let Exit::Io(_) = exit {
                 self.clock.refresh(&self.vm);
             }
-            if entry::advance(&mut vmcs, &action, &self.regs).is_err() {
-                return self.stop_with_vmcs_failure(count::inner(&vmcs), env);
+            self.shadow = entry::advance(&mut vmcs, &action, &self.regs);
+            if let Some(ev) = entry::event_to_inject(&action, decoded.vectoring) {
+                self.pending_event = Some(ev);
             }
-            self.pending_event = entry::next_event(&action, decoded.vectoring, self.pending_event);
-            self.tally.settle(&vmcs);
             match action {
                 Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
-                Action::Yield => return SliceEnd::Yielded,
-                Action::Preempted => return SliceEnd::Preempted,
-                Action::Halt => return SliceEnd::Halted,
-                Action::Stop(_) => return SliceEnd::Stopped,
+                Action::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
+                Action::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
+                Action::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
+                Action::Stop(_) => return self.slice_over(&vmcs, SliceEnd::Stopped),
             }
             if crate::smp::stopping() || env.output_full {
+                self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
         }
+    }
+
+    /// Before an entry that may inject: the PIC's interrupt when the guest
+    /// can take it (else an interrupt-window exit is asked for), then the
+    /// pending event, with STI/MOV SS blocking that ended cleared first
+    /// (`entry::interruptibility`).
+    #[inline(never)]
+    fn prepare_events(&mut self, vmcs: &mut count::Vmcs, setup: &VmxSetup) {
+        let shadow = &mut self.shadow;
+        let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+            let rflags = vmcs.get_known(GUEST_RFLAGS);
+            let state = entry::interruptibility(vmcs, shadow);
+            Some(GuestInterruptibility::from_vmx(rflags, state.bits(), false))
+        });
+        if irq.is_some() {
+            self.pending_event = irq;
+        }
+        if window != self.clock.window_open {
+            let bits = setup.primary | if window { PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() } else { 0 };
+            vmcs.set_known(CPU_BASED_VM_EXEC_CONTROL, bits);
+            self.clock.window_open = window;
+        }
+        if let Some(ev) = self.pending_event.take() {
+            entry::inject(vmcs, &mut self.shadow, ev);
+        }
+    }
+
+    /// The slice ends with the exit just handled (the handler moved the run
+    /// state on).
+    fn slice_over(&mut self, vmcs: &count::Vmcs, end: SliceEnd) -> SliceEnd {
+        self.tally.settle(vmcs);
+        end
     }
 
     /// Stops this vCPU and its VM from the host side (a failed VM entry, a
@@ -390,15 +444,6 @@ impl Vcpu {
             panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
         }
         SliceEnd::Preempted
-    }
-
-    /// Writes the preemption timer and any pending event before an entry.
-    fn prepare_entry(&mut self, vmcs: &mut count::Vmcs, timer: u32) -> Result<(), VmFail> {
-        vmcs.set(VMX_PREEMPTION_TIMER_VALUE, timer)?;
-        if let Some(ev) = self.pending_event.take() {
-            entry::inject(vmcs, ev)?;
-        }
-        Ok(())
     }
 
     fn stop_on_entry_instruction_failure(
@@ -420,11 +465,6 @@ impl Vcpu {
         dump_guest_state(vmcs);
         self.stop(StopReason::EntryInstructionFailed { number, meaning, rip }, env);
         SliceEnd::Stopped
-    }
-
-    fn stop_with_vmcs_failure(&mut self, vmcs: &ActiveVmcs, env: &mut KernelPlatform) -> SliceEnd {
-        let fail = vmcs.instruction_error().ok().map(VmFail::Valid);
-        self.stop_on_entry_instruction_failure(vmcs, fail, env)
     }
 
     /// Frees the VMCS region, the virtual-APIC page and the VM's memory.
