@@ -24,7 +24,13 @@ pub struct DeviceClock {
 impl DeviceClock {
     /// Brings the devices up to `now` (TSC) when one is due.
     #[inline]
-    pub fn catch_up(&mut self, now: u64, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
+    pub fn catch_up(
+        &mut self,
+        now: u64,
+        vm: &mut VmContext,
+        memory: &Partition,
+        env: &mut KernelPlatform,
+    ) {
         if let Some((due_ns, due_tsc)) = self.deadline {
             if now >= due_tsc {
                 self.tick(now, due_ns, vm, memory, env);
@@ -34,7 +40,14 @@ impl DeviceClock {
 
     #[cold]
     #[inline(never)]
-    fn tick(&mut self, now: u64, due_ns: u64, vm: &mut VmContext, memory: &Partition, env: &mut KernelPlatform) {
+    fn tick(
+        &mut self,
+        now: u64,
+        due_ns: u64,
+        vm: &mut VmContext,
+        memory: &Partition,
+        env: &mut KernelPlatform,
+    ) {
         // The TSC says the deadline has come: the devices are at least there.
         let now_ns = super::ns_from_tsc(now).max(due_ns);
         vm.advance_timers(now_ns, &mut env.with(memory));

@@ -22,13 +22,23 @@ pub fn init() {
     let hz = u128::from(crate::apic::tsc_hz().max(1_000_000));
     let ns_per_tick = (1_000_000_000u128 << 32) / hz;
     let ticks_per_ns = (hz << 32) / 1_000_000_000;
-    NS_PER_TICK.store(u64::try_from(ns_per_tick).unwrap_or(u64::MAX), Ordering::Relaxed);
-    TICKS_PER_NS.store(u64::try_from(ticks_per_ns).unwrap_or(u64::MAX), Ordering::Relaxed);
+    NS_PER_TICK.store(
+        u64::try_from(ns_per_tick).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    TICKS_PER_NS.store(
+        u64::try_from(ticks_per_ns).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 fn scale(value: u64, factor: &AtomicU64, round_up: bool) -> u64 {
     let product = u128::from(value) * u128::from(factor.load(Ordering::Relaxed));
-    let product = if round_up { product + 0xFFFF_FFFF } else { product };
+    let product = if round_up {
+        product + 0xFFFF_FFFF
+    } else {
+        product
+    };
     // Beyond 64 bits only for TSC values centuries away.
     (product >> 32) as u64
 }

@@ -132,7 +132,8 @@ impl IoBus {
     /// reprogrammed it, or time moved it). Costs a look at that device
     /// alone when its deadline stayed what it was.
     pub fn note_deadline(&mut self, index: usize) {
-        let (Some(dev), Some(slot)) = (self.devices.get(index), self.deadlines.get_mut(index)) else {
+        let (Some(dev), Some(slot)) = (self.devices.get(index), self.deadlines.get_mut(index))
+        else {
             return;
         };
         let new = dev.next_deadline_ns();
@@ -147,7 +148,9 @@ impl IoBus {
     /// [`pc::advance`]: super::pc::advance
     pub fn note_deadlines(&mut self) {
         for &index in &self.timed {
-            if let (Some(dev), Some(slot)) = (self.devices.get(index), self.deadlines.get_mut(index)) {
+            if let (Some(dev), Some(slot)) =
+                (self.devices.get(index), self.deadlines.get_mut(index))
+            {
                 *slot = dev.next_deadline_ns();
             }
         }
@@ -158,7 +161,11 @@ impl IoBus {
     pub fn find(&self, port: u16) -> Option<usize> {
         match self.table.get(usize::from(port)) {
             Some(&entry) => usize::from(entry).checked_sub(1),
-            None => self.high.iter().find(|(r, _)| r.contains(port)).map(|&(_, i)| i),
+            None => self
+                .high
+                .iter()
+                .find(|(r, _)| r.contains(port))
+                .map(|&(_, i)| i),
         }
     }
 
@@ -176,7 +183,14 @@ impl IoBus {
     }
 
     /// Guest `OUT` to `port` of device `index` (from [`Self::find`]).
-    pub fn write_at(&mut self, index: usize, port: u16, size: AccessSize, value: u32, fx: &mut Effects) {
+    pub fn write_at(
+        &mut self,
+        index: usize,
+        port: u16,
+        size: AccessSize,
+        value: u32,
+        fx: &mut Effects,
+    ) {
         if let Some(dev) = self.devices.get_mut(index) {
             dev.write(port, size, value & size.mask(), fx);
         }
@@ -285,11 +299,20 @@ mod tests {
             assert_eq!(name(unclaimed), None, "port {unclaimed:#x}");
         }
         let traits = |port| bus.find(port).map(|i| bus.traits(i));
-        let timed = DeviceTraits { counts_time: true, interrupt_controller: false };
+        let timed = DeviceTraits {
+            counts_time: true,
+            interrupt_controller: false,
+        };
         assert_eq!(traits(0x3F8), Some(timed));
         assert_eq!(traits(0x40), Some(timed));
         assert_eq!(traits(0x71), Some(timed));
-        assert_eq!(traits(0x20), Some(DeviceTraits { counts_time: false, interrupt_controller: true }));
+        assert_eq!(
+            traits(0x20),
+            Some(DeviceTraits {
+                counts_time: false,
+                interrupt_controller: true
+            })
+        );
         assert_eq!(traits(0x60), Some(DeviceTraits::default()));
     }
 

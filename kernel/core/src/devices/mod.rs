@@ -161,7 +161,12 @@ impl Effects {
 
     /// The effects in order.
     pub fn iter(&self) -> impl Iterator<Item = DeviceEffect> + '_ {
-        self.items.get(..self.len).unwrap_or(&[]).iter().flatten().copied()
+        self.items
+            .get(..self.len)
+            .unwrap_or(&[])
+            .iter()
+            .flatten()
+            .copied()
     }
 
     /// Records that the guest asked for a machine reset (the first request of

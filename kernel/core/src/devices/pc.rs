@@ -130,7 +130,11 @@ mod deadline_tests {
     /// The bus's noted deadlines agree with the devices' own.
     #[test]
     fn bus_deadline_is_the_devices_earliest() {
-        let cfg = PcConfig { wall_clock_secs: 0, now_ns: 0, memory_bytes: 1 << 20 };
+        let cfg = PcConfig {
+            wall_clock_secs: 0,
+            now_ns: 0,
+            memory_bytes: 1 << 20,
+        };
         let mut bus = pc_devices(&cfg);
         assert_eq!(bus.next_deadline_ns(), None);
         let mut fx = Effects::new();

@@ -122,7 +122,11 @@ fn loops() {
     let empty = best_of_two(|| timed_loop!(""));
     let cpuid = best_of_two(|| timed_loop!("cpuid"));
     let vmcall = best_of_two(|| timed_loop!("vmcall"));
-    let vmmcall = if amd { Some(best_of_two(|| timed_loop!("vmmcall"))) } else { None };
+    let vmmcall = if amd {
+        Some(best_of_two(|| timed_loop!("vmmcall")))
+    } else {
+        None
+    };
     let out = best_of_two(|| timed_loop!("out 0xe9, al"));
     let thr = best_of_two(|| {
         guests::_print(format_args!("bench uart-thr bytes: "));

@@ -73,7 +73,11 @@ mod counting {
 
     /// Wraps the current VMCS.
     pub fn wrap(vmcs: vmx::ActiveVmcs) -> Vmcs {
-        Vmcs { inner: vmcs, reads: Cell::new(0), writes: Cell::new(0) }
+        Vmcs {
+            inner: vmcs,
+            reads: Cell::new(0),
+            writes: Cell::new(0),
+        }
     }
 
     /// The hardware VMCS behind [`Vmcs`].
@@ -168,7 +172,14 @@ mod counting {
                 }
                 let name = ExitKind::ALL.get(i).map_or("slice-start", |k| k.name());
                 let ((r, _), (w, _)) = (per(c.reads[i], n), per(c.writes[i], n));
-                let _ = write!(line, " {name} {}.{}/{}.{} ({n})", r / 10, r % 10, w / 10, w % 10);
+                let _ = write!(
+                    line,
+                    " {name} {}.{}/{}.{} ({n})",
+                    r / 10,
+                    r % 10,
+                    w / 10,
+                    w % 10
+                );
             }
             crate::println!("{line}");
         }
