@@ -14,12 +14,16 @@
 //! injection go through, so the PIC's interrupts, re-injected events and
 //! faults never see a blocking that has ended (SDM 27.3.1.5 refuses an
 //! external interrupt injected under STI or MOV SS blocking). An entry that
-//! injects nothing may leave the stale bits; the guest cannot tell: the
-//! only events they block are injected ones, and the hardware ends the
-//! blocking after the next guest instruction (or the next exit reports the
-//! guest's own state again, which resets [`Shadow`]). Interrupt-window
-//! exits are requested only for a pending interrupt, through the same
-//! decision.
+//! injects nothing may leave the stale bits for one more guest instruction
+//! (the hardware ends the blocking after it, and the next exit reports the
+//! guest's own state again, which resets [`Shadow`]). Interrupts reach a
+//! guest only by injection, and interrupt-window exits are requested only
+//! for a pending interrupt, through the same decision, so STI blocking left
+//! this way changes nothing. Stale MOV SS blocking would also hold back a
+//! debug exception (single step, data breakpoint) due after the skipped
+//! instruction by one instruction: a guest single-stepping through
+//! `mov ss, ...; cpuid` sees its trap one instruction late. Host interrupts
+//! and the preemption timer still exit.
 
 use hvcore::arch::{Action, Event, EventKind, GuestRegs};
 use vmx::exit::InterruptionType;
