@@ -332,7 +332,10 @@ fn run_options(args: &mut Args) -> Result<RunOptions, Error> {
         cpu: match args.value("--cpu", "intel, amd or none")? {
             None => CpuModel::Default,
             Some(name) => CpuModel::from_name(&name).ok_or_else(|| {
-                Error::Usage(format!("--cpu {}: expected intel, amd or none", Escaped(&name)))
+                Error::Usage(format!(
+                    "--cpu {}: expected intel, amd or none",
+                    Escaped(&name)
+                ))
             })?,
         },
         gdb,

@@ -82,7 +82,9 @@ pub fn parse_args(args: &[String]) -> Result<CtlOptions, Error> {
                     .parse()
                     .ok()
                     .filter(|s| (1..=86_400).contains(s))
-                    .ok_or_else(|| Error::Usage(format!("--timeout {v}: expected 1 to 86400 seconds")))?;
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--timeout {v}: expected 1 to 86400 seconds"))
+                    })?;
                 timeout = Duration::from_secs(secs);
             }
             "-h" | "--help" if words.is_empty() => return Err(Error::Usage(HELP.into())),
@@ -92,7 +94,12 @@ pub fn parse_args(args: &[String]) -> Result<CtlOptions, Error> {
     if words.is_empty() {
         return Err(Error::Usage(format!("ctl: no command\n{HELP}")));
     }
-    Ok(CtlOptions { target, json, timeout, words })
+    Ok(CtlOptions {
+        target,
+        json,
+        timeout,
+        words,
+    })
 }
 
 enum Link {
@@ -103,18 +110,30 @@ enum Link {
 
 impl Link {
     fn open(target: &Target, timeout: Duration) -> Result<Link, Error> {
-        let fail = |what: String, e: std::io::Error| Error::Tool { tool: what, detail: e.to_string() };
+        let fail = |what: String, e: std::io::Error| Error::Tool {
+            tool: what,
+            detail: e.to_string(),
+        };
         Ok(match target {
             Target::Socket(p) => {
                 let s = UnixStream::connect(p).map_err(|e| {
-                    fail(format!("the control socket {} (is the hypervisor running with ./qemu-run.sh?)", p.display()), e)
+                    fail(
+                        format!(
+                            "the control socket {} (is the hypervisor running with ./qemu-run.sh?)",
+                            p.display()
+                        ),
+                        e,
+                    )
                 })?;
-                s.set_read_timeout(Some(timeout)).map_err(|e| fail("socket".into(), e))?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| fail("socket".into(), e))?;
                 Link::Unix(s)
             }
             Target::Tcp(a) => {
-                let s = TcpStream::connect(a).map_err(|e| fail(format!("the control port {a}"), e))?;
-                s.set_read_timeout(Some(timeout)).map_err(|e| fail("socket".into(), e))?;
+                let s =
+                    TcpStream::connect(a).map_err(|e| fail(format!("the control port {a}"), e))?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| fail("socket".into(), e))?;
                 Link::Tcp(s)
             }
             Target::Device(p) => Link::Dev(
@@ -159,17 +178,24 @@ impl Client {
     /// Connects.
     pub fn connect(target: &Target, timeout: Duration) -> Result<Client, Error> {
         let link = Link::open(target, timeout)?;
-        let reader = link
-            .reader()
-            .map_err(|e| Error::Tool { tool: "control port".into(), detail: e.to_string() })?;
-        Ok(Client { link, lines: BufReader::new(reader), next_id: 1, events: Vec::new() })
+        let reader = link.reader().map_err(|e| Error::Tool {
+            tool: "control port".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Client {
+            link,
+            lines: BufReader::new(reader),
+            next_id: 1,
+            events: Vec::new(),
+        })
     }
 
     /// Sends a raw line (anything, for tests of bad requests).
     pub fn send_raw(&mut self, line: &str) -> Result<(), Error> {
-        self.link
-            .write_line(line)
-            .map_err(|e| Error::Tool { tool: "control port".into(), detail: e.to_string() })
+        self.link.write_line(line).map_err(|e| Error::Tool {
+            tool: "control port".into(),
+            detail: e.to_string(),
+        })
     }
 
     /// Reads one line (`None` at the end of the stream).
@@ -178,7 +204,10 @@ impl Client {
         match self.lines.read_until(b'\n', &mut buf) {
             Ok(0) => Ok(None),
             Ok(_) => Ok(Some(String::from_utf8_lossy(&buf).trim_end().to_string())),
-            Err(e) => Err(Error::Tool { tool: "control port".into(), detail: format!("no answer: {e}") }),
+            Err(e) => Err(Error::Tool {
+                tool: "control port".into(),
+                detail: format!("no answer: {e}"),
+            }),
         }
     }
 
@@ -186,9 +215,14 @@ impl Client {
     pub fn response(&mut self) -> Result<(String, Value), Error> {
         loop {
             let Some(line) = self.read_line()? else {
-                return Err(Error::Tool { tool: "control port".into(), detail: "closed before the response".into() });
+                return Err(Error::Tool {
+                    tool: "control port".into(),
+                    detail: "closed before the response".into(),
+                });
             };
-            let Ok(v) = json::parse_limited(line.as_bytes(), 1 << 20) else { continue };
+            let Ok(v) = json::parse_limited(line.as_bytes(), 1 << 20) else {
+                continue;
+            };
             if v.get("event").is_some() {
                 self.events.push(v);
             } else if v.get("id").is_some() {
@@ -214,7 +248,10 @@ impl Client {
 /// Readable text of a response to `command`.
 pub fn readable(command: &Command, v: &Value) -> String {
     if v.get("ok") != Some(&Value::Bool(true)) {
-        return format!("error: {}", v.get("error").and_then(Value::as_str).unwrap_or("?"));
+        return format!(
+            "error: {}",
+            v.get("error").and_then(Value::as_str).unwrap_or("?")
+        );
     }
     let r = v.get("result").cloned().unwrap_or(Value::Null);
     let num = |k: &str| r.get(k).and_then(Value::as_num).unwrap_or(0);
@@ -246,7 +283,11 @@ pub fn readable(command: &Command, v: &Value) -> String {
                         };
                         vec![
                             format!("{}", c.get("cpu").and_then(Value::as_num).unwrap_or(0)),
-                            if vms.is_empty() { "-".into() } else { vms.join(", ") },
+                            if vms.is_empty() {
+                                "-".into()
+                            } else {
+                                vms.join(", ")
+                            },
                         ]
                     })
                     .collect();
@@ -263,7 +304,12 @@ pub fn readable(command: &Command, v: &Value) -> String {
                         Value::Str(s) => s.clone(),
                         Value::Num(n) => n.to_string(),
                         Value::Null => "-".into(),
-                        Value::Arr(a) => a.iter().filter_map(Value::as_num).map(|n| n.to_string()).collect::<Vec<_>>().join(","),
+                        Value::Arr(a) => a
+                            .iter()
+                            .filter_map(Value::as_num)
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
                         Value::Obj(o) => o
                             .iter()
                             .map(|(k, v)| format!("{k}={}", v.as_num().unwrap_or(0)))
@@ -278,8 +324,16 @@ pub fn readable(command: &Command, v: &Value) -> String {
         }
         Command::Version => format!("control protocol {}", num("protocol")),
         other => {
-            let vm = r.get("vm").and_then(Value::as_str).map(|n| format!(" vm {n}")).unwrap_or_default();
-            let id = r.get("vm_id").and_then(Value::as_num).map(|n| format!(" (id {n})")).unwrap_or_default();
+            let vm = r
+                .get("vm")
+                .and_then(Value::as_str)
+                .map(|n| format!(" vm {n}"))
+                .unwrap_or_default();
+            let id = r
+                .get("vm_id")
+                .and_then(Value::as_num)
+                .map(|n| format!(" (id {n})"))
+                .unwrap_or_default();
             format!("ok: {}{vm}{id}", other.name())
         }
     }
@@ -310,7 +364,11 @@ pub fn run(opts: &CtlOptions) -> Result<u8, Error> {
     } else {
         println!("{}", readable(&command, &v));
     }
-    Ok(if v.get("ok") == Some(&Value::Bool(true)) { 0 } else { 1 })
+    Ok(if v.get("ok") == Some(&Value::Bool(true)) {
+        0
+    } else {
+        1
+    })
 }
 
 #[cfg(test)]
@@ -321,7 +379,14 @@ mod tests {
     fn options() {
         let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
         let o = parse_args(&a("--socket /tmp/x --json list")).unwrap();
-        assert_eq!((o.target, o.json, o.words), (Target::Socket("/tmp/x".into()), true, vec!["list".to_string()]));
+        assert_eq!(
+            (o.target, o.json, o.words),
+            (
+                Target::Socket("/tmp/x".into()),
+                true,
+                vec!["list".to_string()]
+            )
+        );
         let o = parse_args(&a("--tcp 127.0.0.1:5 create a image=hello memory=2")).unwrap();
         assert_eq!(o.target, Target::Tcp("127.0.0.1:5".into()));
         assert_eq!(o.words.len(), 4);

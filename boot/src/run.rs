@@ -550,10 +550,9 @@ fn qemu_command(
     } else if let Some(link) = link {
         // QEMU waits for the runner to connect before it starts the machine.
         let chardev = match link {
-            Endpoint::Unix(path) => format!(
-                "socket,id=com1,path={},server=on,wait=on",
-                path.display()
-            ),
+            Endpoint::Unix(path) => {
+                format!("socket,id=com1,path={},server=on,wait=on", path.display())
+            }
             Endpoint::Tcp(addr) => format!(
                 "socket,id=com1,host={},port={},server=on,wait=on",
                 addr.ip(),
@@ -941,12 +940,11 @@ impl SerialLink {
         }
         let stream = match &self.endpoint {
             Endpoint::Unix(path) => UnixStream::connect(path).map(Stream::Unix),
-            Endpoint::Tcp(addr) => {
-                TcpStream::connect_timeout(addr, Duration::from_millis(200)).map(|s| {
+            Endpoint::Tcp(addr) => TcpStream::connect_timeout(addr, Duration::from_millis(200))
+                .map(|s| {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)
-                })
-            }
+                }),
         };
         let Ok(stream) = stream else { return };
         let (Ok(mut reader), Ok(mut log)) = (
@@ -973,7 +971,6 @@ impl SerialLink {
             let _ = stream.write_all(bytes);
         }
     }
-
 }
 
 impl Drop for SerialLink {

@@ -215,7 +215,9 @@ impl OffsetHandler {
     /// XSDT/RSDT, the tables it lists, the DSDT), must be readable at `phys + offset`,
     /// and nothing may write to that memory meanwhile.
     pub const unsafe fn new(offset: u64) -> Self {
-        Self { offset: offset as usize }
+        Self {
+            offset: offset as usize,
+        }
     }
 
     /// The bytes `phys..phys + len`.
@@ -234,7 +236,11 @@ impl OffsetHandler {
 }
 
 impl Handler for OffsetHandler {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         let virt = self.virt(physical_address).cast::<T>();
         PhysicalMapping {
             physical_start: physical_address,
@@ -305,7 +311,10 @@ impl Handler for OffsetHandler {
 /// # Safety
 /// As for [`OffsetHandler::new`]: the tables the firmware describes (RSDP, XSDT/RSDT,
 /// every table it lists, the DSDT) must be readable at `phys + phys_offset`.
-pub unsafe fn read_machine_info(rsdp_phys: u64, phys_offset: u64) -> Result<MachineInfo, AcpiError> {
+pub unsafe fn read_machine_info(
+    rsdp_phys: u64,
+    phys_offset: u64,
+) -> Result<MachineInfo, AcpiError> {
     if rsdp_phys == 0 {
         return Err(AcpiError::NoRsdp);
     }
@@ -315,7 +324,9 @@ pub unsafe fn read_machine_info(rsdp_phys: u64, phys_offset: u64) -> Result<Mach
     let rsdp_phys = rsdp_phys as usize;
 
     // SAFETY: the caller promises the RSDP (at most 36 bytes) is mapped at this address.
-    let rsdp = unsafe { handler.map_physical_region::<acpi::rsdp::Rsdp>(rsdp_phys, size_of::<acpi::rsdp::Rsdp>()) };
+    let rsdp = unsafe {
+        handler.map_physical_region::<acpi::rsdp::Rsdp>(rsdp_phys, size_of::<acpi::rsdp::Rsdp>())
+    };
     match rsdp.validate() {
         Ok(()) => {}
         Err(acpi::AcpiError::RsdpIncorrectSignature) => return Err(AcpiError::NoRsdp),
@@ -337,10 +348,15 @@ pub unsafe fn read_machine_info(rsdp_phys: u64, phys_offset: u64) -> Result<Mach
     match root_ok {
         Ok(()) => {}
         Err(TableCheck::Signature) => {
-            info.problems.push(AcpiError::Malformed { table: root_name, reason: "wrong signature" });
+            info.problems.push(AcpiError::Malformed {
+                table: root_name,
+                reason: "wrong signature",
+            });
             return Ok(info);
         }
-        Err(TableCheck::Checksum) => info.problems.push(AcpiError::BadChecksum { table: root_name }),
+        Err(TableCheck::Checksum) => info
+            .problems
+            .push(AcpiError::BadChecksum { table: root_name }),
     }
 
     // SAFETY: the RSDP is mapped and valid (checked above) and the caller promises the
@@ -364,7 +380,11 @@ enum TableCheck {
 ///
 /// # Safety
 /// The table's header and `length` bytes must be mapped through `handler`.
-unsafe fn table_checksum_ok(handler: &OffsetHandler, phys: usize, signature: Signature) -> Result<(), TableCheck> {
+unsafe fn table_checksum_ok(
+    handler: &OffsetHandler,
+    phys: usize,
+    signature: Signature,
+) -> Result<(), TableCheck> {
     // SAFETY: the caller promises the header is mapped.
     let header = unsafe { handler.map_physical_region::<SdtHeader>(phys, size_of::<SdtHeader>()) };
     if header.signature != signature {
@@ -389,8 +409,14 @@ pub fn checksum(bytes: &[u8]) -> u8 {
 fn validation_problem(table: &'static str, e: acpi::AcpiError) -> AcpiError {
     match e {
         acpi::AcpiError::SdtInvalidChecksum(_) => AcpiError::BadChecksum { table },
-        acpi::AcpiError::SdtInvalidSignature(_) => AcpiError::Malformed { table, reason: "wrong signature" },
-        _ => AcpiError::Malformed { table, reason: "invalid OEM or table id" },
+        acpi::AcpiError::SdtInvalidSignature(_) => AcpiError::Malformed {
+            table,
+            reason: "wrong signature",
+        },
+        _ => AcpiError::Malformed {
+            table,
+            reason: "invalid OEM or table id",
+        },
     }
 }
 
@@ -409,16 +435,29 @@ fn read_madt(tables: &AcpiTables<OffsetHandler>, info: &mut MachineInfo) {
     // ever); check the layout on the raw bytes first.
     // SAFETY: `find_table` mapped the whole table (`header.length` bytes) at `madt`,
     // and `validate` just read all of them.
-    let bytes = unsafe { core::slice::from_raw_parts((madt as *const Madt).cast::<u8>(), madt.header.length as usize) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (madt as *const Madt).cast::<u8>(),
+            madt.header.length as usize,
+        )
+    };
     if let Err(reason) = check_madt_entries(bytes) {
-        info.problems.push(AcpiError::Malformed { table: "APIC", reason });
+        info.problems.push(AcpiError::Malformed {
+            table: "APIC",
+            reason,
+        });
         return;
     }
     info.local_apic_address = u64::from(madt.local_apic_address);
     info.has_8259 = madt.supports_8259();
     for entry in pinned.entries() {
         match entry {
-            MadtEntry::LocalApic(e) => push_cpu(info, u32::from(e.processor_id), u32::from(e.apic_id), e.flags),
+            MadtEntry::LocalApic(e) => push_cpu(
+                info,
+                u32::from(e.processor_id),
+                u32::from(e.apic_id),
+                e.flags,
+            ),
             MadtEntry::LocalX2Apic(e) => push_cpu(info, e.processor_uid, e.x2apic_id, e.flags),
             MadtEntry::IoApic(e) => info.io_apics.push(IoApicInfo {
                 id: e.io_apic_id,
@@ -429,7 +468,10 @@ fn read_madt(tables: &AcpiTables<OffsetHandler>, info: &mut MachineInfo) {
                 let (polarity, trigger) = match acpi::sdt::madt::parse_mps_inti_flags(e.flags) {
                     Ok(pt) => pt,
                     Err(_) => {
-                        info.problems.push(AcpiError::Malformed { table: "APIC", reason: "reserved MPS INTI flags" });
+                        info.problems.push(AcpiError::Malformed {
+                            table: "APIC",
+                            reason: "reserved MPS INTI flags",
+                        });
                         continue;
                     }
                 };
@@ -448,7 +490,9 @@ fn read_madt(tables: &AcpiTables<OffsetHandler>, info: &mut MachineInfo) {
                     },
                 });
             }
-            MadtEntry::LocalApicAddressOverride(e) => info.local_apic_address = e.local_apic_address,
+            MadtEntry::LocalApicAddressOverride(e) => {
+                info.local_apic_address = e.local_apic_address
+            }
             _ => {}
         }
     }
@@ -469,9 +513,13 @@ fn push_cpu(info: &mut MachineInfo, processor_uid: u32, apic_id: u32, flags: u32
 /// for the structures the `acpi` crate reads them as.
 fn check_madt_entries(table: &[u8]) -> Result<(), &'static str> {
     const ENTRIES_START: usize = 44;
-    let mut rest = table.get(ENTRIES_START..).ok_or("shorter than its header")?;
+    let mut rest = table
+        .get(ENTRIES_START..)
+        .ok_or("shorter than its header")?;
     while !rest.is_empty() {
-        let [kind, len, ..] = *rest else { return Err("truncated entry header") };
+        let [kind, len, ..] = *rest else {
+            return Err("truncated entry header");
+        };
         let len = usize::from(len);
         let min = match kind {
             0 => 8,   // processor local APIC
@@ -487,7 +535,9 @@ fn check_madt_entries(table: &[u8]) -> Result<(), &'static str> {
         if len < min {
             return Err("entry shorter than its type requires");
         }
-        rest = rest.get(len..).ok_or("entry runs past the end of the table")?;
+        rest = rest
+            .get(len..)
+            .ok_or("entry runs past the end of the table")?;
     }
     Ok(())
 }
@@ -502,7 +552,10 @@ fn read_fadt(tables: &AcpiTables<OffsetHandler>, handler: &OffsetHandler, info: 
         return;
     }
     if (fadt.header.length as usize) < 116 {
-        info.problems.push(AcpiError::Malformed { table: "FACP", reason: "shorter than ACPI 1.0" });
+        info.problems.push(AcpiError::Malformed {
+            table: "FACP",
+            reason: "shorter than ACPI 1.0",
+        });
         return;
     }
     match fadt.pm_timer_block() {
@@ -520,22 +573,43 @@ fn read_fadt(tables: &AcpiTables<OffsetHandler>, handler: &OffsetHandler, info: 
                         is_32bit: { fadt.flags }.pm_timer_is_32_bit(),
                     })
                 }
-                None => info.problems.push(AcpiError::Malformed { table: "FACP", reason: "PM timer in an unsupported address space" }),
+                None => info.problems.push(AcpiError::Malformed {
+                    table: "FACP",
+                    reason: "PM timer in an unsupported address space",
+                }),
             }
         }
         Ok(None) => {}
-        Err(_) => info.problems.push(AcpiError::Malformed { table: "FACP", reason: "bad PM timer address" }),
+        Err(_) => info.problems.push(AcpiError::Malformed {
+            table: "FACP",
+            reason: "bad PM timer address",
+        }),
     }
     info.power_off = power_off_info(&fadt, handler, info);
 }
 
 fn io_port(gas: acpi::address::GenericAddress) -> Option<u16> {
-    (gas.address_space == acpi::address::AddressSpace::SystemIo).then(|| u16::try_from(gas.address).ok()).flatten()
+    (gas.address_space == acpi::address::AddressSpace::SystemIo)
+        .then(|| u16::try_from(gas.address).ok())
+        .flatten()
 }
 
-fn power_off_info(fadt: &Fadt, handler: &OffsetHandler, info: &mut MachineInfo) -> Option<PowerOffInfo> {
-    let pm1a = fadt.pm1a_control_block().ok().and_then(io_port).filter(|&p| p != 0)?;
-    let pm1b = fadt.pm1b_control_block().ok().flatten().and_then(io_port).filter(|&p| p != 0);
+fn power_off_info(
+    fadt: &Fadt,
+    handler: &OffsetHandler,
+    info: &mut MachineInfo,
+) -> Option<PowerOffInfo> {
+    let pm1a = fadt
+        .pm1a_control_block()
+        .ok()
+        .and_then(io_port)
+        .filter(|&p| p != 0)?;
+    let pm1b = fadt
+        .pm1b_control_block()
+        .ok()
+        .flatten()
+        .and_then(io_port)
+        .filter(|&p| p != 0);
     let Ok(dsdt_phys) = fadt.dsdt_address() else {
         info.problems.push(AcpiError::MissingTable("DSDT"));
         return None;
@@ -545,7 +619,10 @@ fn power_off_info(fadt: &Fadt, handler: &OffsetHandler, info: &mut MachineInfo) 
     match unsafe { table_checksum_ok(handler, dsdt_phys, Signature::DSDT) } {
         Ok(()) => {}
         Err(TableCheck::Signature) => {
-            info.problems.push(AcpiError::Malformed { table: "DSDT", reason: "wrong signature" });
+            info.problems.push(AcpiError::Malformed {
+                table: "DSDT",
+                reason: "wrong signature",
+            });
             return None;
         }
         Err(TableCheck::Checksum) => {
@@ -737,7 +814,8 @@ mod tests {
             // DSDT with Name(\_S5_, Package(4){0x05, 0x05, 0, 0}) after some other AML.
             let aml = [
                 0x10, 0x05, b'_', b'S', b'B', b'_', // Scope(_SB_) noise
-                0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05, 0x00, 0x00,
+                0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0A, 0x05, 0x0A, 0x05,
+                0x00, 0x00,
             ];
             let mut dsdt = sdt_header(b"DSDT", (36 + aml.len()) as u32, 2);
             dsdt.extend_from_slice(&aml);
@@ -761,19 +839,53 @@ mod tests {
         assert_eq!(
             info.cpus,
             vec![
-                CpuInfo { processor_uid: 0, apic_id: 0, enabled: true, online_capable: false, is_bsp: true },
-                CpuInfo { processor_uid: 1, apic_id: 1, enabled: true, online_capable: false, is_bsp: false },
-                CpuInfo { processor_uid: 42, apic_id: 300, enabled: true, online_capable: false, is_bsp: false },
+                CpuInfo {
+                    processor_uid: 0,
+                    apic_id: 0,
+                    enabled: true,
+                    online_capable: false,
+                    is_bsp: true
+                },
+                CpuInfo {
+                    processor_uid: 1,
+                    apic_id: 1,
+                    enabled: true,
+                    online_capable: false,
+                    is_bsp: false
+                },
+                CpuInfo {
+                    processor_uid: 42,
+                    apic_id: 300,
+                    enabled: true,
+                    online_capable: false,
+                    is_bsp: false
+                },
             ]
         );
-        assert_eq!(info.io_apics, vec![IoApicInfo { id: 7, address: 0xFEC0_0000, gsi_base: 0 }]);
+        assert_eq!(
+            info.io_apics,
+            vec![IoApicInfo {
+                id: 7,
+                address: 0xFEC0_0000,
+                gsi_base: 0
+            }]
+        );
         assert_eq!(
             info.overrides,
-            vec![IrqOverride { isa_irq: 0, gsi: 2, polarity: Polarity::ActiveLow, trigger: Trigger::Level }]
+            vec![IrqOverride {
+                isa_irq: 0,
+                gsi: 2,
+                polarity: Polarity::ActiveLow,
+                trigger: Trigger::Level
+            }]
         );
         assert_eq!(
             info.pm_timer,
-            Some(PmTimerInfo { port_or_address: 0x608, space: RegisterSpace::Io, is_32bit: false })
+            Some(PmTimerInfo {
+                port_or_address: 0x608,
+                space: RegisterSpace::Io,
+                is_32bit: false
+            })
         );
         assert_eq!(info.local_apic_address, 0xFEE0_0000);
         assert!(info.has_8259);
@@ -796,7 +908,12 @@ mod tests {
         let mut info = Fixture::new(0b10).read().unwrap();
         assert!(!info.cpus[1].enabled);
         assert!(info.cpus[1].online_capable);
-        assert_eq!(info.application_processors().map(|c| c.apic_id).collect::<Vec<_>>(), vec![300]);
+        assert_eq!(
+            info.application_processors()
+                .map(|c| c.apic_id)
+                .collect::<Vec<_>>(),
+            vec![300]
+        );
         assert!(info.mark_bsp(300));
         assert!(!info.cpus[0].is_bsp && info.cpus[2].is_bsp);
         assert!(!info.mark_bsp(99));
@@ -807,8 +924,14 @@ mod tests {
         let mut f = Fixture::new(1);
         f.mem[MADT + 50] ^= 0x40;
         let info = f.read().unwrap();
-        assert_eq!(info.problems, vec![AcpiError::BadChecksum { table: "APIC" }]);
-        assert_eq!(info.problems[0].to_string(), "ACPI: APIC has a bad checksum, ignored");
+        assert_eq!(
+            info.problems,
+            vec![AcpiError::BadChecksum { table: "APIC" }]
+        );
+        assert_eq!(
+            info.problems[0].to_string(),
+            "ACPI: APIC has a bad checksum, ignored"
+        );
         assert!(info.cpus.is_empty() && info.io_apics.is_empty());
         assert_eq!(info.local_apic_address, 0);
         assert!(info.pm_timer.is_some());
@@ -821,7 +944,10 @@ mod tests {
         let len = u32::from_le_bytes(f.mem[MADT + 4..MADT + 8].try_into().unwrap()) as usize;
         fix_checksum(&mut f.mem, MADT, len, 9);
         let info = f.read().unwrap();
-        assert!(matches!(info.problems[..], [AcpiError::Malformed { table: "APIC", .. }]));
+        assert!(matches!(
+            info.problems[..],
+            [AcpiError::Malformed { table: "APIC", .. }]
+        ));
         assert!(info.cpus.is_empty());
     }
 
@@ -846,7 +972,10 @@ mod tests {
         f.mem[RSDP] = b'R';
         f.mem[RSDP + 9] ^= 1; // OEM id byte: both checksums now wrong
         let info = f.read().unwrap();
-        assert_eq!(info.problems, vec![AcpiError::BadChecksum { table: "RSDP" }]);
+        assert_eq!(
+            info.problems,
+            vec![AcpiError::BadChecksum { table: "RSDP" }]
+        );
         assert_eq!(info.cpus.len(), 3);
     }
 
@@ -857,14 +986,22 @@ mod tests {
 
     #[test]
     fn s5_scan() {
-        assert_eq!(find_s5(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x00]), Some((1, 0)));
+        assert_eq!(
+            find_s5(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x00]),
+            Some((1, 0))
+        );
         // A reference to _S5_ that is not a Name() is skipped.
-        assert_eq!(find_s5(&[0x70, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x00]), None);
+        assert_eq!(
+            find_s5(&[0x70, b'_', b'S', b'5', b'_', 0x12, 0x06, 0x02, 0x01, 0x00]),
+            None
+        );
         assert_eq!(find_s5(b"_S5_"), None);
         assert_eq!(find_s5(&[0x08, b'_', b'S', b'5', b'_', 0x12]), None);
         // Multi-byte PkgLength and a word prefix.
         assert_eq!(
-            find_s5(&[0x08, b'_', b'S', b'5', b'_', 0x12, 0x40, 0x01, 0x02, 0x0B, 0x07, 0x00, 0x0A, 0x03]),
+            find_s5(&[
+                0x08, b'_', b'S', b'5', b'_', 0x12, 0x40, 0x01, 0x02, 0x0B, 0x07, 0x00, 0x0A, 0x03
+            ]),
             Some((7, 3))
         );
     }

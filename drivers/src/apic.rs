@@ -121,8 +121,10 @@ impl XApic {
     /// `virt_base` must map the local APIC's 4 KiB register page (uncacheable) for
     /// the life of the value, and the APIC must be in xAPIC mode.
     pub const unsafe fn new(virt_base: usize) -> Self {
-        // SAFETY: the caller's promise covers `Mmio::new`'s for the 4 KiB page.
-        Self { mmio: unsafe { Mmio::new(virt_base, 0x1000) } }
+        Self {
+            // SAFETY: the caller's promise covers `Mmio::new`'s for the 4 KiB page.
+            mmio: unsafe { Mmio::new(virt_base, 0x1000) },
+        }
     }
 }
 
@@ -333,8 +335,11 @@ impl LocalApic<XApic> {
     /// # Safety
     /// As for [`XApic::new`].
     pub const unsafe fn xapic(virt_base: usize) -> Self {
-        // SAFETY: the caller's promise is `XApic::new`'s.
-        Self { regs: unsafe { XApic::new(virt_base) }, x2apic: false }
+        Self {
+            // SAFETY: the caller's promise is `XApic::new`'s.
+            regs: unsafe { XApic::new(virt_base) },
+            x2apic: false,
+        }
     }
 }
 
@@ -344,8 +349,11 @@ impl LocalApic<X2Apic> {
     /// # Safety
     /// As for [`X2Apic::new`].
     pub const unsafe fn x2apic() -> Self {
-        // SAFETY: the caller's promise is `X2Apic::new`'s.
-        Self { regs: unsafe { X2Apic::new() }, x2apic: true }
+        Self {
+            // SAFETY: the caller's promise is `X2Apic::new`'s.
+            regs: unsafe { X2Apic::new() },
+            x2apic: true,
+        }
     }
 }
 
@@ -364,12 +372,18 @@ impl<R: ApicRegs> LocalApic<R> {
     /// priorities (TPR 0) and masks the timer, LINT0/1 and error LVTs until the kernel
     /// programs them.
     pub fn enable(&mut self, spurious_vector: u8) {
-        for lvt in [Reg::LVT_TIMER, Reg::LVT_LINT0, Reg::LVT_LINT1, Reg::LVT_ERROR] {
+        for lvt in [
+            Reg::LVT_TIMER,
+            Reg::LVT_LINT0,
+            Reg::LVT_LINT1,
+            Reg::LVT_ERROR,
+        ] {
             self.regs.write(lvt, LVT_MASKED);
         }
         self.regs.write(Reg::TPR, 0);
         let svr = self.regs.read(Reg::SVR) & !0xFF;
-        self.regs.write(Reg::SVR, svr | SVR_ENABLE | u32::from(spurious_vector));
+        self.regs
+            .write(Reg::SVR, svr | SVR_ENABLE | u32::from(spurious_vector));
     }
 
     /// Clears the software enable bit.
@@ -401,9 +415,16 @@ impl<R: ApicRegs> LocalApic<R> {
 
     /// Starts the timer: `initial_count` ticks of the bus clock divided by `divide`,
     /// then interrupt `vector`; once, or every period.
-    pub fn start_timer(&mut self, mode: TimerMode, vector: u8, divide: TimerDivide, initial_count: u32) {
+    pub fn start_timer(
+        &mut self,
+        mode: TimerMode,
+        vector: u8,
+        divide: TimerDivide,
+        initial_count: u32,
+    ) {
         self.regs.write(Reg::TIMER_DIVIDE, divide as u32);
-        self.regs.write(Reg::LVT_TIMER, (mode as u32) << 17 | u32::from(vector));
+        self.regs
+            .write(Reg::LVT_TIMER, (mode as u32) << 17 | u32::from(vector));
         self.regs.write(Reg::TIMER_INITIAL, initial_count);
     }
 
@@ -522,7 +543,11 @@ mod tests {
         let w = &apic.regs().writes;
         assert_eq!(w[0], (Reg::TIMER_DIVIDE.0, 0b0011));
         assert_eq!(w[1], (Reg::LVT_TIMER.0, 1 << 17 | 0x40));
-        assert_eq!(w[2], (Reg::TIMER_INITIAL.0, 12345), "initial count must be written last");
+        assert_eq!(
+            w[2],
+            (Reg::TIMER_INITIAL.0, 12345),
+            "initial count must be written last"
+        );
         apic.stop_timer();
         assert_eq!(apic.regs().read(Reg::TIMER_INITIAL), 0);
         assert_eq!(TimerDivide::By1 as u32, 0b1011);
@@ -539,7 +564,10 @@ mod tests {
 
     #[test]
     fn init_sipi_sipi_waits_for_delivery() {
-        let fake = Fake { pending_polls: Cell::new(5), ..Fake::default() };
+        let fake = Fake {
+            pending_polls: Cell::new(5),
+            ..Fake::default()
+        };
         let mut apic = LocalApic::with_regs(fake, false);
         // SAFETY: fake registers; no CPU is started.
         unsafe {
@@ -553,13 +581,19 @@ mod tests {
 
     #[test]
     fn stuck_delivery_times_out_and_bad_ipis_refused() {
-        let fake = Fake { pending_polls: Cell::new(u32::MAX), ..Fake::default() };
+        let fake = Fake {
+            pending_polls: Cell::new(u32::MAX),
+            ..Fake::default()
+        };
         let mut apic = LocalApic::with_regs(fake, false);
         // SAFETY: fake registers.
         unsafe {
             assert_eq!(apic.send_ipi(1, Ipi::Init), Err(ApicError::IpiTimeout));
             assert_eq!(apic.send_ipi(256, Ipi::Init), Err(ApicError::BadIpi));
-            assert_eq!(apic.send_ipi(1, Ipi::Fixed { vector: 2 }), Err(ApicError::BadIpi));
+            assert_eq!(
+                apic.send_ipi(1, Ipi::Fixed { vector: 2 }),
+                Err(ApicError::BadIpi)
+            );
         }
         assert!(apic.regs().icr.is_empty());
         let mut x2 = LocalApic::with_regs(Fake::default(), true);

@@ -12,7 +12,9 @@
 //! (`noto-sans-mono-bitmap`, as bootloader 0.11's own logger uses).
 
 use core::fmt;
-use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight, RasterizedChar};
+use noto_sans_mono_bitmap::{
+    get_raster, get_raster_width, FontWeight, RasterHeight, RasterizedChar,
+};
 
 const WEIGHT: FontWeight = FontWeight::Regular;
 const SIZE: RasterHeight = RasterHeight::Size16;
@@ -87,8 +89,15 @@ impl<'a> FbConsole<'a> {
     pub fn new(buf: &'a mut [u8], info: FbInfo) -> Self {
         let bpp = info.bytes_per_pixel;
         let line_bytes = info.stride.saturating_mul(bpp);
-        let width = if bpp == 0 { 0 } else { info.width.min(info.stride) };
-        let height = buf.len().checked_div(line_bytes).map_or(0, |lines| info.height.min(lines));
+        let width = if bpp == 0 {
+            0
+        } else {
+            info.width.min(info.stride)
+        };
+        let height = buf
+            .len()
+            .checked_div(line_bytes)
+            .map_or(0, |lines| info.height.min(lines));
         let mut this = Self {
             buf,
             info,
@@ -215,7 +224,9 @@ impl<'a> FbConsole<'a> {
         }
         let bpp = self.info.bytes_per_pixel;
         let at = (y * self.info.stride + x) * bpp;
-        let Some(pixel) = self.buf.get_mut(at..at + bpp) else { return };
+        let Some(pixel) = self.buf.get_mut(at..at + bpp) else {
+            return;
+        };
         encode(self.info.format, colour, pixel);
     }
 }
@@ -236,7 +247,8 @@ fn raster(c: char) -> Option<RasterizedChar> {
 
 /// `bg` blended towards `fg` by `level` / 255 (the glyph's anti-aliasing intensity).
 fn blend(bg: Rgb, fg: Rgb, level: u8) -> Rgb {
-    let mix = |b: u8, f: u8| ((b as u32 * (255 - level as u32) + f as u32 * level as u32) / 255) as u8;
+    let mix =
+        |b: u8, f: u8| ((b as u32 * (255 - level as u32) + f as u32 * level as u32) / 255) as u8;
     Rgb(mix(bg.0, fg.0), mix(bg.1, fg.1), mix(bg.2, fg.2))
 }
 
@@ -271,7 +283,13 @@ mod tests {
     use std::vec::Vec;
 
     fn info(width: usize, height: usize, bpp: usize, format: PixelFormat) -> FbInfo {
-        FbInfo { width, height, stride: width + 3, bytes_per_pixel: bpp, format }
+        FbInfo {
+            width,
+            height,
+            stride: width + 3,
+            bytes_per_pixel: bpp,
+            format,
+        }
     }
 
     fn buffer(i: &FbInfo) -> Vec<u8> {
@@ -306,7 +324,10 @@ mod tests {
         for y in 0..20 {
             let line = &buf[y * i.stride * 4..(y + 1) * i.stride * 4];
             assert!(line[..40 * 4].iter().all(|&b| b == 0));
-            assert!(line[40 * 4..].iter().all(|&b| b == 0xAA), "padding beyond width touched");
+            assert!(
+                line[40 * 4..].iter().all(|&b| b == 0xAA),
+                "padding beyond width touched"
+            );
         }
     }
 
@@ -322,7 +343,10 @@ mod tests {
         assert!(lit(&cell(&buf, &i, 0, 0)) > 10, "'A' drew nothing");
         assert_eq!(lit(&cell(&buf, &i, 1, 0)), 0);
         assert_eq!(lit(&cell(&buf, &i, 0, 1)), 0, "space drew pixels");
-        assert!(lit(&cell(&buf, &i, 1, 1)) > 10, "'B' drew nothing in its cell");
+        assert!(
+            lit(&cell(&buf, &i, 1, 1)) > 10,
+            "'B' drew nothing in its cell"
+        );
         assert_ne!(cell(&buf, &i, 0, 0), cell(&buf, &i, 1, 1));
     }
 
@@ -368,8 +392,16 @@ mod tests {
         let mut con = FbConsole::new(&mut after, i);
         con.write_str("x\nW\n#\n");
         assert_eq!(con.cursor(), (0, 2));
-        assert_eq!(cell(&after, &i, 0, 0), cell(&before, &i, 0, 1), "row 1 did not move to row 0");
-        assert_eq!(cell(&after, &i, 0, 1), cell(&before, &i, 0, 2), "row 2 did not move to row 1");
+        assert_eq!(
+            cell(&after, &i, 0, 0),
+            cell(&before, &i, 0, 1),
+            "row 1 did not move to row 0"
+        );
+        assert_eq!(
+            cell(&after, &i, 0, 1),
+            cell(&before, &i, 0, 2),
+            "row 2 did not move to row 1"
+        );
         assert_ne!(cell(&after, &i, 0, 0), cell(&before, &i, 0, 0));
         assert_eq!(lit(&cell(&after, &i, 0, 2)), 0, "bottom row not cleared");
     }
@@ -412,7 +444,13 @@ mod tests {
 
     #[test]
     fn info_larger_than_buffer_is_clipped() {
-        let i = FbInfo { width: 1024, height: 768, stride: 1024, bytes_per_pixel: 4, format: PixelFormat::Rgb };
+        let i = FbInfo {
+            width: 1024,
+            height: 768,
+            stride: 1024,
+            bytes_per_pixel: 4,
+            format: PixelFormat::Rgb,
+        };
         let mut buf = vec![0u8; 1024 * 4 * (LINE_HEIGHT * 2 + 3)];
         let mut con = FbConsole::new(&mut buf, i);
         assert_eq!(con.size().1, 2);
@@ -423,7 +461,13 @@ mod tests {
 
     #[test]
     fn stride_smaller_than_width_is_clipped() {
-        let i = FbInfo { width: 200, height: 40, stride: 100, bytes_per_pixel: 1, format: PixelFormat::U8 };
+        let i = FbInfo {
+            width: 200,
+            height: 40,
+            stride: 100,
+            bytes_per_pixel: 1,
+            format: PixelFormat::U8,
+        };
         let mut buf = vec![0u8; 100 * 40];
         let mut con = FbConsole::new(&mut buf, i);
         assert_eq!(con.size().0, 100 / CHAR_WIDTH);

@@ -27,7 +27,10 @@ impl Mmio {
     /// device's registers for as long as the value lives, 4-byte aligned, and no other
     /// code may treat that memory as ordinary Rust data.
     pub const unsafe fn new(base: usize, len: usize) -> Self {
-        Self { base: base as *mut u32, len }
+        Self {
+            base: base as *mut u32,
+            len,
+        }
     }
 
     /// Reads the 32-bit register at byte offset `offset`. Out-of-range or unaligned

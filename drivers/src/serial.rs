@@ -70,7 +70,10 @@ const LSR_THRE: u8 = 1 << 5;
 
 impl Serial {
     const fn new(base: u16) -> Self {
-        Self { base, port: Mutex::new(None) }
+        Self {
+            base,
+            port: Mutex::new(None),
+        }
     }
 
     /// Programs the UART (115200 8N1, FIFOs on, interrupts off). Calling it again
@@ -208,7 +211,12 @@ impl Serial {
 
     /// A received byte, if one is waiting (never blocks).
     pub fn try_read_byte(&self) -> Option<u8> {
-        without_interrupts(|| self.port.lock().as_mut().and_then(|port| port.try_receive().ok()))
+        without_interrupts(|| {
+            self.port
+                .lock()
+                .as_mut()
+                .and_then(|port| port.try_receive().ok())
+        })
     }
 }
 

@@ -170,7 +170,11 @@ impl Pit {
     /// The machine must have a PIT (or nothing) at those ports, and no other code may
     /// use channel 2 or port 0x61 while the value lives.
     pub const unsafe fn new() -> Self {
-        Self { command: Port::new(0x43), channel2: Port::new(0x42), control: Port::new(0x61) }
+        Self {
+            command: Port::new(0x43),
+            channel2: Port::new(0x42),
+            control: Port::new(0x61),
+        }
     }
 
     /// One count-down of at most 0xFFFF ticks.
@@ -224,7 +228,9 @@ pub struct PmTimer {
 
 impl core::fmt::Debug for PmTimer {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PmTimer").field("is_32bit", &self.is_32bit).finish()
+        f.debug_struct("PmTimer")
+            .field("is_32bit", &self.is_32bit)
+            .finish()
     }
 }
 
@@ -243,7 +249,10 @@ impl PmTimer {
                 Mmio::new(info.port_or_address.wrapping_add(phys_offset) as usize, 4)
             }),
         };
-        Some(Self { access, is_32bit: info.is_32bit })
+        Some(Self {
+            access,
+            is_32bit: info.is_32bit,
+        })
     }
 
     /// The counter (24 or 32 bits).
@@ -274,7 +283,11 @@ impl ReferenceClock for PmTimer {
 
 /// Busy-waits until `ticks` have elapsed on a free-running counter read by `read`,
 /// summing the deltas between consecutive reads so any number of wraparounds works.
-pub fn wait_on_counter(ticks: u64, is_32bit: bool, read: impl FnMut() -> u32) -> Result<(), TimerError> {
+pub fn wait_on_counter(
+    ticks: u64,
+    is_32bit: bool,
+    read: impl FnMut() -> u32,
+) -> Result<(), TimerError> {
     wait_on_counter_limited(ticks, is_32bit, REFERENCE_SPIN_LIMIT, read)
 }
 
@@ -317,7 +330,11 @@ mod tests {
         // 11932 PIT ticks = 10 ms; 30 M TSC ticks then = 3 GHz.
         assert_eq!(hz_from_counts(30_000_000, 11_932, PIT_HZ), 2_999_954_743);
         assert_eq!(hz_from_counts(35_795, 35_795, PM_TIMER_HZ), PM_TIMER_HZ);
-        assert_eq!(hz_from_counts(u64::MAX, 1, u64::MAX), u64::MAX, "saturates, no overflow");
+        assert_eq!(
+            hz_from_counts(u64::MAX, 1, u64::MAX),
+            u64::MAX,
+            "saturates, no overflow"
+        );
         assert_eq!(hz_from_counts(5, 0, PIT_HZ), 0);
         assert_eq!(ticks_for_ms(PIT_HZ, 10), 11_931);
         assert_eq!(ticks_for_ms(PM_TIMER_HZ, 0), 1);
@@ -347,7 +364,10 @@ mod tests {
 
     #[test]
     fn stuck_counter_is_an_error() {
-        assert_eq!(wait_on_counter_limited(10, true, 1000, || 7), Err(TimerError::ReferenceStuck));
+        assert_eq!(
+            wait_on_counter_limited(10, true, 1000, || 7),
+            Err(TimerError::ReferenceStuck)
+        );
     }
 
     /// A fake machine: a reference clock that advances fake TSC and APIC counters.
@@ -367,7 +387,11 @@ mod tests {
         fn wait_ticks(&mut self, ticks: u64) -> Result<(), TimerError> {
             self.0.set(self.0.get() + ticks * self.2 / PM_TIMER_HZ);
             let apic_ticks = ticks * self.3 / PM_TIMER_HZ;
-            self.1.set(self.1.get().saturating_sub(apic_ticks.min(u32::MAX.into()) as u32));
+            self.1.set(
+                self.1
+                    .get()
+                    .saturating_sub(apic_ticks.min(u32::MAX.into()) as u32),
+            );
             Ok(())
         }
     }
@@ -389,7 +413,12 @@ mod tests {
         let apic = Rc::new(Cell::new(0));
         (
             FakeRef(tsc.clone(), apic.clone(), tsc_hz, apic_hz),
-            FakeMachine { tsc, apic, tsc_hz, apic_hz },
+            FakeMachine {
+                tsc,
+                apic,
+                tsc_hz,
+                apic_hz,
+            },
         )
     }
 
@@ -407,9 +436,15 @@ mod tests {
     #[test]
     fn calibrate_detects_dead_counters() {
         let (mut r, mut m) = machine(0, 100_000_000);
-        assert_eq!(calibrate(&mut r, &mut m, 10), Err(TimerError::CounterDidNotCount));
+        assert_eq!(
+            calibrate(&mut r, &mut m, 10),
+            Err(TimerError::CounterDidNotCount)
+        );
         // APIC timer so fast it runs out during the window.
         let (mut r, mut m) = machine(1_000_000_000, 1 << 40);
-        assert_eq!(calibrate(&mut r, &mut m, 10), Err(TimerError::CounterDidNotCount));
+        assert_eq!(
+            calibrate(&mut r, &mut m, 10),
+            Err(TimerError::CounterDidNotCount)
+        );
     }
 }

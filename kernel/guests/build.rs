@@ -9,7 +9,11 @@ fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     for entry in std::fs::read_dir(format!("{dir}/src/bin")).expect("src/bin exists") {
         let path = entry.expect("readable src/bin").path();
-        let name = path.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name").to_owned();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name")
+            .to_owned();
         let script = match name.as_str() {
             "realmode" => "realmode.ld",
             "multiboot" => "multiboot.ld",

@@ -13,9 +13,20 @@ pub struct Machine {
 impl Machine {
     /// APIC IDs of the enabled CPUs, boot CPU first.
     pub fn enabled_cpus(&self) -> alloc::vec::Vec<u32> {
-        let mut ids: alloc::vec::Vec<u32> =
-            self.info.cpus.iter().filter(|c| c.enabled && c.is_bsp).map(|c| c.apic_id).collect();
-        ids.extend(self.info.cpus.iter().filter(|c| c.enabled && !c.is_bsp).map(|c| c.apic_id));
+        let mut ids: alloc::vec::Vec<u32> = self
+            .info
+            .cpus
+            .iter()
+            .filter(|c| c.enabled && c.is_bsp)
+            .map(|c| c.apic_id)
+            .collect();
+        ids.extend(
+            self.info
+                .cpus
+                .iter()
+                .filter(|c| c.enabled && !c.is_bsp)
+                .map(|c| c.apic_id),
+        );
         ids
     }
 }
@@ -27,7 +38,9 @@ static POWER_OFF: spin::Once<PowerOffInfo> = spin::Once::new();
 pub fn init(rsdp: Option<u64>) -> Machine {
     let Some(rsdp) = rsdp else {
         log::warn!("ACPI: the bootloader found no RSDP; assuming a single CPU");
-        return Machine { info: MachineInfo::default() };
+        return Machine {
+            info: MachineInfo::default(),
+        };
     };
     // SAFETY: `rsdp` is the RSDP's physical address as the bootloader found it,
     // and all physical memory is mapped at `phys_offset()` (tables included).
@@ -36,14 +49,20 @@ pub fn init(rsdp: Option<u64>) -> Machine {
         Ok(info) => info,
         Err(e) => {
             log::error!("ACPI: {e}; carrying on without ACPI tables");
-            return Machine { info: MachineInfo::default() };
+            return Machine {
+                info: MachineInfo::default(),
+            };
         }
     };
     for problem in &info.problems {
         log::warn!("ACPI problem: {problem} (carrying on with the rest)");
     }
     let enabled = info.cpus.iter().filter(|c| c.enabled).count();
-    log::info!("ACPI MADT: {} CPU(s) listed, {enabled} enabled; local APIC at {:#x}", info.cpus.len(), info.local_apic_address);
+    log::info!(
+        "ACPI MADT: {} CPU(s) listed, {enabled} enabled; local APIC at {:#x}",
+        info.cpus.len(),
+        info.local_apic_address
+    );
     for cpu in &info.cpus {
         log::info!(
             "  CPU uid {} APIC ID {}{}{}",
@@ -54,18 +73,38 @@ pub fn init(rsdp: Option<u64>) -> Machine {
         );
     }
     for io in &info.io_apics {
-        log::info!("  IOAPIC id {} at {:#x}, GSI base {}", io.id, io.address, io.gsi_base);
+        log::info!(
+            "  IOAPIC id {} at {:#x}, GSI base {}",
+            io.id,
+            io.address,
+            io.gsi_base
+        );
     }
     for o in &info.overrides {
-        log::info!("  IRQ override: ISA IRQ {} -> GSI {} ({:?}, {:?})", o.isa_irq, o.gsi, o.polarity, o.trigger);
+        log::info!(
+            "  IRQ override: ISA IRQ {} -> GSI {} ({:?}, {:?})",
+            o.isa_irq,
+            o.gsi,
+            o.polarity,
+            o.trigger
+        );
     }
     match &info.pm_timer {
-        Some(t) => log::info!("  PM timer at {:#x} ({:?}, {}-bit)", t.port_or_address, t.space, if t.is_32bit { 32 } else { 24 }),
+        Some(t) => log::info!(
+            "  PM timer at {:#x} ({:?}, {}-bit)",
+            t.port_or_address,
+            t.space,
+            if t.is_32bit { 32 } else { 24 }
+        ),
         None => log::info!("  no PM timer"),
     }
     match &info.power_off {
         Some(p) => {
-            log::info!("  S5 power-off: PM1a_CNT port {:#x}, SLP_TYPa {}", p.pm1a_control_port, p.slp_typ_a);
+            log::info!(
+                "  S5 power-off: PM1a_CNT port {:#x}, SLP_TYPa {}",
+                p.pm1a_control_port,
+                p.slp_typ_a
+            );
             POWER_OFF.call_once(|| *p);
         }
         None => log::info!("  no S5 power-off information"),

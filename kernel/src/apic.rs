@@ -58,7 +58,10 @@ trait ApicOps {
     fn ipi(&mut self, dest: u32, ipi: Ipi) -> Result<(), hw::ApicError>;
     fn one_shot(&mut self, vector: u8, count: u32);
     fn stop(&mut self);
-    fn calibrate(&mut self, machine: &Machine) -> Result<(Calibration, &'static str), timer::TimerError>;
+    fn calibrate(
+        &mut self,
+        machine: &Machine,
+    ) -> Result<(Calibration, &'static str), timer::TimerError>;
 }
 
 impl<R: hw::ApicRegs> ApicOps for LocalApic<R> {
@@ -82,13 +85,20 @@ impl<R: hw::ApicRegs> ApicOps for LocalApic<R> {
     fn stop(&mut self) {
         self.stop_timer()
     }
-    fn calibrate(&mut self, machine: &Machine) -> Result<(Calibration, &'static str), timer::TimerError> {
-        let mut counters = ApicCounters { apic: self, divide: DIVIDE };
+    fn calibrate(
+        &mut self,
+        machine: &Machine,
+    ) -> Result<(Calibration, &'static str), timer::TimerError> {
+        let mut counters = ApicCounters {
+            apic: self,
+            divide: DIVIDE,
+        };
         if let Some(info) = machine.info.pm_timer {
             // SAFETY: the PM timer's location comes from this machine's FADT,
             // and all physical memory is mapped at `phys_offset()`.
             if let Some(mut pm) = unsafe { PmTimer::new(info, crate::mm::phys_offset()) } {
-                return timer::calibrate(&mut pm, &mut counters, CALIBRATION_MS).map(|c| (c, "ACPI PM timer"));
+                return timer::calibrate(&mut pm, &mut counters, CALIBRATION_MS)
+                    .map(|c| (c, "ACPI PM timer"));
             }
         }
         // SAFETY: PC-compatible machines have the PIT at its legacy ports, and
@@ -110,14 +120,23 @@ pub fn init_bsp(machine: &Machine) -> u32 {
         let base = unsafe { hw::read_apic_base() } & 0x000f_ffff_ffff_f000;
         let virt = crate::mm::mapper::free_region().expect("virtual region for the local APIC");
         crate::mm::mapper::map_mmio(virt, base, 4096).expect("map the local APIC page");
-        Mode::XApic { virt: virt.as_u64() as usize }
+        Mode::XApic {
+            virt: virt.as_u64() as usize,
+        }
     };
     MODE.call_once(|| mode);
     let id = with_apic(|a| {
         a.enable(SPURIOUS_VECTOR);
         a.id()
     });
-    log::info!("local APIC: {} mode, boot CPU APIC ID {id}", if matches!(mode, Mode::X2Apic) { "x2APIC" } else { "xAPIC" });
+    log::info!(
+        "local APIC: {} mode, boot CPU APIC ID {id}",
+        if matches!(mode, Mode::X2Apic) {
+            "x2APIC"
+        } else {
+            "xAPIC"
+        }
+    );
     if !machine.info.cpus.is_empty() && !machine.info.cpus.iter().any(|c| c.apic_id == id) {
         log::warn!("the boot CPU's APIC ID {id} is not in the MADT");
     }
@@ -150,7 +169,9 @@ pub fn calibrate(machine: &Machine) {
                 cal.apic_timer_hz / 1000
             );
         }
-        Err(e) => log::error!("timer calibration failed: {e:?}; time slices fall back to TSC estimates"),
+        Err(e) => {
+            log::error!("timer calibration failed: {e:?}; time slices fall back to TSC estimates")
+        }
     }
 }
 

@@ -142,7 +142,10 @@ pub fn print_raw(bytes: &[u8]) {
             let mut text = [0u8; 64];
             for chunk in bytes.chunks(text.len()) {
                 let mut n = 0;
-                for &b in chunk.iter().filter(|&&b| b == b'\n' || b == b'\t' || (0x20..0x7F).contains(&b)) {
+                for &b in chunk
+                    .iter()
+                    .filter(|&&b| b == b'\n' || b == b'\t' || (0x20..0x7F).contains(&b))
+                {
                     text[n] = b;
                     n += 1;
                 }

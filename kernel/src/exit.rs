@@ -26,7 +26,13 @@ pub fn exit(code: KernelExit) -> ! {
     {
         use core::fmt::Write;
         let mut out = crate::console::emergency();
-        let _ = writeln!(out, "{}{:#x} {}", hvcore::EXIT_MARKER, code as u32, code.name());
+        let _ = writeln!(
+            out,
+            "{}{:#x} {}",
+            hvcore::EXIT_MARKER,
+            code as u32,
+            code.name()
+        );
     }
     // The result line must leave the UART before the machine goes away.
     drivers::serial::COM1.flush();

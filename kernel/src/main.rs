@@ -77,7 +77,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     }
     mm::enable_bitmap_allocator();
     let (free, total) = mm::counts();
-    log::info!("frames: {free} free of {total} ({} MiB free)", (free * 4096) >> 20);
+    log::info!(
+        "frames: {free} free of {total} ({} MiB free)",
+        (free * 4096) >> 20
+    );
 
     let ramdisk = ramdisk(boot_info);
     let rsdp = boot_info.rsdp_addr.into_option();
@@ -105,12 +108,20 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let package = match package::decode(ramdisk) {
         Ok(p) => p,
         Err(e) => {
-            log::error!("boot package (ramdisk, {} bytes) is invalid: {e}", ramdisk.len());
+            log::error!(
+                "boot package (ramdisk, {} bytes) is invalid: {e}",
+                ramdisk.len()
+            );
             exit::exit(KernelExit::BadPackage);
         }
     };
     exit::set_power_off_at_end(package.options.power_off);
-    log::info!("boot package: {:?}, {} VM(s), {} image(s)", package.command, package.vms.len(), package.images.len());
+    log::info!(
+        "boot package: {:?}, {} VM(s), {} image(s)",
+        package.command,
+        package.vms.len(),
+        package.images.len()
+    );
 
     let machine = acpi::init(rsdp);
     let bsp_apic_id = apic::init_bsp(&machine);
@@ -123,7 +134,10 @@ fn kernel_main(boot_info: &'static mut BootInfo) -> ! {
     let code = match &package.command {
         Command::SelfTest { filter } => selftest::run(filter, &machine),
         Command::Crash(kind) => selftest::crash(*kind),
-        Command::RunVms => vmm::run(alloc::boxed::Box::leak(alloc::boxed::Box::new(package.clone())), &machine),
+        Command::RunVms => vmm::run(
+            alloc::boxed::Box::leak(alloc::boxed::Box::new(package.clone())),
+            &machine,
+        ),
     };
     exit::exit(code)
 }
@@ -160,7 +174,14 @@ fn banner(boot_info: &BootInfo) {
     let cpu = arch::CpuDescription::read();
     println!("==================================================================");
     println!(" rust-hv {VERSION}: a bare-metal VT-x hypervisor");
-    println!(" boot path: {} | CPU: {} family {:#x} model {:#x} stepping {}", boot_path(boot_info), cpu.vendor_str(), cpu.family, cpu.model, cpu.stepping);
+    println!(
+        " boot path: {} | CPU: {} family {:#x} model {:#x} stepping {}",
+        boot_path(boot_info),
+        cpu.vendor_str(),
+        cpu.family,
+        cpu.model,
+        cpu.stepping
+    );
     println!(" {}", cpu.brand_str());
     println!("==================================================================");
 }
@@ -176,7 +197,12 @@ fn print_memory_map(boot_info: &BootInfo) {
         };
         // Small firmware regions are many on UEFI; list only the big picture.
         if r.end - r.start >= 1 << 20 || r.kind == MemoryRegionKind::Bootloader {
-            log::info!("  {:#012x}..{:#012x} {:>7} KiB {kind}", r.start, r.end, (r.end - r.start) >> 10);
+            log::info!(
+                "  {:#012x}..{:#012x} {:>7} KiB {kind}",
+                r.start,
+                r.end,
+                (r.end - r.start) >> 10
+            );
         }
     }
 }
@@ -185,7 +211,12 @@ fn print_memory_map(boot_info: &BootInfo) {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     use core::fmt::Write;
     let mut out = console::emergency();
-    let _ = writeln!(out, "\n!!! HYPERVISOR PANIC on CPU {}: {}", percpu::cpu_index(), info.message());
+    let _ = writeln!(
+        out,
+        "\n!!! HYPERVISOR PANIC on CPU {}: {}",
+        percpu::cpu_index(),
+        info.message()
+    );
     if let Some(loc) = info.location() {
         let _ = writeln!(out, "  at {}:{}:{}", loc.file(), loc.line(), loc.column());
     }

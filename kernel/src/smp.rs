@@ -51,7 +51,11 @@ struct Slot {
 
 impl Slot {
     const fn new() -> Self {
-        Slot { apic_id: AtomicU32::new(0), online: AtomicBool::new(false), tables: spin::Once::new() }
+        Slot {
+            apic_id: AtomicU32::new(0),
+            online: AtomicBool::new(false),
+            tables: spin::Once::new(),
+        }
     }
 }
 
@@ -81,12 +85,18 @@ pub fn register_bsp_tables(tables: &'static PerCpuTables) {
 /// The local APIC ID of CPU `index`, once it is online.
 pub fn apic_id_of(index: usize) -> Option<u32> {
     let slot = SLOTS.get(index)?;
-    slot.online.load(Ordering::Acquire).then(|| slot.apic_id.load(Ordering::Relaxed))
+    slot.online
+        .load(Ordering::Acquire)
+        .then(|| slot.apic_id.load(Ordering::Relaxed))
 }
 
 /// CPUs online, the boot CPU included.
 pub fn online_cpus() -> u32 {
-    SLOTS.iter().filter(|s| s.online.load(Ordering::Acquire)).count().max(1) as u32
+    SLOTS
+        .iter()
+        .filter(|s| s.online.load(Ordering::Acquire))
+        .count()
+        .max(1) as u32
 }
 
 /// The calling CPU's GDT/TSS (for the VMCS host state).
@@ -134,7 +144,14 @@ pub fn wake_others() -> u32 {
     for (index, slot) in SLOTS.iter().enumerate() {
         if index as u32 != me && slot.online.load(Ordering::Acquire) {
             let id = slot.apic_id.load(Ordering::Relaxed);
-            if crate::apic::send_ipi(id, Ipi::Fixed { vector: WAKE_VECTOR }).is_ok() {
+            if crate::apic::send_ipi(
+                id,
+                Ipi::Fixed {
+                    vector: WAKE_VECTOR,
+                },
+            )
+            .is_ok()
+            {
                 sent += 1;
             }
         }
@@ -150,7 +167,9 @@ pub fn stop_other_cpus() {
         return;
     }
     let me = percpu::cpu_index();
-    let others = (0..MAX_CPUS as u32).filter(|&i| i != me && SLOTS[i as usize].online.load(Ordering::Acquire)).count() as u32;
+    let others = (0..MAX_CPUS as u32)
+        .filter(|&i| i != me && SLOTS[i as usize].online.load(Ordering::Acquire))
+        .count() as u32;
     // Best effort: a CPU the IPI misses sees the flag at its next check.
     wake_others();
     if others > 0 {
@@ -168,15 +187,23 @@ pub fn start_aps(machine: &Machine, entry: fn(cpu_index: u32) -> !) -> u32 {
     let bsp_apic_id = percpu::try_current().map(|c| c.apic_id).unwrap_or(0);
     SLOTS[0].apic_id.store(bsp_apic_id, Ordering::Relaxed);
     SLOTS[0].online.store(true, Ordering::Release);
-    let aps: alloc::vec::Vec<u32> =
-        machine.info.cpus.iter().filter(|c| c.enabled && c.apic_id != bsp_apic_id).map(|c| c.apic_id).collect();
+    let aps: alloc::vec::Vec<u32> = machine
+        .info
+        .cpus
+        .iter()
+        .filter(|c| c.enabled && c.apic_id != bsp_apic_id)
+        .map(|c| c.apic_id)
+        .collect();
     let listed = aps.len() as u32 + 1;
     if aps.is_empty() {
         log::info!("SMP: 1 of {listed} CPUs online (no application processors listed)");
         return 1;
     }
     if apic_tsc_hz() == 0 {
-        log::warn!("SMP: TSC not calibrated; start-up delays assume {} GHz", FALLBACK_TSC_HZ / 1_000_000_000);
+        log::warn!(
+            "SMP: TSC not calibrated; start-up delays assume {} GHz",
+            FALLBACK_TSC_HZ / 1_000_000_000
+        );
     }
     let Some(params) = prepare() else {
         log::warn!("SMP: cannot prepare the AP trampoline; running on the boot CPU only");
@@ -189,15 +216,28 @@ pub fn start_aps(machine: &Machine, entry: fn(cpu_index: u32) -> !) -> u32 {
     let mut spare: Option<(u64, &'static PerCpuTables)> = None;
     for apic_id in aps {
         if next_index as usize >= MAX_CPUS {
-            log::warn!("SMP: CPU with APIC ID {apic_id} skipped: the kernel supports {MAX_CPUS} CPUs");
+            log::warn!(
+                "SMP: CPU with APIC ID {apic_id} skipped: the kernel supports {MAX_CPUS} CPUs"
+            );
             continue;
         }
-        let (stack_top, tables) = spare.take().unwrap_or_else(|| (alloc_stack(), PerCpuTables::new_leaked()));
+        let (stack_top, tables) = spare
+            .take()
+            .unwrap_or_else(|| (alloc_stack(), PerCpuTables::new_leaked()));
         let index = next_index;
-        let start: &'static ApStart = Box::leak(Box::new(ApStart { index, apic_id, tables, entry }));
+        let start: &'static ApStart = Box::leak(Box::new(ApStart {
+            index,
+            apic_id,
+            tables,
+            entry,
+        }));
         params.stack_top.store(stack_top, Ordering::Relaxed);
-        params.entry.store(ap_main as *const () as u64, Ordering::Relaxed);
-        params.arg.store(start as *const ApStart as u64, Ordering::Relaxed);
+        params
+            .entry
+            .store(ap_main as *const () as u64, Ordering::Relaxed);
+        params
+            .arg
+            .store(start as *const ApStart as u64, Ordering::Relaxed);
         params.claim.store(0, Ordering::SeqCst);
 
         let t0 = rdtsc();
@@ -212,20 +252,29 @@ pub fn start_aps(machine: &Machine, entry: fn(cpu_index: u32) -> !) -> u32 {
         }
         let online = &SLOTS[index as usize].online;
         if wait_for(online, ONLINE_TIMEOUT_US) {
-            log::info!("SMP: CPU {index} (APIC ID {apic_id}) online after {} us", tsc_to_us(rdtsc() - t0));
+            log::info!(
+                "SMP: CPU {index} (APIC ID {apic_id}) online after {} us",
+                tsc_to_us(rdtsc() - t0)
+            );
             next_index += 1;
             continue;
         }
         // Close the block; whoever claimed it first keeps it.
         if params.claim.swap(1, Ordering::SeqCst) == 0 {
-            log::warn!("SMP: CPU with APIC ID {apic_id} did not start within {} ms; skipping it", ONLINE_TIMEOUT_US / 1000);
+            log::warn!(
+                "SMP: CPU with APIC ID {apic_id} did not start within {} ms; skipping it",
+                ONLINE_TIMEOUT_US / 1000
+            );
             // Back to wait-for-SIPI, so a late start cannot happen.
             let _ = crate::apic::send_ipi(apic_id, Ipi::Init);
             spare = Some((stack_top, tables));
             continue;
         }
         if wait_for(online, CLAIMED_GRACE_US) {
-            log::warn!("SMP: CPU {index} (APIC ID {apic_id}) online, slowly: {} us", tsc_to_us(rdtsc() - t0));
+            log::warn!(
+                "SMP: CPU {index} (APIC ID {apic_id}) online, slowly: {} us",
+                tsc_to_us(rdtsc() - t0)
+            );
             next_index += 1;
             continue;
         }
@@ -235,7 +284,10 @@ pub fn start_aps(machine: &Machine, entry: fn(cpu_index: u32) -> !) -> u32 {
         break;
     }
     let online = online_cpus();
-    log::info!("SMP: {online} of {listed} CPUs online (start-up took {} us)", tsc_to_us(rdtsc() - started));
+    log::info!(
+        "SMP: {online} of {listed} CPUs online (start-up took {} us)",
+        tsc_to_us(rdtsc() - started)
+    );
     online
 }
 
@@ -264,14 +316,20 @@ fn prepare() -> Option<&'static trampoline::Params> {
 
     let (l4, pcid) = Cr3::read_raw();
     let cr3 = l4.start_address().as_u64();
-    let transit = if cr3 < 1 << 32 { cr3 } else { low_copy_of_l4(cr3)? };
+    let transit = if cr3 < 1 << 32 {
+        cr3
+    } else {
+        low_copy_of_l4(cr3)?
+    };
     params.cr3_transit.store(transit, Ordering::Relaxed);
     params.cr3.store(cr3 | u64::from(pcid), Ordering::Relaxed);
     // VMXE is each CPU's own business (the VMX code sets it); LA57 cannot
     // change in long mode and the kernel uses 4-level paging.
     const VMXE: u64 = 1 << 13;
     const LA57: u64 = 1 << 12;
-    params.cr4.store(Cr4::read_raw() & !(VMXE | LA57), Ordering::Relaxed);
+    params
+        .cr4
+        .store(Cr4::read_raw() & !(VMXE | LA57), Ordering::Relaxed);
     params.cr0.store(Cr0::read_raw(), Ordering::Relaxed);
     Some(params)
 }
@@ -321,7 +379,11 @@ extern "C" fn ap_main(start: &'static ApStart) -> ! {
     percpu::install(start.index, start.apic_id);
     let apic_id = crate::apic::init_ap();
     if apic_id != start.apic_id {
-        log::warn!("SMP: CPU {} expected APIC ID {} but has {apic_id}", start.index, start.apic_id);
+        log::warn!(
+            "SMP: CPU {} expected APIC ID {} but has {apic_id}",
+            start.index,
+            start.apic_id
+        );
     }
     let slot = &SLOTS[start.index as usize];
     slot.apic_id.store(apic_id, Ordering::Relaxed);

@@ -42,9 +42,17 @@ fn no_hardware_virtualization() {
     let scenario = default_vms_scenario();
     let machine = Machine::qemu_uefi(2).with_cpu(CpuModel::NoVirtualization);
     let o = boot_on("no_hardware_virtualization", &scenario, &machine);
-    let notices: Vec<&str> = kernel_lines(&o).filter(|l| l.contains("no hardware virtualization")).collect();
-    if notices.len() != 1 || !notices[0].contains("VT-x not available") || !notices[0].contains("AMD-V not available") {
-        fail(&o, &format!("expected one line naming both extensions, found {notices:?}"));
+    let notices: Vec<&str> = kernel_lines(&o)
+        .filter(|l| l.contains("no hardware virtualization"))
+        .collect();
+    if notices.len() != 1
+        || !notices[0].contains("VT-x not available")
+        || !notices[0].contains("AMD-V not available")
+    {
+        fail(
+            &o,
+            &format!("expected one line naming both extensions, found {notices:?}"),
+        );
     }
     assert_run_status(&o, &scenario, status::NO_VM_STARTED);
     assert_success(&o);

@@ -9,9 +9,9 @@
 use std::time::{Duration, Instant};
 
 use boot::ctl::{Client, Target};
+use hv_tests::*;
 use hvcore::control::json::Value;
 use hvcore::control::{parse_words, Command};
-use hv_tests::*;
 
 const CONFIG: &str = r#"
 [[vm]]
@@ -32,13 +32,17 @@ fn cmd(words: &str) -> Command {
 }
 
 fn ok(client: &mut Client, words: &str) -> Value {
-    let (line, v) = client.request(&cmd(words)).unwrap_or_else(|e| panic!("{words}: {e}"));
+    let (line, v) = client
+        .request(&cmd(words))
+        .unwrap_or_else(|e| panic!("{words}: {e}"));
     assert_eq!(v.get("ok"), Some(&Value::Bool(true)), "{words}: {line}");
     v.get("result").cloned().unwrap_or(Value::Null)
 }
 
 fn refused(client: &mut Client, words: &str, needle: &str) {
-    let (line, v) = client.request(&cmd(words)).unwrap_or_else(|e| panic!("{words}: {e}"));
+    let (line, v) = client
+        .request(&cmd(words))
+        .unwrap_or_else(|e| panic!("{words}: {e}"));
     assert_eq!(v.get("ok"), Some(&Value::Bool(false)), "{words}: {line}");
     let msg = v.get("error").and_then(Value::as_str).unwrap_or("");
     assert!(msg.contains(needle), "{words}: {msg:?} lacks {needle:?}");
@@ -55,7 +59,9 @@ fn raw_refused(client: &mut Client, line: &str, needle: &str) {
 /// (name, state) of every VM, and the free frames.
 fn snapshot(client: &mut Client) -> (Vec<(String, String)>, u64) {
     let list = ok(client, "list");
-    let Some(Value::Arr(vms)) = list.get("vms") else { panic!("list: {list:?}") };
+    let Some(Value::Arr(vms)) = list.get("vms") else {
+        panic!("list: {list:?}")
+    };
     let names = vms
         .iter()
         .map(|v| {
@@ -64,11 +70,17 @@ fn snapshot(client: &mut Client) -> (Vec<(String, String)>, u64) {
         })
         .collect();
     let pool = ok(client, "pool");
-    (names, pool.get("free_frames").and_then(Value::as_num).unwrap())
+    (
+        names,
+        pool.get("free_frames").and_then(Value::as_num).unwrap(),
+    )
 }
 
 fn free_frames(client: &mut Client) -> u64 {
-    ok(client, "pool").get("free_frames").and_then(Value::as_num).unwrap()
+    ok(client, "pool")
+        .get("free_frames")
+        .and_then(Value::as_num)
+        .unwrap()
 }
 
 #[test]
@@ -103,29 +115,47 @@ fn control_protocol_over_qemu() {
         if let Ok(c) = Client::connect(&Target::Socket(socket.clone()), Duration::from_secs(2)) {
             break c;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "the control socket never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the control socket never appeared"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     loop {
         if client.request(&Command::Version).is_ok() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(180), "the kernel never answered on COM2");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the kernel never answered on COM2"
+        );
     }
     let booted = start.elapsed();
 
     // Two VMs created at run time, one on each CPU.
     let a = ok(&mut client, "create a1 image=counter memory=4 cpus=0");
     assert_eq!(a.get("cpu").and_then(Value::as_num), Some(0));
-    ok(&mut client, "create b1 image=counter memory=4 cpus=1 slice=5000");
+    ok(
+        &mut client,
+        "create b1 image=counter memory=4 cpus=1 slice=5000",
+    );
     let (vms, _) = snapshot(&mut client);
     for vm in ["a1", "b1"] {
-        assert!(vms.contains(&(vm.into(), "running".into())), "{vm} not running in {vms:?}");
+        assert!(
+            vms.contains(&(vm.into(), "running".into())),
+            "{vm} not running in {vms:?}"
+        );
     }
     // Its console output (COM1, `vm a1: ...`).
     let seen = Instant::now();
-    while !std::fs::read_to_string(&serial_log).unwrap_or_default().contains("vm a1: counter starting") {
-        assert!(seen.elapsed() < Duration::from_secs(60), "no console output from a1");
+    while !std::fs::read_to_string(&serial_log)
+        .unwrap_or_default()
+        .contains("vm a1: counter starting")
+    {
+        assert!(
+            seen.elapsed() < Duration::from_secs(60),
+            "no console output from a1"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let info = ok(&mut client, "info a1");
@@ -146,23 +176,81 @@ fn control_protocol_over_qemu() {
             .filter_map(|e| e.get("event").and_then(Value::as_str).map(String::from))
             .collect()
     };
-    assert_eq!(kinds("a1", &client), ["created", "started", "stopped", "started", "stopped", "destroyed"]);
-    assert_eq!(kinds("b1", &client), ["created", "started", "stopped", "started", "stopped", "destroyed"]);
+    assert_eq!(
+        kinds("a1", &client),
+        [
+            "created",
+            "started",
+            "stopped",
+            "started",
+            "stopped",
+            "destroyed"
+        ]
+    );
+    assert_eq!(
+        kinds("b1", &client),
+        [
+            "created",
+            "started",
+            "stopped",
+            "started",
+            "stopped",
+            "destroyed"
+        ]
+    );
 
     // Bad requests: each named, nothing changed.
     let before = snapshot(&mut client);
     refused(&mut client, "info nope", "no VM \"nope\"");
     refused(&mut client, "destroy 12", "no VM id 12");
     raw_refused(&mut client, "{\"id\":900,\"cmd\":", "malformed JSON");
-    raw_refused(&mut client, &format!("{{\"id\":901,\"cmd\":\"list\",\"x\":\"{}\"}}", "y".repeat(5000)), "longer than 4096 bytes");
-    raw_refused(&mut client, r#"{"id":902,"cmd":"create","name":"x"}"#, "missing field \"image\"");
-    raw_refused(&mut client, &format!(r#"{{"id":903,"cmd":"create","name":"{}","image":"hello","memory_mib":2}}"#, "n".repeat(300)), "too long");
+    raw_refused(
+        &mut client,
+        &format!(
+            "{{\"id\":901,\"cmd\":\"list\",\"x\":\"{}\"}}",
+            "y".repeat(5000)
+        ),
+        "longer than 4096 bytes",
+    );
+    raw_refused(
+        &mut client,
+        r#"{"id":902,"cmd":"create","name":"x"}"#,
+        "missing field \"image\"",
+    );
+    raw_refused(
+        &mut client,
+        &format!(
+            r#"{{"id":903,"cmd":"create","name":"{}","image":"hello","memory_mib":2}}"#,
+            "n".repeat(300)
+        ),
+        "too long",
+    );
     raw_refused(&mut client, r#"{"id":904,"cmd":"fly"}"#, "unknown command");
-    refused(&mut client, "create counter image=counter memory=4", "already in use");
-    refused(&mut client, "create x image=counter memory=3", "not a multiple of 2 MiB");
-    refused(&mut client, "create x image=counter memory=2 cpus=5", "no such CPU 5 (the machine has 2)");
-    refused(&mut client, "create x image=counter memory=100000", "not enough free memory for 100000 MiB (largest block");
-    refused(&mut client, "create x image=nothing memory=2", "no image \"nothing\"");
+    refused(
+        &mut client,
+        "create counter image=counter memory=4",
+        "already in use",
+    );
+    refused(
+        &mut client,
+        "create x image=counter memory=3",
+        "not a multiple of 2 MiB",
+    );
+    refused(
+        &mut client,
+        "create x image=counter memory=2 cpus=5",
+        "no such CPU 5 (the machine has 2)",
+    );
+    refused(
+        &mut client,
+        "create x image=counter memory=100000",
+        "not enough free memory for 100000 MiB (largest block",
+    );
+    refused(
+        &mut client,
+        "create x image=nothing memory=2",
+        "no image \"nothing\"",
+    );
     refused(&mut client, "stop hello", "already stopped");
     let after = snapshot(&mut client);
     assert_eq!(before, after, "a bad request changed the VMs or the pool");
@@ -181,11 +269,18 @@ fn control_protocol_over_qemu() {
         loop_start.elapsed().as_secs_f64(),
         frames_start as i64 - frames_end as i64
     );
-    assert_eq!(frames_start, frames_end, "frames leaked over 1000 create/destroy rounds");
+    assert_eq!(
+        frames_start, frames_end,
+        "frames leaked over 1000 create/destroy rounds"
+    );
 
     ok(&mut client, "shutdown");
     let outcome = runner.join().unwrap().unwrap();
-    eprintln!("==> [{name}] kernel answered {:.1} s after start; {}", booted.as_secs_f64(), outcome.ending);
+    eprintln!(
+        "==> [{name}] kernel answered {:.1} s after start; {}",
+        booted.as_secs_f64(),
+        outcome.ending
+    );
     assert_success(&outcome);
     assert_kernel_line(&outcome, "control: protocol 1 on COM2");
     assert_kernel_line(&outcome, "console: attached to vm a1");

@@ -22,12 +22,16 @@ use hvabi::key;
 /// the hypervisor is right; a hypervisor that lets a guest's CR8 mask its own
 /// timer hangs, so the limit is tighter than the default.
 fn bochs_one_cpu() -> Machine {
-    Machine { timeout: Duration::from_secs(180), ..Machine::bochs(1) }
+    Machine {
+        timeout: Duration::from_secs(180),
+        ..Machine::bochs(1)
+    }
 }
 
 /// The value `vm` reported for `key`, or a failure naming both.
 fn reported(o: &Outcome, vm: &str, key: u64) -> String {
-    vm_report(o, vm, &key.to_string()).unwrap_or_else(|| fail(o, &format!("vm {vm} reported no key {key}")))
+    vm_report(o, vm, &key.to_string())
+        .unwrap_or_else(|| fail(o, &format!("vm {vm} reported no key {key}")))
 }
 
 /// `vm` reported 0 failed checks.
@@ -45,7 +49,10 @@ fn assert_guest(o: &Outcome, vm: &str, text: &str) {
 
 /// `vm NAME (id ID) stopped: shutdown, exit code CODE`.
 fn assert_shutdown(o: &Outcome, vm: &str, id: u32, code: u64) {
-    assert_kernel_line(o, &format!("vm {vm} (id {id}) stopped: shutdown, exit code {code}"));
+    assert_kernel_line(
+        o,
+        &format!("vm {vm} (id {id}) stopped: shutdown, exit code {code}"),
+    );
 }
 
 const STATE_ONE_CPU: &str = r#"
@@ -96,7 +103,10 @@ fn state_stays_private_on_one_cpu(machine: Machine, tag: &str) {
     for (vm, id) in [("keeper-a", 0), ("keeper-b", 1)] {
         let setup = line_with(&o, &format!("vm {vm}: statekeeper: vm {id} seed "));
         if !setup.ends_with(", 2000 switches, avx yes, xcr0 0x7") {
-            fail(&o, &format!("vm {vm}: expected AVX with XCR0 = 0x7, got {setup:?}"));
+            fail(
+                &o,
+                &format!("vm {vm}: expected AVX with XCR0 = 0x7, got {setup:?}"),
+            );
         }
         assert_guest(
             &o,
@@ -217,7 +227,11 @@ fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere(machine: Machine, tag: &str
     assert_guest(&o, "halter", "woke up after 3 HLTs");
     assert_shutdown(&o, "halter", 1, 0);
 
-    for (vm, id, at) in [("rm7c00", 2, "0000:7C00"), ("rm20000", 3, "2000:0000"), ("rmfff00", 4, "F000:FF00")] {
+    for (vm, id, at) in [
+        ("rm7c00", 2, "0000:7C00"),
+        ("rm20000", 3, "2000:0000"),
+        ("rmfff00", 4, "F000:FF00"),
+    ] {
         assert_guest(&o, vm, "hello from real mode (16-bit, unrestricted guest)");
         assert_guest(&o, vm, &format!("real mode at CS:IP {at}"));
         assert_shutdown(&o, vm, id, 22);
@@ -242,5 +256,8 @@ fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere_vtx_bochs() {
 
 #[test]
 fn tpr_stays_in_the_vm_and_real_mode_starts_anywhere_svm_qemu() {
-    tpr_stays_in_the_vm_and_real_mode_starts_anywhere(Machine::qemu_bios(1).with_cpu(CpuModel::Amd), "svm");
+    tpr_stays_in_the_vm_and_real_mode_starts_anywhere(
+        Machine::qemu_bios(1).with_cpu(CpuModel::Amd),
+        "svm",
+    );
 }

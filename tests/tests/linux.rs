@@ -72,21 +72,37 @@ fn linux_vms(machine: Machine, tag: &str, run_ms: u32) {
     let mut scenario = vms_scenario(&config(&name));
     scenario.options.stop_after_ms = Some(run_ms);
     let o = boot_on(&name, &scenario, &machine);
-    assert_kernel_line(&o, "started 4 of 4 VM(s): linux, rebooter, crasher, counter");
+    assert_kernel_line(
+        &o,
+        "started 4 of 4 VM(s): linux, rebooter, crasher, counter",
+    );
     // The stock kernel reaches its init in each VM.
     for vm in ["linux", "rebooter", "crasher"] {
         assert_guest_line(&o, vm, "Linux version 6.1");
         assert_guest_line(&o, vm, "HVLINUX-INIT-OK");
     }
     // Its view of the machine: our E820 map, PIC mode, the PIT and the 16550.
-    assert_guest_line(&o, "linux", "BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable");
-    assert_guest_line(&o, "linux", "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A");
+    assert_guest_line(
+        &o,
+        "linux",
+        "BIOS-e820: [mem 0x0000000000100000-0x0000000007ffffff] usable",
+    );
+    assert_guest_line(
+        &o,
+        "linux",
+        "serial8250: ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A",
+    );
     // `reboot -f` (a triple fault with reboot=t) restarts that VM by policy.
     assert_guest_line(&o, "rebooter", "HVLINUX-REBOOTING");
     assert_kernel_line(&o, "vm rebooter (id 1) restarting: triple fault");
-    let boots = guest_lines(&o, "rebooter").filter(|l| l.contains("HVLINUX-INIT-OK")).count();
+    let boots = guest_lines(&o, "rebooter")
+        .filter(|l| l.contains("HVLINUX-INIT-OK"))
+        .count();
     if boots < 2 {
-        fail(&o, &format!("vm rebooter reached its init {boots} time(s); a restart boots it again"));
+        fail(
+            &o,
+            &format!("vm rebooter reached its init {boots} time(s); a restart boots it again"),
+        );
     }
     // A kernel crash (sysrq c; panic=-1 reboots at once, reboot=t makes that
     // a triple fault) stops that VM only.
@@ -96,7 +112,11 @@ fn linux_vms(machine: Machine, tag: &str, run_ms: u32) {
     // The others ran to the end of the run.
     assert_kernel_line(&o, "vm linux (id 0) stopped: stopped by the hypervisor");
     assert_kernel_line(&o, "vm counter (id 3) stopped: stopped by the hypervisor");
-    if guest_lines(&o, "counter").filter(|l| l.contains("report 1=")).count() < 3 {
+    if guest_lines(&o, "counter")
+        .filter(|l| l.contains("report 1="))
+        .count()
+        < 3
+    {
         fail(&o, "the counter beside the Linux VMs made no progress");
     }
     assert_success(&o);
@@ -104,7 +124,10 @@ fn linux_vms(machine: Machine, tag: &str, run_ms: u32) {
 
 #[test]
 fn linux_vms_svm_qemu() {
-    let machine = Machine { timeout: Duration::from_secs(180), ..Machine::qemu_bios(2).with_cpu(CpuModel::Amd) };
+    let machine = Machine {
+        timeout: Duration::from_secs(180),
+        ..Machine::qemu_bios(2).with_cpu(CpuModel::Amd)
+    };
     linux_vms(machine, "svm", 30_000);
 }
 
@@ -130,7 +153,10 @@ on_reboot = "restart"
     );
     let mut scenario = vms_scenario(&config_file(name, &text));
     scenario.options.stop_after_ms = Some(30_000);
-    let machine = Machine { timeout: Duration::from_secs(600), ..Machine::bochs(1) };
+    let machine = Machine {
+        timeout: Duration::from_secs(600),
+        ..Machine::bochs(1)
+    };
     let o = boot_on(name, &scenario, &machine);
     assert_guest_line(&o, "rebooter", "Linux version 6.1");
     assert_guest_line(&o, "rebooter", "HVLINUX-INIT-OK");

@@ -43,8 +43,16 @@ fn expected_map() -> Vec<String> {
     let (usable, reserved) = (1, 2);
     [
         (0, BOOT_RESERVED.start, usable),
-        (BOOT_RESERVED.start, BOOT_RESERVED.end - BOOT_RESERVED.start, reserved),
-        (BOOT_RESERVED.end, LOW_MEMORY_END - BOOT_RESERVED.end, usable),
+        (
+            BOOT_RESERVED.start,
+            BOOT_RESERVED.end - BOOT_RESERVED.start,
+            reserved,
+        ),
+        (
+            BOOT_RESERVED.end,
+            LOW_MEMORY_END - BOOT_RESERVED.end,
+            usable,
+        ),
         (LOW_MEMORY_END, HIGH_MEMORY - LOW_MEMORY_END, reserved),
         (HIGH_MEMORY, MEMORY - HIGH_MEMORY, usable),
     ]
@@ -68,9 +76,17 @@ fn multiboot_guest(machine: Machine, tag: &str) {
             (MEMORY - HIGH_MEMORY) >> 10
         ),
     );
-    let map: Vec<&str> = guest_lines(&o, "mb").filter(|l| l.starts_with("multiboot: mmap ")).collect();
+    let map: Vec<&str> = guest_lines(&o, "mb")
+        .filter(|l| l.starts_with("multiboot: mmap "))
+        .collect();
     if map != expected_map() {
-        fail(&o, &format!("guest mb printed the memory map {map:#?}, expected {:#?}", expected_map()));
+        fail(
+            &o,
+            &format!(
+                "guest mb printed the memory map {map:#?}, expected {:#?}",
+                expected_map()
+            ),
+        );
     }
     assert_guest_line(&o, "mb", "multiboot: boot loader \"rust-hv\"");
     assert_guest_line(&o, "mb", "multiboot: OK");

@@ -43,10 +43,22 @@ mode = "real16"
 /// unknown MSR raises #GP inside the guest; a real-mode guest runs.
 fn guest_basics(machine: Machine, tag: &str) {
     let config = config_file("guest_basics", GUEST_BASICS);
-    let o = boot_on(&format!("guest_basics_{tag}"), &vms_scenario(&config), &machine);
+    let o = boot_on(
+        &format!("guest_basics_{tag}"),
+        &vms_scenario(&config),
+        &machine,
+    );
     // UART output, prefixed with the VM's name; hypercalls.
-    assert_guest_line(&o, "hello", "hello from a guest over the emulated 16550 (scratch 0x5a)");
-    assert_guest_line(&o, "hello", "vm id 0 (status 0), hypercall interface version 1");
+    assert_guest_line(
+        &o,
+        "hello",
+        "hello from a guest over the emulated 16550 (scratch 0x5a)",
+    );
+    assert_guest_line(
+        &o,
+        "hello",
+        "vm id 0 (status 0), hypercall interface version 1",
+    );
     assert_guest_line(&o, "hello", "hello through the console hypercall");
     assert_guest_line(&o, "hello", "unknown hypercall status -1");
     assert_kernel_line(&o, "vm hello (id 0) stopped: shutdown, exit code 0");
@@ -54,7 +66,13 @@ fn guest_basics(machine: Machine, tag: &str) {
     assert_kernel_line(&o, "stats for vm hello:");
     let hello = summary_row(&o, "hello");
     if hello.exits < 50 {
-        fail(&o, &format!("vm hello made only {} exits; its UART output alone needs more", hello.exits));
+        fail(
+            &o,
+            &format!(
+                "vm hello made only {} exits; its UART output alone needs more",
+                hello.exits
+            ),
+        );
     }
     // CPUID: VMX hidden, hypervisor bit set, our signature and interface version.
     assert_guest_line(&o, "cpuid", "cpuid.1: vmx=0 hypervisor=1 apic_id=0");
@@ -65,7 +83,11 @@ fn guest_basics(machine: Machine, tag: &str) {
     assert_guest_line(&o, "msr", "guest #GP handler: error code 0x0");
     assert_guest_line(&o, "msr", "unknown MSR raised #GP in the guest: OK");
     // Real mode under unrestricted guest.
-    assert_guest_line(&o, "realmode", "hello from real mode (16-bit, unrestricted guest)");
+    assert_guest_line(
+        &o,
+        "realmode",
+        "hello from real mode (16-bit, unrestricted guest)",
+    );
     assert_kernel_line(&o, "vm realmode (id 3) stopped: shutdown, exit code 22");
     assert_success(&o);
 }
@@ -119,7 +141,10 @@ fn faulting_vms_are_contained(machine: Machine, tag: &str) {
     let o = boot_on(&format!("faulting_vms_{tag}"), &scenario, &machine);
     // The kernel checks the configuration against the machine again: these
     // two pass the host's check (it knows neither CPUs nor memory) but not this.
-    assert_kernel_line(&o, "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)");
+    assert_kernel_line(
+        &o,
+        "vm \"ghost\": cpus: CPU 3 does not exist (machine has 1)",
+    );
     assert_kernel_line(&o, "vm \"huge\": memory:");
     assert_kernel_line(&o, "started 4 of 6 VM(s): escape, hvmem, triple, hello");
     assert_kernel_line(&o, "partition check: 4 VM(s), 16 MiB mapped, nested page tables disjoint, no hypervisor frame mapped");
@@ -220,8 +245,17 @@ fn summary_row(o: &boot::run::Outcome, vm: &str) -> SummaryRow {
         .lines()
         .find(|l| l.split_whitespace().next() == Some(vm) && l.contains(" stopped"))
         .unwrap_or_else(|| fail(o, &format!("no summary row for vm {vm}")));
-    let f: Vec<u64> = line.split_whitespace().skip(1).take(4).map(|x| x.parse().unwrap_or(0)).collect();
-    SummaryRow { slices: f[1], guest_us: f[2], exits: f[3] }
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    SummaryRow {
+        slices: f[1],
+        guest_us: f[2],
+        exits: f[3],
+    }
 }
 
 /// The last `report 1=N` (counter) of a VM.
@@ -245,7 +279,10 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
     let o = boot_on(&format!("scheduling_{tag}"), &scenario, &machine);
     // CPU 1 is APIC ID 1 in Bochs; the pinned VM sees it through CPUID.
     assert_guest_line(&o, "pinned", "cpuid.1: vmx=0 hypervisor=1 apic_id=1");
-    assert_kernel_line(&o, "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000");
+    assert_kernel_line(
+        &o,
+        "vm escape (id 5) stopped: EPT/NPT violation at gpa 0x4000000",
+    );
     assert_kernel_line(&o, "vm triple (id 6) stopped: triple fault");
     assert_kernel_line(&o, "vm hello (id 7) stopped: shutdown, exit code 0");
     // HLT gives up the slice; the VM is resumed later and finishes.
@@ -261,11 +298,20 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
         for (vm, v) in names.iter().zip(values) {
             let dev = (*v as f64 - mean).abs() / mean;
             if dev > 0.15 {
-                fail(&o, &format!("vm {vm}: {what} {v}, {:.0}% off the mean {mean:.0} ({values:?})", dev * 100.0));
+                fail(
+                    &o,
+                    &format!(
+                        "vm {vm}: {what} {v}, {:.0}% off the mean {mean:.0} ({values:?})",
+                        dev * 100.0
+                    ),
+                );
             }
         }
     };
-    let times: Vec<u64> = names.iter().map(|vm| summary_row(&o, vm).guest_us).collect();
+    let times: Vec<u64> = names
+        .iter()
+        .map(|vm| summary_row(&o, vm).guest_us)
+        .collect();
     within("guest time (us)", &times);
     if machine.emulator == Emulator::Bochs {
         let counts: Vec<u64> = names.iter().map(|vm| last_count(&o, vm)).collect();
@@ -275,14 +321,26 @@ fn scheduling_on_two_cpus(machine: Machine, tag: &str) {
     assert_kernel_line(&o, "vm spinner (id 3) stopped: stopped by the hypervisor");
     let spinner = summary_row(&o, "spinner");
     if spinner.slices < 5 {
-        fail(&o, &format!("the spinning VM ran only {} slices: it was not preempted", spinner.slices));
+        fail(
+            &o,
+            &format!(
+                "the spinning VM ran only {} slices: it was not preempted",
+                spinner.slices
+            ),
+        );
     }
     // A VM flooding its console gets slices of its configured length: the
     // host prints its output between slices, not inside them.
     let flood = summary_row(&o, "flood");
     let per_slice = flood.guest_us / flood.slices.max(1);
     if flood.slices < 5 || per_slice > 13_000 {
-        fail(&o, &format!("the flooding VM ran {} slices of {per_slice} us on average (configured 10000)", flood.slices));
+        fail(
+            &o,
+            &format!(
+                "the flooding VM ran {} slices of {per_slice} us on average (configured 10000)",
+                flood.slices
+            ),
+        );
     }
     assert_guest_line(&o, "flood", "flood 00000001 ....");
     assert_code(&o, KernelExit::Success);

@@ -333,7 +333,10 @@ pub struct StateError {
 
 /// A failed access to backend-held state stops the VM with a report.
 pub fn state_failure(e: StateError, regs: &GuestRegs) -> Action {
-    Action::Stop(StopReason::StateAccessFailed { reg: e.reg, rip: regs.rip })
+    Action::Stop(StopReason::StateAccessFailed {
+        reg: e.reg,
+        rip: regs.rip,
+    })
 }
 
 /// What the hardware lets a guest use, decided once at boot from CPUID and
@@ -554,6 +557,10 @@ pub trait Platform {
     fn now_ns(&self) -> u64;
     /// Local APIC ID of the physical CPU running this vCPU.
     fn cpu_apic_id(&self) -> u32;
+    /// The TSC frequency in Hz guests are told (CPUID 0x15/0x16); 0: unknown.
+    fn tsc_hz(&self) -> u64 {
+        0
+    }
     /// The memory of the VM whose exit is being handled (used by hypercalls).
     fn guest_memory(&self) -> &dyn GuestMemory;
     /// The backend-held state of the vCPU whose exit is being handled.
@@ -697,7 +704,10 @@ impl StopReason {
     /// Whether the guest asked to be reset (a triple fault or a chipset
     /// reset): a VM whose policy says so restarts instead of stopping.
     pub fn is_reset(&self) -> bool {
-        matches!(self, StopReason::TripleFault { .. } | StopReason::ResetRequested { .. })
+        matches!(
+            self,
+            StopReason::TripleFault { .. } | StopReason::ResetRequested { .. }
+        )
     }
 }
 
@@ -712,7 +722,10 @@ impl fmt::Display for StopReason {
                 access,
                 linear,
             } => {
-                write!(f, "EPT/NPT violation at gpa {gpa:#x} outside the VM's memory (access {access}")?;
+                write!(
+                    f,
+                    "EPT/NPT violation at gpa {gpa:#x} outside the VM's memory (access {access}"
+                )?;
                 if let Some(l) = linear {
                     write!(f, ", linear {l:#x}")?;
                 }
@@ -739,22 +752,39 @@ impl fmt::Display for StopReason {
             } => {
                 write!(f, "VM entry failed, reason {code:#x}, qualification {qualification:#x}, rip {rip:#x}")
             }
-            StopReason::EntryInstructionFailed { number, meaning, rip } => {
+            StopReason::EntryInstructionFailed {
+                number,
+                meaning,
+                rip,
+            } => {
                 write!(f, "VM entry instruction failed: VM-instruction error {number} ({meaning}), rip {rip:#x}")
             }
             StopReason::StateAccessFailed { reg, rip } => {
-                write!(f, "hypervisor could not access guest {reg:?} at rip {rip:#x}")
+                write!(
+                    f,
+                    "hypervisor could not access guest {reg:?} at rip {rip:#x}"
+                )
             }
             StopReason::MissingFeature { what, feature, rip } => {
-                write!(f, "{what} needs {feature}, which this CPU lacks, at rip {rip:#x}")
+                write!(
+                    f,
+                    "{what} needs {feature}, which this CPU lacks, at rip {rip:#x}"
+                )
             }
-            StopReason::InstructionNotDecoded { instruction, why, linear, rip } => {
+            StopReason::InstructionNotDecoded {
+                instruction,
+                why,
+                linear,
+                rip,
+            } => {
                 write!(f, "the length of the {instruction} at rip {rip:#x} (linear {linear:#x}) could not be read from guest memory: {why}")
             }
             StopReason::ResetRequested { source, rip } => {
                 write!(f, "guest requested a reset ({source}) at rip {rip:#x}")
             }
-            StopReason::HostStop => write!(f, "stopped by the hypervisor (run time limit or shutdown)"),
+            StopReason::HostStop => {
+                write!(f, "stopped by the hypervisor (run time limit or shutdown)")
+            }
             StopReason::Fault {
                 vector,
                 error_code,
@@ -769,4 +799,3 @@ impl fmt::Display for StopReason {
         }
     }
 }
-

@@ -61,7 +61,8 @@ const LEAF1_ECX_CLEAR: u32 = (1 << 2)
     | (1 << 27)
     | (1 << 28);
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-const LEAF1_EDX_CLEAR: u32 = (1 << 7) | (1 << 9) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+const LEAF1_EDX_CLEAR: u32 =
+    (1 << 7) | (1 << 9) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
 const LEAF7_EBX_CLEAR: u32 = (1 << 2)
     | (1 << 5)
     | (1 << 16)
@@ -88,7 +89,42 @@ pub type HostCpuid<'a> = &'a dyn Fn(u32, u32) -> [u32; 4];
 /// The guest's view of CPUID(`leaf`, `subleaf`) as `[eax, ebx, ecx, edx]`,
 /// before the XSAVE family is added back ([`xsave_view`]).
 pub fn guest_cpuid(leaf: u32, subleaf: u32, env: &dyn Platform) -> [u32; 4] {
-    filtered(leaf, subleaf, &|l, s| env.host_cpuid(l, s), env.cpu_apic_id())
+    let host = |l, s| env.host_cpuid(l, s);
+    filtered(
+        leaf,
+        subleaf,
+        &|l, s| with_tsc_leaves(&host, env.tsc_hz(), l, s),
+        env.cpu_apic_id(),
+    )
+}
+
+/// The host's CPUID with the TSC frequency a guest may rely on (SDM Vol. 2A
+/// CPUID leaves 0x15 and 0x16), so that it need not calibrate the TSC
+/// against a PIT it shares the CPU for: leaf 0x15 says TSC = crystal (ECX)
+/// x 100 / 1, leaf 0x16 the frequency in MHz, and leaf 0 reports at least
+/// 0x16. Leaves the host does not have below 0x15 read as zeros. Linux reads
+/// leaf 0x15 on Intel CPUs. `tsc_hz` 0 leaves the host's values.
+pub fn with_tsc_leaves(host: HostCpuid<'_>, tsc_hz: u64, leaf: u32, subleaf: u32) -> [u32; 4] {
+    const TSC_LEAF: u32 = 0x15;
+    const FREQ_LEAF: u32 = 0x16;
+    if tsc_hz == 0 || tsc_hz / 100 > u64::from(u32::MAX) {
+        return host(leaf, subleaf);
+    }
+    let host_max = host(0, 0)[0];
+    match leaf {
+        0 => {
+            let mut r = host(0, 0);
+            r[0] = r[0].max(FREQ_LEAF);
+            r
+        }
+        TSC_LEAF => [1, 100, (tsc_hz / 100) as u32, 0],
+        FREQ_LEAF => {
+            let mhz = (tsc_hz / 1_000_000) as u32;
+            [mhz, mhz, 100, 0]
+        }
+        l if l > host_max && l < TSC_LEAF => [0; 4],
+        _ => host(leaf, subleaf),
+    }
 }
 
 /// [`guest_cpuid`] from the host's values `host` and the APIC ID of the
@@ -153,7 +189,14 @@ pub fn guest_view(
 ) -> [u32; 4] {
     let mut r = filtered(leaf, subleaf, host, apic_id);
     if matches!(leaf, 1 | 7 | 0xD) {
-        xsave_view(leaf, subleaf, &mut r, host(leaf, subleaf), xcr0_allowed, osxsave);
+        xsave_view(
+            leaf,
+            subleaf,
+            &mut r,
+            host(leaf, subleaf),
+            xcr0_allowed,
+            osxsave,
+        );
     }
     r
 }
@@ -229,7 +272,13 @@ impl CpuidTable {
                 *slot = view(leaf);
             }
         }
-        CpuidTable(Some(alloc::boxed::Box::new(Filled { basic_held, basic, max_basic, max_ext, ext })))
+        CpuidTable(Some(alloc::boxed::Box::new(Filled {
+            basic_held,
+            basic,
+            max_basic,
+            max_ext,
+            ext,
+        })))
     }
 
     /// The answer for `leaf` (whatever the subleaf: the table holds only
@@ -247,9 +296,11 @@ impl CpuidTable {
         }
         Some(match leaf {
             HV_BASE_LEAF..=HV_RANGE_END => hypervisor_leaf(leaf),
-            EXT_BASE_LEAF.. if leaf <= t.max_ext => {
-                t.ext.get((leaf - EXT_BASE_LEAF) as usize).copied().unwrap_or([0; 4])
-            }
+            EXT_BASE_LEAF.. if leaf <= t.max_ext => t
+                .ext
+                .get((leaf - EXT_BASE_LEAF) as usize)
+                .copied()
+                .unwrap_or([0; 4]),
             // Beyond the highest basic or extended leaf, or between the
             // ranges.
             _ => [0; 4],
@@ -267,7 +318,12 @@ fn basic_leaf(leaf: u32, host: [u32; 4], subleaf: u32, apic_id: u32) -> [u32; 4]
             edx & !LEAF1_EDX_CLEAR,
         ],
         5 | 6 | 0xA | 0xD => [0; 4],
-        7 if subleaf == 0 => [eax, ebx & !LEAF7_EBX_CLEAR, ecx & !LEAF7_ECX_CLEAR, edx & !LEAF7_EDX_CLEAR],
+        7 if subleaf == 0 => [
+            eax,
+            ebx & !LEAF7_EBX_CLEAR,
+            ecx & !LEAF7_ECX_CLEAR,
+            edx & !LEAF7_EDX_CLEAR,
+        ],
         0xB | 0x1F => [eax, ebx, ecx, apic_id],
         _ => host,
     }
@@ -279,7 +335,8 @@ const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 const LEAF1_ECX_AVX: u32 = 1 << 28;
 /// CPUID.(7,0):EBX AVX2 and the AVX-512 family.
 const LEAF7_EBX_AVX2: u32 = 1 << 5;
-const LEAF7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
+const LEAF7_EBX_AVX512: u32 =
+    (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
 /// CPUID.(0xD,1):EAX XSAVES (needs IA32_XSS, not offered).
 const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
 
@@ -287,7 +344,14 @@ const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
 /// XCR0 for it: XSAVE and AVX per the XCR0 bits the guest may set
 /// (`xcr0_allowed`), OSXSAVE mirroring the guest's own CR4.OSXSAVE, and leaf
 /// 0xD limited to those components.
-pub fn xsave_view(leaf: u32, subleaf: u32, r: &mut [u32; 4], host: [u32; 4], xcr0_allowed: u64, osxsave: bool) {
+pub fn xsave_view(
+    leaf: u32,
+    subleaf: u32,
+    r: &mut [u32; 4],
+    host: [u32; 4],
+    xcr0_allowed: u64,
+    osxsave: bool,
+) {
     use crate::arch::{XCR0_AVX, XCR0_AVX512};
     if xcr0_allowed == 0 {
         return;
@@ -314,7 +378,12 @@ pub fn xsave_view(leaf: u32, subleaf: u32, r: &mut [u32; 4], host: [u32; 4], xcr
             *r = match subleaf {
                 // EBX (size for the XCR0 now loaded, which is this guest's)
                 // and ECX (size for everything allowed) come from the host.
-                0 => [xcr0_allowed as u32, host[1], host[2], (xcr0_allowed >> 32) as u32],
+                0 => [
+                    xcr0_allowed as u32,
+                    host[1],
+                    host[2],
+                    (xcr0_allowed >> 32) as u32,
+                ],
                 1 => [host[0] & !LEAF_D1_EAX_XSAVES, 0, 0, 0],
                 n if n < 64 && xcr0_allowed & (1 << n) != 0 => host,
                 _ => [0; 4],
@@ -333,7 +402,16 @@ pub fn handle<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P
         Some(r) => r,
         None => {
             let xcr0_allowed = env.guest_cpu().limits().xcr0_allowed;
-            guest_view(leaf, subleaf, &|l, s| env.host_cpuid(l, s), env.cpu_apic_id(), xcr0_allowed, false)
+            let tsc_hz = env.tsc_hz();
+            let host = |l, s| env.host_cpuid(l, s);
+            guest_view(
+                leaf,
+                subleaf,
+                &|l, s| with_tsc_leaves(&host, tsc_hz, l, s),
+                env.cpu_apic_id(),
+                xcr0_allowed,
+                false,
+            )
         }
     };
     // OSXSAVE mirrors the guest's CR4.OSXSAVE where XSAVE is offered: read
@@ -394,10 +472,17 @@ mod tests {
         assert_eq!((d0.rax, d0.rdx), (7, 0));
         assert_eq!(run(0xD, 1, &mut env).rax as u32 & LEAF_D1_EAX_XSAVES, 0);
         assert_eq!(run(0xD, 5, &mut env).rax, 0, "AVX-512 component hidden");
-        assert_eq!(run(0xD, 2, &mut env).rax, 0xD, "AVX component from the host");
+        assert_eq!(
+            run(0xD, 2, &mut env).rax,
+            0xD,
+            "AVX component from the host"
+        );
         env.cpu.limits.xcr0_allowed = 0;
         let ecx = run(1, 0, &mut env).rcx as u32;
-        assert_eq!(ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX), 0);
+        assert_eq!(
+            ecx & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | LEAF1_ECX_AVX),
+            0
+        );
     }
 
     /// A host as real CPUs answer: leaf 0 says 0x1F, leaf 0x8000_0000 says
@@ -405,8 +490,10 @@ mod tests {
     /// 0x14, 0x17, 0x18, 0x1A-0x1F, 0x8000_001D, 0x8000_0020) answer per
     /// subleaf, the others ignore it; every bit of the feature leaves set.
     fn realistic_host(leaf: u32, subleaf: u32) -> [u32; 4] {
-        let per_subleaf = matches!(leaf, 4 | 7 | 0xB | 0xD | 0xF | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1A..=0x1F)
-            || matches!(leaf, 0x8000_001D | 0x8000_0020);
+        let per_subleaf = matches!(
+            leaf,
+            4 | 7 | 0xB | 0xD | 0xF | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1A..=0x1F
+        ) || matches!(leaf, 0x8000_001D | 0x8000_0020);
         let sub = if per_subleaf { subleaf } else { 0 };
         match leaf {
             0 => [0x1F, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
@@ -435,25 +522,67 @@ mod tests {
                 let table = CpuidTable::new(&host, apic_id, xcr0_allowed);
                 let mut held = alloc::vec::Vec::new();
                 for leaf in leaves.clone() {
-                    let Some(r) = table.lookup(leaf) else { continue };
+                    let Some(r) = table.lookup(leaf) else {
+                        continue;
+                    };
                     held.push(leaf);
                     for subleaf in [0, 1, 2, 63, 0xFFFF_FFFF] {
-                        let computed = guest_view(leaf, subleaf, &host, apic_id, xcr0_allowed, false);
-                        assert_eq!(r, computed, "leaf {leaf:#x}.{subleaf} xcr0 {xcr0_allowed:#x} apic {apic_id}");
+                        let computed =
+                            guest_view(leaf, subleaf, &host, apic_id, xcr0_allowed, false);
+                        assert_eq!(
+                            r, computed,
+                            "leaf {leaf:#x}.{subleaf} xcr0 {xcr0_allowed:#x} apic {apic_id}"
+                        );
                     }
                 }
-                for leaf in [0, 1, 2, 3, 5, 6, 9, 0xA, 0x15, 0x16, 0x20, 0x5F, 0x4000_0000, 0x4000_0001] {
+                for leaf in [
+                    0,
+                    1,
+                    2,
+                    3,
+                    5,
+                    6,
+                    9,
+                    0xA,
+                    0x15,
+                    0x16,
+                    0x20,
+                    0x5F,
+                    0x4000_0000,
+                    0x4000_0001,
+                ] {
                     assert!(held.contains(&leaf), "leaf {leaf:#x} in the table");
                 }
-                for leaf in [0x8000_0000, 0x8000_0001, 0x8000_0008, 0x8000_000A, 0x8000_0022, 0xC000_0000] {
+                for leaf in [
+                    0x8000_0000,
+                    0x8000_0001,
+                    0x8000_0008,
+                    0x8000_000A,
+                    0x8000_0022,
+                    0xC000_0000,
+                ] {
                     assert!(held.contains(&leaf), "leaf {leaf:#x} in the table");
                 }
-                for leaf in [4, 7, 0xB, 0xD, 0x1A, 0x1F, 0x8000_0009, 0x8000_001D, 0x8000_001E] {
+                for leaf in [
+                    4,
+                    7,
+                    0xB,
+                    0xD,
+                    0x1A,
+                    0x1F,
+                    0x8000_0009,
+                    0x8000_001D,
+                    0x8000_001E,
+                ] {
                     assert!(!held.contains(&leaf), "leaf {leaf:#x} computed per exit");
                 }
             }
         }
-        assert_eq!(CpuidTable::default().lookup(0), None, "an empty table holds nothing");
+        assert_eq!(
+            CpuidTable::default().lookup(0),
+            None,
+            "an empty table holds nothing"
+        );
     }
 
     /// The same through the exit handler: a vCPU with a table answers every
@@ -467,24 +596,44 @@ mod tests {
         let host = |l, s| FakePlatform::new().host_cpuid(l, s);
         let table = CpuidTable::new(&host, 2, 0x7);
         let exit = |table: &CpuidTable, leaf: u32, env: &mut FakePlatform| {
-            let mut regs = GuestRegs { rax: u64::from(leaf), ..Default::default() };
+            let mut regs = GuestRegs {
+                rax: u64::from(leaf),
+                ..Default::default()
+            };
             assert_eq!(handle(table, &mut regs, env), Action::AdvanceRip);
             [regs.rax, regs.rbx, regs.rcx, regs.rdx]
         };
         for cr4 in [0, crate::arch::CR4_OSXSAVE] {
             env.cpu.set(Reg::Cr4, cr4);
-            for leaf in (0..0x20).chain([0x4000_0000, 0x4000_0001, 0x8000_0000, 0x8000_0001, 0x8000_0008]) {
+            for leaf in (0..0x20).chain([
+                0x4000_0000,
+                0x4000_0001,
+                0x8000_0000,
+                0x8000_0001,
+                0x8000_0008,
+            ]) {
                 let empty = exit(&CpuidTable::default(), leaf, &mut env);
-                assert_eq!(exit(&table, leaf, &mut env), empty, "leaf {leaf:#x} cr4 {cr4:#x}");
+                assert_eq!(
+                    exit(&table, leaf, &mut env),
+                    empty,
+                    "leaf {leaf:#x} cr4 {cr4:#x}"
+                );
             }
             let ecx = exit(&table, 1, &mut env)[2] as u32;
-            assert_eq!(ecx & LEAF1_ECX_OSXSAVE != 0, cr4 != 0, "OSXSAVE follows CR4");
+            assert_eq!(
+                ecx & LEAF1_ECX_OSXSAVE != 0,
+                cr4 != 0,
+                "OSXSAVE follows CR4"
+            );
             assert_ne!(ecx & LEAF1_ECX_XSAVE, 0);
         }
         // Without XSAVE offered, CR4 is not even read for leaf 1.
         let table = CpuidTable::new(&host, 2, 0);
         env.cpu.fail = Some(Reg::Cr4);
-        assert_eq!(exit(&table, 1, &mut env)[2] as u32 & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE), 0);
+        assert_eq!(
+            exit(&table, 1, &mut env)[2] as u32 & (LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE),
+            0
+        );
     }
 
     #[test]
@@ -548,6 +697,37 @@ mod tests {
         assert_eq!(guest_cpuid(0x4000_0100, 0, &env), [0; 4]);
         assert_eq!(guest_cpuid(0xC000_0000, 0, &env), [0; 4]);
         assert_eq!(guest_cpuid(0x2000_0000, 0, &env), [0; 4]);
+    }
+
+    #[test]
+    fn tsc_leaves_tell_the_frequency() {
+        let host = |leaf: u32, _: u32| match leaf {
+            0 => [0xD, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            _ => [0xBAD; 4],
+        };
+        let t = |leaf| with_tsc_leaves(&host, 2_400_000_000, leaf, 0);
+        assert_eq!(t(0)[0], 0x16, "leaf 0 reaches 0x16");
+        let [eax, ebx, ecx, _] = t(0x15);
+        assert_eq!(
+            u64::from(ecx) * u64::from(ebx) / u64::from(eax),
+            2_400_000_000
+        );
+        assert_eq!(t(0x16)[0], 2400);
+        assert_eq!(t(0xE), [0; 4], "leaves the host lacks read as zeros");
+        assert_eq!(t(0x5), [0xBAD; 4]);
+        assert_eq!(
+            with_tsc_leaves(&host, 0, 0x15, 0),
+            [0xBAD; 4],
+            "unknown frequency: host values"
+        );
+        // Through the policy: leaf 0x15 survives the filtering.
+        let filtered_15 = filtered(
+            0x15,
+            0,
+            &|l, s| with_tsc_leaves(&host, 2_400_000_000, l, s),
+            0,
+        );
+        assert_eq!(filtered_15, [1, 100, 24_000_000, 0]);
     }
 
     #[test]

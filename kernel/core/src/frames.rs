@@ -89,12 +89,18 @@ impl PhysRange {
 
     /// The largest frame-aligned range inside this one (usable memory shrinks).
     pub const fn round_inward(&self) -> Self {
-        Self::new(align_up(self.start, FRAME_SIZE), self.end / FRAME_SIZE * FRAME_SIZE)
+        Self::new(
+            align_up(self.start, FRAME_SIZE),
+            self.end / FRAME_SIZE * FRAME_SIZE,
+        )
     }
 
     /// The smallest frame-aligned range covering this one (reserved memory grows).
     pub const fn round_outward(&self) -> Self {
-        Self::new(self.start / FRAME_SIZE * FRAME_SIZE, align_up(self.end, FRAME_SIZE))
+        Self::new(
+            self.start / FRAME_SIZE * FRAME_SIZE,
+            align_up(self.end, FRAME_SIZE),
+        )
     }
 }
 
@@ -164,7 +170,10 @@ impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::OutOfFrames { count, align } => {
-                write!(f, "out of physical memory: no free run of {count} frames aligned to {align}")
+                write!(
+                    f,
+                    "out of physical memory: no free run of {count} frames aligned to {align}"
+                )
             }
             Self::BadRequest { count, align } => {
                 write!(f, "bad frame request: count {count}, align {align}")
@@ -174,7 +183,10 @@ impl fmt::Display for FrameError {
             Self::DoubleFree(a) => write!(f, "double free of frame {a:#x}"),
             Self::AlreadyTaken(a) => write!(f, "frame {a:#x} is already taken"),
             Self::TooManyRanges => write!(f, "memory map has more than {MAX_RANGES} free ranges"),
-            Self::TooManyBootRuns => write!(f, "boot allocator handed out more than {MAX_BOOT_RUNS} runs"),
+            Self::TooManyBootRuns => write!(
+                f,
+                "boot allocator handed out more than {MAX_BOOT_RUNS} runs"
+            ),
         }
     }
 }
@@ -213,7 +225,10 @@ struct RangeSet<const N: usize> {
 
 impl<const N: usize> RangeSet<N> {
     const fn new() -> Self {
-        Self { ranges: [PhysRange { start: 0, end: 0 }; N], len: 0 }
+        Self {
+            ranges: [PhysRange { start: 0, end: 0 }; N],
+            len: 0,
+        }
     }
 
     fn as_slice(&self) -> &[PhysRange] {
@@ -321,18 +336,28 @@ impl BootFrames {
             summary.regions += 1;
             if r.usable {
                 summary.usable_bytes += range.len();
-                free.add(range.round_inward()).map_err(|()| FrameError::TooManyRanges)?;
+                free.add(range.round_inward())
+                    .map_err(|()| FrameError::TooManyRanges)?;
             } else {
                 summary.reserved_bytes += range.len();
             }
         }
-        let not_usable = regions.filter(|r| !r.usable).map(|r| PhysRange::new(r.start, r.end));
+        let not_usable = regions
+            .filter(|r| !r.usable)
+            .map(|r| PhysRange::new(r.start, r.end));
         for r in not_usable.chain(reserved.iter().copied()) {
-            free.remove(r.round_outward()).map_err(|()| FrameError::TooManyRanges)?;
+            free.remove(r.round_outward())
+                .map_err(|()| FrameError::TooManyRanges)?;
         }
         summary.managed_frames = free.as_slice().iter().map(PhysRange::frames).sum();
         let next = free.as_slice().first().map_or(0, |r| r.start);
-        Ok(Self { free, range: 0, next, handed_out: RangeSet::new(), summary })
+        Ok(Self {
+            free,
+            range: 0,
+            next,
+            handed_out: RangeSet::new(),
+            summary,
+        })
     }
 
     /// Hands out `count` physically contiguous frames whose first frame number is a
@@ -345,7 +370,9 @@ impl BootFrames {
             let start = align_up(self.next.max(range.start), align_bytes);
             if let Some(end) = start.checked_add(bytes).filter(|&end| end <= range.end) {
                 let run = PhysRange::new(start, end);
-                self.handed_out.add(run).map_err(|()| FrameError::TooManyBootRuns)?;
+                self.handed_out
+                    .add(run)
+                    .map_err(|()| FrameError::TooManyBootRuns)?;
                 self.next = end;
                 return Ok(run);
             }
@@ -459,7 +486,11 @@ impl FrameAllocator {
         if count > self.free {
             return out;
         }
-        let start_bit = if count == 1 && align == 1 { self.hint } else { 0 };
+        let start_bit = if count == 1 && align == 1 {
+            self.hint
+        } else {
+            0
+        };
         let found = self.find_run(start_bit, count, align).or_else(|| {
             if start_bit > 0 {
                 self.find_run(0, count, align)
@@ -473,7 +504,10 @@ impl FrameAllocator {
         if count == 1 && align == 1 {
             self.hint = bit + 1;
         }
-        Ok(PhysRange::from_frames(self.base_frame + bit as u64, count as u64))
+        Ok(PhysRange::from_frames(
+            self.base_frame + bit as u64,
+            count as u64,
+        ))
     }
 
     /// Hands out one frame; returns its physical address.
@@ -519,7 +553,9 @@ impl FrameAllocator {
         let mut best = 0usize;
         let mut bit = 0usize;
         while let Some(start) = self.first_free(bit) {
-            let end = self.first_used(start, self.frames - start).unwrap_or(self.frames);
+            let end = self
+                .first_used(start, self.frames - start)
+                .unwrap_or(self.frames);
             let frame = self.base_frame + start as u64;
             let aligned = (frame.div_ceil(align) * align - self.base_frame) as usize;
             if aligned < end {
@@ -562,7 +598,10 @@ impl FrameAllocator {
 
     /// Bit index and frame count of a frame-aligned range inside the bitmap.
     fn bit_span(&self, r: PhysRange) -> (usize, usize) {
-        ((r.start / FRAME_SIZE - self.base_frame) as usize, r.frames() as usize)
+        (
+            (r.start / FRAME_SIZE - self.base_frame) as usize,
+            r.frames() as usize,
+        )
     }
 
     fn addr_of(&self, bit: usize) -> u64 {
@@ -689,9 +728,9 @@ mod tests {
     #[test]
     fn rounding_and_exclusions() {
         let map = [
-            MemRegion::new(0x1001, 0x5fff, true),      // -> 0x2000..0x5000
-            MemRegion::new(0x10000, 0x20000, true),    // minus reserved 0x13000..0x15000
-            MemRegion::new(0x14800, 0x14900, false),   // rounds out to 0x14000..0x15000
+            MemRegion::new(0x1001, 0x5fff, true),    // -> 0x2000..0x5000
+            MemRegion::new(0x10000, 0x20000, true),  // minus reserved 0x13000..0x15000
+            MemRegion::new(0x14800, 0x14900, false), // rounds out to 0x14000..0x15000
         ];
         let boot = BootFrames::new(map, &[PhysRange::new(0x13fff, 0x14001)]).unwrap();
         assert_eq!(
@@ -733,7 +772,10 @@ mod tests {
         }
         assert_eq!(seen.len(), total);
         assert_eq!(a.free_count(), 0);
-        assert_eq!(a.alloc(1, 1), Err(FrameError::OutOfFrames { count: 1, align: 1 }));
+        assert_eq!(
+            a.alloc(1, 1),
+            Err(FrameError::OutOfFrames { count: 1, align: 1 })
+        );
     }
 
     #[test]
@@ -745,7 +787,10 @@ mod tests {
             assert_eq!(r.start % (2 * MIB), 0);
             assert_eq!(r.len(), 2 * MIB);
             // Contiguous and entirely usable.
-            assert!(a.usable_ranges().iter().any(|u| u.start <= r.start && r.end <= u.end));
+            assert!(a
+                .usable_ranges()
+                .iter()
+                .any(|u| u.start <= r.start && r.end <= u.end));
             blocks.push(r);
         }
         // 4..6 MiB has its first frame taken, so 6..8 is the first block; 9..16 MiB
@@ -766,7 +811,10 @@ mod tests {
     #[test]
     fn runs_do_not_cross_holes() {
         // Two usable ranges touching a 4K hole: a 3-frame run must not span it.
-        let map = [MemRegion::new(0x1000, 0x3000, true), MemRegion::new(0x4000, 0x6000, true)];
+        let map = [
+            MemRegion::new(0x1000, 0x3000, true),
+            MemRegion::new(0x4000, 0x6000, true),
+        ];
         let mut a = FrameAllocator::new(map, &[]).unwrap();
         assert_eq!(a.total_count(), 4);
         assert!(a.alloc(3, 1).is_err());
@@ -814,16 +862,28 @@ mod tests {
         // The gap the bump phase skipped is free; the boot runs are not.
         assert_eq!(a.reserve(PhysRange::new(0x103000, 0x200000)), Ok(()));
         assert_eq!(a.reserve(big), Err(FrameError::AlreadyTaken(0x200000)));
-        assert_eq!(a.reserve(PhysRange::new(0x400000, 0x401000)), Err(FrameError::AlreadyTaken(0x400000)));
+        assert_eq!(
+            a.reserve(PhysRange::new(0x400000, 0x401000)),
+            Err(FrameError::AlreadyTaken(0x400000))
+        );
     }
 
     #[test]
     fn boot_exhaustion_and_bad_requests() {
         let mut boot = BootFrames::new([MemRegion::new(0x1000, 0x3000, true)], &[]).unwrap();
-        assert_eq!(boot.alloc(0, 1), Err(FrameError::BadRequest { count: 0, align: 1 }));
-        assert_eq!(boot.alloc(1, 3), Err(FrameError::BadRequest { count: 1, align: 3 }));
+        assert_eq!(
+            boot.alloc(0, 1),
+            Err(FrameError::BadRequest { count: 0, align: 1 })
+        );
+        assert_eq!(
+            boot.alloc(1, 3),
+            Err(FrameError::BadRequest { count: 1, align: 3 })
+        );
         assert!(boot.alloc(2, 1).is_ok());
-        assert_eq!(boot.alloc(1, 1), Err(FrameError::OutOfFrames { count: 1, align: 1 }));
+        assert_eq!(
+            boot.alloc(1, 1),
+            Err(FrameError::OutOfFrames { count: 1, align: 1 })
+        );
     }
 
     #[test]
@@ -836,7 +896,8 @@ mod tests {
         assert_eq!(a.free_count(), total);
         assert_eq!(a.alloc(16, 16).unwrap(), r);
         // Partial free of a run is allowed; the rest stays allocated.
-        a.free(PhysRange::new(r.start, r.start + FRAME_SIZE)).unwrap();
+        a.free(PhysRange::new(r.start, r.start + FRAME_SIZE))
+            .unwrap();
         assert_eq!(a.alloc_frame().unwrap(), r.start);
     }
 
@@ -845,13 +906,22 @@ mod tests {
         let mut a = FrameAllocator::new(regions(), &first_mib()).unwrap();
         let f = a.alloc_frame().unwrap();
         a.free(PhysRange::new(f, f + FRAME_SIZE)).unwrap();
-        assert_eq!(a.free(PhysRange::new(f, f + FRAME_SIZE)), Err(FrameError::DoubleFree(f)));
+        assert_eq!(
+            a.free(PhysRange::new(f, f + FRAME_SIZE)),
+            Err(FrameError::DoubleFree(f))
+        );
         assert_eq!(
             a.free(PhysRange::new(f + 1, f + FRAME_SIZE)),
             Err(FrameError::Unaligned(PhysRange::new(f + 1, f + FRAME_SIZE)))
         );
-        assert_eq!(a.free(PhysRange::new(8 * MIB, 8 * MIB + FRAME_SIZE)), Err(FrameError::NotUsable(8 * MIB)));
-        assert_eq!(a.free(PhysRange::new(64 * MIB, 65 * MIB)), Err(FrameError::NotUsable(64 * MIB)));
+        assert_eq!(
+            a.free(PhysRange::new(8 * MIB, 8 * MIB + FRAME_SIZE)),
+            Err(FrameError::NotUsable(8 * MIB))
+        );
+        assert_eq!(
+            a.free(PhysRange::new(64 * MIB, 65 * MIB)),
+            Err(FrameError::NotUsable(64 * MIB))
+        );
         assert_eq!(a.free_count(), a.total_count());
     }
 
@@ -860,10 +930,16 @@ mod tests {
         let mut a = FrameAllocator::new(regions(), &first_mib()).unwrap();
         let host_base = PhysRange::new(10 * MIB, 12 * MIB);
         a.reserve(host_base).unwrap();
-        assert_eq!(a.reserve(host_base), Err(FrameError::AlreadyTaken(10 * MIB)));
+        assert_eq!(
+            a.reserve(host_base),
+            Err(FrameError::AlreadyTaken(10 * MIB))
+        );
         // A range straddling the framebuffer hole is refused without change.
         let before = a.free_count();
-        assert_eq!(a.reserve(PhysRange::new(7 * MIB, 10 * MIB)), Err(FrameError::NotUsable(8 * MIB)));
+        assert_eq!(
+            a.reserve(PhysRange::new(7 * MIB, 10 * MIB)),
+            Err(FrameError::NotUsable(8 * MIB))
+        );
         assert_eq!(a.free_count(), before);
         while let Ok(f) = a.alloc_frame() {
             assert!(!(10 * MIB..12 * MIB).contains(&f));
@@ -880,7 +956,12 @@ mod tests {
 
     #[test]
     fn too_many_ranges_is_an_error() {
-        let map: Vec<_> = (0..(MAX_RANGES as u64 + 1)).map(|i| MemRegion::new(i * 0x2000, i * 0x2000 + 0x1000, true)).collect();
-        assert_eq!(BootFrames::new(map, &[]).err(), Some(FrameError::TooManyRanges));
+        let map: Vec<_> = (0..(MAX_RANGES as u64 + 1))
+            .map(|i| MemRegion::new(i * 0x2000, i * 0x2000 + 0x1000, true))
+            .collect();
+        assert_eq!(
+            BootFrames::new(map, &[]).err(),
+            Some(FrameError::TooManyRanges)
+        );
     }
 }

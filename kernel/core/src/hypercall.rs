@@ -183,7 +183,13 @@ mod tests {
             instruction_len: 3,
             ..Default::default()
         };
-        let a = handle_exit(vm, &mut crate::vcpu::VcpuState::new(0), &Exit::Vmcall, &mut regs, env);
+        let a = handle_exit(
+            vm,
+            &mut crate::vcpu::VcpuState::new(0),
+            &Exit::Vmcall,
+            &mut regs,
+            env,
+        );
         (a, regs)
     }
 

@@ -58,8 +58,13 @@ pub enum KernelExit {
 
 impl KernelExit {
     /// Every code, for lookups.
-    pub const ALL: [KernelExit; 5] =
-        [Self::Success, Self::Failure, Self::Panic, Self::CpuException, Self::BadPackage];
+    pub const ALL: [KernelExit; 5] = [
+        Self::Success,
+        Self::Failure,
+        Self::Panic,
+        Self::CpuException,
+        Self::BadPackage,
+    ];
 
     /// The enum for a raw code, if it is one of ours.
     pub fn from_code(code: u32) -> Option<Self> {

@@ -170,8 +170,7 @@ fn check_hardware_write(
         Reg::Efer => {
             let old = cpu.read(Reg::Efer)?;
             let paging = cpu.read(Reg::Cr0)? & crate::arch::CR0_PG != 0;
-            if value & !(EFER_WRITABLE | EFER_LMA) != 0
-                || (paging && (value ^ old) & EFER_LME != 0)
+            if value & !(EFER_WRITABLE | EFER_LMA) != 0 || (paging && (value ^ old) & EFER_LME != 0)
             {
                 Err(MsrError::InvalidValue)
             } else {
@@ -291,13 +290,12 @@ pub fn handle_write(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::StopReason;
     use crate::exit::testenv::FakePlatform;
     use crate::exit::{handle_exit, Exit};
-    use crate::arch::StopReason;
     use crate::vcpu::{VcpuState, VmContext};
 
     fn setup() -> (VmContext, FakePlatform, GuestRegs) {
@@ -317,9 +315,21 @@ mod tests {
         let (mut vm, mut env, mut regs) = setup();
         let mut vcpu = VcpuState::new(0);
         for msr in [0x1234, 0xC000_0104, 0x179] {
-            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr }, &mut regs, &mut env);
+            let a = handle_exit(
+                &mut vm,
+                &mut vcpu,
+                &Exit::Rdmsr { msr },
+                &mut regs,
+                &mut env,
+            );
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
-            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Wrmsr { msr, value: 0 }, &mut regs, &mut env);
+            let a = handle_exit(
+                &mut vm,
+                &mut vcpu,
+                &Exit::Wrmsr { msr, value: 0 },
+                &mut regs,
+                &mut env,
+            );
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
         }
         assert_eq!(regs.rax, u64::MAX, "registers untouched on #GP");
@@ -329,11 +339,19 @@ mod tests {
     fn read_returns_edx_eax() {
         let (mut vm, mut env, mut regs) = setup();
         let mut vcpu = VcpuState::new(0);
-        let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr: IA32_PAT }, &mut regs, &mut env);
+        let a = handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &Exit::Rdmsr { msr: IA32_PAT },
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(regs.rax, 0x0007_0406);
         assert_eq!(regs.rdx, 0x0007_0406);
-        let a = handle_exit(&mut vm, &mut vcpu,
+        let a = handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_APIC_BASE,
             },
@@ -341,7 +359,9 @@ mod tests {
             &mut env,
         );
         assert_eq!(a, Action::Inject(Event::GP0), "no local APIC");
-        handle_exit(&mut vm, &mut vcpu,
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Rdmsr {
                 msr: IA32_FEATURE_CONTROL,
             },
@@ -356,7 +376,9 @@ mod tests {
         let (mut vm, mut env, mut regs) = setup();
         let mut vcpu = VcpuState::new(0);
         let lstar = 0xFFFF_FFFF_8100_0000;
-        let a = handle_exit(&mut vm, &mut vcpu,
+        let a = handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_LSTAR,
                 value: lstar,
@@ -366,13 +388,17 @@ mod tests {
         );
         assert_eq!(a, Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Lstar), lstar);
-        handle_exit(&mut vm, &mut vcpu,
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Rdmsr { msr: IA32_LSTAR },
             &mut regs,
             &mut env,
         );
         assert_eq!((regs.rdx << 32) | regs.rax, lstar);
-        handle_exit(&mut vm, &mut vcpu,
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_KERNEL_GS_BASE,
                 value: 0x1000,
@@ -381,7 +407,9 @@ mod tests {
             &mut env,
         );
         assert_eq!(env.cpu.get(Reg::KernelGsBase), 0x1000);
-        handle_exit(&mut vm, &mut vcpu,
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
             &Exit::Wrmsr {
                 msr: IA32_PAT,
                 value: 0x0606_0606_0606_0606,
@@ -409,7 +437,13 @@ mod tests {
             (IA32_TSC_AUX, 1 << 32),
         ];
         for (msr, value) in cases {
-            let a = handle_exit(&mut vm, &mut vcpu, &Exit::Wrmsr { msr, value }, &mut regs, &mut env);
+            let a = handle_exit(
+                &mut vm,
+                &mut vcpu,
+                &Exit::Wrmsr { msr, value },
+                &mut regs,
+                &mut env,
+            );
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}={value:#x}");
         }
         assert_eq!(vcpu.msrs, MsrState::default());
@@ -444,7 +478,13 @@ mod tests {
         let mut vcpu = VcpuState::new(0);
         regs.rip = 0x1234;
         env.cpu.fail = Some(Reg::Lstar);
-        let a = handle_exit(&mut vm, &mut vcpu, &Exit::Rdmsr { msr: IA32_LSTAR }, &mut regs, &mut env);
+        let a = handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &Exit::Rdmsr { msr: IA32_LSTAR },
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(
             a,
             Action::Stop(StopReason::StateAccessFailed {

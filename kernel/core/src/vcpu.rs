@@ -25,14 +25,14 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use core::fmt;
 
-use crate::devices::console::LineBuffer;
-use crate::devices::pic8259::PicPair;
-use crate::devices::pc::{add_pc_devices, advance, PcConfig};
-use crate::devices::serial16550::Serial16550;
-use crate::devices::{DeviceEffect, Effects, IoBus};
 pub use crate::arch::StopReason;
 use crate::arch::{Action, Event, Platform};
 use crate::cpuid::CpuidTable;
+use crate::devices::console::LineBuffer;
+use crate::devices::pc::{add_pc_devices, advance, PcConfig};
+use crate::devices::pic8259::PicPair;
+use crate::devices::serial16550::Serial16550;
+use crate::devices::{DeviceEffect, Effects, IoBus};
 use crate::msr_policy::MsrState;
 use crate::stats::VmStats;
 
@@ -150,7 +150,12 @@ impl VcpuState {
     /// vCPU number `index` of its VM, freshly created (with an empty CPUID
     /// table).
     pub fn new(index: u32) -> Self {
-        VcpuState { index, state: VcpuRunState::Created, msrs: MsrState::default(), cpuid: CpuidTable::default() }
+        VcpuState {
+            index,
+            state: VcpuRunState::Created,
+            msrs: MsrState::default(),
+            cpuid: CpuidTable::default(),
+        }
     }
 
     /// This vCPU's number within its VM.
@@ -319,7 +324,8 @@ impl VmContext {
         self.raw_console = raw;
         if raw {
             let name = &self.name;
-            self.console.take_partial(|bytes| env.console_raw(name, bytes));
+            self.console
+                .take_partial(|bytes| env.console_raw(name, bytes));
         }
         true
     }
@@ -432,7 +438,10 @@ impl VmContext {
         if !self.intr_possible {
             return None;
         }
-        let vector = self.bus.device::<PicPair>().and_then(PicPair::pending_vector);
+        let vector = self
+            .bus
+            .device::<PicPair>()
+            .and_then(PicPair::pending_vector);
         self.intr_possible = vector.is_some();
         vector
     }
@@ -617,7 +626,13 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(io(&mut vm, 0x3FD, IoDir::In) & 1, 1, "LSR.DR");
             let byte = io(&mut vm, 0x3F8, IoDir::In);
-            io(&mut vm, 0x3F8, IoDir::Out { value: u32::from(byte) });
+            io(
+                &mut vm,
+                0x3F8,
+                IoDir::Out {
+                    value: u32::from(byte),
+                },
+            );
         }
         assert_eq!(io(&mut vm, 0x3FD, IoDir::In) & 1, 0, "all read");
         assert_eq!(env.raw, b"ab");

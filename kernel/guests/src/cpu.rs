@@ -106,7 +106,9 @@ write_cr!(set_cr8, "cr8");
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDMSR only reads; the MSRs read this way exist on every x86_64 CPU.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -127,7 +129,9 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 pub fn xgetbv0() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: XGETBV(0) only reads; callers check CR4.OSXSAVE first.
-    unsafe { asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 

@@ -56,7 +56,10 @@ pub fn hypercall(nr: u64, a: u64, b: u64, c: u64) -> HcResult {
             options(nostack),
         );
     }
-    HcResult { status: status as i64, value }
+    HcResult {
+        status: status as i64,
+        value,
+    }
 }
 
 /// Reports `key = value` to the hypervisor.
@@ -263,7 +266,10 @@ pub fn init() {
 /// Sorts a small sample buffer and returns (min, median).
 pub fn min_median(samples: &mut [u64]) -> (u64, u64) {
     samples.sort_unstable();
-    (samples.first().copied().unwrap_or(0), samples.get(samples.len() / 2).copied().unwrap_or(0))
+    (
+        samples.first().copied().unwrap_or(0),
+        samples.get(samples.len() / 2).copied().unwrap_or(0),
+    )
 }
 
 #[panic_handler]

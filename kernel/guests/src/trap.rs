@@ -149,7 +149,15 @@ struct Gate {
 }
 
 impl Gate {
-    const EMPTY: Gate = Gate { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+    const EMPTY: Gate = Gate {
+        offset_low: 0,
+        selector: 0,
+        ist: 0,
+        type_attr: 0,
+        offset_mid: 0,
+        offset_high: 0,
+        reserved: 0,
+    };
 
     /// Present 64-bit interrupt gate (type 14), DPL 0.
     fn interrupt(handler: u64, selector: u16) -> Gate {
@@ -276,7 +284,9 @@ extern "C" fn unexpected() -> ! {
 pub fn install() {
     let cs: u16;
     // SAFETY: reading CS has no side effects.
-    unsafe { core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
     // SAFETY: the guest is single-threaded and runs this before any exception
     // can use the table; the stubs are valid handlers for every vector.
     unsafe {
@@ -298,7 +308,9 @@ pub fn install() {
 
 fn outb(port: u16, value: u8) {
     // SAFETY: port I/O in a guest exits to the hypervisor's device models.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Programs the 8259 pair (ICW1-ICW4: edge-triggered, cascaded on IRQ 2,

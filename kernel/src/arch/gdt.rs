@@ -52,7 +52,8 @@ impl PerCpuTables {
             },
         }));
         for ist in [DOUBLE_FAULT_IST, NMI_IST, MACHINE_CHECK_IST] {
-            let stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; IST_STACK_SIZE].into_boxed_slice());
+            let stack: &'static mut [u8] =
+                Box::leak(alloc::vec![0u8; IST_STACK_SIZE].into_boxed_slice());
             let top = VirtAddr::from_ptr(stack.as_ptr_range().end);
             // Stacks grow down; keep the top 16-byte aligned (SDM 6.14.2).
             tables.tss.interrupt_stack_table[ist as usize] = top.align_down(16u64);
@@ -66,7 +67,11 @@ impl PerCpuTables {
         let code = tables.gdt.append(Descriptor::kernel_code_segment());
         let data = tables.gdt.append(Descriptor::kernel_data_segment());
         let tss_sel = tables.gdt.append(Descriptor::tss_segment(tss));
-        tables.selectors = Selectors { code, data, tss: tss_sel };
+        tables.selectors = Selectors {
+            code,
+            data,
+            tss: tss_sel,
+        };
         tables
     }
 

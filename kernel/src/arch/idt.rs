@@ -71,26 +71,36 @@ pub fn load() {
         idt.overflow.set_handler_fn(overflow);
         idt.bound_range_exceeded.set_handler_fn(bound_range);
         idt.invalid_opcode.set_handler_fn(invalid_opcode);
-        idt.device_not_available.set_handler_fn(device_not_available);
+        idt.device_not_available
+            .set_handler_fn(device_not_available);
         idt.invalid_tss.set_handler_fn(invalid_tss);
         idt.segment_not_present.set_handler_fn(segment_not_present);
         idt.stack_segment_fault.set_handler_fn(stack_segment);
-        idt.general_protection_fault.set_handler_fn(general_protection);
+        idt.general_protection_fault
+            .set_handler_fn(general_protection);
         idt.page_fault.set_handler_fn(page_fault);
         idt.x87_floating_point.set_handler_fn(x87);
         idt.alignment_check.set_handler_fn(alignment_check);
         idt.simd_floating_point.set_handler_fn(simd);
         idt.virtualization.set_handler_fn(virtualization);
-        idt.cp_protection_exception.set_handler_fn(control_protection);
+        idt.cp_protection_exception
+            .set_handler_fn(control_protection);
         idt.hv_injection_exception.set_handler_fn(hv_injection);
-        idt.vmm_communication_exception.set_handler_fn(vmm_communication);
+        idt.vmm_communication_exception
+            .set_handler_fn(vmm_communication);
         idt.security_exception.set_handler_fn(security);
         // SAFETY: the IST indices name stacks that every CPU's TSS provides
         // (gdt::PerCpuTables::new_leaked), loaded before this IDT is.
         unsafe {
-            idt.double_fault.set_handler_fn(double_fault).set_stack_index(DOUBLE_FAULT_IST);
-            idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(NMI_IST);
-            idt.machine_check.set_handler_fn(machine_check).set_stack_index(MACHINE_CHECK_IST);
+            idt.double_fault
+                .set_handler_fn(double_fault)
+                .set_stack_index(DOUBLE_FAULT_IST);
+            idt.non_maskable_interrupt
+                .set_handler_fn(nmi)
+                .set_stack_index(NMI_IST);
+            idt.machine_check
+                .set_handler_fn(machine_check)
+                .set_stack_index(MACHINE_CHECK_IST);
         }
         idt[TIMER_VECTOR].set_handler_fn(timer_interrupt);
         idt[WAKE_VECTOR].set_handler_fn(wake_interrupt);
@@ -164,7 +174,9 @@ fn readable(va: u64) -> bool {
 fn current_rbp() -> u64 {
     let rbp: u64;
     // SAFETY: reads a register; no memory access, no side effects.
-    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
+    };
     rbp
 }
 
@@ -173,8 +185,15 @@ fn current_rbp() -> u64 {
 #[inline(never)]
 fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! {
     let mut out = console::emergency();
-    let name = EXCEPTION_NAMES.get(vector as usize).copied().unwrap_or("unknown");
-    let _ = writeln!(out, "\n!!! CPU EXCEPTION on CPU {}: vector {vector} {name}", crate::percpu::cpu_index());
+    let name = EXCEPTION_NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or("unknown");
+    let _ = writeln!(
+        out,
+        "\n!!! CPU EXCEPTION on CPU {}: vector {vector} {name}",
+        crate::percpu::cpu_index()
+    );
     match error_code {
         Some(code) => {
             let _ = writeln!(out, "  error code: {code:#x}");
@@ -183,9 +202,19 @@ fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! 
             let _ = writeln!(out, "  error code: (none)");
         }
     }
-    let _ = writeln!(out, "  RIP    {:#018x}  CS {:#06x}", frame.instruction_pointer.as_u64(), frame.code_segment.0);
+    let _ = writeln!(
+        out,
+        "  RIP    {:#018x}  CS {:#06x}",
+        frame.instruction_pointer.as_u64(),
+        frame.code_segment.0
+    );
     let _ = writeln!(out, "  RFLAGS {:#018x}", frame.cpu_flags.bits());
-    let _ = writeln!(out, "  RSP    {:#018x}  SS {:#06x}", frame.stack_pointer.as_u64(), frame.stack_segment.0);
+    let _ = writeln!(
+        out,
+        "  RSP    {:#018x}  SS {:#06x}",
+        frame.stack_pointer.as_u64(),
+        frame.stack_segment.0
+    );
     if vector == 14 {
         match Cr2::read() {
             Ok(addr) => {
@@ -196,7 +225,11 @@ fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! 
             }
         }
         if let Some(code) = error_code {
-            let _ = writeln!(out, "  cause  {:?}", PageFaultErrorCode::from_bits_truncate(code));
+            let _ = writeln!(
+                out,
+                "  cause  {:?}",
+                PageFaultErrorCode::from_bits_truncate(code)
+            );
         }
     }
     let (cr3, _) = Cr3::read();
@@ -205,7 +238,11 @@ fn fatal(vector: u8, frame: &InterruptStackFrame, error_code: Option<u64>) -> ! 
     // the interrupted code's (the CPU does not touch RBP when it delivers an
     // exception). The interrupted RIP comes first.
     let _ = writeln!(out, "  backtrace (return addresses):");
-    let _ = writeln!(out, "    #0  {:#018x} (faulting instruction)", frame.instruction_pointer.as_u64());
+    let _ = writeln!(
+        out,
+        "    #0  {:#018x} (faulting instruction)",
+        frame.instruction_pointer.as_u64()
+    );
     let own_rbp = current_rbp();
     // SAFETY: `own_rbp` is this (never inlined) function's frame on the
     // current, mapped stack; its first slot is the handler's saved RBP.

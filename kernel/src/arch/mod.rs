@@ -44,7 +44,11 @@ impl CpuDescription {
         let base_family = (sig >> 8) & 0xf;
         let base_model = (sig >> 4) & 0xf;
         // SDM Vol. 2A, CPUID.01H:EAX: extended family/model apply to families 6 and 15.
-        let family = if base_family == 0xf { base_family + ((sig >> 20) & 0xff) } else { base_family };
+        let family = if base_family == 0xf {
+            base_family + ((sig >> 20) & 0xff)
+        } else {
+            base_family
+        };
         let model = if base_family == 0x6 || base_family == 0xf {
             base_model | (((sig >> 16) & 0xf) << 4)
         } else {
@@ -59,7 +63,13 @@ impl CpuDescription {
                 }
             }
         }
-        CpuDescription { vendor, family, model, stepping: sig & 0xf, brand }
+        CpuDescription {
+            vendor,
+            family,
+            model,
+            stepping: sig & 0xf,
+            brand,
+        }
     }
 
     /// Vendor as text.
@@ -69,7 +79,13 @@ impl CpuDescription {
 
     /// Brand string as text, trimmed.
     pub fn brand_str(&self) -> &str {
-        let end = self.brand.iter().position(|&b| b == 0).unwrap_or(self.brand.len());
-        core::str::from_utf8(&self.brand[..end]).unwrap_or("?").trim()
+        let end = self
+            .brand
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.brand.len());
+        core::str::from_utf8(&self.brand[..end])
+            .unwrap_or("?")
+            .trim()
     }
 }

@@ -34,7 +34,13 @@ struct HeapState {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { inner: Mutex::new(HeapState { heap: Heap::empty(), base: 0, mapped: 0 }) };
+static HEAP: KernelHeap = KernelHeap {
+    inner: Mutex::new(HeapState {
+        heap: Heap::empty(),
+        base: 0,
+        mapped: 0,
+    }),
+};
 
 impl HeapState {
     /// Maps `bytes` more at the end of the heap.

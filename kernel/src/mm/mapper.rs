@@ -61,7 +61,12 @@ pub fn map(page: VirtAddr, frame: u64, flags: PageTableFlags) -> Result<(), MapE
     // other mapping aliases with different caching; the page is unused (checked
     // by map_to, which fails on an existing mapping).
     let flush = unsafe {
-        mapper.map_to(page, frame, flags | PageTableFlags::PRESENT, &mut KernelFrames)
+        mapper.map_to(
+            page,
+            frame,
+            flags | PageTableFlags::PRESENT,
+            &mut KernelFrames,
+        )
     }
     .map_err(|e| match e {
         MapToError::FrameAllocationFailed => MapError::OutOfFrames,
@@ -118,7 +123,9 @@ pub fn free_region() -> Result<VirtAddr, MapError> {
 
 /// Maps `len` bytes of device memory at physical `pa` uncached, at `va`.
 pub fn map_mmio(va: VirtAddr, pa: u64, len: u64) -> Result<(), MapError> {
-    let flags = PageTableFlags::WRITABLE | PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH
+    let flags = PageTableFlags::WRITABLE
+        | PageTableFlags::NO_CACHE
+        | PageTableFlags::WRITE_THROUGH
         | PageTableFlags::NO_EXECUTE;
     let mut off = 0;
     while off < len {

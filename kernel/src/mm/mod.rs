@@ -13,7 +13,9 @@ pub mod heap;
 pub mod mapper;
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
-use hvcore::frames::{BootFrames, FrameAllocator, FrameError, MemRegion, MemorySummary, PhysRange, FRAME_SIZE};
+use hvcore::frames::{
+    BootFrames, FrameAllocator, FrameError, MemRegion, MemorySummary, PhysRange, FRAME_SIZE,
+};
 use spin::Mutex;
 use x86_64::VirtAddr;
 
@@ -48,7 +50,9 @@ pub fn phys_offset() -> u64 {
 /// structures, the AP trampoline).
 pub fn init(phys_offset: u64, regions: &MemoryRegions) -> Result<MemorySummary, FrameError> {
     PHYS_OFFSET.store(phys_offset, Ordering::Relaxed);
-    let map = regions.iter().map(|r| MemRegion::new(r.start, r.end, r.kind == MemoryRegionKind::Usable));
+    let map = regions
+        .iter()
+        .map(|r| MemRegion::new(r.start, r.end, r.kind == MemoryRegionKind::Usable));
     let reserved = [PhysRange::new(0, 0x10_0000)];
     let boot = BootFrames::new(map, &reserved)?;
     let summary = boot.summary();
@@ -89,7 +93,10 @@ pub fn alloc_frame_zeroed() -> Result<u64, FrameError> {
 pub fn reserve(range: PhysRange) -> Result<(), FrameError> {
     match FRAMES.lock().as_mut() {
         Some(Phase::Bitmap(b)) => b.reserve(range),
-        _ => Err(FrameError::OutOfFrames { count: range.frames() as usize, align: 1 }),
+        _ => Err(FrameError::OutOfFrames {
+            count: range.frames() as usize,
+            align: 1,
+        }),
     }
 }
 
@@ -108,7 +115,10 @@ pub fn counts() -> (usize, usize) {
         Some(Phase::Bitmap(b)) => (b.free_count(), b.total_count()),
         Some(Phase::Boot(b)) => {
             let free: u64 = b.free_ranges().iter().map(|r| r.frames()).sum();
-            (free as usize, b.summary().usable_bytes as usize / FRAME_SIZE as usize)
+            (
+                free as usize,
+                b.summary().usable_bytes as usize / FRAME_SIZE as usize,
+            )
         }
         None => (0, 0),
     }

@@ -184,13 +184,21 @@ fn code() -> &'static [u8] {
 /// running the trampoline), and reachable through the physical-memory mapping.
 pub unsafe fn install() -> &'static Params {
     let code = code();
-    assert!((code.len() as u64) < PARAMS_OFFSET, "AP trampoline ({} bytes) overlaps its parameter block", code.len());
+    assert!(
+        (code.len() as u64) < PARAMS_OFFSET,
+        "AP trampoline ({} bytes) overlaps its parameter block",
+        code.len()
+    );
     let page = crate::mm::phys_to_virt(AP_TRAMPOLINE).as_mut_ptr::<u8>();
     // SAFETY: per the caller, the page is ours; it is mapped writable through
     // the physical-memory mapping, and the code fits below the parameters.
     unsafe {
         core::ptr::copy_nonoverlapping(code.as_ptr(), page, code.len());
-        core::ptr::write_bytes(page.add(PARAMS_OFFSET as usize), 0, core::mem::size_of::<Params>());
+        core::ptr::write_bytes(
+            page.add(PARAMS_OFFSET as usize),
+            0,
+            core::mem::size_of::<Params>(),
+        );
     }
     // SAFETY: the block lies inside the page (0xF00 + 64 bytes), is aligned to
     // 8, was just zeroed (a valid value for all-atomic fields), and is shared

@@ -105,11 +105,18 @@ pub fn init() {
     if COM2.present() {
         COM2.init();
         COM2_ON.store(true, Ordering::Relaxed);
-        log::info!("control: protocol {} on COM2 (0x2f8); console: `:` then a command (`:help`)", proto::PROTOCOL_VERSION);
+        log::info!(
+            "control: protocol {} on COM2 (0x2f8); console: `:` then a command (`:help`)",
+            proto::PROTOCOL_VERSION
+        );
     } else {
         log::warn!("control: no COM2 on this machine; commands only on the console (`:help`)");
     }
-    event(Obj::new().str("event", "ready").num("protocol", proto::PROTOCOL_VERSION));
+    event(
+        Obj::new()
+            .str("event", "ready")
+            .num("protocol", proto::PROTOCOL_VERSION),
+    );
 }
 
 /// A VM of the configuration file that was built at boot.
@@ -129,7 +136,10 @@ pub fn register_boot_vm(id: u32, spec: &VmSpec, cpu: usize) {
 
 /// The spec a VM (re)boots from, when the registry has it.
 pub fn spec_of(id: u32) -> Option<VmSpec> {
-    VMS.lock().iter().find(|e| e.id == id).map(|e| e.spec.clone())
+    VMS.lock()
+        .iter()
+        .find(|e| e.id == id)
+        .map(|e| e.spec.clone())
 }
 
 /// Zeroed counters that keep the restart count.
@@ -141,7 +151,10 @@ fn fresh_stats(restarts: u64) -> VmStats {
 
 // ---------------------------------------------------------------- output
 
-static OUT: Mutex<Out> = Mutex::new(Out { bytes: VecDeque::new(), dropped: 0 });
+static OUT: Mutex<Out> = Mutex::new(Out {
+    bytes: VecDeque::new(),
+    dropped: 0,
+});
 
 struct Out {
     bytes: VecDeque<u8>,
@@ -169,7 +182,9 @@ pub fn drain() {
     if !COM2_ON.load(Ordering::Relaxed) {
         return;
     }
-    let Some(mut out) = OUT.try_lock() else { return };
+    let Some(mut out) = OUT.try_lock() else {
+        return;
+    };
     while let Some(&b) = out.bytes.front() {
         if !COM2.try_send_byte(b) {
             break;
@@ -195,14 +210,29 @@ fn event(o: Obj) {
 }
 
 fn vm_event(kind: &str, id: u32, name: &str) -> Obj {
-    Obj::new().str("event", kind).num("vm_id", u64::from(id)).str("vm", name)
+    Obj::new()
+        .str("event", kind)
+        .num("vm_id", u64::from(id))
+        .str("vm", name)
 }
 
 /// Answers a request: a JSON line on COM2, or readable text on the console.
 fn respond(origin: Origin, result: Result<(Obj, String), String>) {
     match (origin, result) {
-        (Origin::Port(id), Ok((o, _))) => send_line(&Obj::new().num("id", id).bool("ok", true).raw("result", &o.end()).end()),
-        (Origin::Port(id), Err(e)) => send_line(&Obj::new().num("id", id).bool("ok", false).str("error", &e).end()),
+        (Origin::Port(id), Ok((o, _))) => send_line(
+            &Obj::new()
+                .num("id", id)
+                .bool("ok", true)
+                .raw("result", &o.end())
+                .end(),
+        ),
+        (Origin::Port(id), Err(e)) => send_line(
+            &Obj::new()
+                .num("id", id)
+                .bool("ok", false)
+                .str("error", &e)
+                .end(),
+        ),
         (Origin::Console, Ok((_, text))) => crate::println!("{text}"),
         (Origin::Console, Err(e)) => crate::println!("error: {e}"),
     }
@@ -223,7 +253,10 @@ struct LineBuf {
     overflow: bool,
 }
 
-static COM2_LINE: Mutex<LineBuf> = Mutex::new(LineBuf { buf: Vec::new(), overflow: false });
+static COM2_LINE: Mutex<LineBuf> = Mutex::new(LineBuf {
+    buf: Vec::new(),
+    overflow: false,
+});
 
 /// CPU 0, every loop iteration: reads what COM2 has (bounded), answers
 /// complete lines, writes queued output.
@@ -233,7 +266,9 @@ pub fn poll() {
     }
     drain();
     for _ in 0..READ_BUDGET {
-        let Some(byte) = COM2.try_read_raw() else { break };
+        let Some(byte) = COM2.try_read_raw() else {
+            break;
+        };
         let line = {
             let mut l = COM2_LINE.lock();
             match byte {
@@ -255,7 +290,10 @@ pub fn poll() {
             }
         };
         match line {
-            Some((_, true)) => respond_err_raw(None, &format!("request longer than {} bytes; ignored", json::MAX_LINE)),
+            Some((_, true)) => respond_err_raw(
+                None,
+                &format!("request longer than {} bytes; ignored", json::MAX_LINE),
+            ),
             Some((line, false)) => {
                 let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
                 if trimmed.iter().all(u8::is_ascii_whitespace) {
@@ -365,10 +403,27 @@ fn handle(origin: Origin, cmd: Command) {
         Command::Version => {
             let images: Vec<String> = super::PACKAGE
                 .get()
-                .map(|p| p.images.iter().map(|i| format!("{}", json::Quoted(i.name))).collect())
+                .map(|p| {
+                    p.images
+                        .iter()
+                        .map(|i| format!("{}", json::Quoted(i.name)))
+                        .collect()
+                })
                 .unwrap_or_default();
-            let text = format!("control protocol {}; images: {}", proto::PROTOCOL_VERSION, images.join(", "));
-            respond(origin, Ok((Obj::new().num("protocol", proto::PROTOCOL_VERSION).raw("images", &json::array(&images)), text)));
+            let text = format!(
+                "control protocol {}; images: {}",
+                proto::PROTOCOL_VERSION,
+                images.join(", ")
+            );
+            respond(
+                origin,
+                Ok((
+                    Obj::new()
+                        .num("protocol", proto::PROTOCOL_VERSION)
+                        .raw("images", &json::array(&images)),
+                    text,
+                )),
+            );
         }
         Command::Info(r) => {
             let vms = VMS.lock();
@@ -379,12 +434,21 @@ fn handle(origin: Origin, cmd: Command) {
         Command::Console(r) => {
             let found = {
                 let vms = VMS.lock();
-                find(&vms, &r).and_then(|e| proto::check_op(&Command::Console(r.clone()), &e.spec.name, e.state).map(|()| (e.id, e.spec.name.clone())))
+                find(&vms, &r).and_then(|e| {
+                    proto::check_op(&Command::Console(r.clone()), &e.spec.name, e.state)
+                        .map(|()| (e.id, e.spec.name.clone()))
+                })
             };
             match found {
                 Ok((id, name)) => {
                     console::attach(id);
-                    respond(origin, Ok((Obj::new().num("vm_id", u64::from(id)).str("vm", &name), format!("console attached to vm {name}"))));
+                    respond(
+                        origin,
+                        Ok((
+                            Obj::new().num("vm_id", u64::from(id)).str("vm", &name),
+                            format!("console attached to vm {name}"),
+                        )),
+                    );
                 }
                 Err(e) => respond(origin, Err(e)),
             }
@@ -403,20 +467,32 @@ fn handle(origin: Origin, cmd: Command) {
             for cpu in cpus {
                 if !seen.contains(&cpu) {
                     seen.push(cpu);
-                    post(cpu, Mail { origin: Origin::Console, op: Op::StatsReset, vm: 0 });
+                    post(
+                        cpu,
+                        Mail {
+                            origin: Origin::Console,
+                            op: Op::StatsReset,
+                            vm: 0,
+                        },
+                    );
                 }
             }
             respond(origin, Ok((Obj::new(), String::from("counters reset"))));
         }
         Command::Shutdown => {
-            respond(origin, Ok((Obj::new(), String::from("shutting down: stopping every VM"))));
+            respond(
+                origin,
+                Ok((Obj::new(), String::from("shutting down: stopping every VM"))),
+            );
             log::info!("control: shutdown requested; stopping every VM");
             super::STOP_ALL.store(true, Ordering::Relaxed);
             crate::smp::wake_others();
         }
         Command::Create(req) => {
             let result = (|| {
-                let package = super::PACKAGE.get().ok_or_else(|| String::from("no boot package"))?;
+                let package = super::PACKAGE
+                    .get()
+                    .ok_or_else(|| String::from("no boot package"))?;
                 let images = package.image_infos();
                 let limits = proto::CreateLimits {
                     images: &images,
@@ -425,9 +501,12 @@ fn handle(origin: Origin, cmd: Command) {
                 };
                 let mut vms = VMS.lock();
                 if vms.len() >= MAX_LIVE_VMS {
-                    return Err(format!("too many VMs (at most {MAX_LIVE_VMS}); destroy one first"));
+                    return Err(format!(
+                        "too many VMs (at most {MAX_LIVE_VMS}); destroy one first"
+                    ));
                 }
-                let spec = proto::create_spec(&req, &limits, |n| vms.iter().any(|e| e.spec.name == n))?;
+                let spec =
+                    proto::create_spec(&req, &limits, |n| vms.iter().any(|e| e.spec.name == n))?;
                 let id = proto::free_id(vms.iter().map(|e| e.id).collect::<Vec<_>>().into_iter());
                 let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
                 let now = crate::arch::rdtsc();
@@ -444,11 +523,21 @@ fn handle(origin: Origin, cmd: Command) {
                 Ok((id, cpu))
             })();
             match result {
-                Ok((id, cpu)) => post(cpu, Mail { origin, op: Op::Create, vm: id }),
+                Ok((id, cpu)) => post(
+                    cpu,
+                    Mail {
+                        origin,
+                        op: Op::Create,
+                        vm: id,
+                    },
+                ),
                 Err(e) => respond(origin, Err(e)),
             }
         }
-        Command::Start(ref r) | Command::Stop(ref r) | Command::Restart(ref r) | Command::Destroy(ref r) => {
+        Command::Start(ref r)
+        | Command::Stop(ref r)
+        | Command::Restart(ref r)
+        | Command::Destroy(ref r) => {
             let op = match cmd {
                 Command::Start(_) => Op::Start,
                 Command::Stop(_) => Op::Stop,
@@ -457,7 +546,9 @@ fn handle(origin: Origin, cmd: Command) {
             };
             let target = {
                 let vms = VMS.lock();
-                find(&vms, r).and_then(|e| proto::check_op(&cmd, &e.spec.name, e.state).map(|()| (e.id, e.cpu)))
+                find(&vms, r).and_then(|e| {
+                    proto::check_op(&cmd, &e.spec.name, e.state).map(|()| (e.id, e.cpu))
+                })
             };
             match target {
                 Ok((id, cpu)) => post(cpu, Mail { origin, op, vm: id }),
@@ -468,10 +559,15 @@ fn handle(origin: Origin, cmd: Command) {
 }
 
 fn row(e: &Entry, now: u64) -> (Obj, [String; 8]) {
-    let uptime_ms = if e.state == VmState::Running { super::us_from_tsc(now.saturating_sub(e.started)) / 1000 } else { 0 };
+    let uptime_ms = if e.state == VmState::Running {
+        super::us_from_tsc(now.saturating_sub(e.started)) / 1000
+    } else {
+        0
+    };
     let span_us = super::us_from_tsc(now.saturating_sub(e.base)).max(1);
     let exits_per_s = (u128::from(e.stats.total_exits()) * 1_000_000 / u128::from(span_us)) as u64;
-    let share = (u128::from(super::us_from_tsc(e.stats.guest_ticks)) * 1000 / u128::from(span_us)).min(1000) as u64;
+    let share = (u128::from(super::us_from_tsc(e.stats.guest_ticks)) * 1000 / u128::from(span_us))
+        .min(1000) as u64;
     let cpus: Vec<u64> = e.spec.cpus.iter().map(|&c| u64::from(c)).collect();
     let o = Obj::new()
         .num("vm_id", u64::from(e.id))
@@ -509,13 +605,19 @@ fn list() -> (Obj, String) {
         rows.push(cols.to_vec());
     }
     drop(vms);
-    (Obj::new().raw("vms", &json::array(&objs)), table(&LIST_HEADER, &rows))
+    (
+        Obj::new().raw("vms", &json::array(&objs)),
+        table(&LIST_HEADER, &rows),
+    )
 }
 
 fn info(e: &Entry) -> (Obj, String) {
     let now = crate::arch::rdtsc();
     let (o, cols) = row(e, now);
-    let image = super::PACKAGE.get().and_then(|p| p.images.get(e.spec.image as usize)).map_or("?", |i| i.name);
+    let image = super::PACKAGE
+        .get()
+        .and_then(|p| p.images.get(e.spec.image as usize))
+        .map_or("?", |i| i.name);
     let mut exits = Obj::new();
     let mut exit_text = String::new();
     for kind in ExitKind::ALL {
@@ -570,14 +672,37 @@ fn pool() -> (Obj, String) {
     let largest = largest_free_bytes();
     let cpus = crate::smp::online_cpus().max(1) as usize;
     let vms = VMS.lock();
-    let used_by_vms: u64 = vms.iter().filter(|e| e.state != VmState::Stopped).map(|e| e.spec.memory_bytes).sum();
+    let used_by_vms: u64 = vms
+        .iter()
+        .filter(|e| e.state != VmState::Stopped)
+        .map(|e| e.spec.memory_bytes)
+        .sum();
     let mut cpu_objs = Vec::new();
     let mut cpu_text = String::new();
     for cpu in 0..cpus {
-        let names: Vec<String> = vms.iter().filter(|e| e.cpu == cpu && e.state != VmState::Stopped).map(|e| e.spec.name.clone()).collect();
-        let quoted: Vec<String> = names.iter().map(|n| format!("{}", json::Quoted(n))).collect();
-        cpu_objs.push(Obj::new().num("cpu", cpu as u64).raw("vms", &json::array(&quoted)).end());
-        cpu_text.push_str(&format!("\n  CPU {cpu}: {}", if names.is_empty() { String::from("-") } else { names.join(", ") }));
+        let names: Vec<String> = vms
+            .iter()
+            .filter(|e| e.cpu == cpu && e.state != VmState::Stopped)
+            .map(|e| e.spec.name.clone())
+            .collect();
+        let quoted: Vec<String> = names
+            .iter()
+            .map(|n| format!("{}", json::Quoted(n)))
+            .collect();
+        cpu_objs.push(
+            Obj::new()
+                .num("cpu", cpu as u64)
+                .raw("vms", &json::array(&quoted))
+                .end(),
+        );
+        cpu_text.push_str(&format!(
+            "\n  CPU {cpu}: {}",
+            if names.is_empty() {
+                String::from("-")
+            } else {
+                names.join(", ")
+            }
+        ));
     }
     drop(vms);
     let o = Obj::new()
@@ -603,7 +728,9 @@ fn pool() -> (Obj, String) {
 
 /// Whether mail waits for `cpu` (cheap: one atomic load).
 pub fn mail_waiting(cpu: usize) -> bool {
-    MAIL_WAITING.get(cpu).is_some_and(|w| w.load(Ordering::Acquire))
+    MAIL_WAITING
+        .get(cpu)
+        .is_some_and(|w| w.load(Ordering::Acquire))
 }
 
 /// Serves `cpu`'s mailbox between two slices.
@@ -618,10 +745,16 @@ pub(super) fn serve(
     let Some(q) = MAIL.get(cpu) else { return };
     MAIL_WAITING[cpu].store(false, Ordering::Release);
     loop {
-        let Some(mail) = q.lock().pop_front() else { break };
+        let Some(mail) = q.lock().pop_front() else {
+            break;
+        };
         let now = crate::arch::rdtsc();
-        let slot = vcpus.iter().position(|v| v.as_ref().is_some_and(|v| v.vm().id() == mail.vm));
-        let mut stop_running = |vcpus: &mut Vec<Option<Vcpu>>, sched: &mut Scheduler, lazy_owner: &mut Option<usize>| {
+        let slot = vcpus
+            .iter()
+            .position(|v| v.as_ref().is_some_and(|v| v.vm().id() == mail.vm));
+        let mut stop_running = |vcpus: &mut Vec<Option<Vcpu>>,
+                                sched: &mut Scheduler,
+                                lazy_owner: &mut Option<usize>| {
             if let Some(i) = slot {
                 if let Some(mut v) = vcpus[i].take() {
                     v.stop(StopReason::HostStop, platform);
@@ -643,17 +776,28 @@ pub(super) fn serve(
             }
             Op::Stop => {
                 if slot.is_none() {
-                    respond(mail.origin, Err(format!("vm id {} is already stopped", mail.vm)));
+                    respond(
+                        mail.origin,
+                        Err(format!("vm id {} is already stopped", mail.vm)),
+                    );
                     continue;
                 }
                 stop_running(vcpus, sched, lazy_owner);
-                respond(mail.origin, Ok((Obj::new().num("vm_id", u64::from(mail.vm)), format!("vm id {} stopped", mail.vm))));
+                respond(
+                    mail.origin,
+                    Ok((
+                        Obj::new().num("vm_id", u64::from(mail.vm)),
+                        format!("vm id {} stopped", mail.vm),
+                    )),
+                );
             }
             Op::Destroy => {
                 stop_running(vcpus, sched, lazy_owner);
                 let removed = {
                     let mut vms = VMS.lock();
-                    vms.iter().position(|e| e.id == mail.vm).map(|at| vms.remove(at))
+                    vms.iter()
+                        .position(|e| e.id == mail.vm)
+                        .map(|at| vms.remove(at))
                 };
                 let (free, _) = crate::mm::counts();
                 if let Some(e) = removed {
@@ -661,7 +805,9 @@ pub(super) fn serve(
                     respond(
                         mail.origin,
                         Ok((
-                            Obj::new().num("vm_id", u64::from(e.id)).num("free_frames", free as u64),
+                            Obj::new()
+                                .num("vm_id", u64::from(e.id))
+                                .num("free_frames", free as u64),
                             format!("vm {} destroyed ({free} frames free)", e.spec.name),
                         )),
                     );
@@ -671,16 +817,31 @@ pub(super) fn serve(
             }
             Op::Create | Op::Start | Op::Restart => {
                 if mail.op == Op::Start && slot.is_some() {
-                    respond(mail.origin, Err(format!("vm id {} is already running", mail.vm)));
+                    respond(
+                        mail.origin,
+                        Err(format!("vm id {} is already running", mail.vm)),
+                    );
                     continue;
                 }
                 stop_running(vcpus, sched, lazy_owner);
-                let result = start_here(cpu, mail.vm, mail.op == Op::Create, vcpus, ids, sched, platform);
+                let result = start_here(
+                    cpu,
+                    mail.vm,
+                    mail.op == Op::Create,
+                    vcpus,
+                    ids,
+                    sched,
+                    platform,
+                );
                 match result {
                     Ok((name, host)) => respond(
                         mail.origin,
                         Ok((
-                            Obj::new().num("vm_id", u64::from(mail.vm)).str("vm", &name).num("cpu", cpu as u64).num("host_base", host),
+                            Obj::new()
+                                .num("vm_id", u64::from(mail.vm))
+                                .str("vm", &name)
+                                .num("cpu", cpu as u64)
+                                .num("host_base", host),
                             format!("vm {name} (id {}) running on CPU {cpu}", mail.vm),
                         )),
                     ),
@@ -716,13 +877,19 @@ fn start_here(
                 vms.retain(|e| e.id != id);
             }
             let largest = largest_free_bytes() / MIB;
-            let msg = if e.starts_with("memory") { format!("not enough free memory (largest block {largest} MiB): {e}") } else { e };
+            let msg = if e.starts_with("memory") {
+                format!("not enough free memory (largest block {largest} MiB): {e}")
+            } else {
+                e
+            };
             return Err(msg);
         }
     };
     let host = v.partition().host.start;
     let slice = super::tsc_from_us(u64::from(v.slice_us())).max(1);
-    let sid = sched.add_vcpu_with_slice(0, slice).map_err(|e| format!("scheduler: {e:?}"))?;
+    let sid = sched
+        .add_vcpu_with_slice(0, slice)
+        .map_err(|e| format!("scheduler: {e:?}"))?;
     match vcpus.iter().position(Option::is_none) {
         Some(i) => {
             vcpus[i] = Some(v);
@@ -733,7 +900,11 @@ fn start_here(
             ids.push(sid);
         }
     }
-    console::cpu_started(cpu, platform.apic_id, core::iter::once((id, spec.name.as_str())));
+    console::cpu_started(
+        cpu,
+        platform.apic_id,
+        core::iter::once((id, spec.name.as_str())),
+    );
     let now = crate::arch::rdtsc();
     {
         let mut vms = VMS.lock();
@@ -745,9 +916,17 @@ fn start_here(
             e.stop_report = None;
         }
     }
-    log::info!("vm {} (id {id}): {} MiB at host {host:#x}, CPU {cpu} (control)", spec.name, spec.memory_bytes / MIB);
+    log::info!(
+        "vm {} (id {id}): {} MiB at host {host:#x}, CPU {cpu} (control)",
+        spec.name,
+        spec.memory_bytes / MIB
+    );
     if created {
-        event(vm_event("created", id, &spec.name).num("cpu", cpu as u64).num("memory_mib", spec.memory_bytes / MIB));
+        event(
+            vm_event("created", id, &spec.name)
+                .num("cpu", cpu as u64)
+                .num("memory_mib", spec.memory_bytes / MIB),
+        );
     }
     event(vm_event("started", id, &spec.name).num("cpu", cpu as u64));
     Ok((spec.name, host))
@@ -763,13 +942,19 @@ pub(super) fn vm_finished(v: &Vcpu, report: &str) {
     let reason = v.vm().stop_reason();
     let name = {
         let mut vms = VMS.lock();
-        let Some(e) = vms.iter_mut().find(|e| e.id == id) else { return };
+        let Some(e) = vms.iter_mut().find(|e| e.id == id) else {
+            return;
+        };
         e.state = VmState::Stopped;
         e.stats = v.vm().stats.clone();
         e.stop_report = Some(String::from(report));
         e.spec.name.clone()
     };
-    let kind = if proto::is_fault(reason) { "faulted" } else { "stopped" };
+    let kind = if proto::is_fault(reason) {
+        "faulted"
+    } else {
+        "stopped"
+    };
     let why = reason.map_or(String::from("stopped"), |r| format!("{r}"));
     event(vm_event(kind, id, &name).str("reason", &why));
 }
@@ -783,7 +968,9 @@ pub(super) fn vm_rebooted(id: u32, name: &str, reason: &StopReason) {
 
 /// Hook in the CPU loop: publishes this CPU's VMs' counters now and then.
 pub(super) fn publish(cpu: usize, vcpus: &[Option<Vcpu>], now: u64) {
-    let Some(last) = LAST_PUBLISH.get(cpu) else { return };
+    let Some(last) = LAST_PUBLISH.get(cpu) else {
+        return;
+    };
     if now.saturating_sub(last.load(Ordering::Relaxed)) < super::tsc_from_us(PUBLISH_US) {
         return;
     }

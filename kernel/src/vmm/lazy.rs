@@ -18,11 +18,20 @@ use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use backend::vtx::state::LazyMsrs;
-use hvcore::msr_policy::{IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX};
+use hvcore::msr_policy::{
+    IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX,
+};
 use x86_64::registers::model_specific::Msr;
 
 /// MSRs switched with the vCPU, in [`LazyState::msrs`] order.
-const LAZY_MSRS: [u32; 6] = [IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX];
+const LAZY_MSRS: [u32; 6] = [
+    IA32_KERNEL_GS_BASE,
+    IA32_STAR,
+    IA32_LSTAR,
+    IA32_CSTAR,
+    IA32_FMASK,
+    IA32_TSC_AUX,
+];
 
 /// What the CPU offers for extended state, decided once at boot.
 static XCR0_SUPPORTED: AtomicU64 = AtomicU64::new(0);
@@ -73,14 +82,31 @@ pub fn init_this_cpu() -> u64 {
     let d0 = crate::arch::cpuid(0xD, 0);
     let supported = ((u64::from(d0.edx) << 32) | u64::from(d0.eax)) & XCR0_GUEST_COMPONENTS;
     // Only whole AVX-512 (all three components) is offered.
-    let supported = if supported & 0xE0 == 0xE0 { supported } else { supported & 0x7 };
+    let supported = if supported & 0xE0 == 0xE0 {
+        supported
+    } else {
+        supported & 0x7
+    };
     if d0.ecx as usize > core::mem::size_of::<XsaveArea>() {
-        log::warn!("XSAVE area of {} bytes exceeds 4 KiB: guests get x87/SSE/AVX only", d0.ecx);
+        log::warn!(
+            "XSAVE area of {} bytes exceeds 4 KiB: guests get x87/SSE/AVX only",
+            d0.ecx
+        );
     }
-    let supported = if d0.ecx as usize > core::mem::size_of::<XsaveArea>() { supported & 0x7 } else { supported };
+    let supported = if d0.ecx as usize > core::mem::size_of::<XsaveArea>() {
+        supported & 0x7
+    } else {
+        supported
+    };
     XCR0_SUPPORTED.store(supported, Ordering::Relaxed);
-    XSAVEOPT.store(u64::from(crate::arch::cpuid(0xD, 1).eax & 1), Ordering::Relaxed);
-    TSC_AUX.store(u64::from(crate::arch::cpuid(0x8000_0001, 0).edx >> 27 & 1), Ordering::Relaxed);
+    XSAVEOPT.store(
+        u64::from(crate::arch::cpuid(0xD, 1).eax & 1),
+        Ordering::Relaxed,
+    );
+    TSC_AUX.store(
+        u64::from(crate::arch::cpuid(0x8000_0001, 0).edx >> 27 & 1),
+        Ordering::Relaxed,
+    );
     xsetbv(1);
     supported
 }
@@ -114,7 +140,13 @@ impl LazyState {
         let mut xsave = Box::new(XsaveArea([0; 4096]));
         xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
         xsave.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
-        LazyState { xsave, cr2: 0, dr: [0; 4], dr6: 0xFFFF_0FF0, msrs: [0; 6] }
+        LazyState {
+            xsave,
+            cr2: 0,
+            dr: [0; 4],
+            dr6: 0xFFFF_0FF0,
+            msrs: [0; 6],
+        }
     }
 
     /// Saves the hardware's copy of this vCPU's registers (it was loaded
@@ -126,10 +158,14 @@ impl LazyState {
             if XSAVEOPT.load(Ordering::Relaxed) != 0 {
                 // SAFETY: the area is 64-byte aligned, 4 KiB (enough for every
                 // allowed component), owned by this vCPU; XCR0 = `xcr0`.
-                unsafe { core::arch::asm!("xsaveopt64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+                unsafe {
+                    core::arch::asm!("xsaveopt64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
+                };
             } else {
                 // SAFETY: as above.
-                unsafe { core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+                unsafe {
+                    core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
+                };
             }
         } else {
             // SAFETY: the area is 16-byte aligned and at least 512 bytes.
@@ -168,7 +204,9 @@ impl LazyState {
             let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
             // SAFETY: the area holds a valid XSAVE image (initial or saved by
             // `save` with the same XCR0 components), 64-byte aligned.
-            unsafe { core::arch::asm!("xrstor64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack)) };
+            unsafe {
+                core::arch::asm!("xrstor64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
+            };
         } else {
             // SAFETY: the area holds a valid FXSAVE image (initial or saved).
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };

@@ -34,9 +34,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use backend::svm::SvmSetup;
 use backend::vtx::{HostFeatures, SetupError, VmxSetup};
 use hvcore::config::{self, HostRange, MachineLimits, MemoryLimits};
+use hvcore::exit::GuestRegs;
 use hvcore::package::Package;
 use hvcore::sched::{Scheduler, VcpuId};
-use hvcore::exit::GuestRegs;
 use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
 use spin::Mutex;
@@ -66,7 +66,11 @@ enum Backend {
     /// Intel VT-x.
     Vtx(VmxSetup),
     /// AMD-V, with the machine's I/O and MSR permission maps (host-physical).
-    Svm { setup: SvmSetup, iopm: u64, msrpm: u64 },
+    Svm {
+        setup: SvmSetup,
+        iopm: u64,
+        msrpm: u64,
+    },
 }
 
 impl Backend {
@@ -260,7 +264,10 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
         panic!("partition check failed: {msg}");
     }
     if let Some(ms) = package.options.stop_after_ms {
-        DEADLINE.store(crate::arch::rdtsc() + tsc_from_us(ms as u64 * 1000), Ordering::Relaxed);
+        DEADLINE.store(
+            crate::arch::rdtsc() + tsc_from_us(ms as u64 * 1000),
+            Ordering::Relaxed,
+        );
     }
 
     // Hand each vCPU to its CPU.
@@ -312,7 +319,10 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
 
 /// The one line a machine without VT-x and AMD-V gets.
 fn report_no_virtualization() {
-    let vtx = enable::detect().err().map(|e| alloc::format!("{e}")).unwrap_or_default();
+    let vtx = enable::detect()
+        .err()
+        .map(|e| alloc::format!("{e}"))
+        .unwrap_or_default();
     let amd = match svm::enable::probe() {
         Err(e) => alloc::format!("{e}"),
         Ok(_) => String::new(),
@@ -369,7 +379,13 @@ fn start_vtx() -> Result<Backend, KernelExit> {
 /// AMD-V on the boot CPU: boot-time decisions, permission maps, EFER.SVME.
 fn start_svm(caps: &::svm::SvmCapabilities) -> Result<Backend, KernelExit> {
     let xcr0_supported = lazy::init_this_cpu();
-    let setup = match SvmSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits: phys_addr_bits() }) {
+    let setup = match SvmSetup::from_caps(
+        caps,
+        HostFeatures {
+            xcr0_supported,
+            phys_addr_bits: phys_addr_bits(),
+        },
+    ) {
         Ok(s) => s,
         Err(e) => {
             crate::println!("{e}");
@@ -394,9 +410,13 @@ fn start_svm(caps: &::svm::SvmCapabilities) -> Result<Backend, KernelExit> {
     // SAFETY: both ranges were just allocated for the maps, contiguous and
     // mapped through the physical-memory window, used by nothing else.
     unsafe {
-        backend::svm::perm::build_iopm(&mut *crate::mm::phys_to_virt(iopm).as_mut_ptr::<[u8; ::svm::IOPM_SIZE]>());
-        if backend::svm::perm::build_msrpm(&mut *crate::mm::phys_to_virt(msrpm).as_mut_ptr::<[u8; ::svm::MSRPM_SIZE]>())
-            .is_err()
+        backend::svm::perm::build_iopm(
+            &mut *crate::mm::phys_to_virt(iopm).as_mut_ptr::<[u8; ::svm::IOPM_SIZE]>(),
+        );
+        if backend::svm::perm::build_msrpm(
+            &mut *crate::mm::phys_to_virt(msrpm).as_mut_ptr::<[u8; ::svm::MSRPM_SIZE]>(),
+        )
+        .is_err()
         {
             panic!("an MSR of the pass-through list lies outside the MSR permission map");
         }
@@ -423,7 +443,11 @@ fn host_cpu(cpu: usize, backend: &Backend) -> Option<HostCpu> {
     match backend {
         Backend::Vtx(setup) => Some(HostCpu::Vtx(vtx_host_cpu(setup))),
         Backend::Svm { setup, .. } => match svm::enable::enable_on_this_cpu(cpu) {
-            Ok(host_vmcb) => Some(HostCpu::Svm(svm::vcpu::HostCpu { setup: *setup, host_vmcb, cpu: cpu as u32 })),
+            Ok(host_vmcb) => Some(HostCpu::Svm(svm::vcpu::HostCpu {
+                setup: *setup,
+                host_vmcb,
+                cpu: cpu as u32,
+            })),
             Err(e) => {
                 log::error!("CPU {cpu}: {e}");
                 None
@@ -437,11 +461,18 @@ fn host_cpu(cpu: usize, backend: &Backend) -> Option<HostCpu> {
 fn decide_setup(caps: &VmxCapabilities) -> Result<VmxSetup, SetupError> {
     let setup = *SETUP.call_once(|| {
         let xcr0_supported = lazy::init_this_cpu();
-        VmxSetup::from_caps(caps, HostFeatures { xcr0_supported, phys_addr_bits: phys_addr_bits() })
+        VmxSetup::from_caps(
+            caps,
+            HostFeatures {
+                xcr0_supported,
+                phys_addr_bits: phys_addr_bits(),
+            },
+        )
     });
     let setup = setup?;
     MSR_BITMAP.call_once(|| {
-        let frame = crate::mm::alloc_frame_zeroed().unwrap_or_else(|e| panic!("no frame for the MSR bitmap: {e:?}"));
+        let frame = crate::mm::alloc_frame_zeroed()
+            .unwrap_or_else(|e| panic!("no frame for the MSR bitmap: {e:?}"));
         let page = crate::mm::phys_to_virt(frame).as_mut_ptr::<[u8; 4096]>();
         // SAFETY: the frame was just allocated for the bitmap, is mapped
         // through the physical-memory window and is used by nothing else.
@@ -456,7 +487,10 @@ fn vtx_host_cpu(setup: &VmxSetup) -> vtx::vcpu::HostCpu {
     vtx::vcpu::HostCpu {
         tables: crate::smp::tables_of_current_cpu(),
         setup: *setup,
-        msr_bitmap: MSR_BITMAP.get().copied().unwrap_or_else(|| panic!("MSR bitmap used before decide_setup")),
+        msr_bitmap: MSR_BITMAP
+            .get()
+            .copied()
+            .unwrap_or_else(|| panic!("MSR bitmap used before decide_setup")),
     }
 }
 
@@ -487,25 +521,36 @@ pub enum Breakage {
 pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     use alloc::format;
     enable::detect().map_err(|e| format!("{e}"))?;
-    let caps = *CAPS.call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
+    let caps = *CAPS
+        .call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
     let setup = decide_setup(&caps).map_err(|e| format!("{e}"))?;
     enable_on_boot_cpu(&caps).map_err(|e| format!("{e}"))?;
     let part = Partition::new(2 << 20, None, TablesKind::Ept).map_err(|e| format!("{e}"))?;
     let vm = VmContext::new(900, "broken");
-    let mut v = vtx::vcpu::Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps).map_err(|(e, p)| {
-        p.release();
-        format!("{e}")
-    })?;
+    let mut v = vtx::vcpu::Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps)
+        .map_err(|(e, p)| {
+            p.release();
+            format!("{e}")
+        })?;
     let host = vtx_host_cpu(&setup);
     let (field, value) = match breakage {
         Breakage::GuestState => (vmx::vmcs::GUEST_CS_AR_BYTES.encoding(), 1 << 16),
-        Breakage::Controls => (vmx::vmcs::SECONDARY_VM_EXEC_CONTROL.encoding(), u32::MAX as u64),
+        Breakage::Controls => (
+            vmx::vmcs::SECONDARY_VM_EXEC_CONTROL.encoding(),
+            u32::MAX as u64,
+        ),
     };
-    let result = v.overwrite_field_for_selftest(&host, field, value).map_err(|e| format!("{e}"));
+    let result = v
+        .overwrite_field_for_selftest(&host, field, value)
+        .map_err(|e| format!("{e}"));
     let report = result.map(|()| {
         let mut platform = KernelPlatform::new(0);
         v.load_lazy(None);
-        let end = v.run_slice(&host, crate::arch::rdtsc() + tsc_from_us(100_000), &mut platform);
+        let end = v.run_slice(
+            &host,
+            crate::arch::rdtsc() + tsc_from_us(100_000),
+            &mut platform,
+        );
         platform.flush_output();
         match (end, v.vm.stop_report()) {
             (SliceEnd::Stopped, Some(r)) => format!("{r}"),
@@ -518,13 +563,21 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
 
 /// Validates and builds every VM; returns the vCPUs that start, with their CPU.
 fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, usize)> {
-    let usable: Vec<HostRange> =
-        crate::mm::usable_ranges().iter().map(|r| HostRange { start: r.start, end: r.end }).collect();
+    let usable: Vec<HostRange> = crate::mm::usable_ranges()
+        .iter()
+        .map(|r| HostRange {
+            start: r.start,
+            end: r.end,
+        })
+        .collect();
     let (free, _) = crate::mm::counts();
     let mut memory = MemoryLimits::from_ranges(usable);
     // The budget is what is free now, not what the machine has.
     memory.usable_bytes = memory.usable_bytes.min(free as u64 * 4096);
-    let limits = MachineLimits { cpu_count: Some(cpus), memory: Some(memory) };
+    let limits = MachineLimits {
+        cpu_count: Some(cpus),
+        memory: Some(memory),
+    };
     let checks = config::check_each(&package.vms, &package.image_infos(), &limits);
     let mut started = Vec::new();
     let mut names = Vec::new();
@@ -559,7 +612,12 @@ fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, 
             Err(e) => log::error!("vm \"{}\": {e}; not started", spec.name),
         }
     }
-    log::info!("started {} of {} VM(s): {}", started.len(), package.vms.len(), names.join(", "));
+    log::info!(
+        "started {} of {} VM(s): {}",
+        started.len(),
+        package.vms.len(),
+        names.join(", ")
+    );
     started
 }
 
@@ -573,28 +631,49 @@ struct Start {
 
 /// Copies `spec`'s image (or kernel, initrd and boot information) into the
 /// partition, through the loader of its kind; the partition is zero.
-fn load_guest(spec: &config::VmSpec, package: &Package<'_>, part: &mut Partition) -> Result<Start, String> {
+fn load_guest(
+    spec: &config::VmSpec,
+    package: &Package<'_>,
+    part: &mut Partition,
+) -> Result<Start, String> {
     use alloc::format;
     use hvcore::boot_proto::{linux, multiboot};
     use hvcore::text::Escaped;
-    let image = package.images.get(spec.image as usize).ok_or_else(|| format!("image #{} missing", spec.image))?;
+    let image = package
+        .images
+        .get(spec.image as usize)
+        .ok_or_else(|| format!("image #{} missing", spec.image))?;
     let name = Escaped(image.name);
     let mut copy = |gpa: u64, bytes: &[u8]| match part.slice_mut(gpa, bytes.len() as u64) {
         Some(dst) => {
             dst.copy_from_slice(bytes);
             Ok(())
         }
-        None => Err(format!("\"{name}\": {} bytes at {gpa:#x} outside memory", bytes.len())),
+        None => Err(format!(
+            "\"{name}\": {} bytes at {gpa:#x} outside memory",
+            bytes.len()
+        )),
     };
     let mut regs = GuestRegs::default();
     let entry = match spec.mode {
         config::GuestMode::Linux64 => {
             let initrd = match spec.initrd {
-                Some(i) => Some(package.images.get(i as usize).ok_or_else(|| format!("initrd #{i} missing"))?.data),
+                Some(i) => Some(
+                    package
+                        .images
+                        .get(i as usize)
+                        .ok_or_else(|| format!("initrd #{i} missing"))?
+                        .data,
+                ),
                 None => None,
             };
-            let plan = linux::plan(image.data, initrd, spec.cmdline.as_bytes(), spec.memory_bytes)
-                .map_err(|e| format!("kernel \"{name}\": {e}"))?;
+            let plan = linux::plan(
+                image.data,
+                initrd,
+                spec.cmdline.as_bytes(),
+                spec.memory_bytes,
+            )
+            .map_err(|e| format!("kernel \"{name}\": {e}"))?;
             for (gpa, bytes) in plan.writes() {
                 copy(gpa, bytes)?;
             }
@@ -613,8 +692,14 @@ fn load_guest(spec: &config::VmSpec, package: &Package<'_>, part: &mut Partition
             u64::from(plan.entry)
         }
         config::GuestMode::Long64 | config::GuestMode::Real16 => {
-            let plan = hvcore::image::plan(image.data, image.kind, spec.load_addr, spec.entry, spec.memory_bytes)
-                .map_err(|e| format!("image \"{name}\": {e}"))?;
+            let plan = hvcore::image::plan(
+                image.data,
+                image.kind,
+                spec.load_addr,
+                spec.entry,
+                spec.memory_bytes,
+            )
+            .map_err(|e| format!("image \"{name}\": {e}"))?;
             for seg in &plan.segments {
                 copy(seg.gpa, seg.data)?;
             }
@@ -625,10 +710,15 @@ fn load_guest(spec: &config::VmSpec, package: &Package<'_>, part: &mut Partition
 }
 
 /// Builds one VM completely or not at all (what was allocated is released).
-fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Backend) -> Result<Vcpu, String> {
+fn build_one(
+    id: u32,
+    spec: &config::VmSpec,
+    package: &Package<'_>,
+    backend: &Backend,
+) -> Result<Vcpu, String> {
     use alloc::format;
-    let mut part =
-        Partition::new(spec.memory_bytes, spec.host_base, backend.tables()).map_err(|e| format!("memory: {e}"))?;
+    let mut part = Partition::new(spec.memory_bytes, spec.host_base, backend.tables())
+        .map_err(|e| format!("memory: {e}"))?;
     let start = match load_guest(spec, package, &mut part) {
         Ok(s) => s,
         Err(e) => {
@@ -647,11 +737,13 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
     // CPUID answers for the CPU the VM is pinned to, filled once.
     let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
     let apic_id = crate::smp::apic_id_of(cpu).unwrap_or(cpu as u32);
+    let host = |leaf, subleaf| {
+        let r = crate::arch::cpuid(leaf, subleaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    };
+    let tsc_hz = crate::apic::tsc_hz();
     let cpuid = hvcore::cpuid::CpuidTable::new(
-        &|leaf, subleaf| {
-            let r = crate::arch::cpuid(leaf, subleaf);
-            [r.eax, r.ebx, r.ecx, r.edx]
-        },
+        &|leaf, subleaf| hvcore::cpuid::with_tsc_leaves(&host, tsc_hz, leaf, subleaf),
         apic_id,
         backend.limits().xcr0_allowed,
     );
@@ -676,7 +768,16 @@ fn build_one(id: u32, spec: &config::VmSpec, package: &Package<'_>, backend: &Ba
         Backend::Svm { setup, iopm, msrpm } => {
             // One ASID per VM (0 is the host's).
             let asid = id + 1;
-            match svm::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, setup, asid, (*iopm, *msrpm)) {
+            match svm::vcpu::Vcpu::new(
+                vm,
+                part,
+                start.entry,
+                spec.mode,
+                spec.slice_us,
+                setup,
+                asid,
+                (*iopm, *msrpm),
+            ) {
                 Ok(mut v) => {
                     v.set_start_regs(start.regs);
                     v.state.cpuid = cpuid;
@@ -708,14 +809,25 @@ fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
             }
         });
         if let Some(addr) = bad {
-            return Err(format!("vm {}: nested page tables map host {addr:#x} outside its partition", v.vm().name()));
+            return Err(format!(
+                "vm {}: nested page tables map host {addr:#x} outside its partition",
+                v.vm().name()
+            ));
         }
         if bytes != part.len() {
-            return Err(format!("vm {}: nested page tables map {bytes} bytes, partition has {}", v.vm().name(), part.len()));
+            return Err(format!(
+                "vm {}: nested page tables map {bytes} bytes, partition has {}",
+                v.vm().name(),
+                part.len()
+            ));
         }
         for (w, _) in &vcpus[i + 1..] {
             if part.overlaps(&w.partition().host) {
-                return Err(format!("vms {} and {} share host memory", v.vm().name(), w.vm().name()));
+                return Err(format!(
+                    "vms {} and {} share host memory",
+                    v.vm().name(),
+                    w.vm().name()
+                ));
             }
         }
         mapped_total += bytes;
@@ -751,7 +863,10 @@ pub fn ap_main(cpu: u32) -> ! {
             None => Err(String::from("no backend chosen")),
         };
         let host = enabled.and_then(|()| {
-            BACKEND.get().and_then(|b| host_cpu(cpu as usize, b)).ok_or_else(|| String::from("backend set-up failed"))
+            BACKEND
+                .get()
+                .and_then(|b| host_cpu(cpu as usize, b))
+                .ok_or_else(|| String::from("backend set-up failed"))
         });
         match host {
             Ok(host) => {
@@ -774,7 +889,10 @@ fn stop_unrunnable(cpu: usize) {
             SUMMARIES.lock().push(VmSummary {
                 name: v.vm().name().into(),
                 cpu,
-                report: alloc::format!("vm {} not run: virtualization unavailable on CPU {cpu}", v.vm().name()),
+                report: alloc::format!(
+                    "vm {} not run: virtualization unavailable on CPU {cpu}",
+                    v.vm().name()
+                ),
                 slices: 0,
                 guest_us: 0,
                 exits: 0,
@@ -785,16 +903,21 @@ fn stop_unrunnable(cpu: usize) {
 
 /// One CPU's scheduling loop: round-robin over its vCPUs until all stopped.
 fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
-    let Some(CpuWork(list)) = WORK[cpu].lock().take() else { return };
+    let Some(CpuWork(list)) = WORK[cpu].lock().take() else {
+        return;
+    };
     // A stopped VM's slot empties: its memory goes back to the frame
     // allocator at once.
     let mut vcpus: Vec<Option<Vcpu>> = list.into_iter().map(Some).collect();
     // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
     // the hardware holds: switched only when another vCPU runs next.
     let mut lazy_owner: Option<usize> = None;
-    let mut platform = KernelPlatform::new(crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0));
+    let mut platform =
+        KernelPlatform::new(crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0));
     let default_slice = tsc_from_us(10_000);
-    let Ok(mut sched) = Scheduler::new(1, default_slice) else { return };
+    let Ok(mut sched) = Scheduler::new(1, default_slice) else {
+        return;
+    };
     let mut ids: Vec<VcpuId> = Vec::new();
     for v in vcpus.iter().flatten() {
         let slice = tsc_from_us(v.slice_us() as u64).max(1);
@@ -805,7 +928,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     }
     let mut stats_seen = STATS_REQUEST.load(Ordering::Relaxed);
     // The host console can attach to these VMs (by id).
-    console::cpu_started(cpu, platform.apic_id, vcpus.iter().flatten().map(|v| (v.vm().id(), v.vm().name())));
+    console::cpu_started(
+        cpu,
+        platform.apic_id,
+        vcpus.iter().flatten().map(|v| (v.vm().id(), v.vm().name())),
+    );
     // The VM whose console output this CPU last made raw.
     let mut raw_vm: Option<u32> = None;
     // Host time between two slices (scheduling, accounting, the lazy
@@ -826,7 +953,14 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 control::poll();
             }
             if control::mail_waiting(cpu) {
-                control::serve(cpu, &mut vcpus, &mut ids, &mut sched, &mut lazy_owner, &mut platform);
+                control::serve(
+                    cpu,
+                    &mut vcpus,
+                    &mut ids,
+                    &mut sched,
+                    &mut lazy_owner,
+                    &mut platform,
+                );
             }
             control::publish(cpu, &vcpus, crate::arch::rdtsc());
         }
@@ -860,7 +994,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         let now = crate::arch::rdtsc();
         let deadline = DEADLINE.load(Ordering::Relaxed);
-        if (deadline != 0 && now >= deadline) || STOP_ALL.load(Ordering::Relaxed) || crate::smp::stopping() {
+        if (deadline != 0 && now >= deadline)
+            || STOP_ALL.load(Ordering::Relaxed)
+            || crate::smp::stopping()
+        {
             for (i, slot) in vcpus.iter_mut().enumerate() {
                 if let Some(mut v) = slot.take() {
                     v.stop(StopReason::HostStop, &mut platform);
@@ -887,7 +1024,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             crate::apic::stop_timer();
             continue;
         };
-        let Some(i) = ids.iter().position(|x| *x == id) else { continue };
+        let Some(i) = ids.iter().position(|x| *x == id) else {
+            continue;
+        };
         if lazy_owner != Some(i) {
             let mut held = None;
             if let Some(prev) = lazy_owner.and_then(|p| vcpus[p].as_mut()) {
@@ -909,7 +1048,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             }
         }
         if FIRST_ENTRY.swap(false, Ordering::Relaxed) {
-            log::info!("bench: boot to first guest slice: {} us (TSC)", us_from_tsc(start - crate::console::boot_tsc()));
+            log::info!(
+                "bench: boot to first guest slice: {} us (TSC)",
+                us_from_tsc(start - crate::console::boot_tsc())
+            );
         }
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
@@ -923,7 +1065,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             // A halted vCPU sleeps until its devices raise an interrupt
             // (its PIT tick), or for a slice when none will.
             SliceEnd::Halted => {
-                let wake = vcpus[i].as_ref().and_then(Vcpu::wake_tsc).map_or(t + slice, |w| w.max(t));
+                let wake = vcpus[i]
+                    .as_ref()
+                    .and_then(Vcpu::wake_tsc)
+                    .map_or(t + slice, |w| w.max(t));
                 sched.on_halt(id, t, Some(wake))
             }
             SliceEnd::Stopped => {
@@ -961,7 +1106,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     }
     console::cpu_done(cpu);
     if platform.dropped_bytes != 0 {
-        log::warn!("CPU {cpu}: {} bytes of guest console output dropped", platform.dropped_bytes);
+        log::warn!(
+            "CPU {cpu}: {} bytes of guest console output dropped",
+            platform.dropped_bytes
+        );
     }
     if !overhead.is_empty() {
         overhead.sort_unstable();
@@ -987,18 +1135,27 @@ static PACKAGE: spin::Once<&'static Package<'static>> = spin::Once::new();
 /// its images reloaded, fresh vCPU state, the same id and CPU. Anything else
 /// (or a rebuild that fails) comes back as `Err` to be finished.
 fn restart_if_asked(v: Vcpu) -> Restart {
-    let Some(reason) = v.vm().stop_reason().copied() else { return Restart::NotAsked(v) };
+    let Some(reason) = v.vm().stop_reason().copied() else {
+        return Restart::NotAsked(v);
+    };
     let id = v.vm().id();
-    let (Some(package), Some(backend)) = (PACKAGE.get(), BACKEND.get()) else { return Restart::NotAsked(v) };
+    let (Some(package), Some(backend)) = (PACKAGE.get(), BACKEND.get()) else {
+        return Restart::NotAsked(v);
+    };
     // A VM created at run time (or one whose id was reused) boots from the
     // control registry's spec.
     let registered = control::spec_of(id);
-    let Some(spec) = registered.as_ref().or(package.vms.get(id as usize)) else { return Restart::NotAsked(v) };
+    let Some(spec) = registered.as_ref().or(package.vms.get(id as usize)) else {
+        return Restart::NotAsked(v);
+    };
     if !reason.is_reset() || spec.on_reboot != config::RebootPolicy::Restart {
         return Restart::NotAsked(v);
     }
     let restarts = v.vm().stats.restarts + 1;
-    crate::println!("vm {} (id {id}) restarting: {reason} (restart {restarts})", v.vm().name());
+    crate::println!(
+        "vm {} (id {id}) restarting: {reason} (restart {restarts})",
+        v.vm().name()
+    );
     control::vm_rebooted(id, v.vm().name(), &reason);
     v.release();
     match build_one(id, spec, package, backend) {
@@ -1052,7 +1209,10 @@ fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
     });
     let (name, mib) = (String::from(v.vm().name()), v.partition().size() >> 20);
     v.release();
-    log::info!("vm {name}: {mib} MiB returned to the free pool ({} frames free)", crate::mm::counts().0);
+    log::info!(
+        "vm {name}: {mib} MiB returned to the free pool ({} frames free)",
+        crate::mm::counts().0
+    );
 }
 
 /// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs,
@@ -1084,9 +1244,24 @@ fn print_summary() {
     let mut list = SUMMARIES.lock();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     crate::println!("==================== VM summary ====================");
-    crate::println!("{:<12} {:>4} {:>8} {:>12} {:>10}  result", "vm", "cpu", "slices", "guest us", "exits");
+    crate::println!(
+        "{:<12} {:>4} {:>8} {:>12} {:>10}  result",
+        "vm",
+        "cpu",
+        "slices",
+        "guest us",
+        "exits"
+    );
     for s in list.iter() {
-        crate::println!("{:<12} {:>4} {:>8} {:>12} {:>10}  {}", s.name, s.cpu, s.slices, s.guest_us, s.exits, s.report);
+        crate::println!(
+            "{:<12} {:>4} {:>8} {:>12} {:>10}  {}",
+            s.name,
+            s.cpu,
+            s.slices,
+            s.guest_us,
+            s.exits,
+            s.report
+        );
     }
     crate::println!("=====================================================");
 }

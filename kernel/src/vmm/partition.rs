@@ -147,8 +147,14 @@ pub enum PartitionError {
 impl core::fmt::Display for PartitionError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::OutOfMemory { bytes } => write!(f, "no {} MiB of free contiguous memory for the partition", bytes >> 20),
-            Self::HostBaseTaken { base } => write!(f, "host_base {base:#x}: the memory is not free RAM"),
+            Self::OutOfMemory { bytes } => write!(
+                f,
+                "no {} MiB of free contiguous memory for the partition",
+                bytes >> 20
+            ),
+            Self::HostBaseTaken { base } => {
+                write!(f, "host_base {base:#x}: the memory is not free RAM")
+            }
             Self::Ept(e) => write!(f, "EPT: {e:?}"),
             Self::Npt(e) => write!(f, "nested page tables: {e:?}"),
         }
@@ -166,7 +172,11 @@ pub struct Partition {
 impl Partition {
     /// Allocates `bytes` (a multiple of 2 MiB) of 2 MiB-aligned memory, or
     /// reserves it at `host_base`, and maps it RWX write-back at guest 0.
-    pub fn new(bytes: u64, host_base: Option<u64>, kind: TablesKind) -> Result<Partition, PartitionError> {
+    pub fn new(
+        bytes: u64,
+        host_base: Option<u64>,
+        kind: TablesKind,
+    ) -> Result<Partition, PartitionError> {
         let frames = (bytes / 4096) as usize;
         let host = match host_base {
             Some(base) => {
@@ -175,7 +185,9 @@ impl Partition {
                 zero(range);
                 range
             }
-            None => mm::alloc_zeroed(frames, 512).map_err(|_| PartitionError::OutOfMemory { bytes })?,
+            None => {
+                mm::alloc_zeroed(frames, 512).map_err(|_| PartitionError::OutOfMemory { bytes })?
+            }
         };
         let built = match kind {
             TablesKind::Ept => Ept::new(TableFrames { frames: Vec::new() }, PhysTables)

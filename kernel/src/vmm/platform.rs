@@ -91,7 +91,9 @@ impl KernelPlatform {
             let lines = |from: usize, to: usize, output: &[u8]| {
                 if let Some(text) = output.get(from..to).filter(|t| !t.is_empty()) {
                     // Lines hold sanitized ASCII and VM names only.
-                    crate::console::print_guest_lines(core::str::from_utf8(text).unwrap_or("<invalid>\n"));
+                    crate::console::print_guest_lines(
+                        core::str::from_utf8(text).unwrap_or("<invalid>\n"),
+                    );
                 }
             };
             for &(start, end) in &self.raw_runs {
@@ -105,7 +107,9 @@ impl KernelPlatform {
         }
         self.output_full = false;
         if self.dropped_bytes != 0 && !self.drop_reported {
-            log::warn!("guest console output faster than the host console: dropping what does not fit");
+            log::warn!(
+                "guest console output faster than the host console: dropping what does not fit"
+            );
             self.drop_reported = true;
         }
     }
@@ -144,7 +148,12 @@ impl KernelPlatform {
         // SAFETY: NoCpu is a zero-sized type without state; handing out
         // several mutable references to it cannot alias any data.
         let cpu: &'a mut dyn GuestCpu = unsafe { &mut *core::ptr::addr_of_mut!(NO_CPU) };
-        PlatformFor { apic_id, host: self, memory, cpu }
+        PlatformFor {
+            apic_id,
+            host: self,
+            memory,
+            cpu,
+        }
     }
 }
 
@@ -166,6 +175,10 @@ impl Platform for PlatformFor<'_> {
         crate::arch::rdtsc()
     }
 
+    fn tsc_hz(&self) -> u64 {
+        crate::apic::tsc_hz()
+    }
+
     fn now_ns(&self) -> u64 {
         super::ns_from_tsc(crate::arch::rdtsc())
     }
@@ -182,4 +195,3 @@ impl Platform for PlatformFor<'_> {
         self.cpu
     }
 }
-

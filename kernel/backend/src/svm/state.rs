@@ -126,9 +126,10 @@ impl GuestCpu for VmcbCpu<'_> {
                 (self.vmcb.save.efer & !EFER_SVME) | svme
             }
             Reg::Cpl => u64::from(self.vmcb.save.cpl & 3),
-            Reg::Mode64 => {
-                u64::from(self.vmcb.save.efer & hvcore::arch::EFER_LMA != 0 && self.vmcb.save.cs.attrib.is_long())
-            }
+            Reg::Mode64 => u64::from(
+                self.vmcb.save.efer & hvcore::arch::EFER_LMA != 0
+                    && self.vmcb.save.cs.attrib.is_long(),
+            ),
             Reg::TscAux => self.msrs.read(IA32_TSC_AUX),
             other => match self.field(other) {
                 Some((value, _)) => *value,

@@ -7,10 +7,15 @@
 //! every VMX processor has, read from the current VMCS: VMREAD cannot fail
 //! (`VmcsAccess::read_known`), so decoding has no error to report.
 
-use hvcore::arch::{Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestRegs, IoAccess, IoDir};
+use hvcore::arch::{
+    Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestRegs, IoAccess, IoDir,
+};
 use vmx::exit::{CrAccessQualification, InterruptionType, IoDirection, LinearAccess};
 use vmx::vmcs::*;
-use vmx::{EptViolationQualification, ExitReason, InterruptionInfo, IoQualification, RawExitReason, VmcsAccess};
+use vmx::{
+    EptViolationQualification, ExitReason, InterruptionInfo, IoQualification, RawExitReason,
+    VmcsAccess,
+};
 
 /// One decoded exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,13 +80,22 @@ pub fn decode<V: VmcsAccess>(vmcs: &V, regs: &mut GuestRegs) -> Decoded {
     if raw.is_entry_failure() {
         let qualification = vmcs.get_known(EXIT_QUALIFICATION);
         regs.instruction_len = 0;
-        return Decoded { exit: Exit::EntryFailed { code: raw.0 & 0xffff, qualification }, vectoring: None };
+        return Decoded {
+            exit: Exit::EntryFailed {
+                code: raw.0 & 0xffff,
+                qualification,
+            },
+            vectoring: None,
+        };
     }
     let reason = raw.reason();
     if is_instruction_exit(reason) {
         regs.instruction_len = u64::from(vmcs.get_known(VM_EXIT_INSTRUCTION_LEN));
         let exit = instruction_exit(vmcs, raw, regs);
-        return Decoded { exit, vectoring: None };
+        return Decoded {
+            exit,
+            vectoring: None,
+        };
     }
     regs.instruction_len = 0;
     let vectoring = vectoring_event(vmcs);
@@ -107,19 +121,32 @@ pub fn decode<V: VmcsAccess>(vmcs: &V, regs: &mut GuestRegs) -> Decoded {
                 LinearAccess::NotValid => None,
                 _ => Some(vmcs.get_known(GUEST_LINEAR_ADDRESS)),
             };
-            Exit::MemoryViolation { gpa, access, linear }
+            Exit::MemoryViolation {
+                gpa,
+                access,
+                linear,
+            }
         }
-        ExitReason::EptMisconfig => {
-            Exit::MemoryViolation { gpa: vmcs.get_known(GUEST_PHYSICAL_ADDRESS), access: Access::empty(), linear: None }
-        }
+        ExitReason::EptMisconfig => Exit::MemoryViolation {
+            gpa: vmcs.get_known(GUEST_PHYSICAL_ADDRESS),
+            access: Access::empty(),
+            linear: None,
+        },
         ExitReason::ExceptionOrNmi => {
             let i = InterruptionInfo(vmcs.get_known(VM_EXIT_INTR_INFO));
             if i.kind() == InterruptionType::Nmi {
                 // A host NMI while the guest ran: nothing for the guest.
                 Exit::ExternalInterrupt
             } else {
-                let error_code = if i.error_code_valid() { Some(vmcs.get_known(VM_EXIT_INTR_ERROR_CODE)) } else { None };
-                Exit::Exception { vector: i.vector(), error_code }
+                let error_code = if i.error_code_valid() {
+                    Some(vmcs.get_known(VM_EXIT_INTR_ERROR_CODE))
+                } else {
+                    None
+                };
+                Exit::Exception {
+                    vector: i.vector(),
+                    error_code,
+                }
             }
         }
         _ => unhandled(vmcs, raw),
@@ -133,8 +160,13 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
         R::Cpuid => Exit::Cpuid,
         R::Hlt => Exit::Hlt,
         R::Vmcall => Exit::Vmcall,
-        R::Rdmsr => Exit::Rdmsr { msr: regs.rcx as u32 },
-        R::Wrmsr => Exit::Wrmsr { msr: regs.rcx as u32, value: (regs.rdx << 32) | (regs.rax & 0xffff_ffff) },
+        R::Rdmsr => Exit::Rdmsr {
+            msr: regs.rcx as u32,
+        },
+        R::Wrmsr => Exit::Wrmsr {
+            msr: regs.rcx as u32,
+            value: (regs.rdx << 32) | (regs.rax & 0xffff_ffff),
+        },
         R::Xsetbv => Exit::Xsetbv,
         R::Invd => Exit::Invd,
         R::Rdpmc => Exit::Rdpmc,
@@ -157,12 +189,19 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
         | R::Monitor) => Exit::UndefinedInstruction { name: r.describe() },
         R::CrAccess => {
             let kind = match CrAccessQualification::from_raw(vmcs.get_known(EXIT_QUALIFICATION)) {
-                CrAccessQualification::MovToCr { cr, gpr } => (cr, CrAccessKind::MovTo { gpr: gpr as u8 }),
-                CrAccessQualification::MovFromCr { cr, gpr } => (cr, CrAccessKind::MovFrom { gpr: gpr as u8 }),
+                CrAccessQualification::MovToCr { cr, gpr } => {
+                    (cr, CrAccessKind::MovTo { gpr: gpr as u8 })
+                }
+                CrAccessQualification::MovFromCr { cr, gpr } => {
+                    (cr, CrAccessKind::MovFrom { gpr: gpr as u8 })
+                }
                 CrAccessQualification::Clts => (0, CrAccessKind::Clts),
                 CrAccessQualification::Lmsw { source, .. } => (0, CrAccessKind::Lmsw { source }),
             };
-            Exit::CrAccess(CrAccess { cr: kind.0, kind: kind.1 })
+            Exit::CrAccess(CrAccess {
+                cr: kind.0,
+                kind: kind.1,
+            })
         }
         R::IoInstruction => {
             let qualification = vmcs.get_known(EXIT_QUALIFICATION);
@@ -171,11 +210,22 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
                     let size = AccessSize::from_bytes(q.size.bytes()).unwrap_or(AccessSize::Byte);
                     let dir = match q.direction {
                         IoDirection::In => IoDir::In,
-                        IoDirection::Out => IoDir::Out { value: (regs.rax as u32) & size.mask() },
+                        IoDirection::Out => IoDir::Out {
+                            value: (regs.rax as u32) & size.mask(),
+                        },
                     };
-                    Exit::Io(IoAccess { port: q.port, size, dir, string_or_rep: q.string || q.rep })
+                    Exit::Io(IoAccess {
+                        port: q.port,
+                        size,
+                        dir,
+                        string_or_rep: q.string || q.rep,
+                    })
                 }
-                None => Exit::Unhandled { code: raw.0 & 0xffff, name: raw.reason().describe(), qualification },
+                None => Exit::Unhandled {
+                    code: raw.0 & 0xffff,
+                    name: raw.reason().describe(),
+                    qualification,
+                },
             }
         }
         _ => unhandled(vmcs, raw),
@@ -183,7 +233,11 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
 }
 
 fn unhandled<V: VmcsAccess>(vmcs: &V, raw: RawExitReason) -> Exit {
-    Exit::Unhandled { code: raw.0 & 0xffff, name: raw.reason().describe(), qualification: vmcs.get_known(EXIT_QUALIFICATION) }
+    Exit::Unhandled {
+        code: raw.0 & 0xffff,
+        name: raw.reason().describe(),
+        qualification: vmcs.get_known(EXIT_QUALIFICATION),
+    }
 }
 
 /// The event being delivered when the exit happened, if it must be
@@ -200,8 +254,16 @@ fn vectoring_event<V: VmcsAccess>(vmcs: &V) -> Option<Event> {
         InterruptionType::ExternalInterrupt => EventKind::ExternalInterrupt,
         _ => return None,
     };
-    let error_code = if v.error_code_valid() { Some(vmcs.get_known(IDT_VECTORING_ERROR_CODE)) } else { None };
-    Some(Event { kind, vector: v.vector(), error_code })
+    let error_code = if v.error_code_valid() {
+        Some(vmcs.get_known(IDT_VECTORING_ERROR_CODE))
+    } else {
+        None
+    };
+    Some(Event {
+        kind,
+        vector: v.vector(),
+        error_code,
+    })
 }
 
 #[cfg(test)]
@@ -226,41 +288,102 @@ mod tests {
         let v = staged(10, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 2)]);
         let mut regs = GuestRegs::default();
         let d = decode(&v, &mut regs);
-        assert_eq!(d, Decoded { exit: Exit::Cpuid, vectoring: None });
+        assert_eq!(
+            d,
+            Decoded {
+                exit: Exit::Cpuid,
+                vectoring: None
+            }
+        );
         assert_eq!((regs.rip, regs.instruction_len), (0x1000, 2));
     }
 
     #[test]
     fn out_to_port_with_value_truncated() {
         // OUT DX, AL to 0x3F8: size 0 (1 byte), direction 0 (out), port in 31:16.
-        let v = staged(30, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 1), (EXIT_QUALIFICATION.encoding(), 0x3F8 << 16)]);
-        let mut regs = GuestRegs { rax: 0x1234_5641, ..Default::default() };
+        let v = staged(
+            30,
+            &[
+                (VM_EXIT_INSTRUCTION_LEN.encoding(), 1),
+                (EXIT_QUALIFICATION.encoding(), 0x3F8 << 16),
+            ],
+        );
+        let mut regs = GuestRegs {
+            rax: 0x1234_5641,
+            ..Default::default()
+        };
         let d = decode(&v, &mut regs);
         assert_eq!(
             d.exit,
-            Exit::Io(IoAccess { port: 0x3F8, size: AccessSize::Byte, dir: IoDir::Out { value: 0x41 }, string_or_rep: false })
+            Exit::Io(IoAccess {
+                port: 0x3F8,
+                size: AccessSize::Byte,
+                dir: IoDir::Out { value: 0x41 },
+                string_or_rep: false
+            })
         );
     }
 
     #[test]
     fn cr_access_kinds() {
         let mov_to_cr4_from_rbx = (3 << 8) | 4;
-        let v = staged(28, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 3), (EXIT_QUALIFICATION.encoding(), mov_to_cr4_from_rbx)]);
+        let v = staged(
+            28,
+            &[
+                (VM_EXIT_INSTRUCTION_LEN.encoding(), 3),
+                (EXIT_QUALIFICATION.encoding(), mov_to_cr4_from_rbx),
+            ],
+        );
         let d = decode(&v, &mut GuestRegs::default());
-        assert_eq!(d.exit, Exit::CrAccess(CrAccess { cr: 4, kind: CrAccessKind::MovTo { gpr: 3 } }));
+        assert_eq!(
+            d.exit,
+            Exit::CrAccess(CrAccess {
+                cr: 4,
+                kind: CrAccessKind::MovTo { gpr: 3 }
+            })
+        );
         let mov_from_cr8_to_r9 = (9 << 8) | (1 << 4) | 8;
-        let v = staged(28, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 4), (EXIT_QUALIFICATION.encoding(), mov_from_cr8_to_r9)]);
+        let v = staged(
+            28,
+            &[
+                (VM_EXIT_INSTRUCTION_LEN.encoding(), 4),
+                (EXIT_QUALIFICATION.encoding(), mov_from_cr8_to_r9),
+            ],
+        );
         let d = decode(&v, &mut GuestRegs::default());
-        assert_eq!(d.exit, Exit::CrAccess(CrAccess { cr: 8, kind: CrAccessKind::MovFrom { gpr: 9 } }));
+        assert_eq!(
+            d.exit,
+            Exit::CrAccess(CrAccess {
+                cr: 8,
+                kind: CrAccessKind::MovFrom { gpr: 9 }
+            })
+        );
         let lmsw = (0x000b << 16) | (3 << 4);
-        let v = staged(28, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 3), (EXIT_QUALIFICATION.encoding(), lmsw)]);
+        let v = staged(
+            28,
+            &[
+                (VM_EXIT_INSTRUCTION_LEN.encoding(), 3),
+                (EXIT_QUALIFICATION.encoding(), lmsw),
+            ],
+        );
         let d = decode(&v, &mut GuestRegs::default());
-        assert_eq!(d.exit, Exit::CrAccess(CrAccess { cr: 0, kind: CrAccessKind::Lmsw { source: 0xb } }));
+        assert_eq!(
+            d.exit,
+            Exit::CrAccess(CrAccess {
+                cr: 0,
+                kind: CrAccessKind::Lmsw { source: 0xb }
+            })
+        );
     }
 
     #[test]
     fn vmx_instructions_and_monitor_are_undefined() {
-        for (reason, name) in [(23, "VMREAD"), (27, "VMXON"), (39, "MONITOR"), (36, "MWAIT")] {
+        for (reason, name) in [
+            (23, "VMREAD"),
+            (27, "VMXON"),
+            (39, "MONITOR"),
+            (36, "MWAIT"),
+        ] {
             let v = staged(reason, &[(VM_EXIT_INSTRUCTION_LEN.encoding(), 3)]);
             let d = decode(&v, &mut GuestRegs::default());
             assert_eq!(d.exit, Exit::UndefinedInstruction { name }, "{reason}");
@@ -286,15 +409,35 @@ mod tests {
             ],
         );
         let d = decode(&v, &mut GuestRegs::default());
-        assert_eq!(d.exit, Exit::MemoryViolation { gpa: 0x400_0000, access: Access::WRITE, linear: Some(0x7777_0000) });
-        assert_eq!(d.vectoring, Some(Event { kind: EventKind::Exception, vector: 14, error_code: Some(2) }));
+        assert_eq!(
+            d.exit,
+            Exit::MemoryViolation {
+                gpa: 0x400_0000,
+                access: Access::WRITE,
+                linear: Some(0x7777_0000)
+            }
+        );
+        assert_eq!(
+            d.vectoring,
+            Some(Event {
+                kind: EventKind::Exception,
+                vector: 14,
+                error_code: Some(2)
+            })
+        );
     }
 
     #[test]
     fn entry_failure() {
         let v = staged(0x8000_0021, &[(EXIT_QUALIFICATION.encoding(), 0)]);
         let d = decode(&v, &mut GuestRegs::default());
-        assert_eq!(d.exit, Exit::EntryFailed { code: 33, qualification: 0 });
+        assert_eq!(
+            d.exit,
+            Exit::EntryFailed {
+                code: 33,
+                qualification: 0
+            }
+        );
     }
 
     /// A field the decoder reads that the exit does not have is a bug the

@@ -75,7 +75,11 @@ pub fn interruptibility<V: VmcsAccess>(vmcs: &mut V, shadow: &mut Shadow) -> Int
 
 /// The event to inject next: the handler's, else the one whose delivery the
 /// exit interrupted, else one already pending.
-pub fn next_event(action: &Action, vectoring: Option<Event>, pending: Option<Event>) -> Option<Event> {
+pub fn next_event(
+    action: &Action,
+    vectoring: Option<Event>,
+    pending: Option<Event>,
+) -> Option<Event> {
     event_to_inject(action, vectoring).or(pending)
 }
 
@@ -124,17 +128,28 @@ mod tests {
         let mut v = FakeVmcs::new();
         v.set(GUEST_INTERRUPTIBILITY_INFO, 0b1011).unwrap(); // STI, MOV SS, NMI
         v.set(CR0_READ_SHADOW, 0x11).unwrap();
-        let regs = GuestRegs { rip: 0x1000, instruction_len: 2, ..Default::default() };
+        let regs = GuestRegs {
+            rip: 0x1000,
+            instruction_len: 2,
+            ..Default::default()
+        };
         let mut shadow = advance(&mut v, &Action::AdvanceRip, &regs);
         assert_eq!(v.get(GUEST_RIP), Ok(0x1002));
         assert!(shadow.skipped);
-        assert_eq!(v.get(GUEST_INTERRUPTIBILITY_INFO), Ok(0b1011), "not read or written at the skip");
+        assert_eq!(
+            v.get(GUEST_INTERRUPTIBILITY_INFO),
+            Ok(0b1011),
+            "not read or written at the skip"
+        );
         let now = interruptibility(&mut v, &mut shadow);
         assert_eq!(now, Interruptibility::BLOCKING_BY_NMI, "NMI blocking stays");
         assert_eq!(v.get(GUEST_INTERRUPTIBILITY_INFO), Ok(0b1000));
         assert!(!shadow.skipped);
         // Read again: nothing more to clear.
-        assert_eq!(interruptibility(&mut v, &mut shadow), Interruptibility::BLOCKING_BY_NMI);
+        assert_eq!(
+            interruptibility(&mut v, &mut shadow),
+            Interruptibility::BLOCKING_BY_NMI
+        );
         // An injection clears it too.
         v.set(GUEST_INTERRUPTIBILITY_INFO, 0b01).unwrap();
         let mut shadow = advance(&mut v, &Action::AdvanceRip, &regs);
@@ -147,14 +162,21 @@ mod tests {
     fn blocking_stays_when_the_instruction_was_not_skipped() {
         // An injected fault leaves RIP and interruptibility alone.
         let mut v = FakeVmcs::new();
-        let regs = GuestRegs { rip: 0x1000, instruction_len: 2, ..Default::default() };
+        let regs = GuestRegs {
+            rip: 0x1000,
+            instruction_len: 2,
+            ..Default::default()
+        };
         let mut shadow = advance(&mut v, &Action::Inject(Event::GP0), &regs);
         assert!(v.is_empty());
         assert!(!shadow.skipped);
         // An exit inside a genuine STI shadow (an external interrupt right
         // after STI): the blocking is the guest's and holds the interrupt back.
         v.set(GUEST_INTERRUPTIBILITY_INFO, 0b01).unwrap();
-        assert_eq!(interruptibility(&mut v, &mut shadow), Interruptibility::BLOCKING_BY_STI);
+        assert_eq!(
+            interruptibility(&mut v, &mut shadow),
+            Interruptibility::BLOCKING_BY_STI
+        );
         assert_eq!(v.get(GUEST_INTERRUPTIBILITY_INFO), Ok(0b01));
     }
 
@@ -164,7 +186,10 @@ mod tests {
         v.set(CR0_READ_SHADOW, 0x11).unwrap();
         v.set(GUEST_INTERRUPTIBILITY_INFO, 0).unwrap();
         inject(&mut v, &mut Shadow::default(), Event::GP0);
-        assert_eq!(v.get(VM_ENTRY_INTR_INFO), Ok(13 | (3 << 8) | (1 << 11) | (1 << 31)));
+        assert_eq!(
+            v.get(VM_ENTRY_INTR_INFO),
+            Ok(13 | (3 << 8) | (1 << 11) | (1 << 31))
+        );
         assert_eq!(v.get(VM_ENTRY_EXCEPTION_ERROR_CODE), Ok(0));
         let mut v = FakeVmcs::new();
         v.set(CR0_READ_SHADOW, 0x10).unwrap();
@@ -175,9 +200,19 @@ mod tests {
 
     #[test]
     fn handler_event_wins_over_vectoring() {
-        let pf = Event { kind: EventKind::Exception, vector: 14, error_code: Some(2) };
-        assert_eq!(next_event(&Action::Inject(Event::UD), Some(pf), None), Some(Event::UD));
+        let pf = Event {
+            kind: EventKind::Exception,
+            vector: 14,
+            error_code: Some(2),
+        };
+        assert_eq!(
+            next_event(&Action::Inject(Event::UD), Some(pf), None),
+            Some(Event::UD)
+        );
         assert_eq!(next_event(&Action::Resume, Some(pf), None), Some(pf));
-        assert_eq!(next_event(&Action::Resume, None, Some(Event::UD)), Some(Event::UD));
+        assert_eq!(
+            next_event(&Action::Resume, None, Some(Event::UD)),
+            Some(Event::UD)
+        );
     }
 }

@@ -36,8 +36,8 @@ use core::fmt;
 use hvcore::arch::GuestLimits;
 use hvcore::arch::{CR0_CD, CR0_HOST_OWNED, CR0_NW, CR4_GUEST_OWNED, CR4_OSXSAVE};
 use vmx::{
-    EntryControls, EptVpidCap, ExitControls, MissingControl, PinBasedControls, PrimaryControls, SecondaryControls,
-    VmxCapabilities,
+    EntryControls, EptVpidCap, ExitControls, MissingControl, PinBasedControls, PrimaryControls,
+    SecondaryControls, VmxCapabilities,
 };
 
 /// Why VMs cannot run on this CPU: a required feature is missing.
@@ -136,7 +136,9 @@ impl VmxSetup {
             return Err(SetupError::NoEpt);
         }
         if !caps.ept_vpid.contains(EptVpidCap::INVEPT)
-            || !caps.ept_vpid.intersects(EptVpidCap::INVEPT_SINGLE_CONTEXT | EptVpidCap::INVEPT_ALL_CONTEXT)
+            || !caps
+                .ept_vpid
+                .intersects(EptVpidCap::INVEPT_SINGLE_CONTEXT | EptVpidCap::INVEPT_ALL_CONTEXT)
         {
             return Err(SetupError::NoInvept);
         }
@@ -153,13 +155,17 @@ impl VmxSetup {
         let optional = Optional {
             vpid: secondary_allowed(SecondaryControls::ENABLE_VPID)
                 && caps.ept_vpid.contains(EptVpidCap::INVVPID)
-                && caps.ept_vpid.intersects(EptVpidCap::INVVPID_SINGLE_CONTEXT | EptVpidCap::INVVPID_ALL_CONTEXT),
+                && caps.ept_vpid.intersects(
+                    EptVpidCap::INVVPID_SINGLE_CONTEXT | EptVpidCap::INVVPID_ALL_CONTEXT,
+                ),
             unrestricted_guest: secondary_allowed(SecondaryControls::UNRESTRICTED_GUEST),
             tpr_shadow: primary_allowed(PrimaryControls::USE_TPR_SHADOW),
             rdtscp: secondary_allowed(SecondaryControls::ENABLE_RDTSCP),
             invpcid: secondary_allowed(SecondaryControls::ENABLE_INVPCID),
             rdpmc_exiting: primary_allowed(PrimaryControls::RDPMC_EXITING),
-            preemption_timer_save: caps.exit.permits(ExitControls::SAVE_PREEMPTION_TIMER.bits()),
+            preemption_timer_save: caps
+                .exit
+                .permits(ExitControls::SAVE_PREEMPTION_TIMER.bits()),
         };
         let mut primary_wanted = PrimaryControls::HLT_EXITING
             | PrimaryControls::UNCONDITIONAL_IO_EXITING
@@ -179,7 +185,10 @@ impl VmxSetup {
         let mut secondary_wanted = SecondaryControls::ENABLE_EPT;
         for (present, bit) in [
             (optional.vpid, SecondaryControls::ENABLE_VPID),
-            (optional.unrestricted_guest, SecondaryControls::UNRESTRICTED_GUEST),
+            (
+                optional.unrestricted_guest,
+                SecondaryControls::UNRESTRICTED_GUEST,
+            ),
             (optional.rdtscp, SecondaryControls::ENABLE_RDTSCP),
             (optional.invpcid, SecondaryControls::ENABLE_INVPCID),
         ] {
@@ -199,14 +208,20 @@ impl VmxSetup {
         }
         let exit = caps.exit_controls(exit_wanted).map_err(c)?;
         let entry = caps
-            .entry_controls(EntryControls::LOAD_DEBUG_CONTROLS | EntryControls::LOAD_IA32_EFER | EntryControls::LOAD_IA32_PAT)
+            .entry_controls(
+                EntryControls::LOAD_DEBUG_CONTROLS
+                    | EntryControls::LOAD_IA32_EFER
+                    | EntryControls::LOAD_IA32_PAT,
+            )
             .map_err(c)?;
         // IA-32e mode guest must be settable too (checked here, set per guest).
-        caps.entry_controls(EntryControls::IA32E_MODE_GUEST).map_err(c)?;
+        caps.entry_controls(EntryControls::IA32E_MODE_GUEST)
+            .map_err(c)?;
 
         // CR0: the hypervisor owns PE/PG/CD/NW and every bit VMX fixes
         // (SDM 25.6.6, A.7); with unrestricted guest PE and PG may be 0.
-        let cr0_fixed1_bits = caps.guest_cr0_fixed0(optional.unrestricted_guest) & !(CR0_CD | CR0_NW);
+        let cr0_fixed1_bits =
+            caps.guest_cr0_fixed0(optional.unrestricted_guest) & !(CR0_CD | CR0_NW);
         let cr0_allowed_bits = caps.cr0_fixed1 & 0xFFFF_FFFF;
         let cr0_mask = CR0_HOST_OWNED | cr0_fixed1_bits | (!cr0_allowed_bits & 0xFFFF_FFFF);
         let cr4_fixed1_bits = caps.cr4_fixed0;
@@ -230,7 +245,11 @@ impl VmxSetup {
             entry,
             optional,
             cr0_mask,
-            cr4_mask: if host.xcr0_supported == 0 { cr4_mask | CR4_OSXSAVE } else { cr4_mask },
+            cr4_mask: if host.xcr0_supported == 0 {
+                cr4_mask | CR4_OSXSAVE
+            } else {
+                cr4_mask
+            },
             cr0_fixed1_bits,
             cr0_allowed_bits,
             cr4_fixed1_bits,
@@ -255,12 +274,27 @@ impl VmxSetup {
         let o = self.optional;
         [
             (o.vpid, ("VPID", "TLB flushed on every VM entry and exit")),
-            (o.unrestricted_guest, ("unrestricted guest", "real-mode VMs refused")),
-            (o.tpr_shadow, ("TPR shadow", "MOV CR8 exits and is emulated")),
+            (
+                o.unrestricted_guest,
+                ("unrestricted guest", "real-mode VMs refused"),
+            ),
+            (
+                o.tpr_shadow,
+                ("TPR shadow", "MOV CR8 exits and is emulated"),
+            ),
             (o.rdtscp, ("RDTSCP", "#UD in guests")),
             (o.invpcid, ("INVPCID", "#UD in guests")),
-            (o.rdpmc_exiting, ("RDPMC exiting", "guests can read performance counters")),
-            (o.preemption_timer_save, ("saving the VMX-preemption timer", "the timer is written at every VM entry")),
+            (
+                o.rdpmc_exiting,
+                ("RDPMC exiting", "guests can read performance counters"),
+            ),
+            (
+                o.preemption_timer_save,
+                (
+                    "saving the VMX-preemption timer",
+                    "the timer is written at every VM entry",
+                ),
+            ),
         ]
         .into_iter()
         .filter(|(present, _)| !present)
@@ -332,7 +366,10 @@ mod tests {
     use super::*;
     use vmx::msr;
 
-    const HOST: HostFeatures = HostFeatures { xcr0_supported: 0x7, phys_addr_bits: 40 };
+    const HOST: HostFeatures = HostFeatures {
+        xcr0_supported: 0x7,
+        phys_addr_bits: 40,
+    };
 
     #[test]
     fn bochs_has_everything() {
@@ -354,24 +391,40 @@ mod tests {
         assert_ne!(s.primary & PrimaryControls::USE_TPR_SHADOW.bits(), 0);
         assert_eq!(s.primary & PrimaryControls::CR8_LOAD_EXITING.bits(), 0);
         assert_ne!(s.primary & PrimaryControls::USE_MSR_BITMAPS.bits(), 0);
-        assert_ne!(s.secondary & SecondaryControls::UNRESTRICTED_GUEST.bits(), 0);
+        assert_ne!(
+            s.secondary & SecondaryControls::UNRESTRICTED_GUEST.bits(),
+            0
+        );
         // CR0: PE/PG/CD/NW and NE owned; CR4: VMXE owned, OSXSAVE guest's.
         assert_eq!(s.cr0_mask & 0xFFFF_FFFF, 0xE000_0021);
         assert_ne!(s.cr4_mask & (1 << 13), 0);
         assert_eq!(s.cr4_mask & (1 << 18), 0);
-        assert_eq!(s.hardware_cr0(0x6000_0010), 0x30, "CD/NW dropped, NE forced");
+        assert_eq!(
+            s.hardware_cr0(0x6000_0010),
+            0x30,
+            "CD/NW dropped, NE forced"
+        );
         assert_eq!(s.hardware_cr4(0x20), 0x2020, "VMXE forced");
-        assert_eq!(s.entry_controls(true) & EntryControls::IA32E_MODE_GUEST.bits(), EntryControls::IA32E_MODE_GUEST.bits());
+        assert_eq!(
+            s.entry_controls(true) & EntryControls::IA32E_MODE_GUEST.bits(),
+            EntryControls::IA32E_MODE_GUEST.bits()
+        );
         assert!(s.limits.unrestricted);
     }
 
     #[test]
     fn without_vpid_runs_and_says_so() {
-        let caps = without(msr::IA32_VMX_PROCBASED_CTLS2, SecondaryControls::ENABLE_VPID.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_PROCBASED_CTLS2,
+            SecondaryControls::ENABLE_VPID.bits() as u64,
+        );
         let s = VmxSetup::from_caps(&caps, HOST).unwrap();
         assert!(!s.optional.vpid);
         assert_eq!(s.secondary & SecondaryControls::ENABLE_VPID.bits(), 0);
-        assert_eq!(s.missing(), [("VPID", "TLB flushed on every VM entry and exit")]);
+        assert_eq!(
+            s.missing(),
+            [("VPID", "TLB flushed on every VM entry and exit")]
+        );
     }
 
     #[test]
@@ -388,12 +441,21 @@ mod tests {
         let s = VmxSetup::from_caps(&caps, HOST).unwrap();
         assert!(!s.optional.preemption_timer_save);
         assert_eq!(s.exit & ExitControls::SAVE_PREEMPTION_TIMER.bits(), 0);
-        assert_eq!(s.missing(), [("saving the VMX-preemption timer", "the timer is written at every VM entry")]);
+        assert_eq!(
+            s.missing(),
+            [(
+                "saving the VMX-preemption timer",
+                "the timer is written at every VM entry"
+            )]
+        );
     }
 
     #[test]
     fn without_unrestricted_guest_pe_pg_fixed() {
-        let caps = without(msr::IA32_VMX_PROCBASED_CTLS2, SecondaryControls::UNRESTRICTED_GUEST.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_PROCBASED_CTLS2,
+            SecondaryControls::UNRESTRICTED_GUEST.bits() as u64,
+        );
         let s = VmxSetup::from_caps(&caps, HOST).unwrap();
         assert!(!s.limits.unrestricted);
         assert_eq!(s.hardware_cr0(0x10) & 0x8000_0001, 0x8000_0001);
@@ -402,7 +464,10 @@ mod tests {
 
     #[test]
     fn without_tpr_shadow_cr8_exits() {
-        let caps = without(msr::IA32_VMX_TRUE_PROCBASED_CTLS, PrimaryControls::USE_TPR_SHADOW.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+            PrimaryControls::USE_TPR_SHADOW.bits() as u64,
+        );
         let s = VmxSetup::from_caps(&caps, HOST).unwrap();
         let cr8 = (PrimaryControls::CR8_LOAD_EXITING | PrimaryControls::CR8_STORE_EXITING).bits();
         assert_eq!(s.primary & cr8, cr8);
@@ -411,16 +476,29 @@ mod tests {
 
     #[test]
     fn missing_required_control_is_named() {
-        let caps = without(msr::IA32_VMX_TRUE_PROCBASED_CTLS, PrimaryControls::USE_MSR_BITMAPS.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+            PrimaryControls::USE_MSR_BITMAPS.bits() as u64,
+        );
         let e = VmxSetup::from_caps(&caps, HOST).unwrap_err();
         assert!(alloc::format!("{e}").contains("use MSR bitmaps"), "{e}");
-        let caps = without(msr::IA32_VMX_PROCBASED_CTLS2, SecondaryControls::ENABLE_EPT.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_PROCBASED_CTLS2,
+            SecondaryControls::ENABLE_EPT.bits() as u64,
+        );
         assert_eq!(VmxSetup::from_caps(&caps, HOST), Err(SetupError::NoEpt));
     }
 
     #[test]
     fn no_xsave_hides_osxsave() {
-        let s = VmxSetup::from_caps(&bochs(), HostFeatures { xcr0_supported: 0, phys_addr_bits: 36 }).unwrap();
+        let s = VmxSetup::from_caps(
+            &bochs(),
+            HostFeatures {
+                xcr0_supported: 0,
+                phys_addr_bits: 36,
+            },
+        )
+        .unwrap();
         assert_eq!(s.limits.cr4_allowed & (1 << 18), 0);
         assert_ne!(s.cr4_mask & (1 << 18), 0);
     }

@@ -88,9 +88,15 @@ mod tests {
         assert!(exits(&page, IA32_EFER, true));
         // Everything else exits, in range or not.
         for msr in [0x10, 0x1B, 0x277 + 1, 0xC000_0085, 0xC001_0114, 0x4000_0000] {
-            assert!(exits(&page, msr, false) && exits(&page, msr, true), "{msr:#x}");
+            assert!(
+                exits(&page, msr, false) && exits(&page, msr, true),
+                "{msr:#x}"
+            );
         }
-        let passing = (0..0x2000u32).chain(0xC000_0000..0xC000_2000).filter(|&m| !exits(&page, m, true)).count();
+        let passing = (0..0x2000u32)
+            .chain(0xC000_0000..0xC000_2000)
+            .filter(|&m| !exits(&page, m, true))
+            .count();
         assert_eq!(passing, PASSTHROUGH.len());
     }
 

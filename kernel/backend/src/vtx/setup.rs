@@ -92,8 +92,14 @@ pub mod selectors {
     /// execute/read), flat 4 GiB data (G, D/B, P, read/write), the low half of a
     /// busy 64-bit TSS of 0x68 bytes at 0, its (zero) high half, and flat
     /// 32-bit code (G, D, P, execute/read).
-    pub const GDT_ENTRIES: [u64; 6] =
-        [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x0000_8b00_0000_0067, 0, 0x00cf_9b00_0000_ffff];
+    pub const GDT_ENTRIES: [u64; 6] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x0000_8b00_0000_0067,
+        0,
+        0x00cf_9b00_0000_ffff,
+    ];
 }
 
 /// The four guest-state fields of one segment register (SDM 25.4.1).
@@ -105,7 +111,14 @@ struct Segment {
 }
 
 impl Segment {
-    fn write<V: VmcsAccess>(&self, vmcs: &mut V, selector: u16, base: u64, limit: u32, ar: u32) -> Result<(), VmFail> {
+    fn write<V: VmcsAccess>(
+        &self,
+        vmcs: &mut V,
+        selector: u16,
+        base: u64,
+        limit: u32,
+        ar: u32,
+    ) -> Result<(), VmFail> {
         vmcs.set(self.selector, selector)?;
         vmcs.set(self.base, base)?;
         vmcs.set(self.limit, limit)?;
@@ -115,17 +128,70 @@ impl Segment {
 
 macro_rules! segment {
     ($name:ident, $sel:ident, $base:ident, $limit:ident, $ar:ident) => {
-        const $name: Segment = Segment { selector: $sel, base: $base, limit: $limit, access_rights: $ar };
+        const $name: Segment = Segment {
+            selector: $sel,
+            base: $base,
+            limit: $limit,
+            access_rights: $ar,
+        };
     };
 }
-segment!(ES, GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES);
-segment!(CS, GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES);
-segment!(SS, GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES);
-segment!(DS, GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES);
-segment!(FS, GUEST_FS_SELECTOR, GUEST_FS_BASE, GUEST_FS_LIMIT, GUEST_FS_AR_BYTES);
-segment!(GS, GUEST_GS_SELECTOR, GUEST_GS_BASE, GUEST_GS_LIMIT, GUEST_GS_AR_BYTES);
-segment!(TR, GUEST_TR_SELECTOR, GUEST_TR_BASE, GUEST_TR_LIMIT, GUEST_TR_AR_BYTES);
-segment!(LDTR, GUEST_LDTR_SELECTOR, GUEST_LDTR_BASE, GUEST_LDTR_LIMIT, GUEST_LDTR_AR_BYTES);
+segment!(
+    ES,
+    GUEST_ES_SELECTOR,
+    GUEST_ES_BASE,
+    GUEST_ES_LIMIT,
+    GUEST_ES_AR_BYTES
+);
+segment!(
+    CS,
+    GUEST_CS_SELECTOR,
+    GUEST_CS_BASE,
+    GUEST_CS_LIMIT,
+    GUEST_CS_AR_BYTES
+);
+segment!(
+    SS,
+    GUEST_SS_SELECTOR,
+    GUEST_SS_BASE,
+    GUEST_SS_LIMIT,
+    GUEST_SS_AR_BYTES
+);
+segment!(
+    DS,
+    GUEST_DS_SELECTOR,
+    GUEST_DS_BASE,
+    GUEST_DS_LIMIT,
+    GUEST_DS_AR_BYTES
+);
+segment!(
+    FS,
+    GUEST_FS_SELECTOR,
+    GUEST_FS_BASE,
+    GUEST_FS_LIMIT,
+    GUEST_FS_AR_BYTES
+);
+segment!(
+    GS,
+    GUEST_GS_SELECTOR,
+    GUEST_GS_BASE,
+    GUEST_GS_LIMIT,
+    GUEST_GS_AR_BYTES
+);
+segment!(
+    TR,
+    GUEST_TR_SELECTOR,
+    GUEST_TR_BASE,
+    GUEST_TR_LIMIT,
+    GUEST_TR_AR_BYTES
+);
+segment!(
+    LDTR,
+    GUEST_LDTR_SELECTOR,
+    GUEST_LDTR_BASE,
+    GUEST_LDTR_LIMIT,
+    GUEST_LDTR_AR_BYTES
+);
 
 /// CR0 at reset as the guest sees it: ET, plus PE|PG|NE for long mode.
 const CR0_ET: u64 = 1 << 4;
@@ -147,7 +213,12 @@ pub fn real_mode_cs(entry: u64) -> (u16, u64, u64) {
 }
 
 /// Writes every control, host-state and guest-state field of a new vCPU.
-pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, guest: &GuestStart) -> Result<(), VmFail> {
+pub fn program<V: VmcsAccess>(
+    vmcs: &mut V,
+    setup: &VmxSetup,
+    host: &HostState,
+    guest: &GuestStart,
+) -> Result<(), VmFail> {
     let real = guest.mode == GuestMode::Real16;
     let protected32 = guest.mode == GuestMode::Protected32;
     // Controls (SDM 25.6-25.8).
@@ -155,7 +226,10 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
     vmcs.set(CPU_BASED_VM_EXEC_CONTROL, setup.primary)?;
     vmcs.set(SECONDARY_VM_EXEC_CONTROL, setup.secondary)?;
     vmcs.set(VM_EXIT_CONTROLS, setup.exit)?;
-    vmcs.set(VM_ENTRY_CONTROLS, setup.entry_controls(!real && !protected32))?;
+    vmcs.set(
+        VM_ENTRY_CONTROLS,
+        setup.entry_controls(!real && !protected32),
+    )?;
     vmcs.set(EXCEPTION_BITMAP, 0)?;
     vmcs.set(CR3_TARGET_COUNT, 0)?;
     vmcs.set(VM_EXIT_MSR_STORE_COUNT, 0)?;
@@ -238,7 +312,10 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
         LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
         vmcs.set(GUEST_CR3, 0)?;
         vmcs.set(GUEST_GDTR_BASE, layout::GDT)?;
-        vmcs.set(GUEST_GDTR_LIMIT, (selectors::GDT_ENTRIES.len() * 8 - 1) as u32)?;
+        vmcs.set(
+            GUEST_GDTR_LIMIT,
+            (selectors::GDT_ENTRIES.len() * 8 - 1) as u32,
+        )?;
         vmcs.set(GUEST_IDTR_BASE, 0)?;
         vmcs.set(GUEST_IDTR_LIMIT, 0)?;
         guest.entry
@@ -251,7 +328,10 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
         LDTR.write(vmcs, 0, 0, 0, ar::UNUSABLE)?;
         vmcs.set(GUEST_CR3, layout::PML4)?;
         vmcs.set(GUEST_GDTR_BASE, layout::GDT)?;
-        vmcs.set(GUEST_GDTR_LIMIT, (selectors::GDT_ENTRIES.len() * 8 - 1) as u32)?;
+        vmcs.set(
+            GUEST_GDTR_LIMIT,
+            (selectors::GDT_ENTRIES.len() * 8 - 1) as u32,
+        )?;
         vmcs.set(GUEST_IDTR_BASE, 0)?;
         vmcs.set(GUEST_IDTR_LIMIT, 0)?;
         guest.entry
@@ -276,11 +356,19 @@ pub fn program<V: VmcsAccess>(vmcs: &mut V, setup: &VmxSetup, host: &HostState, 
 pub fn long_mode_boot_words() -> impl Iterator<Item = (u64, u64)> {
     const P_RW: u64 = 0b11;
     const PS: u64 = 1 << 7;
-    let gdt = selectors::GDT_ENTRIES.into_iter().enumerate().map(|(i, d)| (layout::GDT + i as u64 * 8, d));
+    let gdt = selectors::GDT_ENTRIES
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| (layout::GDT + i as u64 * 8, d));
     let pml4 = core::iter::once((layout::PML4, layout::PDPT | P_RW));
     let pdpt = (0..4u64).map(|pd| (layout::PDPT + pd * 8, (layout::PD0 + pd * 0x1000) | P_RW));
     let pds = (0..4u64).flat_map(|pd| {
-        (0..512u64).map(move |i| (layout::PD0 + pd * 0x1000 + i * 8, (pd << 30) | (i << 21) | P_RW | PS))
+        (0..512u64).map(move |i| {
+            (
+                layout::PD0 + pd * 0x1000 + i * 8,
+                (pd << 30) | (i << 21) | P_RW | PS,
+            )
+        })
     });
     gdt.chain(pml4).chain(pdpt).chain(pds)
 }
@@ -293,18 +381,41 @@ mod tests {
     use vmx::FakeVmcs;
 
     fn setup() -> VmxSetup {
-        VmxSetup::from_caps(&bochs(), HostFeatures { xcr0_supported: 7, phys_addr_bits: 40 }).unwrap()
+        VmxSetup::from_caps(
+            &bochs(),
+            HostFeatures {
+                xcr0_supported: 7,
+                phys_addr_bits: 40,
+            },
+        )
+        .unwrap()
     }
 
     fn start(mode: GuestMode, entry: u64) -> GuestStart {
-        GuestStart { mode, entry, eptp: 0x5000_001e, vpid: 3, msr_bitmap: 0x7000, virtual_apic: 0x8000 }
+        GuestStart {
+            mode,
+            entry,
+            eptp: 0x5000_001e,
+            vpid: 3,
+            msr_bitmap: 0x7000,
+            virtual_apic: 0x8000,
+        }
     }
 
     #[test]
     fn long_mode_guest_fields() {
         let s = setup();
         let mut v = FakeVmcs::new();
-        program(&mut v, &s, &HostState { rip: 0xffff_8000_0000_1000, ..Default::default() }, &start(GuestMode::Long64, 0x10_0000)).unwrap();
+        program(
+            &mut v,
+            &s,
+            &HostState {
+                rip: 0xffff_8000_0000_1000,
+                ..Default::default()
+            },
+            &start(GuestMode::Long64, 0x10_0000),
+        )
+        .unwrap();
         assert_eq!(v.get(GUEST_RIP), Ok(0x10_0000));
         assert_eq!(v.get(CR0_READ_SHADOW), Ok(0x8000_0031));
         assert_eq!(v.get(GUEST_CR0), Ok(0x8000_0031));
@@ -326,7 +437,13 @@ mod tests {
     fn protected_mode_start_for_multiboot() {
         let s = setup();
         let mut v = FakeVmcs::new();
-        program(&mut v, &s, &HostState::default(), &start(GuestMode::Protected32, 0x10_0000)).unwrap();
+        program(
+            &mut v,
+            &s,
+            &HostState::default(),
+            &start(GuestMode::Protected32, 0x10_0000),
+        )
+        .unwrap();
         assert_eq!(v.get(CR0_READ_SHADOW), Ok(0x31), "PE, ET, NE; paging off");
         assert_eq!(v.get(GUEST_CR0), Ok(0x31));
         assert_eq!(v.get(GUEST_IA32_EFER), Ok(0));
@@ -335,7 +452,10 @@ mod tests {
         assert_eq!(v.get(GUEST_CS_AR_BYTES), Ok(ar::CODE32));
         assert_eq!(v.get(GUEST_RIP), Ok(0x10_0000));
         // The descriptor behind the selector matches the hidden state.
-        assert_eq!(selectors::GDT_ENTRIES[usize::from(selectors::CODE32 >> 3)] >> 40 & 0xf0ff, u64::from(ar::CODE32));
+        assert_eq!(
+            selectors::GDT_ENTRIES[usize::from(selectors::CODE32 >> 3)] >> 40 & 0xf0ff,
+            u64::from(ar::CODE32)
+        );
     }
 
     #[test]
@@ -349,7 +469,13 @@ mod tests {
         }
         let s = setup();
         let mut v = FakeVmcs::new();
-        program(&mut v, &s, &HostState::default(), &start(GuestMode::Real16, 0xFFF00)).unwrap();
+        program(
+            &mut v,
+            &s,
+            &HostState::default(),
+            &start(GuestMode::Real16, 0xFFF00),
+        )
+        .unwrap();
         assert_eq!(v.get(GUEST_CS_SELECTOR), Ok(0xF000));
         assert_eq!(v.get(GUEST_CS_BASE), Ok(0xF0000));
         assert_eq!(v.get(GUEST_RIP), Ok(0xFF00));
@@ -360,15 +486,36 @@ mod tests {
     #[test]
     fn without_vpid_or_tpr_shadow_fields_are_not_written() {
         use vmx::msr;
-        let caps = without(msr::IA32_VMX_PROCBASED_CTLS2, vmx::SecondaryControls::ENABLE_VPID.bits() as u64);
+        let caps = without(
+            msr::IA32_VMX_PROCBASED_CTLS2,
+            vmx::SecondaryControls::ENABLE_VPID.bits() as u64,
+        );
         let s = VmxSetup::from_caps(&caps, HostFeatures::default()).unwrap();
         let mut v = FakeVmcs::new();
-        program(&mut v, &s, &HostState::default(), &start(GuestMode::Long64, 0x10_0000)).unwrap();
-        assert!(v.get(VIRTUAL_PROCESSOR_ID).is_err(), "VPID field left alone");
-        let caps = without(msr::IA32_VMX_TRUE_PROCBASED_CTLS, vmx::PrimaryControls::USE_TPR_SHADOW.bits() as u64);
+        program(
+            &mut v,
+            &s,
+            &HostState::default(),
+            &start(GuestMode::Long64, 0x10_0000),
+        )
+        .unwrap();
+        assert!(
+            v.get(VIRTUAL_PROCESSOR_ID).is_err(),
+            "VPID field left alone"
+        );
+        let caps = without(
+            msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+            vmx::PrimaryControls::USE_TPR_SHADOW.bits() as u64,
+        );
         let s = VmxSetup::from_caps(&caps, HostFeatures::default()).unwrap();
         let mut v = FakeVmcs::new();
-        program(&mut v, &s, &HostState::default(), &start(GuestMode::Long64, 0x10_0000)).unwrap();
+        program(
+            &mut v,
+            &s,
+            &HostState::default(),
+            &start(GuestMode::Long64, 0x10_0000),
+        )
+        .unwrap();
         assert!(v.get(VIRTUAL_APIC_PAGE_ADDR).is_err());
     }
 
@@ -377,7 +524,9 @@ mod tests {
         let words: alloc::vec::Vec<_> = long_mode_boot_words().collect();
         assert_eq!(words.len(), 6 + 1 + 4 + 4 * 512);
         for (gpa, _) in &words {
-            assert!(layout::BOOT_RESERVED.contains(gpa) && layout::BOOT_RESERVED.contains(&(gpa + 7)));
+            assert!(
+                layout::BOOT_RESERVED.contains(gpa) && layout::BOOT_RESERVED.contains(&(gpa + 7))
+            );
         }
         assert!(words.contains(&(layout::PD0 + 0x1000 + 8, (1 << 30) | (1 << 21) | 0x83)));
     }

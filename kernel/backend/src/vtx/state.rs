@@ -3,7 +3,9 @@
 //! and the registers the kernel switches lazily through [`LazyMsrs`].
 
 use hvcore::arch::{GuestCpu, GuestLimits, Reg, StateError};
-use hvcore::msr_policy::{IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX};
+use hvcore::msr_policy::{
+    IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX,
+};
 use vmx::vmcs::*;
 use vmx::VmcsAccess;
 
@@ -33,7 +35,11 @@ pub struct SoftState {
 
 impl Default for SoftState {
     fn default() -> Self {
-        SoftState { xcr0: 1, cr8: 0, flush_tlb: false }
+        SoftState {
+            xcr0: 1,
+            cr8: 0,
+            flush_tlb: false,
+        }
     }
 }
 
@@ -66,7 +72,13 @@ impl<V: VmcsAccess> VmcsCpu<'_, V> {
         self.vmcs.get(f).map_err(|_| StateError { reg })
     }
 
-    fn shadowed(&self, reg: Reg, mask: u64, shadow: VmcsFieldNatural, real: VmcsFieldNatural) -> Result<u64, StateError> {
+    fn shadowed(
+        &self,
+        reg: Reg,
+        mask: u64,
+        shadow: VmcsFieldNatural,
+        real: VmcsFieldNatural,
+    ) -> Result<u64, StateError> {
         Ok((self.natural(reg, shadow)? & mask) | (self.natural(reg, real)? & !mask))
     }
 }
@@ -87,7 +99,11 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::Rsp => self.natural(reg, GUEST_RSP),
             Reg::Rflags => self.natural(reg, GUEST_RFLAGS),
             // CPL is SS.DPL (SDM 27.3.1.2).
-            Reg::Cpl => self.vmcs.get(GUEST_SS_AR_BYTES).map(|ar| u64::from((ar >> 5) & 3)).map_err(e),
+            Reg::Cpl => self
+                .vmcs
+                .get(GUEST_SS_AR_BYTES)
+                .map(|ar| u64::from((ar >> 5) & 3))
+                .map_err(e),
             // 64-bit mode: EFER.LMA and CS.L (access-rights bit 13).
             Reg::Mode64 => {
                 let lma = self.vmcs.get(GUEST_IA32_EFER).map_err(e)? & hvcore::arch::EFER_LMA != 0;
@@ -116,12 +132,16 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
         match reg {
             Reg::Cr0 => {
                 self.vmcs.set(CR0_READ_SHADOW, value).map_err(e)?;
-                self.vmcs.set(GUEST_CR0, self.setup.hardware_cr0(value)).map_err(e)?;
+                self.vmcs
+                    .set(GUEST_CR0, self.setup.hardware_cr0(value))
+                    .map_err(e)?;
                 self.soft.flush_tlb = true;
             }
             Reg::Cr4 => {
                 self.vmcs.set(CR4_READ_SHADOW, value).map_err(e)?;
-                self.vmcs.set(GUEST_CR4, self.setup.hardware_cr4(value)).map_err(e)?;
+                self.vmcs
+                    .set(GUEST_CR4, self.setup.hardware_cr4(value))
+                    .map_err(e)?;
                 self.soft.flush_tlb = true;
             }
             Reg::Cr3 => {
@@ -135,7 +155,9 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
                 // agree (SDM 27.3.1.1).
                 self.vmcs.set(GUEST_IA32_EFER, value).map_err(e)?;
                 let long_mode = value & hvcore::arch::EFER_LMA != 0;
-                self.vmcs.set(VM_ENTRY_CONTROLS, self.setup.entry_controls(long_mode)).map_err(e)?;
+                self.vmcs
+                    .set(VM_ENTRY_CONTROLS, self.setup.entry_controls(long_mode))
+                    .map_err(e)?;
             }
             Reg::Rsp => self.vmcs.set(GUEST_RSP, value).map_err(e)?,
             Reg::Rflags => self.vmcs.set(GUEST_RFLAGS, value).map_err(e)?,
@@ -146,9 +168,14 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::SysenterEip => self.vmcs.set(GUEST_SYSENTER_EIP, value).map_err(e)?,
             Reg::Pat => self.vmcs.set(GUEST_IA32_PAT, value).map_err(e)?,
             Reg::DebugCtl => self.vmcs.set(GUEST_IA32_DEBUGCTL, value).map_err(e)?,
-            Reg::Cpl | Reg::Mode64 | Reg::KernelGsBase | Reg::Star | Reg::Lstar | Reg::Cstar | Reg::Fmask | Reg::TscAux => {
-                return Err(StateError { reg })
-            }
+            Reg::Cpl
+            | Reg::Mode64
+            | Reg::KernelGsBase
+            | Reg::Star
+            | Reg::Lstar
+            | Reg::Cstar
+            | Reg::Fmask
+            | Reg::TscAux => return Err(StateError { reg }),
         }
         Ok(())
     }
@@ -171,7 +198,10 @@ mod tests {
     struct Msrs(alloc::vec::Vec<(u32, u64)>);
     impl LazyMsrs for Msrs {
         fn read(&mut self, msr: u32) -> u64 {
-            self.0.iter().find(|(m, _)| *m == msr).map_or(0, |(_, v)| *v)
+            self.0
+                .iter()
+                .find(|(m, _)| *m == msr)
+                .map_or(0, |(_, v)| *v)
         }
         fn write(&mut self, msr: u32, value: u64) {
             self.0.retain(|(m, _)| *m != msr);
@@ -180,9 +210,23 @@ mod tests {
     }
 
     fn fixture() -> (FakeVmcs, VmxSetup) {
-        let setup = VmxSetup::from_caps(&bochs(), HostFeatures { xcr0_supported: 7, phys_addr_bits: 40 }).unwrap();
+        let setup = VmxSetup::from_caps(
+            &bochs(),
+            HostFeatures {
+                xcr0_supported: 7,
+                phys_addr_bits: 40,
+            },
+        )
+        .unwrap();
         let mut v = FakeVmcs::new();
-        let start = GuestStart { mode: GuestMode::Long64, entry: 0x10_0000, eptp: 0, vpid: 1, msr_bitmap: 0, virtual_apic: 0 };
+        let start = GuestStart {
+            mode: GuestMode::Long64,
+            entry: 0x10_0000,
+            eptp: 0,
+            vpid: 1,
+            msr_bitmap: 0,
+            virtual_apic: 0,
+        };
         program(&mut v, &setup, &HostState::default(), &start).unwrap();
         (v, setup)
     }
@@ -191,11 +235,20 @@ mod tests {
     fn cr0_cd_goes_to_the_shadow_only() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         cpu.write(Reg::Cr0, 0xC000_0031 | (1 << 31)).unwrap();
         assert_eq!(cpu.read(Reg::Cr0), Ok(0xC000_0031 | (1 << 31)));
         assert!(soft.flush_tlb);
-        assert_eq!(v.get(GUEST_CR0), Ok(0x8000_0031), "hardware keeps caching on");
+        assert_eq!(
+            v.get(GUEST_CR0),
+            Ok(0x8000_0031),
+            "hardware keeps caching on"
+        );
     }
 
     #[test]
@@ -204,7 +257,12 @@ mod tests {
         // The guest set OSFXSR natively (a guest-owned bit: no exit).
         v.set(GUEST_CR4, 0x2220).unwrap();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         assert_eq!(cpu.read(Reg::Cr4), Ok(0x220));
     }
 
@@ -212,10 +270,20 @@ mod tests {
     fn efer_lma_sets_the_entry_control() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         cpu.write(Reg::Efer, 0x100).unwrap();
         assert_eq!(v.get(VM_ENTRY_CONTROLS), Ok(setup.entry_controls(false)));
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         cpu.write(Reg::Efer, 0x500).unwrap();
         assert_eq!(v.get(VM_ENTRY_CONTROLS), Ok(setup.entry_controls(true)));
     }
@@ -224,7 +292,12 @@ mod tests {
     fn msrs_route_to_vmcs_or_lazy_hardware() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         cpu.write(Reg::Lstar, 0xffff_8000_1234_0000).unwrap();
         cpu.write(Reg::FsBase, 0x7000).unwrap();
         cpu.write(Reg::SysenterCs, 0x10).unwrap();
@@ -239,7 +312,12 @@ mod tests {
         let setup = VmxSetup::from_caps(&bochs(), HostFeatures::default()).unwrap();
         let mut v = FakeVmcs::new();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu { vmcs: &mut v, setup: &setup, soft: &mut soft, msrs: &mut msrs };
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
         assert_eq!(cpu.read(Reg::Cr0), Err(StateError { reg: Reg::Cr0 }));
     }
 }

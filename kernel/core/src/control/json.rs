@@ -103,9 +103,16 @@ pub fn parse(text: &[u8]) -> Result<Value, JsonError> {
 /// [`parse`] with another length limit (the host reading responses).
 pub fn parse_limited(text: &[u8], max_len: usize) -> Result<Value, JsonError> {
     if text.len() > max_len {
-        return Err(JsonError { at: max_len, what: "line too long" });
+        return Err(JsonError {
+            at: max_len,
+            what: "line too long",
+        });
     }
-    let mut p = Parser { s: text, i: 0, items: 0 };
+    let mut p = Parser {
+        s: text,
+        i: 0,
+        items: 0,
+    };
     let v = p.value(0)?;
     p.ws();
     if p.i != text.len() {
@@ -183,7 +190,10 @@ impl Parser<'_> {
             let at = self.i;
             let key = self.string()?;
             if members.iter().any(|(k, _)| *k == key) {
-                return Err(JsonError { at, what: "duplicate key" });
+                return Err(JsonError {
+                    at,
+                    what: "duplicate key",
+                });
             }
             self.ws();
             if self.peek() != Some(b':') {
@@ -233,14 +243,25 @@ impl Parser<'_> {
         let start = self.i;
         let mut n: u64 = 0;
         while let Some(d @ b'0'..=b'9') = self.peek() {
-            n = match n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))) {
+            n = match n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            {
                 Some(n) if n <= MAX_NUMBER => n,
-                _ => return Err(JsonError { at: start, what: "number too large" }),
+                _ => {
+                    return Err(JsonError {
+                        at: start,
+                        what: "number too large",
+                    })
+                }
             };
             self.i += 1;
         }
         if self.i - start > 1 && self.s.get(start) == Some(&b'0') {
-            return Err(JsonError { at: start, what: "leading zero" });
+            return Err(JsonError {
+                at: start,
+                what: "leading zero",
+            });
         }
         if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return Err(self.err("only whole numbers are used"));
@@ -267,12 +288,16 @@ impl Parser<'_> {
         self.i += 1;
         let mut out: Vec<u8> = Vec::new();
         loop {
-            let Some(c) = self.peek() else { return Err(self.err("unterminated string")) };
+            let Some(c) = self.peek() else {
+                return Err(self.err("unterminated string"));
+            };
             self.i += 1;
             match c {
                 b'"' => break,
                 b'\\' => {
-                    let Some(e) = self.peek() else { return Err(self.err("unterminated string")) };
+                    let Some(e) = self.peek() else {
+                        return Err(self.err("unterminated string"));
+                    };
                     self.i += 1;
                     let ch = match e {
                         b'"' => '"',
@@ -352,7 +377,9 @@ pub struct Obj {
 impl Obj {
     /// An empty object.
     pub fn new() -> Obj {
-        Obj { out: String::from("{") }
+        Obj {
+            out: String::from("{"),
+        }
     }
 
     fn key(&mut self, key: &str) {
@@ -439,12 +466,21 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        let v = parse(br#" {"id": 7, "cmd":"create", "cpus":[0,1], "name":"a\u00e9\n", "x":null, "t":true} "#).unwrap();
+        let v = parse(
+            br#" {"id": 7, "cmd":"create", "cpus":[0,1], "name":"a\u00e9\n", "x":null, "t":true} "#,
+        )
+        .unwrap();
         assert_eq!(v.get("id"), Some(&Value::Num(7)));
-        assert_eq!(v.get("cpus"), Some(&Value::Arr(vec![Value::Num(0), Value::Num(1)])));
+        assert_eq!(
+            v.get("cpus"),
+            Some(&Value::Arr(vec![Value::Num(0), Value::Num(1)]))
+        );
         assert_eq!(v.get("name").and_then(Value::as_str), Some("a\u{e9}\n"));
         assert_eq!(v.get("x"), Some(&Value::Null));
-        assert_eq!(parse(br#""\ud83d\ude00""#).unwrap(), Value::Str("\u{1f600}".into()));
+        assert_eq!(
+            parse(br#""\ud83d\ude00""#).unwrap(),
+            Value::Str("\u{1f600}".into())
+        );
     }
 
     #[test]
@@ -468,23 +504,41 @@ mod tests {
             b"tru",
             b"[[[[[[[[[1]]]]]]]]]",
         ] {
-            assert!(parse(bad).is_err(), "{:?} accepted", core::str::from_utf8(bad));
+            assert!(
+                parse(bad).is_err(),
+                "{:?} accepted",
+                core::str::from_utf8(bad)
+            );
         }
         let long = vec![b' '; MAX_LINE + 1];
         assert_eq!(parse(&long).unwrap_err().what, "line too long");
         let many = format!("[{}0]", "0,".repeat(MAX_ITEMS));
-        assert_eq!(parse_limited(many.as_bytes(), usize::MAX).unwrap_err().what, "too many values");
+        assert_eq!(
+            parse_limited(many.as_bytes(), usize::MAX).unwrap_err().what,
+            "too many values"
+        );
     }
 
     #[test]
     fn writer_round_trips_through_the_reader() {
         let name = "a\"b\\c\n\u{1b}[2J\u{e9}\u{1f600}";
-        let text = Obj::new().num("id", 3).str("name", name).bool("ok", true).nums("cpus", &[1, 2]).null("n").end();
+        let text = Obj::new()
+            .num("id", 3)
+            .str("name", name)
+            .bool("ok", true)
+            .nums("cpus", &[1, 2])
+            .null("n")
+            .end();
         assert!(text.bytes().all(|b| (b' '..=b'~').contains(&b)), "{text}");
         let v = parse(text.as_bytes()).unwrap();
         assert_eq!(v.get("name").and_then(Value::as_str), Some(name));
-        assert_eq!(v.get("cpus"), Some(&Value::Arr(vec![Value::Num(1), Value::Num(2)])));
-        let list = Obj::new().raw("vms", &array(&[Obj::new().num("id", 1).end()])).end();
+        assert_eq!(
+            v.get("cpus"),
+            Some(&Value::Arr(vec![Value::Num(1), Value::Num(2)]))
+        );
+        let list = Obj::new()
+            .raw("vms", &array(&[Obj::new().num("id", 1).end()]))
+            .end();
         assert_eq!(list, r#"{"vms":[{"id":1}]}"#);
         assert!(parse(list.as_bytes()).is_ok());
     }
@@ -493,7 +547,9 @@ mod tests {
     /// whatever parses re-serializes to something that parses to the same.
     #[test]
     fn fuzz_never_panics() {
-        let rounds: u64 = option_env!("HV_FUZZ_ROUNDS").and_then(|r| r.parse().ok()).unwrap_or(20_000);
+        let rounds: u64 = option_env!("HV_FUZZ_ROUNDS")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(20_000);
         let seed_docs: [&[u8]; 3] = [
             br#"{"id":1,"cmd":"create","name":"x","image":"hello","memory_mib":2,"cpus":[0],"slice_us":1000}"#,
             br#"{"id":2,"cmd":"info","vm":"x"}"#,
@@ -524,16 +580,14 @@ mod tests {
             if round % 7 == 0 {
                 doc = (0..(next() % 64)).map(|_| next() as u8).collect();
             }
-            if let Ok(v) = parse(&doc) {
-                if let Value::Obj(members) = &v {
-                    let mut o = Obj::new();
-                    for (k, val) in members {
-                        if let Value::Str(s) = val {
-                            o = o.str(k, s);
-                        }
+            if let Ok(Value::Obj(members)) = parse(&doc) {
+                let mut o = Obj::new();
+                for (k, val) in &members {
+                    if let Value::Str(s) = val {
+                        o = o.str(k, s);
                     }
-                    assert!(parse(o.end().as_bytes()).is_ok());
                 }
+                assert!(parse(o.end().as_bytes()).is_ok());
             }
         }
     }

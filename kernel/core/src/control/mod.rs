@@ -19,7 +19,9 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::config::{self, GuestMode, ImageInfo, ImageKind, MachineLimits, Problem, RebootPolicy, VmSpec, MIB};
+use crate::config::{
+    self, GuestMode, ImageInfo, ImageKind, MachineLimits, Problem, RebootPolicy, VmSpec, MIB,
+};
 use crate::text::Escaped;
 use json::Value;
 
@@ -109,13 +111,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The columns of `list`.
-pub const LIST_HEADER: [&str; 8] = ["ID", "NAME", "STATE", "CPUS", "MIB", "UPTIME_S", "EXITS/S", "CPU"];
+pub const LIST_HEADER: [&str; 8] = [
+    "ID", "NAME", "STATE", "CPUS", "MIB", "UPTIME_S", "EXITS/S", "CPU",
+];
 
 /// One `list` row's cells from a VM object of the `list` response.
 pub fn list_row(vm: &Value) -> Vec<String> {
     let num = |k: &str| vm.get(k).and_then(Value::as_num).unwrap_or(0);
     let cpus: Vec<String> = match vm.get("cpus") {
-        Some(Value::Arr(a)) => a.iter().filter_map(Value::as_num).map(|c| format!("{c}")).collect(),
+        Some(Value::Arr(a)) => a
+            .iter()
+            .filter_map(Value::as_num)
+            .map(|c| format!("{c}"))
+            .collect(),
         _ => Vec::new(),
     };
     let (up, share) = (num("uptime_ms"), num("cpu_permille"));
@@ -240,35 +248,74 @@ fn fields_of(cmd: &str) -> Option<&'static [&'static str]> {
 
 /// Every command, for messages and help.
 pub const COMMANDS: &[&str] = &[
-    "list", "info", "create", "start", "stop", "restart", "destroy", "console", "pool", "stats-reset", "shutdown",
+    "list",
+    "info",
+    "create",
+    "start",
+    "stop",
+    "restart",
+    "destroy",
+    "console",
+    "pool",
+    "stats-reset",
+    "shutdown",
     "version",
 ];
 
 /// Parses one protocol line (JSON object, at most [`json::MAX_LINE`] bytes).
 pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
-    let v = json::parse(line).map_err(|e| RequestError { id: None, message: e.to_string() })?;
+    let v = json::parse(line).map_err(|e| RequestError {
+        id: None,
+        message: e.to_string(),
+    })?;
     let Value::Obj(members) = &v else {
-        return Err(RequestError { id: None, message: format!("a request is a JSON object, not {}", v.kind()) });
+        return Err(RequestError {
+            id: None,
+            message: format!("a request is a JSON object, not {}", v.kind()),
+        });
     };
     let id = match v.get("id") {
         Some(Value::Num(n)) => *n,
         Some(other) => {
-            return Err(RequestError { id: None, message: format!("field \"id\" must be a number, not {}", other.kind()) })
+            return Err(RequestError {
+                id: None,
+                message: format!("field \"id\" must be a number, not {}", other.kind()),
+            })
         }
-        None => return Err(RequestError { id: None, message: "missing field \"id\"".into() }),
+        None => {
+            return Err(RequestError {
+                id: None,
+                message: "missing field \"id\"".into(),
+            })
+        }
     };
-    let fail = |message: String| RequestError { id: Some(id), message };
+    let fail = |message: String| RequestError {
+        id: Some(id),
+        message,
+    };
     let cmd = match v.get("cmd") {
         Some(Value::Str(s)) => s.as_str(),
-        Some(other) => return Err(fail(format!("field \"cmd\" must be a string, not {}", other.kind()))),
+        Some(other) => {
+            return Err(fail(format!(
+                "field \"cmd\" must be a string, not {}",
+                other.kind()
+            )))
+        }
         None => return Err(fail("missing field \"cmd\"".into())),
     };
     let Some(allowed) = fields_of(cmd) else {
-        return Err(fail(format!("unknown command \"{}\" (commands: {})", Escaped(cut(cmd)), COMMANDS.join(", "))));
+        return Err(fail(format!(
+            "unknown command \"{}\" (commands: {})",
+            Escaped(cut(cmd)),
+            COMMANDS.join(", ")
+        )));
     };
     for (key, _) in members {
         if key != "id" && key != "cmd" && !allowed.contains(&key.as_str()) {
-            return Err(fail(format!("unknown field \"{}\" for {cmd}", Escaped(cut(key)))));
+            return Err(fail(format!(
+                "unknown field \"{}\" for {cmd}",
+                Escaped(cut(key))
+            )));
         }
     }
     let mut fields = Fields::default();
@@ -278,7 +325,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
         }
         fields.set(key, FieldValue::Json(val)).map_err(fail)?;
     }
-    build(cmd, fields).map(|command| Request { id, command }).map_err(fail)
+    build(cmd, fields)
+        .map(|command| Request { id, command })
+        .map_err(fail)
 }
 
 /// Parses a line typed on the human console: a command and its arguments
@@ -286,15 +335,24 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
 /// memory=MIB cpus=0,1 slice=US cmdline="..."`; a VM by name or id).
 pub fn parse_words(line: &str) -> Result<Command, String> {
     let words = split_words(line)?;
-    let Some((cmd, rest)) = words.split_first() else { return Err("empty command".into()) };
+    let Some((cmd, rest)) = words.split_first() else {
+        return Err("empty command".into());
+    };
     let cmd = match cmd.as_str() {
         "ls" => "list",
         "stats" if rest.first().map(String::as_str) == Some("reset") => "stats-reset",
         other => other,
     };
-    let rest = if cmd == "stats-reset" && words.len() > 1 && words[0] == "stats" { &rest[1..] } else { rest };
+    let rest = if cmd == "stats-reset" && words.len() > 1 && words[0] == "stats" {
+        &rest[1..]
+    } else {
+        rest
+    };
     let Some(allowed) = fields_of(cmd) else {
-        return Err(format!("unknown command \"{}\" (try help)", Escaped(cut(cmd))));
+        return Err(format!(
+            "unknown command \"{}\" (try help)",
+            Escaped(cut(cmd))
+        ));
     };
     let mut fields = Fields::default();
     for (i, word) in rest.iter().enumerate() {
@@ -308,8 +366,15 @@ pub fn parse_words(line: &str) -> Result<Command, String> {
                 (k, v)
             }
             // The first bare word is the VM (or the new VM's name).
-            None if i == 0 && allowed.first().is_some_and(|f| *f == "vm" || *f == "name") => (allowed[0], word.as_str()),
-            None => return Err(format!("unexpected word \"{}\" (use key=value)", Escaped(cut(word)))),
+            None if i == 0 && allowed.first().is_some_and(|f| *f == "vm" || *f == "name") => {
+                (allowed[0], word.as_str())
+            }
+            None => {
+                return Err(format!(
+                    "unexpected word \"{}\" (use key=value)",
+                    Escaped(cut(word))
+                ))
+            }
         };
         if !allowed.contains(&key) {
             return Err(format!("unknown field \"{}\" for {cmd}", Escaped(cut(key))));
@@ -379,19 +444,34 @@ impl Fields {
         let string = |limit: usize| -> Result<String, String> {
             let s = match &v {
                 FieldValue::Json(Value::Str(s)) => s.as_str(),
-                FieldValue::Json(other) => return Err(format!("field \"{key}\" must be a string, not {}", other.kind())),
+                FieldValue::Json(other) => {
+                    return Err(format!(
+                        "field \"{key}\" must be a string, not {}",
+                        other.kind()
+                    ))
+                }
                 FieldValue::Word(w) => w,
             };
             if s.len() > limit {
-                return Err(format!("field \"{key}\" is too long ({} bytes, at most {limit})", s.len()));
+                return Err(format!(
+                    "field \"{key}\" is too long ({} bytes, at most {limit})",
+                    s.len()
+                ));
             }
             Ok(s.into())
         };
         let number = |max: u64| -> Result<u64, String> {
             let n = match &v {
                 FieldValue::Json(Value::Num(n)) => *n,
-                FieldValue::Json(other) => return Err(format!("field \"{key}\" must be a number, not {}", other.kind())),
-                FieldValue::Word(w) => w.parse::<u64>().map_err(|_| format!("field \"{key}\" must be a number"))?,
+                FieldValue::Json(other) => {
+                    return Err(format!(
+                        "field \"{key}\" must be a number, not {}",
+                        other.kind()
+                    ))
+                }
+                FieldValue::Word(w) => w
+                    .parse::<u64>()
+                    .map_err(|_| format!("field \"{key}\" must be a number"))?,
             };
             if n > max {
                 return Err(format!("field \"{key}\" is too large ({n}, at most {max})"));
@@ -401,9 +481,16 @@ impl Fields {
         match key {
             "vm" => {
                 self.vm = Some(match &v {
-                    FieldValue::Json(Value::Num(n)) => VmRef::Id(u32::try_from(*n).map_err(|_| "field \"vm\" is too large".to_string())?),
-                    FieldValue::Word(w) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => {
-                        VmRef::Id(w.parse().map_err(|_| "field \"vm\" is too large".to_string())?)
+                    FieldValue::Json(Value::Num(n)) => VmRef::Id(
+                        u32::try_from(*n).map_err(|_| "field \"vm\" is too large".to_string())?,
+                    ),
+                    FieldValue::Word(w)
+                        if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        VmRef::Id(
+                            w.parse()
+                                .map_err(|_| "field \"vm\" is too large".to_string())?,
+                        )
                     }
                     _ => VmRef::Name(string(MAX_STRING)?),
                 })
@@ -417,19 +504,40 @@ impl Fields {
                 let list: Vec<u64> = match &v {
                     FieldValue::Json(Value::Arr(items)) => items
                         .iter()
-                        .map(|i| i.as_num().ok_or_else(|| "field \"cpus\" must be an array of numbers".to_string()))
+                        .map(|i| {
+                            i.as_num().ok_or_else(|| {
+                                "field \"cpus\" must be an array of numbers".to_string()
+                            })
+                        })
                         .collect::<Result<_, _>>()?,
                     FieldValue::Json(Value::Num(n)) => alloc::vec![*n],
-                    FieldValue::Json(other) => return Err(format!("field \"cpus\" must be an array of numbers, not {}", other.kind())),
+                    FieldValue::Json(other) => {
+                        return Err(format!(
+                            "field \"cpus\" must be an array of numbers, not {}",
+                            other.kind()
+                        ))
+                    }
                     FieldValue::Word(w) => w
                         .split(',')
-                        .map(|p| p.trim().parse::<u64>().map_err(|_| "field \"cpus\" must be numbers like 0,1".to_string()))
+                        .map(|p| {
+                            p.trim()
+                                .parse::<u64>()
+                                .map_err(|_| "field \"cpus\" must be numbers like 0,1".to_string())
+                        })
                         .collect::<Result<_, _>>()?,
                 };
                 if list.len() > config::MAX_CPUS as usize {
-                    return Err(format!("field \"cpus\" is too long ({} entries, at most {})", list.len(), config::MAX_CPUS));
+                    return Err(format!(
+                        "field \"cpus\" is too long ({} entries, at most {})",
+                        list.len(),
+                        config::MAX_CPUS
+                    ));
                 }
-                self.cpus = Some(list.into_iter().map(|c| u32::try_from(c).unwrap_or(u32::MAX)).collect());
+                self.cpus = Some(
+                    list.into_iter()
+                        .map(|c| u32::try_from(c).unwrap_or(u32::MAX))
+                        .collect(),
+                );
             }
             _ => return Err(format!("unknown field \"{}\"", Escaped(cut(key)))),
         }
@@ -438,7 +546,10 @@ impl Fields {
 }
 
 fn build(cmd: &str, mut f: Fields) -> Result<Command, String> {
-    let mut vm = || f.vm.take().ok_or_else(|| format!("missing field \"vm\" for {cmd}"));
+    let mut vm = || {
+        f.vm.take()
+            .ok_or_else(|| format!("missing field \"vm\" for {cmd}"))
+    };
     Ok(match cmd {
         "list" => Command::List,
         "pool" => Command::Pool,
@@ -478,31 +589,48 @@ pub struct CreateLimits<'a> {
 
 /// Turns a `create` into the [`VmSpec`] the kernel builds, or the message
 /// that refuses it. `in_use(name)` says whether a VM of that name exists.
-pub fn create_spec(req: &CreateRequest, limits: &CreateLimits<'_>, in_use: impl Fn(&str) -> bool) -> Result<VmSpec, String> {
+pub fn create_spec(
+    req: &CreateRequest,
+    limits: &CreateLimits<'_>,
+    in_use: impl Fn(&str) -> bool,
+) -> Result<VmSpec, String> {
     let Some(index) = limits.images.iter().position(|i| i.name == req.image) else {
         let names: Vec<&str> = limits.images.iter().map(|i| i.name).collect();
         return Err(format!(
             "no image \"{}\" in the image library (images: {})",
             Escaped(&req.image),
-            if names.is_empty() { "none".into() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
         ));
     };
     let image = &limits.images[index];
     let mode = match image.kind {
         ImageKind::Elf => GuestMode::Long64,
         ImageKind::Flat => {
-            return Err(format!("image \"{}\" is a flat binary; run-time VMs boot ELF images and kernels", Escaped(image.name)))
+            return Err(format!(
+                "image \"{}\" is a flat binary; run-time VMs boot ELF images and kernels",
+                Escaped(image.name)
+            ))
         }
         kind => kind.kernel_mode().unwrap_or(GuestMode::Long64),
     };
     if !mode.is_kernel() && !req.cmdline.is_empty() {
-        return Err(format!("cmdline: image \"{}\" is not a kernel; a command line is for kernels only", Escaped(image.name)));
+        return Err(format!(
+            "cmdline: image \"{}\" is not a kernel; a command line is for kernels only",
+            Escaped(image.name)
+        ));
     }
     if in_use(&req.name) {
         return Err(format!("name \"{}\" is already in use", Escaped(&req.name)));
     }
     if let Some(&cpu) = req.cpus.iter().find(|&&c| c >= limits.cpu_count) {
-        return Err(format!("no such CPU {cpu} (the machine has {})", limits.cpu_count));
+        return Err(format!(
+            "no such CPU {cpu} (the machine has {})",
+            limits.cpu_count
+        ));
     }
     let spec = VmSpec {
         name: req.name.clone(),
@@ -518,7 +646,10 @@ pub fn create_spec(req: &CreateRequest, limits: &CreateLimits<'_>, in_use: impl 
         cmdline: req.cmdline.clone(),
         on_reboot: RebootPolicy::default_for(mode),
     };
-    let machine = MachineLimits { cpu_count: Some(limits.cpu_count), memory: None };
+    let machine = MachineLimits {
+        cpu_count: Some(limits.cpu_count),
+        memory: None,
+    };
     let mut problems: Vec<Problem> = Vec::new();
     config::check_vm(&spec, limits.images, &machine, &mut problems);
     if let Some(p) = problems.first() {
@@ -566,12 +697,23 @@ impl VmState {
 
 /// Whether `command` may be applied to a VM in `state` (`Err` names why not).
 pub fn check_op(command: &Command, name: &str, state: VmState) -> Result<(), String> {
-    let busy = || Err(format!("vm \"{}\" is being created; try again", Escaped(name)));
+    let busy = || {
+        Err(format!(
+            "vm \"{}\" is being created; try again",
+            Escaped(name)
+        ))
+    };
     match (command, state) {
         (_, VmState::Creating) if !matches!(command, Command::Info(_)) => busy(),
-        (Command::Stop(_), VmState::Stopped) => Err(format!("vm \"{}\" is already stopped", Escaped(name))),
-        (Command::Start(_), VmState::Running) => Err(format!("vm \"{}\" is already running", Escaped(name))),
-        (Command::Console(_), VmState::Stopped) => Err(format!("vm \"{}\" is not running", Escaped(name))),
+        (Command::Stop(_), VmState::Stopped) => {
+            Err(format!("vm \"{}\" is already stopped", Escaped(name)))
+        }
+        (Command::Start(_), VmState::Running) => {
+            Err(format!("vm \"{}\" is already running", Escaped(name)))
+        }
+        (Command::Console(_), VmState::Stopped) => {
+            Err(format!("vm \"{}\" is not running", Escaped(name)))
+        }
         _ => Ok(()),
     }
 }
@@ -579,7 +721,9 @@ pub fn check_op(command: &Command, name: &str, state: VmState) -> Result<(), Str
 /// The lowest id not in `used` (ids of VMs created at run time are reused
 /// once destroyed, which keeps AMD-V ASIDs, VM id + 1, within their range).
 pub fn free_id(used: impl Iterator<Item = u32> + Clone) -> u32 {
-    (0u32..).find(|id| !used.clone().any(|u| u == *id)).unwrap_or(u32::MAX)
+    (0u32..)
+        .find(|id| !used.clone().any(|u| u == *id))
+        .unwrap_or(u32::MAX)
 }
 
 /// Whether a stop reason is a fault (the `faulted` event) rather than a

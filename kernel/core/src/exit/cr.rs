@@ -26,13 +26,13 @@
 //! runs.
 
 use crate::arch::{
-    state_failure, Action, CrAccess, CrAccessKind, Event, GuestCpu, GuestRegs, Platform, Reg, StateError, StopReason,
-    EFER_LMA, EFER_LME,
+    state_failure, Action, CrAccess, CrAccessKind, Event, GuestCpu, GuestRegs, Platform, Reg,
+    StateError, StopReason, EFER_LMA, EFER_LME,
 };
 
 pub use crate::arch::{
-    CR0_CD, CR0_ET, CR0_HOST_OWNED, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_GUEST_OWNED, CR4_OSXSAVE, CR4_PAE,
-    CR4_PCIDE, CR4_VMXE, XCR0_AVX, XCR0_AVX512, XCR0_SSE, XCR0_X87,
+    CR0_CD, CR0_ET, CR0_HOST_OWNED, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_GUEST_OWNED, CR4_OSXSAVE,
+    CR4_PAE, CR4_PCIDE, CR4_VMXE, XCR0_AVX, XCR0_AVX512, XCR0_SSE, XCR0_X87,
 };
 
 /// Handles an intercepted control-register access.
@@ -43,7 +43,11 @@ pub fn access(access: CrAccess, regs: &mut GuestRegs, env: &mut dyn Platform) ->
     }
 }
 
-fn emulate(access: CrAccess, regs: &mut GuestRegs, cpu: &mut dyn GuestCpu) -> Result<Action, StateError> {
+fn emulate(
+    access: CrAccess,
+    regs: &mut GuestRegs,
+    cpu: &mut dyn GuestCpu,
+) -> Result<Action, StateError> {
     let reg = match access.cr {
         0 => Reg::Cr0,
         3 => Reg::Cr3,
@@ -55,7 +59,11 @@ fn emulate(access: CrAccess, regs: &mut GuestRegs, cpu: &mut dyn GuestCpu) -> Re
     // Outside 64-bit mode MOV CR moves 32 bits (SDM Vol. 2B MOV CR): the
     // upper half of the source is ignored, the destination's is zeroed.
     let operand_mask = match access.kind {
-        CrAccessKind::MovFrom { .. } | CrAccessKind::MovTo { .. } if cpu.read(Reg::Mode64)? == 0 => 0xFFFF_FFFF,
+        CrAccessKind::MovFrom { .. } | CrAccessKind::MovTo { .. }
+            if cpu.read(Reg::Mode64)? == 0 =>
+        {
+            0xFFFF_FFFF
+        }
         _ => u64::MAX,
     };
     match access.kind {
@@ -91,7 +99,12 @@ fn emulate(access: CrAccess, regs: &mut GuestRegs, cpu: &mut dyn GuestCpu) -> Re
     }
 }
 
-fn write_cr(reg: Reg, value: u64, regs: &GuestRegs, cpu: &mut dyn GuestCpu) -> Result<Action, StateError> {
+fn write_cr(
+    reg: Reg,
+    value: u64,
+    regs: &GuestRegs,
+    cpu: &mut dyn GuestCpu,
+) -> Result<Action, StateError> {
     let outcome = match reg {
         Reg::Cr0 => write_cr0(value, regs, cpu)?,
         Reg::Cr4 => write_cr4(value, cpu)?,
@@ -129,7 +142,10 @@ enum Outcome {
 
 fn write_cr0(value: u64, regs: &GuestRegs, cpu: &mut dyn GuestCpu) -> Result<Outcome, StateError> {
     // Bits 63:32 are reserved; PG needs PE; NW needs CD (SDM Vol. 3A 2.5).
-    if value >> 32 != 0 || (value & CR0_PG != 0 && value & CR0_PE == 0) || (value & CR0_NW != 0 && value & CR0_CD == 0) {
+    if value >> 32 != 0
+        || (value & CR0_PG != 0 && value & CR0_PE == 0)
+        || (value & CR0_NW != 0 && value & CR0_CD == 0)
+    {
         return Ok(Outcome::Fault(Event::GP0));
     }
     if !cpu.limits().unrestricted && value & (CR0_PE | CR0_PG) != CR0_PE | CR0_PG {
@@ -168,7 +184,10 @@ fn write_cr4(value: u64, cpu: &mut dyn GuestCpu) -> Result<Outcome, StateError> 
         return Ok(Outcome::Fault(Event::GP0));
     }
     let old = cpu.read(Reg::Cr4)?;
-    if value & CR4_PCIDE != 0 && old & CR4_PCIDE == 0 && (!long_mode || cpu.read(Reg::Cr3)? & 0xFFF != 0) {
+    if value & CR4_PCIDE != 0
+        && old & CR4_PCIDE == 0
+        && (!long_mode || cpu.read(Reg::Cr3)? & 0xFFF != 0)
+    {
         return Ok(Outcome::Fault(Event::GP0));
     }
     cpu.write(Reg::Cr4, value)?;
@@ -188,7 +207,10 @@ pub fn xsetbv(regs: &mut GuestRegs, env: &mut dyn Platform) -> Action {
     }
 }
 
-fn check_xsetbv(regs: &GuestRegs, cpu: &mut dyn GuestCpu) -> Result<Result<u64, Event>, StateError> {
+fn check_xsetbv(
+    regs: &GuestRegs,
+    cpu: &mut dyn GuestCpu,
+) -> Result<Result<u64, Event>, StateError> {
     let limits = cpu.limits();
     if limits.xcr0_allowed == 0 || cpu.read(Reg::Cr4)? & CR4_OSXSAVE == 0 {
         return Ok(Err(Event::UD));
@@ -199,7 +221,8 @@ fn check_xsetbv(regs: &GuestRegs, cpu: &mut dyn GuestCpu) -> Result<Result<u64, 
         && value & XCR0_X87 != 0
         && value & !limits.xcr0_allowed == 0
         && (value & XCR0_AVX == 0 || value & XCR0_SSE != 0)
-        && (value & XCR0_AVX512 == 0 || (value & XCR0_AVX512 == XCR0_AVX512 && value & XCR0_AVX != 0));
+        && (value & XCR0_AVX512 == 0
+            || (value & XCR0_AVX512 == XCR0_AVX512 && value & XCR0_AVX != 0));
     Ok(if valid { Ok(value) } else { Err(Event::GP0) })
 }
 
@@ -211,7 +234,10 @@ mod tests {
     use crate::vcpu::VmContext;
 
     fn mov_to(cr: u8, gpr: u8) -> Exit {
-        Exit::CrAccess(CrAccess { cr, kind: CrAccessKind::MovTo { gpr } })
+        Exit::CrAccess(CrAccess {
+            cr,
+            kind: CrAccessKind::MovTo { gpr },
+        })
     }
 
     fn run(env: &mut FakePlatform, regs: &mut GuestRegs, exit: Exit) -> Action {
@@ -223,13 +249,20 @@ mod tests {
     #[test]
     fn cr0_cd_nw_stay_virtual_and_checked() {
         let mut env = FakePlatform::new();
-        let mut regs = GuestRegs { rbx: 0xE000_0031, ..Default::default() };
+        let mut regs = GuestRegs {
+            rbx: 0xE000_0031,
+            ..Default::default()
+        };
         assert_eq!(run(&mut env, &mut regs, mov_to(0, 3)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr0), 0xE000_0031);
         // NW without CD, PG without PE, upper bits: #GP, nothing changes.
         for bad in [0xA000_0031u64, 0x8000_0030, 1 << 32 | 0x8000_0031] {
             regs.rbx = bad;
-            assert_eq!(run(&mut env, &mut regs, mov_to(0, 3)), Action::Inject(Event::GP0), "{bad:#x}");
+            assert_eq!(
+                run(&mut env, &mut regs, mov_to(0, 3)),
+                Action::Inject(Event::GP0),
+                "{bad:#x}"
+            );
         }
         assert_eq!(env.cpu.get(Reg::Cr0), 0xE000_0031);
     }
@@ -240,9 +273,15 @@ mod tests {
         env.cpu.set(Reg::Cr0, 0x11); // PE|ET
         env.cpu.set(Reg::Efer, EFER_LME);
         env.cpu.set(Reg::Cr4, 0);
-        let mut regs = GuestRegs { rax: 0x8000_0011, ..Default::default() };
+        let mut regs = GuestRegs {
+            rax: 0x8000_0011,
+            ..Default::default()
+        };
         // Without PAE: #GP.
-        assert_eq!(run(&mut env, &mut regs, mov_to(0, 0)), Action::Inject(Event::GP0));
+        assert_eq!(
+            run(&mut env, &mut regs, mov_to(0, 0)),
+            Action::Inject(Event::GP0)
+        );
         env.cpu.set(Reg::Cr4, CR4_PAE);
         assert_eq!(run(&mut env, &mut regs, mov_to(0, 0)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Efer), EFER_LME | EFER_LMA);
@@ -256,20 +295,37 @@ mod tests {
     fn without_unrestricted_guest_real_mode_stops_with_a_reason() {
         let mut env = FakePlatform::new();
         env.cpu.limits.unrestricted = false;
-        let mut regs = GuestRegs { rax: 0x10, rip: 0x99, ..Default::default() };
+        let mut regs = GuestRegs {
+            rax: 0x10,
+            rip: 0x99,
+            ..Default::default()
+        };
         let a = run(&mut env, &mut regs, mov_to(0, 0));
-        assert!(matches!(a, Action::Stop(StopReason::MissingFeature { rip: 0x99, .. })), "{a:?}");
+        assert!(
+            matches!(
+                a,
+                Action::Stop(StopReason::MissingFeature { rip: 0x99, .. })
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]
     fn cr4_owned_bits_and_vmxe() {
         let mut env = FakePlatform::new();
-        let mut regs = GuestRegs { rcx: 0x20 | CR4_OSXSAVE | 0x600, ..Default::default() };
+        let mut regs = GuestRegs {
+            rcx: 0x20 | CR4_OSXSAVE | 0x600,
+            ..Default::default()
+        };
         assert_eq!(run(&mut env, &mut regs, mov_to(4, 1)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr4), 0x20 | CR4_OSXSAVE | 0x600);
         for bad in [CR4_VMXE | 0x20, (1 << 12) | 0x20, (1 << 22) | 0x20, 0] {
             regs.rcx = bad;
-            assert_eq!(run(&mut env, &mut regs, mov_to(4, 1)), Action::Inject(Event::GP0), "{bad:#x}");
+            assert_eq!(
+                run(&mut env, &mut regs, mov_to(4, 1)),
+                Action::Inject(Event::GP0),
+                "{bad:#x}"
+            );
         }
     }
 
@@ -278,20 +334,34 @@ mod tests {
         let mut env = FakePlatform::new();
         env.cpu.set(Reg::Cr0, 0x8000_0039); // TS set
         let mut regs = GuestRegs::default();
-        let from = |gpr| Exit::CrAccess(CrAccess { cr: 0, kind: CrAccessKind::MovFrom { gpr } });
+        let from = |gpr| {
+            Exit::CrAccess(CrAccess {
+                cr: 0,
+                kind: CrAccessKind::MovFrom { gpr },
+            })
+        };
         assert_eq!(run(&mut env, &mut regs, from(9)), Action::AdvanceRip);
         assert_eq!(regs.r9, 0x8000_0039);
         assert_eq!(run(&mut env, &mut regs, from(4)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Rsp), 0x8000_0039);
-        let clts = Exit::CrAccess(CrAccess { cr: 0, kind: CrAccessKind::Clts });
+        let clts = Exit::CrAccess(CrAccess {
+            cr: 0,
+            kind: CrAccessKind::Clts,
+        });
         assert_eq!(run(&mut env, &mut regs, clts), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr0), 0x8000_0031);
         // LMSW cannot clear PE, sets MP.
-        let lmsw = Exit::CrAccess(CrAccess { cr: 0, kind: CrAccessKind::Lmsw { source: 0x2 } });
+        let lmsw = Exit::CrAccess(CrAccess {
+            cr: 0,
+            kind: CrAccessKind::Lmsw { source: 0x2 },
+        });
         assert_eq!(run(&mut env, &mut regs, lmsw), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr0), 0x8000_0033);
         // CR2 and CR5 are not intercepted registers: #UD.
-        let cr5 = Exit::CrAccess(CrAccess { cr: 5, kind: CrAccessKind::MovFrom { gpr: 0 } });
+        let cr5 = Exit::CrAccess(CrAccess {
+            cr: 5,
+            kind: CrAccessKind::MovFrom { gpr: 0 },
+        });
         assert_eq!(run(&mut env, &mut regs, cr5), Action::Inject(Event::UD));
     }
 
@@ -300,12 +370,18 @@ mod tests {
         let mut env = FakePlatform::new();
         env.cpu.set(Reg::Mode64, 0);
         env.cpu.set(Reg::Efer, 0x100); // LME, not active
-        // Garbage in the upper half of RCX, left by earlier 64-bit code.
-        let mut regs = GuestRegs { rcx: 0xdead_beef_0000_0020, ..Default::default() };
+                                       // Garbage in the upper half of RCX, left by earlier 64-bit code.
+        let mut regs = GuestRegs {
+            rcx: 0xdead_beef_0000_0020,
+            ..Default::default()
+        };
         assert_eq!(run(&mut env, &mut regs, mov_to(4, 1)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr4), 0x20);
         env.cpu.set(Reg::Cr3, 0x1_2345_6000);
-        let from = Exit::CrAccess(CrAccess { cr: 3, kind: CrAccessKind::MovFrom { gpr: 2 } });
+        let from = Exit::CrAccess(CrAccess {
+            cr: 3,
+            kind: CrAccessKind::MovFrom { gpr: 2 },
+        });
         assert_eq!(run(&mut env, &mut regs, from), Action::AdvanceRip);
         assert_eq!(regs.rdx, 0x2345_6000);
     }
@@ -313,12 +389,22 @@ mod tests {
     #[test]
     fn cr3_and_cr8_reserved_bits() {
         let mut env = FakePlatform::new();
-        let mut regs = GuestRegs { rax: 1 << 40, rdx: 0x10, ..Default::default() };
-        assert_eq!(run(&mut env, &mut regs, mov_to(3, 0)), Action::Inject(Event::GP0));
+        let mut regs = GuestRegs {
+            rax: 1 << 40,
+            rdx: 0x10,
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&mut env, &mut regs, mov_to(3, 0)),
+            Action::Inject(Event::GP0)
+        );
         regs.rax = 0x5000;
         assert_eq!(run(&mut env, &mut regs, mov_to(3, 0)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr3), 0x5000);
-        assert_eq!(run(&mut env, &mut regs, mov_to(8, 2)), Action::Inject(Event::GP0));
+        assert_eq!(
+            run(&mut env, &mut regs, mov_to(8, 2)),
+            Action::Inject(Event::GP0)
+        );
         regs.rdx = 15;
         assert_eq!(run(&mut env, &mut regs, mov_to(8, 2)), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Cr8), 15);
@@ -327,20 +413,37 @@ mod tests {
     #[test]
     fn xsetbv_rules() {
         let mut env = FakePlatform::new();
-        let mut regs = GuestRegs { rax: 7, ..Default::default() };
+        let mut regs = GuestRegs {
+            rax: 7,
+            ..Default::default()
+        };
         // CR4.OSXSAVE clear: #UD.
-        assert_eq!(run(&mut env, &mut regs, Exit::Xsetbv), Action::Inject(Event::UD));
+        assert_eq!(
+            run(&mut env, &mut regs, Exit::Xsetbv),
+            Action::Inject(Event::UD)
+        );
         env.cpu.set(Reg::Cr4, 0x20 | CR4_OSXSAVE);
         assert_eq!(run(&mut env, &mut regs, Exit::Xsetbv), Action::AdvanceRip);
         assert_eq!(env.cpu.get(Reg::Xcr0), 7);
         // SSE without x87, AVX without SSE, part of AVX-512, unsupported bit,
         // XCR index 1, bits above the supported mask.
-        let bad = [(2, 0, 0), (5, 0, 0), (0x27, 0, 0), (0x200 | 3, 0, 0), (3, 1, 0), (3, 0, 1)];
+        let bad = [
+            (2, 0, 0),
+            (5, 0, 0),
+            (0x27, 0, 0),
+            (0x200 | 3, 0, 0),
+            (3, 1, 0),
+            (3, 0, 1),
+        ];
         for (rax, rcx, rdx) in bad {
             regs.rax = rax;
             regs.rcx = rcx;
             regs.rdx = rdx;
-            assert_eq!(run(&mut env, &mut regs, Exit::Xsetbv), Action::Inject(Event::GP0), "{rax:#x} {rcx} {rdx}");
+            assert_eq!(
+                run(&mut env, &mut regs, Exit::Xsetbv),
+                Action::Inject(Event::GP0),
+                "{rax:#x} {rcx} {rdx}"
+            );
         }
         assert_eq!(env.cpu.get(Reg::Xcr0), 7);
         // CPL 3: #GP.
@@ -348,20 +451,33 @@ mod tests {
         regs.rax = 3;
         regs.rcx = 0;
         regs.rdx = 0;
-        assert_eq!(run(&mut env, &mut regs, Exit::Xsetbv), Action::Inject(Event::GP0));
+        assert_eq!(
+            run(&mut env, &mut regs, Exit::Xsetbv),
+            Action::Inject(Event::GP0)
+        );
         // Without XSAVE offered: #UD.
         env.cpu.limits.xcr0_allowed = 0;
         env.cpu.set(Reg::Cpl, 0);
-        assert_eq!(run(&mut env, &mut regs, Exit::Xsetbv), Action::Inject(Event::UD));
+        assert_eq!(
+            run(&mut env, &mut regs, Exit::Xsetbv),
+            Action::Inject(Event::UD)
+        );
     }
 
     #[test]
     fn vmx_instructions_ud_and_invd_skips() {
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
-        let ud = run(&mut env, &mut regs, Exit::UndefinedInstruction { name: "VMREAD" });
+        let ud = run(
+            &mut env,
+            &mut regs,
+            Exit::UndefinedInstruction { name: "VMREAD" },
+        );
         assert_eq!(ud, Action::Inject(Event::UD));
         assert_eq!(run(&mut env, &mut regs, Exit::Invd), Action::AdvanceRip);
-        assert_eq!(run(&mut env, &mut regs, Exit::Rdpmc), Action::Inject(Event::GP0));
+        assert_eq!(
+            run(&mut env, &mut regs, Exit::Rdpmc),
+            Action::Inject(Event::GP0)
+        );
     }
 }

@@ -63,7 +63,13 @@ pub fn handle<P: Platform>(
             merge_in_result(regs, access.size, value);
         }
         IoDir::Out { value } => {
-            vm.bus.write_at(device, access.port, access.size, value & access.size.mask(), &mut fx);
+            vm.bus.write_at(
+                device,
+                access.port,
+                access.size,
+                value & access.size.mask(),
+                &mut fx,
+            );
         }
     }
     // A device that counts time may have been reprogrammed.
@@ -93,7 +99,6 @@ pub fn merge_in_result(regs: &mut GuestRegs, size: AccessSize, value: u32) {
         AccessSize::Dword => u64::from(value),
     };
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -126,7 +131,13 @@ mod tests {
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
         for b in b"hi there\nsecond" {
-            let a = handle_exit(&mut vm, &mut vcpu, &out(0x3F8, u32::from(*b)), &mut regs, &mut env);
+            let a = handle_exit(
+                &mut vm,
+                &mut vcpu,
+                &out(0x3F8, u32::from(*b)),
+                &mut regs,
+                &mut env,
+            );
             assert_eq!(a, Action::AdvanceRip);
         }
         assert_eq!(env.lines, ["[hello] hi there"]);
@@ -143,11 +154,25 @@ mod tests {
             rax: 0x1122_3344_5566_7788,
             ..Default::default()
         };
-        handle_exit(&mut vm, &mut vcpu, &inp(0x1234, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &inp(0x1234, AccessSize::Byte),
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(regs.rax, 0x1122_3344_5566_77FF);
-        handle_exit(&mut vm, &mut vcpu, &inp(0x1234, AccessSize::Word), &mut regs, &mut env);
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &inp(0x1234, AccessSize::Word),
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(regs.rax, 0x1122_3344_5566_FFFF);
-        handle_exit(&mut vm, &mut vcpu,
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
             &inp(0x1234, AccessSize::Dword),
             &mut regs,
             &mut env,
@@ -167,10 +192,22 @@ mod tests {
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
         handle_exit(&mut vm, &mut vcpu, &out(0x3FF, 0x5A), &mut regs, &mut env);
-        handle_exit(&mut vm, &mut vcpu, &inp(0x3FF, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &inp(0x3FF, AccessSize::Byte),
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(regs.rax, 0x5A);
         // LSR: THRE | TEMT.
-        handle_exit(&mut vm, &mut vcpu, &inp(0x3FD, AccessSize::Byte), &mut regs, &mut env);
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &inp(0x3FD, AccessSize::Byte),
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(regs.rax & 0x60, 0x60);
     }
 
@@ -209,7 +246,13 @@ mod tests {
         assert!(!vm.irq_level(4));
         handle_exit(&mut vm, &mut vcpu, &out(0x3F9, 0x02), &mut regs, &mut env); // IER.ETBEI
         assert!(vm.irq_level(4));
-        handle_exit(&mut vm, &mut vcpu, &inp(0x3FA, AccessSize::Byte), &mut regs, &mut env); // IIR read clears THRE
+        handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &inp(0x3FA, AccessSize::Byte),
+            &mut regs,
+            &mut env,
+        ); // IIR read clears THRE
         assert_eq!(regs.rax & 0xF, 0x2);
         assert!(!vm.irq_level(4));
     }

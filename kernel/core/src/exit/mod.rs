@@ -39,8 +39,8 @@ pub mod fault;
 pub mod io;
 
 pub use crate::arch::{
-    Access, AccessSize, Action, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestCpu, GuestMemory,
-    GuestMemoryError, GuestRegs, IoAccess, IoDir, Platform, Reg, StateError,
+    Access, AccessSize, Action, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestCpu,
+    GuestMemory, GuestMemoryError, GuestRegs, IoAccess, IoDir, Platform, Reg, StateError,
 };
 use crate::vcpu::{VcpuRunState, VcpuState, VmContext};
 
@@ -76,7 +76,9 @@ pub fn handle_exit<P: Platform>(
         Exit::Hlt => Action::Halt,
         Exit::Io(access) => io::handle(vm, &access, regs, env),
         Exit::Rdmsr { msr } => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
-        Exit::Wrmsr { msr, value } => crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env),
+        Exit::Wrmsr { msr, value } => {
+            crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env)
+        }
         Exit::CrAccess(access) => cr::access(access, regs, env),
         Exit::Xsetbv => cr::xsetbv(regs, env),
         Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
@@ -168,7 +170,10 @@ pub(crate) mod testenv {
             }
         }
         pub fn get(&self, reg: Reg) -> u64 {
-            self.regs.iter().find(|(r, _)| *r == reg).map_or(0, |(_, v)| *v)
+            self.regs
+                .iter()
+                .find(|(r, _)| *r == reg)
+                .map_or(0, |(_, v)| *v)
         }
         pub fn set(&mut self, reg: Reg, value: u64) {
             match self.regs.iter_mut().find(|(r, _)| *r == reg) {
@@ -296,7 +301,13 @@ mod tests {
         assert_eq!(*vcpu.run_state(), VcpuRunState::Halted);
         vcpu.run_state_mut().wake().unwrap();
         vcpu.run_state_mut().enter().unwrap();
-        let a = handle_exit(&mut vm, &mut vcpu, &Exit::PreemptionTimer, &mut regs, &mut env);
+        let a = handle_exit(
+            &mut vm,
+            &mut vcpu,
+            &Exit::PreemptionTimer,
+            &mut regs,
+            &mut env,
+        );
         assert_eq!(a, Action::Preempted);
         assert_eq!(*vcpu.run_state(), VcpuRunState::Runnable);
         assert_eq!(vm.stats.exits(ExitKind::Hlt), 1);

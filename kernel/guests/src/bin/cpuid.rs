@@ -18,7 +18,9 @@ fn main() {
     sig[0..4].copy_from_slice(&h.ebx.to_le_bytes());
     sig[4..8].copy_from_slice(&h.ecx.to_le_bytes());
     sig[8..12].copy_from_slice(&h.edx.to_le_bytes());
-    let sig = core::str::from_utf8(&sig).unwrap_or("?").trim_end_matches('\0');
+    let sig = core::str::from_utf8(&sig)
+        .unwrap_or("?")
+        .trim_end_matches('\0');
     println!("cpuid.40000000: max_leaf={:#x} signature=\"{sig}\"", h.eax);
     let v = cpuid(VERSION_LEAF, 0);
     println!("cpuid.40000001: interface_version={}", v.eax);

@@ -94,7 +94,14 @@ fn check_cr0() -> u64 {
 fn check_cr4() -> u64 {
     let mut errors = 0;
     let orig = cr4();
-    for bit in [CR4_TSD, CR4_DE, CR4_PGE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT] {
+    for bit in [
+        CR4_TSD,
+        CR4_DE,
+        CR4_PGE,
+        CR4_PCE,
+        CR4_OSFXSR,
+        CR4_OSXMMEXCPT,
+    ] {
         cr4_roundtrip(orig ^ bit, &mut errors);
         cr4_roundtrip(orig, &mut errors);
     }
@@ -116,7 +123,11 @@ fn expect(what: &str, got: Option<Fault>, want: Option<u8>, failures: &mut u64) 
                 None => "no fault",
             };
             match got {
-                Some(f) => println!("crs: {what} -> {} (error code {:#x}, expected {expected})", f.name(), f.error_code),
+                Some(f) => println!(
+                    "crs: {what} -> {} (error code {:#x}, expected {expected})",
+                    f.name(),
+                    f.error_code
+                ),
                 None => println!("crs: {what} -> no fault (expected {expected})"),
             }
             *failures += 1;
@@ -140,14 +151,21 @@ fn cr4_write_probe(value: u64) -> Option<Fault> {
 fn xsetbv_probe(ecx: u32, value: u64) -> Option<Fault> {
     // SAFETY: the values tried are either rejected (#GP) or valid for a CPU
     // that offers XSAVE (x87|SSE); this guest keeps no state in AVX registers.
-    unsafe { guests::probe!("xsetbv", in("ecx") ecx, in("eax") value as u32, in("edx") (value >> 32) as u32) }
+    unsafe {
+        guests::probe!("xsetbv", in("ecx") ecx, in("eax") value as u32, in("edx") (value >> 32) as u32)
+    }
 }
 
 fn check_xsave(failures: &mut u64) {
     if cpuid(1, 0).ecx & CPUID1_ECX_XSAVE == 0 {
         let f = cr4_write_probe(cr4() | CR4_OSXSAVE);
         expect("no xsave: cr4.osxsave", f, Some(vector::GP), failures);
-        expect("no xsave: xsetbv", xsetbv_probe(0, XCR0_X87 | XCR0_SSE), Some(vector::UD), failures);
+        expect(
+            "no xsave: xsetbv",
+            xsetbv_probe(0, XCR0_X87 | XCR0_SSE),
+            Some(vector::UD),
+            failures,
+        );
         return;
     }
     // SAFETY: CPUID offers XSAVE, so CR4.OSXSAVE is a valid bit; a #GP is caught.
@@ -155,19 +173,41 @@ fn check_xsave(failures: &mut u64) {
     if f.is_none() && cr4() & CR4_OSXSAVE != 0 {
         println!("crs: cr4.osxsave set");
     } else {
-        println!("crs: cr4.osxsave -> {} (cr4 {:#x})", trap::describe(f), cr4());
+        println!(
+            "crs: cr4.osxsave -> {} (cr4 {:#x})",
+            trap::describe(f),
+            cr4()
+        );
         *failures += 1;
         return;
     }
-    expect("xsetbv bad value", xsetbv_probe(0, XCR0_SSE), Some(vector::GP), failures);
-    expect("xsetbv reserved bit", xsetbv_probe(0, XCR0_X87 | XCR0_SSE | (1 << 63)), Some(vector::GP), failures);
-    expect("xsetbv ecx=1", xsetbv_probe(1, XCR0_X87 | XCR0_SSE), Some(vector::GP), failures);
+    expect(
+        "xsetbv bad value",
+        xsetbv_probe(0, XCR0_SSE),
+        Some(vector::GP),
+        failures,
+    );
+    expect(
+        "xsetbv reserved bit",
+        xsetbv_probe(0, XCR0_X87 | XCR0_SSE | (1 << 63)),
+        Some(vector::GP),
+        failures,
+    );
+    expect(
+        "xsetbv ecx=1",
+        xsetbv_probe(1, XCR0_X87 | XCR0_SSE),
+        Some(vector::GP),
+        failures,
+    );
     let f = xsetbv_probe(0, XCR0_X87 | XCR0_SSE);
     let xcr0 = if f.is_none() { xgetbv0() } else { 0 };
     if f.is_none() && xcr0 == XCR0_X87 | XCR0_SSE {
         println!("crs: xsetbv xcr0={xcr0:#x} ok");
     } else {
-        println!("crs: xsetbv xcr0=0x3 -> {}, xcr0 reads {xcr0:#x}", trap::describe(f));
+        println!(
+            "crs: xsetbv xcr0=0x3 -> {}, xcr0 reads {xcr0:#x}",
+            trap::describe(f)
+        );
         *failures += 1;
     }
 }
@@ -193,18 +233,45 @@ fn check_vmx_instructions(failures: &mut u64) {
     // #UD; the operands point at this guest's own memory.
     let results: [(&str, Option<Fault>); 12] = unsafe {
         [
-            ("vmxon", guests::probe!("vmxon qword ptr [{p}]", p = in(reg) ptr)),
+            (
+                "vmxon",
+                guests::probe!("vmxon qword ptr [{p}]", p = in(reg) ptr),
+            ),
             ("vmxoff", guests::probe!("vmxoff")),
-            ("vmread", guests::probe!("vmread {v}, {f}", f = in(reg) 0x681eu64, v = out(reg) _)),
-            ("vmwrite", guests::probe!("vmwrite {f}, {v}", f = in(reg) 0x681eu64, v = in(reg) 0u64)),
-            ("vmptrld", guests::probe!("vmptrld qword ptr [{p}]", p = in(reg) ptr)),
-            ("vmptrst", guests::probe!("vmptrst qword ptr [{p}]", p = in(reg) ptr)),
-            ("vmclear", guests::probe!("vmclear qword ptr [{p}]", p = in(reg) ptr)),
+            (
+                "vmread",
+                guests::probe!("vmread {v}, {f}", f = in(reg) 0x681eu64, v = out(reg) _),
+            ),
+            (
+                "vmwrite",
+                guests::probe!("vmwrite {f}, {v}", f = in(reg) 0x681eu64, v = in(reg) 0u64),
+            ),
+            (
+                "vmptrld",
+                guests::probe!("vmptrld qword ptr [{p}]", p = in(reg) ptr),
+            ),
+            (
+                "vmptrst",
+                guests::probe!("vmptrst qword ptr [{p}]", p = in(reg) ptr),
+            ),
+            (
+                "vmclear",
+                guests::probe!("vmclear qword ptr [{p}]", p = in(reg) ptr),
+            ),
             ("vmlaunch", guests::probe!("vmlaunch")),
             ("vmresume", guests::probe!("vmresume")),
-            ("invept", guests::probe!("invept {t}, xmmword ptr [{d}]", t = in(reg) 1u64, d = in(reg) d)),
-            ("invvpid", guests::probe!("invvpid {t}, xmmword ptr [{d}]", t = in(reg) 1u64, d = in(reg) d)),
-            ("vmfunc", guests::probe!("vmfunc", in("eax") 0u32, in("ecx") 0u32)),
+            (
+                "invept",
+                guests::probe!("invept {t}, xmmword ptr [{d}]", t = in(reg) 1u64, d = in(reg) d),
+            ),
+            (
+                "invvpid",
+                guests::probe!("invvpid {t}, xmmword ptr [{d}]", t = in(reg) 1u64, d = in(reg) d),
+            ),
+            (
+                "vmfunc",
+                guests::probe!("vmfunc", in("eax") 0u32, in("ecx") 0u32),
+            ),
         ]
     };
     for (name, f) in results {
@@ -220,7 +287,11 @@ fn main() {
     let cr0_errors = check_cr0();
     let cr4_errors = check_cr4();
     let verdict = |e: u64| if e == 0 { "ok" } else { "FAILED" };
-    println!("crs: cr0 {} cr4 {}", verdict(cr0_errors), verdict(cr4_errors));
+    println!(
+        "crs: cr0 {} cr4 {}",
+        verdict(cr0_errors),
+        verdict(cr4_errors)
+    );
     failures += u64::from(cr0_errors != 0) + u64::from(cr4_errors != 0);
 
     let vmxe = (cr4() & CR4_VMXE != 0) as u8;
@@ -228,9 +299,17 @@ fn main() {
     failures += u64::from(vmxe);
 
     let before = cr4();
-    expect("cr4 reserved bit 15", cr4_write_probe(before | (1 << 15)), Some(vector::GP), &mut failures);
+    expect(
+        "cr4 reserved bit 15",
+        cr4_write_probe(before | (1 << 15)),
+        Some(vector::GP),
+        &mut failures,
+    );
     if cr4() != before {
-        println!("crs: cr4 changed by the refused write: {before:#x} -> {:#x}", cr4());
+        println!(
+            "crs: cr4 changed by the refused write: {before:#x} -> {:#x}",
+            cr4()
+        );
         failures += 1;
     }
 
@@ -242,7 +321,12 @@ fn main() {
     check_vmx_instructions(&mut failures);
 
     let before = cr4();
-    expect("cr4.vmxe set", cr4_write_probe(before | CR4_VMXE), Some(vector::GP), &mut failures);
+    expect(
+        "cr4.vmxe set",
+        cr4_write_probe(before | CR4_VMXE),
+        Some(vector::GP),
+        &mut failures,
+    );
     if cr4() & CR4_VMXE != 0 {
         println!("crs: cr4.vmxe reads 1 after the refused write");
         failures += 1;

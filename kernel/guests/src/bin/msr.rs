@@ -19,7 +19,10 @@ const UNLISTED_MSR: u32 = 0xc001_0114;
 
 extern "x86-interrupt" fn gp_handler(mut frame: InterruptStackFrame, error_code: u64) {
     GP_COUNT.fetch_add(1, Ordering::Relaxed);
-    println!("guest #GP handler: error code {error_code:#x} at rip {:#x}", frame.instruction_pointer.as_u64());
+    println!(
+        "guest #GP handler: error code {error_code:#x} at rip {:#x}",
+        frame.instruction_pointer.as_u64()
+    );
     // Skip the two-byte RDMSR that faulted.
     // SAFETY: RIP is moved past the faulting RDMSR (0F 32) to the next instruction.
     unsafe { frame.as_mut().update(|f| f.instruction_pointer += 2u64) };
@@ -29,7 +32,9 @@ fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDMSR in a guest exits to the hypervisor, which either emulates it
     // or injects #GP (handled above).
-    unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -43,7 +48,10 @@ fn main() {
     let pat = rdmsr(0x277);
     println!("rdmsr IA32_PAT = {pat:#x}");
     let v = rdmsr(UNLISTED_MSR);
-    println!("rdmsr {UNLISTED_MSR:#x} returned {v:#x}; #GP count {}", GP_COUNT.load(Ordering::Relaxed));
+    println!(
+        "rdmsr {UNLISTED_MSR:#x} returned {v:#x}; #GP count {}",
+        GP_COUNT.load(Ordering::Relaxed)
+    );
     if GP_COUNT.load(Ordering::Relaxed) == 1 {
         println!("unknown MSR raised #GP in the guest: OK");
     }

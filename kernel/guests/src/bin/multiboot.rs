@@ -209,7 +209,9 @@ fn fail(why: fmt::Arguments<'_>) -> ! {
 /// GiB, naming `what` otherwise.
 fn check_mapped(addr: u64, len: u64, what: &str) {
     if addr.checked_add(len).is_none_or(|end| end > MAPPED) {
-        fail(format_args!("{what} at {addr:#x} ({len} bytes) lies outside the mapped first GiB"));
+        fail(format_args!(
+            "{what} at {addr:#x} ({len} bytes) lies outside the mapped first GiB"
+        ));
     }
 }
 
@@ -234,7 +236,9 @@ fn read_str(addr: u64, what: &str) -> &'static str {
     let mut len = 0;
     loop {
         if len == MAX_STRING {
-            fail(format_args!("{what} at {addr:#x} has no NUL in {MAX_STRING} bytes"));
+            fail(format_args!(
+                "{what} at {addr:#x} has no NUL in {MAX_STRING} bytes"
+            ));
         }
         check_mapped(addr + len, 1, what);
         // SAFETY: the byte is identity-mapped (checked above) and only read.
@@ -284,11 +288,15 @@ fn main() {
         // Each entry: size (of the rest, at least 20), base, length, type.
         let size = u64::from(read32(at, "a memory map entry"));
         if size < 20 || at + 4 + size > end {
-            fail(format_args!("memory map entry at {at:#x} has size {size} (map {mmap_addr:#x}+{mmap_length:#x})"));
+            fail(format_args!(
+                "memory map entry at {at:#x} has size {size} (map {mmap_addr:#x}+{mmap_length:#x})"
+            ));
         }
         entries += 1;
         if entries > MAX_MAP_ENTRIES {
-            fail(format_args!("the memory map has more than {MAX_MAP_ENTRIES} entries"));
+            fail(format_args!(
+                "the memory map has more than {MAX_MAP_ENTRIES} entries"
+            ));
         }
         let base = read64(at + 4, "a memory map entry");
         let len = read64(at + 12, "a memory map entry");
@@ -300,7 +308,10 @@ fn main() {
         fail(format_args!("the memory map is empty"));
     }
     if flags & INFO_LOADER_NAME != 0 {
-        let name = read_str(u64::from(read32(info + 64, "boot_loader_name")), "the boot loader name");
+        let name = read_str(
+            u64::from(read32(info + 64, "boot_loader_name")),
+            "the boot loader name",
+        );
         println!("multiboot: boot loader \"{name}\"");
     }
     println!("multiboot: OK");

@@ -36,8 +36,8 @@ core::arch::global_asm!(
     "cli",
     "call hv_rm_here",
     "hv_rm_here:",
-    "pop %bx",                                  // BX = IP of hv_rm_here
-    "sub $(hv_rm_here - _start16), %bx",        // BX = IP of _start16
+    "pop %bx",                           // BX = IP of hv_rm_here
+    "sub $(hv_rm_here - _start16), %bx", // BX = IP of _start16
     "mov %cs, %ax",
     "mov %ax, %ds",
     "mov %ax, %ss",
@@ -48,7 +48,7 @@ core::arch::global_asm!(
     "call hv_rm_puts",
     "mov %cs, %ax",
     "call hv_rm_hex16",
-    "mov $0x3a, %al",                           // ':'
+    "mov $0x3a, %al", // ':'
     "call hv_rm_putc",
     "mov %bx, %ax",
     "call hv_rm_hex16",

@@ -145,10 +145,17 @@ fn enable_vector_state() -> (bool, u64) {
     // SAFETY: CR4.OSXSAVE only enables XSAVE/XGETBV/XSETBV; a #GP is caught.
     let f = unsafe { guests::probe!("mov cr4, {v}", v = in(reg) cr4() | CR4_OSXSAVE) };
     if let Some(f) = f {
-        println!("statekeeper: setting CR4.OSXSAVE raised {} although CPUID offers XSAVE", f.name());
+        println!(
+            "statekeeper: setting CR4.OSXSAVE raised {} although CPUID offers XSAVE",
+            f.name()
+        );
         return (false, 0);
     }
-    let want = if ecx & CPUID1_ECX_AVX != 0 { XCR0_X87 | XCR0_SSE | XCR0_AVX } else { XCR0_X87 | XCR0_SSE };
+    let want = if ecx & CPUID1_ECX_AVX != 0 {
+        XCR0_X87 | XCR0_SSE | XCR0_AVX
+    } else {
+        XCR0_X87 | XCR0_SSE
+    };
     // SAFETY: a valid XCR0 for a CPU that offers these features; a #GP is caught.
     let f = unsafe {
         guests::probe!("xsetbv", in("ecx") 0u32, in("eax") want as u32, in("edx") (want >> 32) as u32)
@@ -159,7 +166,10 @@ fn enable_vector_state() -> (bool, u64) {
     }
     let xcr0 = xgetbv0();
     let osxsave = cpuid(1, 0).ecx & CPUID1_ECX_OSXSAVE != 0;
-    (osxsave && ecx & CPUID1_ECX_AVX != 0 && xcr0 & XCR0_AVX != 0, xcr0)
+    (
+        osxsave && ecx & CPUID1_ECX_AVX != 0 && xcr0 & XCR0_AVX != 0,
+        xcr0,
+    )
 }
 
 /// Clears the PDPT entry of [`UNMAPPED`] in the guest's page tables.
@@ -238,10 +248,18 @@ fn main() {
         }
         // CR2: a read of an address the guest's page tables do not map.
         // SAFETY: the #PF is expected and caught; the read has no effect.
-        let pf = unsafe { guests::probe!("mov {t}, byte ptr [{a}]", a = in(reg) fault_at, t = out(reg_byte) _) };
+        let pf = unsafe {
+            guests::probe!("mov {t}, byte ptr [{a}]", a = in(reg) fault_at, t = out(reg_byte) _)
+        };
         match pf {
             Some(f) if f.vector == trap::vector::PF && f.cr2 == fault_at => {}
-            Some(f) => miss(&mut m.cr2, "cr2 (page fault)", i, fault_at, f.cr2 | (u64::from(f.vector) << 56)),
+            Some(f) => miss(
+                &mut m.cr2,
+                "cr2 (page fault)",
+                i,
+                fault_at,
+                f.cr2 | (u64::from(f.vector) << 56),
+            ),
             None => miss(&mut m.cr2, "cr2 (no page fault)", i, fault_at, 0),
         }
 
@@ -372,12 +390,25 @@ fn main() {
         if let Some(r) = xmm_bad {
             miss(&mut m.xmm, "xmm", i, c.vin[r * 4], c.vout[r * 4]);
         } else if c.mxcsr_out != c.mxcsr_in {
-            miss(&mut m.xmm, "mxcsr", i, u64::from(c.mxcsr_in), u64::from(c.mxcsr_out));
+            miss(
+                &mut m.xmm,
+                "mxcsr",
+                i,
+                u64::from(c.mxcsr_in),
+                u64::from(c.mxcsr_out),
+            );
         }
         if ymm {
-            let ymm_bad = (0..16).find(|r| c.vout[r * 4 + 2..r * 4 + 4] != c.vin[r * 4 + 2..r * 4 + 4]);
+            let ymm_bad =
+                (0..16).find(|r| c.vout[r * 4 + 2..r * 4 + 4] != c.vin[r * 4 + 2..r * 4 + 4]);
             if let Some(r) = ymm_bad {
-                miss(&mut m.ymm, "ymm upper half", i, c.vin[r * 4 + 2], c.vout[r * 4 + 2]);
+                miss(
+                    &mut m.ymm,
+                    "ymm upper half",
+                    i,
+                    c.vin[r * 4 + 2],
+                    c.vout[r * 4 + 2],
+                );
             }
         }
         // x87: FISTP pops in reverse order of the loads.
@@ -402,21 +433,57 @@ fn main() {
         }
         let fs_msr = rdmsr(IA32_FS_BASE);
         if fs_msr != slot_addr(fs_slot) {
-            miss(&mut m.fsbase, "fsbase (rdmsr)", i, slot_addr(fs_slot), fs_msr);
+            miss(
+                &mut m.fsbase,
+                "fsbase (rdmsr)",
+                i,
+                slot_addr(fs_slot),
+                fs_msr,
+            );
         } else if fs_load != slot_value(fs_slot) {
-            miss(&mut m.fsbase, "fsbase (fs:[0])", i, slot_value(fs_slot), fs_load);
+            miss(
+                &mut m.fsbase,
+                "fsbase (fs:[0])",
+                i,
+                slot_value(fs_slot),
+                fs_load,
+            );
         }
         let gs_msr = rdmsr(IA32_GS_BASE);
         if gs_msr != slot_addr(gs_slot) {
-            miss(&mut m.gsbase, "gsbase (rdmsr)", i, slot_addr(gs_slot), gs_msr);
+            miss(
+                &mut m.gsbase,
+                "gsbase (rdmsr)",
+                i,
+                slot_addr(gs_slot),
+                gs_msr,
+            );
         } else if gs_load != slot_value(gs_slot) {
-            miss(&mut m.gsbase, "gsbase (gs:[0])", i, slot_value(gs_slot), gs_load);
+            miss(
+                &mut m.gsbase,
+                "gsbase (gs:[0])",
+                i,
+                slot_value(gs_slot),
+                gs_load,
+            );
         }
         let kgs_msr = rdmsr(IA32_KERNEL_GS_BASE);
         if kgs_msr != slot_addr(kgs_slot) {
-            miss(&mut m.kgsbase, "kgsbase (rdmsr)", i, slot_addr(kgs_slot), kgs_msr);
+            miss(
+                &mut m.kgsbase,
+                "kgsbase (rdmsr)",
+                i,
+                slot_addr(kgs_slot),
+                kgs_msr,
+            );
         } else if kgs_load != slot_value(kgs_slot) {
-            miss(&mut m.kgsbase, "kgsbase (gs:[0] after swapgs)", i, slot_value(kgs_slot), kgs_load);
+            miss(
+                &mut m.kgsbase,
+                "kgsbase (gs:[0] after swapgs)",
+                i,
+                slot_value(kgs_slot),
+                kgs_load,
+            );
         }
         let lstar_msr = rdmsr(IA32_LSTAR);
         if lstar_msr != lstar {
@@ -447,6 +514,11 @@ fn main() {
     report(key::STATE_LSTAR, m.lstar);
     report(key::STATE_CR2, m.cr2);
     report(key::STATE_DR, m.dr);
-    let kinds = [m.gpr, m.xmm, m.ymm, m.x87, m.fsbase, m.gsbase, m.kgsbase, m.lstar, m.cr2, m.dr];
-    finish("statekeeper", kinds.iter().filter(|&&c| c != 0).count() as u64)
+    let kinds = [
+        m.gpr, m.xmm, m.ymm, m.x87, m.fsbase, m.gsbase, m.kgsbase, m.lstar, m.cr2, m.dr,
+    ];
+    finish(
+        "statekeeper",
+        kinds.iter().filter(|&&c| c != 0).count() as u64,
+    )
 }

@@ -113,7 +113,11 @@ fn main() {
             )
         };
         if a != SIGNATURE_EBX || b != SIGNATURE_EBX {
-            first_failure("sti/mov ss; cpuid signature", round, (u64::from(a) << 32) | u64::from(b));
+            first_failure(
+                "sti/mov ss; cpuid signature",
+                round,
+                (u64::from(a) << 32) | u64::from(b),
+            );
         }
 
         // STI; IN (UART line status: the transmitter is idle) and MOV SS; OUT

@@ -51,7 +51,15 @@ const FMASK: u64 = 0x4700;
 /// code (64-bit, DPL 3), TSS (two slots, filled at run time).
 #[repr(C, align(16))]
 struct Gdt([u64; 7]);
-static mut GDT: Gdt = Gdt([0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00cf_f300_0000_ffff, 0x00af_fb00_0000_ffff, 0, 0]);
+static mut GDT: Gdt = Gdt([
+    0,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x00cf_f300_0000_ffff,
+    0x00af_fb00_0000_ffff,
+    0,
+    0,
+]);
 
 /// 64-bit TSS (SDM Vol. 3A 8.7): only RSP0 matters (faults in ring 3).
 #[repr(C, packed)]
@@ -60,7 +68,11 @@ struct Tss {
     rsp0: u64,
     rest: [u8; 92],
 }
-static mut TSS: Tss = Tss { reserved0: 0, rsp0: 0, rest: [0; 92] };
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp0: 0,
+    rest: [0; 92],
+};
 
 /// Stack for exceptions taken in ring 3.
 #[repr(C, align(16))]
@@ -129,7 +141,11 @@ fn load_gdt() {
         let base = tss as u64;
         let limit = (core::mem::size_of::<Tss>() - 1) as u64;
         // Available 64-bit TSS (type 9), present (SDM Vol. 3A 8.2.3).
-        let low = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (0x89 << 40) | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+        let low = (limit & 0xffff)
+            | ((base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((base >> 24) & 0xff) << 56);
         let gdt = &mut *core::ptr::addr_of_mut!(GDT);
         gdt.0[5] = low;
         gdt.0[6] = base >> 32;
@@ -211,7 +227,12 @@ fn main() {
     let ok = f.is_none()
         && try_wrmsr("IA32_EFER (SCE)", IA32_EFER, efer | EFER_SCE, &mut failures)
         && try_wrmsr("IA32_STAR", IA32_STAR, STAR, &mut failures)
-        && try_wrmsr("IA32_LSTAR", IA32_LSTAR, hv_syscall_entry as unsafe extern "C" fn() as usize as u64, &mut failures)
+        && try_wrmsr(
+            "IA32_LSTAR",
+            IA32_LSTAR,
+            hv_syscall_entry as unsafe extern "C" fn() as usize as u64,
+            &mut failures,
+        )
         && try_wrmsr("IA32_FMASK", IA32_FMASK, FMASK, &mut failures);
     if !ok {
         println!("syscall: set-up failed, no SYSCALL made");
@@ -288,11 +309,31 @@ fn main() {
     let round_trips = calls.saturating_sub(2);
     let checks = [
         ("handler entries", calls, ROUND_TRIPS + 2),
-        ("handler entries not at CPL 0", HANDLER_CPL_ERRORS.load(Ordering::Relaxed), 0),
-        ("handler entries with TF/IF/DF/NT set", HANDLER_FLAG_ERRORS.load(Ordering::Relaxed), 0),
-        ("ring-3 iterations without the user CS/SS", USER_CPL_ERRORS.load(Ordering::Relaxed), 0),
-        ("ring-3 hypercalls", USER_VMCALLS.load(Ordering::Relaxed), ROUND_TRIPS / 1024),
-        ("ring-3 hypercalls with a wrong result", USER_VMCALL_ERRORS.load(Ordering::Relaxed), 0),
+        (
+            "handler entries not at CPL 0",
+            HANDLER_CPL_ERRORS.load(Ordering::Relaxed),
+            0,
+        ),
+        (
+            "handler entries with TF/IF/DF/NT set",
+            HANDLER_FLAG_ERRORS.load(Ordering::Relaxed),
+            0,
+        ),
+        (
+            "ring-3 iterations without the user CS/SS",
+            USER_CPL_ERRORS.load(Ordering::Relaxed),
+            0,
+        ),
+        (
+            "ring-3 hypercalls",
+            USER_VMCALLS.load(Ordering::Relaxed),
+            ROUND_TRIPS / 1024,
+        ),
+        (
+            "ring-3 hypercalls with a wrong result",
+            USER_VMCALL_ERRORS.load(Ordering::Relaxed),
+            0,
+        ),
     ];
     for (what, found, expected) in checks {
         if found != expected {

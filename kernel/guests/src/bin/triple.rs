@@ -12,7 +12,10 @@ guests::entry!(main);
 
 fn main() {
     println!("about to triple fault");
-    let empty = DescriptorTablePointer { limit: 0, base: VirtAddr::new(0) };
+    let empty = DescriptorTablePointer {
+        limit: 0,
+        base: VirtAddr::new(0),
+    };
     // SAFETY: deliberately broken: with a zero-limit IDT, the #UD below cannot
     // be delivered, which escalates to #DF and then a triple fault.
     unsafe {

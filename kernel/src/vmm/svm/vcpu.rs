@@ -13,10 +13,10 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 use backend::svm::decode;
 use backend::svm::entry;
-use backend::svm::{check, insn, state};
 use backend::svm::setup::{self, GuestStart};
 use backend::svm::state::{SoftState, VmcbCpu};
 use backend::svm::SvmSetup;
+use backend::svm::{check, insn, state};
 use hvcore::config::GuestMode;
 use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
@@ -192,14 +192,29 @@ impl Vcpu {
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
     /// halts or stops).
-    pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+    pub fn run_slice(
+        &mut self,
+        host: &HostCpu,
+        slice_end: u64,
+        env: &mut KernelPlatform,
+    ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
             if let Err(e) = self.state.run_state_mut().wake() {
-                panic!("vm {}: wake from {:?} ({})", self.vm.name(), e.from, e.attempted);
+                panic!(
+                    "vm {}: wake from {:?} ({})",
+                    self.vm.name(),
+                    e.from,
+                    e.attempted
+                );
             }
         }
         if let Err(e) = self.state.run_state_mut().enter() {
-            panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+            panic!(
+                "vm {}: vCPU entered from state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
         }
         let now = crate::arch::rdtsc();
         crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(now)).max(1));
@@ -226,7 +241,10 @@ impl Vcpu {
                 return self.end_slice_early();
             }
             self.clock.catch_up(now, &mut self.vm, &self.partition, env);
-            if self.pending_event.is_some() || self.clock.window_open || self.vm.interrupt_possible() {
+            if self.pending_event.is_some()
+                || self.clock.window_open
+                || self.vm.interrupt_possible()
+            {
                 self.prepare_events(vmcb);
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
@@ -255,10 +273,25 @@ impl Vcpu {
             }
             let xcr0 = self.soft.xcr0;
             let action = {
-                let mut cpu = VmcbCpu { vmcb: &mut *vmcb, setup, soft: &mut self.soft, msrs: &mut HardwareMsrs };
-                let mut platform =
-                    PlatformFor { apic_id: env.apic_id, host: env, memory: &self.partition, cpu: &mut cpu };
-                hx::handle_exit(&mut self.vm, &mut self.state, &exit, &mut self.regs, &mut platform)
+                let mut cpu = VmcbCpu {
+                    vmcb: &mut *vmcb,
+                    setup,
+                    soft: &mut self.soft,
+                    msrs: &mut HardwareMsrs,
+                };
+                let mut platform = PlatformFor {
+                    apic_id: env.apic_id,
+                    host: env,
+                    memory: &self.partition,
+                    cpu: &mut cpu,
+                };
+                hx::handle_exit(
+                    &mut self.vm,
+                    &mut self.state,
+                    &exit,
+                    &mut self.regs,
+                    &mut platform,
+                )
             };
             if self.soft.xcr0 != xcr0 {
                 lazy::set_xcr0(self.soft.xcr0);
@@ -320,7 +353,11 @@ impl Vcpu {
     /// becomes the vCPU's XCR0, so the lazy switch saves and restores the
     /// guest's registers with it; otherwise the VM stops (and the hardware
     /// gets the vCPU's XCR0 back). `Some` when the slice ends here.
-    fn follow_native_xcr0(&mut self, setup: &SvmSetup, env: &mut KernelPlatform) -> Option<SliceEnd> {
+    fn follow_native_xcr0(
+        &mut self,
+        setup: &SvmSetup,
+        env: &mut KernelPlatform,
+    ) -> Option<SliceEnd> {
         let hardware = lazy::hardware_xcr0()?;
         match state::native_xcr0(&mut self.soft, &setup.limits, hardware) {
             Ok(false) => None,
@@ -372,7 +409,10 @@ impl Vcpu {
             vmcb.control.guest_asid
         );
         match check::check_guest_state(vmcb, setup) {
-            Err(why) => log::error!("vm {}: VMRUN refused the VMCB: {why} (APM 15.5.1)", self.vm.name()),
+            Err(why) => log::error!(
+                "vm {}: VMRUN refused the VMCB: {why} (APM 15.5.1)",
+                self.vm.name()
+            ),
             Ok(()) => {
                 let (bytes, n) = insn::bytes_at_rip(vmcb, &self.partition);
                 let mut hex = alloc::string::String::new();
@@ -391,7 +431,12 @@ impl Vcpu {
     /// Ends a slice between exits: Running -> Runnable.
     fn end_slice_early(&mut self) -> SliceEnd {
         if let Err(e) = self.state.run_state_mut().preempt() {
-            panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+            panic!(
+                "vm {}: preempted from state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
         }
         SliceEnd::Preempted
     }

@@ -72,10 +72,14 @@ pub fn detect() -> Result<(), VmxError> {
 pub fn capabilities() -> Result<VmxCapabilities, VmxError> {
     let caps = VmxCapabilities::from_reader(rdmsr);
     if !caps.basic.memory_type_is_write_back() {
-        return Err(VmxError::MissingFeature("write-back VMCS memory type (IA32_VMX_BASIC[53:50])"));
+        return Err(VmxError::MissingFeature(
+            "write-back VMCS memory type (IA32_VMX_BASIC[53:50])",
+        ));
     }
     if !caps.ept_usable() {
-        return Err(VmxError::MissingFeature("EPT with a 4-level walk and write-back paging structures"));
+        return Err(VmxError::MissingFeature(
+            "EPT with a 4-level walk and write-back paging structures",
+        ));
     }
     Ok(caps)
 }
@@ -97,7 +101,8 @@ pub fn enable_on_this_cpu(caps: &VmxCapabilities) -> Result<(), VmxError> {
     // CR0 and CR4 must satisfy IA32_VMX_CR{0,4}_FIXED{0,1} in VMX operation
     // (SDM 24.8); CR4.VMXE is one of CR4's required bits.
     let cr0 = caps.fixed_cr0(Cr0::read_raw());
-    caps.check_cr0(cr0).map_err(|v| VmxError::FixedBits("CR0", v.must_be_set | v.must_be_clear))?;
+    caps.check_cr0(cr0)
+        .map_err(|v| VmxError::FixedBits("CR0", v.must_be_set | v.must_be_clear))?;
     // SAFETY: the fixed bits only add NE/PE/PG-class bits the kernel already
     // runs with (long mode), never clearing one it needs.
     unsafe { Cr0::write_raw(cr0) };

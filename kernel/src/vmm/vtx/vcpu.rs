@@ -11,10 +11,10 @@ use backend::vtx::setup::{self, GuestStart, HostState};
 use backend::vtx::state::{SoftState, VmcsCpu};
 use backend::vtx::{decode, entry, VmxSetup};
 use hvcore::config::GuestMode;
+use hvcore::devices::interrupt::GuestInterruptibility;
 use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use vmx::vmcs::*;
-use hvcore::devices::interrupt::GuestInterruptibility;
 use vmx::{ActiveVmcs, HostPhysAddr, PrimaryControls, VmFail, VmcsAccess, VmxCapabilities};
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
@@ -24,12 +24,11 @@ use super::super::platform::{KernelPlatform, PlatformFor};
 use super::count::{self, Tally};
 use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
+use crate::arch::gdt::PerCpuTables;
 use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::partition::Partition;
-use crate::arch::gdt::PerCpuTables;
 use crate::vmm::SliceEnd;
-
 
 /// A VT-x vCPU and, for now, the one VM it belongs to.
 pub struct Vcpu {
@@ -138,7 +137,10 @@ impl Vcpu {
 
     /// The EPT pointer of the VM's partition.
     fn eptp(&self) -> u64 {
-        self.partition.tables.eptp().unwrap_or_else(|| panic!("VT-x vCPU on a partition without an EPT"))
+        self.partition
+            .tables
+            .eptp()
+            .unwrap_or_else(|| panic!("VT-x vCPU on a partition without an EPT"))
     }
 
     /// The general-purpose registers the guest starts with (its boot
@@ -191,12 +193,14 @@ impl Vcpu {
         if !self.initialised {
             // SAFETY: the region is this vCPU's, allocated with the revision
             // id; VMCLEAR puts it in the clear state before first use.
-            unsafe { vmx::instructions::vmclear(self.vmcs) }.map_err(|e| VmxError::Instruction("VMCLEAR", e))?;
+            unsafe { vmx::instructions::vmclear(self.vmcs) }
+                .map_err(|e| VmxError::Instruction("VMCLEAR", e))?;
         }
         // SAFETY: the CPU is in VMX root operation (the scheduler loop runs
         // after VMXON), and the region is a valid, cleared or launched VMCS
         // of this vCPU, used on this CPU only (a vCPU is pinned to one CPU).
-        let mut vmcs = unsafe { ActiveVmcs::load(self.vmcs) }.map_err(|e| VmxError::Instruction("VMPTRLD", e))?;
+        let mut vmcs = unsafe { ActiveVmcs::load(self.vmcs) }
+            .map_err(|e| VmxError::Instruction("VMPTRLD", e))?;
         if !self.initialised {
             self.setup(&mut vmcs, host)?;
             self.flush_translations(&host.setup);
@@ -207,9 +211,15 @@ impl Vcpu {
 
     /// Loads (and sets up) the VMCS, then overwrites one field: how the
     /// self-tests provoke VM-entry failures on purpose.
-    pub fn overwrite_field_for_selftest(&mut self, host: &HostCpu, encoding: u32, value: u64) -> Result<(), VmxError> {
+    pub fn overwrite_field_for_selftest(
+        &mut self,
+        host: &HostCpu,
+        encoding: u32,
+        value: u64,
+    ) -> Result<(), VmxError> {
         let mut vmcs = self.load(host)?;
-        vmcs.write(encoding, value).map_err(|e| VmxError::Instruction("VMWRITE", e))
+        vmcs.write(encoding, value)
+            .map_err(|e| VmxError::Instruction("VMWRITE", e))
     }
 
     /// Drops cached translations for this VM's EPTP and VPID (SDM 29.4.3):
@@ -217,13 +227,21 @@ impl Vcpu {
     /// emulated paging-mode change invalidates the guest's TLB entries.
     fn flush_translations(&self, setup: &VmxSetup) {
         use vmx::instructions::{InveptType, InvvpidType};
-        let kind = if setup.invept_single { InveptType::SingleContext } else { InveptType::AllContext };
+        let kind = if setup.invept_single {
+            InveptType::SingleContext
+        } else {
+            InveptType::AllContext
+        };
         // SAFETY: VMX root operation; the EPTP is this VM's valid EPT.
         if let Err(e) = unsafe { vmx::instructions::invept(kind, self.eptp()) } {
             log::warn!("vm {}: INVEPT failed: {e}", self.vm.name());
         }
         if setup.optional.vpid {
-            let kind = if setup.invvpid_single { InvvpidType::SingleContext } else { InvvpidType::AllContext };
+            let kind = if setup.invvpid_single {
+                InvvpidType::SingleContext
+            } else {
+                InvvpidType::AllContext
+            };
             // SAFETY: VMX root operation; the VPID is nonzero.
             if let Err(e) = unsafe { vmx::instructions::invvpid(kind, self.vpid, 0) } {
                 log::warn!("vm {}: INVVPID failed: {e}", self.vm.name());
@@ -259,7 +277,8 @@ impl Vcpu {
             msr_bitmap: host.msr_bitmap,
             virtual_apic: self.virtual_apic.as_u64(),
         };
-        setup::program(vmcs, &host.setup, &host_state, &guest).map_err(|e| VmxError::Instruction("VMWRITE", e))
+        setup::program(vmcs, &host.setup, &host_state, &guest)
+            .map_err(|e| VmxError::Instruction("VMWRITE", e))
     }
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
@@ -274,18 +293,29 @@ impl Vcpu {
     /// with the slice's end and with the devices' deadline, and an `Option`
     /// test for an event to inject or an interrupt the PIC may present.
     /// After each exit: the fields the exit has, the handler, RIP.
-    pub fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+    pub fn run_slice(
+        &mut self,
+        host: &HostCpu,
+        slice_end: u64,
+        env: &mut KernelPlatform,
+    ) -> SliceEnd {
         let mut vmcs = match self.load(host) {
             Ok(v) => count::wrap(v),
             Err(e) => {
                 log::error!("vm {}: cannot set up its VMCS: {e}", self.vm.name());
                 let reason = match e {
-                    VmxError::Instruction(_, VmFail::Valid(err)) => StopReason::EntryInstructionFailed {
-                        number: err.number(),
-                        meaning: err.description(),
+                    VmxError::Instruction(_, VmFail::Valid(err)) => {
+                        StopReason::EntryInstructionFailed {
+                            number: err.number(),
+                            meaning: err.description(),
+                            rip: self.entry,
+                        }
+                    }
+                    _ => StopReason::MissingFeature {
+                        what: "setting up the VMCS",
+                        feature: "memory for VMX structures",
                         rip: self.entry,
                     },
-                    _ => StopReason::MissingFeature { what: "setting up the VMCS", feature: "memory for VMX structures", rip: self.entry },
                 };
                 self.stop(reason, env);
                 return SliceEnd::Stopped;
@@ -294,18 +324,29 @@ impl Vcpu {
         // The scheduler picked a halted vCPU: its wake-up time has come.
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
             if let Err(e) = self.state.run_state_mut().wake() {
-                panic!("vm {}: wake from {:?} ({})", self.vm.name(), e.from, e.attempted);
+                panic!(
+                    "vm {}: wake from {:?} ({})",
+                    self.vm.name(),
+                    e.from,
+                    e.attempted
+                );
             }
         }
         // Runnable -> Running for the whole slice; handle_exit moves it on
         // (Halted, Runnable after a yield or preemption, Stopped).
         if let Err(e) = self.state.run_state_mut().enter() {
-            panic!("vm {}: vCPU entered from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+            panic!(
+                "vm {}: vCPU entered from state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
         }
         self.tally.slice_start();
         self.clock.refresh(&self.vm);
         let rate = host.setup.preemption_timer_rate;
-        let timer = |now: u64| ((slice_end.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32;
+        let timer =
+            |now: u64| ((slice_end.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32;
         let timer_saved = host.setup.optional.preemption_timer_save;
         if timer_saved {
             vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(crate::arch::rdtsc()));
@@ -321,7 +362,10 @@ impl Vcpu {
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now));
             }
             self.clock.catch_up(now, &mut self.vm, &self.partition, env);
-            if self.pending_event.is_some() || self.clock.window_open || self.vm.interrupt_possible() {
+            if self.pending_event.is_some()
+                || self.clock.window_open
+                || self.vm.interrupt_possible()
+            {
                 self.prepare_events(&mut vmcs, &host.setup);
             }
             if self.soft.flush_tlb {
@@ -341,7 +385,9 @@ impl Vcpu {
             mode = switch::Mode::Resume;
             match result {
                 SwitchResult::EntryFailed { rflags } => {
-                    let fail = vmx::check_vm_entry_flags(rflags).err().map(|k| k.resolve(count::inner(&vmcs)));
+                    let fail = vmx::check_vm_entry_flags(rflags)
+                        .err()
+                        .map(|k| k.resolve(count::inner(&vmcs)));
                     return self.stop_on_entry_instruction_failure(count::inner(&vmcs), fail, env);
                 }
                 SwitchResult::Exited => self.launched = true,
@@ -358,7 +404,10 @@ impl Vcpu {
                     // SAFETY: the host IDT handles every vector it can receive.
                     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
                 }
-                Exit::EntryFailed { code, qualification } => {
+                Exit::EntryFailed {
+                    code,
+                    qualification,
+                } => {
                     log::error!(
                         "vm {}: VM entry failed (reason {code}, qualification {qualification:#x}); guest state:",
                         self.vm.name()
@@ -369,9 +418,25 @@ impl Vcpu {
             }
             let xcr0 = self.soft.xcr0;
             let action = {
-                let mut cpu = VmcsCpu { vmcs: &mut vmcs, setup: &host.setup, soft: &mut self.soft, msrs: &mut HardwareMsrs };
-                let mut platform = PlatformFor { apic_id: env.apic_id, host: env, memory: &self.partition, cpu: &mut cpu };
-                hx::handle_exit(&mut self.vm, &mut self.state, &exit, &mut self.regs, &mut platform)
+                let mut cpu = VmcsCpu {
+                    vmcs: &mut vmcs,
+                    setup: &host.setup,
+                    soft: &mut self.soft,
+                    msrs: &mut HardwareMsrs,
+                };
+                let mut platform = PlatformFor {
+                    apic_id: env.apic_id,
+                    host: env,
+                    memory: &self.partition,
+                    cpu: &mut cpu,
+                };
+                hx::handle_exit(
+                    &mut self.vm,
+                    &mut self.state,
+                    &exit,
+                    &mut self.regs,
+                    &mut platform,
+                )
             };
             if self.soft.xcr0 != xcr0 {
                 lazy::set_xcr0(self.soft.xcr0);
@@ -413,7 +478,12 @@ impl Vcpu {
             self.pending_event = irq;
         }
         if window != self.clock.window_open {
-            let bits = setup.primary | if window { PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() } else { 0 };
+            let bits = setup.primary
+                | if window {
+                    PrimaryControls::INTERRUPT_WINDOW_EXITING.bits()
+                } else {
+                    0
+                };
             vmcs.set_known(CPU_BASED_VM_EXEC_CONTROL, bits);
             self.clock.window_open = window;
         }
@@ -441,7 +511,12 @@ impl Vcpu {
     /// Running -> Runnable.
     fn end_slice_early(&mut self) -> SliceEnd {
         if let Err(e) = self.state.run_state_mut().preempt() {
-            panic!("vm {}: preempted from state {:?} ({})", self.vm.name(), e.from, e.attempted);
+            panic!(
+                "vm {}: preempted from state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
         }
         SliceEnd::Preempted
     }
@@ -460,10 +535,21 @@ impl Vcpu {
         log::error!(
             "vm {}: {} failed: VM-instruction error {number}: {meaning}; guest state:",
             self.vm.name(),
-            if self.launched { "VMRESUME" } else { "VMLAUNCH" }
+            if self.launched {
+                "VMRESUME"
+            } else {
+                "VMLAUNCH"
+            }
         );
         dump_guest_state(vmcs);
-        self.stop(StopReason::EntryInstructionFailed { number, meaning, rip }, env);
+        self.stop(
+            StopReason::EntryInstructionFailed {
+                number,
+                meaning,
+                rip,
+            },
+            env,
+        );
         SliceEnd::Stopped
     }
 
@@ -491,8 +577,19 @@ fn dump_guest_state(vmcs: &ActiveVmcs) {
     let n = |f: VmcsFieldNatural| vmcs.get(f).unwrap_or(u64::MAX);
     let f32 = |f: VmcsField32| vmcs.get(f).unwrap_or(u32::MAX);
     let f16 = |f: VmcsField16| vmcs.get(f).unwrap_or(u16::MAX);
-    log::error!("  RIP {:#x} RSP {:#x} RFLAGS {:#x}", n(GUEST_RIP), n(GUEST_RSP), n(GUEST_RFLAGS));
-    log::error!("  CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}", n(GUEST_CR0), n(GUEST_CR3), n(GUEST_CR4), vmcs.get(GUEST_IA32_EFER).unwrap_or(u64::MAX));
+    log::error!(
+        "  RIP {:#x} RSP {:#x} RFLAGS {:#x}",
+        n(GUEST_RIP),
+        n(GUEST_RSP),
+        n(GUEST_RFLAGS)
+    );
+    log::error!(
+        "  CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x}",
+        n(GUEST_CR0),
+        n(GUEST_CR3),
+        n(GUEST_CR4),
+        vmcs.get(GUEST_IA32_EFER).unwrap_or(u64::MAX)
+    );
     log::error!(
         "  CS {:#x} base {:#x} limit {:#x} ar {:#x}; SS {:#x} ar {:#x}; TR {:#x} ar {:#x}",
         f16(GUEST_CS_SELECTOR),
