@@ -520,6 +520,8 @@ pub enum Breakage {
 /// a failed VM entry must be decoded and reported, never hang.
 pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     use alloc::format;
+    // The self-tests run before `run`: the time base must be set up here too.
+    time::init();
     enable::detect().map_err(|e| format!("{e}"))?;
     let caps = *CAPS
         .call_once(|| enable::capabilities().unwrap_or_else(|e| panic!("VMX capabilities: {e}")));
