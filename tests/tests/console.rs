@@ -143,4 +143,3 @@ fn console_attaches_to_a_linux_vm() {
     assert_kernel_line(&o, "vm counter (id 1) stopped: stopped by the hypervisor");
     assert_success(&o);
 }
-
