@@ -928,7 +928,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             Err(e) => panic!("scheduler refused a vCPU: {e:?}"),
         }
     }
-    let mut stats_seen = STATS_REQUEST.load(Ordering::Relaxed);
+    // From 0, not the current count: a request made before this CPU's loop
+    // started (an AP starts later than the console reads keys) is honoured.
+    let mut stats_seen = 0;
     // The host console can attach to these VMs (by id).
     console::cpu_started(
         cpu,
