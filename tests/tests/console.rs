@@ -143,3 +143,56 @@ fn console_attaches_to_a_linux_vm() {
     assert_kernel_line(&o, "vm counter (id 1) stopped: stopped by the hypervisor");
     assert_success(&o);
 }
+
+/// Under Bochs (VT-x; its serial port a TCP socket the runner types into):
+/// the host keys `s` and `q`, an attach by id to a VM of the other CPU, an
+/// id without a VM, and Ctrl-] giving the keys back to the host.
+#[test]
+fn console_keys_bochs() {
+    let name = "console_keys_bochs";
+    let text = r#"
+[[vm]]
+name = "alpha"
+memory = "2M"
+cpus = [0]
+image = "counter"
+
+[[vm]]
+name = "beta"
+memory = "2M"
+cpus = [1]
+image = "counter"
+"#;
+    let mut scenario = vms_scenario(&config_file(name, text));
+    scenario.options.serial_input = true;
+    scenario.options.stop_after_ms = Some(120_000);
+    let steps = [
+        InputStep::new("console: s stats", "s"),
+        InputStep::new("stats for vm beta", "7"),
+        InputStep::new("no running VM with id 7", "1"),
+        // `s` goes to the attached VM now (the counter ignores its UART).
+        InputStep::new("console: attached", "s"),
+        InputStep::new("vm beta: report", [0x1d]),
+        InputStep::new("console: detached", "q"),
+    ];
+    let o = boot_on_with_input(name, &scenario, &Machine::bochs(2), &steps);
+    assert_input_done(&o);
+    assert_kernel_line(&o, "virtualization backend: VT-x");
+    assert_kernel_line(&o, "console: no running VM with id 7; running: ");
+    assert_kernel_line(&o, "console: attached to vm beta (id 1); Ctrl-] detaches");
+    let attached = o.serial.find("console: attached").unwrap_or(0);
+    let detached = o.serial.find("console: detached").unwrap_or(0);
+    let stats = |from: usize, to: usize| {
+        o.serial[from..to]
+            .lines()
+            .filter(|l| l.starts_with("stats for vm "))
+            .count()
+    };
+    if stats(attached, detached) != 0 {
+        fail(&o, "`s` while attached reached the host, not the VM");
+    }
+    assert_kernel_line(&o, "console: stopping every VM");
+    assert_kernel_line(&o, "vm alpha (id 0) stopped: stopped by the hypervisor");
+    assert_kernel_line(&o, "vm beta (id 1) stopped: stopped by the hypervisor");
+    assert_success(&o);
+}
