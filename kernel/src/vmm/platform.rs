@@ -6,7 +6,10 @@
 
 use alloc::vec::Vec;
 
-use hvcore::arch::{GuestCpu, GuestLimits, GuestMemory, Platform, Reg, StateError};
+use hvcore::arch::{
+    Action, Exit, GuestCpu, GuestLimits, GuestMemory, GuestRegs, Platform, Reg, StateError,
+};
+use hvcore::vcpu::{VcpuState, VmContext};
 
 use super::partition::Partition;
 
@@ -113,6 +116,44 @@ impl KernelPlatform {
             self.drop_reported = true;
         }
     }
+}
+
+/// One exit of a vCPU of either backend, after the backend decoded it:
+/// hvcore's policy runs with `cpu` as the vCPU's backend-held state, then
+/// the kernel keeps up with what the guest may have changed: the device
+/// clock after a port access (the guest may have reprogrammed a timer) and
+/// XCR0 in hardware after an emulated XSETBV.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn handle_exit(
+    env: &mut KernelPlatform,
+    vm: &mut VmContext,
+    state: &mut VcpuState,
+    exit: &Exit,
+    regs: &mut GuestRegs,
+    memory: &Partition,
+    clock: &mut super::irq::DeviceClock,
+    cpu: &mut dyn GuestCpu,
+) -> Action {
+    let action = {
+        let mut platform = PlatformFor {
+            apic_id: env.apic_id,
+            host: env,
+            memory,
+            cpu: &mut *cpu,
+        };
+        hvcore::exit::handle_exit(vm, state, exit, regs, &mut platform)
+    };
+    // An accepted XSETBV changed the vCPU's XCR0, which this CPU runs with.
+    if let (Exit::Xsetbv, Action::AdvanceRip) = (exit, &action) {
+        if let Ok(xcr0) = cpu.read(Reg::Xcr0) {
+            super::lazy::set_xcr0(xcr0);
+        }
+    }
+    if let Exit::Io(_) = exit {
+        clock.refresh(vm);
+    }
+    action
 }
 
 /// The services for exit handlers, bound to one VM and (during an exit) to

@@ -82,7 +82,7 @@ pub fn decode<V: VmcsAccess>(vmcs: &V, regs: &mut GuestRegs) -> Decoded {
         regs.instruction_len = 0;
         return Decoded {
             exit: Exit::EntryFailed {
-                code: raw.0 & 0xffff,
+                code: u32::from(raw.basic()),
                 qualification,
             },
             vectoring: None,
@@ -222,7 +222,7 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
                     })
                 }
                 None => Exit::Unhandled {
-                    code: raw.0 & 0xffff,
+                    code: u32::from(raw.basic()),
                     name: raw.reason().describe(),
                     qualification,
                 },
@@ -234,7 +234,7 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
 
 fn unhandled<V: VmcsAccess>(vmcs: &V, raw: RawExitReason) -> Exit {
     Exit::Unhandled {
-        code: raw.0 & 0xffff,
+        code: u32::from(raw.basic()),
         name: raw.reason().describe(),
         qualification: vmcs.get_known(EXIT_QUALIFICATION),
     }

@@ -11,6 +11,9 @@ use vmx::VmcsAccess;
 
 use super::VmxSetup;
 
+/// Segment access-rights bit 13: CS.L, 64-bit code (SDM Vol. 3C Table 25-2).
+const AR_L: u32 = 1 << 13;
+
 /// The guest's values of the MSRs that VMX neither loads nor saves and that
 /// the kernel switches between vCPUs (SYSCALL MSRs, KERNEL_GS_BASE,
 /// TSC_AUX): while a vCPU's exit is handled, the hardware holds its values.
@@ -107,7 +110,7 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             // 64-bit mode: EFER.LMA and CS.L (access-rights bit 13).
             Reg::Mode64 => {
                 let lma = self.vmcs.get(GUEST_IA32_EFER).map_err(e)? & hvcore::arch::EFER_LMA != 0;
-                let cs_l = self.vmcs.get(GUEST_CS_AR_BYTES).map_err(e)? & (1 << 13) != 0;
+                let cs_l = self.vmcs.get(GUEST_CS_AR_BYTES).map_err(e)? & AR_L != 0;
                 Ok(u64::from(lma && cs_l))
             }
             Reg::FsBase => self.natural(reg, GUEST_FS_BASE),

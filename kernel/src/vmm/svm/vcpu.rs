@@ -18,7 +18,7 @@ use backend::svm::state::{SoftState, VmcbCpu};
 use backend::svm::SvmSetup;
 use backend::svm::{check, insn, state};
 use hvcore::config::GuestMode;
-use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
+use hvcore::exit::{Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use svm::Vmcb;
 
@@ -26,7 +26,7 @@ use super::entry as switch;
 use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::partition::Partition;
-use crate::vmm::platform::{KernelPlatform, PlatformFor};
+use crate::vmm::platform::{self, KernelPlatform};
 use crate::vmm::SliceEnd;
 
 /// Whether a guest's XSETBV was seen to run without an exit (logged once).
@@ -271,7 +271,6 @@ impl Vcpu {
             if let Exit::EntryFailed { .. } = exit {
                 self.report_invalid(vmcb, setup);
             }
-            let xcr0 = self.soft.xcr0;
             let action = {
                 let mut cpu = VmcbCpu {
                     vmcb: &mut *vmcb,
@@ -279,26 +278,17 @@ impl Vcpu {
                     soft: &mut self.soft,
                     msrs: &mut HardwareMsrs,
                 };
-                let mut platform = PlatformFor {
-                    apic_id: env.apic_id,
-                    host: env,
-                    memory: &self.partition,
-                    cpu: &mut cpu,
-                };
-                hx::handle_exit(
+                platform::handle_exit(
+                    env,
                     &mut self.vm,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &mut platform,
+                    &self.partition,
+                    &mut self.clock,
+                    &mut cpu,
                 )
             };
-            if self.soft.xcr0 != xcr0 {
-                lazy::set_xcr0(self.soft.xcr0);
-            }
-            if let Exit::Io(_) = exit {
-                self.clock.refresh(&self.vm);
-            }
             entry::advance(vmcb, &action, &self.regs);
             if let Some(ev) = backend::vtx::entry::event_to_inject(&action, decoded.vectoring) {
                 self.pending_event = Some(ev);

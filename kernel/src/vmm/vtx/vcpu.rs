@@ -12,7 +12,7 @@ use backend::vtx::state::{SoftState, VmcsCpu};
 use backend::vtx::{decode, entry, VmxSetup};
 use hvcore::config::GuestMode;
 use hvcore::devices::interrupt::GuestInterruptibility;
-use hvcore::exit::{self as hx, Action, Event, Exit, GuestRegs};
+use hvcore::exit::{Action, Event, Exit, GuestRegs};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use vmx::vmcs::*;
 use vmx::{ActiveVmcs, HostPhysAddr, PrimaryControls, VmFail, VmcsAccess, VmxCapabilities};
@@ -20,7 +20,7 @@ use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase, Msr};
 
-use super::super::platform::{KernelPlatform, PlatformFor};
+use super::super::platform::{self, KernelPlatform};
 use super::count::{self, Tally};
 use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
@@ -416,7 +416,6 @@ impl Vcpu {
                 }
                 _ => {}
             }
-            let xcr0 = self.soft.xcr0;
             let action = {
                 let mut cpu = VmcsCpu {
                     vmcs: &mut vmcs,
@@ -424,26 +423,17 @@ impl Vcpu {
                     soft: &mut self.soft,
                     msrs: &mut HardwareMsrs,
                 };
-                let mut platform = PlatformFor {
-                    apic_id: env.apic_id,
-                    host: env,
-                    memory: &self.partition,
-                    cpu: &mut cpu,
-                };
-                hx::handle_exit(
+                platform::handle_exit(
+                    env,
                     &mut self.vm,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &mut platform,
+                    &self.partition,
+                    &mut self.clock,
+                    &mut cpu,
                 )
             };
-            if self.soft.xcr0 != xcr0 {
-                lazy::set_xcr0(self.soft.xcr0);
-            }
-            if let Exit::Io(_) = exit {
-                self.clock.refresh(&self.vm);
-            }
             self.shadow = entry::advance(&mut vmcs, &action, &self.regs);
             if let Some(ev) = entry::event_to_inject(&action, decoded.vectoring) {
                 self.pending_event = Some(ev);
