@@ -34,6 +34,7 @@
 //! ports operates on the low byte (writes) and returns the register in the low
 //! byte with the upper bytes all ones (reads), like a byte-wide ISA device.
 
+pub mod apic_msg;
 pub mod bus;
 pub mod chipset;
 pub mod cmos;
