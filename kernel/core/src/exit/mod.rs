@@ -37,6 +37,7 @@
 pub mod cr;
 pub mod fault;
 pub mod io;
+pub mod mmio;
 
 pub use crate::arch::{
     Access, AccessSize, Action, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestCpu,
