@@ -33,6 +33,8 @@ pub const GUEST_PROGRAMS: &[&str] = &[
     "stihlt",
     "flood",
     "multiboot",
+    "smp",
+    "ipisink",
 ];
 
 /// What the bare-metal build produced.

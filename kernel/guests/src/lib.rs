@@ -17,6 +17,10 @@
 //! (0 when every check passed, [`EXIT_FAILED`] otherwise). They call
 //! [`pace_output`] first, so that bursts of lines are not cut by the
 //! hypervisor's per-slice console limit.
+//!
+//! Printing is safe from several vCPUs of one VM (the `smp` guest): each
+//! [`println!`] takes a spinlock, so lines do not interleave. Interrupt
+//! handlers must not print.
 #![no_std]
 
 use core::fmt::{self, Write};
@@ -202,14 +206,50 @@ impl Write for Counter {
     }
 }
 
-#[doc(hidden)]
-pub fn _print(args: fmt::Arguments<'_>) {
+/// Held while one caller writes a message to the UART: the vCPUs of a
+/// multi-processor guest (`smp`) share it, and a message is written in
+/// pieces, so unserialised callers would interleave their bytes.
+static OUTPUT_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// Spins until this caller holds [`OUTPUT_LOCK`]; after `max_spins` failed
+/// attempts (if given) it goes on without it and returns false.
+fn lock_output(max_spins: Option<u64>) -> bool {
+    let mut spins = 0u64;
+    while OUTPUT_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        spins += 1;
+        if max_spins.is_some_and(|max| spins >= max) {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+fn unlock_output() {
+    OUTPUT_LOCK.store(false, Ordering::Release);
+}
+
+/// Pacing and output of one message, with the output lock held.
+fn print_locked(args: fmt::Arguments<'_>) {
     if PACED.load(Ordering::Relaxed) {
         let mut n = Counter(0);
         let _ = n.write_fmt(args);
         pace(n.0);
     }
     let _ = Uart.write_fmt(args);
+}
+
+/// Prints one message (a [`println!`] line) whole: concurrent callers on
+/// other vCPUs wait for it. Not for interrupt handlers (a handler that
+/// interrupted a print on its own vCPU would wait forever).
+#[doc(hidden)]
+pub fn _print(args: fmt::Arguments<'_>) {
+    lock_output(None);
+    print_locked(args);
+    unlock_output();
 }
 
 /// Prints to the VM's UART.
@@ -274,6 +314,12 @@ pub fn min_median(samples: &mut [u64]) -> (u64, u64) {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    println!("guest panic: {}", info.message());
+    // A panic inside a print on this vCPU holds the lock: print anyway after
+    // a while rather than never.
+    let locked = lock_output(Some(100_000_000));
+    print_locked(format_args!("guest panic: {}\n", info.message()));
+    if locked {
+        unlock_output();
+    }
     shutdown(0xdead)
 }

@@ -1,0 +1,231 @@
+//! A single-vCPU guest that runs beside the `smp` VM (on another CPU) and
+//! watches for interrupts that are not its own: the `smp` guest sends
+//! broadcasts and an IPI to an APIC ID outside its VM, none of which may
+//! reach this VM.
+//!
+//! It turns on its local APIC in x2APIC mode, counts every interrupt of
+//! vectors 32-255 by vector (the handlers send the EOI), and runs its LAPIC
+//! timer in periodic mode at 10 ms (vector 0x30) for 2 s of TSC time,
+//! halting (`sti; hlt`) between ticks. Every other vector counts as stray.
+//!
+//! Output when nothing stray arrived:
+//!
+//! ```text
+//! ipisink: apic id 0, tsc 2000000000 Hz, apic timer 20000000 Hz, timer 10 ms for 2000 ms
+//! ipisink: timer ticks 200 (expected 200, accepted 150-250)
+//! ipisink: stray interrupts 0
+//! ipisink: OK
+//! ```
+//!
+//! Each vector with stray interrupts gets a line `ipisink: stray vector 0xVV:
+//! C` before the total. Exit code 0 when no stray interrupt arrived and the
+//! tick count is within 200 +- 25 %; otherwise the last line is `ipisink:
+//! FAILED (N failed checks)` (after a REPORT of `hvabi::key::FAILURES`), exit
+//! code 1. Without x2APIC or a TSC frequency in CPUID it says so and fails.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use guests::cpu::{rdmsr, wrmsr};
+use guests::{cpuid, finish, println, rdtsc, trap};
+
+guests::entry!(main);
+
+/// The timer's vector, period and run time.
+const VEC_TIMER: u8 = 0x30;
+const PERIOD_MS: u64 = 10;
+const RUN_MS: u64 = 2000;
+/// Spurious-interrupt vector (no EOI for it).
+const VEC_SPURIOUS: u8 = 0xFF;
+
+const MSR_APIC_BASE: u32 = 0x1B;
+const MSR_ID: u32 = 0x802;
+const MSR_TPR: u32 = 0x808;
+const MSR_EOI: u32 = 0x80B;
+const MSR_SVR: u32 = 0x80F;
+const MSR_LVT_TIMER: u32 = 0x832;
+const MSR_INITIAL_COUNT: u32 = 0x838;
+const MSR_DIVIDE: u32 = 0x83E;
+const APIC_BASE_EN: u64 = 1 << 11;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const LVT_MASKED: u64 = 1 << 16;
+const LVT_PERIODIC: u64 = 1 << 17;
+const CPUID1_ECX_X2APIC: u32 = 1 << 21;
+
+/// Interrupts by vector.
+static COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+// Stubs for vectors 32-255, 16 bytes apart from `ipisink_stubs`: each pushes
+// its vector; the common part counts it, sends the x2APIC EOI (not for the
+// spurious vector) and returns.
+core::arch::global_asm!(
+    ".section .text.ipisink_irq, \"ax\"",
+    ".balign 16",
+    ".global ipisink_stubs",
+    "ipisink_stubs:",
+    ".set ipisink_vector, 32",
+    ".rept 224",
+    ".balign 16",
+    "pushq $ipisink_vector",
+    "jmp ipisink_common",
+    ".set ipisink_vector, ipisink_vector + 1",
+    ".endr",
+    "ipisink_common:",
+    "push %rax",
+    "push %rcx",
+    "push %rdx",
+    "mov 24(%rsp), %rax",
+    "lea {counts}(%rip), %rcx",
+    "lock incq (%rcx, %rax, 8)",
+    "cmp ${spurious}, %rax",
+    "je 2f",
+    "mov ${eoi}, %ecx",
+    "xor %eax, %eax",
+    "xor %edx, %edx",
+    "wrmsr",
+    "2:",
+    "pop %rdx",
+    "pop %rcx",
+    "pop %rax",
+    "add $8, %rsp",
+    "iretq",
+    ".text",
+    counts = sym COUNTS,
+    spurious = const VEC_SPURIOUS,
+    eoi = const MSR_EOI,
+    options(att_syntax),
+);
+
+extern "C" {
+    static ipisink_stubs: u8;
+}
+
+#[repr(C, align(16))]
+struct Idt([[u64; 2]; 256]);
+static mut IDT: Idt = Idt([[0; 2]; 256]);
+
+/// trap.rs's exception gates (0-31) and the counting stubs (32-255).
+fn build_idt() {
+    trap::install();
+    let current = x86_64::instructions::tables::sidt();
+    let cs: u16;
+    // SAFETY: reading CS has no side effects.
+    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
+    // SAFETY: single vCPU, interrupts off; trap.rs's table has 256 gates and
+    // stays in place; the stubs are 16 bytes apart.
+    unsafe {
+        let old = current.base.as_u64() as *const [u64; 2];
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        let stubs = core::ptr::addr_of!(ipisink_stubs) as u64;
+        for (v, gate) in idt.0.iter_mut().enumerate() {
+            if v < 32 {
+                *gate = old.add(v).read();
+            } else {
+                let h = stubs + (v as u64 - 32) * 16;
+                // Present 64-bit interrupt gate, DPL 0 (SDM Vol. 3A 6.14.1).
+                gate[0] = (h & 0xffff)
+                    | (u64::from(cs) << 16)
+                    | (0x8e << 40)
+                    | (((h >> 16) & 0xffff) << 48);
+                gate[1] = h >> 32;
+            }
+        }
+        let pointer = x86_64::structures::DescriptorTablePointer {
+            limit: (core::mem::size_of::<Idt>() - 1) as u16,
+            base: x86_64::VirtAddr::new(idt as *const Idt as u64),
+        };
+        x86_64::instructions::tables::lidt(&pointer);
+    }
+}
+
+/// TSC and APIC timer frequencies (Hz): CPUID 0x15, else 0x16 (timer at
+/// TSC / 100).
+fn frequencies() -> Option<(u64, u64)> {
+    let max = cpuid(0, 0).eax;
+    if max >= 0x15 {
+        let l = cpuid(0x15, 0);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            let crystal = u64::from(l.ecx);
+            return Some((crystal * u64::from(l.ebx) / u64::from(l.eax), crystal));
+        }
+    }
+    if max >= 0x16 {
+        let mhz = u64::from(cpuid(0x16, 0).eax & 0xffff);
+        if mhz != 0 {
+            return Some((mhz * 1_000_000, mhz * 10_000));
+        }
+    }
+    None
+}
+
+fn main() {
+    guests::pace_output();
+    if cpuid(1, 0).ecx & CPUID1_ECX_X2APIC == 0 {
+        println!("ipisink: no x2apic in cpuid");
+        finish("ipisink", 1);
+    }
+    let Some((tsc_hz, apic_hz)) = frequencies() else {
+        println!("ipisink: no tsc frequency in cpuid 0x15/0x16");
+        finish("ipisink", 1);
+    };
+    build_idt();
+    let base = rdmsr(MSR_APIC_BASE);
+    // SAFETY: APIC global enable, then x2APIC mode (base address kept),
+    // software enable with spurious vector 0xFF, TPR 0; every vector has a
+    // counting handler.
+    unsafe {
+        if base & APIC_BASE_EN == 0 {
+            wrmsr(MSR_APIC_BASE, base | APIC_BASE_EN);
+        }
+        wrmsr(MSR_APIC_BASE, base | APIC_BASE_EN | APIC_BASE_EXTD);
+        wrmsr(MSR_SVR, (1 << 8) | u64::from(VEC_SPURIOUS));
+        wrmsr(MSR_TPR, 0);
+    }
+    let id = rdmsr(MSR_ID);
+    println!("ipisink: apic id {id}, tsc {tsc_hz} Hz, apic timer {apic_hz} Hz, timer {PERIOD_MS} ms for {RUN_MS} ms");
+
+    let end = rdtsc() + tsc_hz / 1000 * RUN_MS;
+    // SAFETY: periodic timer at the counted vector, divide by 1.
+    unsafe {
+        wrmsr(MSR_DIVIDE, 0b1011);
+        wrmsr(MSR_LVT_TIMER, LVT_PERIODIC | u64::from(VEC_TIMER));
+        wrmsr(MSR_INITIAL_COUNT, apic_hz / 1000 * PERIOD_MS);
+    }
+    while rdtsc() < end {
+        // SAFETY: STI's shadow covers HLT, so an interrupt that is pending
+        // wakes it; the periodic timer wakes it at least every 10 ms.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    // SAFETY: masks and stops the timer.
+    unsafe {
+        wrmsr(MSR_LVT_TIMER, LVT_MASKED | u64::from(VEC_TIMER));
+        wrmsr(MSR_INITIAL_COUNT, 0);
+    }
+    // Take whatever is still pending (a last tick, a late stray IPI).
+    // SAFETY: as above.
+    unsafe { asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
+
+    let mut failures = 0;
+    let ticks = COUNTS[usize::from(VEC_TIMER)].load(Ordering::SeqCst);
+    let expected = RUN_MS / PERIOD_MS;
+    let (low, high) = (expected * 3 / 4, expected * 5 / 4);
+    println!("ipisink: timer ticks {ticks} (expected {expected}, accepted {low}-{high})");
+    if !(low..=high).contains(&ticks) {
+        failures += 1;
+    }
+    let mut stray = 0;
+    for (v, c) in COUNTS.iter().enumerate().skip(32) {
+        let c = c.load(Ordering::SeqCst);
+        if v != usize::from(VEC_TIMER) && c != 0 {
+            println!("ipisink: stray vector {v:#04x}: {c}");
+            stray += c;
+        }
+    }
+    println!("ipisink: stray interrupts {stray}");
+    if stray != 0 {
+        failures += 1;
+    }
+    finish("ipisink", failures)
+}
