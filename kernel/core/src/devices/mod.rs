@@ -9,6 +9,8 @@
 //!
 //! Models:
 //! - [`serial16550::Serial16550`]: COM1, used by every guest.
+//! - [`lapic::LocalApic`]: one vCPU's local APIC (xAPIC and x2APIC, timer,
+//!   IPIs), with [`apic_msg`] the messages between APICs.
 //! - [`pic8259::PicPair`] (with the ELCR) and [`pit8254::Pit`] (with system
 //!   control port B, 0x61): the legacy PC interrupt controller and timer.
 //! - [`cmos::Cmos`]: the MC146818 real-time clock and CMOS NVRAM.
@@ -41,6 +43,7 @@ pub mod cmos;
 pub mod console;
 pub mod i8042;
 pub mod interrupt;
+pub mod lapic;
 pub mod pc;
 pub mod pic8259;
 pub mod pit8254;
