@@ -9,6 +9,7 @@
 //! - VM exits: [`exit`] (backend-neutral exits in, actions out) with
 //!   [`cpuid`], [`msr_policy`], [`hypercall`] and the device models in
 //!   [`devices`]; [`vcpu`] (run states, stop reasons) and [`stats`].
+//! - Firmware: [`firmware`] (the ACPI tables a VM's guest finds).
 //! - Scheduling: [`sched`] (per-CPU round-robin run queues).
 //! - Output: [`text`] (names and guest text shown escaped on terminals).
 #![cfg_attr(not(test), no_std)]
@@ -22,6 +23,7 @@ pub mod control;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
+pub mod firmware;
 pub mod frames;
 pub mod guest_paging;
 pub mod hypercall;

@@ -28,7 +28,25 @@
 //!   bytes;
 //! - the initrd page-aligned, as high as possible below
 //!   `min(initrd_addr_max + 1, memory)`, outside the kernel's region (above
-//!   it, else between 1 MiB and the kernel).
+//!   it, else between 1 MiB and the kernel) and outside the ACPI tables.
+//!
+//! # ACPI tables
+//!
+//! [`plan_with`] takes the VM's ACPI tables ([`AcpiRegion`], e.g. from
+//! [`crate::firmware::acpi::build`]); [`plan`] is `plan_with` without them.
+//! With tables, the plan sets `acpi_rsdp_addr` (zero page offset 0x070, read
+//! by kernels of protocol 2.14 and later; older ones find the RSDP by the
+//! legacy scan of 0xE0000-0xFFFFF) and reports the tables' range reserved
+//! (E820 type 2) in the memory map, splitting a RAM entry if they lie in
+//! RAM. The hypervisor places them at 0xE0000
+//! ([`crate::firmware::acpi::DEFAULT_BASE`]), inside the legacy hole
+//! `0x9FC00..0x100000` that the map already reports reserved and that no
+//! part of the plan is written to (the zero page and command line are below
+//! 0x10000, the kernel and initrd at or above 1 MiB). A range elsewhere is
+//! checked: it must lie inside the VM's memory, hold the RSDP, and not
+//! overlap [`layout::BOOT_RESERVED`], the zero page and command-line area
+//! ([`layout::BOOT_INFO`]) or the kernel's region; the initrd is placed
+//! around it.
 //!
 //! # The entry state (what the vCPU starts with)
 //!
@@ -73,6 +91,9 @@ pub const LOADER_TYPE: u8 = 0xFF;
 pub const ENTRY64_OFFSET: u64 = 0x200;
 /// Maximum E820 entries in the zero page.
 pub const E820_MAX: usize = 128;
+/// Protocol from which the kernel reads `acpi_rsdp_addr` (2.14; the field
+/// is in `boot_params` from Linux 5.0 on).
+pub const VERSION_ACPI_RSDP_ADDR: u16 = 0x020E;
 
 /// `loadflags` bit 0: the protected-mode code loads at 0x100000.
 pub const LOADED_HIGH: u8 = 1 << 0;
@@ -116,6 +137,7 @@ mod off {
     /// Where `boot_params` stops holding the header (`_pad7` ends).
     pub const HEADER_LIMIT: usize = 0x290;
     // boot_params fields outside the setup header.
+    pub const ACPI_RSDP_ADDR: usize = 0x070;
     pub const EXT_RAMDISK_IMAGE: usize = 0x0C0;
     pub const EXT_RAMDISK_SIZE: usize = 0x0C4;
     pub const EXT_CMD_LINE_PTR: usize = 0x0C8;
@@ -205,6 +227,25 @@ pub enum LinuxError {
         /// Offset of the NUL.
         at: u64,
     },
+    /// The ACPI tables' range is empty, does not hold the RSDP or is not
+    /// inside the VM's memory.
+    BadAcpiRegion {
+        /// The RSDP's address.
+        rsdp: u64,
+        /// The tables' range.
+        range: (u64, u64),
+        /// The VM's memory size.
+        memory: u64,
+    },
+    /// The ACPI tables overlap memory the boot needs.
+    AcpiOverlap {
+        /// What they overlap.
+        what: &'static str,
+        /// The tables' range.
+        acpi: (u64, u64),
+        /// The other range.
+        other: (u64, u64),
+    },
 }
 
 impl fmt::Display for LinuxError {
@@ -254,6 +295,16 @@ impl fmt::Display for LinuxError {
                 write!(f, "the command line has {len} bytes, the kernel accepts at most {max}")
             }
             Self::CmdlineHasNul { at } => write!(f, "the command line contains a NUL byte at offset {at}"),
+            Self::BadAcpiRegion { rsdp, range, memory } => write!(
+                f,
+                "ACPI tables at {:#x}..{:#x} with the RSDP at {rsdp:#x}: not a range holding the RSDP inside the VM's {memory:#x} bytes of memory",
+                range.0, range.1
+            ),
+            Self::AcpiOverlap { what, acpi, other } => write!(
+                f,
+                "the ACPI tables at {:#x}..{:#x} overlap the {what} at {:#x}..{:#x}",
+                acpi.0, acpi.1, other.0, other.1
+            ),
         }
     }
 }
@@ -488,13 +539,18 @@ fn place_kernel<'a>(
 }
 
 /// The highest page-aligned start for `len` bytes ending at or below
-/// `limit`, outside `kernel`, at or above 1 MiB.
-fn place_initrd(len: u64, limit: u64, kernel: &Range<u64>) -> Option<u64> {
-    let fits = |lo: u64, hi: u64| -> Option<u64> {
-        let start = align_down(hi.checked_sub(len)?, 4096);
-        (start >= lo).then_some(start)
-    };
-    fits(kernel.end.max(HIGH_MEMORY), limit).or_else(|| fits(HIGH_MEMORY, kernel.start.min(limit)))
+/// `limit`, outside every range of `avoid`, at or above 1 MiB. The best
+/// place ends just below `limit` or just below the start of an avoided
+/// range, so those are the only candidates.
+fn place_initrd(len: u64, limit: u64, avoid: &[Range<u64>]) -> Option<u64> {
+    core::iter::once(limit)
+        .chain(avoid.iter().map(|r| r.start.min(limit)))
+        .filter_map(|hi| {
+            let start = align_down(hi.checked_sub(len)?, 4096);
+            let r = start..start.checked_add(len)?;
+            (start >= HIGH_MEMORY && !avoid.iter().any(|a| overlaps(&r, a))).then_some(start)
+        })
+        .max()
 }
 
 fn build_zero_page(
@@ -503,6 +559,7 @@ fn build_zero_page(
     load: u64,
     initrd: Option<(u64, u64)>,
     e820: &[MemRegion],
+    acpi_rsdp: Option<u64>,
 ) -> Vec<u8> {
     let mut zp = alloc::vec![0u8; ZERO_PAGE_SIZE];
     if let Some(hdr) = image.get(off::SETUP_SECTS..h.header_end) {
@@ -523,6 +580,9 @@ fn build_zero_page(
     let (lo, hi) = split(len);
     put(&mut zp, off::RAMDISK_SIZE, &lo);
     put(&mut zp, off::EXT_RAMDISK_SIZE, &hi);
+    if let Some(rsdp) = acpi_rsdp.filter(|_| h.version >= VERSION_ACPI_RSDP_ADDR) {
+        put(&mut zp, off::ACPI_RSDP_ADDR, &rsdp.to_le_bytes());
+    }
     let entries = e820.iter().take(E820_MAX);
     zp[off::E820_ENTRIES] = entries.len() as u8;
     for (i, r) in entries.enumerate() {
@@ -539,29 +599,102 @@ fn split(v: u64) -> ([u8; 4], [u8; 4]) {
     ((v as u32).to_le_bytes(), ((v >> 32) as u32).to_le_bytes())
 }
 
+/// ACPI tables in the VM's memory, for the kernel to be pointed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcpiRegion {
+    /// Guest-physical address of the RSDP.
+    pub rsdp: u64,
+    /// The guest-physical range the tables occupy.
+    pub range: Range<u64>,
+}
+
+impl AcpiRegion {
+    /// The region of tables built by [`crate::firmware::acpi::build`].
+    pub fn of(tables: &crate::firmware::acpi::AcpiTables) -> Self {
+        AcpiRegion {
+            rsdp: tables.rsdp_gpa,
+            range: tables.range(),
+        }
+    }
+}
+
+/// What a plan may take beyond the image, initrd, command line and memory
+/// size. The default asks for nothing more ([`plan`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// The VM's ACPI tables, if it has any.
+    pub acpi: Option<AcpiRegion>,
+}
+
 /// Plans booting the bzImage `image` with an optional `initrd` and
-/// `cmdline` in a VM with `memory` bytes of RAM at guest-physical 0.
+/// `cmdline` in a VM with `memory` bytes of RAM at guest-physical 0
+/// (no ACPI tables: [`plan_with`] and default [`PlanOptions`]).
 pub fn plan<'a>(
     image: &'a [u8],
     initrd: Option<&'a [u8]>,
     cmdline: &[u8],
     memory: u64,
 ) -> Result<LinuxPlan<'a>, LinuxError> {
+    plan_with(image, initrd, cmdline, memory, &PlanOptions::default())
+}
+
+/// Checks that ACPI tables at `acpi` can stay where they are while the
+/// kernel at `kernel` boots (see the module documentation).
+fn check_acpi(acpi: &AcpiRegion, kernel: &Range<u64>, memory: u64) -> Result<(), LinuxError> {
+    let r = &acpi.range;
+    let pair = |r: &Range<u64>| (r.start, r.end);
+    if r.is_empty() || !r.contains(&acpi.rsdp) || r.end > memory {
+        return Err(LinuxError::BadAcpiRegion {
+            rsdp: acpi.rsdp,
+            range: pair(r),
+            memory,
+        });
+    }
+    for (what, other) in [
+        ("hypervisor's boot structures", &layout::BOOT_RESERVED),
+        ("zero page and command line", &layout::BOOT_INFO),
+        ("kernel", kernel),
+    ] {
+        if overlaps(r, other) {
+            return Err(LinuxError::AcpiOverlap {
+                what,
+                acpi: pair(r),
+                other: pair(other),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// [`plan`] with `options`: with [`PlanOptions::acpi`], the zero page
+/// points the kernel at the RSDP and the memory map reserves the tables.
+pub fn plan_with<'a>(
+    image: &'a [u8],
+    initrd: Option<&'a [u8]>,
+    cmdline: &[u8],
+    memory: u64,
+    options: &PlanOptions,
+) -> Result<LinuxPlan<'a>, LinuxError> {
     let header = parse_header(image)?;
     check_cmdline(cmdline, &header)?;
     let (load, data, size) = place_kernel(image, &header, memory)?;
     let kernel_region = load..load + size;
+    if let Some(acpi) = &options.acpi {
+        check_acpi(acpi, &kernel_region, memory)?;
+    }
+    let acpi_range = options.acpi.as_ref().map(|a| a.range.clone());
     let initrd = match initrd.filter(|d| !d.is_empty()) {
         None => None,
         Some(d) => {
             let len = d.len() as u64;
             let limit = memory.min(u64::from(header.initrd_addr_max).saturating_add(1));
-            let gpa =
-                place_initrd(len, limit, &kernel_region).ok_or(LinuxError::InitrdDoesNotFit {
-                    len,
-                    limit,
-                    kernel: (kernel_region.start, kernel_region.end),
-                })?;
+            let mut avoid = alloc::vec![kernel_region.clone()];
+            avoid.extend(acpi_range.clone());
+            let gpa = place_initrd(len, limit, &avoid).ok_or(LinuxError::InitrdDoesNotFit {
+                len,
+                limit,
+                kernel: (kernel_region.start, kernel_region.end),
+            })?;
             Some(Segment {
                 gpa,
                 data: d,
@@ -569,13 +702,16 @@ pub fn plan<'a>(
             })
         }
     };
-    let e820 = pc_memory_map(memory, &[layout::BOOT_RESERVED]);
+    let mut reserved = alloc::vec![layout::BOOT_RESERVED];
+    reserved.extend(acpi_range.clone());
+    let e820 = pc_memory_map(memory, &reserved);
     let zero_page = build_zero_page(
         image,
         &header,
         load,
         initrd.map(|s| (s.gpa, s.mem_len)),
         &e820,
+        options.acpi.as_ref().map(|a| a.rsdp),
     );
     let mut line = Vec::with_capacity(cmdline.len() + 1);
     line.extend_from_slice(cmdline);
@@ -603,7 +739,9 @@ pub fn plan<'a>(
     };
     debug_assert!(plan.writes().all(|(gpa, b)| {
         let r = gpa..gpa + b.len() as u64;
-        r.end <= memory && !overlaps(&r, &layout::BOOT_RESERVED)
+        r.end <= memory
+            && !overlaps(&r, &layout::BOOT_RESERVED)
+            && !acpi_range.as_ref().is_some_and(|a| overlaps(&r, a))
     }));
     Ok(plan)
 }
@@ -811,6 +949,7 @@ mod tests {
             0x100_0000,
             Some(((5u64 << 30) + 0x1000, 1 << 32)),
             &[],
+            None,
         );
         assert_eq!(le32(&zp, off::RAMDISK_IMAGE), Some(0x1000 + (1 << 30)));
         assert_eq!(le32(&zp, off::EXT_RAMDISK_IMAGE), Some(1));
@@ -958,6 +1097,204 @@ mod tests {
         assert_eq!(
             plan(&image, None, b"", 256 * MIB).unwrap().cmdline.bytes,
             [0]
+        );
+    }
+
+    fn with_acpi(rsdp: u64, range: Range<u64>) -> PlanOptions {
+        PlanOptions {
+            acpi: Some(AcpiRegion { rsdp, range }),
+        }
+    }
+
+    fn region(base: u64, len: u64, kind: MemKind) -> MemRegion {
+        MemRegion { base, len, kind }
+    }
+
+    #[test]
+    fn acpi_tables_in_the_legacy_hole() {
+        use crate::firmware::acpi;
+        let image = bzimage(4096, 0x100_0000);
+        let memory = 256 * MIB;
+        let ids = [0, 1];
+        let cfg = acpi::AcpiConfig {
+            apic_ids: &ids,
+            ioapic: Some(acpi::IoApicEntry::pc(0)),
+            oem_id: *b"RUSTHV",
+            oem_table_id: *b"HVVM0001",
+        };
+        let tables = acpi::build(acpi::DEFAULT_BASE, &cfg).unwrap();
+        let region = AcpiRegion::of(&tables);
+        assert_eq!(region.rsdp, 0xE_0000);
+        let opts = PlanOptions {
+            acpi: Some(region.clone()),
+        };
+        let p = plan_with(&image, None, CMD, memory, &opts).unwrap();
+        let zp = &p.zero_page.bytes;
+        assert_eq!(le64(zp, off::ACPI_RSDP_ADDR), Some(0xE_0000));
+        // The legacy hole already reserves them: the map is unchanged.
+        let without = plan(&image, None, CMD, memory).unwrap();
+        assert_eq!(p.e820, without.e820);
+        assert!(p.e820.iter().any(|r| r.kind == MemKind::Reserved
+            && r.base <= region.range.start
+            && region.range.end <= r.end()));
+        // Only the RSDP pointer differs in the zero page.
+        assert_eq!(le64(&without.zero_page.bytes, off::ACPI_RSDP_ADDR), Some(0));
+        let mut zp2 = zp.clone();
+        zp2[off::ACPI_RSDP_ADDR..off::ACPI_RSDP_ADDR + 8].fill(0);
+        assert_eq!(zp2, without.zero_page.bytes);
+        for (gpa, b) in p.writes() {
+            assert!(!overlaps(&(gpa..gpa + b.len() as u64), &region.range));
+        }
+        check_writes(&p, memory);
+    }
+
+    #[test]
+    fn acpi_rsdp_addr_needs_protocol_2_14() {
+        let mut image = bzimage(4096, 0x100_0000);
+        let opts = with_acpi(0xE_0000, 0xE_0000..0xE_1000);
+        for (version, expected) in [
+            (0x020C, 0),
+            (0x020D, 0),
+            (0x020E, 0xE_0000),
+            (0x020F, 0xE_0000),
+        ] {
+            image[off::VERSION..off::VERSION + 2].copy_from_slice(&u16::to_le_bytes(version));
+            let p = plan_with(&image, None, CMD, 256 * MIB, &opts).unwrap();
+            assert_eq!(
+                le64(&p.zero_page.bytes, off::ACPI_RSDP_ADDR),
+                Some(expected),
+                "protocol {version:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn acpi_tables_in_ram_split_the_map() {
+        let image = bzimage(4096, 0x100_0000);
+        let memory = 256 * MIB;
+        // Low memory.
+        let p = plan_with(
+            &image,
+            None,
+            CMD,
+            memory,
+            &with_acpi(0x5_0000, 0x5_0000..0x5_1000),
+        )
+        .unwrap();
+        assert_eq!(
+            p.e820,
+            [
+                region(0, 0x1000, MemKind::Usable),
+                region(0x1000, 0x7000, MemKind::Reserved),
+                region(0x8000, 0x4_8000, MemKind::Usable),
+                region(0x5_0000, 0x1000, MemKind::Reserved),
+                region(0x5_1000, 0x9_FC00 - 0x5_1000, MemKind::Usable),
+                region(0x9_FC00, 0x10_0000 - 0x9_FC00, MemKind::Reserved),
+                region(0x10_0000, memory - 0x10_0000, MemKind::Usable),
+            ]
+        );
+        let zp = &p.zero_page.bytes;
+        assert_eq!(usize::from(zp[off::E820_ENTRIES]), 7);
+        let at = off::E820_TABLE + 20 * 3;
+        assert_eq!(le64(zp, at), Some(0x5_0000));
+        assert_eq!(le64(zp, at + 8), Some(0x1000));
+        assert_eq!(le32(zp, at + 16), Some(2));
+        // Extended memory, below the kernel.
+        let p = plan_with(
+            &image,
+            None,
+            CMD,
+            memory,
+            &with_acpi(0x20_0000, 0x20_0000..0x20_3000),
+        )
+        .unwrap();
+        assert_eq!(
+            p.e820[4..],
+            [
+                region(0x10_0000, 0x10_0000, MemKind::Usable),
+                region(0x20_0000, 0x3000, MemKind::Reserved),
+                region(0x20_3000, memory - 0x20_3000, MemKind::Usable),
+            ]
+        );
+        assert_eq!(
+            le64(&p.zero_page.bytes, off::ACPI_RSDP_ADDR),
+            Some(0x20_0000)
+        );
+    }
+
+    #[test]
+    fn initrd_placed_around_acpi_tables() {
+        let image = bzimage(4096, 0x338_0000);
+        let memory = 0x100_0000 + 0x338_0000 + 0x800; // no room above the kernel
+        let initrd = alloc::vec![1u8; 3 * MIB as usize];
+        // Where the initrd would go: 13 MiB..16 MiB.
+        let p = plan(&image, Some(&initrd), CMD, memory).unwrap();
+        assert_eq!(p.initrd.unwrap().gpa, 0xD0_0000);
+        // Tables at 14 MiB push it below them.
+        let tables = 0xE0_0000..0xE0_2000;
+        let opts = with_acpi(tables.start, tables.clone());
+        let p = plan_with(&image, Some(&initrd), CMD, memory, &opts).unwrap();
+        let rd = p.initrd.unwrap();
+        assert_eq!(rd.gpa, 0xE0_0000 - 3 * MIB);
+        assert!(!overlaps(&(rd.gpa..rd.gpa + rd.mem_len), &tables));
+        check_writes(&p, memory);
+        // Tables at the top of the gap: the initrd ends right below them.
+        let opts = with_acpi(0xFF_F000, 0xFF_F000..0x100_0000);
+        let p = plan_with(&image, Some(&initrd), CMD, memory, &opts).unwrap();
+        assert_eq!(p.initrd.unwrap().gpa, 0xFF_F000 - 3 * MIB);
+        // No room at all.
+        let opts = with_acpi(0x40_0000, 0x20_0000..0x100_0000);
+        assert!(matches!(
+            plan_with(&image, Some(&initrd), CMD, memory, &opts),
+            Err(LinuxError::InitrdDoesNotFit { .. })
+        ));
+    }
+
+    #[test]
+    fn acpi_region_errors() {
+        let image = bzimage(4096, 0x100_0000);
+        let memory = 256 * MIB;
+        let bad = |opts: PlanOptions| plan_with(&image, None, CMD, memory, &opts).unwrap_err();
+        // RSDP outside, empty range, beyond memory.
+        for (rsdp, range) in [
+            (0xD_0000, 0xE_0000..0xE_1000),
+            (0xE_1000, 0xE_0000..0xE_1000),
+            (0xE_0000, 0xE_0000..0xE_0000),
+            (memory - 16, memory - 16..memory + 16),
+        ] {
+            let e = bad(with_acpi(rsdp, range.clone()));
+            assert_eq!(
+                e,
+                LinuxError::BadAcpiRegion {
+                    rsdp,
+                    range: (range.start, range.end),
+                    memory
+                }
+            );
+            assert!(e.to_string().contains("ACPI tables"), "{e}");
+        }
+        // Overlaps.
+        for (range, what) in [
+            (0x7000..0x8010, "hypervisor's boot structures"),
+            (0x8000..0x9000, "zero page and command line"),
+            (0xF000..0x1_1000, "zero page and command line"),
+            (0x110_0000..0x110_1000, "kernel"),
+        ] {
+            let e = bad(with_acpi(range.start, range.clone()));
+            assert!(
+                matches!(e, LinuxError::AcpiOverlap { what: w, acpi, .. } if w == what && acpi == (range.start, range.end)),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        assert_eq!(
+            LinuxError::AcpiOverlap {
+                what: "kernel",
+                acpi: (1, 2),
+                other: (3, 4)
+            }
+            .to_string(),
+            "the ACPI tables at 0x1..0x2 overlap the kernel at 0x3..0x4"
         );
     }
 

@@ -18,6 +18,8 @@
 //! - [`chipset`]: POST code port, PCI configuration ports, reset control.
 //! - [`pc`]: the whole PC device set on one bus, its time base and deadline.
 //! - [`interrupt`]: when a pending PIC vector can be injected.
+//! - [`ioapic::IoApic`]: the I/O APIC (82093AA as in ICH/PCH chipsets, 24
+//!   pins, MMIO at 0xFEC00000), sending [`apic_msg`] interrupt messages.
 //! - [`console::LineBuffer`]: turns output bytes into console lines.
 //!
 //! Time: models that count time ([`pit8254::Pit`], [`cmos::Cmos`],
@@ -43,6 +45,7 @@ pub mod cmos;
 pub mod console;
 pub mod i8042;
 pub mod interrupt;
+pub mod ioapic;
 pub mod lapic;
 pub mod pc;
 pub mod pic8259;
