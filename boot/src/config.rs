@@ -7,7 +7,7 @@
 //! [[vm]]
 //! name = "alpha"
 //! memory = "16M"         # K/M/G suffixes (binary), or bytes as an integer
-//! cpus = [0]             # physical CPUs it may run on; 0 is the boot CPU
+//! cpus = [0]             # one vCPU per physical CPU listed; 0 is the boot CPU
 //! image = "counter"      # a guest of this project, or "file:path/relative/to/this.toml"
 //! slice_ms = 10          # or slice_us; 10 ms when neither is given
 //! # host_base = 0x4000000  fixed host-physical placement (2 MiB aligned)

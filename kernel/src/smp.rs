@@ -159,6 +159,23 @@ pub fn wake_others() -> u32 {
     sent
 }
 
+/// Sends the wake IPI to CPU `index` (nothing for the calling CPU, which
+/// sees whatever it is woken for at its next look, or for a CPU not online).
+/// Best effort, like [`wake_others`].
+pub fn wake_cpu(index: usize) {
+    if index == percpu::cpu_index() as usize {
+        return;
+    }
+    if let Some(id) = apic_id_of(index) {
+        let _ = crate::apic::send_ipi(
+            id,
+            Ipi::Fixed {
+                vector: WAKE_VECTOR,
+            },
+        );
+    }
+}
+
 /// Asks every other online CPU to halt (flag + wake IPI) and waits briefly for
 /// them. Safe from any CPU, on a panic path, and more than once (later calls
 /// return at once).

@@ -305,7 +305,8 @@ pub struct VmSpec {
     pub memory_bytes: u64,
     /// Fixed host-physical base of the guest memory; `None` lets the kernel choose.
     pub host_base: Option<u64>,
-    /// Physical CPU indices (0 = boot CPU) the VM may run on; not empty.
+    /// One vCPU per entry: vCPU i runs on physical CPU `cpus[i]` (0 = the
+    /// boot CPU); not empty, no CPU twice.
     pub cpus: Vec<u32>,
     /// Index into the package's image table: the image (`image =`), or for
     /// a kernel mode ([`GuestMode::is_kernel`]) the kernel (`kernel =`).

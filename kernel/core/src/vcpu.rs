@@ -64,6 +64,9 @@ pub enum VcpuRunState {
     Running,
     /// Executed HLT; waits for an interrupt or deadline.
     Halted,
+    /// An application processor after reset or INIT: waits for a start-up
+    /// IPI (SDM Vol. 3A 9.4.2, "wait-for-SIPI").
+    WaitForSipi,
     /// Final.
     Stopped(StopReason),
 }
@@ -118,6 +121,17 @@ impl VcpuRunState {
     /// Halted → Runnable (interrupt or deadline).
     pub fn wake(&mut self) -> Result<(), InvalidTransition> {
         self.go(*self == Self::Halted, Self::Runnable, "wake")
+    }
+
+    /// Any state but Stopped → WaitForSipi (INIT; or a new application
+    /// processor).
+    pub fn wait_for_sipi(&mut self) -> Result<(), InvalidTransition> {
+        self.go(!self.is_stopped(), Self::WaitForSipi, "wait_for_sipi")
+    }
+
+    /// WaitForSipi → Runnable (a start-up IPI arrived).
+    pub fn start_up(&mut self) -> Result<(), InvalidTransition> {
+        self.go(*self == Self::WaitForSipi, Self::Runnable, "start_up")
     }
 
     /// Any state but Stopped → Stopped.
@@ -216,6 +230,12 @@ pub struct VmContext {
     deadline_ns: Option<u64>,
     stopped: Option<StopReason>,
 }
+
+// The vCPUs of a VM, on several CPUs, share its context behind a lock.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<VmContext>()
+};
 
 impl VmContext {
     /// A VM with a COM1 UART (the devices every guest gets).

@@ -760,7 +760,6 @@ pub(super) fn serve(
                     v.stop(StopReason::HostStop, platform);
                     platform.flush_output();
                     super::finish_vm(cpu, v, sched, ids[i], now);
-                    console::vm_gone(mail.vm);
                     if *lazy_owner == Some(i) {
                         *lazy_owner = None;
                     }
@@ -769,9 +768,9 @@ pub(super) fn serve(
         };
         match mail.op {
             Op::StatsReset => {
-                for v in vcpus.iter_mut().flatten() {
-                    let restarts = v.vm().stats.restarts;
-                    v.vm_mut().stats = fresh_stats(restarts);
+                for v in vcpus.iter_mut().flatten().filter(|v| v.index() == 0) {
+                    let mut ctx = v.vm().ctx();
+                    ctx.stats = fresh_stats(ctx.stats.restarts);
                 }
             }
             Op::Stop => {
@@ -869,8 +868,8 @@ fn start_here(
         (Some(p), Some(b)) => super::build_one(id, &spec, p, b),
         _ => Err(String::from("no backend")),
     };
-    let v = match built {
-        Ok(v) => v,
+    let list = match built {
+        Ok(list) => list,
         Err(e) => {
             let mut vms = VMS.lock();
             if created {
@@ -885,21 +884,12 @@ fn start_here(
             return Err(msg);
         }
     };
-    let host = v.partition().host.start;
-    let slice = super::tsc_from_us(u64::from(v.slice_us())).max(1);
-    let sid = sched
-        .add_vcpu_with_slice(0, slice)
-        .map_err(|e| format!("scheduler: {e:?}"))?;
-    match vcpus.iter().position(Option::is_none) {
-        Some(i) => {
-            vcpus[i] = Some(v);
-            ids[i] = sid;
-        }
-        None => {
-            vcpus.push(Some(v));
-            ids.push(sid);
-        }
+    let host = list.first().map_or(0, |(v, _)| v.partition().host.start);
+    // This CPU runs the first vCPU; the others go to their CPUs.
+    for (v, to) in list {
+        super::hand_over(to, v);
     }
+    super::adopt(cpu, vcpus, ids, sched);
     console::cpu_started(
         cpu,
         platform.apic_id,
@@ -934,19 +924,20 @@ fn start_here(
 
 /// Hook in `finish_vm`: the VM stopped for good (its frames are released
 /// right after): the registry keeps its report, and the event goes out.
-pub(super) fn vm_finished(v: &Vcpu, report: &str) {
+pub(super) fn vm_finished(vm: &super::vm::Vm, stats: &VmStats, report: &str) {
     if !enabled() {
         return;
     }
-    let id = v.vm().id();
-    let reason = v.vm().stop_reason();
+    let id = vm.id();
+    let reason = vm.ctx().stop_reason().copied();
+    let reason = reason.as_ref();
     let name = {
         let mut vms = VMS.lock();
         let Some(e) = vms.iter_mut().find(|e| e.id == id) else {
             return;
         };
         e.state = VmState::Stopped;
-        e.stats = v.vm().stats.clone();
+        e.stats = stats.clone();
         e.stop_report = Some(String::from(report));
         e.spec.name.clone()
     };
@@ -976,9 +967,9 @@ pub(super) fn publish(cpu: usize, vcpus: &[Option<Vcpu>], now: u64) {
     }
     last.store(now, Ordering::Relaxed);
     let mut vms = VMS.lock();
-    for v in vcpus.iter().flatten() {
+    for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
         if let Some(e) = vms.iter_mut().find(|e| e.id == v.vm().id()) {
-            e.stats.clone_from(&v.vm().stats);
+            e.stats.clone_from(&v.vm().ctx().stats);
         }
     }
 }

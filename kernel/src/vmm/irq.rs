@@ -5,7 +5,7 @@
 
 use hvcore::devices::interrupt::{decide, Delivery, GuestInterruptibility};
 use hvcore::exit::Event;
-use hvcore::vcpu::VmContext;
+use hvcore::vcpu::{StopReason, VmContext};
 
 use super::partition::Partition;
 use super::platform::KernelPlatform;
@@ -52,6 +52,17 @@ impl DeviceClock {
         let now_ns = super::ns_from_tsc(now).max(due_ns);
         vm.advance_timers(now_ns, &mut env.with(memory));
         self.refresh(vm);
+    }
+
+    /// At a slice's start: the VM's stop reason if another vCPU or the host
+    /// stopped it, else the deadline brought up to date.
+    #[inline]
+    pub fn refresh_or_stopped(&mut self, vm: &VmContext) -> Option<StopReason> {
+        if let Some(reason) = vm.stop_reason() {
+            return Some(*reason);
+        }
+        self.refresh(vm);
+        None
     }
 
     /// The VM's deadline may have changed (a port exit, host input).

@@ -25,9 +25,11 @@ pub mod partition;
 pub mod platform;
 pub mod svm;
 pub mod time;
+pub mod vm;
 pub mod vtx;
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -58,6 +60,9 @@ pub enum SliceEnd {
     Halted,
     /// The VM stopped (its report is in `vm.stop_report()`).
     Stopped,
+    /// The vCPU waits for a start-up IPI (an application processor after
+    /// INIT): it sleeps until its mailbox has something.
+    WaitForSipi,
 }
 
 /// The hardware backend chosen at boot.
@@ -123,14 +128,21 @@ macro_rules! each {
 }
 
 impl Vcpu {
-    fn vm(&self) -> &VmContext {
+    fn vm(&self) -> &vm::Vm {
         each!(self, v => &v.vm)
     }
-    fn vm_mut(&mut self) -> &mut VmContext {
-        each!(self, v => &mut v.vm)
+    /// This vCPU's index in its VM (0: the one that starts at the entry).
+    fn index(&self) -> usize {
+        each!(self, v => v.index())
+    }
+    /// Whether another vCPU or the host posted something to this vCPU.
+    fn has_mail(&self) -> bool {
+        self.vm()
+            .link(self.index())
+            .is_some_and(|l| l.mail.load(Ordering::Acquire) != 0)
     }
     fn partition(&self) -> &Partition {
-        each!(self, v => &v.partition)
+        &self.vm().partition
     }
     fn entry(&self) -> u64 {
         each!(self, v => v.entry())
@@ -150,7 +162,8 @@ impl Vcpu {
     fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         each!(self, v => v.stop(reason, env))
     }
-    fn release(self) {
+    /// Frees the vCPU's control block; the VM stays while others hold it.
+    fn release(self) -> Arc<vm::Vm> {
         each!(self, v => v.release())
     }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
@@ -160,15 +173,16 @@ impl Vcpu {
     /// Raw console output while the host console is attached to the VM;
     /// whether the mode changed.
     fn set_raw_console(&mut self, raw: bool, env: &mut KernelPlatform) -> bool {
-        each!(self, v => v.vm.set_raw_console(raw, &mut env.with(&v.partition)))
+        each!(self, v => v.vm.ctx().set_raw_console(raw, &mut env.with(&v.vm.partition)))
     }
     /// Typed input for the VM's UART (its interrupt, when the guest enabled
     /// it, is due at the next entry).
     fn console_input(&mut self, bytes: &[u8], env: &mut KernelPlatform) {
         each!(self, v => {
-            v.vm.console_input(bytes, &mut env.with(&v.partition));
+            let mut ctx = v.vm.ctx();
+            ctx.console_input(bytes, &mut env.with(&v.vm.partition));
             // The UART's character timeout may now be due.
-            v.clock.refresh(&v.vm);
+            v.clock.refresh(&ctx);
         })
     }
     fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
@@ -183,13 +197,27 @@ impl Vcpu {
 /// The vCPUs one physical CPU runs.
 struct CpuWork(Vec<Vcpu>);
 
-// SAFETY: a CpuWork is built on the boot CPU and handed over once to the CPU
-// its vCPUs are pinned to, which is from then on their only user. Each Vcpu
-// owns its VM's VmContext (a VM has exactly one vCPU today), so the device
-// models inside (trait objects without a Send bound) are used by that CPU
-// alone. VMs with several vCPUs must share their VmContext behind a lock
-// instead of relying on this.
+// SAFETY: a CpuWork is built on one CPU and handed over once to the CPU its
+// vCPUs are pinned to, which is from then on their only user. What a vCPU
+// shares with the other vCPUs of its VM (`vm::Vm`) is behind atomics and a
+// lock; its control block and registers are used by its own CPU alone.
 unsafe impl Send for CpuWork {}
+
+/// vCPUs handed to a CPU while its loop runs (a VM created, started or
+/// restarted on another CPU has vCPUs here); taken between two slices.
+static ADOPT: [Mutex<Option<CpuWork>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+
+/// Hands `v` to CPU `cpu`'s loop (its wake IPI makes an idle CPU look).
+fn hand_over(cpu: usize, v: Vcpu) {
+    let Some(slot) = ADOPT.get(cpu) else {
+        panic!("vCPU handed to CPU {cpu}, beyond MAX_CPUS");
+    };
+    slot.lock()
+        .get_or_insert_with(|| CpuWork(Vec::new()))
+        .0
+        .push(v);
+    crate::smp::wake_cpu(cpu);
+}
 
 /// The final word on one VM, collected for the summary.
 struct VmSummary {
@@ -250,7 +278,7 @@ pub fn run(package: &'static Package<'static>, _machine: &Machine) -> KernelExit
     }
     let vcpus = build_vms(package, cpus, &backend);
     if control_on {
-        for (v, cpu) in &vcpus {
+        for (v, cpu) in vcpus.iter().filter(|(v, _)| v.index() == 0) {
             if let Some(spec) = package.vms.get(v.vm().id() as usize) {
                 control::register_boot_vm(v.vm().id(), spec, *cpu);
             }
@@ -528,12 +556,24 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
     let setup = decide_setup(&caps).map_err(|e| format!("{e}"))?;
     enable_on_boot_cpu(&caps).map_err(|e| format!("{e}"))?;
     let part = Partition::new(2 << 20, None, TablesKind::Ept).map_err(|e| format!("{e}"))?;
-    let vm = VmContext::new(900, "broken");
-    let mut v = vtx::vcpu::Vcpu::new(vm, part, 0x1000, config::GuestMode::Long64, 10_000, &caps)
-        .map_err(|(e, p)| {
-            p.release();
-            format!("{e}")
-        })?;
+    let vm = Arc::new(vm::Vm::new(VmContext::new(900, "broken"), part, &[0]));
+    let v = vtx::vcpu::Vcpu::new(
+        Arc::clone(&vm),
+        0,
+        0x1000,
+        config::GuestMode::Long64,
+        10_000,
+        &caps,
+    )
+    .map_err(|e| format!("{e}"));
+    let mut v = match v {
+        Ok(v) => v,
+        Err(e) => {
+            release_vm(vm);
+            return Err(e);
+        }
+    };
+    drop(vm);
     let host = vtx_host_cpu(&setup);
     let (field, value) = match breakage {
         Breakage::GuestState => (vmx::vmcs::GUEST_CS_AR_BYTES.encoding(), 1 << 16),
@@ -554,12 +594,12 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
             &mut platform,
         );
         platform.flush_output();
-        match (end, v.vm.stop_report()) {
+        match (end, v.vm.ctx().stop_report()) {
             (SliceEnd::Stopped, Some(r)) => format!("{r}"),
             _ => String::from("the broken VM was entered and did not stop"),
         }
     });
-    v.release();
+    release_vm(v.release());
     report
 }
 
@@ -595,21 +635,28 @@ fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, 
                 log::error!("vm \"{}\": real mode needs VT-x unrestricted guest, which this CPU lacks; not started", spec.name);
                 continue;
             }
+            if spec.cpus.len() > 1 && !setup.optional.unrestricted_guest {
+                log::error!("vm \"{}\": {} vCPUs: application processors start in real mode, which needs VT-x unrestricted guest, which this CPU lacks; not started", spec.name, spec.cpus.len());
+                continue;
+            }
         }
         match build_one(index as u32, spec, package, backend) {
-            Ok(v) => {
-                let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
-                log::info!(
-                    "vm {}: {} MiB at host {:#x}, CPU {cpu}, slice {} us, {:?} entry {:#x}",
-                    spec.name,
-                    spec.memory_bytes >> 20,
-                    v.partition().host.start,
-                    spec.slice_us,
-                    spec.mode,
-                    v.entry()
-                );
+            Ok(list) => {
+                if let Some((v, _)) = list.first() {
+                    log::info!(
+                        "vm {}: {} MiB at host {:#x}, {} vCPU(s) on CPU(s) {:?}, slice {} us, {:?} entry {:#x}",
+                        spec.name,
+                        spec.memory_bytes >> 20,
+                        v.partition().host.start,
+                        list.len(),
+                        spec.cpus,
+                        spec.slice_us,
+                        spec.mode,
+                        v.entry()
+                    );
+                }
                 names.push(spec.name.clone());
-                started.push((v, cpu));
+                started.extend(list);
             }
             Err(e) => log::error!("vm \"{}\": {e}; not started", spec.name),
         }
@@ -711,13 +758,15 @@ fn load_guest(
     Ok(Start { entry, regs })
 }
 
-/// Builds one VM completely or not at all (what was allocated is released).
+/// Builds one VM completely or not at all (what was allocated is
+/// released): its partition and image, then one vCPU per CPU of its `cpus`
+/// (vCPU i runs on `cpus[i]`), returned with their CPUs.
 fn build_one(
     id: u32,
     spec: &config::VmSpec,
     package: &Package<'_>,
     backend: &Backend,
-) -> Result<Vcpu, String> {
+) -> Result<Vec<(Vcpu, usize)>, String> {
     use alloc::format;
     let mut part = Partition::new(spec.memory_bytes, spec.host_base, backend.tables())
         .map_err(|e| format!("memory: {e}"))?;
@@ -728,6 +777,16 @@ fn build_one(
             return Err(e);
         }
     };
+    if hvcore::layout::reserved_for(spec.mode) == hvcore::layout::BOOT_RESERVED {
+        // The GDT and identity-mapping page tables a 64-bit guest starts
+        // with, where images never load (the configuration check refuses
+        // them there).
+        for (gpa, value) in backend::vtx::setup::long_mode_boot_words() {
+            if let Some(b) = part.slice_mut(gpa, 8) {
+                b.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+    }
     // Every VM is a PC: UART, PIC, PIT, RTC, keyboard controller, chipset
     // ports, all on the TSC time base.
     let pc = hvcore::devices::pc::PcConfig {
@@ -735,10 +794,44 @@ fn build_one(
         now_ns: ns_from_tsc(crate::arch::rdtsc()),
         memory_bytes: spec.memory_bytes,
     };
-    let vm = VmContext::with_pc_devices(id, &spec.name, &pc);
-    // CPUID answers for the CPU the VM is pinned to, filled once.
-    let cpu = spec.cpus.first().copied().unwrap_or(0) as usize;
-    let apic_id = crate::smp::apic_id_of(cpu).unwrap_or(cpu as u32);
+    let ctx = VmContext::with_pc_devices(id, &spec.name, &pc);
+    let cpus: Vec<usize> = spec.cpus.iter().map(|&c| c as usize).collect();
+    let vm = Arc::new(vm::Vm::new(ctx, part, &cpus));
+    let mut built: Vec<(Vcpu, usize)> = Vec::with_capacity(cpus.len());
+    for (index, &cpu) in cpus.iter().enumerate() {
+        match build_vcpu(&vm, index, spec, &start, backend) {
+            Ok(v) => built.push((v, cpu)),
+            Err(e) => {
+                for (v, _) in built {
+                    v.release();
+                }
+                release_vm(vm);
+                return Err(e);
+            }
+        }
+    }
+    Ok(built)
+}
+
+/// vCPU `index` of `vm`: the first starts at the loaded guest's entry with
+/// its boot protocol's registers, the others wait for a start-up IPI.
+fn build_vcpu(
+    vm: &Arc<vm::Vm>,
+    index: usize,
+    spec: &config::VmSpec,
+    start: &Start,
+    backend: &Backend,
+) -> Result<Vcpu, String> {
+    use alloc::format;
+    // CPUID answers for the vCPU, filled once. A VM with one vCPU sees the
+    // APIC ID of the CPU it runs on (it has no local APIC of its own); in a
+    // VM with several, vCPU i has APIC ID i.
+    let cpu = spec.cpus.get(index).copied().unwrap_or(0) as usize;
+    let apic_id = if vm.vcpu_count() > 1 {
+        index as u32
+    } else {
+        crate::smp::apic_id_of(cpu).unwrap_or(cpu as u32)
+    };
     let host = |leaf, subleaf| {
         let r = crate::arch::cpuid(leaf, subleaf);
         [r.eax, r.ebx, r.ecx, r.edx]
@@ -749,48 +842,59 @@ fn build_one(
         apic_id,
         backend.limits().xcr0_allowed,
     );
-    match backend {
+    let mut v = match backend {
         Backend::Vtx(_) => {
-            let Some(caps) = CAPS.get() else {
-                part.release();
-                return Err(String::from("VT-x capabilities not read"));
-            };
-            match vtx::vcpu::Vcpu::new(vm, part, start.entry, spec.mode, spec.slice_us, caps) {
-                Ok(mut v) => {
-                    v.set_start_regs(start.regs);
-                    v.state.cpuid = cpuid;
-                    Ok(Vcpu::Vtx(v))
-                }
-                Err((e, part)) => {
-                    part.release();
-                    Err(format!("{e}"))
-                }
-            }
+            let caps = CAPS
+                .get()
+                .ok_or_else(|| String::from("VT-x capabilities not read"))?;
+            vtx::vcpu::Vcpu::new(
+                Arc::clone(vm),
+                index,
+                start.entry,
+                spec.mode,
+                spec.slice_us,
+                caps,
+            )
+            .map(Vcpu::Vtx)
+            .map_err(|e| format!("{e}"))?
         }
         Backend::Svm { setup, iopm, msrpm } => {
             // One ASID per VM (0 is the host's).
-            let asid = id + 1;
-            match svm::vcpu::Vcpu::new(
-                vm,
-                part,
+            let asid = vm.id() + 1;
+            svm::vcpu::Vcpu::new(
+                Arc::clone(vm),
+                index,
                 start.entry,
                 spec.mode,
                 spec.slice_us,
                 setup,
                 asid,
                 (*iopm, *msrpm),
-            ) {
-                Ok(mut v) => {
-                    v.set_start_regs(start.regs);
-                    v.state.cpuid = cpuid;
-                    Ok(Vcpu::Svm(v))
-                }
-                Err((e, part)) => {
-                    part.release();
-                    Err(format!("{e}"))
-                }
-            }
+            )
+            .map(Vcpu::Svm)
+            .map_err(|e| format!("{e}"))?
         }
+    };
+    each!(&mut v, v => {
+        v.state.cpuid = cpuid;
+        if index == 0 {
+            v.set_start_regs(start.regs);
+        } else if let Err(e) = v.state.run_state_mut().wait_for_sipi() {
+            panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
+        }
+    });
+    Ok(v)
+}
+
+/// Frees a VM whose vCPUs are all released: its partition goes back to the
+/// frame allocator.
+fn release_vm(vm: Arc<vm::Vm>) {
+    match Arc::try_unwrap(vm) {
+        Ok(vm) => vm.into_partition().release(),
+        Err(vm) => log::error!(
+            "vm {}: memory still referenced after its last vCPU ended; not freed",
+            vm.name()
+        ),
     }
 }
 
@@ -800,7 +904,13 @@ fn build_one(
 fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
     use alloc::format;
     let mut mapped_total = 0u64;
-    for (i, (v, _)) in vcpus.iter().enumerate() {
+    // One entry per VM (its first vCPU).
+    let vms: Vec<&Vcpu> = vcpus
+        .iter()
+        .map(|(v, _)| v)
+        .filter(|v| v.index() == 0)
+        .collect();
+    for (i, v) in vms.iter().enumerate() {
         let part = &v.partition().host;
         let mut bad = None;
         let mut bytes = 0u64;
@@ -823,7 +933,7 @@ fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
                 part.len()
             ));
         }
-        for (w, _) in &vcpus[i + 1..] {
+        for w in &vms[i + 1..] {
             if part.overlaps(&w.partition().host) {
                 return Err(format!(
                     "vms {} and {} share host memory",
@@ -836,7 +946,7 @@ fn check_partitions(vcpus: &[(Vcpu, usize)]) -> Result<(), String> {
     }
     log::info!(
         "partition check: {} VM(s), {} MiB mapped, nested page tables disjoint, no hypervisor frame mapped",
-        vcpus.len(),
+        vms.len(),
         mapped_total >> 20
     );
     Ok(())
@@ -922,11 +1032,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     };
     let mut ids: Vec<VcpuId> = Vec::new();
     for v in vcpus.iter().flatten() {
-        let slice = tsc_from_us(v.slice_us() as u64).max(1);
-        match sched.add_vcpu_with_slice(0, slice) {
-            Ok(id) => ids.push(id),
-            Err(e) => panic!("scheduler refused a vCPU: {e:?}"),
-        }
+        ids.push(schedule(&mut sched, v));
     }
     // From 0, not the current count: a request made before this CPU's loop
     // started (an AP starts later than the console reads keys) is honoured.
@@ -935,7 +1041,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     console::cpu_started(
         cpu,
         platform.apic_id,
-        vcpus.iter().flatten().map(|v| (v.vm().id(), v.vm().name())),
+        vcpus
+            .iter()
+            .flatten()
+            .filter(|v| v.index() == 0)
+            .map(|v| (v.vm().id(), v.vm().name())),
     );
     // The VM whose console output this CPU last made raw.
     let mut raw_vm: Option<u32> = None;
@@ -968,13 +1078,24 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             }
             control::publish(cpu, &vcpus, crate::arch::rdtsc());
         }
+        // vCPUs handed over by other CPUs (a VM started or restarted there
+        // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
+        adopt(cpu, &mut vcpus, &mut ids, &mut sched);
+        for (i, v) in vcpus.iter().enumerate() {
+            if v.as_ref().is_some_and(Vcpu::has_mail) {
+                let _ = sched.wake(ids[i]);
+            }
+        }
         // The host console attached to one of these VMs: its output raw, its
-        // typed input into its UART (a halted vCPU with input is woken).
+        // typed input into its UART (a halted vCPU with input is woken). A
+        // VM's first vCPU's CPU serves its console.
         let attached = console::attached();
         if attached.is_some() || raw_vm.is_some() {
             let mut changed = false;
             for (i, slot) in vcpus.iter_mut().enumerate() {
-                let Some(v) = slot.as_mut() else { continue };
+                let Some(v) = slot.as_mut().filter(|v| v.index() == 0) else {
+                    continue;
+                };
                 let id = v.vm().id();
                 changed |= v.set_raw_console(attached == Some(id), &mut platform);
                 if attached == Some(id) {
@@ -992,8 +1113,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         let request = STATS_REQUEST.load(Ordering::Relaxed);
         if request != stats_seen {
             stats_seen = request;
-            for v in vcpus.iter().flatten() {
-                crate::println!("{}", v.vm().stats.report(v.vm().name()));
+            for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
+                crate::println!("{}", v.vm().ctx().stats.report(v.vm().name()));
             }
         }
         let now = crate::arch::rdtsc();
@@ -1009,6 +1130,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     finish_vm(cpu, v, &mut sched, ids[i], now);
                 }
             }
+            // The last vCPUs of VMs shared with other CPUs end there.
             break;
         }
         let Some(id) = sched.pick_next(0, now) else {
@@ -1043,7 +1165,6 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             lazy_owner = Some(i);
         }
         let Some(v) = vcpus[i].as_mut() else { continue };
-        let vm_id = v.vm().id();
         let slice = sched.slice_ticks(id).unwrap_or(default_slice);
         let start = crate::arch::rdtsc();
         if let Some(prev) = last_slice_end {
@@ -1062,7 +1183,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
-        v.vm_mut().stats.record_slice(t - now);
+        v.vm().ctx().stats.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
             SliceEnd::Yielded => sched.on_yield(id, t),
@@ -1075,38 +1196,18 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     .map_or(t + slice, |w| w.max(t));
                 sched.on_halt(id, t, Some(wake))
             }
+            // Until its mailbox has something (a start-up IPI, a stop).
+            SliceEnd::WaitForSipi => sched.on_halt(id, t, None),
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
-                    match restart_if_asked(v) {
-                        Restart::Restarted(fresh) => {
-                            // The restarted VM is a new vCPU on the same CPU;
-                            // the old one's registers are gone from the
-                            // hardware's point of view.
-                            let _ = sched.stop(id, t);
-                            let slice = tsc_from_us(fresh.slice_us() as u64).max(1);
-                            match sched.add_vcpu_with_slice(0, slice) {
-                                Ok(new_id) => {
-                                    ids[i] = new_id;
-                                    vcpus[i] = Some(fresh);
-                                    if lazy_owner == Some(i) {
-                                        lazy_owner = None;
-                                    }
-                                }
-                                Err(e) => panic!("scheduler refused a restarted vCPU: {e:?}"),
-                            }
-                        }
-                        Restart::NotAsked(v) => finish_vm(cpu, v, &mut sched, id, t),
-                        Restart::Failed => {
-                            let _ = sched.stop(id, t);
-                        }
+                    finish_vm(cpu, v, &mut sched, id, t);
+                    if lazy_owner == Some(i) {
+                        lazy_owner = None;
                     }
                 }
                 Ok(())
             }
         };
-        if vcpus[i].is_none() {
-            console::vm_gone(vm_id);
-        }
     }
     console::cpu_done(cpu);
     if platform.dropped_bytes != 0 {
@@ -1134,85 +1235,129 @@ static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
 /// The boot package, for restarting VMs (`on_reboot = "restart"`).
 static PACKAGE: spin::Once<&'static Package<'static>> = spin::Once::new();
 
-/// A VM that asked to be reset (triple fault, chipset reset) and whose
-/// policy says `restart` is rebuilt from the boot package: fresh memory with
-/// its images reloaded, fresh vCPU state, the same id and CPU. Anything else
-/// (or a rebuild that fails) comes back as `Err` to be finished.
-fn restart_if_asked(v: Vcpu) -> Restart {
-    let Some(reason) = v.vm().stop_reason().copied() else {
-        return Restart::NotAsked(v);
+/// Adds `v` to this CPU's scheduler (its slice from its configuration).
+fn schedule(sched: &mut Scheduler, v: &Vcpu) -> VcpuId {
+    let slice = tsc_from_us(v.slice_us() as u64).max(1);
+    match sched.add_vcpu_with_slice(0, slice) {
+        Ok(id) => id,
+        Err(e) => panic!("scheduler refused a vCPU: {e:?}"),
+    }
+}
+
+/// Takes the vCPUs other CPUs handed to this one ([`hand_over`]) into its
+/// loop: a free slot, or a new one.
+fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, ids: &mut Vec<VcpuId>, sched: &mut Scheduler) {
+    let Some(CpuWork(list)) = ADOPT.get(cpu).and_then(|a| a.lock().take()) else {
+        return;
     };
-    let id = v.vm().id();
-    let (Some(package), Some(backend)) = (PACKAGE.get(), BACKEND.get()) else {
-        return Restart::NotAsked(v);
-    };
+    for v in list {
+        let id = schedule(sched, &v);
+        match vcpus.iter().position(Option::is_none) {
+            Some(i) => {
+                vcpus[i] = Some(v);
+                ids[i] = id;
+            }
+            None => {
+                vcpus.push(Some(v));
+                ids.push(id);
+            }
+        }
+    }
+}
+
+/// Takes a stopped vCPU off this CPU and frees its control block. The
+/// VM's last vCPU to go reports the VM and frees its memory, or rebuilds
+/// it when the guest reset and its policy says `restart`.
+fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
+    let _ = sched.stop(id, now);
+    let vm = v.release();
+    if !vm.finish_vcpu() {
+        // Its other vCPUs end on their CPUs (they were told to stop).
+        return;
+    }
+    match restart_spec(&vm) {
+        Some(spec) => restart(cpu, vm, &spec),
+        None => end_vm(cpu, vm),
+    }
+}
+
+/// The spec to rebuild a VM from when the guest asked to be reset (triple
+/// fault, chipset reset) and its policy says `restart`.
+fn restart_spec(vm: &vm::Vm) -> Option<config::VmSpec> {
+    let reason = vm.ctx().stop_reason().copied()?;
+    let package = PACKAGE.get()?;
     // A VM created at run time (or one whose id was reused) boots from the
     // control registry's spec.
-    let registered = control::spec_of(id);
-    let Some(spec) = registered.as_ref().or(package.vms.get(id as usize)) else {
-        return Restart::NotAsked(v);
-    };
-    if !reason.is_reset() || spec.on_reboot != config::RebootPolicy::Restart {
-        return Restart::NotAsked(v);
+    let spec = control::spec_of(vm.id()).or_else(|| package.vms.get(vm.id() as usize).cloned())?;
+    (reason.is_reset() && spec.on_reboot == config::RebootPolicy::Restart).then_some(spec)
+}
+
+/// Rebuilds a reset VM from `spec`: fresh memory with its images
+/// reloaded, fresh vCPUs on the same CPUs, the same id.
+fn restart(cpu: usize, vm: Arc<vm::Vm>, spec: &config::VmSpec) {
+    let (id, restarts) = (vm.id(), vm.ctx().stats.restarts + 1);
+    if let Some(reason) = vm.ctx().stop_reason().copied() {
+        crate::println!(
+            "vm {} (id {id}) restarting: {reason} (restart {restarts})",
+            vm.name()
+        );
+        control::vm_rebooted(id, vm.name(), &reason);
     }
-    let restarts = v.vm().stats.restarts + 1;
-    crate::println!(
-        "vm {} (id {id}) restarting: {reason} (restart {restarts})",
-        v.vm().name()
-    );
-    control::vm_rebooted(id, v.vm().name(), &reason);
-    v.release();
-    match build_one(id, spec, package, backend) {
-        Ok(mut fresh) => {
-            fresh.vm_mut().stats.restarts = restarts;
-            Restart::Restarted(fresh)
+    release_vm(vm);
+    let built = match (PACKAGE.get(), BACKEND.get()) {
+        (Some(package), Some(backend)) => build_one(id, spec, package, backend),
+        _ => Err(String::from("no backend")),
+    };
+    match built {
+        Ok(list) => {
+            if let Some((v, _)) = list.first() {
+                v.vm().ctx().stats.restarts = restarts;
+            }
+            for (v, to) in list {
+                hand_over(to, v);
+            }
         }
         Err(e) => {
             // The old VM is gone; nothing is left to finish but a report.
-            crate::println!("vm {} (id {id}) stopped: restart failed: {e}", spec.name);
+            let report = alloc::format!("vm {} (id {id}) stopped: restart failed: {e}", spec.name);
+            crate::println!("{report}");
             SUMMARIES.lock().push(VmSummary {
                 name: spec.name.clone(),
-                cpu: spec.cpus.first().copied().unwrap_or(0) as usize,
-                report: alloc::format!("vm {} (id {id}) stopped: restart failed: {e}", spec.name),
+                cpu,
+                report,
                 slices: 0,
                 guest_us: 0,
                 exits: 0,
             });
-            Restart::Failed
+            console::vm_gone(id);
         }
     }
 }
 
-/// What [`restart_if_asked`] did.
-enum Restart {
-    /// The VM was rebuilt.
-    Restarted(Vcpu),
-    /// The VM stays stopped (not a reset, or its policy is `stop`).
-    NotAsked(Vcpu),
-    /// The rebuild failed; the report is in the summary.
-    Failed,
-}
-
-/// Reports a stopped VM, takes it off the run queue and frees its memory.
-fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
-    let _ = sched.stop(id, now);
-    let report = match v.vm().stop_report() {
-        Some(r) => alloc::format!("{r}"),
-        None => alloc::format!("vm {} stopped", v.vm().name()),
+/// Reports a VM whose last vCPU stopped and frees its memory.
+fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
+    let (report, stats) = {
+        let ctx = vm.ctx();
+        let report = match ctx.stop_report() {
+            Some(r) => alloc::format!("{r}"),
+            None => alloc::format!("vm {} stopped", vm.name()),
+        };
+        (report, ctx.stats.clone())
     };
     crate::println!("{report}");
-    crate::println!("{}", v.vm().stats.report(v.vm().name()));
-    control::vm_finished(&v, &report);
+    crate::println!("{}", stats.report(vm.name()));
+    control::vm_finished(&vm, &stats, &report);
     SUMMARIES.lock().push(VmSummary {
-        name: v.vm().name().into(),
-        cpu,
+        name: vm.name().into(),
+        cpu: vm.link(0).map_or(cpu, |l| l.cpu),
         report,
-        slices: v.vm().stats.slices_run,
-        guest_us: us_from_tsc(v.vm().stats.guest_ticks),
-        exits: v.vm().stats.total_exits(),
+        slices: stats.slices_run,
+        guest_us: us_from_tsc(stats.guest_ticks),
+        exits: stats.total_exits(),
     });
-    let (name, mib) = (String::from(v.vm().name()), v.partition().size() >> 20);
-    v.release();
+    console::vm_gone(vm.id());
+    let (name, mib) = (String::from(vm.name()), vm.partition.size() >> 20);
+    release_vm(vm);
     log::info!(
         "vm {name}: {mib} MiB returned to the free pool ({} frames free)",
         crate::mm::counts().0

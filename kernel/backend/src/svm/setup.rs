@@ -89,6 +89,21 @@ fn from_gdt(selector: u16) -> SegmentRegister {
     SegmentRegister::new(selector, attrib, limit, 0)
 }
 
+/// After [`program`] with [`GuestMode::Real16`]: the state a start-up IPI
+/// with `vector` gives an application processor (APM Vol. 2 16.5; SDM
+/// Vol. 3A 9.4.4.1): CS selector `vector << 8`, base `vector << 12`, IP 0.
+pub fn start_up(vmcb: &mut Vmcb, vector: u8) {
+    let selector = u16::from(vector) << 8;
+    vmcb.save.cs = SegmentRegister::new(
+        selector,
+        SegmentAttributes::CODE16,
+        0xFFFF,
+        u64::from(selector) << 4,
+    );
+    vmcb.save.rip = 0;
+    vmcb.mark_all_dirty();
+}
+
 /// Writes every control and guest-state field of a new vCPU's VMCB. Fields
 /// not named here stay as they are (zero in a [`Vmcb::new`]).
 pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<(), ProgramError> {

@@ -212,6 +212,16 @@ pub fn real_mode_cs(entry: u64) -> (u16, u64, u64) {
     (selector, base, entry - base)
 }
 
+/// After [`program`] with [`GuestMode::Real16`]: the state a start-up IPI
+/// with `vector` gives an application processor in wait-for-SIPI (SDM
+/// Vol. 3A 9.4.4.1, 11.6.1): CS selector `vector << 8`, base
+/// `vector << 12`, IP 0.
+pub fn start_up<V: VmcsAccess>(vmcs: &mut V, vector: u8) -> Result<(), VmFail> {
+    let selector = u16::from(vector) << 8;
+    CS.write(vmcs, selector, u64::from(selector) << 4, 0xffff, ar::CODE16)?;
+    vmcs.set(GUEST_RIP, 0)
+}
+
 /// Writes every control, host-state and guest-state field of a new vCPU.
 pub fn program<V: VmcsAccess>(
     vmcs: &mut V,

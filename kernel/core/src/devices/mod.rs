@@ -195,7 +195,7 @@ impl Effects {
 }
 
 /// A port-I/O device model.
-pub trait PortDevice: Any {
+pub trait PortDevice: Any + Send {
     /// Short name for reports.
     fn name(&self) -> &'static str;
     /// The ports it decodes.

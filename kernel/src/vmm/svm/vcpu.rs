@@ -8,6 +8,7 @@
 //! Without a preemption timer, slices end by the host's LAPIC timer: its
 //! interrupt exits (INTR intercept) and the loop finds the slice over.
 
+use alloc::sync::Arc;
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -25,8 +26,8 @@ use svm::Vmcb;
 use super::entry as switch;
 use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
-use crate::vmm::partition::Partition;
 use crate::vmm::platform::{self, KernelPlatform};
+use crate::vmm::vm::{mail, Vm};
 use crate::vmm::SliceEnd;
 
 /// Whether a guest's XSETBV was seen to run without an exit (logged once).
@@ -42,14 +43,14 @@ pub struct HostCpu {
     pub cpu: u32,
 }
 
-/// An AMD-V vCPU and, for now, the one VM it belongs to.
+/// An AMD-V vCPU of a VM.
 pub struct Vcpu {
-    /// The VM: devices, console, statistics.
-    pub vm: VmContext,
+    /// The VM: memory, devices, console, statistics, shared by its vCPUs.
+    pub vm: Arc<Vm>,
+    /// This vCPU's index in the VM (its virtual APIC ID).
+    index: usize,
     /// This vCPU's policy state: run state and MSR file.
     pub state: VcpuState,
-    /// The VM's memory.
-    pub partition: Partition,
     /// The VMCB's frame (host-physical).
     vmcb: u64,
     /// Guest RBX..R15 (RAX, RIP and the length of the exiting instruction
@@ -69,6 +70,8 @@ pub struct Vcpu {
     last_cpu: Option<u32>,
     /// Device time and the interrupt window.
     pub clock: DeviceClock,
+    /// How the VMCB was programmed (again on a start-up IPI).
+    start: GuestStart,
 }
 
 /// Why an AMD-V vCPU could not be built.
@@ -90,26 +93,24 @@ impl core::fmt::Display for BuildError {
 }
 
 impl Vcpu {
-    /// A vCPU for `vm` in `partition`, starting at `entry` in `mode`, with
-    /// ASID `asid` and the machine's permission maps.
+    /// vCPU `index` of `vm`, starting at `entry` in `mode` (the VM's
+    /// memory holds what that mode needs), with ASID `asid` and the
+    /// machine's permission maps.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        vm: VmContext,
-        mut partition: Partition,
+        vm: Arc<Vm>,
+        index: usize,
         entry: u64,
         mode: GuestMode,
         slice_us: u32,
         setup: &SvmSetup,
         asid: u32,
         maps: (u64, u64),
-    ) -> Result<Vcpu, (BuildError, Partition)> {
-        let Some(n_cr3) = partition.tables.n_cr3() else {
+    ) -> Result<Vcpu, BuildError> {
+        let Some(n_cr3) = vm.partition.tables.n_cr3() else {
             panic!("AMD-V vCPU for a partition without nested page tables");
         };
-        let vmcb = match crate::mm::alloc_frame_zeroed() {
-            Ok(f) => f,
-            Err(_) => return Err((BuildError::OutOfMemory, partition)),
-        };
+        let vmcb = crate::mm::alloc_frame_zeroed().map_err(|_| BuildError::OutOfMemory)?;
         let start = GuestStart {
             mode,
             entry,
@@ -118,17 +119,10 @@ impl Vcpu {
             iopm: svm::HostPhysAddr::new(maps.0),
             msrpm: svm::HostPhysAddr::new(maps.1),
         };
-        if hvcore::layout::reserved_for(mode) == hvcore::layout::BOOT_RESERVED {
-            for (gpa, value) in backend::vtx::setup::long_mode_boot_words() {
-                if let Some(b) = partition.slice_mut(gpa, 8) {
-                    b.copy_from_slice(&value.to_le_bytes());
-                }
-            }
-        }
         let mut vcpu = Vcpu {
             vm,
-            state: VcpuState::new(0),
-            partition,
+            index,
+            state: VcpuState::new(index as u32),
             vmcb,
             regs: GuestRegs::default(),
             pending_event: None,
@@ -138,10 +132,11 @@ impl Vcpu {
             lazy: LazyState::new(),
             last_cpu: None,
             clock: DeviceClock::default(),
+            start,
         };
         if let Err(e) = setup::program(vcpu.vmcb_mut(), setup, &start) {
             free_frame(vmcb);
-            return Err((BuildError::Program(e), vcpu.partition));
+            return Err(BuildError::Program(e));
         }
         if let Err(e) = vcpu.state.run_state_mut().make_runnable() {
             panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
@@ -162,6 +157,11 @@ impl Vcpu {
     /// protocol's: RSI for Linux, EAX/EBX for Multiboot).
     pub fn set_start_regs(&mut self, regs: GuestRegs) {
         self.regs = regs;
+    }
+
+    /// This vCPU's index in its VM.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// Guest entry point.
@@ -198,6 +198,11 @@ impl Vcpu {
         slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
+        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
+            if let Some(end) = self.wait_for_sipi(&host.setup) {
+                return end;
+            }
+        }
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
             if let Err(e) = self.state.run_state_mut().wake() {
                 panic!(
@@ -232,7 +237,11 @@ impl Vcpu {
         // `&mut self` is held for the whole slice; the processor writes it
         // only inside `switch::run`, while this reference is not used.
         let vmcb: &mut Vmcb = unsafe { &mut *vmcb_ptr };
-        self.clock.refresh(&self.vm);
+        let vm = Arc::clone(&self.vm);
+        let link = vm.link(self.index);
+        if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
+            return self.stop_with_vm(reason);
+        }
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
         loop {
@@ -240,12 +249,20 @@ impl Vcpu {
             if now >= slice_end {
                 return self.end_slice_early();
             }
-            self.clock.catch_up(now, &mut self.vm, &self.partition, env);
-            if self.pending_event.is_some()
-                || self.clock.window_open
-                || self.vm.interrupt_possible()
+            if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+                if let Some(end) = self.take_mail() {
+                    return end;
+                }
+            }
             {
-                self.prepare_events(vmcb);
+                let mut ctx = vm.ctx();
+                self.clock.catch_up(now, &mut ctx, &vm.partition, env);
+                if self.pending_event.is_some()
+                    || self.clock.window_open
+                    || ctx.interrupt_possible()
+                {
+                    self.prepare_events(&mut ctx, vmcb);
+                }
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
@@ -254,7 +271,7 @@ impl Vcpu {
             // `setup::program`; interrupts are off in the scheduler loop.
             unsafe { switch::run(&mut self.regs, self.vmcb, host.host_vmcb) };
             entry::after_vmexit(vmcb, setup);
-            let decoded = decode::decode(vmcb, &mut self.regs, &self.partition, setup);
+            let decoded = decode::decode(vmcb, &mut self.regs, &vm.partition, setup);
             if let Some(reason) = decoded.stop {
                 return self.stop_undecoded(reason, env);
             }
@@ -280,11 +297,11 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut self.vm,
+                    &mut vm.ctx(),
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &self.partition,
+                    &vm.partition,
                     &mut self.clock,
                     &mut cpu,
                 )
@@ -298,7 +315,11 @@ impl Vcpu {
                 Action::Yield => return SliceEnd::Yielded,
                 Action::Preempted => return SliceEnd::Preempted,
                 Action::Halt => return SliceEnd::Halted,
-                Action::Stop(_) => return SliceEnd::Stopped,
+                Action::Stop(_) => {
+                    // The other vCPUs of the VM leave the guest too.
+                    vm.stop_others(self.index);
+                    return SliceEnd::Stopped;
+                }
             }
             // The console queue is full (end the slice so it is printed), or
             // the host is stopping.
@@ -312,8 +333,8 @@ impl Vcpu {
     /// can take it (else a virtual-interrupt window is asked for), then the
     /// pending event.
     #[inline(never)]
-    fn prepare_events(&mut self, vmcb: &mut Vmcb) {
-        let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+    fn prepare_events(&mut self, ctx: &mut VmContext, vmcb: &mut Vmcb) {
+        let (irq, window) = irq::deliver(ctx, self.pending_event.is_some(), || {
             Some(entry::interruptibility(vmcb))
         });
         if irq.is_some() {
@@ -404,7 +425,7 @@ impl Vcpu {
                 self.vm.name()
             ),
             Ok(()) => {
-                let (bytes, n) = insn::bytes_at_rip(vmcb, &self.partition);
+                let (bytes, n) = insn::bytes_at_rip(vmcb, &self.vm.partition);
                 let mut hex = alloc::string::String::new();
                 for b in &bytes[..n] {
                     let _ = write!(hex, " {b:02x}");
@@ -433,14 +454,81 @@ impl Vcpu {
 
     /// Stops this vCPU and its VM from the host side.
     pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
-        self.vm.stop(reason, &mut env.with(&self.partition));
+        self.vm
+            .ctx()
+            .stop(reason, &mut env.with(&self.vm.partition));
         let _ = self.state.run_state_mut().stop(reason);
+        self.vm.stop_others(self.index);
     }
 
-    /// Frees the VMCB and the VM's memory.
-    pub fn release(self) {
+    /// This vCPU stops because its VM did (another vCPU or the host
+    /// stopped it).
+    fn stop_with_vm(&mut self, reason: StopReason) -> SliceEnd {
+        let _ = self.state.run_state_mut().stop(reason);
+        SliceEnd::Stopped
+    }
+
+    /// An application processor waiting for a start-up IPI takes its
+    /// mailbox: with a SIPI it starts in real mode at the SIPI's page
+    /// (`None`: run it), else it sleeps on (or stops with its VM).
+    #[cold]
+    #[inline(never)]
+    fn wait_for_sipi(&mut self, setup: &SvmSetup) -> Option<SliceEnd> {
+        let link = self.vm.link(self.index)?;
+        let bits = link.mail.swap(0, Ordering::AcqRel);
+        let vector = link.sipi_vector.load(Ordering::Acquire) as u8;
+        let stopped = self.vm.ctx().stop_reason().copied();
+        if let Some(reason) = stopped {
+            return Some(self.stop_with_vm(reason));
+        }
+        if bits & mail::SIPI == 0 {
+            return Some(SliceEnd::WaitForSipi);
+        }
+        self.start.mode = GuestMode::Real16;
+        self.start.entry = u64::from(vector) << 12;
+        self.entry = self.start.entry;
+        self.regs = GuestRegs::default();
+        self.pending_event = None;
+        self.soft = SoftState::default();
+        let start = self.start;
+        if let Err(e) = setup::program(self.vmcb_mut(), setup, &start) {
+            // The same ASID and maps were accepted when the vCPU was built.
+            panic!("vm {}: VMCB refused at start-up: {e}", self.vm.name());
+        }
+        setup::start_up(self.vmcb_mut(), vector);
+        if let Err(e) = self.state.run_state_mut().start_up() {
+            panic!(
+                "vm {}: start-up from {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
+        }
+        None
+    }
+
+    /// Takes this vCPU's mailbox before an entry; `Some` ends the slice.
+    #[cold]
+    #[inline(never)]
+    fn take_mail(&mut self) -> Option<SliceEnd> {
+        let bits = self
+            .vm
+            .link(self.index)
+            .map_or(0, |l| l.mail.swap(0, Ordering::AcqRel));
+        if bits & mail::STOP != 0 {
+            let reason = self.vm.ctx().stop_reason().copied();
+            if let Some(reason) = reason {
+                return Some(self.stop_with_vm(reason));
+            }
+        }
+        None
+    }
+
+    /// Frees the VMCB; gives back the VM (whose memory goes when its last
+    /// vCPU is released).
+    pub fn release(self) -> Arc<Vm> {
         free_frame(self.vmcb);
-        self.partition.release();
+        self.vm
     }
 }
 

@@ -7,9 +7,12 @@
 //! [`VmcsCpu`], and RIP and interruptibility move in [`entry::advance`].
 //! Policy happens in `hvcore::exit::handle_exit`.
 
+use alloc::sync::Arc;
 use backend::vtx::setup::{self, GuestStart, HostState};
 use backend::vtx::state::{SoftState, VmcsCpu};
 use backend::vtx::{decode, entry, VmxSetup};
+use core::sync::atomic::Ordering;
+
 use hvcore::config::GuestMode;
 use hvcore::devices::interrupt::GuestInterruptibility;
 use hvcore::exit::{Action, Event, Exit, GuestRegs};
@@ -27,18 +30,17 @@ use super::entry::{self as switch, SwitchResult};
 use crate::arch::gdt::PerCpuTables;
 use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
-use crate::vmm::partition::Partition;
+use crate::vmm::vm::{mail, Vm};
 use crate::vmm::SliceEnd;
 
-/// A VT-x vCPU and, for now, the one VM it belongs to.
+/// A VT-x vCPU of a VM.
 pub struct Vcpu {
-    /// The VM: devices, console, statistics (shared by its vCPUs once a VM
-    /// can have several; today each VM has one).
-    pub vm: VmContext,
+    /// The VM: memory, devices, console, statistics, shared by its vCPUs.
+    pub vm: Arc<Vm>,
+    /// This vCPU's index in the VM (its virtual APIC ID).
+    index: usize,
     /// This vCPU's policy state: run state and MSR file.
     pub state: VcpuState,
-    /// The VM's memory.
-    pub partition: Partition,
     /// The VMCS region.
     vmcs: HostPhysAddr,
     /// The virtual-APIC page (TPR shadow: MOV CR8 lands here).
@@ -84,31 +86,31 @@ pub struct HostCpu {
 }
 
 impl Vcpu {
-    /// A vCPU for `vm` in `partition`, starting at `entry` in `mode`.
+    /// vCPU `index` of `vm`, starting at `entry` in `mode` (the VM's
+    /// memory holds what that mode needs, see `setup::long_mode_boot_words`).
     pub fn new(
-        vm: VmContext,
-        partition: Partition,
+        vm: Arc<Vm>,
+        index: usize,
         entry: u64,
         mode: GuestMode,
         slice_us: u32,
         caps: &VmxCapabilities,
-    ) -> Result<Vcpu, (VmxError, Partition)> {
-        let vmcs = match vmx_region(caps, "VMCS region") {
-            Ok(v) => v,
-            Err(e) => return Err((e, partition)),
-        };
+    ) -> Result<Vcpu, VmxError> {
+        let vmcs = vmx_region(caps, "VMCS region")?;
         let virtual_apic = match crate::mm::alloc_frame_zeroed() {
             Ok(f) => HostPhysAddr::new(f),
             Err(_) => {
                 free_frame(vmcs);
-                return Err((VmxError::OutOfMemory("virtual-APIC page"), partition));
+                return Err(VmxError::OutOfMemory("virtual-APIC page"));
             }
         };
+        // One VPID per VM: its vCPUs run on different CPUs, whose TLBs are
+        // their own.
         let vpid = (vm.id() + 1) as u16;
         let mut vcpu = Vcpu {
             vm,
-            state: VcpuState::new(0),
-            partition,
+            index,
+            state: VcpuState::new(index as u32),
             vmcs,
             virtual_apic,
             launched: false,
@@ -125,9 +127,6 @@ impl Vcpu {
             clock: DeviceClock::default(),
             tally: Tally::new(),
         };
-        if hvcore::layout::reserved_for(mode) == hvcore::layout::BOOT_RESERVED {
-            vcpu.write_long_mode_structures();
-        }
         // Fully built: the scheduler may pick it.
         if let Err(e) = vcpu.state.run_state_mut().make_runnable() {
             panic!("new vCPU in state {:?} ({})", e.from, e.attempted);
@@ -137,7 +136,8 @@ impl Vcpu {
 
     /// The EPT pointer of the VM's partition.
     fn eptp(&self) -> u64 {
-        self.partition
+        self.vm
+            .partition
             .tables
             .eptp()
             .unwrap_or_else(|| panic!("VT-x vCPU on a partition without an EPT"))
@@ -149,6 +149,11 @@ impl Vcpu {
         self.regs = regs;
     }
 
+    /// This vCPU's index in its VM.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// Guest entry point.
     pub fn entry(&self) -> u64 {
         self.entry
@@ -157,17 +162,6 @@ impl Vcpu {
     /// Configured time slice in microseconds.
     pub fn slice_us(&self) -> u32 {
         self.slice_us
-    }
-
-    /// Writes the GDT and identity-mapping page tables a 64-bit guest
-    /// starts with, inside `hvcore::layout::BOOT_RESERVED` (images never
-    /// load there: the configuration check refuses them).
-    fn write_long_mode_structures(&mut self) {
-        for (gpa, value) in setup::long_mode_boot_words() {
-            if let Some(b) = self.partition.slice_mut(gpa, 8) {
-                b.copy_from_slice(&value.to_le_bytes());
-            }
-        }
     }
 
     /// Saves the registers this vCPU left in the hardware (the CPU is about
@@ -299,6 +293,11 @@ impl Vcpu {
         slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
+        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
+            if let Some(end) = self.wait_for_sipi(host, env) {
+                return end;
+            }
+        }
         let mut vmcs = match self.load(host) {
             Ok(v) => count::wrap(v),
             Err(e) => {
@@ -343,7 +342,11 @@ impl Vcpu {
             );
         }
         self.tally.slice_start();
-        self.clock.refresh(&self.vm);
+        let vm = Arc::clone(&self.vm);
+        let link = vm.link(self.index);
+        if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
+            return self.stop_with_vm(reason);
+        }
         let rate = host.setup.preemption_timer_rate;
         let timer =
             |now: u64| ((slice_end.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32;
@@ -361,12 +364,21 @@ impl Vcpu {
             if !timer_saved {
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now));
             }
-            self.clock.catch_up(now, &mut self.vm, &self.partition, env);
-            if self.pending_event.is_some()
-                || self.clock.window_open
-                || self.vm.interrupt_possible()
+            if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+                self.tally.settle(&vmcs);
+                if let Some(end) = self.take_mail() {
+                    return end;
+                }
+            }
             {
-                self.prepare_events(&mut vmcs, &host.setup);
+                let mut ctx = vm.ctx();
+                self.clock.catch_up(now, &mut ctx, &vm.partition, env);
+                if self.pending_event.is_some()
+                    || self.clock.window_open
+                    || ctx.interrupt_possible()
+                {
+                    self.prepare_events(&mut ctx, &mut vmcs, &host.setup);
+                }
             }
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
@@ -425,11 +437,11 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut self.vm,
+                    &mut vm.ctx(),
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &self.partition,
+                    &vm.partition,
                     &mut self.clock,
                     &mut cpu,
                 )
@@ -443,7 +455,11 @@ impl Vcpu {
                 Action::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
                 Action::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
                 Action::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
-                Action::Stop(_) => return self.slice_over(&vmcs, SliceEnd::Stopped),
+                Action::Stop(_) => {
+                    // The other vCPUs of the VM leave the guest too.
+                    vm.stop_others(self.index);
+                    return self.slice_over(&vmcs, SliceEnd::Stopped);
+                }
             }
             if crate::smp::stopping() || env.output_full {
                 self.tally.settle(&vmcs);
@@ -457,9 +473,9 @@ impl Vcpu {
     /// pending event, with STI/MOV SS blocking that ended cleared first
     /// (`entry::interruptibility`).
     #[inline(never)]
-    fn prepare_events(&mut self, vmcs: &mut count::Vmcs, setup: &VmxSetup) {
+    fn prepare_events(&mut self, ctx: &mut VmContext, vmcs: &mut count::Vmcs, setup: &VmxSetup) {
         let shadow = &mut self.shadow;
-        let (irq, window) = irq::deliver(&mut self.vm, self.pending_event.is_some(), || {
+        let (irq, window) = irq::deliver(ctx, self.pending_event.is_some(), || {
             let rflags = vmcs.get_known(GUEST_RFLAGS);
             let state = entry::interruptibility(vmcs, shadow);
             Some(GuestInterruptibility::from_vmx(rflags, state.bits(), false))
@@ -492,9 +508,88 @@ impl Vcpu {
     /// Stops this vCPU and its VM from the host side (a failed VM entry, a
     /// run time limit), with the VM's report.
     pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
-        self.vm.stop(reason, &mut env.with(&self.partition));
+        self.vm
+            .ctx()
+            .stop(reason, &mut env.with(&self.vm.partition));
         // Already stopped: the first reason stays.
         let _ = self.state.run_state_mut().stop(reason);
+        self.vm.stop_others(self.index);
+    }
+
+    /// This vCPU stops because its VM did (another vCPU or the host
+    /// stopped it).
+    fn stop_with_vm(&mut self, reason: StopReason) -> SliceEnd {
+        let _ = self.state.run_state_mut().stop(reason);
+        SliceEnd::Stopped
+    }
+
+    /// An application processor waiting for a start-up IPI takes its
+    /// mailbox: with a SIPI it starts in real mode at the SIPI's page
+    /// (`None`: run it), else it sleeps on (or stops with its VM).
+    #[cold]
+    #[inline(never)]
+    fn wait_for_sipi(&mut self, host: &HostCpu, env: &mut KernelPlatform) -> Option<SliceEnd> {
+        let link = self.vm.link(self.index)?;
+        let bits = link.mail.swap(0, Ordering::AcqRel);
+        let vector = link.sipi_vector.load(Ordering::Acquire) as u8;
+        let stopped = self.vm.ctx().stop_reason().copied();
+        if let Some(reason) = stopped {
+            return Some(self.stop_with_vm(reason));
+        }
+        if bits & mail::SIPI == 0 {
+            return Some(SliceEnd::WaitForSipi);
+        }
+        self.mode = GuestMode::Real16;
+        self.entry = u64::from(vector) << 12;
+        self.regs = GuestRegs::default();
+        self.pending_event = None;
+        self.soft = SoftState::default();
+        let programmed = self.load(host).and_then(|mut vmcs| {
+            self.setup(&mut vmcs, host)?;
+            setup::start_up(&mut vmcs, vector).map_err(|e| VmxError::Instruction("VMWRITE", e))
+        });
+        if let Err(e) = programmed {
+            log::error!(
+                "vm {}: vCPU {} cannot start: {e}",
+                self.vm.name(),
+                self.index
+            );
+            self.stop(
+                StopReason::MissingFeature {
+                    what: "starting an application processor",
+                    feature: "a programmable VMCS",
+                    rip: self.entry,
+                },
+                env,
+            );
+            return Some(SliceEnd::Stopped);
+        }
+        if let Err(e) = self.state.run_state_mut().start_up() {
+            panic!(
+                "vm {}: start-up from {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
+        }
+        None
+    }
+
+    /// Takes this vCPU's mailbox before an entry; `Some` ends the slice.
+    #[cold]
+    #[inline(never)]
+    fn take_mail(&mut self) -> Option<SliceEnd> {
+        let bits = self
+            .vm
+            .link(self.index)
+            .map_or(0, |l| l.mail.swap(0, Ordering::AcqRel));
+        if bits & mail::STOP != 0 {
+            let reason = self.vm.ctx().stop_reason().copied();
+            if let Some(reason) = reason {
+                return Some(self.stop_with_vm(reason));
+            }
+        }
+        None
     }
 
     /// Ends a slice between exits (time is up, or the host is stopping):
@@ -543,15 +638,16 @@ impl Vcpu {
         SliceEnd::Stopped
     }
 
-    /// Frees the VMCS region, the virtual-APIC page and the VM's memory.
-    pub fn release(self) {
+    /// Frees the VMCS region and the virtual-APIC page; gives back the VM
+    /// (whose memory goes when its last vCPU is released).
+    pub fn release(self) -> Arc<Vm> {
         self.tally.print(self.vm.name());
         // SAFETY: the vCPU is stopped and never entered again; VMCLEAR makes
         // the region inactive before its frame is returned.
         let _ = unsafe { vmx::instructions::vmclear(self.vmcs) };
         free_frame(self.vmcs);
         free_frame(self.virtual_apic);
-        self.partition.release();
+        self.vm
     }
 }
 
