@@ -488,6 +488,13 @@ impl Event {
         error_code: Some(0),
     };
 
+    /// A non-maskable interrupt (vector 2).
+    pub const NMI: Event = Event {
+        kind: EventKind::Nmi,
+        vector: 2,
+        error_code: None,
+    };
+
     /// An external interrupt with `vector`.
     pub fn interrupt(vector: u8) -> Self {
         Event {
@@ -565,6 +572,25 @@ pub trait Platform {
     fn guest_memory(&self) -> &dyn GuestMemory;
     /// The backend-held state of the vCPU whose exit is being handled.
     fn guest_cpu(&mut self) -> &mut dyn GuestCpu;
+    /// RDMSR of one of the vCPU's local APIC MSRs
+    /// ([`crate::devices::lapic::is_apic_msr`]): `None` when the VM has no
+    /// local APICs (the MSR policy answers then), else the value or #GP.
+    fn apic_msr_read(
+        &mut self,
+        _msr: u32,
+    ) -> Option<Result<u64, crate::devices::lapic::ApicFault>> {
+        None
+    }
+    /// WRMSR of one of the vCPU's local APIC MSRs: `None` when the VM has
+    /// no local APICs, else done (IPIs sent, the I/O APIC told of an EOI)
+    /// or #GP.
+    fn apic_msr_write(
+        &mut self,
+        _msr: u32,
+        _value: u64,
+    ) -> Option<Result<(), crate::devices::lapic::ApicFault>> {
+        None
+    }
 }
 
 /// Why a guest-physical read failed.

@@ -241,6 +241,8 @@ pub struct CpuidTable(Option<alloc::boxed::Box<Filled>>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Filled {
+    /// The vCPU's place in a VM with local APICs, applied over every answer.
+    topology: Option<Topology>,
     /// Which of leaves 0 ..= 0x1F the table holds (bit n: leaf n).
     basic_held: u32,
     /// Leaves 0 ..= 0x1F.
@@ -273,12 +275,27 @@ impl CpuidTable {
             }
         }
         CpuidTable(Some(alloc::boxed::Box::new(Filled {
+            topology: None,
             basic_held,
             basic,
             max_basic,
             max_ext,
             ext,
         })))
+    }
+
+    /// Makes the vCPU one of a VM with local APICs ([`Topology`]); a no-op
+    /// for an empty table.
+    pub fn set_topology(&mut self, topology: Topology) {
+        if let Some(t) = self.0.as_deref_mut() {
+            t.topology = Some(topology);
+        }
+    }
+
+    /// The vCPU's place in a VM with local APICs, if it is one.
+    #[inline]
+    pub fn topology(&self) -> Option<Topology> {
+        self.0.as_deref().and_then(|t| t.topology)
     }
 
     /// The answer for `leaf` (whatever the subleaf: the table holds only
@@ -393,6 +410,69 @@ pub fn xsave_view(
     }
 }
 
+/// A vCPU of a VM with virtual local APICs: its APIC ID and the VM's vCPU
+/// count, as CPUID reports them (SDM Vol. 2A CPUID leaves 1, 6 and 0xB/0x1F;
+/// SDM Vol. 3A 10.9 for the topology enumeration). Each vCPU is one core
+/// of one package, with one thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The vCPU's (x2)APIC ID.
+    pub apic_id: u32,
+    /// vCPUs in the VM (at least 1).
+    pub vcpus: u32,
+}
+
+/// CPUID.1:ECX x2APIC and TSC-deadline; CPUID.1:EDX APIC and HTT
+/// (multi-threading: EBX[23:16] is valid); CPUID.6:EAX ARAT (the APIC timer
+/// runs in every C-state).
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const LEAF1_EDX_APIC: u32 = 1 << 9;
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
+/// Leaf 0xB/0x1F level types (ECX[15:8]).
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+impl Topology {
+    /// Bits of the APIC ID that number the vCPUs (SDM 10.9.1: the shift to
+    /// the next level's ID).
+    fn core_bits(&self) -> u32 {
+        self.vcpus.max(1).next_power_of_two().trailing_zeros()
+    }
+
+    /// Overrides the answer `r` to CPUID(`leaf`, `subleaf`).
+    pub fn apply(&self, leaf: u32, subleaf: u32, r: &mut [u32; 4]) {
+        match leaf {
+            0 => r[0] = r[0].max(0xB),
+            1 => {
+                let count = self.vcpus.max(1).next_power_of_two().min(0x80);
+                r[1] = (r[1] & 0x0000_FFFF) | ((self.apic_id & 0xFF) << 24) | (count << 16);
+                r[2] |= LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE;
+                r[3] |= LEAF1_EDX_APIC | LEAF1_EDX_HTT;
+            }
+            6 => r[0] |= LEAF6_EAX_ARAT,
+            0xB | 0x1F => {
+                *r = match subleaf {
+                    0 => [0, 1, (LEVEL_SMT << 8), self.apic_id],
+                    1 => [
+                        self.core_bits(),
+                        self.vcpus,
+                        (LEVEL_CORE << 8) | 1,
+                        self.apic_id,
+                    ],
+                    n => [0, 0, n & 0xFF, self.apic_id],
+                };
+            }
+            // AMD: cores per package minus one (APM Vol. 3, CPUID Fn8000_0008 ECX).
+            0x8000_0008 => {
+                r[2] = (r[2] & !0xF0FF) | (self.core_bits() << 12) | (self.vcpus.max(1) - 1);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Handles a CPUID exit from a vCPU with `table`.
 #[inline(always)]
 pub fn handle<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P) -> Action {
@@ -414,6 +494,9 @@ pub fn handle<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P
             )
         }
     };
+    if let Some(t) = table.topology() {
+        t.apply(leaf, subleaf, &mut r);
+    }
     // OSXSAVE mirrors the guest's CR4.OSXSAVE where XSAVE is offered: read
     // at every CPUID(1), never kept in the table.
     if leaf == 1 && r[2] & LEAF1_ECX_XSAVE != 0 {

@@ -7,8 +7,12 @@ use hvcore::devices::interrupt::{decide, Delivery, GuestInterruptibility};
 use hvcore::exit::Event;
 use hvcore::vcpu::{StopReason, VmContext};
 
+use hvcore::devices::lapic::LocalApic;
+use spin::Mutex;
+
 use super::partition::Partition;
 use super::platform::KernelPlatform;
+use super::vm::Vm;
 
 /// Per-vCPU bookkeeping of device time and the interrupt window.
 #[derive(Default)]
@@ -19,6 +23,9 @@ pub struct DeviceClock {
     deadline: Option<(u64, u64)>,
     /// Whether the backend currently asks for an interrupt-window exit.
     pub window_open: bool,
+    /// When the vCPU's local APIC timer next fires (TSC), if it has one
+    /// and it is armed.
+    pub apic_due: Option<u64>,
 }
 
 impl DeviceClock {
@@ -72,22 +79,48 @@ impl DeviceClock {
     }
 
     /// The TSC value at which a halted vCPU should be woken, if a device
-    /// will raise an interrupt by then.
+    /// or its APIC timer will raise an interrupt by then.
     pub fn wake_tsc(&self) -> Option<u64> {
-        self.deadline.map(|(_, tsc)| tsc)
+        match (self.deadline.map(|(_, tsc)| tsc), self.apic_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires vCPU `index`'s APIC timer when due (before an entry).
+    #[inline]
+    pub fn apic_catch_up(&mut self, now: u64, vm: &Vm, index: usize) {
+        if let Some(due) = self.apic_due {
+            if now >= due {
+                self.apic_due = vm.apic_tick(index, now);
+            }
+        }
     }
 }
 
-/// What to do about the PIC's pending interrupt at this entry: `Some(event)`
-/// to inject (the PIC is acknowledged), and whether to ask for a window
-/// exit. `interruptibility` is read only when an interrupt is pending.
+/// What to do about a pending interrupt at this entry: `Some(event)` to
+/// inject (its controller is acknowledged), and whether to ask for a
+/// window exit. `interruptibility` is read only when an interrupt is
+/// pending. The vCPU's local APIC (in a VM with them) goes first; the PIC
+/// reaches only vCPU 0 (`pic`), through LINT0 when it has an APIC (SDM
+/// Vol. 3A 11.5.1: ExtINT, or the APIC disabled).
 pub fn deliver(
     vm: &mut VmContext,
+    apic: Option<&Mutex<LocalApic>>,
+    pic: bool,
     event_pending: bool,
     interruptibility: impl FnOnce() -> Option<GuestInterruptibility>,
 ) -> (Option<Event>, bool) {
-    let Some(vector) = vm.pending_interrupt() else {
-        return (None, false);
+    let apic_vector = apic.and_then(|a| a.lock().pending_vector());
+    let vector = match apic_vector {
+        Some(v) => v,
+        None if pic && apic.is_none_or(|a| a.lock().extint_allowed()) => {
+            match vm.pending_interrupt() {
+                Some(v) => v,
+                None => return (None, false),
+            }
+        }
+        None => return (None, false),
     };
     if event_pending {
         // An exception or re-injection goes first; try again at the next exit.
@@ -97,7 +130,13 @@ pub fn deliver(
         return (None, true);
     };
     match decide(state, Some(vector)) {
-        Delivery::Inject(_) => (vm.ack_interrupt(), false),
+        Delivery::Inject(_) => match (apic_vector, apic) {
+            (Some(_), Some(a)) => {
+                vm.stats.injected_events += 1;
+                (a.lock().acknowledge().map(Event::interrupt), false)
+            }
+            _ => (vm.ack_interrupt(), false),
+        },
         Delivery::RequestWindow => (None, true),
         Delivery::Nothing => (None, false),
     }

@@ -837,11 +837,17 @@ fn build_vcpu(
         [r.eax, r.ebx, r.ecx, r.edx]
     };
     let tsc_hz = crate::apic::tsc_hz();
-    let cpuid = hvcore::cpuid::CpuidTable::new(
+    let mut cpuid = hvcore::cpuid::CpuidTable::new(
         &|leaf, subleaf| hvcore::cpuid::with_tsc_leaves(&host, tsc_hz, leaf, subleaf),
         apic_id,
         backend.limits().xcr0_allowed,
     );
+    if vm.apic(index).is_some() {
+        cpuid.set_topology(hvcore::cpuid::Topology {
+            apic_id,
+            vcpus: vm.vcpu_count() as u32,
+        });
+    }
     let mut v = match backend {
         Backend::Vtx(_) => {
             let caps = CAPS
@@ -1189,11 +1195,12 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             SliceEnd::Yielded => sched.on_yield(id, t),
             // A halted vCPU sleeps until its devices raise an interrupt
             // (its PIT tick), or for a slice when none will.
+            // A local APIC interrupt that came before the HLT wakes it at once.
             SliceEnd::Halted => {
-                let wake = vcpus[i]
-                    .as_ref()
-                    .and_then(Vcpu::wake_tsc)
-                    .map_or(t + slice, |w| w.max(t));
+                let wake = match vcpus[i].as_ref() {
+                    Some(v) if v.vm().apic_pending(v.index()) => t,
+                    v => v.and_then(Vcpu::wake_tsc).map_or(t + slice, |w| w.max(t)),
+                };
                 sched.on_halt(id, t, Some(wake))
             }
             // Until its mailbox has something (a start-up IPI, a stop).

@@ -11,7 +11,10 @@ use hvcore::arch::{
 };
 use hvcore::vcpu::{VcpuState, VmContext};
 
+use hvcore::devices::lapic::ApicFault;
+
 use super::partition::Partition;
+use super::vm::Vm;
 
 /// The services exit handlers get, for the VM whose exit is handled
 /// (bound to a VM by `KernelPlatform::with`, see [`vcpu`]).
@@ -131,7 +134,7 @@ pub(super) fn handle_exit(
     state: &mut VcpuState,
     exit: &Exit,
     regs: &mut GuestRegs,
-    memory: &Partition,
+    shared: (&Vm, usize),
     clock: &mut super::irq::DeviceClock,
     cpu: &mut dyn GuestCpu,
 ) -> Action {
@@ -139,11 +142,18 @@ pub(super) fn handle_exit(
         let mut platform = PlatformFor {
             apic_id: env.apic_id,
             host: env,
-            memory,
+            memory: &shared.0.partition,
             cpu: &mut *cpu,
+            vcpu: Some(shared),
         };
         hvcore::exit::handle_exit(vm, state, exit, regs, &mut platform)
     };
+    // The guest may have programmed its APIC timer.
+    if let Exit::Wrmsr { msr, .. } = exit {
+        if hvcore::devices::lapic::is_apic_msr(*msr) {
+            clock.apic_due = shared.0.apic_deadline(shared.1);
+        }
+    }
     // An accepted XSETBV changed the vCPU's XCR0, which this CPU runs with.
     if let (Exit::Xsetbv, Action::AdvanceRip) = (exit, &action) {
         if let Ok(xcr0) = cpu.read(Reg::Xcr0) {
@@ -163,6 +173,8 @@ pub struct PlatformFor<'a> {
     pub(super) host: &'a mut KernelPlatform,
     pub(super) memory: &'a Partition,
     pub(super) cpu: &'a mut dyn GuestCpu,
+    /// The VM and the vCPU's index, during an exit.
+    pub(super) vcpu: Option<(&'a Vm, usize)>,
 }
 
 /// Stand-in for vCPU state outside an exit (a VM being stopped by the
@@ -194,6 +206,7 @@ impl KernelPlatform {
             host: self,
             memory,
             cpu,
+            vcpu: None,
         }
     }
 }
@@ -234,5 +247,15 @@ impl Platform for PlatformFor<'_> {
 
     fn guest_cpu(&mut self) -> &mut dyn GuestCpu {
         self.cpu
+    }
+
+    fn apic_msr_read(&mut self, msr: u32) -> Option<Result<u64, ApicFault>> {
+        let (vm, index) = self.vcpu?;
+        vm.apic_msr_read(index, msr)
+    }
+
+    fn apic_msr_write(&mut self, msr: u32, value: u64) -> Option<Result<(), ApicFault>> {
+        let (vm, index) = self.vcpu?;
+        vm.apic_msr_write(index, msr, value)
     }
 }

@@ -16,12 +16,24 @@
 //!   stopped, an interrupt for it, INIT, SIPI) sets a bit there and sends
 //!   that CPU the wake IPI; the vCPU's loop tests the word before every
 //!   entry (one load), and an idle CPU looks at its vCPUs' words after
-//!   every wake-up.
+//!   every wake-up;
+//! - in a VM with several vCPUs, one virtual local APIC per vCPU and an I/O
+//!   APIC ([`hvcore::devices::lapic`], [`hvcore::devices::ioapic`]), each
+//!   behind its own lock. A vCPU locks its own APIC for its APIC MSR exits
+//!   and before an entry; an IPI locks each of the VM's APICs in turn to
+//!   match the destination and accept the vector, then posts to the
+//!   targets' mailboxes. Lock order: the context, then an APIC (never an
+//!   APIC, then the context), and never two APICs at once. An interrupt
+//!   message only ever names the VM's own APICs: nothing outside the VM
+//!   can be reached.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use hvcore::devices::apic_msg::{DeliveryMode, InterruptMessage};
+use hvcore::devices::ioapic::IoApic;
+use hvcore::devices::lapic::{self, ApicFault, ApicOutput, LocalApic};
 use hvcore::vcpu::VmContext;
 use spin::{Mutex, MutexGuard};
 
@@ -61,12 +73,33 @@ pub struct Vm {
     links: Vec<VcpuLink>,
     /// vCPUs not finished yet.
     left: AtomicU32,
+    /// One local APIC per vCPU (none in a VM with one vCPU: it has the PC's
+    /// 8259 PIC alone, as before).
+    apics: Vec<Mutex<LocalApic>>,
+    /// The I/O APIC of a VM with local APICs.
+    ioapic: Option<Mutex<IoApic>>,
 }
 
+/// TSC ticks per tick of the virtual APIC timer's clock: the core crystal
+/// clock CPUID leaf 0x15 reports is TSC / 100.
+pub const APIC_TIMER_TSC_PER_TICK: u32 = 100;
+
 impl Vm {
-    /// A VM whose vCPU i runs on `cpus[i]` (at least one).
+    /// A VM whose vCPU i runs on `cpus[i]` (at least one). With more than
+    /// one vCPU, vCPU i gets a local APIC with ID i (vCPU 0 the BSP), and
+    /// the VM an I/O APIC.
     pub fn new(ctx: VmContext, partition: Partition, cpus: &[usize]) -> Vm {
+        let apics: Vec<Mutex<LocalApic>> = if cpus.len() > 1 {
+            (0..cpus.len())
+                .map(|i| Mutex::new(LocalApic::new(i as u32, i == 0, APIC_TIMER_TSC_PER_TICK)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ioapic = (cpus.len() > 1).then(|| Mutex::new(IoApic::new(cpus.len() as u8)));
         Vm {
+            apics,
+            ioapic,
             id: ctx.id(),
             name: String::from(ctx.name()),
             ctx: Mutex::new(ctx),
@@ -128,6 +161,133 @@ impl Vm {
     /// The VM's memory, once no vCPU is left.
     pub fn into_partition(self) -> Partition {
         self.partition
+    }
+
+    /// vCPU `index`'s local APIC, in a VM that has them.
+    pub fn apic(&self, index: usize) -> Option<&Mutex<LocalApic>> {
+        self.apics.get(index)
+    }
+
+    /// RDMSR of an APIC MSR by vCPU `index`; `None` without local APICs.
+    pub fn apic_msr_read(&self, index: usize, msr: u32) -> Option<Result<u64, ApicFault>> {
+        let now = crate::arch::rdtsc();
+        let apic = self.apics.get(index)?.lock();
+        Some(match msr {
+            lapic::APIC_BASE_MSR => Ok(apic.read_apic_base()),
+            lapic::IA32_TSC_DEADLINE => Ok(apic.read_tsc_deadline(now)),
+            _ => apic.msr_read(msr, now),
+        })
+    }
+
+    /// WRMSR of an APIC MSR by vCPU `index`: the APIC's answer, and what
+    /// it sends (an IPI, an EOI for the I/O APIC) carried out.
+    pub fn apic_msr_write(
+        &self,
+        index: usize,
+        msr: u32,
+        value: u64,
+    ) -> Option<Result<(), ApicFault>> {
+        let now = crate::arch::rdtsc();
+        let out = {
+            let mut apic = self.apics.get(index)?.lock();
+            match msr {
+                lapic::APIC_BASE_MSR => apic.write_apic_base(value).map(|()| ApicOutput::None),
+                lapic::IA32_TSC_DEADLINE => {
+                    apic.write_tsc_deadline(value, now);
+                    Ok(ApicOutput::None)
+                }
+                _ => apic.msr_write(msr, value, now),
+            }
+        };
+        Some(out.map(|out| self.carry_out(index, out)))
+    }
+
+    /// What a local APIC sent: an IPI to the VM's own vCPUs, or an EOI of
+    /// a level-triggered vector to the I/O APIC (which may send again).
+    pub fn carry_out(&self, from: usize, out: ApicOutput) {
+        match out {
+            ApicOutput::None => {}
+            ApicOutput::Ipi(msg) => self.deliver(Some(from), msg),
+            ApicOutput::Eoi { vector } => {
+                let again = match &self.ioapic {
+                    Some(io) => io.lock().eoi(vector),
+                    None => Vec::new(),
+                };
+                for msg in again {
+                    self.deliver(None, msg);
+                }
+            }
+        }
+    }
+
+    /// Delivers an interrupt message to the VM's local APICs it names
+    /// (`from`: the sending vCPU, for the shorthands; `None` for the I/O
+    /// APIC). Fixed vectors go into the targets' IRR; NMI, INIT and SIPI
+    /// to their mailboxes; SMI and ExtINT messages are dropped (no SMM,
+    /// and the PIC reaches vCPU 0 through LINT0). Lowest priority goes to
+    /// the matching APIC with the lowest priority.
+    pub fn deliver(&self, from: Option<usize>, msg: InterruptMessage) {
+        let mut mask = 0u64;
+        for (i, apic) in self.apics.iter().enumerate().take(64) {
+            if lapic::matches(&apic.lock(), msg.dest, Some(i) == from) {
+                mask |= 1 << i;
+            }
+        }
+        if msg.mode == DeliveryMode::LowestPriority && mask.count_ones() > 1 {
+            // One target: the lowest PPR (ties: the lowest index).
+            let mut best: Option<(u8, usize)> = None;
+            for i in (0..self.apics.len().min(64)).filter(|i| mask & (1 << i) != 0) {
+                let ppr = self.apics[i].lock().ppr();
+                if best.is_none_or(|(p, _)| ppr < p) {
+                    best = Some((ppr, i));
+                }
+            }
+            mask = best.map_or(0, |(_, i)| 1 << i);
+        }
+        for i in (0..self.apics.len().min(64)).filter(|i| mask & (1 << i) != 0) {
+            let bits = match msg.mode {
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                    if !self.apics[i]
+                        .lock()
+                        .accept_fixed(msg.vector, msg.level_triggered)
+                    {
+                        continue;
+                    }
+                    mail::INTERRUPT
+                }
+                DeliveryMode::Nmi => mail::NMI,
+                DeliveryMode::Init if msg.assert => mail::INIT,
+                DeliveryMode::StartUp => {
+                    if let Some(link) = self.links.get(i) {
+                        link.sipi_vector
+                            .store(u32::from(msg.vector), Ordering::Release);
+                    }
+                    mail::SIPI
+                }
+                DeliveryMode::Init | DeliveryMode::Smi | DeliveryMode::ExtInt => continue,
+            };
+            self.post(i, bits);
+        }
+    }
+
+    /// The TSC at which vCPU `index`'s APIC timer next fires, if armed.
+    pub fn apic_deadline(&self, index: usize) -> Option<u64> {
+        self.apics.get(index)?.lock().next_deadline()
+    }
+
+    /// Fires vCPU `index`'s APIC timer if due at `now`; its next deadline.
+    pub fn apic_tick(&self, index: usize, now: u64) -> Option<u64> {
+        let mut apic = self.apics.get(index)?.lock();
+        apic.advance(now);
+        apic.next_deadline()
+    }
+
+    /// Whether vCPU `index`'s APIC has an interrupt it can take now (the
+    /// guest's IF aside): a halted vCPU with one does not sleep.
+    pub fn apic_pending(&self, index: usize) -> bool {
+        self.apics
+            .get(index)
+            .is_some_and(|a| a.lock().pending_vector().is_some())
     }
 
     /// Counts one vCPU as finished; true for the last one.

@@ -67,6 +67,14 @@ pub const DEFAULT_PHYS_ADDR_BITS: u8 = 36;
 /// IA32_TSC_DEADLINE (SDM 11.5.4.1).
 pub const IA32_TSC_DEADLINE: u32 = 0x6E0;
 
+/// Whether `msr` belongs to a local APIC: IA32_APIC_BASE,
+/// IA32_TSC_DEADLINE or the x2APIC range (SDM 11.12.1.2).
+pub fn is_apic_msr(msr: u32) -> bool {
+    msr == APIC_BASE_MSR
+        || msr == IA32_TSC_DEADLINE
+        || (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr)
+}
+
 /// Local APIC ID register (SDM Table 11-1).
 pub const ID: u32 = 0x20;
 /// Local APIC version register.

@@ -76,10 +76,14 @@ pub fn handle_exit<P: Platform>(
         Exit::Cpuid => crate::cpuid::handle(&vcpu.cpuid, regs, env),
         Exit::Hlt => Action::Halt,
         Exit::Io(access) => io::handle(vm, &access, regs, env),
-        Exit::Rdmsr { msr } => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
-        Exit::Wrmsr { msr, value } => {
-            crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env)
-        }
+        Exit::Rdmsr { msr } => match apic_msr_read(msr, regs, env) {
+            Some(action) => action,
+            None => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
+        },
+        Exit::Wrmsr { msr, value } => match apic_msr_write(msr, value, env) {
+            Some(action) => action,
+            None => crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env),
+        },
         Exit::CrAccess(access) => cr::access(access, regs, env),
         Exit::Xsetbv => cr::xsetbv(regs, env),
         Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
@@ -112,6 +116,34 @@ pub fn handle_exit<P: Platform>(
         _ => {}
     }
     action
+}
+
+/// RDMSR of a local APIC MSR in a VM with local APICs; `None` otherwise.
+#[inline(always)]
+fn apic_msr_read<P: Platform>(msr: u32, regs: &mut GuestRegs, env: &mut P) -> Option<Action> {
+    if !crate::devices::lapic::is_apic_msr(msr) {
+        return None;
+    }
+    Some(match env.apic_msr_read(msr)? {
+        Ok(v) => {
+            regs.rax = v & 0xFFFF_FFFF;
+            regs.rdx = v >> 32;
+            Action::AdvanceRip
+        }
+        Err(_) => Action::Inject(Event::GP0),
+    })
+}
+
+/// WRMSR of a local APIC MSR in a VM with local APICs; `None` otherwise.
+#[inline(always)]
+fn apic_msr_write<P: Platform>(msr: u32, value: u64, env: &mut P) -> Option<Action> {
+    if !crate::devices::lapic::is_apic_msr(msr) {
+        return None;
+    }
+    Some(match env.apic_msr_write(msr, value)? {
+        Ok(()) => Action::AdvanceRip,
+        Err(_) => Action::Inject(Event::GP0),
+    })
 }
 
 #[cfg(test)]

@@ -422,6 +422,17 @@ fn wait_for(ms: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Lets the host print what this vCPU wrote before a timing check: the
+/// hypervisor prints a CPU's queued guest output between two slices (10
+/// ms), synchronously, at the host console's pace (about 87 us per
+/// character at 115200 baud), and the vCPU does not run meanwhile.
+fn settle() {
+    delay_us(SETTLE_MS * 1000);
+}
+
+/// How long [`settle`] waits: more than two 10 ms slices.
+const SETTLE_MS: u64 = 25;
+
 /// Spins for `us` microseconds of TSC time.
 fn delay_us(us: u64) {
     let end = rdtsc() + TSC_HZ.load(Ordering::Relaxed) / 1_000_000 * us;
@@ -801,6 +812,7 @@ fn checks(me: usize) {
     });
 
     // 3. Periodic timer.
+    settle();
     let apic_hz = APIC_HZ.load(Ordering::SeqCst);
     let start = rdtsc();
     set_timer(
@@ -831,6 +843,7 @@ fn checks(me: usize) {
     });
 
     // 4. TSC-deadline timer.
+    settle();
     let deadline = deadline_check(me);
     barrier(me, "tsc-deadline");
     in_order(me, &mut section, "tsc-deadline", || match deadline {
@@ -859,6 +872,7 @@ fn checks(me: usize) {
     });
 
     // 5. One-shot timer.
+    settle();
     let initial = apic_hz / 1000 * ONE_SHOT_MS;
     set_timer(u64::from(VEC_ONE_SHOT), initial);
     let mut last = rdmsr(msr::CURRENT_COUNT);

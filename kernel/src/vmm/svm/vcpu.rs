@@ -242,6 +242,10 @@ impl Vcpu {
         if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
             return self.stop_with_vm(reason);
         }
+        // With a local APIC, the host's timer also ends the guest's run when
+        // its APIC timer is due (armed at every entry then).
+        let has_apic = vm.apic(self.index).is_some();
+        self.clock.apic_due = vm.apic_deadline(self.index);
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
         loop {
@@ -254,14 +258,20 @@ impl Vcpu {
                     return end;
                 }
             }
+            if has_apic {
+                self.clock.apic_catch_up(now, &vm, self.index);
+                let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
+                crate::apic::one_shot_us(crate::vmm::us_from_tsc(until.saturating_sub(now)).max(1));
+            }
             {
                 let mut ctx = vm.ctx();
                 self.clock.catch_up(now, &mut ctx, &vm.partition, env);
                 if self.pending_event.is_some()
                     || self.clock.window_open
                     || ctx.interrupt_possible()
+                    || (has_apic && vm.apic_pending(self.index))
                 {
-                    self.prepare_events(&mut ctx, vmcb);
+                    self.prepare_events(&mut ctx, &vm, vmcb);
                 }
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
@@ -301,7 +311,7 @@ impl Vcpu {
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &vm.partition,
+                    (&vm, self.index),
                     &mut self.clock,
                     &mut cpu,
                 )
@@ -333,10 +343,15 @@ impl Vcpu {
     /// can take it (else a virtual-interrupt window is asked for), then the
     /// pending event.
     #[inline(never)]
-    fn prepare_events(&mut self, ctx: &mut VmContext, vmcb: &mut Vmcb) {
-        let (irq, window) = irq::deliver(ctx, self.pending_event.is_some(), || {
-            Some(entry::interruptibility(vmcb))
-        });
+    fn prepare_events(&mut self, ctx: &mut VmContext, vm: &Vm, vmcb: &mut Vmcb) {
+        let apic = vm.apic(self.index);
+        let (irq, window) = irq::deliver(
+            ctx,
+            apic,
+            self.index == 0,
+            self.pending_event.is_some(),
+            || Some(entry::interruptibility(vmcb)),
+        );
         if irq.is_some() {
             self.pending_event = irq;
         }
@@ -511,17 +526,43 @@ impl Vcpu {
     #[cold]
     #[inline(never)]
     fn take_mail(&mut self) -> Option<SliceEnd> {
-        let bits = self
-            .vm
-            .link(self.index)
-            .map_or(0, |l| l.mail.swap(0, Ordering::AcqRel));
+        let link = self.vm.link(self.index)?;
+        let bits = link.mail.swap(0, Ordering::AcqRel);
         if bits & mail::STOP != 0 {
             let reason = self.vm.ctx().stop_reason().copied();
             if let Some(reason) = reason {
                 return Some(self.stop_with_vm(reason));
             }
         }
+        if bits & mail::INIT != 0 {
+            // INIT: the vCPU waits for a start-up IPI again (SDM 9.4.2);
+            // one that came with it is kept for that wait.
+            link.mail.fetch_or(bits & mail::SIPI, Ordering::AcqRel);
+            return Some(self.take_init());
+        }
+        if bits & mail::NMI != 0 && self.pending_event.is_none() {
+            self.pending_event = Some(Event::NMI);
+        }
+        // INTERRUPT: the APIC's IRR is looked at before the entry; a SIPI
+        // outside wait-for-SIPI is ignored, as on hardware.
         None
+    }
+
+    /// INIT: reset the local APIC (ID and base kept) and wait for SIPI.
+    fn take_init(&mut self) -> SliceEnd {
+        if let Some(apic) = self.vm.apic(self.index) {
+            apic.lock().init();
+        }
+        self.pending_event = None;
+        if let Err(e) = self.state.run_state_mut().wait_for_sipi() {
+            panic!(
+                "vm {}: INIT in state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
+        }
+        SliceEnd::WaitForSipi
     }
 
     /// Frees the VMCB; gives back the VM (whose memory goes when its last

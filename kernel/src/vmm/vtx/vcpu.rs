@@ -347,12 +347,20 @@ impl Vcpu {
         if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
             return self.stop_with_vm(reason);
         }
+        // With a local APIC, the preemption timer also ends the guest's run
+        // when its APIC timer is due (set at every entry then).
+        let has_apic = vm.apic(self.index).is_some();
+        self.clock.apic_due = vm.apic_deadline(self.index);
         let rate = host.setup.preemption_timer_rate;
-        let timer =
-            |now: u64| ((slice_end.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32;
-        let timer_saved = host.setup.optional.preemption_timer_save;
+        let timer = |now: u64, until: u64| {
+            ((until.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32
+        };
+        let timer_saved = host.setup.optional.preemption_timer_save && !has_apic;
         if timer_saved {
-            vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(crate::arch::rdtsc()));
+            vmcs.set_known(
+                VMX_PREEMPTION_TIMER_VALUE,
+                timer(crate::arch::rdtsc(), slice_end),
+            );
         }
         let mut mode = switch::Mode::slice_start(self.launched);
         loop {
@@ -361,14 +369,18 @@ impl Vcpu {
                 self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
-            if !timer_saved {
-                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now));
-            }
             if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
                 self.tally.settle(&vmcs);
                 if let Some(end) = self.take_mail() {
                     return end;
                 }
+            }
+            if has_apic {
+                self.clock.apic_catch_up(now, &vm, self.index);
+            }
+            if !timer_saved {
+                let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
+                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, until));
             }
             {
                 let mut ctx = vm.ctx();
@@ -376,8 +388,9 @@ impl Vcpu {
                 if self.pending_event.is_some()
                     || self.clock.window_open
                     || ctx.interrupt_possible()
+                    || (has_apic && vm.apic_pending(self.index))
                 {
-                    self.prepare_events(&mut ctx, &mut vmcs, &host.setup);
+                    self.prepare_events(&mut ctx, &vm, &mut vmcs, &host.setup);
                 }
             }
             if self.soft.flush_tlb {
@@ -406,6 +419,11 @@ impl Vcpu {
             }
             let decoded = decode::decode(&vmcs, &mut self.regs);
             let exit = decoded.exit;
+            if has_apic && matches!(exit, Exit::PreemptionTimer) && crate::arch::rdtsc() < slice_end
+            {
+                // The APIC timer is due, not the slice over.
+                continue;
+            }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
             match exit {
                 Exit::ExternalInterrupt => {
@@ -441,7 +459,7 @@ impl Vcpu {
                     &mut self.state,
                     &exit,
                     &mut self.regs,
-                    &vm.partition,
+                    (&vm, self.index),
                     &mut self.clock,
                     &mut cpu,
                 )
@@ -473,13 +491,26 @@ impl Vcpu {
     /// pending event, with STI/MOV SS blocking that ended cleared first
     /// (`entry::interruptibility`).
     #[inline(never)]
-    fn prepare_events(&mut self, ctx: &mut VmContext, vmcs: &mut count::Vmcs, setup: &VmxSetup) {
+    fn prepare_events(
+        &mut self,
+        ctx: &mut VmContext,
+        vm: &Vm,
+        vmcs: &mut count::Vmcs,
+        setup: &VmxSetup,
+    ) {
         let shadow = &mut self.shadow;
-        let (irq, window) = irq::deliver(ctx, self.pending_event.is_some(), || {
-            let rflags = vmcs.get_known(GUEST_RFLAGS);
-            let state = entry::interruptibility(vmcs, shadow);
-            Some(GuestInterruptibility::from_vmx(rflags, state.bits(), false))
-        });
+        let apic = vm.apic(self.index);
+        let (irq, window) = irq::deliver(
+            ctx,
+            apic,
+            self.index == 0,
+            self.pending_event.is_some(),
+            || {
+                let rflags = vmcs.get_known(GUEST_RFLAGS);
+                let state = entry::interruptibility(vmcs, shadow);
+                Some(GuestInterruptibility::from_vmx(rflags, state.bits(), false))
+            },
+        );
         if irq.is_some() {
             self.pending_event = irq;
         }
@@ -579,17 +610,43 @@ impl Vcpu {
     #[cold]
     #[inline(never)]
     fn take_mail(&mut self) -> Option<SliceEnd> {
-        let bits = self
-            .vm
-            .link(self.index)
-            .map_or(0, |l| l.mail.swap(0, Ordering::AcqRel));
+        let link = self.vm.link(self.index)?;
+        let bits = link.mail.swap(0, Ordering::AcqRel);
         if bits & mail::STOP != 0 {
             let reason = self.vm.ctx().stop_reason().copied();
             if let Some(reason) = reason {
                 return Some(self.stop_with_vm(reason));
             }
         }
+        if bits & mail::INIT != 0 {
+            // INIT: the vCPU waits for a start-up IPI again (SDM 9.4.2);
+            // one that came with it is kept for that wait.
+            link.mail.fetch_or(bits & mail::SIPI, Ordering::AcqRel);
+            return Some(self.take_init());
+        }
+        if bits & mail::NMI != 0 && self.pending_event.is_none() {
+            self.pending_event = Some(Event::NMI);
+        }
+        // INTERRUPT: the APIC's IRR is looked at before the entry; a SIPI
+        // outside wait-for-SIPI is ignored, as on hardware.
         None
+    }
+
+    /// INIT: reset the local APIC (ID and base kept) and wait for SIPI.
+    fn take_init(&mut self) -> SliceEnd {
+        if let Some(apic) = self.vm.apic(self.index) {
+            apic.lock().init();
+        }
+        self.pending_event = None;
+        if let Err(e) = self.state.run_state_mut().wait_for_sipi() {
+            panic!(
+                "vm {}: INIT in state {:?} ({})",
+                self.vm.name(),
+                e.from,
+                e.attempted
+            );
+        }
+        SliceEnd::WaitForSipi
     }
 
     /// Ends a slice between exits (time is up, or the host is stopping):
