@@ -582,14 +582,25 @@ pub trait Platform {
         None
     }
     /// WRMSR of one of the vCPU's local APIC MSRs: `None` when the VM has
-    /// no local APICs, else done (IPIs sent, the I/O APIC told of an EOI)
-    /// or #GP.
+    /// no local APICs, else done (IPIs sent) or #GP. `Ok(Some(vector))`:
+    /// the EOI of a level-triggered vector, for the VM's I/O APIC.
     fn apic_msr_write(
         &mut self,
         _msr: u32,
         _value: u64,
-    ) -> Option<Result<(), crate::devices::lapic::ApicFault>> {
+    ) -> Option<Result<Option<u8>, crate::devices::lapic::ApicFault>> {
         None
+    }
+    /// Whether `gpa` lies in the vCPU's xAPIC register page (a VM with
+    /// local APICs, the vCPU's APIC in xAPIC mode).
+    fn apic_mmio_claims(&mut self, _gpa: u64) -> bool {
+        false
+    }
+    /// A 32-bit access to the vCPU's xAPIC page at `gpa` (`write` with the
+    /// value, or a read): the value read (0 for a write) and, as for
+    /// [`Self::apic_msr_write`], the vector of a level-triggered EOI.
+    fn apic_mmio(&mut self, _gpa: u64, _write: Option<u32>) -> (u32, Option<u8>) {
+        (u32::MAX, None)
     }
 }
 

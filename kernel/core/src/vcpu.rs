@@ -23,12 +23,15 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 
 pub use crate::arch::StopReason;
 use crate::arch::{Action, Event, Platform};
 use crate::cpuid::CpuidTable;
+use crate::devices::apic_msg::InterruptMessage;
 use crate::devices::console::LineBuffer;
+use crate::devices::ioapic::IoApic;
 use crate::devices::pc::{add_pc_devices, advance, PcConfig};
 use crate::devices::pic8259::PicPair;
 use crate::devices::serial16550::Serial16550;
@@ -229,6 +232,13 @@ pub struct VmContext {
     /// current by everything that changes device time or programming.
     deadline_ns: Option<u64>,
     stopped: Option<StopReason>,
+    /// The I/O APIC of a VM with local APICs: ISA IRQ n reaches its pin n
+    /// (IRQ 0, the PIT, pin 2: the MADT's interrupt source override), beside
+    /// the PIC.
+    ioapic: Option<IoApic>,
+    /// Interrupt messages the I/O APIC sent, for the kernel to deliver to
+    /// the local APICs ([`Self::take_apic_messages`]).
+    apic_out: Vec<InterruptMessage>,
 }
 
 // The vCPUs of a VM, on several CPUs, share its context behind a lock.
@@ -254,6 +264,8 @@ impl VmContext {
             intr_possible: true,
             deadline_ns: None,
             stopped: None,
+            ioapic: None,
+            apic_out: Vec::new(),
         }
     }
 
@@ -385,7 +397,55 @@ impl VmContext {
         }
     }
 
-    /// Sets ISA line `irq` (0..=15) and forwards it to the PIC, if present.
+    /// Gives the VM an I/O APIC with `id` (a VM with local APICs).
+    pub fn enable_ioapic(&mut self, id: u8) {
+        self.ioapic = Some(IoApic::new(id));
+    }
+
+    /// Whether `gpa` lies in the I/O APIC's register window.
+    pub fn ioapic_claims(&self, gpa: u64) -> bool {
+        self.ioapic.is_some() && gpa & !0xFFF == crate::devices::ioapic::IOAPIC_BASE
+    }
+
+    /// A 32-bit access to the I/O APIC's window at `offset` (`write` with
+    /// the value, or a read); the value read (0 for a write).
+    pub fn ioapic_mmio(&mut self, offset: u32, write: Option<u32>) -> u32 {
+        let Some(io) = self.ioapic.as_mut() else {
+            return u32::MAX;
+        };
+        match write {
+            Some(value) => {
+                let sent = io.mmio_write(offset, value);
+                self.apic_out.extend(sent);
+                0
+            }
+            None => io.mmio_read(offset),
+        }
+    }
+
+    /// A local APIC's EOI of level-triggered `vector` (SDM Vol. 3A 11.8.5):
+    /// the I/O APIC clears Remote IRR and sends again if the line is still
+    /// up.
+    pub fn ioapic_eoi(&mut self, vector: u8) {
+        if let Some(io) = self.ioapic.as_mut() {
+            let sent = io.eoi(vector);
+            self.apic_out.extend(sent);
+        }
+    }
+
+    /// Whether the I/O APIC sent messages not yet delivered.
+    #[inline]
+    pub fn has_apic_messages(&self) -> bool {
+        !self.apic_out.is_empty()
+    }
+
+    /// The I/O APIC's messages since the last call, oldest first.
+    pub fn take_apic_messages(&mut self) -> Vec<InterruptMessage> {
+        core::mem::take(&mut self.apic_out)
+    }
+
+    /// Sets ISA line `irq` (0..=15) and forwards it to the PIC, if present,
+    /// and to the I/O APIC, if the VM has one.
     pub fn set_irq_level(&mut self, irq: u8, level: bool) {
         let Some(bit) = 1u16.checked_shl(u32::from(irq)) else {
             return;
@@ -398,6 +458,12 @@ impl VmContext {
         if let Some(pic) = self.bus.device_mut::<PicPair>() {
             pic.set_irq(irq, level);
             self.intr_possible = true;
+        }
+        if let Some(io) = self.ioapic.as_mut() {
+            let pin = if irq == 0 { 2 } else { irq };
+            if let Some(msg) = io.set_irq(pin, level) {
+                self.apic_out.push(msg);
+            }
         }
     }
 

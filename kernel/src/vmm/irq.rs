@@ -10,7 +10,6 @@ use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::devices::lapic::LocalApic;
 use spin::Mutex;
 
-use super::partition::Partition;
 use super::platform::KernelPlatform;
 use super::vm::Vm;
 
@@ -35,12 +34,12 @@ impl DeviceClock {
         &mut self,
         now: u64,
         vm: &mut VmContext,
-        memory: &Partition,
+        shared: &Vm,
         env: &mut KernelPlatform,
     ) {
         if let Some((due_ns, due_tsc)) = self.deadline {
             if now >= due_tsc {
-                self.tick(now, due_ns, vm, memory, env);
+                self.tick(now, due_ns, vm, shared, env);
             }
         }
     }
@@ -52,12 +51,13 @@ impl DeviceClock {
         now: u64,
         due_ns: u64,
         vm: &mut VmContext,
-        memory: &Partition,
+        shared: &Vm,
         env: &mut KernelPlatform,
     ) {
         // The TSC says the deadline has come: the devices are at least there.
         let now_ns = super::ns_from_tsc(now).max(due_ns);
-        vm.advance_timers(now_ns, &mut env.with(memory));
+        vm.advance_timers(now_ns, &mut env.with(&shared.partition));
+        shared.deliver_device_interrupts(vm);
         self.refresh(vm);
     }
 

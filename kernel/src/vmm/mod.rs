@@ -181,6 +181,7 @@ impl Vcpu {
         each!(self, v => {
             let mut ctx = v.vm.ctx();
             ctx.console_input(bytes, &mut env.with(&v.vm.partition));
+            v.vm.deliver_device_interrupts(&mut ctx);
             // The UART's character timeout may now be due.
             v.clock.refresh(&ctx);
         })
@@ -704,6 +705,17 @@ fn load_guest(
         )),
     };
     let mut regs = GuestRegs::default();
+    // A VM with several vCPUs has ACPI tables (MADT: its local APICs and
+    // I/O APIC) in the legacy RSDP search area, where a kernel finds them
+    // (Linux also through boot_params.acpi_rsdp_addr).
+    let acpi = if spec.cpus.len() > 1 {
+        Some(acpi_tables(spec).map_err(|e| format!("ACPI tables: {e}"))?)
+    } else {
+        None
+    };
+    if let Some(t) = &acpi {
+        copy(t.gpa, &t.bytes)?;
+    }
     let entry = match spec.mode {
         config::GuestMode::Linux64 => {
             let initrd = match spec.initrd {
@@ -716,11 +728,15 @@ fn load_guest(
                 ),
                 None => None,
             };
-            let plan = linux::plan(
+            let options = linux::PlanOptions {
+                acpi: acpi.as_ref().map(linux::AcpiRegion::of),
+            };
+            let plan = linux::plan_with(
                 image.data,
                 initrd,
                 spec.cmdline.as_bytes(),
                 spec.memory_bytes,
+                &options,
             )
             .map_err(|e| format!("kernel \"{name}\": {e}"))?;
             for (gpa, bytes) in plan.writes() {
@@ -756,6 +772,20 @@ fn load_guest(
         }
     };
     Ok(Start { entry, regs })
+}
+
+/// The ACPI tables of a VM with several vCPUs: vCPU i with APIC ID i, the
+/// I/O APIC (ID = vCPU count) at its PC address.
+fn acpi_tables(spec: &config::VmSpec) -> Result<hvcore::firmware::acpi::AcpiTables, String> {
+    use hvcore::firmware::acpi;
+    let ids: Vec<u32> = (0..spec.cpus.len() as u32).collect();
+    let cfg = acpi::AcpiConfig {
+        apic_ids: &ids,
+        ioapic: Some(acpi::IoApicEntry::pc(spec.cpus.len() as u8)),
+        oem_id: *b"RUSTHV",
+        oem_table_id: *b"RUSTHVVM",
+    };
+    acpi::build(acpi::DEFAULT_BASE, &cfg).map_err(|e| alloc::format!("{e}"))
 }
 
 /// Builds one VM completely or not at all (what was allocated is

@@ -148,6 +148,8 @@ pub(super) fn handle_exit(
         };
         hvcore::exit::handle_exit(vm, state, exit, regs, &mut platform)
     };
+    // A device (or an EOI) may have made the I/O APIC send.
+    shared.0.deliver_device_interrupts(vm);
     // The guest may have programmed its APIC timer.
     if let Exit::Wrmsr { msr, .. } = exit {
         if hvcore::devices::lapic::is_apic_msr(*msr) {
@@ -254,8 +256,20 @@ impl Platform for PlatformFor<'_> {
         vm.apic_msr_read(index, msr)
     }
 
-    fn apic_msr_write(&mut self, msr: u32, value: u64) -> Option<Result<(), ApicFault>> {
+    fn apic_msr_write(&mut self, msr: u32, value: u64) -> Option<Result<Option<u8>, ApicFault>> {
         let (vm, index) = self.vcpu?;
         vm.apic_msr_write(index, msr, value)
+    }
+
+    fn apic_mmio_claims(&mut self, gpa: u64) -> bool {
+        self.vcpu
+            .is_some_and(|(vm, index)| vm.apic_mmio_claims(index, gpa))
+    }
+
+    fn apic_mmio(&mut self, gpa: u64, write: Option<u32>) -> (u32, Option<u8>) {
+        match self.vcpu {
+            Some((vm, index)) => vm.apic_mmio(index, gpa, write),
+            None => (u32::MAX, None),
+        }
     }
 }

@@ -32,7 +32,6 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use hvcore::devices::apic_msg::{DeliveryMode, InterruptMessage};
-use hvcore::devices::ioapic::IoApic;
 use hvcore::devices::lapic::{self, ApicFault, ApicOutput, LocalApic};
 use hvcore::vcpu::VmContext;
 use spin::{Mutex, MutexGuard};
@@ -76,8 +75,6 @@ pub struct Vm {
     /// One local APIC per vCPU (none in a VM with one vCPU: it has the PC's
     /// 8259 PIC alone, as before).
     apics: Vec<Mutex<LocalApic>>,
-    /// The I/O APIC of a VM with local APICs.
-    ioapic: Option<Mutex<IoApic>>,
 }
 
 /// TSC ticks per tick of the virtual APIC timer's clock: the core crystal
@@ -96,10 +93,13 @@ impl Vm {
         } else {
             Vec::new()
         };
-        let ioapic = (cpus.len() > 1).then(|| Mutex::new(IoApic::new(cpus.len() as u8)));
+        let mut ctx = ctx;
+        if cpus.len() > 1 {
+            // The I/O APIC's ID follows the local APICs'.
+            ctx.enable_ioapic(cpus.len() as u8);
+        }
         Vm {
             apics,
-            ioapic,
             id: ctx.id(),
             name: String::from(ctx.name()),
             ctx: Mutex::new(ctx),
@@ -179,14 +179,14 @@ impl Vm {
         })
     }
 
-    /// WRMSR of an APIC MSR by vCPU `index`: the APIC's answer, and what
-    /// it sends (an IPI, an EOI for the I/O APIC) carried out.
+    /// WRMSR of an APIC MSR by vCPU `index`: the APIC's answer, an IPI it
+    /// sends delivered; `Ok(Some(vector))` is an EOI for the I/O APIC.
     pub fn apic_msr_write(
         &self,
         index: usize,
         msr: u32,
         value: u64,
-    ) -> Option<Result<(), ApicFault>> {
+    ) -> Option<Result<Option<u8>, ApicFault>> {
         let now = crate::arch::rdtsc();
         let out = {
             let mut apic = self.apics.get(index)?.lock();
@@ -202,20 +202,54 @@ impl Vm {
         Some(out.map(|out| self.carry_out(index, out)))
     }
 
-    /// What a local APIC sent: an IPI to the VM's own vCPUs, or an EOI of
-    /// a level-triggered vector to the I/O APIC (which may send again).
-    pub fn carry_out(&self, from: usize, out: ApicOutput) {
+    /// Whether `gpa` is in vCPU `index`'s xAPIC page (its APIC in xAPIC
+    /// mode).
+    pub fn apic_mmio_claims(&self, index: usize, gpa: u64) -> bool {
+        self.apics.get(index).is_some_and(|a| {
+            let apic = a.lock();
+            apic.mmio_enabled() && gpa & !0xFFF == apic.base()
+        })
+    }
+
+    /// A 32-bit access to vCPU `index`'s xAPIC page: the value read, and
+    /// an EOI for the I/O APIC (an IPI it sends is delivered).
+    pub fn apic_mmio(&self, index: usize, gpa: u64, write: Option<u32>) -> (u32, Option<u8>) {
+        let now = crate::arch::rdtsc();
+        let Some(apic) = self.apics.get(index) else {
+            return (u32::MAX, None);
+        };
+        let offset = (gpa & 0xFFF) as u32;
+        match write {
+            None => (apic.lock().mmio_read(offset, now), None),
+            Some(value) => {
+                let out = apic.lock().mmio_write(offset, value, now);
+                (0, self.carry_out(index, out))
+            }
+        }
+    }
+
+    /// What a local APIC sent: an IPI to the VM's own vCPUs is delivered;
+    /// the EOI of a level-triggered vector is returned for the I/O APIC
+    /// (in the VM's context).
+    fn carry_out(&self, from: usize, out: ApicOutput) -> Option<u8> {
         match out {
-            ApicOutput::None => {}
-            ApicOutput::Ipi(msg) => self.deliver(Some(from), msg),
-            ApicOutput::Eoi { vector } => {
-                let again = match &self.ioapic {
-                    Some(io) => io.lock().eoi(vector),
-                    None => Vec::new(),
-                };
-                for msg in again {
-                    self.deliver(None, msg);
-                }
+            ApicOutput::None => None,
+            ApicOutput::Ipi(msg) => {
+                self.deliver(Some(from), msg);
+                None
+            }
+            ApicOutput::Eoi { vector } => Some(vector),
+        }
+    }
+
+    /// Delivers what the I/O APIC sent (device interrupts) to the local
+    /// APICs. Called with the context locked, after anything that may
+    /// change an IRQ line.
+    #[inline]
+    pub fn deliver_device_interrupts(&self, ctx: &mut VmContext) {
+        if ctx.has_apic_messages() {
+            for msg in ctx.take_apic_messages() {
+                self.deliver(None, msg);
             }
         }
     }

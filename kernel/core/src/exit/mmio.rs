@@ -61,7 +61,9 @@
 
 use core::fmt;
 
-use crate::arch::{AccessSize, GuestCpu, GuestRegs, Reg, StateError};
+use crate::arch::{AccessSize, Action, GuestCpu, GuestRegs, Platform, Reg, StateError, StopReason};
+use crate::guest_paging::{read_linear, PagingRegs};
+use crate::vcpu::VmContext;
 
 /// The architectural limit on an instruction's length (SDM Vol. 2A 2.3.11):
 /// longer ones raise `#GP` and never reach an MMIO exit.
@@ -659,6 +661,135 @@ impl MmioInsn {
             }
         }
     }
+}
+
+/// What an emulated access is to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Device {
+    /// The vCPU's local APIC (xAPIC page).
+    LocalApic,
+    /// The VM's I/O APIC.
+    IoApic,
+}
+
+impl Device {
+    fn what(self) -> &'static str {
+        match self {
+            Device::LocalApic => "an access to the local APIC page",
+            Device::IoApic => "an access to the I/O APIC",
+        }
+    }
+}
+
+/// Emulates the instruction behind a nested-paging exit at `gpa` when an
+/// emulated device's registers live there (the vCPU's xAPIC page, the I/O
+/// APIC window); `None` for any other address (the caller reports the
+/// violation). Reads the instruction at RIP through the guest's page tables,
+/// decodes it ([`decode`]), performs its 32-bit register access and skips
+/// it. Only 64-bit code is emulated (a kernel's, as Linux's is); anything
+/// else, an instruction that cannot be fetched or decoded, or a failed
+/// register access stops the VM with a report. Accesses of other widths
+/// than 32 bits read all ones and are dropped (the registers are 32 bits
+/// wide and must be accessed so, SDM Vol. 3A 11.4.1; 82093AA 3.0).
+pub fn emulate<P: Platform>(
+    vm: &mut VmContext,
+    gpa: u64,
+    regs: &mut GuestRegs,
+    env: &mut P,
+) -> Option<Action> {
+    let device = if vm.ioapic_claims(gpa) {
+        Device::IoApic
+    } else if env.apic_mmio_claims(gpa) {
+        Device::LocalApic
+    } else {
+        return None;
+    };
+    let stop = |why: &'static str, linear: u64, regs: &GuestRegs| {
+        Action::Stop(StopReason::InstructionNotDecoded {
+            instruction: device.what(),
+            why,
+            linear,
+            rip: regs.rip,
+        })
+    };
+    let insn = match fetch(regs, env) {
+        Ok(bytes) => match decode(&bytes.0[..bytes.1], CodeSize::Bits64) {
+            Ok(insn) => insn,
+            Err(MmioDecodeError::Truncated) => {
+                return Some(stop("its bytes could not be read", regs.rip, regs))
+            }
+            Err(_) => return Some(stop("not a MOV/MOVZX/MOVSX/XCHG", regs.rip, regs)),
+        },
+        Err(Fetch::NotLongMode) => {
+            return Some(stop("emulated only in 64-bit mode", regs.rip, regs))
+        }
+        Err(Fetch::State(e)) => return Some(crate::arch::state_failure(e, regs)),
+        Err(Fetch::Unmapped) => return Some(stop("its bytes could not be read", regs.rip, regs)),
+    };
+    let offset = (gpa & 0xFFF) as u32;
+    let wide = insn.size == 4;
+    let written = match insn.write_value(regs, env.guest_cpu()) {
+        Ok(v) => v.filter(|_| wide).map(|v| v as u32),
+        Err(e) => return Some(crate::arch::state_failure(e, regs)),
+    };
+    let read = match device {
+        Device::IoApic => vm.ioapic_mmio(offset, written),
+        Device::LocalApic => {
+            let (value, eoi) = env.apic_mmio(gpa, written);
+            if let Some(vector) = eoi {
+                vm.ioapic_eoi(vector);
+            }
+            value
+        }
+    };
+    if insn.reads_memory() {
+        let value = if wide { u64::from(read) } else { u64::MAX };
+        if let Err(e) = insn.complete_read(value, regs, env.guest_cpu()) {
+            return Some(crate::arch::state_failure(e, regs));
+        }
+    }
+    regs.instruction_len = u64::from(insn.len);
+    Some(Action::AdvanceRip)
+}
+
+/// Why the instruction bytes could not be fetched.
+enum Fetch {
+    NotLongMode,
+    Unmapped,
+    State(StateError),
+}
+
+/// Up to [`MAX_LEN`] bytes at RIP (fewer when the next page is not mapped)
+/// in 64-bit mode, where CS's base is 0.
+fn fetch<P: Platform>(regs: &GuestRegs, env: &mut P) -> Result<([u8; MAX_LEN], usize), Fetch> {
+    let cpu = env.guest_cpu();
+    let read = |cpu: &mut dyn GuestCpu, reg| cpu.read(reg).map_err(Fetch::State);
+    if read(cpu, Reg::Mode64)? != 1 {
+        return Err(Fetch::NotLongMode);
+    }
+    let paging = PagingRegs {
+        cr0: read(cpu, Reg::Cr0)?,
+        cr3: read(cpu, Reg::Cr3)?,
+        cr4: read(cpu, Reg::Cr4)?,
+        efer: read(cpu, Reg::Efer)?,
+    };
+    let mem = env.guest_memory();
+    let mut buf = [0u8; MAX_LEN];
+    let in_page = 4096 - (regs.rip & 0xFFF) as usize;
+    let first = in_page.min(MAX_LEN);
+    read_linear(mem, &paging, regs.rip, &mut buf[..first]).map_err(|_| Fetch::Unmapped)?;
+    if first < MAX_LEN
+        && read_linear(
+            mem,
+            &paging,
+            regs.rip.wrapping_add(first as u64),
+            &mut buf[first..],
+        )
+        .is_ok()
+    {
+        return Ok((buf, MAX_LEN));
+    }
+    Ok((buf, first))
 }
 
 #[cfg(test)]

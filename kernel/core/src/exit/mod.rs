@@ -80,7 +80,7 @@ pub fn handle_exit<P: Platform>(
             Some(action) => action,
             None => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
         },
-        Exit::Wrmsr { msr, value } => match apic_msr_write(msr, value, env) {
+        Exit::Wrmsr { msr, value } => match apic_msr_write(vm, msr, value, env) {
             Some(action) => action,
             None => crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env),
         },
@@ -94,7 +94,10 @@ pub fn handle_exit<P: Platform>(
             gpa,
             access,
             linear,
-        } => fault::memory_violation(gpa, access, linear, regs),
+        } => match mmio::emulate(vm, gpa, regs, env) {
+            Some(action) => action,
+            None => fault::memory_violation(gpa, access, linear, regs),
+        },
         Exit::TripleFault => fault::triple_fault(regs),
         Exit::ExternalInterrupt | Exit::InterruptWindow => Action::Resume,
         Exit::PreemptionTimer => Action::Preempted,
@@ -136,12 +139,22 @@ fn apic_msr_read<P: Platform>(msr: u32, regs: &mut GuestRegs, env: &mut P) -> Op
 
 /// WRMSR of a local APIC MSR in a VM with local APICs; `None` otherwise.
 #[inline(always)]
-fn apic_msr_write<P: Platform>(msr: u32, value: u64, env: &mut P) -> Option<Action> {
+fn apic_msr_write<P: Platform>(
+    vm: &mut VmContext,
+    msr: u32,
+    value: u64,
+    env: &mut P,
+) -> Option<Action> {
     if !crate::devices::lapic::is_apic_msr(msr) {
         return None;
     }
     Some(match env.apic_msr_write(msr, value)? {
-        Ok(()) => Action::AdvanceRip,
+        Ok(eoi) => {
+            if let Some(vector) = eoi {
+                vm.ioapic_eoi(vector);
+            }
+            Action::AdvanceRip
+        }
         Err(_) => Action::Inject(Event::GP0),
     })
 }

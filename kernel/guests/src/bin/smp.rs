@@ -97,8 +97,12 @@ const SELF_IPIS: u32 = 10;
 /// TSC-deadline rounds.
 const DEADLINES: u32 = 20;
 /// Periodic timer: period and how long it runs (ms).
-const PERIOD_MS: u64 = 1;
-const PERIODIC_RUN_MS: u64 = 50;
+const PERIOD_MS: u64 = 5;
+const PERIODIC_RUN_MS: u64 = 100;
+/// A TSC-deadline interrupt later than this after its deadline counts as
+/// late. Under emulation on a loaded host (QEMU's TCG threads on two cores)
+/// a vCPU can be off its host CPU for milliseconds.
+const LATE_LIMIT_MS: u64 = 10;
 /// One-shot timer duration (ms).
 const ONE_SHOT_MS: u64 = 5;
 
@@ -994,7 +998,7 @@ fn deadline_check(me: usize) -> Option<Deadline> {
     // SAFETY: MFENCE orders the LVT write before the first deadline write
     // (SDM Vol. 3A 10.5.4.2).
     unsafe { asm!("mfence", options(nostack, preserves_flags)) };
-    let late_limit = ms_ticks(5);
+    let late_limit = ms_ticks(LATE_LIMIT_MS);
     let mut previous = rdtsc();
     for k in 0..DEADLINES {
         let deadline = previous + ms_ticks(1);

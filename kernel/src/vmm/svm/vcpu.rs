@@ -265,7 +265,7 @@ impl Vcpu {
             }
             {
                 let mut ctx = vm.ctx();
-                self.clock.catch_up(now, &mut ctx, &vm.partition, env);
+                self.clock.catch_up(now, &mut ctx, &vm, env);
                 if self.pending_event.is_some()
                     || self.clock.window_open
                     || ctx.interrupt_possible()
