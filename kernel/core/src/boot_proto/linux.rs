@@ -1121,6 +1121,7 @@ mod tests {
             ioapic: Some(acpi::IoApicEntry::pc(0)),
             oem_id: *b"RUSTHV",
             oem_table_id: *b"HVVM0001",
+            pm_timer_port: None,
         };
         let tables = acpi::build(acpi::DEFAULT_BASE, &cfg).unwrap();
         let region = AcpiRegion::of(&tables);

@@ -20,6 +20,8 @@
 //! - [`interrupt`]: when a pending PIC vector can be injected.
 //! - [`ioapic::IoApic`]: the I/O APIC (82093AA as in ICH/PCH chipsets, 24
 //!   pins, MMIO at 0xFEC00000), sending [`apic_msg`] interrupt messages.
+//! - [`pmtimer::PmTimer`]: the ACPI PM timer (3.579545 MHz, 32-bit, port
+//!   0x608), a reference clock for guests (the FADT points at it).
 //! - [`console::LineBuffer`]: turns output bytes into console lines.
 //!
 //! Time: models that count time ([`pit8254::Pit`], [`cmos::Cmos`],
@@ -50,6 +52,7 @@ pub mod lapic;
 pub mod pc;
 pub mod pic8259;
 pub mod pit8254;
+pub mod pmtimer;
 pub mod serial16550;
 
 use core::any::Any;

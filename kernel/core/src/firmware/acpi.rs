@@ -9,7 +9,7 @@
 //! | RSDP | 5.2.5.3 | revision 2 (36 bytes, both checksums), RSDT and XSDT addresses |
 //! | RSDT | 5.2.7 | FADT and MADT, 32-bit pointers (for parsers that ignore the XSDT; left out, with a zero RSDT address, when the blob is not below 4 GiB) |
 //! | XSDT | 5.2.8 | FADT and MADT, 64-bit pointers |
-//! | FADT | 5.2.9 | revision 6.5, 276 bytes, hardware-reduced ACPI, DSDT and X_DSDT, reset register |
+//! | FADT | 5.2.9 | revision 6.5, 276 bytes, hardware-reduced ACPI, DSDT and X_DSDT, reset register, PM timer (optional) |
 //! | DSDT | 5.2.11.1 | `\_SB.COM1`: the 16550 at 0x3F8-0x3FF on IRQ 4 |
 //! | MADT | 5.2.12 | the vCPUs' local APICs, the I/O APIC, the ISA timer override, LINT1 as NMI |
 //!
@@ -30,10 +30,19 @@
 //!
 //! # Choices
 //!
-//! - Hardware-reduced ACPI (FADT flag bit 20): no PM timer, SCI, PM1 or GPE
-//!   blocks, no FACS; Linux then also skips the 8259 and the PIT as its
-//!   timer (it needs the local APIC timer), so the MADT's PCAT_COMPAT flag
-//!   is 0 too: the guest should not use the 8259.
+//! - Hardware-reduced ACPI (FADT flag bit 20): no SCI, PM1 or GPE blocks,
+//!   no FACS; Linux then also skips the 8259 and the PIT as its timer (it
+//!   needs the local APIC timer), so the MADT's PCAT_COMPAT flag is 0 too:
+//!   the guest should not use the 8259.
+//! - The PM timer ([`AcpiConfig::pm_timer_port`], the model is
+//!   [`crate::devices::pmtimer`]) despite HW_REDUCED_ACPI: Linux reads
+//!   X_PM_TMR_BLK (System I/O) or PM_TMR_BLK from the FADT regardless
+//!   (`acpi_parse_fadt`) and calibrates the TSC against it, which it needs
+//!   where CPUID does not give the TSC frequency (AMD) and the PIT is not
+//!   used; it is also a clocksource. When set: PM_TMR_BLK = the port,
+//!   PM_TMR_LEN = 4, X_PM_TMR_BLK = a System I/O GAS (32 bits wide, dword
+//!   access) at the port, and the TMR_VAL_EXT flag (a 32-bit counter).
+//!   Without it, those fields are zero and the flag clear.
 //! - IAPC_BOOT_ARCH (5.2.9.3): no LEGACY_DEVICES (no ISA devices to
 //!   enumerate beyond those described here), 8042 present (every VM has the
 //!   i8042 model of [`crate::devices::pc`], so Linux probes it directly),
@@ -129,6 +138,8 @@ pub mod fadt_flags {
     pub const PWR_BUTTON: u32 = 1 << 4;
     /// The sleep button, if any, is a control-method device.
     pub const SLP_BUTTON: u32 = 1 << 5;
+    /// The PM timer counter is 32 bits wide (else 24).
+    pub const TMR_VAL_EXT: u32 = 1 << 8;
     /// RESET_REG and RESET_VALUE are valid.
     pub const RESET_REG_SUP: u32 = 1 << 10;
     /// Hardware-reduced ACPI: no fixed hardware (PM timer, SCI, PM1, GPE).
@@ -222,6 +233,11 @@ pub struct AcpiConfig<'a> {
     pub oem_id: [u8; 6],
     /// OEM table ID in every header.
     pub oem_table_id: [u8; 8],
+    /// The first I/O port of the VM's ACPI PM timer, if it has one
+    /// ([`crate::devices::pmtimer::PmTimer`], usually at
+    /// [`crate::devices::pmtimer::PM_TIMER_PORT`]): the FADT then
+    /// describes it (PM_TMR_BLK, PM_TMR_LEN, X_PM_TMR_BLK, TMR_VAL_EXT).
+    pub pm_timer_port: Option<u16>,
 }
 
 /// The tables, ready to copy into the guest.
@@ -475,6 +491,8 @@ mod fadt_off {
     pub const DSDT: usize = 40;
     pub const PREFERRED_PM_PROFILE: usize = 45;
     pub const SCI_INT: usize = 46;
+    pub const PM_TMR_BLK: usize = 76;
+    pub const PM_TMR_LEN: usize = 91;
     pub const IAPC_BOOT_ARCH: usize = 109;
     pub const FLAGS: usize = 112;
     pub const RESET_REG: usize = 116;
@@ -482,6 +500,7 @@ mod fadt_off {
     pub const MINOR_VERSION: usize = 131;
     pub const X_FIRMWARE_CTRL: usize = 132;
     pub const X_DSDT: usize = 140;
+    pub const X_PM_TMR_BLK: usize = 208;
     pub const HYPERVISOR_VENDOR: usize = 268;
 }
 
@@ -489,11 +508,28 @@ mod fadt_off {
 const GAS_SYSTEM_IO: u8 = 1;
 /// Generic Address Structure access size: byte.
 const GAS_ACCESS_BYTE: u8 = 1;
+/// Generic Address Structure access size: dword.
+const GAS_ACCESS_DWORD: u8 = 3;
+
+/// PM_TMR_LEN: the PM timer block's bytes.
+pub const PM_TMR_LEN: u8 = 4;
+
+/// A Generic Address Structure (5.2.3.2) of a System I/O register.
+fn gas_io(port: u16, bit_width: u8, access_size: u8) -> [u8; 12] {
+    let mut gas = [0u8; 12];
+    gas[0] = GAS_SYSTEM_IO;
+    gas[1] = bit_width;
+    gas[2] = 0; // bit offset
+    gas[3] = access_size;
+    gas[4..12].copy_from_slice(&u64::from(port).to_le_bytes());
+    gas
+}
 
 /// The FADT's IAPC_BOOT_ARCH (see the module documentation).
 pub const IAPC_BOOT_ARCH: u16 =
     boot_arch::I8042 | boot_arch::VGA_NOT_PRESENT | boot_arch::MSI_NOT_SUPPORTED;
-/// The FADT's Flags (see the module documentation).
+/// The FADT's Flags (see the module documentation) without a PM timer;
+/// with one, [`fadt_flags::TMR_VAL_EXT`] is set too.
 pub const FADT_FLAGS: u32 = fadt_flags::WBINVD
     | fadt_flags::PROC_C1
     | fadt_flags::PWR_BUTTON
@@ -502,7 +538,8 @@ pub const FADT_FLAGS: u32 = fadt_flags::WBINVD
     | fadt_flags::HW_REDUCED_ACPI;
 
 /// FADT (5.2.9): hardware-reduced, no FACS, so every fixed-hardware block
-/// is zero; DSDT (when below 4 GiB) and X_DSDT point at the DSDT.
+/// but the PM timer (when the VM has one) is zero; DSDT (when below 4 GiB)
+/// and X_DSDT point at the DSDT.
 fn fadt(cfg: &AcpiConfig, dsdt: u64, below_4g: bool) -> Vec<u8> {
     let mut t = header(FADT_SIGNATURE, FADT_REVISION, cfg);
     t.resize(FADT_LEN, 0);
@@ -513,14 +550,18 @@ fn fadt(cfg: &AcpiConfig, dsdt: u64, below_4g: bool) -> Vec<u8> {
     put(fadt_off::PREFERRED_PM_PROFILE, &[0]); // unspecified
     put(fadt_off::SCI_INT, &0u16.to_le_bytes()); // no SCI
     put(fadt_off::IAPC_BOOT_ARCH, &IAPC_BOOT_ARCH.to_le_bytes());
-    put(fadt_off::FLAGS, &FADT_FLAGS.to_le_bytes());
-    let mut gas = [0u8; 12];
-    gas[0] = GAS_SYSTEM_IO;
-    gas[1] = 8; // register bit width
-    gas[2] = 0; // bit offset
-    gas[3] = GAS_ACCESS_BYTE;
-    gas[4..12].copy_from_slice(&u64::from(RESET_PORT).to_le_bytes());
-    put(fadt_off::RESET_REG, &gas);
+    let mut flags = FADT_FLAGS;
+    if let Some(port) = cfg.pm_timer_port {
+        flags |= fadt_flags::TMR_VAL_EXT;
+        put(fadt_off::PM_TMR_BLK, &u32::from(port).to_le_bytes());
+        put(fadt_off::PM_TMR_LEN, &[PM_TMR_LEN]);
+        put(
+            fadt_off::X_PM_TMR_BLK,
+            &gas_io(port, 8 * PM_TMR_LEN, GAS_ACCESS_DWORD),
+        );
+    }
+    put(fadt_off::FLAGS, &flags.to_le_bytes());
+    put(fadt_off::RESET_REG, &gas_io(RESET_PORT, 8, GAS_ACCESS_BYTE));
     put(fadt_off::RESET_VALUE, &[RESET_VALUE]);
     put(fadt_off::MINOR_VERSION, &[FADT_MINOR_VERSION]);
     put(fadt_off::X_FIRMWARE_CTRL, &0u64.to_le_bytes());
@@ -725,6 +766,7 @@ pub fn dsdt_aml() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::pmtimer::PM_TIMER_PORT;
     use alloc::string::ToString;
 
     const OEM: [u8; 6] = *b"RUSTHV";
@@ -736,6 +778,15 @@ mod tests {
             ioapic: ioapic.then(|| IoApicEntry::pc(0)),
             oem_id: OEM,
             oem_table_id: TABLE,
+            pm_timer_port: None,
+        }
+    }
+
+    /// [`cfg`] with the PM timer at its default port.
+    fn cfg_pm(ids: &[u32]) -> AcpiConfig<'_> {
+        AcpiConfig {
+            pm_timer_port: Some(PM_TIMER_PORT),
+            ..cfg(ids, true)
         }
     }
 
@@ -895,6 +946,55 @@ mod tests {
         assert_eq!(u64_at(f, 120), 0xCF9);
         assert_eq!(f[128], 6);
         assert_eq!(&f[268..276], b"RustBrHv");
+        assert_eq!(flags & (1 << 8), 0, "no TMR_VAL_EXT without a PM timer");
+        assert_eq!(u32_at(f, 76), 0, "no PM_TMR_BLK");
+        assert_eq!(f[91], 0, "no PM_TMR_LEN");
+        assert!(f[208..220].iter().all(|&b| b == 0), "no X_PM_TMR_BLK");
+    }
+
+    #[test]
+    fn fadt_pm_timer() {
+        let ids = [0, 1];
+        let without = build(DEFAULT_BASE, &cfg(&ids, true)).unwrap();
+        let t = build(DEFAULT_BASE, &cfg_pm(&ids)).unwrap();
+        assert_eq!(t.bytes.len(), without.bytes.len());
+        let f = parse(&t).fadt; // checksum 0 checked there
+        assert_eq!(sum(f), 0);
+        assert_eq!(f.len(), 276);
+        let flags = u32_at(f, 112);
+        assert_eq!(flags, FADT_FLAGS | fadt_flags::TMR_VAL_EXT);
+        assert_eq!(flags, 0x0010_0535);
+        assert_ne!(flags & (1 << 20), 0, "still HW_REDUCED_ACPI");
+        assert_eq!(u32_at(f, 76), 0x608, "PM_TMR_BLK");
+        assert_eq!(f[91], 4, "PM_TMR_LEN");
+        // X_PM_TMR_BLK: System I/O, 32 bits at offset 0, dword access.
+        assert_eq!(&f[208..212], &[1, 32, 0, 3]);
+        assert_eq!(u64_at(f, 212), 0x608);
+        // Nothing else of the fixed hardware appears.
+        let mut fixed = f[48..109].to_vec();
+        fixed[76 - 48..80 - 48].fill(0);
+        fixed[91 - 48] = 0;
+        assert!(fixed.iter().all(|&b| b == 0));
+        let mut x = f[148..268].to_vec();
+        x[208 - 148..220 - 148].fill(0);
+        assert!(x.iter().all(|&b| b == 0));
+        // The rest of the blob is the same as without the timer.
+        let (a, b) = (parse(&without), parse(&t));
+        assert_eq!((a.dsdt, a.madt), (b.dsdt, b.madt));
+        for (i, (x, y)) in a.fadt.iter().zip(b.fadt).enumerate() {
+            if ![9, 76, 77, 91, 113, 208, 209, 211, 212, 213].contains(&i) {
+                assert_eq!(x, y, "FADT byte {i}");
+            }
+        }
+        // Another port, up to the last one.
+        let c = AcpiConfig {
+            pm_timer_port: Some(0xFFFC),
+            ..cfg(&ids, false)
+        };
+        let t = build(DEFAULT_BASE, &c).unwrap();
+        let f = parse(&t).fadt;
+        assert_eq!(u32_at(f, 76), 0xFFFC);
+        assert_eq!(u64_at(f, 212), 0xFFFC);
     }
 
     #[test]
@@ -1106,7 +1206,7 @@ mod tests {
         }
     }
 
-    /// Writes the tables of a 2-vCPU VM to files in `HV_ACPI_DUMP` (a
+    /// Writes the tables of a 2-vCPU VM with a PM timer to files in `HV_ACPI_DUMP` (a
     /// directory) for `iasl -d`; does nothing otherwise.
     #[test]
     fn dump_for_iasl_from_env() {
@@ -1114,7 +1214,7 @@ mod tests {
             return;
         };
         let ids = [0, 1];
-        let t = build(DEFAULT_BASE, &cfg(&ids, true)).unwrap();
+        let t = build(DEFAULT_BASE, &cfg_pm(&ids)).unwrap();
         let p = parse(&t);
         let dir = std::path::PathBuf::from(dir);
         std::fs::write(dir.join("rsdp.dat"), &t.bytes[..RSDP_LEN]).unwrap();
