@@ -664,7 +664,7 @@ fn build_vms(package: &Package<'_>, cpus: u32, backend: &Backend) -> Vec<(Vcpu, 
     }
     log::info!(
         "started {} of {} VM(s): {}",
-        started.len(),
+        names.len(),
         package.vms.len(),
         names.join(", ")
     );
@@ -784,6 +784,7 @@ fn acpi_tables(spec: &config::VmSpec) -> Result<hvcore::firmware::acpi::AcpiTabl
         ioapic: Some(acpi::IoApicEntry::pc(spec.cpus.len() as u8)),
         oem_id: *b"RUSTHV",
         oem_table_id: *b"RUSTHVVM",
+        pm_timer_port: Some(hvcore::devices::pmtimer::PM_TIMER_PORT),
     };
     acpi::build(acpi::DEFAULT_BASE, &cfg).map_err(|e| alloc::format!("{e}"))
 }
@@ -824,8 +825,16 @@ fn build_one(
         now_ns: ns_from_tsc(crate::arch::rdtsc()),
         memory_bytes: spec.memory_bytes,
     };
-    let ctx = VmContext::with_pc_devices(id, &spec.name, &pc);
+    let mut ctx = VmContext::with_pc_devices(id, &spec.name, &pc);
     let cpus: Vec<usize> = spec.cpus.iter().map(|&c| c as usize).collect();
+    if cpus.len() > 1 {
+        // The ACPI PM timer the FADT names: a hardware-reduced VM's
+        // reference clock (Linux calibrates the TSC against it).
+        let timer = hvcore::devices::pmtimer::PmTimer::new(pc.now_ns);
+        if let Err(e) = ctx.bus_mut().register(alloc::boxed::Box::new(timer)) {
+            panic!("the PM timer's ports clash with the PC devices': {e:?}");
+        }
+    }
     let vm = Arc::new(vm::Vm::new(ctx, part, &cpus));
     let mut built: Vec<(Vcpu, usize)> = Vec::with_capacity(cpus.len());
     for (index, &cpu) in cpus.iter().enumerate() {
@@ -1175,6 +1184,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             }
             // Idle: every vCPU halted. Sleep until the earliest wake-up on the
             // LAPIC timer (a wake IPI or a stop request end the sleep too).
+            // Sleeping is not switching: the next slice gives no sample.
+            last_slice_end = None;
             let mut wake = sched.next_wake(0).unwrap_or(now + default_slice);
             if cpu == 0 && control::enabled() {
                 // CPU 0 looks at COM2 at least every millisecond.

