@@ -124,11 +124,19 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=vt100
 echo HVLINUX-INIT-OK
 # Test actions chosen on the kernel command line (tests/tests/linux.rs):
 # hvtest=reboot reboots at once (reboot=t makes that a triple fault),
-# hvtest=crash crashes the kernel through sysrq (panic=N reboots after N s).
+# hvtest=crash crashes the kernel through sysrq (panic=N reboots after N s),
+# hvtest=smp counts the processors and runs a command pinned to each, which
+# prints the CPU it ran on (field 39 of /proc/self/stat).
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         hvtest=reboot) echo HVLINUX-REBOOTING; reboot -f ;;
         hvtest=crash) echo HVLINUX-CRASHING; echo c >/proc/sysrq-trigger ;;
+        hvtest=smp)
+            n=$(grep -c ^processor /proc/cpuinfo)
+            echo "HVLINUX-CPUS $n"
+            for c in $(seq 0 $((n - 1))); do
+                taskset -c "$c" awk '{print "HVLINUX-RAN-ON-CPU " $39}' /proc/self/stat
+            done ;;
     esac
 done
 while true; do

@@ -164,3 +164,85 @@ on_reboot = "restart"
     assert_kernel_line(&o, "vm rebooter (id 0) restarting: triple fault");
     assert_success(&o);
 }
+
+/// An SMP Linux VM: Debian's kernel with two vCPUs, booted with the VM's
+/// generated ACPI tables (no `acpi=off`): it brings up the second vCPU,
+/// counts two processors and runs a command pinned to each, while a counter
+/// VM on another CPU keeps running throughout.
+fn smp_linux(machine: Machine, tag: &str, run_ms: u32) {
+    let (kernel, initrd) = assets();
+    let name = format!("linux_smp_{tag}");
+    let text = format!(
+        r#"
+[[vm]]
+name = "linux"
+memory = "256M"
+cpus = [0, 1]
+kernel = "file:{}"
+initrd = "file:{}"
+cmdline = "console=ttyS0 pci=off reboot=t panic=-1 hvtest=smp"
+
+[[vm]]
+name = "counter"
+memory = "2M"
+cpus = [2]
+image = "counter"
+"#,
+        kernel.display(),
+        initrd.display()
+    );
+    let mut scenario = vms_scenario(&config_file(&name, &text));
+    scenario.options.stop_after_ms = Some(run_ms);
+    let o = boot_on(&name, &scenario, &machine);
+    assert_kernel_line(&o, "vm linux: 256 MiB at host");
+    assert_kernel_line(&o, "2 vCPU(s) on CPU(s) [0, 1]");
+    assert_guest_line(&o, "linux", "Linux version 6.1");
+    // The generated tables: RSDP found through boot_params, the MADT's two
+    // local APICs and I/O APIC, the hardware-reduced FADT's PM timer.
+    assert_guest_line(&o, "linux", "ACPI: RSDP 0x00000000000E0000");
+    assert_guest_line(
+        &o,
+        "linux",
+        "IOAPIC[0]: apic_id 2, version 32, address 0xfec00000, GSI 0-23",
+    );
+    assert_guest_line(
+        &o,
+        "linux",
+        "ACPI: Using ACPI (MADT) for SMP configuration information",
+    );
+    assert_guest_line(&o, "linux", "smpboot: Allowing 2 CPUs, 0 hotplug CPUs");
+    // INIT-SIPI-SIPI through the virtual local APIC.
+    assert_guest_line(&o, "linux", "smp: Brought up 1 node, 2 CPUs");
+    assert_guest_line(&o, "linux", "HVLINUX-INIT-OK");
+    assert_guest_line(&o, "linux", "HVLINUX-CPUS 2");
+    assert_guest_line(&o, "linux", "HVLINUX-RAN-ON-CPU 0");
+    assert_guest_line(&o, "linux", "HVLINUX-RAN-ON-CPU 1");
+    assert_kernel_line(&o, "vm linux (id 0) stopped: stopped by the hypervisor");
+    assert_kernel_line(&o, "vm counter (id 1) stopped: stopped by the hypervisor");
+    if guest_lines(&o, "counter")
+        .filter(|l| l.contains("report 1="))
+        .count()
+        < 3
+    {
+        fail(&o, "the counter beside the SMP Linux VM made no progress");
+    }
+    assert_success(&o);
+}
+
+#[test]
+fn linux_smp_svm_qemu() {
+    let machine = Machine {
+        timeout: Duration::from_secs(180),
+        ..Machine::qemu_bios(3).with_cpu(CpuModel::Amd)
+    };
+    smp_linux(machine, "svm", 30_000);
+}
+
+#[test]
+fn linux_smp_vtx_bochs() {
+    let machine = Machine {
+        timeout: Duration::from_secs(1200),
+        ..Machine::bochs(4)
+    };
+    smp_linux(machine, "vtx", 15_000);
+}
