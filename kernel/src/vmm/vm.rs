@@ -33,10 +33,12 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use hvcore::devices::apic_msg::{DeliveryMode, InterruptMessage};
 use hvcore::devices::lapic::{self, ApicFault, ApicOutput, LocalApic};
-use hvcore::vcpu::VmContext;
+use hvcore::exit::Event;
+use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use spin::{Mutex, MutexGuard};
 
 use super::partition::Partition;
+use super::SliceEnd;
 
 /// Mailbox bits (see [`VcpuLink::mail`]).
 pub mod mail {
@@ -50,6 +52,64 @@ pub mod mail {
     pub const SIPI: u32 = 1 << 3;
     /// A non-maskable interrupt.
     pub const NMI: u32 = 1 << 4;
+}
+
+/// What a vCPU's mailbox asks of it before an entry ([`Vm::take_mail`]).
+pub enum Mail {
+    /// Nothing that changes its run (an interrupt is seen in its APIC).
+    Nothing,
+    /// Its VM stopped.
+    Stop(StopReason),
+    /// INIT: its APIC was reset; it waits for a start-up IPI again (SDM
+    /// Vol. 3A 9.4.2).
+    Init,
+    /// A non-maskable interrupt to inject.
+    Nmi,
+}
+
+/// Applies vCPU `index`'s mailbox to its run state and the event it will
+/// inject, before an entry (either backend); `Some` ends its slice.
+pub fn take_mail(
+    vm: &Vm,
+    index: usize,
+    state: &mut VcpuState,
+    pending_event: &mut Option<Event>,
+) -> Option<SliceEnd> {
+    match vm.take_mail(index) {
+        Mail::Nothing => None,
+        Mail::Stop(reason) => {
+            let _ = state.run_state_mut().stop(reason);
+            Some(SliceEnd::Stopped)
+        }
+        Mail::Nmi => {
+            if pending_event.is_none() {
+                *pending_event = Some(Event::NMI);
+            }
+            None
+        }
+        Mail::Init => {
+            *pending_event = None;
+            if let Err(e) = state.run_state_mut().wait_for_sipi() {
+                panic!(
+                    "vm {}: INIT in state {:?} ({})",
+                    vm.name(),
+                    e.from,
+                    e.attempted
+                );
+            }
+            Some(SliceEnd::WaitForSipi)
+        }
+    }
+}
+
+/// What a vCPU in wait-for-SIPI finds in its mailbox ([`Vm::take_startup`]).
+pub enum Startup {
+    /// Nothing: it sleeps on.
+    Wait,
+    /// Its VM stopped.
+    Stop(StopReason),
+    /// A start-up IPI with this vector: start in real mode at its page.
+    Sipi(u8),
 }
 
 /// How the other vCPUs and the host reach one vCPU.
@@ -149,6 +209,47 @@ impl Vm {
             link.mail.fetch_or(bits, Ordering::AcqRel);
             crate::smp::wake_cpu(link.cpu);
         }
+    }
+
+    /// Takes vCPU `index`'s mailbox before an entry. A start-up IPI outside
+    /// wait-for-SIPI is dropped, as on hardware; one that came with an INIT
+    /// is kept for the wait that follows.
+    pub fn take_mail(&self, index: usize) -> Mail {
+        let Some(link) = self.links.get(index) else {
+            return Mail::Nothing;
+        };
+        let bits = link.mail.swap(0, Ordering::AcqRel);
+        if bits & mail::STOP != 0 {
+            if let Some(reason) = self.ctx().stop_reason().copied() {
+                return Mail::Stop(reason);
+            }
+        }
+        if bits & mail::INIT != 0 {
+            link.mail.fetch_or(bits & mail::SIPI, Ordering::AcqRel);
+            if let Some(apic) = self.apics.get(index) {
+                apic.lock().init();
+            }
+            return Mail::Init;
+        }
+        if bits & mail::NMI != 0 {
+            return Mail::Nmi;
+        }
+        Mail::Nothing
+    }
+
+    /// Takes the mailbox of vCPU `index`, which waits for a start-up IPI.
+    pub fn take_startup(&self, index: usize) -> Startup {
+        let Some(link) = self.links.get(index) else {
+            return Startup::Wait;
+        };
+        let bits = link.mail.swap(0, Ordering::AcqRel);
+        if let Some(reason) = self.ctx().stop_reason().copied() {
+            return Startup::Stop(reason);
+        }
+        if bits & mail::SIPI == 0 {
+            return Startup::Wait;
+        }
+        Startup::Sipi(link.sipi_vector.load(Ordering::Acquire) as u8)
     }
 
     /// Posts [`mail::STOP`] to every vCPU but `except`.

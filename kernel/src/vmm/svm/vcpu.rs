@@ -27,7 +27,7 @@ use super::entry as switch;
 use crate::vmm::irq::{self, DeviceClock};
 use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
 use crate::vmm::platform::{self, KernelPlatform};
-use crate::vmm::vm::{mail, Vm};
+use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
 
 /// Whether a guest's XSETBV was seen to run without an exit (logged once).
@@ -489,16 +489,11 @@ impl Vcpu {
     #[cold]
     #[inline(never)]
     fn wait_for_sipi(&mut self, setup: &SvmSetup) -> Option<SliceEnd> {
-        let link = self.vm.link(self.index)?;
-        let bits = link.mail.swap(0, Ordering::AcqRel);
-        let vector = link.sipi_vector.load(Ordering::Acquire) as u8;
-        let stopped = self.vm.ctx().stop_reason().copied();
-        if let Some(reason) = stopped {
-            return Some(self.stop_with_vm(reason));
-        }
-        if bits & mail::SIPI == 0 {
-            return Some(SliceEnd::WaitForSipi);
-        }
+        let vector = match self.vm.take_startup(self.index) {
+            Startup::Wait => return Some(SliceEnd::WaitForSipi),
+            Startup::Stop(reason) => return Some(self.stop_with_vm(reason)),
+            Startup::Sipi(vector) => vector,
+        };
         self.start.mode = GuestMode::Real16;
         self.start.entry = u64::from(vector) << 12;
         self.entry = self.start.entry;
@@ -526,43 +521,12 @@ impl Vcpu {
     #[cold]
     #[inline(never)]
     fn take_mail(&mut self) -> Option<SliceEnd> {
-        let link = self.vm.link(self.index)?;
-        let bits = link.mail.swap(0, Ordering::AcqRel);
-        if bits & mail::STOP != 0 {
-            let reason = self.vm.ctx().stop_reason().copied();
-            if let Some(reason) = reason {
-                return Some(self.stop_with_vm(reason));
-            }
-        }
-        if bits & mail::INIT != 0 {
-            // INIT: the vCPU waits for a start-up IPI again (SDM 9.4.2);
-            // one that came with it is kept for that wait.
-            link.mail.fetch_or(bits & mail::SIPI, Ordering::AcqRel);
-            return Some(self.take_init());
-        }
-        if bits & mail::NMI != 0 && self.pending_event.is_none() {
-            self.pending_event = Some(Event::NMI);
-        }
-        // INTERRUPT: the APIC's IRR is looked at before the entry; a SIPI
-        // outside wait-for-SIPI is ignored, as on hardware.
-        None
-    }
-
-    /// INIT: reset the local APIC (ID and base kept) and wait for SIPI.
-    fn take_init(&mut self) -> SliceEnd {
-        if let Some(apic) = self.vm.apic(self.index) {
-            apic.lock().init();
-        }
-        self.pending_event = None;
-        if let Err(e) = self.state.run_state_mut().wait_for_sipi() {
-            panic!(
-                "vm {}: INIT in state {:?} ({})",
-                self.vm.name(),
-                e.from,
-                e.attempted
-            );
-        }
-        SliceEnd::WaitForSipi
+        crate::vmm::vm::take_mail(
+            &self.vm,
+            self.index,
+            &mut self.state,
+            &mut self.pending_event,
+        )
     }
 
     /// Frees the VMCB; gives back the VM (whose memory goes when its last
