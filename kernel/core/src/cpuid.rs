@@ -813,6 +813,245 @@ mod tests {
         assert_eq!(filtered_15, [1, 100, 24_000_000, 0]);
     }
 
+    /// vCPU counts with the power of two leaf 1 reports and the APIC ID
+    /// bits that number the vCPUs (the core level's shift).
+    const COUNTS: [(u32, u32, u32); 5] = [(1, 1, 0), (2, 2, 1), (3, 4, 2), (4, 4, 2), (8, 8, 3)];
+
+    fn applied(t: Topology, leaf: u32, subleaf: u32, r: [u32; 4]) -> [u32; 4] {
+        let mut r = r;
+        t.apply(leaf, subleaf, &mut r);
+        r
+    }
+
+    #[test]
+    fn topology_apply_leaf1_and_leaf6() {
+        for (vcpus, pow2, _) in COUNTS {
+            for apic_id in 0..vcpus {
+                let t = Topology { apic_id, vcpus };
+                // From a filtered leaf 1: APIC, x2APIC, TSC deadline hidden.
+                let [eax, ebx, ecx, edx] =
+                    applied(t, 1, 0, [0x0005_0654, 0x7708_0800, 0x8000_0001, 0x1]);
+                assert_eq!(eax, 0x0005_0654, "signature kept");
+                assert_eq!(ebx >> 24, apic_id, "initial APIC ID");
+                assert_eq!((ebx >> 16) & 0xFF, pow2, "{vcpus} vCPUs");
+                assert_eq!(ebx & 0xFFFF, 0x0800, "brand index, CLFLUSH size kept");
+                assert_eq!(
+                    ecx,
+                    0x8000_0001 | (1 << 21) | (1 << 24),
+                    "x2APIC, TSC deadline"
+                );
+                assert_eq!(edx, 0x1 | (1 << 9) | (1 << 28), "APIC, HTT");
+                // Leaf 6: ARAT added to what was there.
+                assert_eq!(applied(t, 6, 0, [0; 4]), [1 << 2, 0, 0, 0]);
+                assert_eq!(applied(t, 6, 0, [1, 2, 3, 4]), [1 | (1 << 2), 2, 3, 4]);
+            }
+        }
+        // Leaf 1's count is 8 bits: never spills into the APIC ID.
+        let t = Topology {
+            apic_id: 0x12,
+            vcpus: 200,
+        };
+        let ebx = applied(t, 1, 0, [0; 4])[1];
+        assert_eq!((ebx >> 24, (ebx >> 16) & 0xFF), (0x12, 0x80));
+        // A count of 0 is taken as 1.
+        let t = Topology {
+            apic_id: 0,
+            vcpus: 0,
+        };
+        assert_eq!((applied(t, 1, 0, [0; 4])[1] >> 16) & 0xFF, 1);
+    }
+
+    #[test]
+    fn topology_apply_extended_topology_leaves() {
+        for leaf in [0xB, 0x1F] {
+            for (vcpus, _, shift) in COUNTS {
+                for apic_id in 0..vcpus {
+                    let t = Topology { apic_id, vcpus };
+                    let host = [0xEE, 0xEE, 0xEE, 0xEE];
+                    // SMT level: one thread per core, no APIC ID bits.
+                    assert_eq!(
+                        applied(t, leaf, 0, host),
+                        [0, 1, 1 << 8, apic_id],
+                        "leaf {leaf:#x}.0, {vcpus} vCPUs"
+                    );
+                    // Core level: the shift to the package ID covers every vCPU.
+                    assert_eq!(
+                        applied(t, leaf, 1, host),
+                        [shift, vcpus, (2 << 8) | 1, apic_id],
+                        "leaf {leaf:#x}.1, {vcpus} vCPUs"
+                    );
+                    assert!(1 << shift >= vcpus && (shift == 0 || 1 << (shift - 1) < vcpus));
+                    assert_eq!(t.core_bits(), shift);
+                    // Every higher level is invalid: level number echoed,
+                    // type 0, EDX still the x2APIC ID.
+                    for subleaf in [2, 3, 0xFF, 0x1_02, 0xFFFF_FFFF] {
+                        assert_eq!(
+                            applied(t, leaf, subleaf, host),
+                            [0, 0, subleaf & 0xFF, apic_id],
+                            "leaf {leaf:#x}.{subleaf:#x}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn topology_apply_leaf0_amd_core_count_and_other_leaves() {
+        for (vcpus, _, shift) in COUNTS {
+            let t = Topology { apic_id: 0, vcpus };
+            // Leaf 0 reaches at least 0xB; a higher maximum stays.
+            assert_eq!(applied(t, 0, 0, [7, 1, 2, 3]), [0xB, 1, 2, 3]);
+            assert_eq!(applied(t, 0, 0, [0x1F, 1, 2, 3]), [0x1F, 1, 2, 3]);
+            // 0x8000_0008 ECX: NC (7:0) = count - 1, ApicIdSize (15:12);
+            // the other bits kept.
+            let r = applied(t, 0x8000_0008, 0, [0x3030, 0, 0xFFFF_FFFF, 0]);
+            assert_eq!(r[2] & 0xFF, vcpus - 1, "{vcpus} vCPUs");
+            assert_eq!((r[2] >> 12) & 0xF, shift);
+            assert_eq!(r[2] | 0xF0FF, 0xFFFF_FFFF);
+            assert_eq!([r[0], r[1], r[3]], [0x3030, 0, 0]);
+            let r = applied(t, 0x8000_0008, 0, [0; 4]);
+            assert_eq!(r, [0, 0, (shift << 12) | (vcpus - 1), 0]);
+            // Leaves without topology are left alone.
+            for leaf in [2, 4, 7, 0xA, 0x4000_0000, 0x8000_0001] {
+                assert_eq!(applied(t, leaf, 0, [1, 2, 3, 4]), [1, 2, 3, 4]);
+            }
+        }
+    }
+
+    #[test]
+    fn table_topology_is_set_once_filled() {
+        let host = |l, s| FakePlatform::new().host_cpuid(l, s);
+        let t = Topology {
+            apic_id: 2,
+            vcpus: 3,
+        };
+        let mut empty = CpuidTable::default();
+        empty.set_topology(t);
+        assert_eq!(empty.topology(), None, "an empty table keeps nothing");
+        let mut table = CpuidTable::new(&host, 2, 0);
+        assert_eq!(table.topology(), None);
+        let before = table.lookup(1);
+        table.set_topology(t);
+        assert_eq!(table.topology(), Some(t));
+        // The held answers are not changed: the topology goes over them at
+        // each exit.
+        assert_eq!(table.lookup(1), before);
+        let t2 = Topology {
+            apic_id: 0,
+            vcpus: 8,
+        };
+        table.set_topology(t2);
+        assert_eq!(table.topology(), Some(t2), "the last one counts");
+    }
+
+    /// CPUID exits of a vCPU with a topology, through the table and the
+    /// per-exit computation alike.
+    #[test]
+    fn exits_apply_the_topology() {
+        let host = |l, s| FakePlatform::new().host_cpuid(l, s);
+        for (vcpus, pow2, shift) in COUNTS {
+            for apic_id in 0..vcpus {
+                let mut env = FakePlatform::new();
+                // The physical CPU's APIC ID is not the vCPU's.
+                env.apic_id = 0x77;
+                let mut table = CpuidTable::new(&host, apic_id, 0);
+                table.set_topology(Topology { apic_id, vcpus });
+                let mut exit = |leaf: u32, subleaf: u32| {
+                    let mut regs = GuestRegs {
+                        rax: 0xFFFF_FFFF_0000_0000 | u64::from(leaf),
+                        rcx: 0xFFFF_FFFF_0000_0000 | u64::from(subleaf),
+                        ..Default::default()
+                    };
+                    assert_eq!(handle(&table, &mut regs, &mut env), Action::AdvanceRip);
+                    [regs.rax, regs.rbx, regs.rcx, regs.rdx].map(|v| {
+                        assert_eq!(v >> 32, 0, "upper halves cleared");
+                        v as u32
+                    })
+                };
+                let what = alloc::format!("vCPU {apic_id} of {vcpus}");
+                assert!(exit(0, 0)[0] >= 0xB, "{what}");
+                let [_, ebx, ecx, edx] = exit(1, 0);
+                assert_eq!(ebx >> 24, apic_id, "{what}");
+                assert_eq!((ebx >> 16) & 0xFF, pow2, "{what}");
+                assert_ne!(ecx & (1 << 21), 0, "x2APIC {what}");
+                assert_ne!(ecx & (1 << 24), 0, "TSC deadline {what}");
+                assert_ne!(ecx & (1 << 31), 0, "hypervisor {what}");
+                assert_eq!(ecx & (1 << 5), 0, "VMX still hidden {what}");
+                assert_ne!(edx & (1 << 9), 0, "APIC {what}");
+                assert_ne!(edx & (1 << 28), 0, "HTT {what}");
+                assert_eq!(edx & (1 << 14), 0, "MCA still hidden {what}");
+                assert_ne!(exit(6, 0)[0] & (1 << 2), 0, "ARAT {what}");
+                // 0xB is below the host's maximum (0x16), 0x1F above it:
+                // both answer the topology.
+                for leaf in [0xB, 0x1F] {
+                    assert_eq!(exit(leaf, 0), [0, 1, 1 << 8, apic_id], "{what}");
+                    assert_eq!(
+                        exit(leaf, 1),
+                        [shift, vcpus, (2 << 8) | 1, apic_id],
+                        "{what}"
+                    );
+                    assert_eq!(exit(leaf, 2), [0, 0, 2, apic_id], "{what}");
+                }
+                assert_eq!(exit(0x8000_0008, 0)[2] & 0xFF, vcpus - 1, "{what}");
+                // Untouched leaves answer as without a topology.
+                let hv = exit(0x4000_0000, 0);
+                assert_eq!(hv[0], HV_MAX_LEAF);
+            }
+        }
+        // Without a topology: the physical CPU's APIC ID and the host's
+        // topology, APIC and x2APIC hidden.
+        let mut env = FakePlatform::new();
+        env.apic_id = 0x77;
+        let table = CpuidTable::new(&host, 0x77, 0);
+        let mut regs = GuestRegs {
+            rax: 1,
+            ..Default::default()
+        };
+        handle(&table, &mut regs, &mut env);
+        assert_eq!(regs.rbx >> 24, 0x77);
+        assert_eq!(regs.rcx & (1 << 21), 0);
+        assert_eq!(regs.rdx & (1 << 9), 0);
+        let mut regs = GuestRegs {
+            rax: 0xB,
+            ..Default::default()
+        };
+        handle(&table, &mut regs, &mut env);
+        assert_eq!(
+            [regs.rax, regs.rbx, regs.rcx, regs.rdx],
+            [0xB, 0, 0x1234, 0x77]
+        );
+    }
+
+    /// A host whose highest basic leaf is below 0xB: a vCPU with a topology
+    /// still finds the topology leaf.
+    #[test]
+    fn topology_leaf_reachable_on_a_host_with_few_leaves() {
+        let host = |leaf: u32, subleaf: u32| match leaf {
+            0 => [0x7, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            _ => FakePlatform::new().host_cpuid(leaf, subleaf),
+        };
+        let t = Topology {
+            apic_id: 1,
+            vcpus: 2,
+        };
+        let mut table = CpuidTable::new(&host, 1, 0);
+        table.set_topology(t);
+        let mut env = FakePlatform::new();
+        let mut exit = |leaf: u32, subleaf: u32| {
+            let mut regs = GuestRegs {
+                rax: u64::from(leaf),
+                rcx: u64::from(subleaf),
+                ..Default::default()
+            };
+            handle(&table, &mut regs, &mut env);
+            [regs.rax, regs.rbx, regs.rcx, regs.rdx]
+        };
+        assert_eq!(exit(0, 0)[0], 0xB);
+        assert_eq!(exit(0xB, 1), [1, 2, 0x201, 1]);
+        assert_eq!(exit(0xA, 0), [0; 4], "leaves in between are zeros");
+    }
+
     #[test]
     fn leaf0_kept_and_feature_leaves_filtered() {
         let env = FakePlatform::new();

@@ -578,6 +578,261 @@ mod tests {
         assert_eq!(s, VcpuRunState::Stopped(StopReason::Shutdown { code: 0 }));
     }
 
+    /// One of each state.
+    fn every_state() -> [VcpuRunState; 6] {
+        [
+            VcpuRunState::Created,
+            VcpuRunState::Runnable,
+            VcpuRunState::Running,
+            VcpuRunState::Halted,
+            VcpuRunState::WaitForSipi,
+            VcpuRunState::Stopped(StopReason::HostStop),
+        ]
+    }
+
+    #[test]
+    fn wait_for_sipi_from_any_state_but_stopped() {
+        for from in every_state() {
+            let mut s = from;
+            let r = s.wait_for_sipi();
+            if from.is_stopped() {
+                assert_eq!(
+                    r,
+                    Err(InvalidTransition {
+                        from,
+                        attempted: "wait_for_sipi"
+                    })
+                );
+                assert_eq!(s, from, "a refused transition changes nothing");
+            } else {
+                assert_eq!(r, Ok(()), "{from:?}");
+                assert_eq!(s, VcpuRunState::WaitForSipi, "{from:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn start_up_only_from_wait_for_sipi() {
+        for from in every_state() {
+            let mut s = from;
+            let r = s.start_up();
+            if from == VcpuRunState::WaitForSipi {
+                assert_eq!(r, Ok(()));
+                assert_eq!(s, VcpuRunState::Runnable);
+            } else {
+                assert_eq!(
+                    r,
+                    Err(InvalidTransition {
+                        from,
+                        attempted: "start_up"
+                    }),
+                    "{from:?}"
+                );
+                assert_eq!(s, from, "{from:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn application_processor_life_cycle() {
+        // Created, parked until its SIPI, then run like any vCPU; an INIT
+        // while running parks it again; a second SIPI is ignored.
+        let mut s = VcpuRunState::Created;
+        s.wait_for_sipi().unwrap();
+        for refused in [
+            VcpuRunState::make_runnable,
+            VcpuRunState::enter,
+            VcpuRunState::preempt,
+            VcpuRunState::halt,
+            VcpuRunState::wake,
+        ] {
+            assert_eq!(refused(&mut s).unwrap_err().from, VcpuRunState::WaitForSipi);
+            assert_eq!(s, VcpuRunState::WaitForSipi);
+        }
+        s.start_up().unwrap();
+        assert!(s.start_up().is_err(), "a second SIPI");
+        s.enter().unwrap();
+        s.halt().unwrap();
+        s.wait_for_sipi().unwrap();
+        s.start_up().unwrap();
+        s.enter().unwrap();
+        s.wait_for_sipi().unwrap();
+        // A parked vCPU may still be stopped, and stays so.
+        s.stop(StopReason::HostStop).unwrap();
+        assert!(s.wait_for_sipi().is_err());
+        assert!(s.start_up().is_err());
+        assert_eq!(s, VcpuRunState::Stopped(StopReason::HostStop));
+    }
+
+    /// Programs I/O APIC redirection entry `pin` through the guest's MMIO
+    /// window (high dword first, as Linux does).
+    fn program(vm: &mut VmContext, pin: u8, entry: u64) {
+        use crate::devices::ioapic::{IOREDTBL, IOREGSEL, IOWIN};
+        let index = u32::from(IOREDTBL) + 2 * u32::from(pin);
+        assert_eq!(vm.ioapic_mmio(IOREGSEL, Some(index + 1)), 0);
+        assert_eq!(vm.ioapic_mmio(IOWIN, Some((entry >> 32) as u32)), 0);
+        assert_eq!(vm.ioapic_mmio(IOREGSEL, Some(index)), 0);
+        vm.ioapic_mmio(IOWIN, Some(entry as u32));
+        // Read back as written (Remote IRR aside: set if it sent).
+        let remote_irr = crate::devices::ioapic::RTE_REMOTE_IRR as u32;
+        assert_eq!(vm.ioapic_mmio(IOWIN, None) & !remote_irr, entry as u32);
+    }
+
+    fn msg(vector: u8, dest: u32, level_triggered: bool) -> InterruptMessage {
+        use crate::devices::apic_msg::{DeliveryMode, Destination};
+        InterruptMessage {
+            vector,
+            mode: DeliveryMode::Fixed,
+            dest: Destination::Physical(dest),
+            level_triggered,
+            assert: true,
+        }
+    }
+
+    const LEVEL: u64 = crate::devices::ioapic::RTE_LEVEL;
+
+    #[test]
+    fn enable_ioapic_claims_its_window() {
+        use crate::devices::ioapic::{IOAPIC_BASE, IOREGSEL, IOWIN};
+        let mut vm = VmContext::new(1, "smp");
+        assert!(!vm.ioapic_claims(IOAPIC_BASE));
+        assert_eq!(vm.ioapic_mmio(IOWIN, None), u32::MAX, "no I/O APIC");
+        assert_eq!(vm.ioapic_mmio(IOREGSEL, Some(1)), u32::MAX);
+        vm.enable_ioapic(2);
+        for gpa in [IOAPIC_BASE, IOAPIC_BASE + 0x10, IOAPIC_BASE + 0xFFF] {
+            assert!(vm.ioapic_claims(gpa), "{gpa:#x}");
+        }
+        for gpa in [0, IOAPIC_BASE - 1, IOAPIC_BASE + 0x1000, 0xFEE0_0000] {
+            assert!(!vm.ioapic_claims(gpa), "{gpa:#x}");
+        }
+        // ID register (index 0) and version (index 1).
+        vm.ioapic_mmio(IOREGSEL, Some(0));
+        assert_eq!(vm.ioapic_mmio(IOWIN, None), 2 << 24);
+        vm.ioapic_mmio(IOREGSEL, Some(1));
+        assert_eq!(vm.ioapic_mmio(IOWIN, None), 0x0017_0020);
+        // Every entry starts masked: nothing reaches the local APICs.
+        for irq in 0..16 {
+            vm.set_irq_level(irq, true);
+        }
+        assert!(!vm.has_apic_messages());
+    }
+
+    #[test]
+    fn isa_irqs_reach_ioapic_pins() {
+        let mut vm = VmContext::with_pc_devices(1, "smp", &PC);
+        vm.enable_ioapic(0);
+        // Edge-triggered, unmasked: pin 4 (COM1) to APIC 1, pin 2 (the PIT
+        // after the interrupt source override) to APIC 0, pin 0 too.
+        program(&mut vm, 4, (1 << 56) | 0x34);
+        program(&mut vm, 2, 0x30);
+        program(&mut vm, 0, 0x50);
+        assert!(!vm.has_apic_messages(), "programming sends nothing");
+        vm.set_irq_level(4, true);
+        assert!(vm.has_apic_messages());
+        assert_eq!(vm.take_apic_messages(), [msg(0x34, 1, false)]);
+        assert!(!vm.has_apic_messages());
+        assert!(vm.take_apic_messages().is_empty());
+        // No edge while the line stays up; the next rising edge sends.
+        vm.set_irq_level(4, true);
+        assert!(!vm.has_apic_messages());
+        vm.set_irq_level(4, false);
+        vm.set_irq_level(4, true);
+        assert_eq!(vm.take_apic_messages(), [msg(0x34, 1, false)]);
+        // IRQ 0 is pin 2, not pin 0.
+        vm.set_irq_level(0, true);
+        assert_eq!(vm.take_apic_messages(), [msg(0x30, 0, false)]);
+        vm.set_irq_level(0, false);
+        // A masked or never programmed pin sends nothing.
+        vm.set_irq_level(3, true);
+        program(&mut vm, 6, crate::devices::ioapic::RTE_MASKED | 0x36);
+        vm.set_irq_level(6, true);
+        assert!(!vm.has_apic_messages());
+        // The PIC still sees every line.
+        assert!(vm.irq_level(4) && vm.irq_level(3) && vm.irq_level(6));
+        assert!(!vm.irq_level(0));
+        // Several at once come out oldest first.
+        vm.set_irq_level(4, false);
+        vm.set_irq_level(4, true);
+        vm.set_irq_level(0, true);
+        assert_eq!(
+            vm.take_apic_messages(),
+            [msg(0x34, 1, false), msg(0x30, 0, false)]
+        );
+    }
+
+    #[test]
+    fn level_eoi_redelivers_an_asserted_line() {
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        program(&mut vm, 9, LEVEL | 0x39);
+        vm.set_irq_level(9, true);
+        assert_eq!(vm.take_apic_messages(), [msg(0x39, 0, true)]);
+        // Remote IRR set: no more while the line stays up...
+        vm.set_irq_level(9, true);
+        assert!(!vm.has_apic_messages());
+        // ...until the EOI, which sends it again; another vector's EOI
+        // does nothing.
+        vm.ioapic_eoi(0x40);
+        assert!(!vm.has_apic_messages());
+        vm.ioapic_eoi(0x39);
+        assert_eq!(vm.take_apic_messages(), [msg(0x39, 0, true)]);
+        // The I/O APIC's own EOI register does the same.
+        vm.ioapic_mmio(crate::devices::ioapic::EOI, Some(0x39));
+        assert_eq!(vm.take_apic_messages(), [msg(0x39, 0, true)]);
+        // The line down: the EOI ends it.
+        vm.set_irq_level(9, false);
+        vm.ioapic_eoi(0x39);
+        assert!(!vm.has_apic_messages());
+        // Up again: sent at once (Remote IRR was cleared).
+        vm.set_irq_level(9, true);
+        assert_eq!(vm.take_apic_messages(), [msg(0x39, 0, true)]);
+    }
+
+    #[test]
+    fn unmasking_an_asserted_level_line_sends_it() {
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        program(
+            &mut vm,
+            11,
+            crate::devices::ioapic::RTE_MASKED | LEVEL | 0x3B,
+        );
+        vm.set_irq_level(11, true);
+        assert!(!vm.has_apic_messages());
+        program(&mut vm, 11, LEVEL | 0x3B);
+        assert_eq!(vm.take_apic_messages(), [msg(0x3B, 0, true)]);
+    }
+
+    #[test]
+    fn vm_without_ioapic_keeps_pic_only_behaviour() {
+        let mut vm = VmContext::with_pc_devices(1, "pc", &PC);
+        // PIC: vectors 0x20, everything unmasked.
+        if let Some(pic) = vm.bus_mut().device_mut::<PicPair>() {
+            for (p, v) in [
+                (0x20u16, 0x11u8),
+                (0x21, 0x20),
+                (0x21, 0x04),
+                (0x21, 0x01),
+                (0x21, 0x00),
+            ] {
+                pic.write(p, AccessSize::Byte, u32::from(v), &mut Effects::new());
+            }
+        }
+        for irq in 0..16 {
+            vm.set_irq_level(irq, true);
+        }
+        vm.ioapic_eoi(0x30);
+        assert_eq!(
+            vm.ioapic_mmio(crate::devices::ioapic::EOI, Some(0x30)),
+            u32::MAX
+        );
+        assert!(!vm.has_apic_messages());
+        assert!(vm.take_apic_messages().is_empty());
+        assert!(!vm.ioapic_claims(crate::devices::ioapic::IOAPIC_BASE));
+        assert_eq!(vm.pending_interrupt(), Some(0x20), "IRQ 0 on the PIC");
+        assert!((0..16).all(|irq| vm.irq_level(irq)));
+    }
+
     #[test]
     fn stop_report_lines() {
         let mut vm = VmContext::new(4, "db");

@@ -685,12 +685,13 @@ impl Device {
 /// emulated device's registers live there (the vCPU's xAPIC page, the I/O
 /// APIC window); `None` for any other address (the caller reports the
 /// violation). Reads the instruction at RIP through the guest's page tables,
-/// decodes it ([`decode`]), performs its 32-bit register access and skips
-/// it. Only 64-bit code is emulated (a kernel's, as Linux's is); anything
-/// else, an instruction that cannot be fetched or decoded, or a failed
-/// register access stops the VM with a report. Accesses of other widths
-/// than 32 bits read all ones and are dropped (the registers are 32 bits
-/// wide and must be accessed so, SDM Vol. 3A 11.4.1; 82093AA 3.0).
+/// decodes it ([`decode`]), performs its 32-bit register access (`XCHG`:
+/// a read, then the write) and skips it. Only 64-bit code is emulated (a
+/// kernel's, as Linux's is); anything else, an instruction that cannot be
+/// fetched or decoded, or a failed register access stops the VM with a
+/// report. Accesses of other widths than 32 bits read all ones and are
+/// dropped (the registers are 32 bits wide and must be accessed so, SDM
+/// Vol. 3A 11.4.1; 82093AA 3.0).
 pub fn emulate<P: Platform>(
     vm: &mut VmContext,
     gpa: u64,
@@ -732,15 +733,25 @@ pub fn emulate<P: Platform>(
         Ok(v) => v.filter(|_| wide).map(|v| v as u32),
         Err(e) => return Some(crate::arch::state_failure(e, regs)),
     };
-    let read = match device {
-        Device::IoApic => vm.ioapic_mmio(offset, written),
+    let mut access = |write: Option<u32>| match device {
+        Device::IoApic => vm.ioapic_mmio(offset, write),
         Device::LocalApic => {
-            let (value, eoi) = env.apic_mmio(gpa, written);
+            let (value, eoi) = env.apic_mmio(gpa, write);
             if let Some(vector) = eoi {
                 vm.ioapic_eoi(vector);
             }
             value
         }
+    };
+    // XCHG reads the location, then writes it: the register gets what the
+    // location held before the write (a write itself reads nothing).
+    let read = match written {
+        Some(_) if insn.reads_memory() => {
+            let old = access(None);
+            access(written);
+            old
+        }
+        _ => access(written),
     };
     if insn.reads_memory() {
         let value = if wide { u64::from(read) } else { u64::MAX };
@@ -1517,6 +1528,483 @@ mod tests {
         assert_eq!(High8(7).number(), 3);
         assert_eq!(mask(0), 0);
         assert_eq!(mask(9), u64::MAX);
+    }
+
+    // ---- emulate: a 64-bit guest with paging and the emulated devices ----
+
+    use crate::arch::{Access, Action, StopReason};
+    use crate::devices::ioapic::{IOAPICVER, IOAPIC_BASE, IOREGSEL, IOWIN};
+    use crate::exit::testenv::{FakeApic, FakeMem, FakePlatform};
+    use crate::exit::{handle_exit, Exit};
+
+    /// Where the guest's code runs (a kernel-half address, so every table
+    /// index differs from 0) and the RAM page behind it.
+    const CODE: u64 = 0xFFFF_FFFF_8120_3000;
+    const CODE_GPA: u64 = 0x5000;
+    const XAPIC: u64 = 0xFEE0_0000;
+
+    /// A FakePlatform whose guest runs 64-bit code with 4-level paging:
+    /// RAM at 0..0x8000, PML4 at 0x1000, PDPT at 0x2000, PD at 0x3000, PT
+    /// at 0x4000, [`CODE`] mapped to [`CODE_GPA`] (4 KiB pages) and
+    /// `code` there.
+    fn paged_env(code: &[u8]) -> FakePlatform {
+        let mut env = FakePlatform::new();
+        env.mem = FakeMem {
+            base: 0,
+            data: alloc::vec![0; 0x8000],
+        };
+        env.cpu.set(Reg::Cr3, 0x1000);
+        map(&mut env, CODE, CODE_GPA);
+        put(&mut env, CODE_GPA, code);
+        env
+    }
+
+    fn put(env: &mut FakePlatform, gpa: u64, bytes: &[u8]) {
+        let at = gpa as usize;
+        env.mem.data[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// Maps the 4 KiB page at `linear` to `gpa` in the fixed tables.
+    fn map(env: &mut FakePlatform, linear: u64, gpa: u64) {
+        const P_RW: u64 = 0x3;
+        let index = |level: u32| (linear >> (12 + 9 * level)) & 0x1FF;
+        for (table, level, next) in [
+            (0x1000, 3, 0x2000),
+            (0x2000, 2, 0x3000),
+            (0x3000, 1, 0x4000),
+            (0x4000, 0, gpa),
+        ] {
+            put(env, table + 8 * index(level), &(next | P_RW).to_le_bytes());
+        }
+    }
+
+    /// The guest registers at [`CODE`] with RAX the MMIO address.
+    fn at_code(gpa: u64) -> GuestRegs {
+        GuestRegs {
+            rip: CODE,
+            rax: gpa,
+            rbx: 0xFFFF_FFFF_1234_5678,
+            rcx: u64::MAX,
+            instruction_len: 0,
+            ..Default::default()
+        }
+    }
+
+    fn xapic_env(code: &[u8]) -> FakePlatform {
+        let mut env = paged_env(code);
+        env.apic = Some(FakeApic::new());
+        env
+    }
+
+    fn mmio_log(env: &FakePlatform) -> &[(u64, Option<u32>)] {
+        &env.apic.as_ref().unwrap().mmio
+    }
+
+    fn not_decoded(device: &'static str, why: &'static str) -> Option<Action> {
+        Some(Action::Stop(StopReason::InstructionNotDecoded {
+            instruction: device,
+            why,
+            linear: CODE,
+            rip: CODE,
+        }))
+    }
+
+    #[test]
+    fn store_to_the_xapic_page() {
+        // mov [rax], ebx
+        let mut env = xapic_env(&[0x89, 0x18, 0x0F, 0x0B]);
+        let mut vm = VmContext::new(1, "smp");
+        let mut regs = at_code(XAPIC + 0x380);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x380, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.instruction_len, 2);
+        assert_eq!(mmio_log(&env), [(XAPIC + 0x380, Some(0x1234_5678))]);
+        assert_eq!(regs.rbx, 0xFFFF_FFFF_1234_5678, "a store changes nothing");
+        assert_eq!(regs.rip, CODE, "RIP is the backend's to move");
+        // mov dword [r8 + 0xB0], 0 (REX.B, disp32, imm32): 11 bytes.
+        let code = [0x41, 0xC7, 0x80, 0xB0, 0, 0, 0, 0, 0, 0, 0];
+        let mut env = xapic_env(&code);
+        let mut regs = at_code(0);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0xB0, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.instruction_len, 11);
+        assert_eq!(mmio_log(&env), [(XAPIC + 0xB0, Some(0))]);
+    }
+
+    #[test]
+    fn load_from_the_xapic_page() {
+        // mov ecx, [rax]: 32 bits, zero-extended into RCX.
+        let mut env = xapic_env(&[0x8B, 0x08]);
+        env.apic.as_mut().unwrap().mmio_value = 0x0005_0014;
+        let mut vm = VmContext::new(1, "smp");
+        let mut regs = at_code(XAPIC + 0x30);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x30, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.rcx, 0x0005_0014);
+        assert_eq!(regs.instruction_len, 2);
+        assert_eq!(mmio_log(&env), [(XAPIC + 0x30, None)]);
+        // mov r9d, [rax + 0x20] (REX.R, disp8).
+        let mut env = xapic_env(&[0x44, 0x8B, 0x48, 0x20]);
+        env.apic.as_mut().unwrap().mmio_value = 0x0300_0000;
+        let mut regs = at_code(XAPIC);
+        regs.r9 = u64::MAX;
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x20, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!((regs.r9, regs.instruction_len), (0x0300_0000, 4));
+    }
+
+    #[test]
+    fn other_widths_read_ones_and_write_nothing() {
+        let mut vm = VmContext::new(1, "smp");
+        // mov cx, [rax]: all ones in the low 16 bits.
+        let mut env = xapic_env(&[0x66, 0x8B, 0x08]);
+        let mut regs = at_code(XAPIC + 0x30);
+        regs.rcx = 0x1111_2222_3333_4444;
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x30, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.rcx, 0x1111_2222_3333_FFFF);
+        assert_eq!(regs.instruction_len, 3);
+        // mov [rax], bl and mov [rax], rbx: skipped, nothing written.
+        for code in [&[0x88, 0x18][..], &[0x48, 0x89, 0x18]] {
+            let mut env = xapic_env(code);
+            let mut regs = at_code(XAPIC + 0x80);
+            assert_eq!(
+                emulate(&mut vm, XAPIC + 0x80, &mut regs, &mut env),
+                Some(Action::AdvanceRip)
+            );
+            assert_eq!(regs.instruction_len, code.len() as u64);
+            assert!(
+                mmio_log(&env).iter().all(|(_, w)| w.is_none()),
+                "{code:02x?}: {:x?}",
+                mmio_log(&env)
+            );
+        }
+    }
+
+    #[test]
+    fn xapic_level_eoi_reaches_the_ioapic() {
+        use crate::devices::ioapic::{IOREDTBL, RTE_LEVEL};
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        // Pin 9 level-triggered, vector 0x39, to APIC 0.
+        vm.ioapic_mmio(IOREGSEL, Some(u32::from(IOREDTBL) + 18));
+        vm.ioapic_mmio(IOWIN, Some(RTE_LEVEL as u32 | 0x39));
+        vm.set_irq_level(9, true);
+        assert_eq!(vm.take_apic_messages().len(), 1);
+        // mov [rax], ebx to the EOI register; the APIC reports a level EOI.
+        let mut env = xapic_env(&[0x89, 0x18]);
+        env.apic.as_mut().unwrap().mmio_eoi = Some(0x39);
+        let mut regs = at_code(XAPIC + 0xB0);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0xB0, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        let sent = vm.take_apic_messages();
+        assert_eq!(sent.len(), 1, "still asserted: sent again");
+        assert_eq!(sent[0].vector, 0x39);
+    }
+
+    #[test]
+    fn ioapic_window_reaches_the_ioapic() {
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        // The local APIC hooks are there too, but not for this page.
+        // mov [rax], ebx: IOREGSEL = 1 (the version register).
+        let mut env = xapic_env(&[0x89, 0x18]);
+        let mut regs = at_code(IOAPIC_BASE);
+        regs.rbx = u64::from(IOAPICVER);
+        assert_eq!(
+            emulate(
+                &mut vm,
+                IOAPIC_BASE + u64::from(IOREGSEL),
+                &mut regs,
+                &mut env
+            ),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(vm.ioapic_mmio(IOREGSEL, None), 1);
+        // mov ecx, [rax + 0x10]: IOWIN.
+        let mut env = xapic_env(&[0x8B, 0x48, 0x10]);
+        let mut regs = at_code(IOAPIC_BASE);
+        assert_eq!(
+            emulate(&mut vm, IOAPIC_BASE + u64::from(IOWIN), &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.rcx, 0x0017_0020, "version 0x20, 24 entries");
+        assert_eq!(regs.instruction_len, 3);
+        assert!(mmio_log(&env).is_empty(), "the local APIC saw nothing");
+        // A VM without an I/O APIC does not claim the window.
+        let mut vm = VmContext::new(2, "up");
+        let mut regs = at_code(IOAPIC_BASE);
+        assert_eq!(emulate(&mut vm, IOAPIC_BASE, &mut regs, &mut env), None);
+    }
+
+    /// XCHG reads the location before writing it: the register gets what
+    /// the device held, not what a write returns.
+    #[test]
+    fn xchg_gets_the_old_value() {
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        vm.ioapic_mmio(IOREGSEL, Some(u32::from(IOAPICVER)));
+        // xchg [rax], ebx at IOREGSEL.
+        let mut env = xapic_env(&[0x87, 0x18]);
+        let mut regs = at_code(IOAPIC_BASE);
+        regs.rbx = 0x10;
+        assert_eq!(
+            emulate(&mut vm, IOAPIC_BASE, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.rbx, u64::from(IOAPICVER), "the old IOREGSEL");
+        assert_eq!(vm.ioapic_mmio(IOREGSEL, None), 0x10, "the new IOREGSEL");
+        assert_eq!(regs.instruction_len, 2);
+        // xchg [rax], ecx in the xAPIC page: a read, then the write.
+        let mut env = xapic_env(&[0x87, 0x08]);
+        env.apic.as_mut().unwrap().mmio_value = 0x00FF_0000;
+        let mut regs = at_code(XAPIC + 0x80);
+        regs.rcx = 0xFFFF_FFFF_0000_0020;
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x80, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.rcx, 0x00FF_0000);
+        assert_eq!(
+            mmio_log(&env),
+            [(XAPIC + 0x80, None), (XAPIC + 0x80, Some(0x20))]
+        );
+    }
+
+    #[test]
+    fn unclaimed_addresses_are_left_to_the_caller() {
+        let mut vm = VmContext::new(1, "smp");
+        vm.enable_ioapic(0);
+        let mut env = xapic_env(&[0x89, 0x18]);
+        for gpa in [
+            0,
+            XAPIC - 4,
+            XAPIC + 0x1000,
+            IOAPIC_BASE - 4,
+            IOAPIC_BASE + 0x1000,
+            u64::MAX,
+        ] {
+            let mut regs = at_code(gpa);
+            let before = regs;
+            assert_eq!(emulate(&mut vm, gpa, &mut regs, &mut env), None, "{gpa:#x}");
+            assert_eq!(regs, before, "{gpa:#x}");
+        }
+        assert!(mmio_log(&env).is_empty());
+        // Without local APIC hooks the xAPIC page is nobody's either, and
+        // the exit reports the violation.
+        let mut env = paged_env(&[0x89, 0x18]);
+        let mut regs = at_code(XAPIC);
+        assert_eq!(emulate(&mut vm, XAPIC, &mut regs, &mut env), None);
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let exit = Exit::MemoryViolation {
+            gpa: XAPIC,
+            access: Access::WRITE,
+            linear: Some(XAPIC),
+        };
+        assert_eq!(
+            handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env),
+            Action::Stop(StopReason::MemoryViolation {
+                gpa: XAPIC,
+                rip: CODE,
+                access: Access::WRITE,
+                linear: Some(XAPIC),
+            })
+        );
+    }
+
+    #[test]
+    fn memory_violation_exits_are_emulated() {
+        let mut vm = VmContext::new(1, "smp");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut env = xapic_env(&[0x89, 0x18]);
+        let mut regs = at_code(XAPIC + 0x300);
+        let exit = Exit::MemoryViolation {
+            gpa: XAPIC + 0x300,
+            access: Access::WRITE,
+            linear: Some(XAPIC + 0x300),
+        };
+        assert_eq!(
+            handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env),
+            Action::AdvanceRip
+        );
+        assert_eq!(
+            Action::AdvanceRip.next_rip(regs.rip, regs.instruction_len),
+            CODE + 2
+        );
+        assert_eq!(mmio_log(&env), [(XAPIC + 0x300, Some(0x1234_5678))]);
+        assert!(vm.stop_reason().is_none());
+    }
+
+    #[test]
+    fn instructions_at_a_page_end() {
+        let mut vm = VmContext::new(1, "smp");
+        // mov [rax], ebx in the last two bytes of the page, the next page
+        // unmapped: the bytes there suffice.
+        let mut env = xapic_env(&[]);
+        put(&mut env, CODE_GPA + 0xFFE, &[0x89, 0x18]);
+        let mut regs = at_code(XAPIC + 0x380);
+        regs.rip = CODE + 0xFFE;
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x380, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.instruction_len, 2);
+        // mov [rax + 0x80], ebx (6 bytes) across the boundary: read from
+        // both pages once the next one is mapped (not to the next RAM page).
+        let mut env = xapic_env(&[]);
+        put(&mut env, CODE_GPA + 0xFFD, &[0x89, 0x98, 0x80]);
+        put(&mut env, 0x7000, &[0x00, 0x00, 0x00]);
+        let mut regs = at_code(XAPIC);
+        regs.rip = CODE + 0xFFD;
+        let stop = emulate(&mut vm, XAPIC + 0x80, &mut regs, &mut env);
+        assert!(
+            matches!(
+                stop,
+                Some(Action::Stop(StopReason::InstructionNotDecoded {
+                    why: "its bytes could not be read",
+                    ..
+                }))
+            ),
+            "{stop:?}"
+        );
+        map(&mut env, CODE + 0x1000, 0x7000);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x80, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(regs.instruction_len, 6);
+        assert_eq!(mmio_log(&env), [(XAPIC + 0x80, Some(0x1234_5678))]);
+    }
+
+    #[test]
+    fn undecodable_or_unfetchable_instructions_stop_the_vm() {
+        const LAPIC: &str = "an access to the local APIC page";
+        let mut vm = VmContext::new(1, "smp");
+        // add [rax], ebx; rep stosd; mov eax, ebx (no memory operand).
+        for code in [&[0x01, 0x18][..], &[0xF3, 0xAB], &[0x89, 0xD8]] {
+            let mut env = xapic_env(code);
+            let mut regs = at_code(XAPIC);
+            assert_eq!(
+                emulate(&mut vm, XAPIC, &mut regs, &mut env),
+                not_decoded(LAPIC, "not a MOV/MOVZX/MOVSX/XCHG"),
+                "{code:02x?}"
+            );
+            assert_eq!(regs.instruction_len, 0, "{code:02x?}");
+            assert!(mmio_log(&env).is_empty(), "{code:02x?}");
+        }
+        // RIP on an unmapped page.
+        let mut env = xapic_env(&[0x89, 0x18]);
+        let mut regs = at_code(XAPIC);
+        regs.rip = CODE + 0x20_0000;
+        assert_eq!(
+            emulate(&mut vm, XAPIC, &mut regs, &mut env),
+            Some(Action::Stop(StopReason::InstructionNotDecoded {
+                instruction: LAPIC,
+                why: "its bytes could not be read",
+                linear: CODE + 0x20_0000,
+                rip: CODE + 0x20_0000,
+            }))
+        );
+        // Not in 64-bit mode (compatibility, protected or real mode).
+        let mut env = xapic_env(&[0x89, 0x18]);
+        env.cpu.set(Reg::Mode64, 0);
+        let mut regs = at_code(XAPIC);
+        assert_eq!(
+            emulate(&mut vm, XAPIC, &mut regs, &mut env),
+            not_decoded(LAPIC, "emulated only in 64-bit mode")
+        );
+        assert!(mmio_log(&env).is_empty());
+        // The I/O APIC's accesses are named as such.
+        vm.enable_ioapic(0);
+        let mut env = xapic_env(&[0x01, 0x18]);
+        let mut regs = at_code(IOAPIC_BASE);
+        assert_eq!(
+            emulate(&mut vm, IOAPIC_BASE, &mut regs, &mut env),
+            not_decoded("an access to the I/O APIC", "not a MOV/MOVZX/MOVSX/XCHG")
+        );
+        // Through the exit handler the VM stops.
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let exit = Exit::MemoryViolation {
+            gpa: IOAPIC_BASE,
+            access: Access::WRITE,
+            linear: None,
+        };
+        let a = handle_exit(&mut vm, &mut vcpu, &exit, &mut regs, &mut env);
+        assert!(
+            matches!(a, Action::Stop(StopReason::InstructionNotDecoded { .. })),
+            "{a:?}"
+        );
+        assert_eq!(
+            vm.stop_reason(),
+            Some(&StopReason::InstructionNotDecoded {
+                instruction: "an access to the I/O APIC",
+                why: "not a MOV/MOVZX/MOVSX/XCHG",
+                linear: CODE,
+                rip: CODE,
+            })
+        );
+    }
+
+    #[test]
+    fn failed_register_accesses_stop_the_vm() {
+        let mut vm = VmContext::new(1, "smp");
+        let state_failed = |reg| {
+            Some(Action::Stop(StopReason::StateAccessFailed {
+                reg,
+                rip: CODE,
+            }))
+        };
+        // The mode and paging registers needed to fetch the instruction.
+        for reg in [Reg::Mode64, Reg::Cr0, Reg::Cr3, Reg::Cr4, Reg::Efer] {
+            let mut env = xapic_env(&[0x89, 0x18]);
+            env.cpu.fail = Some(reg);
+            let mut regs = at_code(XAPIC);
+            assert_eq!(
+                emulate(&mut vm, XAPIC, &mut regs, &mut env),
+                state_failed(reg),
+                "{reg:?}"
+            );
+            assert!(mmio_log(&env).is_empty(), "{reg:?}");
+        }
+        // mov [rax], esp: RSP is the backend's; nothing is written.
+        let mut env = xapic_env(&[0x89, 0x20]);
+        env.cpu.fail = Some(Reg::Rsp);
+        let mut regs = at_code(XAPIC + 0x380);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x380, &mut regs, &mut env),
+            state_failed(Reg::Rsp)
+        );
+        assert!(mmio_log(&env).is_empty());
+        // mov sp, [rax]: the device was read, the result cannot be written.
+        let mut env = xapic_env(&[0x66, 0x8B, 0x20]);
+        env.cpu.fail = Some(Reg::Rsp);
+        let mut regs = at_code(XAPIC + 0x30);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x30, &mut regs, &mut env),
+            state_failed(Reg::Rsp)
+        );
+        assert_eq!(regs.instruction_len, 0, "RIP not skipped");
+        // With RSP working, mov esp, [rax] loads it.
+        let mut env = xapic_env(&[0x8B, 0x20]);
+        env.apic.as_mut().unwrap().mmio_value = 0xABCD;
+        let mut regs = at_code(XAPIC + 0x30);
+        assert_eq!(
+            emulate(&mut vm, XAPIC + 0x30, &mut regs, &mut env),
+            Some(Action::AdvanceRip)
+        );
+        assert_eq!(env.cpu.get(Reg::Rsp), 0xABCD);
     }
 
     /// Deterministic fuzzing: random bytes (biased towards prefixes, the

@@ -248,6 +248,44 @@ pub(crate) mod testenv {
         }
     }
 
+    /// Optional local APIC hooks of a [`FakePlatform`] (a VM with local
+    /// APICs): what they answer and the calls they saw.
+    pub struct FakeApic {
+        /// What [`Platform::apic_msr_read`] answers.
+        pub msr_read: Result<u64, crate::devices::lapic::ApicFault>,
+        /// What [`Platform::apic_msr_write`] answers.
+        pub msr_write: Result<Option<u8>, crate::devices::lapic::ApicFault>,
+        /// MSRs read, in order.
+        pub msr_reads: Vec<u32>,
+        /// MSRs written with their values, in order.
+        pub msr_writes: Vec<(u32, u64)>,
+        /// The xAPIC page ([`Platform::apic_mmio_claims`]).
+        pub page: u64,
+        /// What a read of the xAPIC page answers, and the level EOI vector
+        /// any access reports.
+        pub mmio_value: u32,
+        pub mmio_eoi: Option<u8>,
+        /// xAPIC page accesses (gpa, value written), in order.
+        pub mmio: Vec<(u64, Option<u32>)>,
+    }
+
+    impl FakeApic {
+        /// Hooks that answer everything: MSRs read 0, writes succeed, the
+        /// xAPIC page at 0xFEE0_0000 reads 0.
+        pub fn new() -> Self {
+            FakeApic {
+                msr_read: Ok(0),
+                msr_write: Ok(None),
+                msr_reads: Vec::new(),
+                msr_writes: Vec::new(),
+                page: 0xFEE0_0000,
+                mmio_value: 0,
+                mmio_eoi: None,
+                mmio: Vec::new(),
+            }
+        }
+    }
+
     pub struct FakePlatform {
         pub lines: Vec<String>,
         /// Raw console output ([`Platform::console_raw`]), with the name of
@@ -258,6 +296,8 @@ pub(crate) mod testenv {
         pub apic_id: u32,
         pub mem: FakeMem,
         pub cpu: FakeCpu,
+        /// Local APIC hooks; `None`: the trait's defaults (no local APIC).
+        pub apic: Option<FakeApic>,
     }
 
     impl FakePlatform {
@@ -273,6 +313,7 @@ pub(crate) mod testenv {
                     data: alloc::vec![0; 0x2000],
                 },
                 cpu: FakeCpu::new(),
+                apic: None,
             }
         }
     }
@@ -310,6 +351,36 @@ pub(crate) mod testenv {
         }
         fn guest_cpu(&mut self) -> &mut dyn GuestCpu {
             &mut self.cpu
+        }
+        fn apic_msr_read(
+            &mut self,
+            msr: u32,
+        ) -> Option<Result<u64, crate::devices::lapic::ApicFault>> {
+            let apic = self.apic.as_mut()?;
+            apic.msr_reads.push(msr);
+            Some(apic.msr_read)
+        }
+        fn apic_msr_write(
+            &mut self,
+            msr: u32,
+            value: u64,
+        ) -> Option<Result<Option<u8>, crate::devices::lapic::ApicFault>> {
+            let apic = self.apic.as_mut()?;
+            apic.msr_writes.push((msr, value));
+            Some(apic.msr_write)
+        }
+        fn apic_mmio_claims(&mut self, gpa: u64) -> bool {
+            self.apic.as_ref().is_some_and(|a| gpa & !0xFFF == a.page)
+        }
+        fn apic_mmio(&mut self, gpa: u64, write: Option<u32>) -> (u32, Option<u8>) {
+            match self.apic.as_mut() {
+                Some(apic) => {
+                    apic.mmio.push((gpa, write));
+                    let value = if write.is_some() { 0 } else { apic.mmio_value };
+                    (value, apic.mmio_eoi)
+                }
+                None => (u32::MAX, None),
+            }
         }
     }
 }
@@ -373,6 +444,205 @@ mod tests {
         assert_eq!(a, Action::Stop(StopReason::TripleFault { rip: 0x42 }));
         let again = handle_exit(&mut vm, &mut vcpu, &Exit::Cpuid, &mut regs, &mut env);
         assert_eq!(again, a);
+    }
+
+    use super::testenv::FakeApic;
+    use crate::devices::apic_msg::{DeliveryMode, Destination, InterruptMessage};
+    use crate::devices::lapic::ApicFault;
+
+    fn rdmsr(vm: &mut VmContext, msr: u32, env: &mut FakePlatform) -> (Action, GuestRegs) {
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut regs = GuestRegs {
+            rax: u64::MAX,
+            rdx: u64::MAX,
+            ..Default::default()
+        };
+        let a = handle_exit(vm, &mut vcpu, &Exit::Rdmsr { msr }, &mut regs, env);
+        (a, regs)
+    }
+
+    fn wrmsr(vm: &mut VmContext, msr: u32, value: u64, env: &mut FakePlatform) -> Action {
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut regs = GuestRegs::default();
+        handle_exit(vm, &mut vcpu, &Exit::Wrmsr { msr, value }, &mut regs, env)
+    }
+
+    /// The local APIC MSRs: IA32_APIC_BASE, IA32_TSC_DEADLINE, the x2APIC
+    /// range at both ends and inside.
+    const APIC_MSRS: [u32; 6] = [0x1B, 0x6E0, 0x800, 0x802, 0x830, 0x8FF];
+
+    #[test]
+    fn apic_msr_reads_go_to_the_platform() {
+        let mut vm = VmContext::new(1, "g");
+        let mut env = FakePlatform::new();
+        let mut apic = FakeApic::new();
+        apic.msr_read = Ok(0x1234_5678_9ABC_DEF0);
+        env.apic = Some(apic);
+        for msr in APIC_MSRS {
+            assert!(crate::devices::lapic::is_apic_msr(msr), "{msr:#x}");
+            let (a, regs) = rdmsr(&mut vm, msr, &mut env);
+            assert_eq!(a, Action::AdvanceRip, "{msr:#x}");
+            assert_eq!(
+                (regs.rax, regs.rdx),
+                (0x9ABC_DEF0, 0x1234_5678),
+                "EDX:EAX, upper halves cleared"
+            );
+        }
+        let apic = env.apic.as_ref().unwrap();
+        assert_eq!(apic.msr_reads, APIC_MSRS);
+        assert!(apic.msr_writes.is_empty());
+    }
+
+    #[test]
+    fn apic_msr_writes_go_to_the_platform() {
+        let mut vm = VmContext::new(1, "g");
+        let mut env = FakePlatform::new();
+        env.apic = Some(FakeApic::new());
+        for (i, msr) in APIC_MSRS.into_iter().enumerate() {
+            assert_eq!(
+                wrmsr(&mut vm, msr, 0xAB00_0000_0000_0000 | i as u64, &mut env),
+                Action::AdvanceRip,
+                "{msr:#x}"
+            );
+        }
+        let apic = env.apic.as_ref().unwrap();
+        let expected: alloc::vec::Vec<(u32, u64)> = APIC_MSRS
+            .into_iter()
+            .enumerate()
+            .map(|(i, msr)| (msr, 0xAB00_0000_0000_0000 | i as u64))
+            .collect();
+        assert_eq!(apic.msr_writes, expected, "whole 64-bit values");
+        assert!(apic.msr_reads.is_empty());
+    }
+
+    #[test]
+    fn apic_msr_faults_inject_gp() {
+        let mut vm = VmContext::new(1, "g");
+        let mut env = FakePlatform::new();
+        let mut apic = FakeApic::new();
+        apic.msr_read = Err(ApicFault::GeneralProtection);
+        apic.msr_write = Err(ApicFault::GeneralProtection);
+        env.apic = Some(apic);
+        let (a, regs) = rdmsr(&mut vm, 0x830, &mut env);
+        assert_eq!(a, Action::Inject(Event::GP0));
+        assert_eq!(
+            (regs.rax, regs.rdx),
+            (u64::MAX, u64::MAX),
+            "no value on a fault"
+        );
+        assert_eq!(
+            wrmsr(&mut vm, 0x1B, 0, &mut env),
+            Action::Inject(Event::GP0)
+        );
+        assert_eq!(vm.stats.injected_events, 2);
+        let apic = env.apic.as_ref().unwrap();
+        assert_eq!(apic.msr_reads, [0x830]);
+        assert_eq!(apic.msr_writes, [(0x1B, 0)]);
+    }
+
+    /// Programs I/O APIC pin `pin` level-triggered, unmasked, fixed, to
+    /// APIC ID 0 with `vector`, through the guest's MMIO window.
+    fn program_level(vm: &mut VmContext, pin: u8, vector: u8) {
+        use crate::devices::ioapic::{IOREDTBL, IOREGSEL, IOWIN, RTE_LEVEL};
+        let index = u32::from(IOREDTBL) + 2 * u32::from(pin);
+        vm.ioapic_mmio(IOREGSEL, Some(index + 1));
+        vm.ioapic_mmio(IOWIN, Some(0));
+        vm.ioapic_mmio(IOREGSEL, Some(index));
+        vm.ioapic_mmio(IOWIN, Some(RTE_LEVEL as u32 | u32::from(vector)));
+    }
+
+    fn level_msg(vector: u8) -> InterruptMessage {
+        InterruptMessage {
+            vector,
+            mode: DeliveryMode::Fixed,
+            dest: Destination::Physical(0),
+            level_triggered: true,
+            assert: true,
+        }
+    }
+
+    #[test]
+    fn apic_msr_eoi_of_a_level_vector_reaches_the_ioapic() {
+        let mut vm = VmContext::new(1, "g");
+        vm.enable_ioapic(0);
+        program_level(&mut vm, 5, 0x35);
+        vm.set_irq_level(5, true);
+        assert_eq!(vm.take_apic_messages(), [level_msg(0x35)]);
+        let mut env = FakePlatform::new();
+        env.apic = Some(FakeApic::new());
+        // An EOI of an edge vector (or any other write): nothing for the
+        // I/O APIC, whose Remote IRR stays set.
+        assert_eq!(wrmsr(&mut vm, 0x80B, 0, &mut env), Action::AdvanceRip);
+        assert!(!vm.has_apic_messages());
+        // The level EOI: Remote IRR cleared, the line still up, sent again.
+        env.apic.as_mut().unwrap().msr_write = Ok(Some(0x35));
+        assert_eq!(wrmsr(&mut vm, 0x80B, 0, &mut env), Action::AdvanceRip);
+        assert_eq!(vm.take_apic_messages(), [level_msg(0x35)]);
+        // Line down: the next EOI sends nothing.
+        vm.set_irq_level(5, false);
+        assert_eq!(wrmsr(&mut vm, 0x80B, 0, &mut env), Action::AdvanceRip);
+        assert!(!vm.has_apic_messages());
+        assert_eq!(env.apic.as_ref().unwrap().msr_writes.len(), 3);
+    }
+
+    #[test]
+    fn apic_msrs_fall_back_to_the_policy_without_local_apics() {
+        let mut vm = VmContext::new(1, "g");
+        let mut env = FakePlatform::new();
+        assert!(env.apic.is_none(), "the platform answers None");
+        for msr in APIC_MSRS {
+            // The policy has none of them: #GP, as on a CPU without an APIC.
+            let (a, regs) = rdmsr(&mut vm, msr, &mut env);
+            assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
+            assert_eq!(regs.rax, u64::MAX);
+            assert_eq!(
+                wrmsr(&mut vm, msr, 0, &mut env),
+                Action::Inject(Event::GP0),
+                "{msr:#x}"
+            );
+        }
+        // A level EOI cannot come from nowhere: the I/O APIC is untouched.
+        assert!(!vm.has_apic_messages());
+    }
+
+    #[test]
+    fn other_msrs_never_reach_the_apic_hooks() {
+        use crate::msr_policy::{IA32_APIC_BASE, IA32_TSC};
+        let mut vm = VmContext::new(1, "g");
+        let mut env = FakePlatform::new();
+        let mut apic = FakeApic::new();
+        apic.msr_read = Ok(0xBAD);
+        apic.msr_write = Err(ApicFault::GeneralProtection);
+        env.apic = Some(apic);
+        assert_eq!(IA32_APIC_BASE, 0x1B);
+        // IA32_PAT goes to the policy, which keeps it.
+        assert_eq!(
+            wrmsr(&mut vm, 0x277, 0x0007_0406_0007_0406, &mut env),
+            Action::AdvanceRip
+        );
+        let (a, regs) = rdmsr(&mut vm, 0x277, &mut env);
+        assert_eq!(a, Action::AdvanceRip);
+        assert_eq!((regs.rax, regs.rdx), (0x0007_0406, 0x0007_0406));
+        let (a, regs) = rdmsr(&mut vm, IA32_TSC, &mut env);
+        assert_eq!(a, Action::AdvanceRip);
+        assert_ne!(regs.rax, 0xBAD);
+        // Neighbours of the APIC MSRs: the policy's #GP for unknown MSRs.
+        for msr in [0x1A, 0x1C, 0x6DF, 0x6E1, 0x7FF, 0x900] {
+            assert!(!crate::devices::lapic::is_apic_msr(msr), "{msr:#x}");
+            assert_eq!(
+                rdmsr(&mut vm, msr, &mut env).0,
+                Action::Inject(Event::GP0),
+                "{msr:#x}"
+            );
+            assert_eq!(
+                wrmsr(&mut vm, msr, 0, &mut env),
+                Action::Inject(Event::GP0),
+                "{msr:#x}"
+            );
+        }
+        let apic = env.apic.as_ref().unwrap();
+        assert!(apic.msr_reads.is_empty(), "{:x?}", apic.msr_reads);
+        assert!(apic.msr_writes.is_empty(), "{:x?}", apic.msr_writes);
     }
 
     #[test]
