@@ -126,6 +126,16 @@ pub mod key {
     /// Benchmark loop with VMMCALL (AMD only), net tenths per iteration.
     pub const BENCH_LOOP_VMMCALL: u64 = 0x1F;
 
+    /// `smpbench` (two vCPUs of one VM): ticks per IPI round trip (fixed
+    /// IPI to the other vCPU, whose handler sends one back), the better of
+    /// two runs of 200.
+    pub const BENCH_IPI_ROUND_TRIP: u64 = 0x28;
+    /// `smpbench`: LAPIC timer delivery in TSC-deadline mode, ticks from
+    /// the deadline to the handler's first RDTSC, min over 50 rounds.
+    pub const BENCH_TIMER_DELIVERY_MIN: u64 = 0x29;
+    /// `smpbench`: LAPIC timer delivery, median.
+    pub const BENCH_TIMER_DELIVERY_MEDIAN: u64 = 0x2A;
+
     /// `cpuid` guest: the APIC ID it read from CPUID leaf 1.
     pub const CPUID_APIC_ID: u64 = 0x20;
 

@@ -34,6 +34,7 @@ pub const GUEST_PROGRAMS: &[&str] = &[
     "flood",
     "multiboot",
     "smp",
+    "smpbench",
     "ipisink",
 ];
 

@@ -18,6 +18,9 @@
 //! [`pace_output`] first, so that bursts of lines are not cut by the
 //! hypervisor's per-slice console limit.
 //!
+//! Multi-processor guests (`smp`, `smpbench`) start their other vCPUs and
+//! program their x2APICs with [`smp`].
+//!
 //! Printing is safe from several vCPUs of one VM (the `smp` guest): each
 //! [`println!`] takes a spinlock, so lines do not interleave. Interrupt
 //! handlers must not print.
@@ -27,6 +30,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub mod cpu;
+pub mod smp;
 pub mod trap;
 
 /// Hypercall numbers, status codes and report keys: the ABI crate shared with

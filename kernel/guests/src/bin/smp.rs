@@ -27,14 +27,15 @@
 //! handlers count per vCPU (indexed by the x2APIC ID read in the handler) and
 //! vector, and send the EOI. vCPU i has APIC ID i.
 //!
-//! Start-up: the boot vCPU copies a trampoline (below) to guest-physical
-//! 0x8000 and patches into it its own CR3, CR4, CR0, EFER, GDTR, IDTR and
-//! segment selectors, and, per AP, the stack top, the index and the Rust
-//! entry. The AP starts in real mode at 0800:0000, loads the trampoline's
-//! own GDT, enters protected mode, turns on PAE, loads CR3 and EFER.LME, then
-//! CR0 (paging: long mode), jumps to 64-bit code, loads the boot vCPU's GDT
-//! and IDT and calls [`ap_entry`] through a far return to the boot vCPU's
-//! code selector. The boot vCPU starts the APs one after the other.
+//! Start-up ([`guests::smp`], shared with `smpbench`): the boot vCPU copies
+//! a trampoline to guest-physical 0x8000 and patches into it its own CR3,
+//! CR4, CR0, EFER, GDTR, IDTR and segment selectors, and, per AP, the stack
+//! top, the index and the Rust entry. The AP starts in real mode at
+//! 0800:0000, loads the trampoline's own GDT, enters protected mode, turns
+//! on PAE, loads CR3 and EFER.LME, then CR0 (paging: long mode), jumps to
+//! 64-bit code, loads the boot vCPU's GDT and IDT and calls [`ap_entry`]
+//! through a far return to the boot vCPU's code selector. The boot vCPU
+//! starts the APs one after the other.
 //!
 //! Output of a VM with two vCPUs where everything passes (lines in this
 //! order; the boot vCPU prints its `up` line first, each AP its own when it
@@ -80,16 +81,18 @@
 #![no_main]
 
 use core::arch::asm;
-use core::mem::offset_of;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use guests::cpu::{self, rdmsr, wrmsr};
-use guests::{cpuid, finish, println, rdtsc, trap};
+use guests::cpu::{rdmsr, wrmsr};
+use guests::smp::{
+    self, enable_interrupts, enable_x2apic, msr, send_icr, send_ipi, set_timer, stop_timer,
+    CPUID1_ECX_TSC_DEADLINE, CPUID1_ECX_X2APIC, ICR_ALL_BUT_SELF, ICR_SELF, LVT_PERIODIC,
+    LVT_TSC_DEADLINE, MAX_CPUS, SIPI_VECTOR, TRAMPOLINE, VEC_SPURIOUS,
+};
+use guests::{cpuid, finish, println, rdtsc};
 
 guests::entry!(main);
 
-/// Most vCPUs this guest handles (one IPI vector per sender: 0x40-0x4F).
-const MAX_CPUS: usize = 16;
 /// IPIs each vCPU sends to each other vCPU.
 const K: u32 = 100;
 /// Self-IPIs per method.
@@ -108,7 +111,8 @@ const LATE_LIMIT_MS: u64 = 50;
 /// One-shot timer duration (ms).
 const ONE_SHOT_MS: u64 = 5;
 
-/// Vectors: fixed IPIs from vCPU `i` arrive at `IPI_BASE + i`.
+/// Vectors: fixed IPIs from vCPU `i` arrive at `IPI_BASE + i` (0x40-0x4F
+/// for the [`MAX_CPUS`] vCPUs this guest handles).
 const IPI_BASE: u8 = 0x40;
 const VEC_BROADCAST: u8 = 0x50;
 const VEC_ALL_BUT_SELF: u8 = 0x51;
@@ -118,159 +122,15 @@ const VEC_SELF_ICR: u8 = 0x61;
 const VEC_PERIODIC: u8 = 0x70;
 const VEC_DEADLINE: u8 = 0x71;
 const VEC_ONE_SHOT: u8 = 0x72;
-const VEC_SPURIOUS: u8 = 0xFF;
 
-/// x2APIC MSRs (SDM Vol. 3A Table 10-6).
-mod msr {
-    pub const APIC_BASE: u32 = 0x1B;
-    pub const TSC_DEADLINE: u32 = 0x6E0;
-    pub const ID: u32 = 0x802;
-    pub const TPR: u32 = 0x808;
-    pub const EOI: u32 = 0x80B;
-    pub const SVR: u32 = 0x80F;
-    pub const ICR: u32 = 0x830;
-    pub const LVT_TIMER: u32 = 0x832;
-    pub const INITIAL_COUNT: u32 = 0x838;
-    pub const CURRENT_COUNT: u32 = 0x839;
-    pub const DIVIDE: u32 = 0x83E;
-    pub const SELF_IPI: u32 = 0x83F;
-}
-
-/// IA32_APIC_BASE: APIC global enable and x2APIC mode.
-const APIC_BASE_EN: u64 = 1 << 11;
-const APIC_BASE_EXTD: u64 = 1 << 10;
-/// SVR: APIC software enable.
-const SVR_ENABLE: u64 = 1 << 8;
-/// ICR fields.
-const ICR_INIT: u64 = 5 << 8;
-const ICR_STARTUP: u64 = 6 << 8;
-const ICR_ASSERT: u64 = 1 << 14;
-const ICR_SELF: u64 = 1 << 18;
-const ICR_ALL_BUT_SELF: u64 = 3 << 18;
-/// LVT timer fields.
-const LVT_MASKED: u64 = 1 << 16;
-const LVT_PERIODIC: u64 = 1 << 17;
-const LVT_TSC_DEADLINE: u64 = 2 << 17;
-/// Divide configuration: divide by 1.
-const DIVIDE_BY_1: u64 = 0b1011;
-
-/// CPUID.1:ECX bits.
-const CPUID1_ECX_X2APIC: u32 = 1 << 21;
-const CPUID1_ECX_TSC_DEADLINE: u32 = 1 << 24;
-
-/// Where the trampoline runs, and its start-up IPI vector (page number).
-const TRAMPOLINE: u64 = 0x8000;
-const SIPI_VECTOR: u64 = TRAMPOLINE >> 12;
-/// How far the trampoline may reach (guest-physical 0x8000-0xFFFF is free).
-const TRAMPOLINE_LIMIT: u64 = 0x1_0000;
-
-/// Per-AP stack size.
-const AP_STACK: usize = 16 * 1024;
 /// How long an AP has to come up, and vCPUs to meet (ms).
 const AP_TIMEOUT_MS: u64 = 2000;
 const MEET_TIMEOUT_MS: u64 = 30_000;
 
-/// What the boot vCPU patches into the copied trampoline (`smp_tramp_data`).
-/// The descriptor-table pointers are 10 bytes: limit at offset 6 mod 8, so
-/// the base is 8-aligned.
-#[repr(C)]
-struct TrampolineData {
-    cr3: u64,
-    cr4: u64,
-    cr0: u64,
-    efer: u64,
-    stack: u64,
-    index: u64,
-    entry: u64,
-    cs: u64,
-    ds: u64,
-    gdt_pad: [u16; 3],
-    gdt_limit: u16,
-    gdt_base: u64,
-    idt_pad: [u16; 3],
-    idt_limit: u16,
-    idt_base: u64,
-}
-
-// The AP trampoline (AT&T syntax: displacements and immediates are label
-// differences, which the Intel parser refuses). Linked into .text, run from
-// its copy at TRAMPOLINE: every address is `label - smp_tramp_start + base`.
+// Interrupt stubs for vectors 32-255, 16 bytes apart from `smp_irq_stubs`:
+// push the vector, then `smp_irq_common` saves the registers the C ABI lets
+// a callee change and calls `smp_interrupt`.
 core::arch::global_asm!(
-    ".section .text.smp_trampoline, \"ax\"",
-    ".balign 16",
-    ".global smp_tramp_start",
-    "smp_tramp_start:",
-    ".code16",
-    // Real mode at CS:IP = 0800:0000 (CS base 0x8000).
-    "cli",
-    "cld",
-    "mov %cs, %ax",
-    "mov %ax, %ds",
-    "lgdtl smp_tramp_gdtr - smp_tramp_start",
-    "mov %cr0, %eax",
-    "or $1, %eax",
-    "mov %eax, %cr0",
-    "ljmpl $0x08, $(smp_tramp_32 - smp_tramp_start + {base})",
-    ".code32",
-    // Protected mode, flat segments of the trampoline's GDT.
-    "smp_tramp_32:",
-    "mov $0x10, %ax",
-    "mov %ax, %ds",
-    "mov %ax, %es",
-    "mov %ax, %ss",
-    "mov %ax, %fs",
-    "mov %ax, %gs",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {cr4}, %eax",
-    "mov %eax, %cr4",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {cr3}, %eax",
-    "mov %eax, %cr3",
-    "mov $0xc0000080, %ecx",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {efer}, %eax",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {efer} + 4, %edx",
-    "wrmsr",
-    // The boot vCPU's CR0: PG with EFER.LME set activates long mode
-    // (compatibility mode until the far jump).
-    "mov smp_tramp_data - smp_tramp_start + {base} + {cr0}, %eax",
-    "mov %eax, %cr0",
-    "ljmp $0x18, $(smp_tramp_64 - smp_tramp_start + {base})",
-    ".code64",
-    "smp_tramp_64:",
-    "lgdt smp_tramp_data - smp_tramp_start + {base} + {gdt_limit}",
-    "lidt smp_tramp_data - smp_tramp_start + {base} + {idt_limit}",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {ds}, %eax",
-    "mov %ax, %ds",
-    "mov %ax, %es",
-    "mov %ax, %ss",
-    "mov %ax, %fs",
-    "mov %ax, %gs",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {stack}, %rsp",
-    "mov smp_tramp_data - smp_tramp_start + {base} + {index}, %rdi",
-    // A null return address keeps the ABI's stack alignment at the entry;
-    // the far return loads the boot vCPU's code selector.
-    "pushq $0",
-    "pushq smp_tramp_data - smp_tramp_start + {base} + {cs}",
-    "pushq smp_tramp_data - smp_tramp_start + {base} + {entry}",
-    "lretq",
-    // Null, 32-bit code (0x08), data (0x10), 64-bit code (0x18); accessed
-    // bits set so that loading them writes nothing.
-    ".balign 8",
-    "smp_tramp_gdt:",
-    ".quad 0",
-    ".quad 0x00cf9b000000ffff",
-    ".quad 0x00cf93000000ffff",
-    ".quad 0x00af9b000000ffff",
-    "smp_tramp_gdtr:",
-    ".word smp_tramp_gdtr - smp_tramp_gdt - 1",
-    ".long smp_tramp_gdt - smp_tramp_start + {base}",
-    ".balign 8",
-    ".global smp_tramp_data",
-    "smp_tramp_data:",
-    ".skip {data_size}",
-    ".global smp_tramp_end",
-    "smp_tramp_end:",
-    // Interrupt stubs for vectors 32-255, 16 bytes apart from
-    // `smp_irq_stubs`: push the vector, then `smp_irq_common` saves the
-    // registers the C ABI lets a callee change and calls `smp_interrupt`.
     ".section .text.smp_irq, \"ax\"",
     ".balign 16",
     ".global smp_irq_stubs",
@@ -312,27 +172,11 @@ core::arch::global_asm!(
     "add $8, %rsp",
     "iretq",
     ".text",
-    base = const TRAMPOLINE,
-    cr3 = const offset_of!(TrampolineData, cr3),
-    cr4 = const offset_of!(TrampolineData, cr4),
-    cr0 = const offset_of!(TrampolineData, cr0),
-    efer = const offset_of!(TrampolineData, efer),
-    stack = const offset_of!(TrampolineData, stack),
-    index = const offset_of!(TrampolineData, index),
-    entry = const offset_of!(TrampolineData, entry),
-    cs = const offset_of!(TrampolineData, cs),
-    ds = const offset_of!(TrampolineData, ds),
-    gdt_limit = const offset_of!(TrampolineData, gdt_limit),
-    idt_limit = const offset_of!(TrampolineData, idt_limit),
-    data_size = const core::mem::size_of::<TrampolineData>(),
     handler = sym smp_interrupt,
     options(att_syntax),
 );
 
 extern "C" {
-    static smp_tramp_start: u8;
-    static smp_tramp_data: u8;
-    static smp_tramp_end: u8;
     static smp_irq_stubs: u8;
 }
 
@@ -357,17 +201,6 @@ static BARRIER_COUNT: AtomicU32 = AtomicU32::new(0);
 static BARRIER_ROUND: AtomicU32 = AtomicU32::new(0);
 /// Ordered sections: sections * n + index of the vCPU whose turn it is.
 static TURN: AtomicU32 = AtomicU32::new(0);
-
-/// Stacks of the APs (AP i uses entry i - 1).
-#[repr(C, align(16))]
-struct Stacks([[u8; AP_STACK]; MAX_CPUS - 1]);
-static mut AP_STACKS: Stacks = Stacks([[0; AP_STACK]; MAX_CPUS - 1]);
-
-/// This guest's IDT, shared by all vCPUs: the exception gates of
-/// [`trap::install`], the counting stubs above for 32-255.
-#[repr(C, align(16))]
-struct Idt([[u64; 2]; 256]);
-static mut IDT: Idt = Idt([[0; 2]; 256]);
 
 /// Called by `smp_irq_common` with interrupts off: counts the vector for
 /// this vCPU and sends the EOI (not for the spurious vector).
@@ -415,17 +248,8 @@ fn ticks_us(ticks: u64) -> u64 {
 
 /// Spins until `done` holds (true) or `ms` milliseconds of TSC time passed
 /// (false); interrupts stay as they are.
-fn wait_for(ms: u64, mut done: impl FnMut() -> bool) -> bool {
-    let end = rdtsc() + ms_ticks(ms);
-    loop {
-        if done() {
-            return true;
-        }
-        if rdtsc() >= end {
-            return done();
-        }
-        core::hint::spin_loop();
-    }
+fn wait_for(ms: u64, done: impl FnMut() -> bool) -> bool {
+    smp::wait_for(TSC_HZ.load(Ordering::Relaxed), ms, done)
 }
 
 /// Lets the host print what this vCPU wrote before a timing check: the
@@ -441,10 +265,7 @@ const SETTLE_MS: u64 = 25;
 
 /// Spins for `us` microseconds of TSC time.
 fn delay_us(us: u64) {
-    let end = rdtsc() + TSC_HZ.load(Ordering::Relaxed) / 1_000_000 * us;
-    while rdtsc() < end {
-        core::hint::spin_loop();
-    }
+    smp::delay_us(TSC_HZ.load(Ordering::Relaxed), us);
 }
 
 /// Waits until all vCPUs got here (`stage` names the place in a timeout).
@@ -480,198 +301,9 @@ fn in_order(me: usize, section: &mut u32, stage: &str, print: impl FnOnce()) {
     barrier(me, stage);
 }
 
-/// Turns on x2APIC mode and the APIC (SVR, spurious vector 0xFF, TPR 0).
-fn enable_x2apic() {
-    let base = rdmsr(msr::APIC_BASE);
-    // SAFETY: global enable first (a disabled APIC may not go straight to
-    // x2APIC mode), then x2APIC mode; both keep the base address.
-    unsafe {
-        if base & APIC_BASE_EN == 0 {
-            wrmsr(msr::APIC_BASE, base | APIC_BASE_EN);
-        }
-        wrmsr(msr::APIC_BASE, base | APIC_BASE_EN | APIC_BASE_EXTD);
-        wrmsr(msr::SVR, SVR_ENABLE | u64::from(VEC_SPURIOUS));
-        wrmsr(msr::TPR, 0);
-    }
-}
-
-fn send_icr(value: u64) {
-    // SAFETY: an ICR write sends an IPI; the callers send fixed IPIs to
-    // vectors the IDT handles, or INIT/start-up to APs that run the trampoline.
-    unsafe { wrmsr(msr::ICR, value) };
-}
-
-fn send_ipi(dest: u32, vector: u8) {
-    send_icr((u64::from(dest) << 32) | u64::from(vector));
-}
-
-fn set_timer(lvt: u64, initial: u64) {
-    // SAFETY: the LVT timer vectors go to the counting stubs; masked timers
-    // and zero counts stop it.
-    unsafe {
-        wrmsr(msr::DIVIDE, DIVIDE_BY_1);
-        wrmsr(msr::LVT_TIMER, lvt);
-        wrmsr(msr::INITIAL_COUNT, initial);
-    }
-}
-
-fn stop_timer() {
-    set_timer(LVT_MASKED, 0);
-    // SAFETY: disarms a TSC deadline (harmless in other modes).
-    unsafe { wrmsr(msr::TSC_DEADLINE, 0) };
-}
-
-fn enable_interrupts() {
-    // SAFETY: the IDT handles every vector.
-    unsafe { asm!("sti", options(nomem, nostack)) };
-}
-
-/// Builds the shared IDT: trap.rs's exception gates (0-31), the counting
-/// stubs for 32-255.
-fn build_idt() {
-    trap::install();
-    let current = x86_64::instructions::tables::sidt();
-    let cs: u16;
-    // SAFETY: reading CS has no side effects.
-    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
-    // SAFETY: only the boot vCPU runs here, before any AP exists; trap.rs's
-    // table is 256 gates long and stays in place; the stubs are 16 bytes
-    // apart from `smp_irq_stubs`.
-    unsafe {
-        let old = current.base.as_u64() as *const [u64; 2];
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        let stubs = core::ptr::addr_of!(smp_irq_stubs) as u64;
-        for (v, gate) in idt.0.iter_mut().enumerate() {
-            if v < 32 {
-                *gate = old.add(v).read();
-            } else {
-                let h = stubs + (v as u64 - 32) * 16;
-                // Present 64-bit interrupt gate, DPL 0 (SDM Vol. 3A 6.14.1).
-                gate[0] = (h & 0xffff)
-                    | (u64::from(cs) << 16)
-                    | (0x8e << 40)
-                    | (((h >> 16) & 0xffff) << 48);
-                gate[1] = h >> 32;
-            }
-        }
-        let pointer = x86_64::structures::DescriptorTablePointer {
-            limit: (core::mem::size_of::<Idt>() - 1) as u16,
-            base: x86_64::VirtAddr::new(idt as *const Idt as u64),
-        };
-        x86_64::instructions::tables::lidt(&pointer);
-    }
-}
-
-/// The number of vCPUs and which leaf said so.
-fn vcpu_count() -> (u32, &'static str) {
-    if cpuid(0, 0).eax >= 0xB {
-        let n = cpuid(0xB, 1).ebx & 0xffff;
-        if n != 0 {
-            return (n, "cpuid 0xb");
-        }
-    }
-    ((cpuid(1, 0).ebx >> 16) & 0xff, "cpuid 1")
-}
-
-/// TSC and APIC timer frequencies (Hz) from CPUID 0x15 (0x16 for the TSC
-/// when 0x15 has no crystal frequency: the APIC timer then at TSC / 100).
-fn frequencies() -> Option<(u64, u64)> {
-    let max = cpuid(0, 0).eax;
-    if max >= 0x15 {
-        let l = cpuid(0x15, 0);
-        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
-            let crystal = u64::from(l.ecx);
-            return Some((crystal * u64::from(l.ebx) / u64::from(l.eax), crystal));
-        }
-    }
-    if max >= 0x16 {
-        let mhz = u64::from(cpuid(0x16, 0).eax & 0xffff);
-        if mhz != 0 {
-            return Some((mhz * 1_000_000, mhz * 10_000));
-        }
-    }
-    None
-}
-
-/// Copies the trampoline to [`TRAMPOLINE`] and patches the boot vCPU's
-/// state into it; returns its length and its data block.
-fn install_trampoline() -> (u64, *mut TrampolineData) {
-    let start = core::ptr::addr_of!(smp_tramp_start);
-    let (data, end) = (
-        core::ptr::addr_of!(smp_tramp_data),
-        core::ptr::addr_of!(smp_tramp_end),
-    );
-    let len = end as u64 - start as u64;
-    if TRAMPOLINE + len > TRAMPOLINE_LIMIT {
-        println!("smp: trampoline too long ({len} bytes)");
-        fatal();
-    }
-    let cr3 = cpu::cr3();
-    if cr3 >> 32 != 0 {
-        println!("smp: cr3 {cr3:#x} above 4 GiB: the trampoline loads it in 32-bit mode");
-        fatal();
-    }
-    let gdt = x86_64::instructions::tables::sgdt();
-    let idt = x86_64::instructions::tables::sidt();
-    let (cs, ds): (u16, u16);
-    // SAFETY: reading segment selectors has no side effects.
-    unsafe {
-        asm!("mov {0:x}, cs", "mov {1:x}, ds", out(reg) cs, out(reg) ds, options(nomem, nostack, preserves_flags))
-    };
-    let dst = TRAMPOLINE as *mut u8;
-    let patch = (TRAMPOLINE + (data as u64 - start as u64)) as *mut TrampolineData;
-    // SAFETY: guest-physical 0x8000-0xFFFF is free RAM (identity-mapped) that
-    // nothing else uses; the data block lies inside the copy, 8-aligned.
-    unsafe {
-        core::ptr::copy_nonoverlapping(start, dst, len as usize);
-        patch.write_volatile(TrampolineData {
-            cr3,
-            // CR4.PCIDE may only be set in long mode.
-            cr4: cpu::cr4() & !(1 << 17),
-            cr0: cpu::cr0(),
-            // EFER.LMA follows CR0.PG; the trampoline sets LME.
-            efer: rdmsr(cpu::IA32_EFER) & !(1 << 10),
-            stack: 0,
-            index: 0,
-            entry: ap_entry as extern "C" fn(u64) -> ! as usize as u64,
-            cs: u64::from(cs),
-            ds: u64::from(ds),
-            gdt_pad: [0; 3],
-            gdt_limit: gdt.limit,
-            gdt_base: gdt.base.as_u64(),
-            idt_pad: [0; 3],
-            idt_limit: idt.limit,
-            idt_base: idt.base.as_u64(),
-        });
-    }
-    (len, patch)
-}
-
-/// Starts AP `i` (APIC ID `i`): INIT, 10 ms, start-up, 200 us, start-up,
-/// then waits for it to arrive.
-fn start_ap(i: usize, patch: *mut TrampolineData) {
-    // SAFETY: AP stack `i - 1` is used by AP `i` only; the previous AP has
-    // read the data block (it is alive) before it is changed.
-    unsafe {
-        let top = core::ptr::addr_of!(AP_STACKS.0[i - 1]) as u64 + AP_STACK as u64;
-        core::ptr::addr_of_mut!((*patch).stack).write_volatile(top);
-        core::ptr::addr_of_mut!((*patch).index).write_volatile(i as u64);
-    }
-    let dest = (i as u64) << 32;
-    send_icr(dest | ICR_INIT | ICR_ASSERT);
-    delay_us(10_000);
-    send_icr(dest | ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
-    delay_us(200);
-    send_icr(dest | ICR_STARTUP | ICR_ASSERT | SIPI_VECTOR);
-    if !wait_for(AP_TIMEOUT_MS, || ALIVE[i].load(Ordering::SeqCst) != 0) {
-        println!("smp: cpu {i} did not come up within {AP_TIMEOUT_MS} ms");
-        fatal();
-    }
-}
-
 fn main() {
     guests::pace_output();
-    let (n, source) = vcpu_count();
+    let (n, source) = smp::vcpu_count();
     println!("smp: {n} vcpus ({source})");
     if n < 2 {
         println!("smp: fewer than 2 vcpus ({n})");
@@ -685,7 +317,7 @@ fn main() {
         println!("smp: no x2apic in cpuid");
         fatal();
     }
-    let Some((tsc_hz, apic_hz)) = frequencies() else {
+    let Some((tsc_hz, apic_hz)) = smp::frequencies() else {
         println!("smp: no tsc frequency in cpuid 0x15/0x16");
         fatal();
     };
@@ -694,18 +326,29 @@ fn main() {
     NCPUS.store(n, Ordering::SeqCst);
     println!("smp: tsc {tsc_hz} Hz, apic timer {apic_hz} Hz");
 
-    build_idt();
+    // The counting stubs for 32-255, 16 bytes apart.
+    let stubs = core::ptr::addr_of!(smp_irq_stubs) as u64;
+    smp::install_idt(|v| stubs + (u64::from(v) - 32) * 16);
     enable_x2apic();
     let id = rdmsr(msr::ID);
-    let (len, patch) = install_trampoline();
+    let trampoline = smp::install_trampoline(ap_entry).unwrap_or_else(|e| {
+        println!("smp: {e}");
+        fatal()
+    });
+    let len = trampoline.len();
     println!("smp: trampoline at {TRAMPOLINE:#x}, {len} bytes, sipi vector {SIPI_VECTOR:#04x}");
     println!("smp: cpu 0 up, apic id {id}");
     if id != 0 {
         println!("smp: cpu 0 has apic id {id}, expected 0");
         fail();
     }
-    for i in 1..n as usize {
-        start_ap(i, patch);
+    for (i, alive) in ALIVE.iter().enumerate().take(n as usize).skip(1) {
+        if !trampoline.start_ap(i, tsc_hz, AP_TIMEOUT_MS, || {
+            alive.load(Ordering::SeqCst) != 0
+        }) {
+            println!("smp: cpu {i} did not come up within {AP_TIMEOUT_MS} ms");
+            fatal();
+        }
     }
     // Give a restarted AP (a second start-up IPI that was not ignored) time
     // to show.
