@@ -217,6 +217,7 @@ fn hand_over(cpu: usize, v: Vcpu) {
         .get_or_insert_with(|| CpuWork(Vec::new()))
         .0
         .push(v);
+    vm::note_news(cpu);
     crate::smp::wake_cpu(cpu);
 }
 
@@ -1125,10 +1126,12 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         // vCPUs handed over by other CPUs (a VM started or restarted there
         // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
-        adopt(cpu, &mut vcpus, &mut ids, &mut sched);
-        for (i, v) in vcpus.iter().enumerate() {
-            if v.as_ref().is_some_and(Vcpu::has_mail) {
-                let _ = sched.wake(ids[i]);
+        if vm::take_news(cpu) {
+            adopt(cpu, &mut vcpus, &mut ids, &mut sched);
+            for (i, v) in vcpus.iter().enumerate() {
+                if v.as_ref().is_some_and(Vcpu::has_mail) {
+                    let _ = sched.wake(ids[i]);
+                }
             }
         }
         // The host console attached to one of these VMs: its output raw, its

@@ -29,7 +29,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use hvcore::devices::apic_msg::{DeliveryMode, InterruptMessage};
 use hvcore::devices::lapic::{self, ApicFault, ApicOutput, LocalApic};
@@ -52,6 +52,26 @@ pub mod mail {
     pub const SIPI: u32 = 1 << 3;
     /// A non-maskable interrupt.
     pub const NMI: u32 = 1 << 4;
+}
+
+/// Per CPU: something was posted to one of its vCPUs or handed to it
+/// since its loop last looked ([`take_news`]), so the loop's look costs a
+/// load when nothing happened.
+static NEWS: [AtomicBool; crate::percpu::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; crate::percpu::MAX_CPUS];
+
+/// Marks news for CPU `cpu` (after the mail or hand-over it is about).
+pub fn note_news(cpu: usize) {
+    if let Some(flag) = NEWS.get(cpu) {
+        flag.store(true, Ordering::Release);
+    }
+}
+
+/// Whether CPU `cpu` has news since the last call (which clears it).
+#[inline]
+pub fn take_news(cpu: usize) -> bool {
+    NEWS.get(cpu)
+        .is_some_and(|f| f.load(Ordering::Relaxed) && f.swap(false, Ordering::Acquire))
 }
 
 /// What a vCPU's mailbox asks of it before an entry ([`Vm::take_mail`]).
@@ -207,6 +227,7 @@ impl Vm {
     pub fn post(&self, index: usize, bits: u32) {
         if let Some(link) = self.links.get(index) {
             link.mail.fetch_or(bits, Ordering::AcqRel);
+            note_news(link.cpu);
             crate::smp::wake_cpu(link.cpu);
         }
     }

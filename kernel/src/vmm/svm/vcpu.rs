@@ -248,12 +248,16 @@ impl Vcpu {
         self.clock.apic_due = vm.apic_deadline(self.index);
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
+        // The VM's devices, locked from an exit's handling through the
+        // checks before the next entry: one lock per exit.
+        let mut held = None;
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
                 return self.end_slice_early();
             }
             if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+                drop(held.take());
                 if let Some(end) = self.take_mail() {
                     return end;
                 }
@@ -264,16 +268,18 @@ impl Vcpu {
                 crate::apic::one_shot_us(crate::vmm::us_from_tsc(until.saturating_sub(now)).max(1));
             }
             {
-                let mut ctx = vm.ctx();
-                self.clock.catch_up(now, &mut ctx, &vm, env);
+                let ctx = held.get_or_insert_with(|| vm.ctx());
+                self.clock.catch_up(now, ctx, &vm, env);
                 if self.pending_event.is_some()
                     || self.clock.window_open
                     || ctx.interrupt_possible()
                     || (has_apic && vm.apic_pending(self.index))
                 {
-                    self.prepare_events(&mut ctx, &vm, vmcb);
+                    self.prepare_events(ctx, &vm, vmcb);
                 }
             }
+            // Never held while the guest runs.
+            drop(held.take());
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
             // SAFETY: AMD-V is on for this CPU (host.host_vmcb comes from
@@ -298,6 +304,7 @@ impl Vcpu {
             if let Exit::EntryFailed { .. } = exit {
                 self.report_invalid(vmcb, setup);
             }
+            let mut ctx = vm.ctx();
             let action = {
                 let mut cpu = VmcbCpu {
                     vmcb: &mut *vmcb,
@@ -307,7 +314,7 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut vm.ctx(),
+                    &mut ctx,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
@@ -336,6 +343,7 @@ impl Vcpu {
             if env.output_full || crate::smp::stopping() {
                 return self.end_slice_early();
             }
+            held = Some(ctx);
         }
     }
 

@@ -363,6 +363,9 @@ impl Vcpu {
             );
         }
         let mut mode = switch::Mode::slice_start(self.launched);
+        // The VM's devices, locked from an exit's handling through the
+        // checks before the next entry: one lock per exit.
+        let mut held = None;
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
@@ -370,6 +373,7 @@ impl Vcpu {
                 return self.end_slice_early();
             }
             if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+                drop(held.take());
                 self.tally.settle(&vmcs);
                 if let Some(end) = self.take_mail() {
                     return end;
@@ -383,16 +387,18 @@ impl Vcpu {
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, until));
             }
             {
-                let mut ctx = vm.ctx();
-                self.clock.catch_up(now, &mut ctx, &vm, env);
+                let ctx = held.get_or_insert_with(|| vm.ctx());
+                self.clock.catch_up(now, ctx, &vm, env);
                 if self.pending_event.is_some()
                     || self.clock.window_open
                     || ctx.interrupt_possible()
                     || (has_apic && vm.apic_pending(self.index))
                 {
-                    self.prepare_events(&mut ctx, &vm, &mut vmcs, &host.setup);
+                    self.prepare_events(ctx, &vm, &mut vmcs, &host.setup);
                 }
             }
+            // Never held while the guest runs.
+            drop(held.take());
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
                 self.flush_translations(&host.setup);
@@ -446,6 +452,7 @@ impl Vcpu {
                 }
                 _ => {}
             }
+            let mut ctx = vm.ctx();
             let action = {
                 let mut cpu = VmcsCpu {
                     vmcs: &mut vmcs,
@@ -455,7 +462,7 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut vm.ctx(),
+                    &mut ctx,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
@@ -483,6 +490,7 @@ impl Vcpu {
                 self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
+            held = Some(ctx);
         }
     }
 
