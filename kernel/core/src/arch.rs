@@ -534,6 +534,13 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether carrying the action out involves the VM ([`crate::exit::settle`]):
+    /// an injected event (counted) or a stop.
+    #[inline]
+    pub fn needs_vm(&self) -> bool {
+        matches!(self, Action::Inject(_) | Action::Stop(_))
+    }
+
     /// The guest RIP to use on the next entry: the single definition of RIP
     /// advancement (the backend calls this and nothing else moves RIP).
     #[inline]

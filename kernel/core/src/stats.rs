@@ -118,6 +118,30 @@ impl ExitKind {
     }
 }
 
+// `ExitCounts::seen` has a bit per kind.
+const _: () = assert!(ExitKind::COUNT <= 32);
+
+/// Exits one vCPU handled without its VM's lock, per kind, until the
+/// kernel adds them to the VM's counters ([`VmStats::absorb`], once per
+/// slice).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    exits: [u64; ExitKind::COUNT],
+    /// Bit n: kind n was counted since the last [`VmStats::absorb`].
+    seen: u32,
+}
+
+impl ExitCounts {
+    /// Counts one exit.
+    #[inline]
+    pub fn record(&mut self, kind: ExitKind) {
+        if let Some(c) = self.exits.get_mut(kind.index()) {
+            *c = c.saturating_add(1);
+            self.seen |= 1 << kind.index();
+        }
+    }
+}
+
 /// Counters of one VM.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmStats {
@@ -155,6 +179,18 @@ impl VmStats {
     /// All exits so far.
     pub fn total_exits(&self) -> u64 {
         self.exits.iter().fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
+    /// Adds a vCPU's counts and clears them.
+    pub fn absorb(&mut self, counts: &mut ExitCounts) {
+        let mut seen = core::mem::take(&mut counts.seen);
+        while seen != 0 {
+            let i = seen.trailing_zeros() as usize;
+            seen &= seen - 1;
+            if let (Some(total), Some(n)) = (self.exits.get_mut(i), counts.exits.get_mut(i)) {
+                *total = total.saturating_add(core::mem::take(n));
+            }
+        }
     }
 
     /// Counts a slice that ran `ticks` host ticks in the guest.

@@ -37,7 +37,7 @@ use crate::devices::pic8259::PicPair;
 use crate::devices::serial16550::Serial16550;
 use crate::devices::{DeviceEffect, Effects, IoBus};
 use crate::msr_policy::MsrState;
-use crate::stats::VmStats;
+use crate::stats::{ExitCounts, VmStats};
 
 /// The report line for a stopped VM: `vm NAME (id N) stopped: REASON`.
 pub struct StopReport<'a> {
@@ -161,6 +161,9 @@ pub struct VcpuState {
     /// CPUID answers filled when the VM is created (empty: every leaf is
     /// computed at its exit).
     pub cpuid: CpuidTable,
+    /// Exits handled without the VM ([`crate::exit::handle_vcpu_exit`]),
+    /// until they are added to the VM's statistics.
+    pub exits: ExitCounts,
 }
 
 impl VcpuState {
@@ -172,6 +175,7 @@ impl VcpuState {
             state: VcpuRunState::Created,
             msrs: MsrState::default(),
             cpuid: CpuidTable::default(),
+            exits: ExitCounts::default(),
         }
     }
 

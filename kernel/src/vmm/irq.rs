@@ -25,9 +25,19 @@ pub struct DeviceClock {
     /// When the vCPU's local APIC timer next fires (TSC), if it has one
     /// and it is armed.
     pub apic_due: Option<u64>,
+    /// The VM's PIC may present an interrupt (`VmContext::interrupt_possible`
+    /// as of the last time this vCPU held the VM's lock): while it is
+    /// false, and nothing else is due, an entry needs no lock.
+    pub intr_possible: bool,
 }
 
 impl DeviceClock {
+    /// Whether a device is due at `now` (TSC): [`Self::catch_up`] then.
+    #[inline]
+    pub fn due(&self, now: u64) -> bool {
+        self.deadline.is_some_and(|(_, due_tsc)| now >= due_tsc)
+    }
+
     /// Brings the devices up to `now` (TSC) when one is due.
     #[inline]
     pub fn catch_up(
@@ -72,10 +82,15 @@ impl DeviceClock {
         None
     }
 
-    /// The VM's deadline may have changed (a port exit, host input).
+    /// The VM's deadline and PIC may have changed (a port exit, host
+    /// input, a device tick).
     #[inline]
     pub fn refresh(&mut self, vm: &VmContext) {
-        self.deadline = vm.next_deadline_ns().map(|ns| (ns, super::tsc_from_ns(ns)));
+        let ns = vm.next_deadline_ns();
+        if ns != self.deadline.map(|(ns, _)| ns) {
+            self.deadline = ns.map(|ns| (ns, super::tsc_from_ns(ns)));
+        }
+        self.intr_possible = vm.interrupt_possible();
     }
 
     /// The TSC value at which a halted vCPU should be woken, if a device

@@ -166,6 +166,15 @@ impl Vcpu {
     fn release(self) -> Arc<vm::Vm> {
         each!(self, v => v.release())
     }
+    /// Counts a slice of `ticks` in the VM's statistics, with the exits the
+    /// vCPU handled without the VM's lock.
+    fn record_slice(&mut self, ticks: u64) {
+        each!(self, v => {
+            let mut ctx = v.vm.ctx();
+            ctx.stats.record_slice(ticks);
+            ctx.stats.absorb(&mut v.state.exits);
+        })
+    }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
     fn wake_tsc(&self) -> Option<u64> {
         each!(self, v => v.clock.wake_tsc())
@@ -1233,7 +1242,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
-        v.vm().ctx().stats.record_slice(t - now);
+        v.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
             SliceEnd::Yielded => sched.on_yield(id, t),

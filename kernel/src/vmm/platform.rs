@@ -123,14 +123,17 @@ impl KernelPlatform {
 
 /// One exit of a vCPU of either backend, after the backend decoded it:
 /// hvcore's policy runs with `cpu` as the vCPU's backend-held state, then
-/// the kernel keeps up with what the guest may have changed: the device
-/// clock after a port access (the guest may have reprogrammed a timer) and
-/// XCR0 in hardware after an emulated XSETBV.
+/// the kernel keeps up with what the guest may have changed: XCR0 in
+/// hardware after an emulated XSETBV, the device clock and the PIC after an
+/// exit that reached the devices, the APIC timer after an APIC MSR write.
+///
+/// An exit that concerns the vCPU alone (`hvcore::exit::handle_vcpu_exit`:
+/// CPUID, its MSRs and control registers, HLT, timer and interrupt exits)
+/// takes no lock; the others take the VM's device lock for their handling.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn handle_exit(
     env: &mut KernelPlatform,
-    vm: &mut VmContext,
     state: &mut VcpuState,
     exit: &Exit,
     regs: &mut GuestRegs,
@@ -138,22 +141,26 @@ pub(super) fn handle_exit(
     clock: &mut super::irq::DeviceClock,
     cpu: &mut dyn GuestCpu,
 ) -> Action {
+    let (vm, index) = shared;
     let action = {
         let mut platform = PlatformFor {
             apic_id: env.apic_id,
             host: env,
-            memory: &shared.0.partition,
+            memory: &vm.partition,
             cpu: &mut *cpu,
             vcpu: Some(shared),
         };
-        hvcore::exit::handle_exit(vm, state, exit, regs, &mut platform)
+        let mut lazy = LazyVm { vm, guard: None };
+        let action = hvcore::exit::handle_exit(&mut lazy, state, exit, regs, &mut platform);
+        if let Some(mut ctx) = lazy.guard {
+            after_vm_exit(&mut ctx, exit, vm, index, clock);
+        }
+        action
     };
-    // A device (or an EOI) may have made the I/O APIC send.
-    shared.0.deliver_device_interrupts(vm);
     // The guest may have programmed its APIC timer.
     if let Exit::Wrmsr { msr, .. } = exit {
         if hvcore::devices::lapic::is_apic_msr(*msr) {
-            clock.apic_due = shared.0.apic_deadline(shared.1);
+            clock.apic_due = vm.apic_deadline(index);
         }
     }
     // An accepted XSETBV changed the vCPU's XCR0, which this CPU runs with.
@@ -162,10 +169,45 @@ pub(super) fn handle_exit(
             super::lazy::set_xcr0(xcr0);
         }
     }
-    if let Exit::Io(_) = exit {
-        clock.refresh(vm);
-    }
     action
+}
+
+/// The VM's devices as an exit reaches them: locked at the first use
+/// (`hvcore::exit::VmAccess`), held to the end of the exit's handling.
+struct LazyVm<'a> {
+    vm: &'a Vm,
+    guard: Option<spin::MutexGuard<'a, VmContext>>,
+}
+
+impl hvcore::exit::VmAccess for LazyVm<'_> {
+    #[inline(always)]
+    fn get(&mut self) -> &mut VmContext {
+        let vm = self.vm;
+        self.guard.get_or_insert_with(|| vm.ctx())
+    }
+}
+
+/// After an exit handled with the VM's devices locked: what the I/O APIC
+/// sent (a device's interrupt, an EOI's re-delivery) goes to the local
+/// APICs; after a port access, the vCPU's view of the device deadline and
+/// the PIC is brought up to date, and vCPU 0 (the only one the PIC
+/// reaches) is told when another vCPU's access may have given it an
+/// interrupt it takes.
+#[inline(always)]
+fn after_vm_exit(
+    ctx: &mut VmContext,
+    exit: &Exit,
+    vm: &Vm,
+    index: usize,
+    clock: &mut super::irq::DeviceClock,
+) {
+    vm.deliver_device_interrupts(ctx);
+    if let Exit::Io(_) = exit {
+        clock.refresh(ctx);
+        if index != 0 && clock.intr_possible && vm.extint_reaches(0) {
+            vm.post(0, super::vm::mail::INTERRUPT);
+        }
+    }
 }
 
 /// The services for exit handlers, bound to one VM and (during an exit) to

@@ -431,6 +431,13 @@ impl Vm {
         self.apics.get(index)?.lock().next_deadline()
     }
 
+    /// Whether the PIC's interrupts reach vCPU `index`: vCPU 0, through
+    /// LINT0 in ExtINT mode or with its APIC disabled (a VM without local
+    /// APICs: always).
+    pub fn extint_reaches(&self, index: usize) -> bool {
+        index == 0 && self.apics.first().is_none_or(|a| a.lock().extint_allowed())
+    }
+
     /// Fires vCPU `index`'s APIC timer if due at `now`; its next deadline.
     pub fn apic_tick(&self, index: usize, now: u64) -> Option<u64> {
         let mut apic = self.apics.get(index)?.lock();

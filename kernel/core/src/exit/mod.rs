@@ -45,18 +45,39 @@ pub use crate::arch::{
 };
 use crate::vcpu::{VcpuRunState, VcpuState, VmContext};
 
+/// The VM's shared state as an exit handler reaches it: taken only by the
+/// exits that need it (the kernel locks the VM's devices then; a VM's own
+/// exits, CPUID, its MSRs and control registers, take no lock).
+pub trait VmAccess {
+    /// The VM's context.
+    fn get(&mut self) -> &mut VmContext;
+}
+
+impl VmAccess for VmContext {
+    #[inline(always)]
+    fn get(&mut self) -> &mut VmContext {
+        self
+    }
+}
+
 /// Handles one VM exit. The only entry point; see the module docs.
 ///
-/// Updates `vm`'s statistics and run state (`Halted` on [`Action::Halt`],
-/// `Stopped` on [`Action::Stop`]; on stop any partial console line is
-/// flushed). Calling it for an already stopped VM returns the same stop again.
+/// Updates the vCPU's run state (`Halted` on [`Action::Halt`], `Stopped`
+/// on [`Action::Stop`]) and the statistics: exits that concern the vCPU
+/// alone (CPUID from its table, its MSR file and control registers, HLT,
+/// the timer and interrupt exits) count in `vcpu.exits` and reach `vm`
+/// only when their action does (an injected event is counted, a stop stops
+/// the VM); the others count in the VM's statistics. On stop any partial
+/// console line is flushed. Calling it for an already stopped vCPU, or for
+/// a VM-level exit of a VM another vCPU stopped, returns that stop.
 ///
-/// Generic over the platform, and always inlined into the backend's exit
-/// loop: the exits that need no platform service (CPUID from the table, a
-/// port without a device, most hypercalls) then never build one.
+/// Generic over the platform and the VM access, and always inlined into
+/// the backend's exit loop: the exits that need no platform service (CPUID
+/// from the table, a port without a device, most hypercalls) then never
+/// build one, and those that need no VM never lock it.
 #[inline(always)]
-pub fn handle_exit<P: Platform>(
-    vm: &mut VmContext,
+pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
+    vm: &mut V,
     vcpu: &mut VcpuState,
     exit: &Exit,
     regs: &mut GuestRegs,
@@ -65,17 +86,62 @@ pub fn handle_exit<P: Platform>(
     if let VcpuRunState::Stopped(reason) = vcpu.run_state() {
         return Action::Stop(*reason);
     }
-    if let Some(reason) = vm.stop_reason() {
-        // Another vCPU stopped the VM: this one stops too.
-        let action = Action::Stop(*reason);
-        vcpu.after_exit(&action);
-        return action;
-    }
-    vm.stats.record_exit(crate::stats::ExitKind::of(exit));
+    let kind = crate::stats::ExitKind::of(exit);
     let action = match *exit {
+        // The vCPU's own exits.
         Exit::Cpuid => crate::cpuid::handle(&vcpu.cpuid, regs, env),
         Exit::Hlt => Action::Halt,
+        Exit::Rdmsr { msr } if !crate::devices::lapic::is_apic_msr(msr) => {
+            crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env)
+        }
+        Exit::Wrmsr { msr, value } if !crate::devices::lapic::is_apic_msr(msr) => {
+            crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env)
+        }
+        Exit::CrAccess(access) => cr::access(access, regs, env),
+        Exit::Xsetbv => cr::xsetbv(regs, env),
+        Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
+        Exit::Invd => Action::AdvanceRip,
+        Exit::Rdpmc => Action::Inject(Event::GP0),
+        Exit::ExternalInterrupt | Exit::InterruptWindow => Action::Resume,
+        Exit::PreemptionTimer => Action::Preempted,
+        // The VM's.
+        _ => {
+            let vm = vm.get();
+            if let Some(reason) = vm.stop_reason() {
+                // Another vCPU stopped the VM: this one stops too.
+                let action = Action::Stop(*reason);
+                vcpu.after_exit(&action);
+                return action;
+            }
+            vm.stats.record_exit(kind);
+            let action = vm_exit(vm, vcpu, exit, regs, env);
+            vcpu.after_exit(&action);
+            settle(vm, &action, env);
+            return action;
+        }
+    };
+    vcpu.exits.record(kind);
+    vcpu.after_exit(&action);
+    if action.needs_vm() {
+        settle(vm.get(), &action, env);
+    }
+    action
+}
+
+/// The exits that involve the VM: devices, hypercalls, APIC MSRs, MMIO,
+/// faults.
+#[inline(always)]
+fn vm_exit<P: Platform>(
+    vm: &mut VmContext,
+    vcpu: &mut VcpuState,
+    exit: &Exit,
+    regs: &mut GuestRegs,
+    env: &mut P,
+) -> Action {
+    match *exit {
         Exit::Io(access) => io::handle(vm, &access, regs, env),
+        // A local APIC MSR: the VM's APIC, or the MSR policy in a VM
+        // without local APICs.
         Exit::Rdmsr { msr } => match apic_msr_read(msr, regs, env) {
             Some(action) => action,
             None => crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
@@ -84,11 +150,6 @@ pub fn handle_exit<P: Platform>(
             Some(action) => action,
             None => crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env),
         },
-        Exit::CrAccess(access) => cr::access(access, regs, env),
-        Exit::Xsetbv => cr::xsetbv(regs, env),
-        Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
-        Exit::Invd => Action::AdvanceRip,
-        Exit::Rdpmc => Action::Inject(Event::GP0),
         Exit::Vmcall => crate::hypercall::handle(vm, regs, env),
         Exit::MemoryViolation {
             gpa,
@@ -99,8 +160,6 @@ pub fn handle_exit<P: Platform>(
             None => fault::memory_violation(gpa, access, linear, regs),
         },
         Exit::TripleFault => fault::triple_fault(regs),
-        Exit::ExternalInterrupt | Exit::InterruptWindow => Action::Resume,
-        Exit::PreemptionTimer => Action::Preempted,
         Exit::Exception { vector, error_code } => fault::exception(vector, error_code, regs),
         Exit::EntryFailed {
             code,
@@ -111,14 +170,29 @@ pub fn handle_exit<P: Platform>(
             name,
             qualification,
         } => fault::unhandled(code, name, qualification, regs),
-    };
-    vcpu.after_exit(&action);
-    match action {
+        // The vCPU's own exits never come here (see `handle_exit`).
+        Exit::Cpuid
+        | Exit::Hlt
+        | Exit::CrAccess(_)
+        | Exit::Xsetbv
+        | Exit::UndefinedInstruction { .. }
+        | Exit::Invd
+        | Exit::Rdpmc
+        | Exit::ExternalInterrupt
+        | Exit::InterruptWindow
+        | Exit::PreemptionTimer => Action::Resume,
+    }
+}
+
+/// The VM's part of an action: an injected event is counted, a stop stops
+/// the VM (its report, the console's last line).
+#[inline]
+fn settle(vm: &mut VmContext, action: &Action, env: &mut dyn Platform) {
+    match *action {
         Action::Inject(_) => vm.stats.injected_events += 1,
         Action::Stop(reason) => vm.stop(reason, env),
         _ => {}
     }
-    action
 }
 
 /// RDMSR of a local APIC MSR in a VM with local APICs; `None` otherwise.
@@ -427,6 +501,9 @@ mod tests {
         );
         assert_eq!(a, Action::Preempted);
         assert_eq!(*vcpu.run_state(), VcpuRunState::Runnable);
+        // The vCPU's own exits count in the vCPU until the VM absorbs them.
+        assert_eq!(vm.stats.exits(ExitKind::Hlt), 0);
+        vm.stats.absorb(&mut vcpu.exits);
         assert_eq!(vm.stats.exits(ExitKind::Hlt), 1);
         assert_eq!(vm.stats.exits(ExitKind::PreemptionTimer), 1);
     }

@@ -248,38 +248,36 @@ impl Vcpu {
         self.clock.apic_due = vm.apic_deadline(self.index);
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
-        // The VM's devices, locked from an exit's handling through the
-        // checks before the next entry: one lock per exit.
-        let mut held = None;
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
                 return self.end_slice_early();
             }
             if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
-                drop(held.take());
                 if let Some(end) = self.take_mail() {
                     return end;
                 }
+                // An interrupt may be waiting in the PIC: look under the lock.
+                self.clock.intr_possible = true;
             }
             if has_apic {
                 self.clock.apic_catch_up(now, &vm, self.index);
                 let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
                 crate::apic::one_shot_us(crate::vmm::us_from_tsc(until.saturating_sub(now)).max(1));
             }
+            // The VM's devices are locked only when a device is due or an
+            // event may be delivered (see the VT-x loop).
+            if self.clock.due(now)
+                || self.pending_event.is_some()
+                || self.clock.window_open
+                || self.clock.intr_possible
+                || (has_apic && vm.apic_pending(self.index))
             {
-                let ctx = held.get_or_insert_with(|| vm.ctx());
-                self.clock.catch_up(now, ctx, &vm, env);
-                if self.pending_event.is_some()
-                    || self.clock.window_open
-                    || ctx.interrupt_possible()
-                    || (has_apic && vm.apic_pending(self.index))
-                {
-                    self.prepare_events(ctx, &vm, vmcb);
-                }
+                let mut ctx = vm.ctx();
+                self.clock.catch_up(now, &mut ctx, &vm, env);
+                self.prepare_events(&mut ctx, &vm, vmcb);
+                self.clock.intr_possible = ctx.interrupt_possible();
             }
-            // Never held while the guest runs.
-            drop(held.take());
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
             // SAFETY: AMD-V is on for this CPU (host.host_vmcb comes from
@@ -304,7 +302,6 @@ impl Vcpu {
             if let Exit::EntryFailed { .. } = exit {
                 self.report_invalid(vmcb, setup);
             }
-            let mut ctx = vm.ctx();
             let action = {
                 let mut cpu = VmcbCpu {
                     vmcb: &mut *vmcb,
@@ -314,7 +311,6 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut ctx,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
@@ -343,7 +339,6 @@ impl Vcpu {
             if env.output_full || crate::smp::stopping() {
                 return self.end_slice_early();
             }
-            held = Some(ctx);
         }
     }
 

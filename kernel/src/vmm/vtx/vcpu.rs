@@ -363,9 +363,6 @@ impl Vcpu {
             );
         }
         let mut mode = switch::Mode::slice_start(self.launched);
-        // The VM's devices, locked from an exit's handling through the
-        // checks before the next entry: one lock per exit.
-        let mut held = None;
         loop {
             let now = crate::arch::rdtsc();
             if now >= slice_end {
@@ -373,11 +370,12 @@ impl Vcpu {
                 return self.end_slice_early();
             }
             if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
-                drop(held.take());
                 self.tally.settle(&vmcs);
                 if let Some(end) = self.take_mail() {
                     return end;
                 }
+                // An interrupt may be waiting in the PIC: look under the lock.
+                self.clock.intr_possible = true;
             }
             if has_apic {
                 self.clock.apic_catch_up(now, &vm, self.index);
@@ -386,19 +384,20 @@ impl Vcpu {
                 let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, until));
             }
+            // The VM's devices are locked only when a device is due or an
+            // event may be delivered: an entry after an exit that concerned
+            // the vCPU alone takes no lock.
+            if self.clock.due(now)
+                || self.pending_event.is_some()
+                || self.clock.window_open
+                || self.clock.intr_possible
+                || (has_apic && vm.apic_pending(self.index))
             {
-                let ctx = held.get_or_insert_with(|| vm.ctx());
-                self.clock.catch_up(now, ctx, &vm, env);
-                if self.pending_event.is_some()
-                    || self.clock.window_open
-                    || ctx.interrupt_possible()
-                    || (has_apic && vm.apic_pending(self.index))
-                {
-                    self.prepare_events(ctx, &vm, &mut vmcs, &host.setup);
-                }
+                let mut ctx = vm.ctx();
+                self.clock.catch_up(now, &mut ctx, &vm, env);
+                self.prepare_events(&mut ctx, &vm, &mut vmcs, &host.setup);
+                self.clock.intr_possible = ctx.interrupt_possible();
             }
-            // Never held while the guest runs.
-            drop(held.take());
             if self.soft.flush_tlb {
                 self.soft.flush_tlb = false;
                 self.flush_translations(&host.setup);
@@ -452,7 +451,6 @@ impl Vcpu {
                 }
                 _ => {}
             }
-            let mut ctx = vm.ctx();
             let action = {
                 let mut cpu = VmcsCpu {
                     vmcs: &mut vmcs,
@@ -462,7 +460,6 @@ impl Vcpu {
                 };
                 platform::handle_exit(
                     env,
-                    &mut ctx,
                     &mut self.state,
                     &exit,
                     &mut self.regs,
@@ -490,7 +487,6 @@ impl Vcpu {
                 self.tally.settle(&vmcs);
                 return self.end_slice_early();
             }
-            held = Some(ctx);
         }
     }
 
