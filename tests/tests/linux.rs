@@ -246,3 +246,48 @@ fn linux_smp_vtx_bochs() {
     };
     smp_linux(machine, "vtx", 15_000);
 }
+
+/// A reset of an SMP Linux VM (`reboot -f`, a triple fault with
+/// `reboot=t`) restarts the whole VM, both vCPUs, by its policy: it boots
+/// again with two processors, each time.
+#[test]
+fn linux_smp_restart_svm_qemu() {
+    let (kernel, initrd) = assets();
+    let name = "linux_smp_restart";
+    let text = format!(
+        r#"
+[[vm]]
+name = "rebooter"
+memory = "256M"
+cpus = [0, 1]
+kernel = "file:{}"
+initrd = "file:{}"
+cmdline = "console=ttyS0 pci=off reboot=t panic=-1 hvtest=reboot"
+on_reboot = "restart"
+"#,
+        kernel.display(),
+        initrd.display()
+    );
+    let mut scenario = vms_scenario(&config_file(name, &text));
+    scenario.options.stop_after_ms = Some(40_000);
+    let machine = Machine {
+        timeout: Duration::from_secs(180),
+        ..Machine::qemu_bios(2).with_cpu(CpuModel::Amd)
+    };
+    let o = boot_on(name, &scenario, &machine);
+    // The hypervisor tells a hardware-reduced Linux its TSC rate.
+    assert_guest_line(&o, "rebooter", "tsc_early_khz=");
+    assert_kernel_line(&o, "vm rebooter (id 0) restarting: triple fault");
+    let boots = guest_lines(&o, "rebooter")
+        .filter(|l| l.contains("smp: Brought up 1 node, 2 CPUs"))
+        .count();
+    if boots < 2 {
+        fail(
+            &o,
+            &format!(
+                "the SMP VM came up {boots} time(s) with 2 CPUs; a restart brings both vCPUs back"
+            ),
+        );
+    }
+    assert_success(&o);
+}

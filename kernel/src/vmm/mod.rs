@@ -213,6 +213,10 @@ struct CpuWork(Vec<Vcpu>);
 // lock; its control block and registers are used by its own CPU alone.
 unsafe impl Send for CpuWork {}
 
+/// VMs built and not yet ended for good (a restart ends one and builds
+/// another).
+static LIVE_VMS: AtomicU32 = AtomicU32::new(0);
+
 /// vCPUs handed to a CPU while its loop runs (a VM created, started or
 /// restarted on another CPU has vCPUs here); taken between two slices.
 static ADOPT: [Mutex<Option<CpuWork>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
@@ -741,14 +745,27 @@ fn load_guest(
             let options = linux::PlanOptions {
                 acpi: acpi.as_ref().map(linux::AcpiRegion::of),
             };
-            let plan = linux::plan_with(
-                image.data,
-                initrd,
-                spec.cmdline.as_bytes(),
-                spec.memory_bytes,
-                &options,
-            )
-            .map_err(|e| format!("kernel \"{name}\": {e}"))?;
+            let plan_for = |cmdline: &str| {
+                linux::plan_with(
+                    image.data,
+                    initrd,
+                    cmdline.as_bytes(),
+                    spec.memory_bytes,
+                    &options,
+                )
+            };
+            // A VM with ACPI tables is hardware-reduced: Linux is told the
+            // TSC rate rather than left to calibrate (see
+            // `linux::with_tsc_khz`); a line the kernel would not take with
+            // it boots as given.
+            let told = acpi
+                .as_ref()
+                .and_then(|_| linux::with_tsc_khz(&spec.cmdline, crate::apic::tsc_hz() / 1000))
+                .and_then(|line| plan_for(&line).ok());
+            let plan = match told {
+                Some(plan) => plan,
+                None => plan_for(&spec.cmdline).map_err(|e| format!("kernel \"{name}\": {e}"))?,
+            };
             for (gpa, bytes) in plan.writes() {
                 copy(gpa, bytes)?;
             }
@@ -859,6 +876,7 @@ fn build_one(
             }
         }
     }
+    LIVE_VMS.fetch_add(1, Ordering::AcqRel);
     Ok(built)
 }
 
@@ -1053,17 +1071,30 @@ pub fn ap_main(cpu: u32) -> ! {
 fn stop_unrunnable(cpu: usize) {
     if let Some(CpuWork(list)) = WORK[cpu].lock().take() {
         for v in list {
-            SUMMARIES.lock().push(VmSummary {
-                name: v.vm().name().into(),
-                cpu,
-                report: alloc::format!(
-                    "vm {} not run: virtualization unavailable on CPU {cpu}",
-                    v.vm().name()
-                ),
-                slices: 0,
-                guest_us: 0,
-                exits: 0,
-            });
+            let report = alloc::format!(
+                "vm {} not run: virtualization unavailable on CPU {cpu}",
+                v.vm().name()
+            );
+            // Its other vCPUs (on CPUs that work) stop too.
+            let mut platform = KernelPlatform::new(0);
+            v.vm()
+                .ctx()
+                .stop(StopReason::HostStop, &mut platform.with(&v.vm().partition));
+            platform.flush_output();
+            v.vm().stop_others(v.index());
+            let vm = v.release();
+            if vm.finish_vcpu() {
+                SUMMARIES.lock().push(VmSummary {
+                    name: vm.name().into(),
+                    cpu,
+                    report,
+                    slices: 0,
+                    guest_us: 0,
+                    exits: 0,
+                });
+                release_vm(vm);
+                LIVE_VMS.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -1191,7 +1222,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             break;
         }
         let Some(id) = sched.pick_next(0, now) else {
-            if sched.all_stopped(0) && !control::enabled() {
+            // A CPU whose vCPUs all stopped stays while a VM lives: a VM
+            // restarted on another CPU may hand it a vCPU again.
+            if sched.all_stopped(0) && !control::enabled() && LIVE_VMS.load(Ordering::Acquire) == 0
+            {
                 break;
             }
             // Idle: every vCPU halted. Sleep until the earliest wake-up on the
@@ -1368,6 +1402,9 @@ fn restart(cpu: usize, vm: Arc<vm::Vm>, spec: &config::VmSpec) {
         (Some(package), Some(backend)) => build_one(id, spec, package, backend),
         _ => Err(String::from("no backend")),
     };
+    // The old VM has ended (after the new one counts, so that no CPU's
+    // loop sees no live VM in between).
+    LIVE_VMS.fetch_sub(1, Ordering::AcqRel);
     match built {
         Ok(list) => {
             if let Some((v, _)) = list.first() {
@@ -1418,6 +1455,7 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
     console::vm_gone(vm.id());
     let (name, mib) = (String::from(vm.name()), vm.partition.size() >> 20);
     release_vm(vm);
+    LIVE_VMS.fetch_sub(1, Ordering::AcqRel);
     log::info!(
         "vm {name}: {mib} MiB returned to the free pool ({} frames free)",
         crate::mm::counts().0

@@ -666,6 +666,21 @@ fn check_acpi(acpi: &AcpiRegion, kernel: &Range<u64>, memory: u64) -> Result<(),
     Ok(())
 }
 
+/// The command line with `tsc_early_khz=KHZ` appended, for a Linux VM
+/// whose TSC rate the hypervisor knows (`tsc_khz`, nonzero) and whose
+/// machine has no PIT to calibrate against (hardware-reduced ACPI): Linux
+/// reads CPUID leaf 0x15 only on Intel CPUs, and its calibration against
+/// the ACPI PM timer fails when a vCPU is delayed between two reads (an
+/// emulated machine, a busy host), which leaves it without a timer. `None`
+/// when the line already sets the parameter or the rate is unknown.
+pub fn with_tsc_khz(cmdline: &str, tsc_khz: u64) -> Option<alloc::string::String> {
+    if tsc_khz == 0 || cmdline.split(' ').any(|p| p.starts_with("tsc_early_khz=")) {
+        return None;
+    }
+    let sep = if cmdline.is_empty() { "" } else { " " };
+    Some(alloc::format!("{cmdline}{sep}tsc_early_khz={tsc_khz}"))
+}
+
 /// [`plan`] with `options`: with [`PlanOptions::acpi`], the zero page
 /// points the kernel at the RSDP and the memory map reserves the tables.
 pub fn plan_with<'a>(
@@ -1372,5 +1387,21 @@ mod real_image {
             p.initrd.map(|s| s.gpa)
         );
         assert!(p.kernel_region.end <= memory);
+    }
+
+    #[test]
+    fn tsc_khz_appended_once() {
+        assert_eq!(
+            with_tsc_khz("console=ttyS0", 2_600_000).as_deref(),
+            Some("console=ttyS0 tsc_early_khz=2600000")
+        );
+        assert_eq!(
+            with_tsc_khz("", 1000).as_deref(),
+            Some("tsc_early_khz=1000")
+        );
+        assert_eq!(with_tsc_khz("a tsc_early_khz=5", 1000), None);
+        assert_eq!(with_tsc_khz("console=ttyS0", 0), None);
+        // A parameter that merely contains the name is not the parameter.
+        assert!(with_tsc_khz("xtsc_early_khz=5", 1000).is_some());
     }
 }
