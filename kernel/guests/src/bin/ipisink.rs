@@ -140,33 +140,13 @@ fn build_idt() {
     }
 }
 
-/// TSC and APIC timer frequencies (Hz): CPUID 0x15, else 0x16 (timer at
-/// TSC / 100).
-fn frequencies() -> Option<(u64, u64)> {
-    let max = cpuid(0, 0).eax;
-    if max >= 0x15 {
-        let l = cpuid(0x15, 0);
-        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
-            let crystal = u64::from(l.ecx);
-            return Some((crystal * u64::from(l.ebx) / u64::from(l.eax), crystal));
-        }
-    }
-    if max >= 0x16 {
-        let mhz = u64::from(cpuid(0x16, 0).eax & 0xffff);
-        if mhz != 0 {
-            return Some((mhz * 1_000_000, mhz * 10_000));
-        }
-    }
-    None
-}
-
 fn main() {
     guests::pace_output();
     if cpuid(1, 0).ecx & CPUID1_ECX_X2APIC == 0 {
         println!("ipisink: no x2apic in cpuid");
         finish("ipisink", 1);
     }
-    let Some((tsc_hz, apic_hz)) = frequencies() else {
+    let Some((tsc_hz, apic_hz)) = guests::smp::frequencies() else {
         println!("ipisink: no tsc frequency in cpuid 0x15/0x16");
         finish("ipisink", 1);
     };
