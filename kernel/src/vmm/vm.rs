@@ -7,19 +7,22 @@
 //!
 //! - the partition (guest memory and its EPT/NPT): read and written by every
 //!   vCPU's exits through `&Partition`; released when the last vCPU ends;
-//! - the [`VmContext`] (device models, console, statistics, the stop
-//!   reason) behind one spin lock, taken for the handling of one exit and
-//!   for the checks before an entry, never while a guest runs. A VM with one
-//!   vCPU takes it uncontended (an atomic exchange and a store);
+//! - the [`VmContext`] (device models with the I/O APIC, console,
+//!   statistics, the stop reason) behind one spin lock, taken by the exits
+//!   that reach the VM's devices (ports, MMIO, hypercalls, APIC MSRs) and
+//!   before an entry when a device is due or an event may be delivered,
+//!   never while a guest runs; exits that concern the vCPU alone (CPUID,
+//!   its MSRs and control registers) take none;
 //! - one [`VcpuLink`] per vCPU: the CPU it runs on and a mailbox word. A
 //!   vCPU (or the host) that wants another vCPU to notice something (the VM
 //!   stopped, an interrupt for it, INIT, SIPI) sets a bit there and sends
 //!   that CPU the wake IPI; the vCPU's loop tests the word before every
 //!   entry (one load), and an idle CPU looks at its vCPUs' words after
 //!   every wake-up;
-//! - in a VM with several vCPUs, one virtual local APIC per vCPU and an I/O
-//!   APIC ([`hvcore::devices::lapic`], [`hvcore::devices::ioapic`]), each
-//!   behind its own lock. A vCPU locks its own APIC for its APIC MSR exits
+//! - in a VM with several vCPUs, one virtual local APIC per vCPU
+//!   ([`hvcore::devices::lapic`]), each behind its own lock (the I/O APIC,
+//!   [`hvcore::devices::ioapic`], is one of the devices in the context). A
+//!   vCPU locks its own APIC for its APIC MSR exits
 //!   and before an entry; an IPI locks each of the VM's APICs in turn to
 //!   match the destination and accept the vector, then posts to the
 //!   targets' mailboxes. Lock order: the context, then an APIC (never an
