@@ -86,24 +86,28 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
     if let VcpuRunState::Stopped(reason) = vcpu.run_state() {
         return Action::Stop(*reason);
     }
-    let kind = crate::stats::ExitKind::of(exit);
-    let action = match *exit {
-        // The vCPU's own exits.
-        Exit::Cpuid => crate::cpuid::handle(&vcpu.cpuid, regs, env),
-        Exit::Hlt => Action::Halt,
-        Exit::Rdmsr { msr } if !crate::devices::lapic::is_apic_msr(msr) => {
-            crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env)
-        }
-        Exit::Wrmsr { msr, value } if !crate::devices::lapic::is_apic_msr(msr) => {
-            crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env)
-        }
-        Exit::CrAccess(access) => cr::access(access, regs, env),
-        Exit::Xsetbv => cr::xsetbv(regs, env),
-        Exit::UndefinedInstruction { .. } => Action::Inject(Event::UD),
-        Exit::Invd => Action::AdvanceRip,
-        Exit::Rdpmc => Action::Inject(Event::GP0),
-        Exit::ExternalInterrupt | Exit::InterruptWindow => Action::Resume,
-        Exit::PreemptionTimer => Action::Preempted,
+    use crate::stats::ExitKind as K;
+    let (kind, action) = match *exit {
+        // The vCPU's own exits (their kinds are constants here, so counting
+        // one is a single add).
+        Exit::Cpuid => (K::Cpuid, crate::cpuid::handle(&vcpu.cpuid, regs, env)),
+        Exit::Hlt => (K::Hlt, Action::Halt),
+        Exit::Rdmsr { msr } if !crate::devices::lapic::is_apic_msr(msr) => (
+            K::Rdmsr,
+            crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
+        ),
+        Exit::Wrmsr { msr, value } if !crate::devices::lapic::is_apic_msr(msr) => (
+            K::Wrmsr,
+            crate::msr_policy::handle_write(&mut vcpu.msrs, msr, value, regs, env),
+        ),
+        Exit::CrAccess(access) => (K::CrAccess, cr::access(access, regs, env)),
+        Exit::Xsetbv => (K::Xsetbv, cr::xsetbv(regs, env)),
+        Exit::UndefinedInstruction { .. } => (K::UndefinedInstruction, Action::Inject(Event::UD)),
+        Exit::Invd => (K::Invd, Action::AdvanceRip),
+        Exit::Rdpmc => (K::Rdpmc, Action::Inject(Event::GP0)),
+        Exit::ExternalInterrupt => (K::ExternalInterrupt, Action::Resume),
+        Exit::InterruptWindow => (K::InterruptWindow, Action::Resume),
+        Exit::PreemptionTimer => (K::PreemptionTimer, Action::Preempted),
         // The VM's.
         _ => {
             let vm = vm.get();
@@ -113,7 +117,7 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
                 vcpu.after_exit(&action);
                 return action;
             }
-            vm.stats.record_exit(kind);
+            vm.stats.record_exit(K::of(exit));
             let action = vm_exit(vm, vcpu, exit, regs, env);
             vcpu.after_exit(&action);
             settle(vm, &action, env);
