@@ -199,6 +199,35 @@ fn control_protocol_over_qemu() {
         ]
     );
 
+    // A VM with two vCPUs, one on each CPU: created, listed with both
+    // CPUs, destroyed; its memory comes back once its second vCPU (on the
+    // other CPU) has ended too.
+    let frames = free_frames(&mut client);
+    ok(&mut client, "create duo image=counter memory=4 cpus=0,1");
+    let list = ok(&mut client, "list");
+    let Some(Value::Arr(vms)) = list.get("vms") else {
+        panic!("list: {list:?}")
+    };
+    let duo = vms
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some("duo"))
+        .unwrap_or_else(|| panic!("duo not listed: {list:?}"));
+    assert_eq!(
+        duo.get("cpus"),
+        Some(&Value::Arr(vec![Value::Num(0), Value::Num(1)])),
+        "duo: {duo:?}"
+    );
+    assert_eq!(duo.get("state").and_then(Value::as_str), Some("running"));
+    ok(&mut client, "destroy duo");
+    let freed = Instant::now();
+    while free_frames(&mut client) != frames {
+        assert!(
+            freed.elapsed() < Duration::from_secs(30),
+            "a destroyed two-vCPU VM did not give its memory back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Bad requests: each named, nothing changed.
     let before = snapshot(&mut client);
     refused(&mut client, "info nope", "no VM \"nope\"");
