@@ -28,8 +28,12 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use guests::cpu::{rdmsr, wrmsr};
-use guests::{cpuid, finish, println, rdtsc, trap};
+use guests::cpu::rdmsr;
+use guests::smp::{
+    enable_x2apic, install_idt, msr, set_timer, stop_timer, CPUID1_ECX_X2APIC, LVT_PERIODIC,
+    VEC_SPURIOUS,
+};
+use guests::{cpuid, finish, println, rdtsc};
 
 guests::entry!(main);
 
@@ -37,23 +41,6 @@ guests::entry!(main);
 const VEC_TIMER: u8 = 0x30;
 const PERIOD_MS: u64 = 10;
 const RUN_MS: u64 = 2000;
-/// Spurious-interrupt vector (no EOI for it).
-const VEC_SPURIOUS: u8 = 0xFF;
-
-const MSR_APIC_BASE: u32 = 0x1B;
-const MSR_ID: u32 = 0x802;
-const MSR_TPR: u32 = 0x808;
-const MSR_EOI: u32 = 0x80B;
-const MSR_SVR: u32 = 0x80F;
-const MSR_LVT_TIMER: u32 = 0x832;
-const MSR_INITIAL_COUNT: u32 = 0x838;
-const MSR_DIVIDE: u32 = 0x83E;
-const APIC_BASE_EN: u64 = 1 << 11;
-const APIC_BASE_EXTD: u64 = 1 << 10;
-const LVT_MASKED: u64 = 1 << 16;
-const LVT_PERIODIC: u64 = 1 << 17;
-const CPUID1_ECX_X2APIC: u32 = 1 << 21;
-
 /// Interrupts by vector.
 static COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 
@@ -94,50 +81,12 @@ core::arch::global_asm!(
     ".text",
     counts = sym COUNTS,
     spurious = const VEC_SPURIOUS,
-    eoi = const MSR_EOI,
+    eoi = const msr::EOI,
     options(att_syntax),
 );
 
 extern "C" {
     static ipisink_stubs: u8;
-}
-
-#[repr(C, align(16))]
-struct Idt([[u64; 2]; 256]);
-static mut IDT: Idt = Idt([[0; 2]; 256]);
-
-/// trap.rs's exception gates (0-31) and the counting stubs (32-255).
-fn build_idt() {
-    trap::install();
-    let current = x86_64::instructions::tables::sidt();
-    let cs: u16;
-    // SAFETY: reading CS has no side effects.
-    unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags)) };
-    // SAFETY: single vCPU, interrupts off; trap.rs's table has 256 gates and
-    // stays in place; the stubs are 16 bytes apart.
-    unsafe {
-        let old = current.base.as_u64() as *const [u64; 2];
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        let stubs = core::ptr::addr_of!(ipisink_stubs) as u64;
-        for (v, gate) in idt.0.iter_mut().enumerate() {
-            if v < 32 {
-                *gate = old.add(v).read();
-            } else {
-                let h = stubs + (v as u64 - 32) * 16;
-                // Present 64-bit interrupt gate, DPL 0 (SDM Vol. 3A 6.14.1).
-                gate[0] = (h & 0xffff)
-                    | (u64::from(cs) << 16)
-                    | (0x8e << 40)
-                    | (((h >> 16) & 0xffff) << 48);
-                gate[1] = h >> 32;
-            }
-        }
-        let pointer = x86_64::structures::DescriptorTablePointer {
-            limit: (core::mem::size_of::<Idt>() - 1) as u16,
-            base: x86_64::VirtAddr::new(idt as *const Idt as u64),
-        };
-        x86_64::instructions::tables::lidt(&pointer);
-    }
 }
 
 fn main() {
@@ -150,39 +99,24 @@ fn main() {
         println!("ipisink: no tsc frequency in cpuid 0x15/0x16");
         finish("ipisink", 1);
     };
-    build_idt();
-    let base = rdmsr(MSR_APIC_BASE);
-    // SAFETY: APIC global enable, then x2APIC mode (base address kept),
-    // software enable with spurious vector 0xFF, TPR 0; every vector has a
-    // counting handler.
-    unsafe {
-        if base & APIC_BASE_EN == 0 {
-            wrmsr(MSR_APIC_BASE, base | APIC_BASE_EN);
-        }
-        wrmsr(MSR_APIC_BASE, base | APIC_BASE_EN | APIC_BASE_EXTD);
-        wrmsr(MSR_SVR, (1 << 8) | u64::from(VEC_SPURIOUS));
-        wrmsr(MSR_TPR, 0);
-    }
-    let id = rdmsr(MSR_ID);
+    // trap.rs's exception gates and the counting stubs, 16 bytes apart.
+    let stubs = core::ptr::addr_of!(ipisink_stubs) as u64;
+    install_idt(|v| stubs + (u64::from(v) - 32) * 16);
+    enable_x2apic();
+    let id = rdmsr(msr::ID);
     println!("ipisink: apic id {id}, tsc {tsc_hz} Hz, apic timer {apic_hz} Hz, timer {PERIOD_MS} ms for {RUN_MS} ms");
 
     let end = rdtsc() + tsc_hz / 1000 * RUN_MS;
-    // SAFETY: periodic timer at the counted vector, divide by 1.
-    unsafe {
-        wrmsr(MSR_DIVIDE, 0b1011);
-        wrmsr(MSR_LVT_TIMER, LVT_PERIODIC | u64::from(VEC_TIMER));
-        wrmsr(MSR_INITIAL_COUNT, apic_hz / 1000 * PERIOD_MS);
-    }
+    set_timer(
+        LVT_PERIODIC | u64::from(VEC_TIMER),
+        apic_hz / 1000 * PERIOD_MS,
+    );
     while rdtsc() < end {
         // SAFETY: STI's shadow covers HLT, so an interrupt that is pending
         // wakes it; the periodic timer wakes it at least every 10 ms.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
-    // SAFETY: masks and stops the timer.
-    unsafe {
-        wrmsr(MSR_LVT_TIMER, LVT_MASKED | u64::from(VEC_TIMER));
-        wrmsr(MSR_INITIAL_COUNT, 0);
-    }
+    stop_timer();
     // Take whatever is still pending (a last tick, a late stray IPI).
     // SAFETY: as above.
     unsafe { asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
