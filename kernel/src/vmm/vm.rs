@@ -164,6 +164,10 @@ pub struct Vm {
 /// clock CPUID leaf 0x15 reports is TSC / 100.
 pub const APIC_TIMER_TSC_PER_TICK: u32 = 100;
 
+// A VM has at most one vCPU per CPU, and an interrupt's targets are a u64
+// mask of vCPU indices (`Vm::deliver`).
+const _: () = assert!(crate::percpu::MAX_CPUS <= 64);
+
 impl Vm {
     /// A VM whose vCPU i runs on `cpus[i]` (at least one). With more than
     /// one vCPU, vCPU i gets a local APIC with ID i (vCPU 0 the BSP), and
@@ -386,8 +390,10 @@ impl Vm {
     /// and the PIC reaches vCPU 0 through LINT0). Lowest priority goes to
     /// the matching APIC with the lowest priority.
     pub fn deliver(&self, from: Option<usize>, msg: InterruptMessage) {
+        // One bit per vCPU: a VM has at most one vCPU per CPU (see the
+        // assertion at `APIC_TIMER_TSC_PER_TICK`).
         let mut mask = 0u64;
-        for (i, apic) in self.apics.iter().enumerate().take(64) {
+        for (i, apic) in self.apics.iter().enumerate() {
             if lapic::matches(&apic.lock(), msg.dest, Some(i) == from) {
                 mask |= 1 << i;
             }
@@ -395,7 +401,7 @@ impl Vm {
         if msg.mode == DeliveryMode::LowestPriority && mask.count_ones() > 1 {
             // One target: the lowest PPR (ties: the lowest index).
             let mut best: Option<(u8, usize)> = None;
-            for i in (0..self.apics.len().min(64)).filter(|i| mask & (1 << i) != 0) {
+            for i in (0..self.apics.len()).filter(|i| mask & (1 << i) != 0) {
                 let ppr = self.apics[i].lock().ppr();
                 if best.is_none_or(|(p, _)| ppr < p) {
                     best = Some((ppr, i));
@@ -403,7 +409,7 @@ impl Vm {
             }
             mask = best.map_or(0, |(_, i)| 1 << i);
         }
-        for i in (0..self.apics.len().min(64)).filter(|i| mask & (1 << i) != 0) {
+        for i in (0..self.apics.len()).filter(|i| mask & (1 << i) != 0) {
             let bits = match msg.mode {
                 DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
                     if !self.apics[i]
