@@ -552,6 +552,56 @@ impl Action {
     }
 }
 
+/// What the backend carries out after an exit: the [`Action`] without the
+/// stop's reason, which [`crate::exit::handle_exit`] has already recorded
+/// (the vCPU's run state, the VM's report). Small enough to come back in
+/// registers, which matters on the exit path: every exit moves it through
+/// the backend's loop, and the reason alone is 56 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Next {
+    /// [`Action::Resume`].
+    Resume,
+    /// [`Action::AdvanceRip`].
+    AdvanceRip,
+    /// [`Action::Inject`].
+    Inject(Event),
+    /// [`Action::Yield`].
+    Yield,
+    /// [`Action::Preempted`].
+    Preempted,
+    /// [`Action::Halt`].
+    Halt,
+    /// [`Action::Stop`].
+    Stop,
+}
+
+impl From<&Action> for Next {
+    #[inline(always)]
+    fn from(action: &Action) -> Self {
+        match *action {
+            Action::Resume => Next::Resume,
+            Action::AdvanceRip => Next::AdvanceRip,
+            Action::Inject(ev) => Next::Inject(ev),
+            Action::Yield => Next::Yield,
+            Action::Preempted => Next::Preempted,
+            Action::Halt => Next::Halt,
+            Action::Stop(_) => Next::Stop,
+        }
+    }
+}
+
+impl Next {
+    /// The guest RIP to use on the next entry ([`Action::next_rip`]).
+    #[inline(always)]
+    pub fn next_rip(&self, rip: u64, instruction_len: u64) -> u64 {
+        match self {
+            Next::AdvanceRip | Next::Yield | Next::Halt => rip.wrapping_add(instruction_len),
+            Next::Resume | Next::Inject(_) | Next::Preempted | Next::Stop => rip,
+        }
+    }
+}
+
 /// Services the kernel provides to exit handlers (faked in host tests).
 pub trait Platform {
     /// `CPUID` executed on the physical CPU.

@@ -247,10 +247,39 @@ struct Filled {
     basic_held: u32,
     /// Leaves 0 ..= 0x1F.
     basic: [[u32; 4]; 0x20],
+    /// Which of leaves 0 ..= 0x1F [`Self::finished`] answers (bit n: leaf
+    /// n): the held ones except CPUID.1 while XSAVE is offered (its OSXSAVE
+    /// bit follows the guest's CR4 at each exit).
+    finished_held: u32,
+    /// The basic leaves as the guest sees them, the topology applied: what
+    /// [`CpuidTable::finished`] hands out without further work.
+    finished: [[u32; 4]; 0x20],
     max_basic: u32,
     max_ext: u32,
     /// Leaves 0x8000_0000 ..= [`TABLE_EXT_LAST`].
     ext: [[u32; 4]; (TABLE_EXT_LAST - EXT_BASE_LEAF + 1) as usize],
+}
+
+impl Filled {
+    /// Fills [`Filled::finished`] from the held basic leaves and the
+    /// topology. Every held basic leaf ignores the subleaf, and so does the
+    /// topology's change to it, except in the topology leaves 0xB and 0x1F
+    /// (held as zeros beyond a host's highest leaf).
+    fn finish(&mut self) {
+        self.finished = self.basic;
+        self.finished_held = self.basic_held;
+        for (leaf, r) in (0u32..).zip(self.finished.iter_mut()) {
+            if let Some(t) = self.topology {
+                t.apply(leaf, 0, r);
+                if matches!(leaf, 0xB | 0x1F) {
+                    self.finished_held &= !(1 << leaf);
+                }
+            }
+            if leaf == 1 && r[2] & LEAF1_ECX_XSAVE != 0 {
+                self.finished_held &= !(1 << 1);
+            }
+        }
+    }
 }
 
 impl CpuidTable {
@@ -274,14 +303,18 @@ impl CpuidTable {
                 *slot = view(leaf);
             }
         }
-        CpuidTable(Some(alloc::boxed::Box::new(Filled {
+        let mut filled = Filled {
             topology: None,
             basic_held,
             basic,
+            finished_held: 0,
+            finished: basic,
             max_basic,
             max_ext,
             ext,
-        })))
+        };
+        filled.finish();
+        CpuidTable(Some(alloc::boxed::Box::new(filled)))
     }
 
     /// Makes the vCPU one of a VM with local APICs ([`Topology`]); a no-op
@@ -289,7 +322,20 @@ impl CpuidTable {
     pub fn set_topology(&mut self, topology: Topology) {
         if let Some(t) = self.0.as_deref_mut() {
             t.topology = Some(topology);
+            t.finish();
         }
+    }
+
+    /// The complete answer for basic leaf `leaf` when the table has it
+    /// ready (whatever the subleaf): the one lookup a CPUID exit makes on
+    /// its common path. `None`: [`handle`] computes it.
+    #[inline(always)]
+    pub fn finished(&self, leaf: u32) -> Option<&[u32; 4]> {
+        let t = self.0.as_deref()?;
+        if leaf >= 0x20 || t.finished_held & (1 << leaf) == 0 {
+            return None;
+        }
+        t.finished.get(leaf as usize)
     }
 
     /// The vCPU's place in a VM with local APICs, if it is one.
@@ -476,6 +522,30 @@ impl Topology {
 /// Handles a CPUID exit from a vCPU with `table`.
 #[inline(always)]
 pub fn handle<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P) -> Action {
+    if answer_finished(table, regs) {
+        return Action::AdvanceRip;
+    }
+    compute(table, regs, env)
+}
+
+/// Answers CPUID from the table's finished leaves ([`CpuidTable::finished`]);
+/// false: the leaf needs [`handle`]'s computing (and its platform).
+#[inline(always)]
+pub fn answer_finished(table: &CpuidTable, regs: &mut GuestRegs) -> bool {
+    let Some(&[a, b, c, d]) = table.finished(regs.rax as u32) else {
+        return false;
+    };
+    regs.rax = u64::from(a);
+    regs.rbx = u64::from(b);
+    regs.rcx = u64::from(c);
+    regs.rdx = u64::from(d);
+    true
+}
+
+/// The leaves the table has no finished answer for: held ones with the
+/// topology and the guest's OSXSAVE applied, the others computed.
+#[inline(never)]
+fn compute<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P) -> Action {
     let leaf = regs.rax as u32;
     let subleaf = regs.rcx as u32;
     let mut r = match table.lookup(leaf) {
@@ -1021,6 +1091,45 @@ mod tests {
             [regs.rax, regs.rbx, regs.rcx, regs.rdx],
             [0xB, 0, 0x1234, 0x77]
         );
+    }
+
+    /// The finished answers are exactly what the computing path gives, for
+    /// every basic leaf and subleaf, with and without a topology.
+    #[test]
+    fn finished_answers_match_the_computed_ones() {
+        let mut env = FakePlatform::new();
+        let host = |l, s| FakePlatform::new().host_cpuid(l, s);
+        let mut table = CpuidTable::new(&host, 3, 0xE7);
+        for topology in [
+            None,
+            Some(Topology {
+                apic_id: 1,
+                vcpus: 3,
+            }),
+        ] {
+            if let Some(t) = topology {
+                table.set_topology(t);
+            }
+            let mut finished = 0;
+            for leaf in 0..0x20u32 {
+                for subleaf in 0..3u32 {
+                    let Some(&r) = table.finished(leaf) else {
+                        continue;
+                    };
+                    finished += 1;
+                    let mut regs = GuestRegs {
+                        rax: u64::from(leaf),
+                        rcx: u64::from(subleaf),
+                        ..Default::default()
+                    };
+                    compute(&table, &mut regs, &mut env);
+                    let computed = [regs.rax, regs.rbx, regs.rcx, regs.rdx].map(|v| v as u32);
+                    assert_eq!(r, computed, "leaf {leaf:#x}.{subleaf} ({topology:?})");
+                }
+            }
+            assert!(finished > 10, "the common leaves are finished");
+            assert!(table.finished(0xB).is_none() || topology.is_none());
+        }
     }
 
     /// A host whose highest basic leaf is below 0xB: a vCPU with a topology

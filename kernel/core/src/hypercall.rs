@@ -37,7 +37,7 @@
 
 use alloc::vec;
 
-use crate::arch::{Action, GuestRegs, Platform};
+use crate::arch::{Action, GuestRegs, Next, Platform};
 use crate::vcpu::{StopReason, VmContext};
 
 /// Version of this interface, also in CPUID leaf 0x4000_0001 EAX.
@@ -104,22 +104,46 @@ fn ret(regs: &mut GuestRegs, code: i64) {
     regs.rax = code as u64;
 }
 
-/// Handles a VMCALL exit.
-#[inline]
-pub fn handle<P: Platform>(vm: &mut VmContext, regs: &mut GuestRegs, env: &mut P) -> Action {
-    vm.stats.hypercalls += 1;
+/// Whether the request in `regs` concerns the calling vCPU alone
+/// ([`handle_vcpu_local`] answers it, without the VM).
+#[inline(always)]
+pub fn is_vcpu_local(regs: &GuestRegs) -> bool {
+    matches!(
+        Hypercall::decode(regs),
+        Hypercall::Version | Hypercall::Yield | Hypercall::Unknown(_)
+    )
+}
+
+/// Handles a request for which [`is_vcpu_local`] holds.
+#[inline(always)]
+pub fn handle_vcpu_local(regs: &mut GuestRegs) -> Next {
     match Hypercall::decode(regs) {
         Hypercall::Version => {
             ret(regs, OK);
             regs.rbx = u64::from(HYPERCALL_VERSION);
         }
+        Hypercall::Yield => {
+            ret(regs, OK);
+            return Next::Yield;
+        }
+        _ => ret(regs, ENOSYS),
+    }
+    Next::AdvanceRip
+}
+
+/// Handles a VMCALL exit.
+#[inline]
+pub fn handle<P: Platform>(vm: &mut VmContext, regs: &mut GuestRegs, env: &mut P) -> Action {
+    match Hypercall::decode(regs) {
+        Hypercall::Version | Hypercall::Yield | Hypercall::Unknown(_) => {
+            return match handle_vcpu_local(regs) {
+                Next::Yield => Action::Yield,
+                _ => Action::AdvanceRip,
+            };
+        }
         Hypercall::ConsoleWrite { gpa, len } => {
             let code = console_write(vm, gpa, len, env);
             ret(regs, code);
-        }
-        Hypercall::Yield => {
-            ret(regs, OK);
-            return Action::Yield;
         }
         Hypercall::VmId => {
             ret(regs, OK);
@@ -134,7 +158,6 @@ pub fn handle<P: Platform>(vm: &mut VmContext, regs: &mut GuestRegs, env: &mut P
             env.console_write(vm.name(), &line);
             ret(regs, OK);
         }
-        Hypercall::Unknown(_) => ret(regs, ENOSYS),
     }
     Action::AdvanceRip
 }
@@ -250,6 +273,24 @@ mod tests {
             (a, regs.rax as i64, regs.rbx),
             (Action::AdvanceRip, ENOSYS, 1)
         );
-        assert_eq!(vm.stats.hypercalls, 5);
+    }
+
+    /// Every hypercall counts, whether the vCPU answered it alone (counted
+    /// in the vCPU until its counts are absorbed) or the VM did.
+    #[test]
+    fn hypercalls_are_counted_either_way() {
+        let mut vm = VmContext::new(9, "vm9");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        let mut env = FakePlatform::new();
+        for nr in [VERSION, VM_ID, 0xFFFF, REPORT] {
+            let mut regs = GuestRegs {
+                rax: nr,
+                ..Default::default()
+            };
+            handle_exit(&mut vm, &mut vcpu, &Exit::Vmcall, &mut regs, &mut env);
+        }
+        assert_eq!(vm.stats.hypercalls(), 2, "VM_ID and REPORT");
+        vm.stats.absorb(&mut vcpu.exits);
+        assert_eq!(vm.stats.hypercalls(), 4);
     }
 }

@@ -154,8 +154,6 @@ pub struct VmStats {
     pub unhandled_port_writes: u64,
     /// Events injected into the guest (faults and interrupts).
     pub injected_events: u64,
-    /// Hypercalls issued.
-    pub hypercalls: u64,
     /// Time slices the VM ran.
     pub slices_run: u64,
     /// Host ticks spent in the guest.
@@ -176,6 +174,11 @@ impl VmStats {
     /// Exits of `kind` so far.
     pub fn exits(&self, kind: ExitKind) -> u64 {
         self.exits.get(kind.index()).copied().unwrap_or(0)
+    }
+
+    /// Hypercalls issued (every VMCALL/VMMCALL exit is one).
+    pub fn hypercalls(&self) -> u64 {
+        self.exits(ExitKind::Vmcall)
     }
 
     /// All exits so far.
@@ -228,7 +231,7 @@ impl fmt::Display for StatsReport<'_> {
                 writeln!(f, "    {:<20} {:>12}", kind.name(), n)?;
             }
         }
-        writeln!(f, "  {:<22} {:>12}", "hypercalls", s.hypercalls)?;
+        writeln!(f, "  {:<22} {:>12}", "hypercalls", s.hypercalls())?;
         writeln!(f, "  {:<22} {:>12}", "injected events", s.injected_events)?;
         writeln!(
             f,

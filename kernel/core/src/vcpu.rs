@@ -194,6 +194,21 @@ impl VcpuState {
         &mut self.state
     }
 
+    /// [`Self::after_exit`] for an exit that neither injects nor stops.
+    #[inline(always)]
+    pub(crate) fn run_state_after(&mut self, next: crate::arch::Next) {
+        use crate::arch::Next;
+        match next {
+            Next::Yield | Next::Preempted => {
+                let _ = self.state.preempt();
+            }
+            Next::Halt => {
+                let _ = self.state.halt();
+            }
+            Next::Resume | Next::AdvanceRip | Next::Inject(_) | Next::Stop => {}
+        }
+    }
+
     /// Run-state bookkeeping after a handled exit. A transition error means
     /// the kernel skipped `enter()`; the state is then left as it was rather
     /// than guessed.

@@ -636,7 +636,7 @@ fn info(e: &Entry) -> (Obj, String) {
         .num("exits", e.stats.total_exits())
         .raw("exits_by_reason", &exits.end())
         .num("injected_events", e.stats.injected_events)
-        .num("hypercalls", e.stats.hypercalls)
+        .num("hypercalls", e.stats.hypercalls())
         .num("restarts", e.stats.restarts);
     let o = match &e.stop_report {
         Some(r) => o.str("stop_report", r),
@@ -660,7 +660,7 @@ fn info(e: &Entry) -> (Obj, String) {
         cols[7],
         exit_text,
         e.stats.injected_events,
-        e.stats.hypercalls,
+        e.stats.hypercalls(),
         e.stats.restarts,
         e.stop_report.as_deref().unwrap_or("none"),
     );

@@ -38,6 +38,13 @@ impl DeviceClock {
         self.deadline.is_some_and(|(_, due_tsc)| now >= due_tsc)
     }
 
+    /// The earliest TSC at which an entry must look at time again: `until`
+    /// (the slice's end or the APIC timer) or the devices' deadline.
+    #[inline]
+    pub fn attention_at(&self, until: u64) -> u64 {
+        self.deadline.map_or(until, |(_, tsc)| tsc.min(until))
+    }
+
     /// Brings the devices up to `now` (TSC) when one is due.
     #[inline]
     pub fn catch_up(

@@ -7,7 +7,7 @@
 use alloc::vec::Vec;
 
 use hvcore::arch::{
-    Action, Exit, GuestCpu, GuestLimits, GuestMemory, GuestRegs, Platform, Reg, StateError,
+    Action, Exit, GuestCpu, GuestLimits, GuestMemory, GuestRegs, Next, Platform, Reg, StateError,
 };
 use hvcore::vcpu::{VcpuState, VmContext};
 
@@ -121,33 +121,34 @@ impl KernelPlatform {
     }
 }
 
-/// One exit of a vCPU of either backend, after the backend decoded it:
-/// hvcore's policy runs with `cpu` as the vCPU's backend-held state, then
-/// the kernel keeps up with what the guest may have changed: XCR0 in
-/// hardware after an emulated XSETBV, the device clock and the PIC after an
-/// exit that reached the devices, the APIC timer after an APIC MSR write.
-///
-/// An exit that concerns the vCPU alone (`hvcore::exit::handle_vcpu_exit`:
-/// CPUID, its MSRs and control registers, HLT, timer and interrupt exits)
-/// takes no lock; the others take the VM's device lock for their handling.
+/// One exit of a vCPU of either backend, after the backend decoded it and
+/// `hvcore::exit::handle_vcpu_exit` declined it (the common exits, which
+/// concern the vCPU alone and need no service, are answered there, inline
+/// in the backend's loop): hvcore's policy runs with `cpu` as the vCPU's
+/// backend-held state and the platform's services, then the kernel keeps
+/// up with what the guest may have changed: XCR0 in hardware after an
+/// emulated XSETBV, the device clock and the PIC after an exit that reached
+/// the devices, the APIC timer after an APIC MSR write. Exits that reach
+/// the VM's devices take its lock here.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
-pub(super) fn handle_exit(
+#[inline(never)]
+pub(super) fn handle_exit<C: GuestCpu>(
     env: &mut KernelPlatform,
     state: &mut VcpuState,
-    exit: &Exit,
+    exit: Exit,
     regs: &mut GuestRegs,
     shared: (&Vm, usize),
     clock: &mut super::irq::DeviceClock,
-    cpu: &mut dyn GuestCpu,
-) -> Action {
+    mut cpu: C,
+) -> Next {
+    let exit = &exit;
     let (vm, index) = shared;
     let action = {
         let mut platform = PlatformFor {
             apic_id: env.apic_id,
             host: env,
             memory: &vm.partition,
-            cpu: &mut *cpu,
+            cpu: &mut cpu,
             vcpu: Some(shared),
         };
         let mut lazy = LazyVm { vm, guard: None };
@@ -169,7 +170,7 @@ pub(super) fn handle_exit(
             super::lazy::set_xcr0(xcr0);
         }
     }
-    action
+    Next::from(&action)
 }
 
 /// The VM's devices as an exit reaches them: locked at the first use

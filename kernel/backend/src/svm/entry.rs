@@ -3,7 +3,7 @@
 //! right before and after each VMRUN (guest RAX, TLB control, clean bits)
 //! (APM 15.5, 15.15.3, 15.16, 15.20, 15.21).
 
-use hvcore::arch::{Action, Event, EventKind, GuestRegs};
+use hvcore::arch::{Event, EventKind, GuestRegs, Next};
 use hvcore::devices::interrupt::GuestInterruptibility;
 use svm::exit::{EventInfo, EventType};
 use svm::vmcb::{CleanBits, InterruptState, TlbControl, Vmcb};
@@ -19,10 +19,10 @@ const RFLAGS_IF: u64 = 1 << 9;
 const CR0_PE: u64 = 1 << 0;
 
 /// Carries out the RIP part of `action`: RIP moves past the exiting
-/// instruction exactly when [`Action::next_rip`] says so, and then the
+/// instruction exactly when [`Next::next_rip`] says so, and then the
 /// interrupt shadow of an STI or MOV SS before it ends, as it would after
 /// the instruction (INTERRUPT_SHADOW is guest state that VMRUN loads, APM 15.21).
-pub fn advance(vmcb: &mut Vmcb, action: &Action, regs: &GuestRegs) {
+pub fn advance(vmcb: &mut Vmcb, action: &Next, regs: &GuestRegs) {
     let next = action.next_rip(regs.rip, regs.instruction_len);
     if next == regs.rip {
         return;
@@ -147,7 +147,7 @@ mod tests {
             instruction_len: 2,
             ..Default::default()
         };
-        advance(&mut v, &Action::AdvanceRip, &regs);
+        advance(&mut v, &Next::AdvanceRip, &regs);
         assert_eq!(v.save.rip, 0x1002);
         assert_eq!(
             v.control.interrupt_state,
@@ -157,18 +157,14 @@ mod tests {
         let mut v = Vmcb::new();
         v.save.rip = 0x1000;
         v.control.interrupt_state = InterruptState::INTERRUPT_SHADOW;
-        for action in [
-            Action::Inject(Event::GP0),
-            Action::Resume,
-            Action::Preempted,
-        ] {
+        for action in [Next::Inject(Event::GP0), Next::Resume, Next::Preempted] {
             advance(&mut v, &action, &regs);
             assert_eq!(
                 (v.save.rip, v.control.interrupt_state),
                 (0x1000, InterruptState::INTERRUPT_SHADOW)
             );
         }
-        advance(&mut v, &Action::Halt, &regs);
+        advance(&mut v, &Next::Halt, &regs);
         assert_eq!(v.save.rip, 0x1002);
     }
 
@@ -309,9 +305,9 @@ mod tests {
             error_code: Some(2),
         };
         assert_eq!(
-            next_event(&Action::Inject(Event::UD), Some(pf), None),
+            next_event(&Next::Inject(Event::UD), Some(pf), None),
             Some(Event::UD)
         );
-        assert_eq!(next_event(&Action::Resume, Some(pf), None), Some(pf));
+        assert_eq!(next_event(&Next::Resume, Some(pf), None), Some(pf));
     }
 }

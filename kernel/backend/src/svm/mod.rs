@@ -742,8 +742,9 @@ mod round_trip {
                     ),
                 }
             };
-            entry::advance(v, &action, &self.regs);
-            if let Some(ev) = entry::next_event(&action, d.vectoring, None) {
+            let next = hvcore::arch::Next::from(&action);
+            entry::advance(v, &next, &self.regs);
+            if let Some(ev) = entry::next_event(&next, d.vectoring, None) {
                 entry::inject(v, ev);
             }
             entry::before_vmrun(v, &self.setup, &mut self.soft, &self.regs, false);

@@ -25,7 +25,7 @@
 //! `mov ss, ...; cpuid` sees its trap one instruction late. Host interrupts
 //! and the preemption timer still exit.
 
-use hvcore::arch::{Action, Event, EventKind, GuestRegs};
+use hvcore::arch::{Event, EventKind, GuestRegs, Next};
 use vmx::exit::InterruptionType;
 use vmx::vmcs::{Interruptibility, CR0_READ_SHADOW, GUEST_INTERRUPTIBILITY_INFO, GUEST_RIP};
 use vmx::{EventInjection, InterruptionInfo, VmcsAccess};
@@ -39,11 +39,11 @@ pub struct Shadow {
 }
 
 /// Carries out the RIP part of `action`: RIP moves past the exiting
-/// instruction exactly when [`Action::next_rip`] says so. Returns the state
+/// instruction exactly when [`Next::next_rip`] says so. Returns the state
 /// of the blocking the exit recorded: ended when RIP moved (cleared from
 /// the VMCS before any injection, see [`interruptibility`]), as the exit
 /// left it otherwise.
-pub fn advance<V: VmcsAccess>(vmcs: &mut V, action: &Action, regs: &GuestRegs) -> Shadow {
+pub fn advance<V: VmcsAccess>(vmcs: &mut V, action: &Next, regs: &GuestRegs) -> Shadow {
     let next = action.next_rip(regs.rip, regs.instruction_len);
     if next == regs.rip {
         return Shadow { skipped: false };
@@ -76,7 +76,7 @@ pub fn interruptibility<V: VmcsAccess>(vmcs: &mut V, shadow: &mut Shadow) -> Int
 /// The event to inject next: the handler's, else the one whose delivery the
 /// exit interrupted, else one already pending.
 pub fn next_event(
-    action: &Action,
+    action: &Next,
     vectoring: Option<Event>,
     pending: Option<Event>,
 ) -> Option<Event> {
@@ -87,9 +87,9 @@ pub fn next_event(
 /// which stays unless this says otherwise): the handler's event, else the
 /// one whose delivery the exit interrupted.
 #[inline]
-pub fn event_to_inject(action: &Action, vectoring: Option<Event>) -> Option<Event> {
+pub fn event_to_inject(action: &Next, vectoring: Option<Event>) -> Option<Event> {
     match action {
-        Action::Inject(ev) => Some(*ev),
+        Next::Inject(ev) => Some(*ev),
         _ => vectoring,
     }
 }
@@ -133,7 +133,7 @@ mod tests {
             instruction_len: 2,
             ..Default::default()
         };
-        let mut shadow = advance(&mut v, &Action::AdvanceRip, &regs);
+        let mut shadow = advance(&mut v, &Next::AdvanceRip, &regs);
         assert_eq!(v.get(GUEST_RIP), Ok(0x1002));
         assert!(shadow.skipped);
         assert_eq!(
@@ -152,7 +152,7 @@ mod tests {
         );
         // An injection clears it too.
         v.set(GUEST_INTERRUPTIBILITY_INFO, 0b01).unwrap();
-        let mut shadow = advance(&mut v, &Action::AdvanceRip, &regs);
+        let mut shadow = advance(&mut v, &Next::AdvanceRip, &regs);
         inject(&mut v, &mut shadow, Event::interrupt(0x20));
         assert_eq!(v.get(GUEST_INTERRUPTIBILITY_INFO), Ok(0));
         assert_eq!(v.get(VM_ENTRY_INTR_INFO), Ok(0x20 | (1 << 31)));
@@ -167,7 +167,7 @@ mod tests {
             instruction_len: 2,
             ..Default::default()
         };
-        let mut shadow = advance(&mut v, &Action::Inject(Event::GP0), &regs);
+        let mut shadow = advance(&mut v, &Next::Inject(Event::GP0), &regs);
         assert!(v.is_empty());
         assert!(!shadow.skipped);
         // An exit inside a genuine STI shadow (an external interrupt right
@@ -206,12 +206,12 @@ mod tests {
             error_code: Some(2),
         };
         assert_eq!(
-            next_event(&Action::Inject(Event::UD), Some(pf), None),
+            next_event(&Next::Inject(Event::UD), Some(pf), None),
             Some(Event::UD)
         );
-        assert_eq!(next_event(&Action::Resume, Some(pf), None), Some(pf));
+        assert_eq!(next_event(&Next::Resume, Some(pf), None), Some(pf));
         assert_eq!(
-            next_event(&Action::Resume, None, Some(Event::UD)),
+            next_event(&Next::Resume, None, Some(Event::UD)),
             Some(Event::UD)
         );
     }

@@ -41,7 +41,7 @@ pub mod mmio;
 
 pub use crate::arch::{
     Access, AccessSize, Action, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestCpu,
-    GuestMemory, GuestMemoryError, GuestRegs, IoAccess, IoDir, Platform, Reg, StateError,
+    GuestMemory, GuestMemoryError, GuestRegs, IoAccess, IoDir, Next, Platform, Reg, StateError,
 };
 use crate::vcpu::{VcpuRunState, VcpuState, VmContext};
 
@@ -64,17 +64,18 @@ impl VmAccess for VmContext {
 ///
 /// Updates the vCPU's run state (`Halted` on [`Action::Halt`], `Stopped`
 /// on [`Action::Stop`]) and the statistics: exits that concern the vCPU
-/// alone (CPUID from its table, its MSR file and control registers, HLT,
-/// the timer and interrupt exits) count in `vcpu.exits` and reach `vm`
-/// only when their action does (an injected event is counted, a stop stops
-/// the VM); the others count in the VM's statistics. On stop any partial
-/// console line is flushed. Calling it for an already stopped vCPU, or for
-/// a VM-level exit of a VM another vCPU stopped, returns that stop.
+/// alone (CPUID, its MSR file and control registers, HLT, hypercalls that
+/// need no VM, the timer and interrupt exits) count in `vcpu.exits` and
+/// reach `vm` only when their action does (an injected event is counted, a
+/// stop stops the VM); the others count in the VM's statistics. On stop
+/// any partial console line is flushed. Calling it for an already stopped
+/// vCPU, or for a VM-level exit of a VM another vCPU stopped, returns that
+/// stop.
 ///
 /// Generic over the platform and the VM access, and always inlined into
-/// the backend's exit loop: the exits that need no platform service (CPUID
-/// from the table, a port without a device, most hypercalls) then never
-/// build one, and those that need no VM never lock it.
+/// the backend's exit loop, whose common exits [`handle_vcpu_exit`]
+/// answers before a platform is built: the exits that need no platform
+/// service never build one, and those that need no VM never lock it.
 #[inline(always)]
 pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
     vm: &mut V,
@@ -86,12 +87,63 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
     if let VcpuRunState::Stopped(reason) = vcpu.run_state() {
         return Action::Stop(*reason);
     }
+    match handle_vcpu_exit(vcpu, exit, regs) {
+        Some(Next::AdvanceRip) => Action::AdvanceRip,
+        Some(Next::Resume) => Action::Resume,
+        Some(Next::Yield) => Action::Yield,
+        Some(Next::Preempted) => Action::Preempted,
+        Some(Next::Halt) => Action::Halt,
+        // handle_vcpu_exit injects nothing and stops nothing.
+        Some(Next::Inject(_) | Next::Stop) | None => {
+            handle_with_platform(vm, vcpu, exit, regs, env)
+        }
+    }
+}
+
+/// The first half of [`handle_exit`]: the exits a vCPU answers from its
+/// own state, with no platform service and no VM: CPUID leaves the table
+/// has finished, HLT, the instructions that fault or do nothing, and the
+/// timer and interrupt exits. `None`: the exit needs the rest
+/// ([`handle_with_platform`]). This is the whole of the common exits'
+/// handling, so it stays small; it never injects or stops, and the vCPU
+/// must be running (the backend never enters a stopped one).
+#[inline(always)]
+pub fn handle_vcpu_exit(vcpu: &mut VcpuState, exit: &Exit, regs: &mut GuestRegs) -> Option<Next> {
+    use crate::stats::ExitKind as K;
+    // The kinds are constants here, so counting one is a single add.
+    let (kind, next) = match *exit {
+        Exit::Cpuid if crate::cpuid::answer_finished(&vcpu.cpuid, regs) => {
+            (K::Cpuid, Next::AdvanceRip)
+        }
+        Exit::Vmcall if crate::hypercall::is_vcpu_local(regs) => {
+            (K::Vmcall, crate::hypercall::handle_vcpu_local(regs))
+        }
+        Exit::Hlt => (K::Hlt, Next::Halt),
+        Exit::Invd => (K::Invd, Next::AdvanceRip),
+        Exit::ExternalInterrupt => (K::ExternalInterrupt, Next::Resume),
+        Exit::InterruptWindow => (K::InterruptWindow, Next::Resume),
+        Exit::PreemptionTimer => (K::PreemptionTimer, Next::Preempted),
+        _ => return None,
+    };
+    vcpu.exits.record(kind);
+    vcpu.run_state_after(next);
+    Some(next)
+}
+
+/// The second half of [`handle_exit`]: the exits that need a platform
+/// service or the VM.
+#[inline(always)]
+fn handle_with_platform<P: Platform, V: VmAccess + ?Sized>(
+    vm: &mut V,
+    vcpu: &mut VcpuState,
+    exit: &Exit,
+    regs: &mut GuestRegs,
+    env: &mut P,
+) -> Action {
     use crate::stats::ExitKind as K;
     let (kind, action) = match *exit {
-        // The vCPU's own exits (their kinds are constants here, so counting
-        // one is a single add).
+        // The vCPU's own exits.
         Exit::Cpuid => (K::Cpuid, crate::cpuid::handle(&vcpu.cpuid, regs, env)),
-        Exit::Hlt => (K::Hlt, Action::Halt),
         Exit::Rdmsr { msr } if !crate::devices::lapic::is_apic_msr(msr) => (
             K::Rdmsr,
             crate::msr_policy::handle_read(&mut vcpu.msrs, msr, regs, env),
@@ -103,11 +155,7 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
         Exit::CrAccess(access) => (K::CrAccess, cr::access(access, regs, env)),
         Exit::Xsetbv => (K::Xsetbv, cr::xsetbv(regs, env)),
         Exit::UndefinedInstruction { .. } => (K::UndefinedInstruction, Action::Inject(Event::UD)),
-        Exit::Invd => (K::Invd, Action::AdvanceRip),
         Exit::Rdpmc => (K::Rdpmc, Action::Inject(Event::GP0)),
-        Exit::ExternalInterrupt => (K::ExternalInterrupt, Action::Resume),
-        Exit::InterruptWindow => (K::InterruptWindow, Action::Resume),
-        Exit::PreemptionTimer => (K::PreemptionTimer, Action::Preempted),
         // The VM's.
         _ => {
             let vm = vm.get();

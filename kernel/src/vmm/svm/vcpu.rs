@@ -19,7 +19,7 @@ use backend::svm::state::{SoftState, VmcbCpu};
 use backend::svm::SvmSetup;
 use backend::svm::{check, insn, state};
 use hvcore::config::GuestMode;
-use hvcore::exit::{Action, Event, Exit, GuestRegs};
+use hvcore::exit::{Event, Exit, GuestRegs, Next};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use svm::Vmcb;
 
@@ -302,33 +302,34 @@ impl Vcpu {
             if let Exit::EntryFailed { .. } = exit {
                 self.report_invalid(vmcb, setup);
             }
-            let action = {
-                let mut cpu = VmcbCpu {
-                    vmcb: &mut *vmcb,
-                    setup,
-                    soft: &mut self.soft,
-                    msrs: &mut HardwareMsrs,
+            let action =
+                match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {
+                    Some(next) => next,
+                    None => platform::handle_exit(
+                        env,
+                        &mut self.state,
+                        exit,
+                        &mut self.regs,
+                        (&vm, self.index),
+                        &mut self.clock,
+                        VmcbCpu {
+                            vmcb: &mut *vmcb,
+                            setup,
+                            soft: &mut self.soft,
+                            msrs: &mut HardwareMsrs,
+                        },
+                    ),
                 };
-                platform::handle_exit(
-                    env,
-                    &mut self.state,
-                    &exit,
-                    &mut self.regs,
-                    (&vm, self.index),
-                    &mut self.clock,
-                    &mut cpu,
-                )
-            };
             entry::advance(vmcb, &action, &self.regs);
             if let Some(ev) = backend::vtx::entry::event_to_inject(&action, decoded.vectoring) {
                 self.pending_event = Some(ev);
             }
             match action {
-                Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
-                Action::Yield => return SliceEnd::Yielded,
-                Action::Preempted => return SliceEnd::Preempted,
-                Action::Halt => return SliceEnd::Halted,
-                Action::Stop(_) => {
+                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
+                Next::Yield => return SliceEnd::Yielded,
+                Next::Preempted => return SliceEnd::Preempted,
+                Next::Halt => return SliceEnd::Halted,
+                Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
                     vm.stop_others(self.index);
                     return SliceEnd::Stopped;

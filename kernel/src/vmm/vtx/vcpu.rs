@@ -15,7 +15,7 @@ use core::sync::atomic::Ordering;
 
 use hvcore::config::GuestMode;
 use hvcore::devices::interrupt::GuestInterruptibility;
-use hvcore::exit::{Action, Event, Exit, GuestRegs};
+use hvcore::exit::{Event, Exit, GuestRegs, Next};
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use vmx::vmcs::*;
 use vmx::{ActiveVmcs, HostPhysAddr, PrimaryControls, VmFail, VmcsAccess, VmxCapabilities};
@@ -73,6 +73,18 @@ pub struct Vcpu {
     pub clock: DeviceClock,
     /// VMREAD/VMWRITE counts (bench builds only, see [`count`]).
     tally: Tally,
+}
+
+/// What [`Vcpu::check_entry`] looks at besides the vCPU.
+struct EntryChecks<'a> {
+    /// The TSC now.
+    now: u64,
+    /// The TSC at which the slice ends.
+    slice_end: u64,
+    /// The vCPU has a local APIC.
+    has_apic: bool,
+    /// Its mailbox, in a VM with several vCPUs.
+    link: Option<&'a crate::vmm::vm::VcpuLink>,
 }
 
 /// Per-CPU VMX facts the host state needs.
@@ -363,44 +375,36 @@ impl Vcpu {
             );
         }
         let mut mode = switch::Mode::slice_start(self.launched);
+        // What an entry must check comes from two places: time (the slice's
+        // end, a device's or the APIC timer's deadline: one TSC compare
+        // with the earliest, `attention_at`) and events (the mailbox, and
+        // what the last exit may have changed). An exit the vCPU answered
+        // alone (`handle_vcpu_exit`) changes nothing the checks look at, so
+        // the entry after it is `quiet`: the compare, the mailbox, enter.
+        let mut quiet = false;
+        let mut attention_at = slice_end;
+        let mut timer_until = slice_end;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= slice_end {
-                self.tally.settle(&vmcs);
-                return self.end_slice_early();
-            }
-            if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
-                self.tally.settle(&vmcs);
-                if let Some(end) = self.take_mail() {
+            if !quiet
+                || now >= attention_at
+                || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0)
+            {
+                let checks = EntryChecks {
+                    now,
+                    slice_end,
+                    has_apic,
+                    link,
+                };
+                if let Some(end) = self.check_entry(&checks, &vm, &mut vmcs, host, env) {
                     return end;
                 }
-                // An interrupt may be waiting in the PIC: look under the lock.
-                self.clock.intr_possible = true;
-            }
-            if has_apic {
-                self.clock.apic_catch_up(now, &vm, self.index);
+                timer_until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
+                attention_at = self.clock.attention_at(timer_until);
+                quiet = true;
             }
             if !timer_saved {
-                let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
-                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, until));
-            }
-            // The VM's devices are locked only when a device is due or an
-            // event may be delivered: an entry after an exit that concerned
-            // the vCPU alone takes no lock.
-            if self.clock.due(now)
-                || self.pending_event.is_some()
-                || self.clock.window_open
-                || self.clock.intr_possible
-                || (has_apic && vm.apic_pending(self.index))
-            {
-                let mut ctx = vm.ctx();
-                self.clock.catch_up(now, &mut ctx, &vm, env);
-                self.prepare_events(&mut ctx, &vm, &mut vmcs, &host.setup);
-                self.clock.intr_possible = ctx.interrupt_possible();
-            }
-            if self.soft.flush_tlb {
-                self.soft.flush_tlb = false;
-                self.flush_translations(&host.setup);
+                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, timer_until));
             }
             self.tally.settle(&vmcs);
             if mode != switch::Mode::Resume {
@@ -427,6 +431,7 @@ impl Vcpu {
             if has_apic && matches!(exit, Exit::PreemptionTimer) && crate::arch::rdtsc() < slice_end
             {
                 // The APIC timer is due, not the slice over.
+                quiet = false;
                 continue;
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
@@ -451,43 +456,93 @@ impl Vcpu {
                 }
                 _ => {}
             }
-            let action = {
-                let mut cpu = VmcsCpu {
-                    vmcs: &mut vmcs,
-                    setup: &host.setup,
-                    soft: &mut self.soft,
-                    msrs: &mut HardwareMsrs,
-                };
-                platform::handle_exit(
-                    env,
-                    &mut self.state,
-                    &exit,
-                    &mut self.regs,
-                    (&vm, self.index),
-                    &mut self.clock,
-                    &mut cpu,
-                )
+            let next = match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs)
+            {
+                Some(next) => next,
+                None => {
+                    quiet = false;
+                    platform::handle_exit(
+                        env,
+                        &mut self.state,
+                        exit,
+                        &mut self.regs,
+                        (&vm, self.index),
+                        &mut self.clock,
+                        VmcsCpu {
+                            vmcs: &mut vmcs,
+                            setup: &host.setup,
+                            soft: &mut self.soft,
+                            msrs: &mut HardwareMsrs,
+                        },
+                    )
+                }
             };
-            self.shadow = entry::advance(&mut vmcs, &action, &self.regs);
-            if let Some(ev) = entry::event_to_inject(&action, decoded.vectoring) {
+            self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
+            if let Some(ev) = entry::event_to_inject(&next, decoded.vectoring) {
                 self.pending_event = Some(ev);
+                quiet = false;
             }
-            match action {
-                Action::Resume | Action::AdvanceRip | Action::Inject(_) => {}
-                Action::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
-                Action::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
-                Action::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
-                Action::Stop(_) => {
+            match next {
+                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
+                Next::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
+                Next::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
+                Next::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
+                Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
                     vm.stop_others(self.index);
                     return self.slice_over(&vmcs, SliceEnd::Stopped);
                 }
             }
-            if crate::smp::stopping() || env.output_full {
-                self.tally.settle(&vmcs);
-                return self.end_slice_early();
-            }
         }
+    }
+
+    /// The checks of an entry that is not quiet (see `run_slice`): the
+    /// slice's end, the mailbox, the APIC timer, the devices and events to
+    /// inject (under the VM's lock only when a device is due or an event may
+    /// be delivered), a TLB flush an emulated paging change asked for, and
+    /// whether the host is stopping or its console queue is full. `Some`
+    /// ends the slice.
+    #[inline(never)]
+    fn check_entry(
+        &mut self,
+        c: &EntryChecks<'_>,
+        vm: &Vm,
+        vmcs: &mut count::Vmcs,
+        host: &HostCpu,
+        env: &mut KernelPlatform,
+    ) -> Option<SliceEnd> {
+        let now = c.now;
+        if now >= c.slice_end || crate::smp::stopping() || env.output_full {
+            self.tally.settle(vmcs);
+            return Some(self.end_slice_early());
+        }
+        if c.link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+            self.tally.settle(vmcs);
+            if let Some(end) = self.take_mail() {
+                return Some(end);
+            }
+            // An interrupt may be waiting in the PIC: look under the lock.
+            self.clock.intr_possible = true;
+        }
+        if c.has_apic {
+            self.clock.apic_catch_up(now, vm, self.index);
+        }
+        if self.clock.due(now)
+            || self.pending_event.is_some()
+            || self.clock.window_open
+            || self.clock.intr_possible
+            || (c.has_apic && vm.apic_pending(self.index))
+        {
+            let mut ctx = vm.ctx();
+            self.clock.catch_up(now, &mut ctx, vm, env);
+            self.prepare_events(&mut ctx, vm, vmcs, &host.setup);
+            self.clock.intr_possible = ctx.interrupt_possible();
+        }
+        if self.soft.flush_tlb {
+            self.soft.flush_tlb = false;
+            self.flush_translations(&host.setup);
+        }
+        None
     }
 
     /// Before an entry that may inject: the PIC's interrupt when the guest
