@@ -129,6 +129,10 @@ pub struct ExitCounts {
     exits: [u64; ExitKind::COUNT],
     /// Bit n: kind n was counted since the last [`VmStats::absorb`].
     seen: u32,
+    /// Port reads no device claims ([`VmStats::unhandled_port_reads`]).
+    pub unclaimed_reads: u64,
+    /// Port writes no device claims ([`VmStats::unhandled_port_writes`]).
+    pub unclaimed_writes: u64,
 }
 
 impl ExitCounts {
@@ -188,6 +192,12 @@ impl VmStats {
 
     /// Adds a vCPU's counts and clears them.
     pub fn absorb(&mut self, counts: &mut ExitCounts) {
+        self.unhandled_port_reads = self
+            .unhandled_port_reads
+            .saturating_add(core::mem::take(&mut counts.unclaimed_reads));
+        self.unhandled_port_writes = self
+            .unhandled_port_writes
+            .saturating_add(core::mem::take(&mut counts.unclaimed_writes));
         let mut seen = core::mem::take(&mut counts.seen);
         while seen != 0 {
             let i = seen.trailing_zeros() as usize;

@@ -164,6 +164,9 @@ pub struct VcpuState {
     /// Exits handled without the VM ([`crate::exit::handle_vcpu_exit`]),
     /// until they are added to the VM's statistics.
     pub exits: ExitCounts,
+    /// The ports the VM's devices claim (empty: ask the VM's bus at every
+    /// access): an access to another port is answered without the VM.
+    pub ports: crate::devices::bus::ClaimedPorts,
 }
 
 impl VcpuState {
@@ -176,6 +179,7 @@ impl VcpuState {
             msrs: MsrState::default(),
             cpuid: CpuidTable::default(),
             exits: ExitCounts::default(),
+            ports: Default::default(),
         }
     }
 

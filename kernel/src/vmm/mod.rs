@@ -948,8 +948,10 @@ fn build_vcpu(
             .map_err(|e| format!("{e}"))?
         }
     };
+    let ports = vm.ctx().bus().claimed_ports();
     each!(&mut v, v => {
         v.state.cpuid = cpuid;
+        v.state.ports = ports;
         if index == 0 {
             v.set_start_regs(start.regs);
         } else if let Err(e) = v.state.run_state_mut().wait_for_sipi() {

@@ -60,6 +60,27 @@ pub struct IoBus {
     high: Vec<(PortRange, usize)>,
 }
 
+/// Which ports a VM's devices claim, one bit each: the bus's map as a vCPU
+/// consults it without the VM's lock (a VM's bus is complete when the VM is
+/// built and never changes). The default map knows nothing: every port may
+/// be claimed, so every access goes to the bus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimedPorts(Option<Box<[u64; 1024]>>);
+
+impl ClaimedPorts {
+    /// Whether no device decodes `port` (false when the map is empty).
+    #[inline(always)]
+    pub fn unclaimed(&self, port: u16) -> bool {
+        self.0.as_deref().is_some_and(|bits| {
+            let word = bits
+                .get(usize::from(port >> 6))
+                .copied()
+                .unwrap_or(u64::MAX);
+            word & (1 << (port & 63)) == 0
+        })
+    }
+}
+
 impl Default for IoBus {
     fn default() -> Self {
         IoBus {
@@ -155,6 +176,19 @@ impl IoBus {
             }
         }
         self.earliest = self.deadlines.iter().flatten().min().copied();
+    }
+
+    /// The map of the ports the bus's devices claim.
+    pub fn claimed_ports(&self) -> ClaimedPorts {
+        let mut bits = Box::new([0u64; 1024]);
+        for port in 0..=u16::MAX {
+            if self.find(port).is_some() {
+                if let Some(word) = bits.get_mut(usize::from(port >> 6)) {
+                    *word |= 1 << (port & 63);
+                }
+            }
+        }
+        ClaimedPorts(Some(bits))
     }
 
     /// The index of the device that decodes `port`, if one does.
@@ -338,5 +372,22 @@ mod tests {
         assert_eq!(fx.iter().collect::<Vec<_>>(), [DeviceEffect::Output(b'A')]);
         assert!(bus.device_mut::<Serial16550>().is_some());
         assert_eq!(bus.device_names().collect::<Vec<_>>(), ["serial16550"]);
+    }
+
+    #[test]
+    fn claimed_ports_mirror_the_bus() {
+        let mut bus = IoBus::new();
+        bus.register(Box::new(Serial16550::com1())).unwrap();
+        let map = bus.claimed_ports();
+        for port in [0x3F8, 0x3FF] {
+            assert!(!map.unclaimed(port), "{port:#x}");
+        }
+        for port in [0x3F7, 0x400, 0xE9, 0xFFFF] {
+            assert!(map.unclaimed(port), "{port:#x}");
+        }
+        assert!(
+            !ClaimedPorts::default().unclaimed(0xE9),
+            "empty: ask the bus"
+        );
     }
 }

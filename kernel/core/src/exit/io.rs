@@ -18,6 +18,7 @@
 
 use super::{AccessSize, Action, GuestRegs, IoAccess, IoDir, Platform};
 use crate::devices::Effects;
+use crate::stats::ExitCounts;
 use crate::vcpu::{StopReason, VmContext};
 
 /// Handles one port access.
@@ -89,6 +90,20 @@ pub fn handle<P: Platform>(
         });
     }
     Action::AdvanceRip
+}
+
+/// An access to a port no device claims, as a vCPU answers it alone
+/// ([`super::handle_vcpu_exit`]): a read gives all ones, a write is
+/// dropped; both are counted in `counts`.
+#[inline(always)]
+pub fn unclaimed(access: &IoAccess, regs: &mut GuestRegs, counts: &mut ExitCounts) {
+    match access.dir {
+        IoDir::In => {
+            counts.unclaimed_reads += 1;
+            merge_in_result(regs, access.size, access.size.mask());
+        }
+        IoDir::Out { .. } => counts.unclaimed_writes += 1,
+    }
 }
 
 /// Writes an `IN` result into AL/AX/EAX.
@@ -255,5 +270,41 @@ mod tests {
         ); // IIR read clears THRE
         assert_eq!(regs.rax & 0xF, 0x2);
         assert!(!vm.irq_level(4));
+    }
+
+    /// With the VM's port map, the vCPU answers an unclaimed port alone:
+    /// the same answer, counted once its counts reach the VM.
+    #[test]
+    fn unclaimed_ports_answered_by_the_vcpu() {
+        let mut vm = VmContext::new(1, "io");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        vcpu.ports = vm.bus().claimed_ports();
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs {
+            rax: 0x1234_5600,
+            ..Default::default()
+        };
+        let exit = inp(0xE9, AccessSize::Word);
+        assert_eq!(
+            crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs),
+            Some(Next::AdvanceRip)
+        );
+        assert_eq!(regs.rax, 0x1234_FFFF);
+        handle_exit(&mut vm, &mut vcpu, &out(0xE9, 7), &mut regs, &mut env);
+        assert_eq!(vm.stats.unhandled_port_writes, 0, "not yet absorbed");
+        vm.stats.absorb(&mut vcpu.exits);
+        assert_eq!(
+            (
+                vm.stats.unhandled_port_reads,
+                vm.stats.unhandled_port_writes
+            ),
+            (1, 1)
+        );
+        // A claimed port still goes to its device.
+        let exit = inp(0x3FD, AccessSize::Byte);
+        assert_eq!(
+            crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs),
+            None
+        );
     }
 }

@@ -102,7 +102,8 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
 
 /// The first half of [`handle_exit`]: the exits a vCPU answers from its
 /// own state, with no platform service and no VM: CPUID leaves the table
-/// has finished, HLT, the instructions that fault or do nothing, and the
+/// has finished, hypercalls that concern the vCPU, ports no device claims,
+/// HLT, the instructions that fault or do nothing, and the
 /// timer and interrupt exits. `None`: the exit needs the rest
 /// ([`handle_with_platform`]). This is the whole of the common exits'
 /// handling, so it stays small; it never injects or stops, and the vCPU
@@ -117,6 +118,10 @@ pub fn handle_vcpu_exit(vcpu: &mut VcpuState, exit: &Exit, regs: &mut GuestRegs)
         }
         Exit::Vmcall if crate::hypercall::is_vcpu_local(regs) => {
             (K::Vmcall, crate::hypercall::handle_vcpu_local(regs))
+        }
+        Exit::Io(a) if !a.string_or_rep && vcpu.ports.unclaimed(a.port) => {
+            io::unclaimed(&a, regs, &mut vcpu.exits);
+            (K::Io, Next::AdvanceRip)
         }
         Exit::Hlt => (K::Hlt, Next::Halt),
         Exit::Invd => (K::Invd, Next::AdvanceRip),
