@@ -135,13 +135,12 @@ impl KernelPlatform {
 pub(super) fn handle_exit<C: GuestCpu>(
     env: &mut KernelPlatform,
     state: &mut VcpuState,
-    exit: Exit,
+    exit: &Exit,
     regs: &mut GuestRegs,
     shared: (&Vm, usize),
     clock: &mut super::irq::DeviceClock,
     mut cpu: C,
 ) -> Next {
-    let exit = &exit;
     let (vm, index) = shared;
     let action = {
         let mut platform = PlatformFor {

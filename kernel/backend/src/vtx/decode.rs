@@ -75,31 +75,51 @@ fn is_instruction_exit(reason: ExitReason) -> bool {
 /// Reads the exit fields of the current VMCS and decodes them. Sets
 /// `regs.rip` and (for instruction exits) `regs.instruction_len`.
 pub fn decode<V: VmcsAccess>(vmcs: &V, regs: &mut GuestRegs) -> Decoded {
+    let mut exit = Exit::Hlt;
+    let vectoring = decode_into(vmcs, regs, &mut exit);
+    Decoded { exit, vectoring }
+}
+
+/// [`decode`] for the exit loop: the exit is written into `exit`, where the
+/// loop keeps it (moving the enum between the layers of an exit cost more
+/// than decoding it), and the event whose delivery it interrupted comes
+/// back.
+#[inline(always)]
+pub fn decode_into<V: VmcsAccess>(
+    vmcs: &V,
+    regs: &mut GuestRegs,
+    exit: &mut Exit,
+) -> Option<Event> {
     let raw = RawExitReason(vmcs.get_known(EXIT_REASON));
     regs.rip = vmcs.get_known(GUEST_RIP);
     if raw.is_entry_failure() {
         let qualification = vmcs.get_known(EXIT_QUALIFICATION);
         regs.instruction_len = 0;
-        return Decoded {
-            exit: Exit::EntryFailed {
-                code: u32::from(raw.basic()),
-                qualification,
-            },
-            vectoring: None,
+        *exit = Exit::EntryFailed {
+            code: u32::from(raw.basic()),
+            qualification,
         };
+        return None;
     }
     let reason = raw.reason();
     if is_instruction_exit(reason) {
         regs.instruction_len = u64::from(vmcs.get_known(VM_EXIT_INSTRUCTION_LEN));
-        let exit = instruction_exit(vmcs, raw, regs);
-        return Decoded {
-            exit,
-            vectoring: None,
-        };
+        instruction_exit(vmcs, raw, regs, exit);
+        return None;
     }
     regs.instruction_len = 0;
+    let decoded = event_exit(vmcs, raw);
+    *exit = decoded.exit;
+    decoded.vectoring
+}
+
+/// The exits that are no instruction's: events, EPT, timers. Out of the
+/// instruction exits' way (their path is the one every CPUID, VMCALL and
+/// port access takes).
+#[inline(never)]
+fn event_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason) -> Decoded {
     let vectoring = vectoring_event(vmcs);
-    let exit = match reason {
+    let exit = match raw.reason() {
         ExitReason::TripleFault => Exit::TripleFault,
         ExitReason::ExternalInterrupt => Exit::ExternalInterrupt,
         ExitReason::PreemptionTimer => Exit::PreemptionTimer,
@@ -154,22 +174,29 @@ pub fn decode<V: VmcsAccess>(vmcs: &V, regs: &mut GuestRegs) -> Decoded {
     Decoded { exit, vectoring }
 }
 
-fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestRegs) -> Exit {
+#[inline(always)]
+fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestRegs, out: &mut Exit) {
     use ExitReason as R;
+    // Each arm stores its own variant: a match that yields the enum would
+    // build it in a temporary and copy it out.
     match raw.reason() {
-        R::Cpuid => Exit::Cpuid,
-        R::Hlt => Exit::Hlt,
-        R::Vmcall => Exit::Vmcall,
-        R::Rdmsr => Exit::Rdmsr {
-            msr: regs.rcx as u32,
-        },
-        R::Wrmsr => Exit::Wrmsr {
-            msr: regs.rcx as u32,
-            value: (regs.rdx << 32) | (regs.rax & 0xffff_ffff),
-        },
-        R::Xsetbv => Exit::Xsetbv,
-        R::Invd => Exit::Invd,
-        R::Rdpmc => Exit::Rdpmc,
+        R::Cpuid => *out = Exit::Cpuid,
+        R::Hlt => *out = Exit::Hlt,
+        R::Vmcall => *out = Exit::Vmcall,
+        R::Rdmsr => {
+            *out = Exit::Rdmsr {
+                msr: regs.rcx as u32,
+            }
+        }
+        R::Wrmsr => {
+            *out = Exit::Wrmsr {
+                msr: regs.rcx as u32,
+                value: (regs.rdx << 32) | (regs.rax & 0xffff_ffff),
+            }
+        }
+        R::Xsetbv => *out = Exit::Xsetbv,
+        R::Invd => *out = Exit::Invd,
+        R::Rdpmc => *out = Exit::Rdpmc,
         // VMX is hidden from guests (CPUID.1:ECX.VMX = 0), SMX and
         // MONITOR/MWAIT too: a CPU without them raises #UD.
         r @ (R::Vmclear
@@ -186,49 +213,57 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
         | R::Vmfunc
         | R::Getsec
         | R::MwaitInstruction
-        | R::Monitor) => Exit::UndefinedInstruction { name: r.describe() },
+        | R::Monitor) => *out = Exit::UndefinedInstruction { name: r.describe() },
         R::CrAccess => {
-            let kind = match CrAccessQualification::from_raw(vmcs.get_known(EXIT_QUALIFICATION)) {
-                CrAccessQualification::MovToCr { cr, gpr } => {
-                    (cr, CrAccessKind::MovTo { gpr: gpr as u8 })
-                }
-                CrAccessQualification::MovFromCr { cr, gpr } => {
-                    (cr, CrAccessKind::MovFrom { gpr: gpr as u8 })
-                }
-                CrAccessQualification::Clts => (0, CrAccessKind::Clts),
-                CrAccessQualification::Lmsw { source, .. } => (0, CrAccessKind::Lmsw { source }),
-            };
-            Exit::CrAccess(CrAccess {
-                cr: kind.0,
-                kind: kind.1,
-            })
-        }
-        R::IoInstruction => {
-            let qualification = vmcs.get_known(EXIT_QUALIFICATION);
-            match IoQualification::from_raw(qualification) {
-                Some(q) => {
-                    let size = AccessSize::from_bytes(q.size.bytes()).unwrap_or(AccessSize::Byte);
-                    let dir = match q.direction {
-                        IoDirection::In => IoDir::In,
-                        IoDirection::Out => IoDir::Out {
-                            value: (regs.rax as u32) & size.mask(),
-                        },
-                    };
-                    Exit::Io(IoAccess {
-                        port: q.port,
-                        size,
-                        dir,
-                        string_or_rep: q.string || q.rep,
-                    })
-                }
-                None => Exit::Unhandled {
-                    code: u32::from(raw.basic()),
-                    name: raw.reason().describe(),
-                    qualification,
-                },
+            *out = {
+                let kind = match CrAccessQualification::from_raw(vmcs.get_known(EXIT_QUALIFICATION))
+                {
+                    CrAccessQualification::MovToCr { cr, gpr } => {
+                        (cr, CrAccessKind::MovTo { gpr: gpr as u8 })
+                    }
+                    CrAccessQualification::MovFromCr { cr, gpr } => {
+                        (cr, CrAccessKind::MovFrom { gpr: gpr as u8 })
+                    }
+                    CrAccessQualification::Clts => (0, CrAccessKind::Clts),
+                    CrAccessQualification::Lmsw { source, .. } => {
+                        (0, CrAccessKind::Lmsw { source })
+                    }
+                };
+                Exit::CrAccess(CrAccess {
+                    cr: kind.0,
+                    kind: kind.1,
+                })
             }
         }
-        _ => unhandled(vmcs, raw),
+        R::IoInstruction => {
+            *out = {
+                let qualification = vmcs.get_known(EXIT_QUALIFICATION);
+                match IoQualification::from_raw(qualification) {
+                    Some(q) => {
+                        let size =
+                            AccessSize::from_bytes(q.size.bytes()).unwrap_or(AccessSize::Byte);
+                        let dir = match q.direction {
+                            IoDirection::In => IoDir::In,
+                            IoDirection::Out => IoDir::Out {
+                                value: (regs.rax as u32) & size.mask(),
+                            },
+                        };
+                        Exit::Io(IoAccess {
+                            port: q.port,
+                            size,
+                            dir,
+                            string_or_rep: q.string || q.rep,
+                        })
+                    }
+                    None => Exit::Unhandled {
+                        code: u32::from(raw.basic()),
+                        name: raw.reason().describe(),
+                        qualification,
+                    },
+                }
+            }
+        }
+        _ => *out = unhandled(vmcs, raw),
     }
 }
 

@@ -43,12 +43,13 @@ pub struct Shadow {
 /// of the blocking the exit recorded: ended when RIP moved (cleared from
 /// the VMCS before any injection, see [`interruptibility`]), as the exit
 /// left it otherwise.
-pub fn advance<V: VmcsAccess>(vmcs: &mut V, action: &Next, regs: &GuestRegs) -> Shadow {
-    let next = action.next_rip(regs.rip, regs.instruction_len);
-    if next == regs.rip {
+#[inline(always)]
+pub fn advance<V: VmcsAccess>(vmcs: &mut V, next: &Next, regs: &GuestRegs) -> Shadow {
+    // An exit that skips has a nonzero instruction length (SDM 28.2.5).
+    if !next.skips_instruction() {
         return Shadow { skipped: false };
     }
-    vmcs.set_known(GUEST_RIP, next);
+    vmcs.set_known(GUEST_RIP, next.next_rip(regs.rip, regs.instruction_len));
     Shadow { skipped: true }
 }
 

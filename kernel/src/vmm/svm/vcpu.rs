@@ -308,7 +308,7 @@ impl Vcpu {
                     None => platform::handle_exit(
                         env,
                         &mut self.state,
-                        exit,
+                        &exit,
                         &mut self.regs,
                         (&vm, self.index),
                         &mut self.clock,

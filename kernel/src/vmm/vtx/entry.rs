@@ -3,7 +3,10 @@
 //!
 //! VMX loads and saves RIP, RSP, RFLAGS, control registers and segments
 //! through the VMCS (SDM 27.3, 28.5); the other GPRs are ours to switch. The
-//! host callee-saved registers are pushed before entry; HOST_RSP is written
+//! compiler keeps what it has live across the switch (the call is declared
+//! to clobber every register but RBX and RBP, which the switch pushes
+//! before entry: the loop's few live values cost less than saving every
+//! callee-saved register at every entry); HOST_RSP is written
 //! at the first entry of a slice (the vCPU loop calls the switch from one
 //! place, so the stack pointer is the same at every entry of the slice), so
 //! that the exit lands on that same stack, where the pointer to the guest
@@ -89,14 +92,13 @@ core::arch::global_asm!(
     ".global hv_vmx_exit",
     // hv_vmx_switch(regs: *mut GuestRegs (rdi), mode: u64 (rsi)) -> u64 (rax)
     // returns 0 after a VM exit, or RFLAGS (never 0: bit 1 is always set)
-    // when the VM-entry instruction failed. Mode: see `Mode::bits`.
+    // when the VM-entry instruction failed. Mode: see `Mode`. Not a C
+    // function: it keeps RBX and RBP (which Rust's inline asm cannot name)
+    // and clobbers every other register (`switch` says so to the compiler,
+    // which then saves only what it has live across the call).
     "hv_vmx_switch:",
     "push rbp",
     "push rbx",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
     "push rdi",
     "cmp esi, 1",
     "jne 5f",
@@ -121,7 +123,7 @@ core::arch::global_asm!(
     "vmresume",
     "3:",
     // Entry failed: the flags say how. The guest values loaded above are
-    // discarded; the host's callee-saved registers come back from the stack.
+    // discarded; the host's RBX and RBP come back from the stack.
     "pushfq",
     "pop rax",
     "add rsp, 8",
@@ -147,10 +149,6 @@ core::arch::global_asm!(
     "mov [rdi + 40], rax",
     "xor eax, eax",
     "4:",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
     "pop rbx",
     "pop rbp",
     "ret",
@@ -158,7 +156,7 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    fn hv_vmx_switch(regs: *mut GuestRegs, mode: u64) -> u64;
+    fn hv_vmx_switch();
     fn hv_vmx_exit();
 }
 
@@ -179,9 +177,24 @@ pub fn exit_entry_point() -> u64 {
 /// (the same call site in the same frame). Interrupts must be disabled.
 #[inline]
 pub unsafe fn switch(regs: &mut GuestRegs, mode: Mode) -> SwitchResult {
-    // SAFETY: the caller's contract; the asm saves and restores every
-    // callee-saved register and returns on the same stack.
-    let r = unsafe { hv_vmx_switch(regs, mode as u64) };
+    let r: u64;
+    // SAFETY: the caller's contract; `hv_vmx_switch` keeps RBX and RBP,
+    // every other register is declared clobbered, and it returns on the
+    // same stack (the kernel's target has no red zone to overwrite).
+    unsafe {
+        core::arch::asm!(
+            "call {f}",
+            f = sym hv_vmx_switch,
+            inout("rdi") regs as *mut GuestRegs => _,
+            inout("rsi") mode as u64 => _,
+            lateout("rax") r,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        )
+    };
     if r == 0 {
         SwitchResult::Exited
     } else {

@@ -383,6 +383,7 @@ impl Vcpu {
         // the entry after it is `quiet`: the compare, the mailbox, enter.
         let mut quiet = false;
         let mut attention_at = slice_end;
+        let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
         loop {
             let now = crate::arch::rdtsc();
@@ -426,8 +427,7 @@ impl Vcpu {
                 }
                 SwitchResult::Exited => self.launched = true,
             }
-            let decoded = decode::decode(&vmcs, &mut self.regs);
-            let exit = decoded.exit;
+            let vectoring = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
             if has_apic && matches!(exit, Exit::PreemptionTimer) && crate::arch::rdtsc() < slice_end
             {
                 // The APIC timer is due, not the slice over.
@@ -464,7 +464,7 @@ impl Vcpu {
                     platform::handle_exit(
                         env,
                         &mut self.state,
-                        exit,
+                        &exit,
                         &mut self.regs,
                         (&vm, self.index),
                         &mut self.clock,
@@ -478,7 +478,7 @@ impl Vcpu {
                 }
             };
             self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
-            if let Some(ev) = entry::event_to_inject(&next, decoded.vectoring) {
+            if let Some(ev) = entry::event_to_inject(&next, vectoring) {
                 self.pending_event = Some(ev);
                 quiet = false;
             }
