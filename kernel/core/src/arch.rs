@@ -592,19 +592,13 @@ impl From<&Action> for Next {
 }
 
 impl Next {
-    /// Whether RIP moves past the exiting instruction ([`Action::next_rip`]).
+    /// The new guest RIP when the next entry moves it past the exiting
+    /// instruction (as [`Action::next_rip`] decides), `None` when RIP stays.
     #[inline(always)]
-    pub fn skips_instruction(&self) -> bool {
-        matches!(self, Next::AdvanceRip | Next::Yield | Next::Halt)
-    }
-
-    /// The guest RIP to use on the next entry ([`Action::next_rip`]).
-    #[inline(always)]
-    pub fn next_rip(&self, rip: u64, instruction_len: u64) -> u64 {
-        if self.skips_instruction() {
-            rip.wrapping_add(instruction_len)
-        } else {
-            rip
+    pub fn skipped_rip(&self, rip: u64, instruction_len: u64) -> Option<u64> {
+        match self {
+            Next::AdvanceRip | Next::Yield | Next::Halt => Some(rip.wrapping_add(instruction_len)),
+            Next::Resume | Next::Inject(_) | Next::Preempted | Next::Stop => None,
         }
     }
 }

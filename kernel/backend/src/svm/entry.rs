@@ -19,14 +19,14 @@ const RFLAGS_IF: u64 = 1 << 9;
 const CR0_PE: u64 = 1 << 0;
 
 /// Carries out the RIP part of `action`: RIP moves past the exiting
-/// instruction exactly when [`Next::next_rip`] says so, and then the
+/// instruction exactly when [`Next::skipped_rip`] says so, and then the
 /// interrupt shadow of an STI or MOV SS before it ends, as it would after
 /// the instruction (INTERRUPT_SHADOW is guest state that VMRUN loads, APM 15.21).
+#[inline(always)]
 pub fn advance(vmcb: &mut Vmcb, action: &Next, regs: &GuestRegs) {
-    let next = action.next_rip(regs.rip, regs.instruction_len);
-    if next == regs.rip {
+    let Some(next) = action.skipped_rip(regs.rip, regs.instruction_len) else {
         return;
-    }
+    };
     vmcb.save.rip = next;
     vmcb.control
         .interrupt_state

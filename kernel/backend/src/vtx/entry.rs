@@ -45,12 +45,13 @@ pub struct Shadow {
 /// left it otherwise.
 #[inline(always)]
 pub fn advance<V: VmcsAccess>(vmcs: &mut V, next: &Next, regs: &GuestRegs) -> Shadow {
-    // An exit that skips has a nonzero instruction length (SDM 28.2.5).
-    if !next.skips_instruction() {
-        return Shadow { skipped: false };
+    match next.skipped_rip(regs.rip, regs.instruction_len) {
+        Some(rip) => {
+            vmcs.set_known(GUEST_RIP, rip);
+            Shadow { skipped: true }
+        }
+        None => Shadow { skipped: false },
     }
-    vmcs.set_known(GUEST_RIP, next.next_rip(regs.rip, regs.instruction_len));
-    Shadow { skipped: true }
 }
 
 /// The guest interruptibility state the next entry runs with: read from

@@ -532,6 +532,17 @@ mod tests {
         assert_eq!(Action::Inject(Event::GP0).next_rip(0x1000, 3), 0x1000);
         assert_eq!(Action::Preempted.next_rip(0x1000, 3), 0x1000);
         assert_eq!(Action::AdvanceRip.next_rip(u64::MAX, 1), 0);
+        // The backend's projection agrees.
+        for a in [
+            Action::AdvanceRip,
+            Action::Yield,
+            Action::Halt,
+            Action::Resume,
+            Action::Preempted,
+        ] {
+            let moved = Some(a.next_rip(0x1000, 3)).filter(|&r| r != 0x1000);
+            assert_eq!(Next::from(&a).skipped_rip(0x1000, 3), moved, "{a:?}");
+        }
     }
 
     #[test]

@@ -380,17 +380,15 @@ impl Vcpu {
         // with the earliest, `attention_at`) and events (the mailbox, and
         // what the last exit may have changed). An exit the vCPU answered
         // alone (`handle_vcpu_exit`) changes nothing the checks look at, so
-        // the entry after it is `quiet`: the compare, the mailbox, enter.
-        let mut quiet = false;
-        let mut attention_at = slice_end;
+        // the entry after it is quiet: the compare, the mailbox, enter. Any
+        // other exit sets `attention_at` to 0, which makes the next entry
+        // look at everything.
+        let mut attention_at = 0;
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
         loop {
             let now = crate::arch::rdtsc();
-            if !quiet
-                || now >= attention_at
-                || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0)
-            {
+            if now >= attention_at || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
                 let checks = EntryChecks {
                     now,
                     slice_end,
@@ -402,7 +400,6 @@ impl Vcpu {
                 }
                 timer_until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
                 attention_at = self.clock.attention_at(timer_until);
-                quiet = true;
             }
             if !timer_saved {
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, timer_until));
@@ -431,7 +428,7 @@ impl Vcpu {
             if has_apic && matches!(exit, Exit::PreemptionTimer) && crate::arch::rdtsc() < slice_end
             {
                 // The APIC timer is due, not the slice over.
-                quiet = false;
+                attention_at = 0;
                 continue;
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
@@ -460,7 +457,7 @@ impl Vcpu {
             {
                 Some(next) => next,
                 None => {
-                    quiet = false;
+                    attention_at = 0;
                     platform::handle_exit(
                         env,
                         &mut self.state,
@@ -480,7 +477,7 @@ impl Vcpu {
             self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
             if let Some(ev) = entry::event_to_inject(&next, vectoring) {
                 self.pending_event = Some(ev);
-                quiet = false;
+                attention_at = 0;
             }
             match next {
                 Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
