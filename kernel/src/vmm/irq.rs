@@ -13,6 +13,19 @@ use spin::Mutex;
 use super::platform::KernelPlatform;
 use super::vm::Vm;
 
+/// What a vCPU's full entry checks (`check_entry` of either backend) look
+/// at besides the vCPU.
+pub struct EntryChecks<'a> {
+    /// The TSC now.
+    pub now: u64,
+    /// The TSC at which the slice ends.
+    pub slice_end: u64,
+    /// The vCPU has a local APIC.
+    pub has_apic: bool,
+    /// Its mailbox, in a VM with several vCPUs.
+    pub link: Option<&'a super::vm::VcpuLink>,
+}
+
 /// Per-vCPU bookkeeping of device time and the interrupt window.
 #[derive(Default)]
 pub struct DeviceClock {

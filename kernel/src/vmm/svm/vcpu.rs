@@ -248,35 +248,31 @@ impl Vcpu {
         self.clock.apic_due = vm.apic_deadline(self.index);
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
+        // Quiet entries and `attention_at` as in the VT-x loop: an exit the
+        // vCPU answered alone leaves only a TSC compare and the mailbox to
+        // check; any other sets `attention_at` to 0.
+        let mut attention_at = 0;
+        let mut timer_until = slice_end;
+        let mut exit = Exit::Hlt;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= slice_end {
-                return self.end_slice_early();
-            }
-            if link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
-                if let Some(end) = self.take_mail() {
+            if now >= attention_at || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+                let checks = crate::vmm::irq::EntryChecks {
+                    now,
+                    slice_end,
+                    has_apic,
+                    link,
+                };
+                if let Some(end) = self.check_entry(&checks, &vm, vmcb, env) {
                     return end;
                 }
-                // An interrupt may be waiting in the PIC: look under the lock.
-                self.clock.intr_possible = true;
+                timer_until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
+                attention_at = self.clock.attention_at(timer_until);
             }
             if has_apic {
-                self.clock.apic_catch_up(now, &vm, self.index);
-                let until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
-                crate::apic::one_shot_us(crate::vmm::us_from_tsc(until.saturating_sub(now)).max(1));
-            }
-            // The VM's devices are locked only when a device is due or an
-            // event may be delivered (see the VT-x loop).
-            if self.clock.due(now)
-                || self.pending_event.is_some()
-                || self.clock.window_open
-                || self.clock.intr_possible
-                || (has_apic && vm.apic_pending(self.index))
-            {
-                let mut ctx = vm.ctx();
-                self.clock.catch_up(now, &mut ctx, &vm, env);
-                self.prepare_events(&mut ctx, &vm, vmcb);
-                self.clock.intr_possible = ctx.interrupt_possible();
+                crate::apic::one_shot_us(
+                    crate::vmm::us_from_tsc(timer_until.saturating_sub(now)).max(1),
+                );
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
@@ -285,14 +281,15 @@ impl Vcpu {
             // `setup::program`; interrupts are off in the scheduler loop.
             unsafe { switch::run(&mut self.regs, self.vmcb, host.host_vmcb) };
             entry::after_vmexit(vmcb, setup);
-            let decoded = decode::decode(vmcb, &mut self.regs, &vm.partition, setup);
-            if let Some(reason) = decoded.stop {
-                return self.stop_undecoded(reason, env);
-            }
+            let decoded =
+                decode::decode_into(vmcb, &mut self.regs, &vm.partition, setup, &mut exit);
+            let vectoring = match decoded {
+                Ok(vectoring) => vectoring,
+                Err(reason) => return self.stop_undecoded(reason, env),
+            };
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
             }
-            let exit = decoded.exit;
             if let Exit::ExternalInterrupt = exit {
                 // Take the host interrupt that caused the exit (GIF is 1
                 // again, IF 0): STI's shadow ends after the NOP.
@@ -305,24 +302,28 @@ impl Vcpu {
             let action =
                 match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {
                     Some(next) => next,
-                    None => platform::handle_exit(
-                        env,
-                        &mut self.state,
-                        &exit,
-                        &mut self.regs,
-                        (&vm, self.index),
-                        &mut self.clock,
-                        VmcbCpu {
-                            vmcb: &mut *vmcb,
-                            setup,
-                            soft: &mut self.soft,
-                            msrs: &mut HardwareMsrs,
-                        },
-                    ),
+                    None => {
+                        attention_at = 0;
+                        platform::handle_exit(
+                            env,
+                            &mut self.state,
+                            &exit,
+                            &mut self.regs,
+                            (&vm, self.index),
+                            &mut self.clock,
+                            VmcbCpu {
+                                vmcb: &mut *vmcb,
+                                setup,
+                                soft: &mut self.soft,
+                                msrs: &mut HardwareMsrs,
+                            },
+                        )
+                    }
                 };
             entry::advance(vmcb, &action, &self.regs);
-            if let Some(ev) = backend::vtx::entry::event_to_inject(&action, decoded.vectoring) {
+            if let Some(ev) = backend::vtx::entry::event_to_inject(&action, vectoring) {
                 self.pending_event = Some(ev);
+                attention_at = 0;
             }
             match action {
                 Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
@@ -335,12 +336,49 @@ impl Vcpu {
                     return SliceEnd::Stopped;
                 }
             }
-            // The console queue is full (end the slice so it is printed), or
-            // the host is stopping.
-            if env.output_full || crate::smp::stopping() {
-                return self.end_slice_early();
-            }
         }
+    }
+
+    /// The checks of an entry that is not quiet (see the VT-x vCPU's
+    /// `check_entry`): `Some` ends the slice.
+    #[inline(never)]
+    fn check_entry(
+        &mut self,
+        c: &crate::vmm::irq::EntryChecks<'_>,
+        vm: &Vm,
+        vmcb: &mut Vmcb,
+        env: &mut KernelPlatform,
+    ) -> Option<SliceEnd> {
+        let now = c.now;
+        // The console queue is full (end the slice so it is printed), or
+        // the host is stopping.
+        if now >= c.slice_end || crate::smp::stopping() || env.output_full {
+            return Some(self.end_slice_early());
+        }
+        if c.link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+            if let Some(end) = self.take_mail() {
+                return Some(end);
+            }
+            // An interrupt may be waiting in the PIC: look under the lock.
+            self.clock.intr_possible = true;
+        }
+        if c.has_apic {
+            self.clock.apic_catch_up(now, vm, self.index);
+        }
+        // The VM's devices are locked only when a device is due or an
+        // event may be delivered (see the VT-x loop).
+        if self.clock.due(now)
+            || self.pending_event.is_some()
+            || self.clock.window_open
+            || self.clock.intr_possible
+            || (c.has_apic && vm.apic_pending(self.index))
+        {
+            let mut ctx = vm.ctx();
+            self.clock.catch_up(now, &mut ctx, vm, env);
+            self.prepare_events(&mut ctx, vm, vmcb);
+            self.clock.intr_possible = ctx.interrupt_possible();
+        }
+        None
     }
 
     /// Before an entry that may inject: the PIC's interrupt when the guest

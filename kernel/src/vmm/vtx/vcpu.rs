@@ -75,18 +75,6 @@ pub struct Vcpu {
     tally: Tally,
 }
 
-/// What [`Vcpu::check_entry`] looks at besides the vCPU.
-struct EntryChecks<'a> {
-    /// The TSC now.
-    now: u64,
-    /// The TSC at which the slice ends.
-    slice_end: u64,
-    /// The vCPU has a local APIC.
-    has_apic: bool,
-    /// Its mailbox, in a VM with several vCPUs.
-    link: Option<&'a crate::vmm::vm::VcpuLink>,
-}
-
 /// Per-CPU VMX facts the host state needs.
 pub struct HostCpu {
     /// This CPU's descriptor tables (GDT, TSS).
@@ -389,7 +377,7 @@ impl Vcpu {
         loop {
             let now = crate::arch::rdtsc();
             if now >= attention_at || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
-                let checks = EntryChecks {
+                let checks = crate::vmm::irq::EntryChecks {
                     now,
                     slice_end,
                     has_apic,
@@ -502,7 +490,7 @@ impl Vcpu {
     #[inline(never)]
     fn check_entry(
         &mut self,
-        c: &EntryChecks<'_>,
+        c: &crate::vmm::irq::EntryChecks<'_>,
         vm: &Vm,
         vmcs: &mut count::Vmcs,
         host: &HostCpu,
