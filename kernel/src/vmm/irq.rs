@@ -22,8 +22,8 @@ pub struct EntryChecks<'a> {
     pub slice_end: u64,
     /// The vCPU has a local APIC.
     pub has_apic: bool,
-    /// Its mailbox, in a VM with several vCPUs.
-    pub link: Option<&'a super::vm::VcpuLink>,
+    /// Its mailbox.
+    pub link: &'a super::vm::VcpuLink,
 }
 
 /// Per-vCPU bookkeeping of device time and the interrupt window.

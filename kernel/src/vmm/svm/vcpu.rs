@@ -238,7 +238,9 @@ impl Vcpu {
         // only inside `switch::run`, while this reference is not used.
         let vmcb: &mut Vmcb = unsafe { &mut *vmcb_ptr };
         let vm = Arc::clone(&self.vm);
-        let link = vm.link(self.index);
+        let link = vm
+            .link(self.index)
+            .unwrap_or_else(|| panic!("vm {}: vCPU {} has no link", vm.name(), self.index));
         if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
             return self.stop_with_vm(reason);
         }
@@ -256,7 +258,7 @@ impl Vcpu {
         let mut exit = Exit::Hlt;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= attention_at || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+            if now >= attention_at || link.mail.load(Ordering::Acquire) != 0 {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
                     slice_end,
@@ -291,19 +293,21 @@ impl Vcpu {
                 return end;
             }
             if let Exit::ExternalInterrupt = exit {
-                // Take the host interrupt that caused the exit (GIF is 1
-                // again, IF 0): STI's shadow ends after the NOP.
+                // Let the host's IDT take the interrupt that caused the
+                // exit. STI's one-instruction shadow ends after the NOP,
+                // where the pending interrupt is delivered; CLI closes the
+                // window again.
                 // SAFETY: the host IDT handles every vector it can receive.
                 unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-            }
-            if let Exit::EntryFailed { .. } = exit {
-                self.report_invalid(vmcb, setup);
             }
             let action =
                 match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {
                     Some(next) => next,
                     None => {
                         attention_at = 0;
+                        if let Exit::EntryFailed { .. } = exit {
+                            self.report_invalid(vmcb, setup);
+                        }
                         platform::handle_exit(
                             env,
                             &mut self.state,
@@ -355,7 +359,7 @@ impl Vcpu {
         if now >= c.slice_end || crate::smp::stopping() || env.output_full {
             return Some(self.end_slice_early());
         }
-        if c.link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+        if c.link.mail.load(Ordering::Acquire) != 0 {
             if let Some(end) = self.take_mail() {
                 return Some(end);
             }

@@ -343,7 +343,9 @@ impl Vcpu {
         }
         self.tally.slice_start();
         let vm = Arc::clone(&self.vm);
-        let link = vm.link(self.index);
+        let link = vm
+            .link(self.index)
+            .unwrap_or_else(|| panic!("vm {}: vCPU {} has no link", vm.name(), self.index));
         if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
             return self.stop_with_vm(reason);
         }
@@ -376,7 +378,7 @@ impl Vcpu {
         let mut timer_until = slice_end;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= attention_at || link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+            if now >= attention_at || link.mail.load(Ordering::Acquire) != 0 {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
                     slice_end,
@@ -420,32 +422,30 @@ impl Vcpu {
                 continue;
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            match exit {
-                Exit::ExternalInterrupt => {
-                    // Let the host's IDT take the interrupt that caused the
-                    // exit. STI's one-instruction shadow ends after the NOP,
-                    // where the pending interrupt is delivered; CLI closes
-                    // the window again.
-                    // SAFETY: the host IDT handles every vector it can receive.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                }
-                Exit::EntryFailed {
-                    code,
-                    qualification,
-                } => {
-                    log::error!(
-                        "vm {}: VM entry failed (reason {code}, qualification {qualification:#x}); guest state:",
-                        self.vm.name()
-                    );
-                    dump_guest_state(count::inner(&vmcs));
-                }
-                _ => {}
+            if let Exit::ExternalInterrupt = exit {
+                // Let the host's IDT take the interrupt that caused the
+                // exit. STI's one-instruction shadow ends after the NOP,
+                // where the pending interrupt is delivered; CLI closes the
+                // window again.
+                // SAFETY: the host IDT handles every vector it can receive.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
             }
             let next = match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs)
             {
                 Some(next) => next,
                 None => {
                     attention_at = 0;
+                    if let Exit::EntryFailed {
+                        code,
+                        qualification,
+                    } = exit
+                    {
+                        log::error!(
+                            "vm {}: VM entry failed (reason {code}, qualification {qualification:#x}); guest state:",
+                            self.vm.name()
+                        );
+                        dump_guest_state(count::inner(&vmcs));
+                    }
                     platform::handle_exit(
                         env,
                         &mut self.state,
@@ -501,7 +501,7 @@ impl Vcpu {
             self.tally.settle(vmcs);
             return Some(self.end_slice_early());
         }
-        if c.link.is_some_and(|l| l.mail.load(Ordering::Acquire) != 0) {
+        if c.link.mail.load(Ordering::Acquire) != 0 {
             self.tally.settle(vmcs);
             if let Some(end) = self.take_mail() {
                 return Some(end);
