@@ -560,18 +560,21 @@ impl Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Next {
+    // The order is the exit loop's: the three that re-enter come first
+    // and the three that skip the instruction are adjacent, so each
+    // question is one compare of the tag.
     /// [`Action::Resume`].
     Resume,
-    /// [`Action::AdvanceRip`].
-    AdvanceRip,
     /// [`Action::Inject`].
     Inject(Event),
+    /// [`Action::AdvanceRip`].
+    AdvanceRip,
     /// [`Action::Yield`].
     Yield,
-    /// [`Action::Preempted`].
-    Preempted,
     /// [`Action::Halt`].
     Halt,
+    /// [`Action::Preempted`].
+    Preempted,
     /// [`Action::Stop`].
     Stop,
 }

@@ -137,7 +137,7 @@ pub struct ExitCounts {
 
 impl ExitCounts {
     /// Counts one exit.
-    #[inline]
+    #[inline(always)]
     pub fn record(&mut self, kind: ExitKind) {
         // A u64 of exits does not wrap in centuries; the kind's index is in
         // range by construction (ALL has COUNT entries).

@@ -58,6 +58,27 @@ impl DeviceClock {
         self.deadline.map_or(until, |(_, tsc)| tsc.min(until))
     }
 
+    /// [`Self::attention_at`] after an exit handled with the platform: 0 (the
+    /// next entry looks at everything) when that exit may have given the
+    /// entry work: an event to inject (`event_pending`), an interrupt the
+    /// PIC may present or a window to watch, a local APIC (`has_apic`: its
+    /// state is not mirrored here), or `other` (the backend's own reasons).
+    /// Otherwise only the deadline may have moved.
+    #[inline]
+    pub fn attention_after_exit(
+        &self,
+        until: u64,
+        event_pending: bool,
+        has_apic: bool,
+        other: bool,
+    ) -> u64 {
+        if event_pending || has_apic || other || self.window_open || self.intr_possible {
+            0
+        } else {
+            self.attention_at(until)
+        }
+    }
+
     /// Brings the devices up to `now` (TSC) when one is due.
     #[inline]
     pub fn catch_up(

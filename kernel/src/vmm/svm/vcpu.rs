@@ -304,11 +304,10 @@ impl Vcpu {
                 match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {
                     Some(next) => next,
                     None => {
-                        attention_at = 0;
                         if let Exit::EntryFailed { .. } = exit {
                             self.report_invalid(vmcb, setup);
                         }
-                        platform::handle_exit(
+                        let next = platform::handle_exit(
                             env,
                             &mut self.state,
                             &exit,
@@ -321,7 +320,14 @@ impl Vcpu {
                                 soft: &mut self.soft,
                                 msrs: &mut HardwareMsrs,
                             },
-                        )
+                        );
+                        attention_at = self.clock.attention_after_exit(
+                            timer_until,
+                            self.pending_event.is_some() || matches!(next, Next::Inject(_)),
+                            has_apic,
+                            env.output_full || self.soft.flush_tlb,
+                        );
+                        next
                     }
                 };
             entry::advance(vmcb, &action, &self.regs);

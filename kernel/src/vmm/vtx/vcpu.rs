@@ -434,7 +434,6 @@ impl Vcpu {
             {
                 Some(next) => next,
                 None => {
-                    attention_at = 0;
                     if let Exit::EntryFailed {
                         code,
                         qualification,
@@ -446,7 +445,7 @@ impl Vcpu {
                         );
                         dump_guest_state(count::inner(&vmcs));
                     }
-                    platform::handle_exit(
+                    let next = platform::handle_exit(
                         env,
                         &mut self.state,
                         &exit,
@@ -459,7 +458,14 @@ impl Vcpu {
                             soft: &mut self.soft,
                             msrs: &mut HardwareMsrs,
                         },
-                    )
+                    );
+                    attention_at = self.clock.attention_after_exit(
+                        timer_until,
+                        self.pending_event.is_some() || matches!(next, Next::Inject(_)),
+                        has_apic,
+                        env.output_full || self.soft.flush_tlb,
+                    );
+                    next
                 }
             };
             self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
