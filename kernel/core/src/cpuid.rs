@@ -237,7 +237,18 @@ fn in_table(leaf: u32, max_basic: u32, max_ext: u32) -> bool {
 /// exit (see the module docs), filled once when its VM is created. The
 /// default (empty) table holds nothing: every leaf is computed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CpuidTable(Option<alloc::boxed::Box<Filled>>);
+pub struct CpuidTable {
+    /// Which of leaves 0 ..= 0x1F [`Self::finished`] answers (bit n: leaf
+    /// n): the held ones except CPUID.1 while XSAVE is offered (its OSXSAVE
+    /// bit follows the guest's CR4 at each exit).
+    finished_held: u32,
+    /// The basic leaves as the guest sees them, the topology applied: what
+    /// [`CpuidTable::finished`] hands out without further work. Kept in the
+    /// table itself, not behind its box: the common exit reads one word and
+    /// one answer.
+    finished: [[u32; 4]; 0x20],
+    filled: Option<alloc::boxed::Box<Filled>>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Filled {
@@ -247,29 +258,26 @@ struct Filled {
     basic_held: u32,
     /// Leaves 0 ..= 0x1F.
     basic: [[u32; 4]; 0x20],
-    /// Which of leaves 0 ..= 0x1F [`Self::finished`] answers (bit n: leaf
-    /// n): the held ones except CPUID.1 while XSAVE is offered (its OSXSAVE
-    /// bit follows the guest's CR4 at each exit).
-    finished_held: u32,
-    /// The basic leaves as the guest sees them, the topology applied: what
-    /// [`CpuidTable::finished`] hands out without further work.
-    finished: [[u32; 4]; 0x20],
     max_basic: u32,
     max_ext: u32,
     /// Leaves 0x8000_0000 ..= [`TABLE_EXT_LAST`].
     ext: [[u32; 4]; (TABLE_EXT_LAST - EXT_BASE_LEAF + 1) as usize],
 }
 
-impl Filled {
-    /// Fills [`Filled::finished`] from the held basic leaves and the
+impl CpuidTable {
+    /// Fills [`CpuidTable::finished`] from the held basic leaves and the
     /// topology. Every held basic leaf ignores the subleaf, and so does the
     /// topology's change to it, except in the topology leaves 0xB and 0x1F
     /// (held as zeros beyond a host's highest leaf).
     fn finish(&mut self) {
-        self.finished = self.basic;
-        self.finished_held = self.basic_held;
+        let Some(t) = self.filled.as_deref() else {
+            return;
+        };
+        let topology = t.topology;
+        self.finished = t.basic;
+        self.finished_held = t.basic_held;
         for (leaf, r) in (0u32..).zip(self.finished.iter_mut()) {
-            if let Some(t) = self.topology {
+            if let Some(t) = topology {
                 t.apply(leaf, 0, r);
                 if matches!(leaf, 0xB | 0x1F) {
                     self.finished_held &= !(1 << leaf);
@@ -280,9 +288,7 @@ impl Filled {
             }
         }
     }
-}
 
-impl CpuidTable {
     /// The table of a vCPU on the CPU with `apic_id`, whose VM may use the
     /// XCR0 components `xcr0_allowed`, from the host's CPUID (`host`).
     pub fn new(host: HostCpuid<'_>, apic_id: u32, xcr0_allowed: u64) -> Self {
@@ -303,26 +309,28 @@ impl CpuidTable {
                 *slot = view(leaf);
             }
         }
-        let mut filled = Filled {
-            topology: None,
-            basic_held,
-            basic,
+        let mut table = CpuidTable {
             finished_held: 0,
-            finished: basic,
-            max_basic,
-            max_ext,
-            ext,
+            finished: [[0; 4]; 0x20],
+            filled: Some(alloc::boxed::Box::new(Filled {
+                topology: None,
+                basic_held,
+                basic,
+                max_basic,
+                max_ext,
+                ext,
+            })),
         };
-        filled.finish();
-        CpuidTable(Some(alloc::boxed::Box::new(filled)))
+        table.finish();
+        table
     }
 
     /// Makes the vCPU one of a VM with local APICs ([`Topology`]); a no-op
     /// for an empty table.
     pub fn set_topology(&mut self, topology: Topology) {
-        if let Some(t) = self.0.as_deref_mut() {
+        if let Some(t) = self.filled.as_deref_mut() {
             t.topology = Some(topology);
-            t.finish();
+            self.finish();
         }
     }
 
@@ -331,17 +339,16 @@ impl CpuidTable {
     /// its common path. `None`: [`handle`] computes it.
     #[inline(always)]
     pub fn finished(&self, leaf: u32) -> Option<&[u32; 4]> {
-        let t = self.0.as_deref()?;
-        if leaf >= 0x20 || t.finished_held & (1 << leaf) == 0 {
+        if leaf >= 0x20 || self.finished_held & (1 << leaf) == 0 {
             return None;
         }
-        t.finished.get(leaf as usize)
+        self.finished.get(leaf as usize)
     }
 
     /// The vCPU's place in a VM with local APICs, if it is one.
     #[inline]
     pub fn topology(&self) -> Option<Topology> {
-        self.0.as_deref().and_then(|t| t.topology)
+        self.filled.as_deref().and_then(|t| t.topology)
     }
 
     /// The answer for `leaf` (whatever the subleaf: the table holds only
@@ -349,7 +356,7 @@ impl CpuidTable {
     /// holds the leaf; `None`: compute it ([`guest_view`]).
     #[inline]
     pub fn lookup(&self, leaf: u32) -> Option<[u32; 4]> {
-        let t = self.0.as_deref()?;
+        let t = self.filled.as_deref()?;
         // The common case first: a basic leaf of the table.
         if let Some(r) = t.basic.get(leaf as usize) {
             return (t.basic_held & (1 << leaf) != 0).then_some(*r);
