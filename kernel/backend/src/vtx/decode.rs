@@ -10,7 +10,7 @@
 use hvcore::arch::{
     Access, AccessSize, CrAccess, CrAccessKind, Event, EventKind, Exit, GuestRegs, IoAccess, IoDir,
 };
-use vmx::exit::{CrAccessQualification, InterruptionType, IoDirection, LinearAccess};
+use vmx::exit::{CrAccessQualification, InterruptionType, IoDirection, IoSize, LinearAccess};
 use vmx::vmcs::*;
 use vmx::{
     EptViolationQualification, ExitReason, InterruptionInfo, IoQualification, RawExitReason,
@@ -236,31 +236,28 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
             }
         }
         R::IoInstruction => {
-            *out = {
-                let qualification = vmcs.get_known(EXIT_QUALIFICATION);
-                match IoQualification::from_raw(qualification) {
-                    Some(q) => {
-                        let size =
-                            AccessSize::from_bytes(q.size.bytes()).unwrap_or(AccessSize::Byte);
-                        let dir = match q.direction {
-                            IoDirection::In => IoDir::In,
-                            IoDirection::Out => IoDir::Out {
-                                value: (regs.rax as u32) & size.mask(),
-                            },
-                        };
-                        Exit::Io(IoAccess {
-                            port: q.port,
-                            size,
-                            dir,
-                            string_or_rep: q.string || q.rep,
-                        })
-                    }
-                    None => Exit::Unhandled {
-                        code: u32::from(raw.basic()),
-                        name: raw.reason().describe(),
-                        qualification,
-                    },
+            let qualification = vmcs.get_known(EXIT_QUALIFICATION);
+            match IoQualification::from_raw(qualification) {
+                Some(q) => {
+                    let size = match q.size {
+                        IoSize::Byte => AccessSize::Byte,
+                        IoSize::Word => AccessSize::Word,
+                        IoSize::Dword => AccessSize::Dword,
+                    };
+                    let dir = match q.direction {
+                        IoDirection::In => IoDir::In,
+                        IoDirection::Out => IoDir::Out {
+                            value: (regs.rax as u32) & size.mask(),
+                        },
+                    };
+                    *out = Exit::Io(IoAccess {
+                        port: q.port,
+                        size,
+                        dir,
+                        string_or_rep: q.string || q.rep,
+                    });
                 }
+                None => *out = unhandled_with(raw, qualification),
             }
         }
         _ => *out = unhandled(vmcs, raw),
@@ -268,10 +265,19 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
 }
 
 fn unhandled<V: VmcsAccess>(vmcs: &V, raw: RawExitReason) -> Exit {
+    unhandled_with(raw, vmcs.get_known(EXIT_QUALIFICATION))
+}
+
+/// An exit hvcore has no handler for (or whose qualification the SDM
+/// leaves undefined), with its qualification. Out of line: its name is a
+/// table lookup the common exits must not pay for.
+#[cold]
+#[inline(never)]
+fn unhandled_with(raw: RawExitReason, qualification: u64) -> Exit {
     Exit::Unhandled {
         code: u32::from(raw.basic()),
         name: raw.reason().describe(),
-        qualification: vmcs.get_known(EXIT_QUALIFICATION),
+        qualification,
     }
 }
 
