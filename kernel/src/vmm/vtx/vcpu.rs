@@ -415,20 +415,24 @@ impl Vcpu {
                 SwitchResult::Exited => self.launched = true,
             }
             let vectoring = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
-            if has_apic && matches!(exit, Exit::PreemptionTimer) && crate::arch::rdtsc() < slice_end
-            {
-                // The APIC timer is due, not the slice over.
-                attention_at = 0;
-                continue;
-            }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            if let Exit::ExternalInterrupt = exit {
-                // Let the host's IDT take the interrupt that caused the
-                // exit. STI's one-instruction shadow ends after the NOP,
-                // where the pending interrupt is delivered; CLI closes the
-                // window again.
-                // SAFETY: the host IDT handles every vector it can receive.
-                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            // The two exits the loop itself looks at (the tag first: one
+            // compare for every other exit).
+            match exit {
+                Exit::ExternalInterrupt => {
+                    // Let the host's IDT take the interrupt that caused the
+                    // exit. STI's one-instruction shadow ends after the NOP,
+                    // where the pending interrupt is delivered; CLI closes
+                    // the window again.
+                    // SAFETY: the host IDT handles every vector it can receive.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                }
+                Exit::PreemptionTimer if has_apic && crate::arch::rdtsc() < slice_end => {
+                    // The APIC timer is due, not the slice over.
+                    attention_at = 0;
+                    continue;
+                }
+                _ => {}
             }
             let next = match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs)
             {
