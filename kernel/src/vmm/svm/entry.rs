@@ -15,13 +15,12 @@ use hvcore::arch::GuestRegs;
 core::arch::global_asm!(
     ".global hv_svm_run",
     // hv_svm_run(regs: *mut GuestRegs (rdi), vmcb: u64 (rsi), host_vmcb: u64 (rdx))
+    // Not a C function: it keeps RBX and RBP (which Rust's inline asm
+    // cannot name) and clobbers every other register (`run` says so to
+    // the compiler, which then saves only what it has live across it).
     "hv_svm_run:",
     "push rbp",
     "push rbx",
-    "push r12",
-    "push r13",
-    "push r14",
-    "push r15",
     "push rdx",
     "push rdi",
     "mov rax, rsi",
@@ -67,17 +66,13 @@ core::arch::global_asm!(
     "vmload rax",
     "cli",
     "stgi",
-    "pop r15",
-    "pop r14",
-    "pop r13",
-    "pop r12",
     "pop rbx",
     "pop rbp",
     "ret",
 );
 
 extern "C" {
-    fn hv_svm_run(regs: *mut GuestRegs, vmcb: u64, host_vmcb: u64);
+    fn hv_svm_run();
 }
 
 /// Runs the guest of `vmcb` until its next #VMEXIT.
@@ -88,8 +83,22 @@ extern "C" {
 /// backend's set-up (APM 15.5.1 consistency checks), owned by the caller;
 /// `host_vmcb` holds this CPU's state saved by VMSAVE. Interrupts are off.
 pub unsafe fn run(regs: &mut GuestRegs, vmcb: u64, host_vmcb: u64) {
-    // SAFETY: the caller's contract; the asm saves and restores every
-    // callee-saved register, returns on the same stack, and restores the
-    // host's GS base (VMLOAD of the host VMCB) before returning.
-    unsafe { hv_svm_run(regs, vmcb, host_vmcb) }
+    // SAFETY: the caller's contract; `hv_svm_run` keeps RBX and RBP, every
+    // other register is declared clobbered, it returns on the same stack
+    // (the kernel's target has no red zone to overwrite), and it restores
+    // the host's GS base (VMLOAD of the host VMCB) before returning.
+    unsafe {
+        core::arch::asm!(
+            "call {f}",
+            f = sym hv_svm_run,
+            inout("rdi") regs as *mut GuestRegs => _,
+            inout("rsi") vmcb => _,
+            inout("rdx") host_vmcb => _,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        )
+    }
 }
