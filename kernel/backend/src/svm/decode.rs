@@ -108,10 +108,14 @@ pub fn decode_into(
     let code = vmcb.control.exit_code;
     if !vmcb.control.exit_int_info.is_valid() {
         let rip = vmcb.save.rip;
-        let nrip = match code {
-            CPUID | VMMCALL | HLT if setup.optional.nrip_save => vmcb.control.next_rip,
-            IOIO => vmcb.control.exit_info2,
-            _ => 0,
+        // IOIO reports the next RIP in EXITINFO2 (APM 15.10.2), the others
+        // in nRIP with NRIP save.
+        let nrip = if code == IOIO {
+            vmcb.control.exit_info2
+        } else if setup.optional.nrip_save {
+            vmcb.control.next_rip
+        } else {
+            0
         };
         if let Some(len) = len_between(rip, nrip) {
             regs.rax = vmcb.save.rax;
@@ -120,10 +124,11 @@ pub fn decode_into(
                 CPUID => *exit = Exit::Cpuid,
                 VMMCALL => *exit = Exit::Vmcall,
                 HLT => *exit = Exit::Hlt,
-                _ => match IoExitInfo::from_exit_info1(vmcb.control.exit_info1) {
+                IOIO => match IoExitInfo::from_exit_info1(vmcb.control.exit_info1) {
                     Some(io) => *exit = io_exit(io, regs),
                     None => return decode_rest(vmcb, regs, mem, setup, exit),
                 },
+                _ => return decode_rest(vmcb, regs, mem, setup, exit),
             }
             regs.rip = rip;
             regs.instruction_len = len;
