@@ -151,7 +151,8 @@ pub(super) fn handle_exit<C: GuestCpu>(
             vcpu: Some(shared),
         };
         let mut lazy = LazyVm { vm, guard: None };
-        let action = hvcore::exit::handle_exit(&mut lazy, state, exit, regs, &mut platform);
+        let action =
+            hvcore::exit::handle_platform_exit(&mut lazy, state, exit, regs, &mut platform);
         if let Some(mut ctx) = lazy.guard {
             after_vm_exit(&mut ctx, exit, vm, index, clock);
         }

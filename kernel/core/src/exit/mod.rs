@@ -1,31 +1,41 @@
-//! Backend-neutral VM exits and the single exit-handling entry point.
+//! Backend-neutral VM exits and the exit-handling entry points.
 //!
 //! # How the pieces fit
 //!
 //! ```text
-//!  vmx backend (kernel)            hvcore (this crate, no unsafe)
-//!  ───────────────────             ─────────────────────────────────────────────
-//!  VM exit ─► decode once ─► Exit ─► handle_exit(vm, &exit, &mut regs, env) ─► Action
-//!                                      ├─ Cpuid      → crate::cpuid         (policy)
-//!                                      ├─ Io         → exit::io → devices::IoBus
-//!                                      ├─ Rdmsr/Wrmsr→ crate::msr_policy
-//!                                      ├─ Vmcall     → crate::hypercall
-//!                                      └─ faults     → exit::fault (stop / reflect)
-//!  apply Action: RIP, injection, scheduling (crate::sched), stop report (crate::vcpu)
+//!  backend loop (kernel: vtx, svm)      hvcore (this crate, no unsafe)
+//!  ───────────────────────────────      ──────────────────────────────────────────
+//!  VM exit ─► decode in place ─► Exit ─► handle_vcpu_exit(vcpu, &exit, regs) ─► Some(Next)
+//!                                         CPUID from the table, local hypercalls,
+//!                                         unclaimed ports, HLT, timer/interrupt exits
+//!                                    └─► None: platform built, then
+//!                                        handle_exit(vm, vcpu, &exit, regs, env) ─► Action
+//!                                         ├─ Cpuid      → crate::cpuid         (policy)
+//!                                         ├─ Io         → exit::io → devices::IoBus
+//!                                         ├─ Rdmsr/Wrmsr→ crate::msr_policy
+//!                                         ├─ Vmcall     → crate::hypercall
+//!                                         └─ faults     → exit::fault (stop / reflect)
+//!  carry out Next (Action without the stop's reason): RIP, injection, slice end
 //! ```
 //!
-//! The backend (VT-x today, AMD-V later) decodes each hardware exit exactly once
-//! into an [`Exit`], copies the general-purpose registers into [`GuestRegs`], calls
-//! [`handle_exit`] and then carries out the returned [`Action`].
+//! The backend decodes each hardware exit exactly once into an [`Exit`], with
+//! the general-purpose registers in [`GuestRegs`]. The exits a vCPU answers
+//! from its own state go through [`handle_vcpu_exit`] alone, inline in the
+//! backend's loop and without building a platform or locking the VM; the
+//! others through [`handle_exit`] (which starts with the same first half).
+//! The backend carries out the [`Next`] step: [`Action`] without the stop's
+//! reason, which `handle_exit` has already recorded in the vCPU's run state
+//! and the VM's report.
 //!
 //! # The RIP contract
 //!
 //! Handlers never touch `regs.rip`. The guest RIP is changed in exactly one
-//! place: the backend, after `handle_exit` returns, computes the next RIP with
-//! [`Action::next_rip`] and writes it to the VMCS/VMCB. [`Action::AdvanceRip`],
-//! [`Action::Yield`] and [`Action::Halt`] skip the exiting instruction
-//! (`regs.instruction_len` bytes); every other action leaves RIP alone (a fault
-//! is injected *at* the instruction, as hardware would).
+//! place: the backend, after the exit is handled, takes the next RIP from
+//! [`Next::skipped_rip`] (which agrees with [`Action::next_rip`]) and writes
+//! it to the VMCS/VMCB. [`Action::AdvanceRip`], [`Action::Yield`] and
+//! [`Action::Halt`] skip the exiting instruction (`regs.instruction_len`
+//! bytes); every other action leaves RIP alone (a fault is injected *at* the
+//! instruction, as hardware would).
 //!
 //! # Guest-triggered errors
 //!
@@ -95,7 +105,7 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
         Some(Next::Halt) => Action::Halt,
         // handle_vcpu_exit injects nothing and stops nothing.
         Some(Next::Inject(_) | Next::Stop) | None => {
-            handle_with_platform(vm, vcpu, exit, regs, env)
+            handle_platform_exit(vm, vcpu, exit, regs, env)
         }
     }
 }
@@ -105,7 +115,7 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
 /// has finished, hypercalls that concern the vCPU, ports no device claims,
 /// HLT, the instructions that fault or do nothing, and the
 /// timer and interrupt exits. `None`: the exit needs the rest
-/// ([`handle_with_platform`]). This is the whole of the common exits'
+/// ([`handle_platform_exit`]). This is the whole of the common exits'
 /// handling, so it stays small; it never injects or stops, and the vCPU
 /// must be running (the backend never enters a stopped one).
 #[inline(always)]
@@ -154,9 +164,11 @@ pub fn handle_vcpu_exit(vcpu: &mut VcpuState, exit: &Exit, regs: &mut GuestRegs)
 }
 
 /// The second half of [`handle_exit`]: the exits that need a platform
-/// service or the VM.
+/// service or the VM. The backend's loop calls it for the exits
+/// [`handle_vcpu_exit`] declined (it would answer those again as
+/// [`handle_exit`] does, to no purpose).
 #[inline(always)]
-fn handle_with_platform<P: Platform, V: VmAccess + ?Sized>(
+pub fn handle_platform_exit<P: Platform, V: VmAccess + ?Sized>(
     vm: &mut V,
     vcpu: &mut VcpuState,
     exit: &Exit,

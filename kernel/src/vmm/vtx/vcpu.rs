@@ -283,10 +283,12 @@ impl Vcpu {
     /// current, the preemption timer set (the CPU saves its value at every
     /// exit, so it counts down the whole slice; without that feature it is
     /// set at every entry) and HOST_RSP written (the world switch runs on
-    /// the same stack for the whole slice). Before each entry: a compare
-    /// with the slice's end and with the devices' deadline, and an `Option`
-    /// test for an event to inject or an interrupt the PIC may present.
-    /// After each exit: the fields the exit has, the handler, RIP.
+    /// the same stack for the whole slice). Before each entry: one TSC
+    /// compare (the slice's end, the device and APIC deadlines, or 0 when
+    /// the last exit may have given the entry work) and the mailbox; the
+    /// rest of the checks ([`Self::check_entry`]) only when one of them
+    /// says so. After each exit: the fields the exit has, the vCPU's own
+    /// answer or the platform's handling, RIP.
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
