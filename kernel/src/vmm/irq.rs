@@ -3,15 +3,17 @@
 //! PIC's interrupt is injected when the guest can take it, or an
 //! interrupt-window exit is requested (SDM 26.7.5 / APM 15.21).
 
+use core::sync::atomic::Ordering;
 use hvcore::devices::interrupt::{decide, Delivery, GuestInterruptibility};
 use hvcore::exit::Event;
-use hvcore::vcpu::{StopReason, VmContext};
+use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 
 use hvcore::devices::lapic::LocalApic;
 use spin::Mutex;
 
 use super::platform::KernelPlatform;
 use super::vm::Vm;
+use super::SliceEnd;
 
 /// What a vCPU's full entry checks (`check_entry` of either backend) look
 /// at besides the vCPU.
@@ -24,6 +26,44 @@ pub struct EntryChecks<'a> {
     pub has_apic: bool,
     /// Its mailbox.
     pub link: &'a super::vm::VcpuLink,
+}
+
+/// The part of a vCPU's full entry checks that both backends share:
+/// `Err` ends the slice (its time is up, the host is stopping or its
+/// console queue is full, or the mailbox says so); `Ok(true)` when the
+/// VM's devices must be locked to catch up and prepare the events to
+/// inject (a device is due, an event waits, a window is watched, the PIC
+/// or the local APIC may have an interrupt). The mailbox is applied and the
+/// APIC timer fired here.
+#[allow(clippy::too_many_arguments)]
+pub fn shared_entry_checks(
+    c: &EntryChecks<'_>,
+    vm: &Vm,
+    index: usize,
+    state: &mut VcpuState,
+    pending_event: &mut Option<Event>,
+    clock: &mut DeviceClock,
+    env: &KernelPlatform,
+) -> Result<bool, SliceEnd> {
+    let now = c.now;
+    if now >= c.slice_end || crate::smp::stopping() || env.output_full {
+        return Err(super::vm::end_slice_early(vm, state));
+    }
+    if c.link.mail.load(Ordering::Acquire) != 0 {
+        if let Some(end) = super::vm::take_mail(vm, index, state, pending_event) {
+            return Err(end);
+        }
+        // An interrupt may be waiting in the PIC: look under the lock.
+        clock.intr_possible = true;
+    }
+    if c.has_apic {
+        clock.apic_catch_up(now, vm, index);
+    }
+    Ok(clock.due(now)
+        || pending_event.is_some()
+        || clock.window_open
+        || clock.intr_possible
+        || (c.has_apic && vm.apic_pending(index)))
 }
 
 /// Per-vCPU bookkeeping of device time and the interrupt window.

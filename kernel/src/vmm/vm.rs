@@ -90,6 +90,20 @@ pub enum Mail {
     Nmi,
 }
 
+/// Ends a vCPU's slice between exits (time is up, or the host is
+/// stopping): Running -> Runnable.
+pub fn end_slice_early(vm: &Vm, state: &mut VcpuState) -> SliceEnd {
+    if let Err(e) = state.run_state_mut().preempt() {
+        panic!(
+            "vm {}: preempted from state {:?} ({})",
+            vm.name(),
+            e.from,
+            e.attempted
+        );
+    }
+    SliceEnd::Preempted
+}
+
 /// Applies vCPU `index`'s mailbox to its run state and the event it will
 /// inject, before an entry (either backend); `Some` ends its slice.
 pub fn take_mail(

@@ -360,29 +360,22 @@ impl Vcpu {
         env: &mut KernelPlatform,
     ) -> Option<SliceEnd> {
         let now = c.now;
-        // The console queue is full (end the slice so it is printed), or
-        // the host is stopping.
-        if now >= c.slice_end || crate::smp::stopping() || env.output_full {
-            return Some(self.end_slice_early());
-        }
-        if c.link.mail.load(Ordering::Acquire) != 0 {
-            if let Some(end) = self.take_mail() {
-                return Some(end);
-            }
-            // An interrupt may be waiting in the PIC: look under the lock.
-            self.clock.intr_possible = true;
-        }
-        if c.has_apic {
-            self.clock.apic_catch_up(now, vm, self.index);
-        }
+        let lock = crate::vmm::irq::shared_entry_checks(
+            c,
+            vm,
+            self.index,
+            &mut self.state,
+            &mut self.pending_event,
+            &mut self.clock,
+            env,
+        );
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(end) => return Some(end),
+        };
         // The VM's devices are locked only when a device is due or an
-        // event may be delivered (see the VT-x loop).
-        if self.clock.due(now)
-            || self.pending_event.is_some()
-            || self.clock.window_open
-            || self.clock.intr_possible
-            || (c.has_apic && vm.apic_pending(self.index))
-        {
+        // event may be delivered.
+        if lock {
             let mut ctx = vm.ctx();
             self.clock.catch_up(now, &mut ctx, vm, env);
             self.prepare_events(&mut ctx, vm, vmcb);
@@ -506,19 +499,6 @@ impl Vcpu {
         }
     }
 
-    /// Ends a slice between exits: Running -> Runnable.
-    fn end_slice_early(&mut self) -> SliceEnd {
-        if let Err(e) = self.state.run_state_mut().preempt() {
-            panic!(
-                "vm {}: preempted from state {:?} ({})",
-                self.vm.name(),
-                e.from,
-                e.attempted
-            );
-        }
-        SliceEnd::Preempted
-    }
-
     /// Stops this vCPU and its VM from the host side.
     pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         self.vm
@@ -567,18 +547,6 @@ impl Vcpu {
             );
         }
         None
-    }
-
-    /// Takes this vCPU's mailbox before an entry; `Some` ends the slice.
-    #[cold]
-    #[inline(never)]
-    fn take_mail(&mut self) -> Option<SliceEnd> {
-        crate::vmm::vm::take_mail(
-            &self.vm,
-            self.index,
-            &mut self.state,
-            &mut self.pending_event,
-        )
     }
 
     /// Frees the VMCB; gives back the VM (whose memory goes when its last

@@ -509,27 +509,23 @@ impl Vcpu {
         env: &mut KernelPlatform,
     ) -> Option<SliceEnd> {
         let now = c.now;
-        if now >= c.slice_end || crate::smp::stopping() || env.output_full {
-            self.tally.settle(vmcs);
-            return Some(self.end_slice_early());
-        }
-        if c.link.mail.load(Ordering::Acquire) != 0 {
-            self.tally.settle(vmcs);
-            if let Some(end) = self.take_mail() {
+        let lock = crate::vmm::irq::shared_entry_checks(
+            c,
+            vm,
+            self.index,
+            &mut self.state,
+            &mut self.pending_event,
+            &mut self.clock,
+            env,
+        );
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(end) => {
+                self.tally.settle(vmcs);
                 return Some(end);
             }
-            // An interrupt may be waiting in the PIC: look under the lock.
-            self.clock.intr_possible = true;
-        }
-        if c.has_apic {
-            self.clock.apic_catch_up(now, vm, self.index);
-        }
-        if self.clock.due(now)
-            || self.pending_event.is_some()
-            || self.clock.window_open
-            || self.clock.intr_possible
-            || (c.has_apic && vm.apic_pending(self.index))
-        {
+        };
+        if lock {
             let mut ctx = vm.ctx();
             self.clock.catch_up(now, &mut ctx, vm, env);
             self.prepare_events(&mut ctx, vm, vmcs, &host.setup);
@@ -655,32 +651,6 @@ impl Vcpu {
             );
         }
         None
-    }
-
-    /// Takes this vCPU's mailbox before an entry; `Some` ends the slice.
-    #[cold]
-    #[inline(never)]
-    fn take_mail(&mut self) -> Option<SliceEnd> {
-        crate::vmm::vm::take_mail(
-            &self.vm,
-            self.index,
-            &mut self.state,
-            &mut self.pending_event,
-        )
-    }
-
-    /// Ends a slice between exits (time is up, or the host is stopping):
-    /// Running -> Runnable.
-    fn end_slice_early(&mut self) -> SliceEnd {
-        if let Err(e) = self.state.run_state_mut().preempt() {
-            panic!(
-                "vm {}: preempted from state {:?} ({})",
-                self.vm.name(),
-                e.from,
-                e.attempted
-            );
-        }
-        SliceEnd::Preempted
     }
 
     fn stop_on_entry_instruction_failure(
