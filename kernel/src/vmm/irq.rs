@@ -36,6 +36,7 @@ pub struct EntryChecks<'a> {
 /// or the local APIC may have an interrupt). The mailbox is applied and the
 /// APIC timer fired here.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn shared_entry_checks(
     c: &EntryChecks<'_>,
     vm: &Vm,
