@@ -113,11 +113,14 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
 /// The first half of [`handle_exit`]: the exits a vCPU answers from its
 /// own state, with no platform service and no VM: CPUID leaves the table
 /// has finished, hypercalls that concern the vCPU, ports no device claims,
-/// HLT, the instructions that fault or do nothing, and the
-/// timer and interrupt exits. `None`: the exit needs the rest
-/// ([`handle_platform_exit`]). This is the whole of the common exits'
+/// HLT, INVD, and the timer and interrupt exits. `None`: the exit needs the
+/// rest ([`handle_platform_exit`]). This is the whole of the common exits'
 /// handling, so it stays small; it never injects or stops, and the vCPU
-/// must be running (the backend never enters a stopped one).
+/// must be running (the backend never enters a stopped one). Except for
+/// the host-interrupt and interrupt-window exits, which are events the
+/// backend's entry checks must look at, nothing these exits change
+/// concerns those checks: the backends enter again after them without
+/// looking at devices or events.
 #[inline(always)]
 pub fn handle_vcpu_exit(vcpu: &mut VcpuState, exit: &Exit, regs: &mut GuestRegs) -> Option<Next> {
     use crate::stats::ExitKind as K;

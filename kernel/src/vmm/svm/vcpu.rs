@@ -292,13 +292,21 @@ impl Vcpu {
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
             }
-            if let Exit::ExternalInterrupt = exit {
-                // Let the host's IDT take the interrupt that caused the
-                // exit. STI's one-instruction shadow ends after the NOP,
-                // where the pending interrupt is delivered; CLI closes the
-                // window again.
-                // SAFETY: the host IDT handles every vector it can receive.
-                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            // The event exits the loop itself looks at.
+            match exit {
+                Exit::ExternalInterrupt => {
+                    // Let the host's IDT take the interrupt that caused the
+                    // exit. STI's one-instruction shadow ends after the NOP,
+                    // where the pending interrupt is delivered; CLI closes
+                    // the window again. What the handler did (a wake-up, a
+                    // stop) the full checks see.
+                    // SAFETY: the host IDT handles every vector it can receive.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    attention_at = 0;
+                }
+                // The guest can take the interrupt it waited for: inject it.
+                Exit::InterruptWindow => attention_at = 0,
+                _ => {}
             }
             let action =
                 match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {

@@ -418,17 +418,21 @@ impl Vcpu {
             }
             let vectoring = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            // The two exits the loop itself looks at (the tag first: one
+            // The event exits the loop itself looks at (the tag first: one
             // compare for every other exit).
             match exit {
                 Exit::ExternalInterrupt => {
                     // Let the host's IDT take the interrupt that caused the
                     // exit. STI's one-instruction shadow ends after the NOP,
                     // where the pending interrupt is delivered; CLI closes
-                    // the window again.
+                    // the window again. What the handler did (a wake-up, a
+                    // stop) the full checks see.
                     // SAFETY: the host IDT handles every vector it can receive.
                     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    attention_at = 0;
                 }
+                // The guest can take the interrupt it waited for: inject it.
+                Exit::InterruptWindow => attention_at = 0,
                 Exit::PreemptionTimer if has_apic && crate::arch::rdtsc() < slice_end => {
                     // The APIC timer is due, not the slice over.
                     attention_at = 0;
