@@ -250,9 +250,10 @@ impl Vcpu {
         self.clock.apic_due = vm.apic_deadline(self.index);
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
-        // Quiet entries and `attention_at` as in the VT-x loop: an exit the
-        // vCPU answered alone leaves only a TSC compare and the mailbox to
-        // check; any other sets `attention_at` to 0.
+        // Quiet entries and `attention_at` as in the VT-x loop: after an
+        // exit the vCPU answered alone, a TSC compare and the mailbox; the
+        // event exits, and platform exits that may have given the entry
+        // work, make the next entry look at everything.
         let mut attention_at = 0;
         let mut timer_until = slice_end;
         let mut exit = Exit::Hlt;

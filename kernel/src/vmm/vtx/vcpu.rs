@@ -372,9 +372,11 @@ impl Vcpu {
         // with the earliest, `attention_at`) and events (the mailbox, and
         // what the last exit may have changed). An exit the vCPU answered
         // alone (`handle_vcpu_exit`) changes nothing the checks look at, so
-        // the entry after it is quiet: the compare, the mailbox, enter. Any
-        // other exit sets `attention_at` to 0, which makes the next entry
-        // look at everything.
+        // the entry after it is quiet: the compare, the mailbox, enter. The
+        // event exits (a host interrupt, an interrupt window) set
+        // `attention_at` to 0, which makes the next entry look at
+        // everything, and so does a platform exit that may have given the
+        // entry work (`DeviceClock::attention_after_exit`).
         let mut attention_at = 0;
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
