@@ -104,6 +104,21 @@ pub fn end_slice_early(vm: &Vm, state: &mut VcpuState) -> SliceEnd {
     SliceEnd::Preempted
 }
 
+/// Stops vCPU `index` and its VM from the host side (a failed VM entry, a
+/// run time limit), with the VM's report; the VM's other vCPUs are told.
+/// An already stopped vCPU keeps its first reason.
+pub fn stop_vcpu(
+    vm: &Vm,
+    index: usize,
+    state: &mut VcpuState,
+    reason: StopReason,
+    env: &mut super::platform::KernelPlatform,
+) {
+    vm.ctx().stop(reason, &mut env.with(&vm.partition));
+    let _ = state.run_state_mut().stop(reason);
+    vm.stop_others(index);
+}
+
 /// Applies vCPU `index`'s mailbox to its run state and the event it will
 /// inject, before an entry (either backend); `Some` ends its slice.
 pub fn take_mail(

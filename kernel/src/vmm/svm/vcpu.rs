@@ -332,9 +332,9 @@ impl Vcpu {
                         );
                         attention_at = self.clock.attention_after_exit(
                             timer_until,
-                            self.pending_event.is_some() || matches!(next, Next::Inject(_)),
+                            self.pending_event.is_some(),
                             has_apic,
-                            env.output_full || self.soft.flush_tlb,
+                            env.output_full,
                         );
                         next
                     }
@@ -510,11 +510,7 @@ impl Vcpu {
 
     /// Stops this vCPU and its VM from the host side.
     pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
-        self.vm
-            .ctx()
-            .stop(reason, &mut env.with(&self.vm.partition));
-        let _ = self.state.run_state_mut().stop(reason);
-        self.vm.stop_others(self.index);
+        crate::vmm::vm::stop_vcpu(&self.vm, self.index, &mut self.state, reason, env);
     }
 
     /// This vCPU stops because its VM did (another vCPU or the host

@@ -473,7 +473,7 @@ impl Vcpu {
                     );
                     attention_at = self.clock.attention_after_exit(
                         timer_until,
-                        self.pending_event.is_some() || matches!(next, Next::Inject(_)),
+                        self.pending_event.is_some(),
                         has_apic,
                         env.output_full || self.soft.flush_tlb,
                     );
@@ -597,12 +597,7 @@ impl Vcpu {
     /// Stops this vCPU and its VM from the host side (a failed VM entry, a
     /// run time limit), with the VM's report.
     pub fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
-        self.vm
-            .ctx()
-            .stop(reason, &mut env.with(&self.vm.partition));
-        // Already stopped: the first reason stays.
-        let _ = self.state.run_state_mut().stop(reason);
-        self.vm.stop_others(self.index);
+        crate::vmm::vm::stop_vcpu(&self.vm, self.index, &mut self.state, reason, env);
     }
 
     /// This vCPU stops because its VM did (another vCPU or the host
