@@ -79,6 +79,11 @@ pub enum SchedError {
     ZeroSlice,
 }
 
+/// A halted vCPU with a wake-up time ([`CpuQueue::sleepers`]).
+fn is_sleeper(state: SchedState) -> bool {
+    matches!(state, SchedState::Halted { wake_at: Some(_) })
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     cpu: usize,
@@ -91,6 +96,9 @@ struct Entry {
 struct CpuQueue {
     ready: VecDeque<VcpuId>,
     running: Option<VcpuId>,
+    /// Halted vCPUs with a wake-up time: while none, no scheduling point
+    /// looks for expired ones.
+    sleepers: usize,
 }
 
 /// Run queues of all physical CPUs.
@@ -192,6 +200,9 @@ impl Scheduler {
     }
 
     fn wake_expired(&mut self, cpu: usize, now: u64) {
+        if self.cpus.get(cpu).is_some_and(|q| q.sleepers == 0) {
+            return;
+        }
         let mut due: Vec<(u64, VcpuId)> = self
             .vcpus
             .iter()
@@ -224,8 +235,16 @@ impl Scheduler {
             if queue.running == Some(id) {
                 queue.running = None;
             }
+            queue.sleepers += usize::from(is_sleeper(next));
         }
         Ok(cpu)
+    }
+
+    /// `id` leaves state `from` for one that is no sleeper.
+    fn leave(&mut self, cpu: usize, from: SchedState) {
+        if let Some(queue) = self.cpus.get_mut(cpu) {
+            queue.sleepers -= usize::from(is_sleeper(from));
+        }
     }
 
     fn requeue(&mut self, cpu: usize, id: VcpuId) {
@@ -268,11 +287,13 @@ impl Scheduler {
     /// An interrupt for halted `id`: back to the tail of its queue.
     pub fn wake(&mut self, id: VcpuId) -> Result<(), SchedError> {
         let e = self.entry_mut(id)?;
-        if !matches!(e.state, SchedState::Halted { .. }) {
+        let from = e.state;
+        if !matches!(from, SchedState::Halted { .. }) {
             return Err(SchedError::NotHalted(id));
         }
         e.state = SchedState::Runnable;
         let cpu = e.cpu;
+        self.leave(cpu, from);
         self.requeue(cpu, id);
         Ok(())
     }
@@ -284,8 +305,10 @@ impl Scheduler {
             self.end_turn(id, now, SchedState::Stopped)?;
         }
         let e = self.entry_mut(id)?;
+        let from = e.state;
         e.state = SchedState::Stopped;
         let cpu = e.cpu;
+        self.leave(cpu, from);
         if let Some(queue) = self.cpus.get_mut(cpu) {
             queue.ready.retain(|&v| v != id);
             if queue.running == Some(id) {
@@ -380,6 +403,40 @@ mod tests {
         s.stop(b, now).unwrap();
         assert!(s.all_stopped(0));
         assert_eq!(s.pick_next(0, now), None);
+    }
+
+    /// The count of timed sleepers that lets a scheduling point skip the
+    /// search for expired ones follows every way in and out of a timed halt.
+    #[test]
+    fn sleepers_counted_through_halt_wake_and_stop() {
+        let mut s = Scheduler::new(1, SLICE).unwrap();
+        let ids: Vec<_> = (0..3).map(|_| s.add_vcpu(0).unwrap()).collect();
+        let sleepers = |s: &Scheduler| s.cpus[0].sleepers;
+        let counted = |s: &Scheduler| s.vcpus.iter().filter(|e| is_sleeper(e.state)).count();
+        let mut now = 0;
+        for round in 0..40u64 {
+            let Some(id) = s.pick_next(0, now) else {
+                now = s.next_wake(0).unwrap_or(now + 1);
+                for &v in &ids {
+                    let _ = s.wake(v); // an interrupt for whoever halted
+                }
+                continue;
+            };
+            now += 7;
+            match round % 5 {
+                0 => s.on_halt(id, now, Some(now + 30)).unwrap(),
+                1 => s.on_halt(id, now, None).unwrap(),
+                2 => s.on_yield(id, now).unwrap(),
+                _ => s.on_exit_slice_end(id, now).unwrap(),
+            }
+            if round == 17 {
+                let halted = ids.iter().find(|&&v| is_sleeper(s.state(v).unwrap()));
+                if let Some(&v) = halted {
+                    s.stop(v, now).unwrap();
+                }
+            }
+            assert_eq!(sleepers(&s), counted(&s), "round {round}");
+        }
     }
 
     #[test]

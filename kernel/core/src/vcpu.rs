@@ -23,6 +23,7 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -30,7 +31,7 @@ pub use crate::arch::StopReason;
 use crate::arch::{Action, Event, Platform};
 use crate::cpuid::CpuidTable;
 use crate::devices::apic_msg::InterruptMessage;
-use crate::devices::console::LineBuffer;
+use crate::devices::console::{DirectTx, DirectTxPort, LineBuffer};
 use crate::devices::ioapic::IoApic;
 use crate::devices::pc::{add_pc_devices, advance, PcConfig};
 use crate::devices::pic8259::PicPair;
@@ -167,6 +168,8 @@ pub struct VcpuState {
     /// The ports the VM's devices claim (empty: ask the VM's bus at every
     /// access): an access to another port is answered without the VM.
     pub ports: crate::devices::bus::ClaimedPorts,
+    /// UART output the vCPU kept without the VM ([`Self::drain_console`]).
+    pub console_tx: DirectTx,
 }
 
 impl VcpuState {
@@ -180,6 +183,25 @@ impl VcpuState {
             cpuid: CpuidTable::default(),
             exits: ExitCounts::default(),
             ports: Default::default(),
+            console_tx: DirectTx::default(),
+        }
+    }
+
+    /// Takes the VM's lock-free views: the ports its devices claim and the
+    /// port of its direct UART output.
+    pub fn join(&mut self, vm: &VmContext) {
+        self.ports = vm.bus.claimed_ports();
+        self.console_tx = DirectTx::new(Arc::clone(&vm.direct_tx));
+    }
+
+    /// Hands the UART bytes the vCPU kept to the VM's console. Called before
+    /// every exit of the vCPU that reaches the VM and at the end of each of
+    /// its slices, so the vCPU's output keeps its order.
+    #[inline]
+    pub fn drain_console(&mut self, vm: &mut VmContext, env: &mut dyn Platform) {
+        if !self.console_tx.pending().is_empty() {
+            vm.console_bytes(self.console_tx.pending(), env);
+            self.console_tx.clear();
         }
     }
 
@@ -262,6 +284,12 @@ pub struct VmContext {
     /// Interrupt messages the I/O APIC sent, for the kernel to deliver to
     /// the local APICs ([`Self::take_apic_messages`]).
     apic_out: Vec<InterruptMessage>,
+    /// The bus index of COM1, whose state decides `direct_tx`.
+    uart: Option<usize>,
+    /// Where an `OUT` is only console output, for the vCPUs
+    /// ([`crate::devices::console`]): kept current after every guest write
+    /// to the UART.
+    direct_tx: Arc<DirectTxPort>,
 }
 
 // The vCPUs of a VM, on several CPUs, share its context behind a lock.
@@ -276,6 +304,12 @@ impl VmContext {
         let mut bus = IoBus::new();
         // The bus is empty, so COM1 cannot overlap anything.
         let _ = bus.register(Box::new(Serial16550::com1()));
+        let uart = bus.find(crate::devices::serial16550::COM1_BASE);
+        let direct_tx = Arc::new(DirectTxPort::default());
+        direct_tx.publish(
+            bus.device::<Serial16550>()
+                .and_then(Serial16550::direct_tx_port),
+        );
         VmContext {
             id,
             name: String::from(name),
@@ -289,6 +323,8 @@ impl VmContext {
             stopped: None,
             ioapic: None,
             apic_out: Vec::new(),
+            uart,
+            direct_tx,
         }
     }
 
@@ -326,11 +362,26 @@ impl VmContext {
 
     /// The port bus, mutably. Whatever is done to the devices through it,
     /// the VM looks at the PIC again before the next entry and advances
-    /// the devices' time at once.
+    /// the devices' time at once, and UART output goes through the model
+    /// until the guest's next write to the UART.
     pub fn bus_mut(&mut self) -> &mut IoBus {
         self.intr_possible = true;
         self.deadline_ns = Some(0);
+        self.direct_tx.publish(None);
         &mut self.bus
+    }
+
+    /// After a guest write to device `index`: when it is the UART, its
+    /// direct output port again.
+    #[inline]
+    pub(crate) fn device_written(&mut self, index: usize) {
+        if self.uart == Some(index) {
+            let port = self
+                .bus
+                .device::<Serial16550>()
+                .and_then(Serial16550::direct_tx_port);
+            self.direct_tx.publish(port);
+        }
     }
 
     /// `Some` once the VM has stopped: its report line.
@@ -362,6 +413,19 @@ impl VmContext {
         } else {
             self.console
                 .push(byte, |line| env.console_write(name, line));
+        }
+    }
+
+    /// [`Self::console_byte`] for several bytes.
+    pub fn console_bytes(&mut self, bytes: &[u8], env: &mut dyn Platform) {
+        let name = &self.name;
+        if self.raw_console {
+            env.console_raw(name, bytes);
+        } else {
+            for &byte in bytes {
+                self.console
+                    .push(byte, |line| env.console_write(name, line));
+            }
         }
     }
 

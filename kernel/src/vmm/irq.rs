@@ -28,6 +28,23 @@ pub struct EntryChecks<'a> {
     pub link: &'a super::vm::VcpuLink,
 }
 
+/// After an exit the vCPU resumed from without moving RIP: the event exits
+/// (a host interrupt, an interrupt window), the only ones
+/// `handle_vcpu_exit` resumes from, or a platform exit that did. The next
+/// entry looks at everything (`attention_at` 0): what a host interrupt's
+/// handler did (a wake-up, a stop), the interrupt the window opened for.
+/// A host interrupt is taken here by the host's IDT: STI's one-instruction
+/// shadow ends after the NOP, where it is delivered, and CLI closes the
+/// window again.
+#[inline(always)]
+pub fn event_exit_done(exit: &hvcore::exit::Exit, attention_at: &mut u64) {
+    if let hvcore::exit::Exit::ExternalInterrupt = exit {
+        // SAFETY: the host IDT handles every vector it can receive.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    }
+    *attention_at = 0;
+}
+
 /// The part of a vCPU's full entry checks that both backends share:
 /// `Err` ends the slice (its time is up, the host is stopping or its
 /// console queue is full, or the mailbox says so); `Ok(true)` when the

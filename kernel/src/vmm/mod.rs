@@ -168,11 +168,20 @@ impl Vcpu {
     }
     /// Counts a slice of `ticks` in the VM's statistics, with the exits the
     /// vCPU handled without the VM's lock.
-    fn record_slice(&mut self, ticks: u64) {
+    /// Its direct UART output goes to the VM's console (after the VM's
+    /// last line, should the VM have stopped in the slice).
+    fn record_slice(&mut self, ticks: u64, env: &mut KernelPlatform) {
         each!(self, v => {
             let mut ctx = v.vm.ctx();
             ctx.stats.record_slice(ticks);
             ctx.stats.absorb(&mut v.state.exits);
+            if !v.state.console_tx.pending().is_empty() {
+                let env = &mut env.with(&v.vm.partition);
+                v.state.drain_console(&mut ctx, env);
+                if ctx.stop_reason().is_some() {
+                    ctx.flush_console(env);
+                }
+            }
         })
     }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
@@ -948,10 +957,9 @@ fn build_vcpu(
             .map_err(|e| format!("{e}"))?
         }
     };
-    let ports = vm.ctx().bus().claimed_ports();
     each!(&mut v, v => {
         v.state.cpuid = cpuid;
-        v.state.ports = ports;
+        v.state.join(&vm.ctx());
         if index == 0 {
             v.set_start_regs(start.regs);
         } else if let Err(e) = v.state.run_state_mut().wait_for_sipi() {
@@ -1144,9 +1152,16 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     // not switching.
     let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
     let mut last_slice_end: Option<u64> = None;
+    // Console keys are read at most every millisecond (as the idle CPU 0
+    // does): not at every switch between vCPUs.
+    let mut next_poll = 0;
     loop {
         if serial_input {
-            poll_console();
+            let now = crate::arch::rdtsc();
+            if now >= next_poll {
+                poll_console();
+                next_poll = now + tsc_from_us(1000);
+            }
         }
         // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
         // (create, start, stop, restart, destroy) and publishes counters.
@@ -1275,10 +1290,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
+        v.record_slice(t - now, &mut platform);
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
-        v.record_slice(t - now);
         let _ = match end {
             SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
             SliceEnd::Yielded => sched.on_yield(id, t),

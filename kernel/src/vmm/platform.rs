@@ -91,7 +91,16 @@ impl KernelPlatform {
     }
 
     /// Prints the queued guest output (outside any guest's slice).
+    #[inline]
     pub(super) fn flush_output(&mut self) {
+        if !self.output.is_empty() || (self.dropped_bytes != 0 && !self.drop_reported) {
+            self.print_output();
+        }
+    }
+
+    /// [`Self::flush_output`] when there is something to print.
+    #[inline(never)]
+    fn print_output(&mut self) {
         if !self.output.is_empty() {
             let mut at = 0;
             let lines = |from: usize, to: usize, output: &[u8]| {

@@ -174,6 +174,17 @@ impl Serial16550 {
         Self::new(COM1_BASE, COM1_IRQ)
     }
 
+    /// The port at which a guest `OUT` byte is, in the UART's present
+    /// state, nothing but an output byte: THR, while DLAB is clear, loopback
+    /// is off and the THRE interrupt is disabled. (The THRE flag a THR write
+    /// sets is then unobservable: IIR reports it only with IER.ETBEI set, and
+    /// setting ETBEI sets the flag anyway.) `None` in any other state. A VM
+    /// publishes it for its vCPUs ([`super::console::DirectTxPort`]).
+    pub fn direct_tx_port(&self) -> Option<u16> {
+        let direct = !self.dlab() && !self.loopback() && self.ier & IER_THRE == 0;
+        direct.then_some(self.ports[0].base)
+    }
+
     /// The baud-rate divisor (DLM:DLL).
     pub fn divisor(&self) -> u16 {
         u16::from_le_bytes([self.dll, self.dlm])
@@ -745,6 +756,35 @@ mod tests {
         assert_eq!(msr & 0xF0, MSR_CTS);
         assert!(msr & (MSR_DCTS | MSR_DDCD) != 0);
         assert_eq!(rd(&mut u, 2), IIR_NONE, "MSR read clears deltas");
+    }
+
+    #[test]
+    fn direct_tx_only_while_a_thr_write_is_only_output() {
+        let mut u = Serial16550::com1();
+        assert_eq!(
+            u.direct_tx_port(),
+            Some(COM1_BASE),
+            "reset state: 8N1, IER 0"
+        );
+        wr(&mut u, 3, 0x83); // DLAB
+        assert_eq!(u.direct_tx_port(), None);
+        wr(&mut u, 3, 0x03);
+        wr(&mut u, 4, MCR_LOOP);
+        assert_eq!(u.direct_tx_port(), None);
+        wr(&mut u, 4, 0x08); // OUT2
+        wr(&mut u, 1, IER_THRE);
+        assert_eq!(u.direct_tx_port(), None);
+        wr(&mut u, 1, 0x01); // received data only
+        assert_eq!(u.direct_tx_port(), Some(COM1_BASE));
+        // In that state a THR write changes nothing a read sees.
+        let regs = |u: &mut Serial16550| (1..8).map(|o| rd(u, o)).collect::<Vec<_>>();
+        regs(&mut u); // reading MSR clears its deltas
+        let before = regs(&mut u);
+        assert_eq!(wr(&mut u, 0, b'x'), [DeviceEffect::Output(b'x')]);
+        assert_eq!(regs(&mut u), before);
+        // Enabling ETBEI afterwards raises THRE as it would have anyway.
+        wr(&mut u, 1, IER_THRE);
+        assert_eq!(rd(&mut u, 2), IIR_THRE);
     }
 
     #[test]

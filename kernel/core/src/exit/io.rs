@@ -71,6 +71,7 @@ pub fn handle<P: Platform>(
                 value & access.size.mask(),
                 &mut fx,
             );
+            vm.device_written(device);
         }
     }
     // A device that counts time may have been reprogrammed.
@@ -158,6 +159,57 @@ mod tests {
         assert_eq!(env.lines, ["[hello] hi there"]);
         vm.flush_console(&mut env);
         assert_eq!(env.lines, ["[hello] hi there", "[hello] second"]);
+    }
+
+    /// A joined vCPU keeps UART bytes that are only output and hands them
+    /// to the console, in order, before its next exit that reaches the VM;
+    /// once the guest sets DLAB, THR writes go to the model again.
+    #[test]
+    fn direct_uart_output_keeps_its_order() {
+        let mut vm = VmContext::new(3, "d");
+        let mut vcpu = crate::vcpu::VcpuState::new(0);
+        vcpu.join(&vm);
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs::default();
+        for b in b"one\ntw" {
+            let exit = out(0x3F8, u32::from(*b));
+            let next = crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs);
+            assert_eq!(next, Some(Next::AdvanceRip));
+        }
+        assert!(env.lines.is_empty(), "kept by the vCPU");
+        assert_eq!(vcpu.console_tx.pending(), b"one\ntw");
+        // A word write is not a THR byte: the model takes it.
+        let word = Exit::Io(IoAccess {
+            port: 0x3F8,
+            size: AccessSize::Word,
+            dir: IoDir::Out {
+                value: u32::from(b'o'),
+            },
+            string_or_rep: false,
+        });
+        assert_eq!(
+            crate::exit::handle_vcpu_exit(&mut vcpu, &word, &mut regs),
+            None
+        );
+        handle_exit(&mut vm, &mut vcpu, &word, &mut regs, &mut env);
+        assert_eq!(env.lines, ["[d] one"]);
+        assert!(vcpu.console_tx.pending().is_empty());
+        handle_exit(&mut vm, &mut vcpu, &out(0x3FB, 0x83), &mut regs, &mut env); // DLAB
+        assert_eq!(
+            crate::exit::handle_vcpu_exit(&mut vcpu, &out(0x3F8, 1), &mut regs),
+            None
+        );
+        handle_exit(&mut vm, &mut vcpu, &out(0x3F8, 1), &mut regs, &mut env); // DLL
+        handle_exit(&mut vm, &mut vcpu, &out(0x3FB, 0x03), &mut regs, &mut env);
+        for b in b"!\n" {
+            let exit = out(0x3F8, u32::from(*b));
+            assert!(crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs).is_some());
+        }
+        vcpu.drain_console(&mut vm, &mut env);
+        assert_eq!(env.lines, ["[d] one", "[d] two!"]);
+        assert_eq!(vm.stats.total_exits(), 4, "the model's exits");
+        vm.stats.absorb(&mut vcpu.exits);
+        assert_eq!(vm.stats.total_exits(), 12);
     }
 
     #[test]
@@ -278,7 +330,7 @@ mod tests {
     fn unclaimed_ports_answered_by_the_vcpu() {
         let mut vm = VmContext::new(1, "io");
         let mut vcpu = crate::vcpu::VcpuState::new(0);
-        vcpu.ports = vm.bus().claimed_ports();
+        vcpu.join(&vm);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rax: 0x1234_5600,

@@ -135,9 +135,19 @@ pub fn handle_vcpu_exit(vcpu: &mut VcpuState, exit: &Exit, regs: &mut GuestRegs)
             vcpu.exits.record(K::Vmcall);
             crate::hypercall::handle_vcpu_local(regs)
         }
-        Exit::Io(a) if !a.string_or_rep && vcpu.ports.unclaimed(a.port) => {
+        Exit::Io(a) if !a.string_or_rep => {
+            if vcpu.ports.unclaimed(a.port) {
+                io::unclaimed(&a, regs, &mut vcpu.exits);
+            } else if let (AccessSize::Byte, IoDir::Out { value }) = (a.size, a.dir) {
+                // A UART byte that is only output ([`crate::devices::console`]).
+                if !vcpu.console_tx.accepts(a.port) {
+                    return None;
+                }
+                vcpu.console_tx.push(value as u8);
+            } else {
+                return None;
+            }
             vcpu.exits.record(K::Io);
-            io::unclaimed(&a, regs, &mut vcpu.exits);
             Next::AdvanceRip
         }
         Exit::Hlt => {
@@ -197,6 +207,7 @@ pub fn handle_platform_exit<P: Platform, V: VmAccess + ?Sized>(
         // The VM's.
         _ => {
             let vm = vm.get();
+            vcpu.drain_console(vm, env);
             if let Some(reason) = vm.stop_reason() {
                 // Another vCPU stopped the VM: this one stops too.
                 let action = Action::Stop(*reason);
@@ -213,7 +224,9 @@ pub fn handle_platform_exit<P: Platform, V: VmAccess + ?Sized>(
     vcpu.exits.record(kind);
     vcpu.after_exit(&action);
     if action.needs_vm() {
-        settle(vm.get(), &action, env);
+        let vm = vm.get();
+        vcpu.drain_console(vm, env);
+        settle(vm, &action, env);
     }
     action
 }

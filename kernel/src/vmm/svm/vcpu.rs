@@ -293,22 +293,6 @@ impl Vcpu {
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
             }
-            // The event exits the loop itself looks at.
-            match exit {
-                Exit::ExternalInterrupt => {
-                    // Let the host's IDT take the interrupt that caused the
-                    // exit. STI's one-instruction shadow ends after the NOP,
-                    // where the pending interrupt is delivered; CLI closes
-                    // the window again. What the handler did (a wake-up, a
-                    // stop) the full checks see.
-                    // SAFETY: the host IDT handles every vector it can receive.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                    attention_at = 0;
-                }
-                // The guest can take the interrupt it waited for: inject it.
-                Exit::InterruptWindow => attention_at = 0,
-                _ => {}
-            }
             let action =
                 match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs) {
                     Some(next) => next,
@@ -345,7 +329,11 @@ impl Vcpu {
                 attention_at = 0;
             }
             match action {
-                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
+                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {
+                    if let Next::Resume = action {
+                        crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
+                    }
+                }
                 Next::Yield => return SliceEnd::Yielded,
                 Next::Preempted => return SliceEnd::Preempted,
                 Next::Halt => return SliceEnd::Halted,

@@ -420,27 +420,12 @@ impl Vcpu {
             }
             let vectoring = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            // The event exits the loop itself looks at (the tag first: one
-            // compare for every other exit).
-            match exit {
-                Exit::ExternalInterrupt => {
-                    // Let the host's IDT take the interrupt that caused the
-                    // exit. STI's one-instruction shadow ends after the NOP,
-                    // where the pending interrupt is delivered; CLI closes
-                    // the window again. What the handler did (a wake-up, a
-                    // stop) the full checks see.
-                    // SAFETY: the host IDT handles every vector it can receive.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                    attention_at = 0;
-                }
-                // The guest can take the interrupt it waited for: inject it.
-                Exit::InterruptWindow => attention_at = 0,
-                Exit::PreemptionTimer if has_apic && crate::arch::rdtsc() < slice_end => {
+            if let Exit::PreemptionTimer = exit {
+                if has_apic && crate::arch::rdtsc() < slice_end {
                     // The APIC timer is due, not the slice over.
                     attention_at = 0;
                     continue;
                 }
-                _ => {}
             }
             let next = match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs)
             {
@@ -486,7 +471,11 @@ impl Vcpu {
                 attention_at = 0;
             }
             match next {
-                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {}
+                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {
+                    if let Next::Resume = next {
+                        crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
+                    }
+                }
                 Next::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
                 Next::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
                 Next::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
