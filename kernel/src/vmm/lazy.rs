@@ -130,7 +130,7 @@ pub struct LazyState {
     cr2: u64,
     dr: [u64; 4],
     dr6: u64,
-    msrs: [u64; 6],
+    msrs: MsrValues,
 }
 
 impl LazyState {
@@ -145,7 +145,7 @@ impl LazyState {
             cr2: 0,
             dr: [0; 4],
             dr6: 0xFFFF_0FF0,
-            msrs: [0; 6],
+            msrs: MsrValues([0; 6]),
         }
     }
 
@@ -180,16 +180,14 @@ impl LazyState {
             core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack));
         }
-        for (slot, msr) in self.msrs.iter_mut().zip(LAZY_MSRS) {
-            if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
-                *slot = rdmsr(msr);
-            }
+        for (slot, msr) in self.msrs.0.iter_mut().zip(LAZY_MSRS).take(lazy_msr_count()) {
+            *slot = rdmsr(msr);
         }
     }
 
     /// This vCPU's MSR values as last saved.
-    pub fn msrs(&self) -> MsrValues {
-        MsrValues(self.msrs)
+    pub fn msrs(&self) -> &MsrValues {
+        &self.msrs
     }
 
     /// Loads this vCPU's registers into the hardware, with XCR0 = `xcr0`.
@@ -197,7 +195,7 @@ impl LazyState {
     /// vCPU saved just before); an MSR that already has this vCPU's value is
     /// not written again (WRMSR is slow, and most guests leave most of them
     /// alike).
-    pub fn load(&self, xcr0: u64, hardware: Option<MsrValues>) {
+    pub fn load(&self, xcr0: u64, hardware: Option<&MsrValues>) {
         let area = self.xsave.0.as_ptr();
         if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
             xsetbv(xcr0);
@@ -222,12 +220,20 @@ impl LazyState {
             core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
         }
-        for (k, (value, msr)) in self.msrs.iter().zip(LAZY_MSRS).enumerate() {
-            if hardware.is_some_and(|h| h.0.get(k) == Some(value)) {
-                continue;
+        let n = lazy_msr_count();
+        let msrs = self.msrs.0.iter().zip(LAZY_MSRS).take(n);
+        match hardware {
+            Some(held) => {
+                for ((&value, msr), &old) in msrs.zip(&held.0) {
+                    if value != old {
+                        wrmsr(msr, value);
+                    }
+                }
             }
-            if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
-                wrmsr(msr, *value);
+            None => {
+                for (&value, msr) in msrs {
+                    wrmsr(msr, value);
+                }
             }
         }
     }
@@ -254,6 +260,12 @@ pub fn hardware_xcr0() -> Option<u64> {
         core::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
     }
     Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// How many of [`LAZY_MSRS`] this CPU has: TSC_AUX, the last, only with
+/// RDTSCP.
+fn lazy_msr_count() -> usize {
+    LAZY_MSRS.len() - usize::from(TSC_AUX.load(Ordering::Relaxed) == 0)
 }
 
 fn rdmsr(msr: u32) -> u64 {

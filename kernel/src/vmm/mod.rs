@@ -153,10 +153,10 @@ impl Vcpu {
     fn save_lazy(&mut self) {
         each!(self, v => v.save_lazy())
     }
-    fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+    fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
         each!(self, v => v.load_lazy(hardware))
     }
-    fn lazy_msrs(&self) -> lazy::MsrValues {
+    fn lazy_msrs(&self) -> &lazy::MsrValues {
         each!(self, v => v.lazy_msrs())
     }
     fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
@@ -1264,14 +1264,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             continue;
         };
         if lazy_owner != Some(i) {
-            let mut held = None;
-            if let Some(prev) = lazy_owner.and_then(|p| vcpus[p].as_mut()) {
-                prev.save_lazy();
-                held = Some(prev.lazy_msrs());
-            }
-            if let Some(next) = vcpus[i].as_ref() {
-                next.load_lazy(held);
-            }
+            switch_lazy(&mut vcpus, lazy_owner, i);
             lazy_owner = Some(i);
         }
         let Some(v) = vcpus[i].as_mut() else { continue };
@@ -1477,6 +1470,21 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
         "vm {name}: {mib} MiB returned to the free pool ({} frames free)",
         crate::mm::counts().0
     );
+}
+
+/// Hands the hardware's lazily switched registers from the vCPU in slot
+/// `from` (when one had them) to the one in slot `to`; MSRs that already
+/// hold `to`'s values are not written again.
+fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) {
+    if let Some(Ok([Some(prev), next])) = from.map(|p| vcpus.get_disjoint_mut([p, to])) {
+        prev.save_lazy();
+        if let Some(next) = next {
+            next.load_lazy(Some(prev.lazy_msrs()));
+        }
+    } else if let Some(Some(next)) = vcpus.get(to) {
+        // No vCPU's values known in the hardware: every MSR is written.
+        next.load_lazy(None);
+    }
 }
 
 /// Serial console keys: `s` prints every VM's statistics, `q` stops all VMs,

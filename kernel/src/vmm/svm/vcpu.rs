@@ -181,12 +181,12 @@ impl Vcpu {
 
     /// Loads this vCPU's lazily switched registers into the hardware
     /// (`hardware`: the MSR values it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+    pub fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
         self.lazy.load(self.soft.xcr0, hardware);
     }
 
     /// The lazily switched MSRs as this vCPU last saved them.
-    pub fn lazy_msrs(&self) -> lazy::MsrValues {
+    pub fn lazy_msrs(&self) -> &lazy::MsrValues {
         self.lazy.msrs()
     }
 

@@ -172,12 +172,12 @@ impl Vcpu {
 
     /// Loads this vCPU's lazily switched registers into the hardware
     /// (`hardware`: the MSR values it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<lazy::MsrValues>) {
+    pub fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
         self.lazy.load(self.soft.xcr0, hardware);
     }
 
     /// The lazily switched MSRs as this vCPU last saved them.
-    pub fn lazy_msrs(&self) -> lazy::MsrValues {
+    pub fn lazy_msrs(&self) -> &lazy::MsrValues {
         self.lazy.msrs()
     }
 
@@ -470,21 +470,24 @@ impl Vcpu {
                 self.pending_event = Some(ev);
                 attention_at = 0;
             }
-            match next {
-                Next::Resume | Next::AdvanceRip | Next::Inject(_) => {
-                    if let Next::Resume = next {
-                        crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
-                    }
+            // Entering again is one compare of the tag (the order of `Next`).
+            if let Next::Resume | Next::AdvanceRip | Next::Inject(_) = next {
+                if let Next::Resume = next {
+                    crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                 }
-                Next::Yield => return self.slice_over(&vmcs, SliceEnd::Yielded),
-                Next::Preempted => return self.slice_over(&vmcs, SliceEnd::Preempted),
-                Next::Halt => return self.slice_over(&vmcs, SliceEnd::Halted),
+                continue;
+            }
+            let end = match next {
+                Next::Yield => SliceEnd::Yielded,
+                Next::Halt => SliceEnd::Halted,
                 Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
                     vm.stop_others(self.index);
-                    return self.slice_over(&vmcs, SliceEnd::Stopped);
+                    SliceEnd::Stopped
                 }
-            }
+                _ => SliceEnd::Preempted,
+            };
+            return self.slice_over(&vmcs, end);
         }
     }
 
