@@ -259,7 +259,10 @@ impl Vm {
     }
 
     /// Posts `bits` to vCPU `index` and wakes its CPU (unless that is the
-    /// calling CPU, which looks at the mailbox before its next entry).
+    /// calling CPU, which looks at the mailbox before its next entry). The
+    /// wake IPI is what makes a vCPU running there look: its loop reads
+    /// the mailbox only in the full entry checks, which the IPI's
+    /// host-interrupt exit brings about.
     pub fn post(&self, index: usize, bits: u32) {
         if let Some(link) = self.links.get(index) {
             link.mail.fetch_or(bits, Ordering::AcqRel);

@@ -103,7 +103,9 @@ pub fn decode_into<V: VmcsAccess>(
     }
     let reason = raw.reason();
     if is_instruction_exit(reason) {
-        regs.instruction_len = u64::from(vmcs.get_known(VM_EXIT_INSTRUCTION_LEN));
+        // VMREAD zero-extends a 32-bit field (SDM 31.3, VMREAD): the raw
+        // value needs no truncation.
+        regs.instruction_len = vmcs.read_known(VM_EXIT_INSTRUCTION_LEN.encoding());
         instruction_exit(vmcs, raw, regs, exit);
         return None;
     }

@@ -251,15 +251,17 @@ impl Vcpu {
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
         // Quiet entries and `attention_at` as in the VT-x loop: after an
-        // exit the vCPU answered alone, a TSC compare and the mailbox; the
-        // event exits, and platform exits that may have given the entry
-        // work, make the next entry look at everything.
+        // exit the vCPU answered alone, a TSC compare; the event exits, and
+        // platform exits that may have given the entry work, make the next
+        // entry look at everything. Mail from another CPU comes with its
+        // wake IPI, pending at VMRUN (GIF set, host IF set): the INTR
+        // intercept's exit at once leads to the full checks.
         let mut attention_at = 0;
         let mut timer_until = slice_end;
         let mut exit = Exit::Hlt;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= attention_at || link.mail.load(Ordering::Acquire) != 0 {
+            if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
                     slice_end,
@@ -286,10 +288,16 @@ impl Vcpu {
             entry::after_vmexit(vmcb, setup);
             let decoded =
                 decode::decode_into(vmcb, &mut self.regs, &vm.partition, setup, &mut exit);
-            let vectoring = match decoded {
-                Ok(vectoring) => vectoring,
+            // The event whose delivery the exit interrupted is delivered
+            // again, unless the handler injects one of its own (below).
+            match decoded {
+                Ok(None) => {}
+                Ok(Some(ev)) => {
+                    self.pending_event = Some(ev);
+                    attention_at = 0;
+                }
                 Err(reason) => return self.stop_undecoded(reason, env),
-            };
+            }
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
             }
@@ -324,7 +332,7 @@ impl Vcpu {
                     }
                 };
             entry::advance(vmcb, &action, &self.regs);
-            if let Some(ev) = backend::vtx::entry::event_to_inject(&action, vectoring) {
+            if let Next::Inject(ev) = action {
                 self.pending_event = Some(ev);
                 attention_at = 0;
             }

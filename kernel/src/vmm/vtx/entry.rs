@@ -10,8 +10,9 @@
 //! at the first entry of a slice (the vCPU loop calls the switch from one
 //! place, so the stack pointer is the same at every entry of the slice), so
 //! that the exit lands on that same stack, where the pointer to the guest
-//! register block waits. The common entry (VMRESUME, HOST_RSP current) tests
-//! one value and goes straight to the register loads.
+//! register block waits. The common entry (VMRESUME, HOST_RSP current) has
+//! an entry point of its own ([`resume`]) that goes straight to the
+//! register loads.
 
 use hvcore::exit::GuestRegs;
 use vmx::vmcs::HOST_RSP;
@@ -89,7 +90,18 @@ macro_rules! load_guest_regs {
 
 core::arch::global_asm!(
     ".global hv_vmx_switch",
+    ".global hv_vmx_resume",
     ".global hv_vmx_exit",
+    // hv_vmx_resume(regs: *mut GuestRegs (rdi)) -> u64 (rax): the common
+    // entry, VMRESUME with HOST_RSP already this stack pointer; returns as
+    // hv_vmx_switch does.
+    "hv_vmx_resume:",
+    "push rbp",
+    "push rbx",
+    "push rdi",
+    load_guest_regs!(),
+    "vmresume",
+    "jmp 3f",
     // hv_vmx_switch(regs: *mut GuestRegs (rdi), mode: u64 (rsi)) -> u64 (rax)
     // returns 0 after a VM exit, or RFLAGS (never 0: bit 1 is always set)
     // when the VM-entry instruction failed. Mode: see `Mode`. Not a C
@@ -100,13 +112,6 @@ core::arch::global_asm!(
     "push rbp",
     "push rbx",
     "push rdi",
-    "cmp esi, 1",
-    "jne 5f",
-    // The common entry: VMRESUME, HOST_RSP already this stack pointer.
-    load_guest_regs!(),
-    "vmresume",
-    "jmp 3f",
-    "5:",
     "test esi, 2",
     "jz 6f",
     // HOST_RSP = this stack pointer: [rsp] holds the register block pointer.
@@ -157,6 +162,7 @@ core::arch::global_asm!(
 
 extern "C" {
     fn hv_vmx_switch();
+    fn hv_vmx_resume();
     fn hv_vmx_exit();
 }
 
@@ -195,9 +201,42 @@ pub unsafe fn switch(regs: &mut GuestRegs, mode: Mode) -> SwitchResult {
             clobber_abi("C"),
         )
     };
-    if r == 0 {
-        SwitchResult::Exited
-    } else {
-        SwitchResult::EntryFailed { rflags: r }
+    SwitchResult::from_raw(r)
+}
+
+/// [`switch`] with [`Mode::Resume`]: the common entry, without the mode.
+///
+/// # Safety
+/// As for [`switch`] with [`Mode::Resume`].
+#[inline]
+pub unsafe fn resume(regs: &mut GuestRegs) -> SwitchResult {
+    let r: u64;
+    // SAFETY: as in `switch`.
+    unsafe {
+        core::arch::asm!(
+            "call {f}",
+            f = sym hv_vmx_resume,
+            inout("rdi") regs as *mut GuestRegs => _,
+            lateout("rax") r,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        )
+    };
+    SwitchResult::from_raw(r)
+}
+
+impl SwitchResult {
+    /// What `hv_vmx_switch` and `hv_vmx_resume` return: 0 after a VM exit,
+    /// RFLAGS after a failed VM-entry instruction.
+    #[inline(always)]
+    fn from_raw(r: u64) -> Self {
+        if r == 0 {
+            SwitchResult::Exited
+        } else {
+            SwitchResult::EntryFailed { rflags: r }
+        }
     }
 }

@@ -11,7 +11,6 @@ use alloc::sync::Arc;
 use backend::vtx::setup::{self, GuestStart, HostState};
 use backend::vtx::state::{SoftState, VmcsCpu};
 use backend::vtx::{decode, entry, VmxSetup};
-use core::sync::atomic::Ordering;
 
 use hvcore::config::GuestMode;
 use hvcore::devices::interrupt::GuestInterruptibility;
@@ -371,18 +370,22 @@ impl Vcpu {
         // end, a device's or the APIC timer's deadline: one TSC compare
         // with the earliest, `attention_at`) and events (the mailbox, and
         // what the last exit may have changed). An exit the vCPU answered
-        // alone (`handle_vcpu_exit`) changes nothing the checks look at, so
-        // the entry after it is quiet: the compare, the mailbox, enter. The
-        // event exits (a host interrupt, an interrupt window) set
+        // alone (`handle_vcpu_exit`) changes nothing the checks look at and
+        // posts no mail, so the entry after it is quiet: the compare, enter.
+        // The event exits (a host interrupt, an interrupt window) set
         // `attention_at` to 0, which makes the next entry look at
         // everything, and so does a platform exit that may have given the
-        // entry work (`DeviceClock::attention_after_exit`).
+        // entry work (`DeviceClock::attention_after_exit`). Mail from
+        // another CPU comes with its wake IPI (`Vm::post`), which is pending
+        // while this loop runs with interrupts off and makes the entry exit
+        // at once (external-interrupt exiting): the full checks after that
+        // host-interrupt exit read the mailbox.
         let mut attention_at = 0;
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
         loop {
             let now = crate::arch::rdtsc();
-            if now >= attention_at || link.mail.load(Ordering::Acquire) != 0 {
+            if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
                     slice_end,
@@ -402,13 +405,21 @@ impl Vcpu {
             if mode != switch::Mode::Resume {
                 self.tally.asm_write();
             }
-            // SAFETY: this CPU is in VMX root operation with this vCPU's VMCS
-            // current and fully set up by `setup` (host state of this CPU);
-            // `launched` tracks VMLAUNCH vs VMRESUME; HOST_RSP is written at
-            // the slice's first entry and the switch runs on the same stack
-            // for the whole slice; interrupts are off in the scheduler loop.
-            let result = unsafe { switch::switch(&mut self.regs, mode) };
-            mode = switch::Mode::Resume;
+            // The common entry has its own way in: no mode to test.
+            let result = if mode == switch::Mode::Resume {
+                // SAFETY: this CPU is in VMX root operation with this vCPU's
+                // VMCS current, set up by `setup` (host state of this CPU)
+                // and launched; HOST_RSP was written at the slice's first
+                // entry, from this same call site and stack; interrupts are
+                // off in the scheduler loop.
+                unsafe { switch::resume(&mut self.regs) }
+            } else {
+                let first = mode;
+                mode = switch::Mode::Resume;
+                // SAFETY: as above, with `launched` telling VMLAUNCH from
+                // VMRESUME; this first entry of the slice writes HOST_RSP.
+                unsafe { switch::switch(&mut self.regs, first) }
+            };
             match result {
                 SwitchResult::EntryFailed { rflags } => {
                     let fail = vmx::check_vm_entry_flags(rflags)
@@ -418,7 +429,14 @@ impl Vcpu {
                 }
                 SwitchResult::Exited => self.launched = true,
             }
-            let vectoring = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
+            // The event whose delivery the exit interrupted is delivered
+            // again, unless the handler injects one of its own (below). Only
+            // event exits have one: on the instruction exits' path this is
+            // known to be None.
+            if let Some(ev) = decode::decode_into(&vmcs, &mut self.regs, &mut exit) {
+                self.pending_event = Some(ev);
+                attention_at = 0;
+            }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
             if let Exit::PreemptionTimer = exit {
                 if has_apic && crate::arch::rdtsc() < slice_end {
@@ -466,7 +484,7 @@ impl Vcpu {
                 }
             };
             self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
-            if let Some(ev) = entry::event_to_inject(&next, vectoring) {
+            if let Next::Inject(ev) = next {
                 self.pending_event = Some(ev);
                 attention_at = 0;
             }
