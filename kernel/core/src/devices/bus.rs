@@ -63,21 +63,28 @@ pub struct IoBus {
 /// Which ports a VM's devices claim, one bit each: the bus's map as a vCPU
 /// consults it without the VM's lock (a VM's bus is complete when the VM is
 /// built and never changes). The default map knows nothing: every port may
-/// be claimed, so every access goes to the bus.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClaimedPorts(Option<Box<[u64; 1024]>>);
+/// be claimed (every bit set), so every access goes to the bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedPorts(Box<[u64; 1024]>);
+
+impl Default for ClaimedPorts {
+    fn default() -> Self {
+        ClaimedPorts(Box::new([u64::MAX; 1024]))
+    }
+}
 
 impl ClaimedPorts {
-    /// Whether no device decodes `port` (false when the map is empty).
+    /// Whether no device decodes `port` (false for every port of the
+    /// default map).
     #[inline(always)]
     pub fn unclaimed(&self, port: u16) -> bool {
-        self.0.as_deref().is_some_and(|bits| {
-            let word = bits
-                .get(usize::from(port >> 6))
-                .copied()
-                .unwrap_or(u64::MAX);
-            word & (1 << (port & 63)) == 0
-        })
+        // 1024 words of 64 bits: `port >> 6` is always in range.
+        let word = self
+            .0
+            .get(usize::from(port >> 6))
+            .copied()
+            .unwrap_or(u64::MAX);
+        word & (1 << (port & 63)) == 0
     }
 }
 
@@ -188,7 +195,7 @@ impl IoBus {
                 }
             }
         }
-        ClaimedPorts(Some(bits))
+        ClaimedPorts(bits)
     }
 
     /// The index of the device that decodes `port`, if one does.
