@@ -192,18 +192,19 @@ impl VmStats {
 
     /// Adds a vCPU's counts and clears them.
     pub fn absorb(&mut self, counts: &mut ExitCounts) {
+        // Counts of u64 do not wrap in centuries (as in `ExitCounts::record`).
         self.unhandled_port_reads = self
             .unhandled_port_reads
-            .saturating_add(core::mem::take(&mut counts.unclaimed_reads));
+            .wrapping_add(core::mem::take(&mut counts.unclaimed_reads));
         self.unhandled_port_writes = self
             .unhandled_port_writes
-            .saturating_add(core::mem::take(&mut counts.unclaimed_writes));
+            .wrapping_add(core::mem::take(&mut counts.unclaimed_writes));
         let mut seen = core::mem::take(&mut counts.seen);
         while seen != 0 {
             let i = seen.trailing_zeros() as usize;
             seen &= seen - 1;
             if let (Some(total), Some(n)) = (self.exits.get_mut(i), counts.exits.get_mut(i)) {
-                *total = total.saturating_add(core::mem::take(n));
+                *total = total.wrapping_add(core::mem::take(n));
             }
         }
     }

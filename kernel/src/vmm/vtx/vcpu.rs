@@ -182,23 +182,30 @@ impl Vcpu {
 
     /// VMPTRLDs this vCPU's VMCS on the calling CPU (and sets it up the
     /// first time). Returns access to it.
+    #[inline]
     fn load(&mut self, host: &HostCpu) -> Result<ActiveVmcs, VmxError> {
         if !self.initialised {
-            // SAFETY: the region is this vCPU's, allocated with the revision
-            // id; VMCLEAR puts it in the clear state before first use.
-            unsafe { vmx::instructions::vmclear(self.vmcs) }
-                .map_err(|e| VmxError::Instruction("VMCLEAR", e))?;
+            return self.load_first(host);
         }
         // SAFETY: the CPU is in VMX root operation (the scheduler loop runs
-        // after VMXON), and the region is a valid, cleared or launched VMCS
+        // after VMXON), and the region is a valid, launched or cleared VMCS
         // of this vCPU, used on this CPU only (a vCPU is pinned to one CPU).
+        unsafe { ActiveVmcs::load(self.vmcs) }.map_err(|e| VmxError::Instruction("VMPTRLD", e))
+    }
+
+    /// [`Self::load`] the first time: VMCLEAR, VMPTRLD, set-up.
+    #[inline(never)]
+    fn load_first(&mut self, host: &HostCpu) -> Result<ActiveVmcs, VmxError> {
+        // SAFETY: the region is this vCPU's, allocated with the revision
+        // id; VMCLEAR puts it in the clear state before first use.
+        unsafe { vmx::instructions::vmclear(self.vmcs) }
+            .map_err(|e| VmxError::Instruction("VMCLEAR", e))?;
+        // SAFETY: as in `load`; the VMCS is cleared.
         let mut vmcs = unsafe { ActiveVmcs::load(self.vmcs) }
             .map_err(|e| VmxError::Instruction("VMPTRLD", e))?;
-        if !self.initialised {
-            self.setup(&mut vmcs, host)?;
-            self.flush_translations(&host.setup);
-            self.initialised = true;
-        }
+        self.setup(&mut vmcs, host)?;
+        self.flush_translations(&host.setup);
+        self.initialised = true;
         Ok(vmcs)
     }
 
