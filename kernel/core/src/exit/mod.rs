@@ -7,7 +7,8 @@
 //!  ───────────────────────────────      ──────────────────────────────────────────
 //!  VM exit ─► decode in place ─► Exit ─► handle_vcpu_exit(vcpu, &exit, regs) ─► Some(Next)
 //!                                         CPUID from the table, local hypercalls,
-//!                                         unclaimed ports, HLT, timer/interrupt exits
+//!                                         unclaimed ports, direct UART bytes, HLT,
+//!                                         timer/interrupt exits
 //!                                    └─► None: platform built, then
 //!                                        handle_exit(vm, vcpu, &exit, regs, env) ─► Action
 //!                                         ├─ Cpuid      → crate::cpuid         (policy)
@@ -113,7 +114,9 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
 /// The first half of [`handle_exit`]: the exits a vCPU answers from its
 /// own state, with no platform service and no VM: CPUID leaves the table
 /// has finished, hypercalls that concern the vCPU, ports no device claims,
-/// HLT, INVD, and the timer and interrupt exits. `None`: the exit needs the
+/// UART bytes that are only output (kept in `vcpu.console_tx`, see
+/// [`crate::devices::console`]), HLT, INVD, and the timer and interrupt
+/// exits. `None`: the exit needs the
 /// rest ([`handle_platform_exit`]). This is the whole of the common exits'
 /// handling, so it stays small; it never injects or stops, and the vCPU
 /// must be running (the backend never enters a stopped one). Except for
