@@ -165,8 +165,9 @@ pub struct VcpuState {
     /// Exits handled without the VM ([`crate::exit::handle_vcpu_exit`]),
     /// until they are added to the VM's statistics.
     pub exits: ExitCounts,
-    /// The ports the VM's devices claim (empty: ask the VM's bus at every
-    /// access): an access to another port is answered without the VM.
+    /// The ports the VM's devices claim (the default claims them all: ask
+    /// the VM's bus at every access): an access to another port is
+    /// answered without the VM.
     pub ports: crate::devices::bus::ClaimedPorts,
     /// UART output the vCPU kept without the VM ([`Self::drain_console`]).
     pub console_tx: DirectTx,

@@ -167,9 +167,9 @@ impl Vcpu {
         each!(self, v => v.release())
     }
     /// Counts a slice of `ticks` in the VM's statistics, with the exits the
-    /// vCPU handled without the VM's lock.
-    /// Its direct UART output goes to the VM's console (after the VM's
-    /// last line, should the VM have stopped in the slice).
+    /// vCPU handled without the VM's lock; its direct UART output goes to
+    /// the VM's console (and out at once, should the VM have stopped in the
+    /// slice: its last line was flushed then).
     fn record_slice(&mut self, ticks: u64, env: &mut KernelPlatform) {
         each!(self, v => {
             let mut ctx = v.vm.ctx();

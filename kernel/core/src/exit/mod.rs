@@ -116,8 +116,9 @@ pub fn handle_exit<P: Platform, V: VmAccess + ?Sized>(
 /// has finished, hypercalls that concern the vCPU, ports no device claims,
 /// UART bytes that are only output (kept in `vcpu.console_tx`, see
 /// [`crate::devices::console`]), HLT, INVD, and the timer and interrupt
-/// exits. `None`: the exit needs the
-/// rest ([`handle_platform_exit`]). This is the whole of the common exits'
+/// exits. `None`: the exit needs the rest ([`handle_platform_exit`]),
+/// which first hands the kept UART bytes to the VM's console. This is the
+/// whole of the common exits'
 /// handling, so it stays small; it never injects or stops, and the vCPU
 /// must be running (the backend never enters a stopped one). Except for
 /// the host-interrupt and interrupt-window exits, which are events the

@@ -171,6 +171,29 @@ pub fn exit_entry_point() -> u64 {
     hv_vmx_exit as *const () as u64
 }
 
+/// Calls the switch entry point `$f` with the register block (and the mode
+/// in RSI for `hv_vmx_switch`). Unsafe to expand: the callers' contract.
+/// The entry points keep RBX and RBP, every other register is declared
+/// clobbered, and they return on the same stack (the kernel's target has
+/// no red zone to overwrite).
+macro_rules! call_switch {
+    ($f:ident, $regs:expr $(, $mode:expr)?) => {{
+        let r: u64;
+        core::arch::asm!(
+            "call {f}",
+            f = sym $f,
+            inout("rdi") $regs as *mut GuestRegs => _,
+            $(inout("rsi") $mode => _,)?
+            lateout("rax") r,
+            out("r12") _,
+            out("r13") _,
+            out("r14") _,
+            out("r15") _,
+            clobber_abi("C"),
+        );
+        SwitchResult::from_raw(r)
+    }};
+}
 /// Enters the guest of the current VMCS and returns at its next VM exit.
 ///
 /// # Safety
@@ -183,25 +206,8 @@ pub fn exit_entry_point() -> u64 {
 /// (the same call site in the same frame). Interrupts must be disabled.
 #[inline]
 pub unsafe fn switch(regs: &mut GuestRegs, mode: Mode) -> SwitchResult {
-    let r: u64;
-    // SAFETY: the caller's contract; `hv_vmx_switch` keeps RBX and RBP,
-    // every other register is declared clobbered, and it returns on the
-    // same stack (the kernel's target has no red zone to overwrite).
-    unsafe {
-        core::arch::asm!(
-            "call {f}",
-            f = sym hv_vmx_switch,
-            inout("rdi") regs as *mut GuestRegs => _,
-            inout("rsi") mode as u64 => _,
-            lateout("rax") r,
-            out("r12") _,
-            out("r13") _,
-            out("r14") _,
-            out("r15") _,
-            clobber_abi("C"),
-        )
-    };
-    SwitchResult::from_raw(r)
+    // SAFETY: the caller's contract.
+    unsafe { call_switch!(hv_vmx_switch, regs, mode as u64) }
 }
 
 /// [`switch`] with [`Mode::Resume`]: the common entry, without the mode.
@@ -210,22 +216,8 @@ pub unsafe fn switch(regs: &mut GuestRegs, mode: Mode) -> SwitchResult {
 /// As for [`switch`] with [`Mode::Resume`].
 #[inline]
 pub unsafe fn resume(regs: &mut GuestRegs) -> SwitchResult {
-    let r: u64;
-    // SAFETY: as in `switch`.
-    unsafe {
-        core::arch::asm!(
-            "call {f}",
-            f = sym hv_vmx_resume,
-            inout("rdi") regs as *mut GuestRegs => _,
-            lateout("rax") r,
-            out("r12") _,
-            out("r13") _,
-            out("r14") _,
-            out("r15") _,
-            clobber_abi("C"),
-        )
-    };
-    SwitchResult::from_raw(r)
+    // SAFETY: the caller's contract.
+    unsafe { call_switch!(hv_vmx_resume, regs) }
 }
 
 impl SwitchResult {
