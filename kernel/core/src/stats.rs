@@ -121,9 +121,10 @@ impl ExitKind {
 // `ExitCounts::seen` has a bit per kind.
 const _: () = assert!(ExitKind::COUNT <= 32);
 
-/// Exits one vCPU handled without its VM's lock, per kind, until the
-/// kernel adds them to the VM's counters ([`VmStats::absorb`], once per
-/// slice).
+/// Exits one vCPU handled without its VM's lock, per kind, and its slices,
+/// until the kernel adds them to the VM's counters ([`VmStats::absorb`]:
+/// the kernel does at the end of a slice, at most every millisecond, and
+/// when the vCPU is released).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExitCounts {
     exits: [u64; ExitKind::COUNT],
@@ -133,6 +134,10 @@ pub struct ExitCounts {
     pub unclaimed_reads: u64,
     /// Port writes no device claims ([`VmStats::unhandled_port_writes`]).
     pub unclaimed_writes: u64,
+    /// Slices run ([`VmStats::slices_run`]).
+    slices: u64,
+    /// Host ticks in the guest ([`VmStats::guest_ticks`]).
+    guest_ticks: u64,
 }
 
 impl ExitCounts {
@@ -145,6 +150,13 @@ impl ExitCounts {
             *c = c.wrapping_add(1);
             self.seen |= 1 << kind.index();
         }
+    }
+
+    /// Counts a slice that ran `ticks` host ticks in the guest.
+    #[inline]
+    pub fn record_slice(&mut self, ticks: u64) {
+        self.slices = self.slices.wrapping_add(1);
+        self.guest_ticks = self.guest_ticks.wrapping_add(ticks);
     }
 }
 
@@ -199,6 +211,12 @@ impl VmStats {
         self.unhandled_port_writes = self
             .unhandled_port_writes
             .wrapping_add(core::mem::take(&mut counts.unclaimed_writes));
+        self.slices_run = self
+            .slices_run
+            .wrapping_add(core::mem::take(&mut counts.slices));
+        self.guest_ticks = self
+            .guest_ticks
+            .wrapping_add(core::mem::take(&mut counts.guest_ticks));
         let mut seen = core::mem::take(&mut counts.seen);
         while seen != 0 {
             let i = seen.trailing_zeros() as usize;
@@ -271,6 +289,26 @@ mod tests {
         for (i, k) in ExitKind::ALL.iter().enumerate() {
             assert_eq!(k.index(), i);
         }
+    }
+
+    /// A vCPU's counts, slices included, move into the VM's at once and
+    /// only once.
+    #[test]
+    fn absorb_moves_the_vcpu_counts() {
+        let mut vm = VmStats::default();
+        vm.record_slice(10);
+        let mut v = ExitCounts::default();
+        v.record(ExitKind::Cpuid);
+        v.record(ExitKind::Cpuid);
+        v.record_slice(250);
+        v.record_slice(50);
+        v.unclaimed_writes = 3;
+        vm.absorb(&mut v);
+        assert_eq!(v, ExitCounts::default(), "cleared");
+        vm.absorb(&mut v);
+        assert_eq!(vm.exits(ExitKind::Cpuid), 2);
+        assert_eq!((vm.slices_run, vm.guest_ticks), (3, 310));
+        assert_eq!(vm.unhandled_port_writes, 3);
     }
 
     #[test]

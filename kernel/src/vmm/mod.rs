@@ -163,17 +163,26 @@ impl Vcpu {
         each!(self, v => v.stop(reason, env))
     }
     /// Frees the vCPU's control block; the VM stays while others hold it.
-    fn release(self) -> Arc<vm::Vm> {
+    /// The vCPU's last counts go into the VM's statistics first.
+    fn release(mut self) -> Arc<vm::Vm> {
+        each!(&mut self, v => v.vm.ctx().stats.absorb(&mut v.state.exits));
         each!(self, v => v.release())
     }
-    /// Counts a slice of `ticks` in the VM's statistics, with the exits the
-    /// vCPU handled without the VM's lock; its direct UART output goes to
-    /// the VM's console (and out at once, should the VM have stopped in the
-    /// slice: its last line was flushed then).
-    fn record_slice(&mut self, ticks: u64, env: &mut KernelPlatform) {
+    /// Counts a slice of `ticks` that ended at TSC `now`. The vCPU's counts
+    /// (slices, exits it handled without the VM's lock) go into the VM's
+    /// statistics, under the VM's lock, at most every
+    /// [`STATS_EVERY_US`] (and when it is released), and its direct UART
+    /// output to the VM's console at every slice's end that has some (out at
+    /// once, should the VM have stopped in the slice: its last line was
+    /// flushed then).
+    fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) {
         each!(self, v => {
+            v.state.exits.record_slice(ticks);
+            if now < v.stats_due && v.state.console_tx.pending().is_empty() {
+                return;
+            }
+            v.stats_due = now + tsc_from_us(STATS_EVERY_US);
             let mut ctx = v.vm.ctx();
-            ctx.stats.record_slice(ticks);
             ctx.stats.absorb(&mut v.state.exits);
             if !v.state.console_tx.pending().is_empty() {
                 let env = &mut env.with(&v.vm.partition);
@@ -1275,7 +1284,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 overhead.push(start - prev);
             }
         }
-        if FIRST_ENTRY.swap(false, Ordering::Relaxed) {
+        // A load after the first slice (no locked swap at every switch).
+        if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed) {
             log::info!(
                 "bench: boot to first guest slice: {} us (TSC)",
                 us_from_tsc(start - crate::console::boot_tsc())
@@ -1283,7 +1293,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
-        v.record_slice(t - now, &mut platform);
+        v.record_slice(t - now, t, &mut platform);
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
@@ -1330,6 +1340,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         );
     }
 }
+
+/// How often a vCPU's counts go into its VM's statistics (at most; the
+/// statistics a user reads lag by that much).
+const STATS_EVERY_US: u64 = 1000;
 
 /// Samples of scheduler overhead kept per CPU.
 const OVERHEAD_SAMPLES: usize = 4096;

@@ -70,6 +70,9 @@ pub struct Vcpu {
     last_cpu: Option<u32>,
     /// Device time and the interrupt window.
     pub clock: DeviceClock,
+    /// TSC from which the vCPU's counts go into the VM's statistics at the
+    /// end of a slice (`vmm::Vcpu::record_slice`).
+    pub stats_due: u64,
     /// How the VMCB was programmed (again on a start-up IPI).
     start: GuestStart,
 }
@@ -132,6 +135,7 @@ impl Vcpu {
             lazy: LazyState::new(),
             last_cpu: None,
             clock: DeviceClock::default(),
+            stats_due: 0,
             start,
         };
         if let Err(e) = setup::program(vcpu.vmcb_mut(), setup, &start) {

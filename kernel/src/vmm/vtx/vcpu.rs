@@ -70,6 +70,9 @@ pub struct Vcpu {
     lazy: LazyState,
     /// Device time and the interrupt window.
     pub clock: DeviceClock,
+    /// TSC from which the vCPU's counts go into the VM's statistics at the
+    /// end of a slice (`vmm::Vcpu::record_slice`).
+    pub stats_due: u64,
     /// VMREAD/VMWRITE counts (bench builds only, see [`count`]).
     tally: Tally,
 }
@@ -124,6 +127,7 @@ impl Vcpu {
             soft: SoftState::default(),
             lazy: LazyState::new(),
             clock: DeviceClock::default(),
+            stats_due: 0,
             tally: Tally::new(),
         };
         // Fully built: the scheduler may pick it.
