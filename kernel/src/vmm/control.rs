@@ -25,7 +25,7 @@ use drivers::serial::COM2;
 use hvcore::config::{VmSpec, MIB};
 use hvcore::control::json::{self, Obj};
 use hvcore::control::{self as proto, Command, VmRef, VmState};
-use hvcore::sched::{Scheduler, VcpuId};
+use hvcore::sched::Scheduler;
 use hvcore::stats::{ExitKind, VmStats};
 use hvcore::vcpu::StopReason;
 use spin::Mutex;
@@ -737,7 +737,7 @@ pub fn mail_waiting(cpu: usize) -> bool {
 pub(super) fn serve(
     cpu: usize,
     vcpus: &mut Vec<Option<Vcpu>>,
-    ids: &mut Vec<VcpuId>,
+    ids: &mut super::SlotIds,
     sched: &mut Scheduler,
     lazy_owner: &mut Option<usize>,
     platform: &mut KernelPlatform,
@@ -859,7 +859,7 @@ fn start_here(
     id: u32,
     created: bool,
     vcpus: &mut Vec<Option<Vcpu>>,
-    ids: &mut Vec<VcpuId>,
+    ids: &mut super::SlotIds,
     sched: &mut Scheduler,
     platform: &mut KernelPlatform,
 ) -> Result<(String, u64), String> {

@@ -1135,7 +1135,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     let Ok(mut sched) = Scheduler::new(1, default_slice) else {
         return;
     };
-    let mut ids: Vec<VcpuId> = Vec::new();
+    let mut ids = SlotIds::default();
     for v in vcpus.iter().flatten() {
         ids.push(schedule(&mut sched, v));
     }
@@ -1269,7 +1269,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             crate::apic::stop_timer();
             continue;
         };
-        let Some(i) = ids.iter().position(|x| *x == id) else {
+        let Some(i) = ids.slot(id) else {
             continue;
         };
         if lazy_owner != Some(i) {
@@ -1362,9 +1362,54 @@ fn schedule(sched: &mut Scheduler, v: &Vcpu) -> VcpuId {
     }
 }
 
+/// The scheduler's id of each vCPU slot of a CPU's loop, and the slot of
+/// each id (the scheduler picks by id; the loop finds the slot at once).
+#[derive(Default)]
+pub(super) struct SlotIds {
+    ids: Vec<VcpuId>,
+    /// Indexed by the id's number (the scheduler numbers its vCPUs 0, 1, ..).
+    slots: Vec<Option<usize>>,
+}
+
+impl SlotIds {
+    /// A new slot for `id`.
+    fn push(&mut self, id: VcpuId) {
+        self.ids.push(id);
+        self.set(self.ids.len() - 1, id);
+    }
+
+    /// Slot `slot` (an existing one) holds `id` now, no longer its old id.
+    fn set(&mut self, slot: usize, id: VcpuId) {
+        if let Some(old) = self.ids.get_mut(slot) {
+            if let Some(s) = self.slots.get_mut(old.0 as usize) {
+                *s = None;
+            }
+            *old = id;
+        }
+        let n = id.0 as usize;
+        if self.slots.len() <= n {
+            self.slots.resize(n + 1, None);
+        }
+        self.slots[n] = Some(slot);
+    }
+
+    /// The slot of `id`.
+    #[inline]
+    fn slot(&self, id: VcpuId) -> Option<usize> {
+        self.slots.get(id.0 as usize).copied().flatten()
+    }
+}
+
+impl core::ops::Index<usize> for SlotIds {
+    type Output = VcpuId;
+    fn index(&self, slot: usize) -> &VcpuId {
+        &self.ids[slot]
+    }
+}
+
 /// Takes the vCPUs other CPUs handed to this one ([`hand_over`]) into its
 /// loop: a free slot, or a new one.
-fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, ids: &mut Vec<VcpuId>, sched: &mut Scheduler) {
+fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, ids: &mut SlotIds, sched: &mut Scheduler) {
     let Some(CpuWork(list)) = ADOPT.get(cpu).and_then(|a| a.lock().take()) else {
         return;
     };
@@ -1373,7 +1418,7 @@ fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, ids: &mut Vec<VcpuId>, sched
         match vcpus.iter().position(Option::is_none) {
             Some(i) => {
                 vcpus[i] = Some(v);
-                ids[i] = id;
+                ids.set(i, id);
             }
             None => {
                 vcpus.push(Some(v));
