@@ -197,12 +197,22 @@ impl VcpuState {
 
     /// Hands the UART bytes the vCPU kept to the VM's console. Called before
     /// every exit of the vCPU that reaches the VM and at the end of each of
-    /// its slices, so the vCPU's output keeps its order.
+    /// its slices, so the vCPU's output keeps its order. In a VM that has
+    /// stopped (its last line flushed then) they go out at once.
     #[inline]
     pub fn drain_console(&mut self, vm: &mut VmContext, env: &mut dyn Platform) {
         if !self.console_tx.pending().is_empty() {
-            vm.console_bytes(self.console_tx.pending(), env);
-            self.console_tx.clear();
+            self.hand_over_console(vm, env);
+        }
+    }
+
+    /// [`Self::drain_console`] with bytes kept: out of the exit path's way.
+    #[inline(never)]
+    fn hand_over_console(&mut self, vm: &mut VmContext, env: &mut dyn Platform) {
+        vm.console_bytes(self.console_tx.pending(), env);
+        self.console_tx.clear();
+        if vm.stopped.is_some() {
+            vm.flush_console(env);
         }
     }
 

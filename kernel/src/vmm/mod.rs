@@ -172,9 +172,7 @@ impl Vcpu {
     /// (slices, exits it handled without the VM's lock) go into the VM's
     /// statistics, under the VM's lock, at most every
     /// [`STATS_EVERY_US`] (and when it is released), and its direct UART
-    /// output to the VM's console at every slice's end that has some (out at
-    /// once, should the VM have stopped in the slice: its last line was
-    /// flushed then).
+    /// output to the VM's console at every slice's end that has some.
     fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) {
         each!(self, v => {
             v.state.exits.record_slice(ticks);
@@ -184,13 +182,7 @@ impl Vcpu {
             v.stats_due = now + tsc_from_us(STATS_EVERY_US);
             let mut ctx = v.vm.ctx();
             ctx.stats.absorb(&mut v.state.exits);
-            if !v.state.console_tx.pending().is_empty() {
-                let env = &mut env.with(&v.vm.partition);
-                v.state.drain_console(&mut ctx, env);
-                if ctx.stop_reason().is_some() {
-                    ctx.flush_console(env);
-                }
-            }
+            v.state.drain_console(&mut ctx, &mut env.with(&v.vm.partition));
         })
     }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).

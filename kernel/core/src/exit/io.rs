@@ -210,6 +210,15 @@ mod tests {
         assert_eq!(vm.stats.total_exits(), 4, "the model's exits");
         vm.stats.absorb(&mut vcpu.exits);
         assert_eq!(vm.stats.total_exits(), 12);
+        // Kept bytes of a VM that stopped meanwhile (its last line flushed
+        // then) are not left in its line buffer.
+        for b in b"late" {
+            let exit = out(0x3F8, u32::from(*b));
+            assert!(crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs).is_some());
+        }
+        vm.stop(StopReason::HostStop, &mut env);
+        vcpu.drain_console(&mut vm, &mut env);
+        assert_eq!(env.lines.last().map(String::as_str), Some("[d] late"));
     }
 
     #[test]
