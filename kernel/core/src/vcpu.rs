@@ -188,11 +188,18 @@ impl VcpuState {
         }
     }
 
-    /// Takes the VM's lock-free views: the ports its devices claim and the
-    /// port of its direct UART output.
-    pub fn join(&mut self, vm: &VmContext) {
+    /// Takes the VM's lock-free views: the ports its devices claim and, in
+    /// a VM of `vcpus` vCPUs, the port of its direct UART output when it is
+    /// the only one. (With several, a byte one vCPU kept could be overtaken
+    /// by another's after the guest's own lock handed the UART over: their
+    /// output goes through the model, in the order it happens.)
+    pub fn join(&mut self, vm: &VmContext, vcpus: usize) {
         self.ports = vm.bus.claimed_ports();
-        self.console_tx = DirectTx::new(Arc::clone(&vm.direct_tx));
+        self.console_tx = if vcpus == 1 {
+            DirectTx::new(Arc::clone(&vm.direct_tx))
+        } else {
+            DirectTx::default()
+        };
     }
 
     /// Hands the UART bytes the vCPU kept to the VM's console. Called before

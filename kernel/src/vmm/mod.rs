@@ -960,7 +960,7 @@ fn build_vcpu(
     };
     each!(&mut v, v => {
         v.state.cpuid = cpuid;
-        v.state.join(&vm.ctx());
+        v.state.join(&vm.ctx(), vm.vcpu_count());
         if index == 0 {
             v.set_start_regs(start.regs);
         } else if let Err(e) = v.state.run_state_mut().wait_for_sipi() {

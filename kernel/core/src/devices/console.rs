@@ -10,10 +10,12 @@
 //! model says when: [`Serial16550::direct_tx_port`]) needs neither the VM's
 //! lock nor its bus. The VM publishes that port for its vCPUs
 //! ([`DirectTxPort`], updated under the VM's lock after every write to the
-//! UART); a vCPU keeps such bytes in its own [`DirectTx`] and hands them to
-//! the VM's console in order: before any exit of its that reaches the VM,
-//! and at the end of its slice. A vCPU's bytes keep their order; two vCPUs'
-//! bytes meet at those points, as lines from two CPUs do on a shared UART.
+//! UART); the vCPU of a VM with one vCPU keeps such bytes in its own
+//! [`DirectTx`] and hands them to the VM's console in order: before any
+//! exit of its that reaches the VM, and at the end of its slice. (In a VM
+//! with several vCPUs a byte one vCPU kept could be overtaken by another
+//! vCPU's after the guest's own lock handed the UART over, so their output
+//! goes through the model.)
 //!
 //! [`Serial16550::direct_tx_port`]: super::serial16550::Serial16550::direct_tx_port
 

@@ -168,7 +168,7 @@ mod tests {
     fn direct_uart_output_keeps_its_order() {
         let mut vm = VmContext::new(3, "d");
         let mut vcpu = crate::vcpu::VcpuState::new(0);
-        vcpu.join(&vm);
+        vcpu.join(&vm, 1);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs::default();
         for b in b"one\ntw" {
@@ -219,6 +219,22 @@ mod tests {
         vm.stop(StopReason::HostStop, &mut env);
         vcpu.drain_console(&mut vm, &mut env);
         assert_eq!(env.lines.last().map(String::as_str), Some("[d] late"));
+    }
+
+    /// The vCPUs of a VM with several keep no UART bytes: their output
+    /// goes through the model in the order it happens.
+    #[test]
+    fn no_direct_uart_output_with_several_vcpus() {
+        let vm = VmContext::new(3, "d");
+        let mut vcpu = crate::vcpu::VcpuState::new(1);
+        vcpu.join(&vm, 2);
+        let mut regs = GuestRegs::default();
+        let exit = out(0x3F8, u32::from(b'x'));
+        assert_eq!(
+            crate::exit::handle_vcpu_exit(&mut vcpu, &exit, &mut regs),
+            None
+        );
+        assert!(vcpu.console_tx.pending().is_empty());
     }
 
     #[test]
@@ -339,7 +355,7 @@ mod tests {
     fn unclaimed_ports_answered_by_the_vcpu() {
         let mut vm = VmContext::new(1, "io");
         let mut vcpu = crate::vcpu::VcpuState::new(0);
-        vcpu.join(&vm);
+        vcpu.join(&vm, 1);
         let mut env = FakePlatform::new();
         let mut regs = GuestRegs {
             rax: 0x1234_5600,
