@@ -8,7 +8,7 @@ use hvcore::devices::interrupt::GuestInterruptibility;
 use svm::exit::{EventInfo, EventType};
 use svm::vmcb::{CleanBits, InterruptState, TlbControl, Vmcb};
 
-pub use crate::vtx::entry::next_event;
+pub use crate::vtx::entry::{keep_injected, keep_interrupted};
 
 use super::state::SoftState;
 use super::SvmSetup;
@@ -296,6 +296,8 @@ mod tests {
         after_vmexit(&mut v, &s);
         assert_eq!(v.control.vmcb_clean, CleanBits::all());
     }
+
+    use crate::vtx::entry::tests::next_event;
 
     #[test]
     fn handler_event_wins_over_vectoring() {

@@ -153,7 +153,8 @@
 //!    VMCB's RIP and RAX into GuestRegs; a [`decode::Decoded::stop`] stops
 //!    the VM instead of handling the exit), take a pending host interrupt
 //!    (`sti; nop; cli`) on `ExternalInterrupt`, `hvcore::exit::handle_exit`,
-//!    [`entry::advance`], [`entry::next_event`] and [`entry::inject`].
+//!    [`entry::advance`], [`entry::keep_interrupted`] and
+//!    [`entry::keep_injected`] (the event to inject) and [`entry::inject`].
 //!
 //! Before each VMRUN the kernel also arms the host's LAPIC timer for the
 //! end of the slice (its interrupt exits as `ExternalInterrupt`; the loop
@@ -594,7 +595,7 @@ mod tests {
 mod round_trip {
     //! Exits through the whole backend and hvcore's policy, as the kernel's
     //! vCPU loop will run them: after_vmexit, decode (a decoding stop stops
-    //! the VM), handle_exit over VmcbCpu, advance, next_event/inject,
+    //! the VM), handle_exit over VmcbCpu, advance, keep_interrupted/keep_injected/inject,
     //! before_vmrun. Guest memory holds the boot page tables a 64-bit guest
     //! starts with.
     use super::insn::testmem::Ram;
@@ -744,7 +745,10 @@ mod round_trip {
             };
             let next = hvcore::arch::Next::from(&action);
             entry::advance(v, &next, &self.regs);
-            if let Some(ev) = entry::next_event(&next, d.vectoring, None) {
+            let mut pending = None;
+            entry::keep_interrupted(&mut pending, d.vectoring);
+            entry::keep_injected(&mut pending, &next);
+            if let Some(ev) = pending {
                 entry::inject(v, ev);
             }
             entry::before_vmrun(v, &self.setup, &mut self.soft, &self.regs, false);

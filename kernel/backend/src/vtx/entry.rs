@@ -75,25 +75,32 @@ pub fn interruptibility<V: VmcsAccess>(vmcs: &mut V, shadow: &mut Shadow) -> Int
     now
 }
 
-/// The event to inject next: the handler's, else the one whose delivery the
-/// exit interrupted, else one already pending.
-pub fn next_event(
-    action: &Next,
-    vectoring: Option<Event>,
-    pending: Option<Event>,
-) -> Option<Event> {
-    event_to_inject(action, vectoring).or(pending)
+/// The event the next entry injects, kept across exits: the handler's,
+/// else the one whose delivery the exit interrupted, else one already
+/// pending. The exit loops apply it in two steps, so that the instruction
+/// exits' path never looks for an interrupted event: [`keep_interrupted`]
+/// right after decoding, [`keep_injected`] after handling. Each says
+/// whether the pending event changed (the next entry must look at it).
+#[inline(always)]
+pub fn keep_interrupted(pending: &mut Option<Event>, interrupted: Option<Event>) -> bool {
+    match interrupted {
+        Some(ev) => {
+            *pending = Some(ev);
+            true
+        }
+        None => false,
+    }
 }
 
-/// What an exit adds to inject ([`next_event`] without the pending event,
-/// which stays unless this says otherwise): the handler's event, else the
-/// one whose delivery the exit interrupted.
-#[inline]
-pub fn event_to_inject(action: &Next, vectoring: Option<Event>) -> Option<Event> {
-    match action {
-        Next::Inject(ev) => Some(*ev),
-        _ => vectoring,
+/// The second step of [`keep_interrupted`]: the handler's event replaces
+/// whatever is pending.
+#[inline(always)]
+pub fn keep_injected(pending: &mut Option<Event>, next: &Next) -> bool {
+    if let Next::Inject(ev) = next {
+        *pending = Some(*ev);
+        return true;
     }
+    false
 }
 
 /// Writes the VM-entry interruption fields for `ev`, after clearing
@@ -120,7 +127,7 @@ pub fn inject<V: VmcsAccess>(vmcs: &mut V, shadow: &mut Shadow, ev: Event) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vmx::vmcs::{VM_ENTRY_EXCEPTION_ERROR_CODE, VM_ENTRY_INTR_INFO};
     use vmx::FakeVmcs;
@@ -216,5 +223,21 @@ mod tests {
             next_event(&Next::Resume, None, Some(Event::UD)),
             Some(Event::UD)
         );
+    }
+
+    /// The two steps in the loops' order; whether the pending event changed.
+    pub(crate) fn next_event(
+        next: &Next,
+        interrupted: Option<Event>,
+        pending: Option<Event>,
+    ) -> Option<Event> {
+        let mut pending = pending;
+        let first = keep_interrupted(&mut pending, interrupted);
+        let second = keep_injected(&mut pending, next);
+        assert_eq!(
+            first || second,
+            interrupted.is_some() || matches!(next, Next::Inject(_))
+        );
+        pending
     }
 }

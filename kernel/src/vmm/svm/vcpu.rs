@@ -294,13 +294,12 @@ impl Vcpu {
                 decode::decode_into(vmcb, &mut self.regs, &vm.partition, setup, &mut exit);
             // The event whose delivery the exit interrupted is delivered
             // again, unless the handler injects one of its own (below).
-            match decoded {
-                Ok(None) => {}
-                Ok(Some(ev)) => {
-                    self.pending_event = Some(ev);
-                    attention_at = 0;
-                }
+            let interrupted = match decoded {
+                Ok(interrupted) => interrupted,
                 Err(reason) => return self.stop_undecoded(reason, env),
+            };
+            if entry::keep_interrupted(&mut self.pending_event, interrupted) {
+                attention_at = 0;
             }
             if let Some(end) = self.follow_native_xcr0(setup, env) {
                 return end;
@@ -336,8 +335,7 @@ impl Vcpu {
                     }
                 };
             entry::advance(vmcb, &action, &self.regs);
-            if let Next::Inject(ev) = action {
-                self.pending_event = Some(ev);
+            if entry::keep_injected(&mut self.pending_event, &action) {
                 attention_at = 0;
             }
             match action {

@@ -413,9 +413,6 @@ impl Vcpu {
                 vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, timer_until));
             }
             self.tally.settle(&vmcs);
-            if mode != switch::Mode::Resume {
-                self.tally.asm_write();
-            }
             // The common entry has its own way in: no mode to test.
             let result = if mode == switch::Mode::Resume {
                 // SAFETY: this CPU is in VMX root operation with this vCPU's
@@ -425,6 +422,7 @@ impl Vcpu {
                 // off in the scheduler loop.
                 unsafe { switch::resume(&mut self.regs) }
             } else {
+                self.tally.asm_write();
                 let first = mode;
                 mode = switch::Mode::Resume;
                 // SAFETY: as above, with `launched` telling VMLAUNCH from
@@ -444,8 +442,8 @@ impl Vcpu {
             // again, unless the handler injects one of its own (below). Only
             // event exits have one: on the instruction exits' path this is
             // known to be None.
-            if let Some(ev) = decode::decode_into(&vmcs, &mut self.regs, &mut exit) {
-                self.pending_event = Some(ev);
+            let interrupted = decode::decode_into(&vmcs, &mut self.regs, &mut exit);
+            if entry::keep_interrupted(&mut self.pending_event, interrupted) {
                 attention_at = 0;
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
@@ -495,8 +493,7 @@ impl Vcpu {
                 }
             };
             self.shadow = entry::advance(&mut vmcs, &next, &self.regs);
-            if let Next::Inject(ev) = next {
-                self.pending_event = Some(ev);
+            if entry::keep_injected(&mut self.pending_event, &next) {
                 attention_at = 0;
             }
             // Entering again is one compare of the tag (the order of `Next`).
@@ -514,6 +511,7 @@ impl Vcpu {
                     vm.stop_others(self.index);
                     SliceEnd::Stopped
                 }
+                // Preempted (the three that enter again went on above).
                 _ => SliceEnd::Preempted,
             };
             return self.slice_over(&vmcs, end);
