@@ -9,10 +9,19 @@
 //! | x87, SSE, AVX, AVX-512 | XSAVE/XSAVEOPT and XRSTOR with the guest's XCR0 (FXSAVE/FXRSTOR without XSAVE) |
 //! | XCR0 | XSETBV before the guest's XRSTOR |
 //! | CR2, DR0-DR3, DR6 | MOV |
-//! | KERNEL_GS_BASE, STAR, LSTAR, CSTAR, FMASK, TSC_AUX | RDMSR/WRMSR |
+//! | KERNEL_GS_BASE | RDMSR at the save, WRMSR at the load when it differs |
+//! | STAR, LSTAR, CSTAR, FMASK, TSC_AUX | WRMSR at the load when it differs |
 //!
 //! DR7 and IA32_DEBUGCTL travel in the VMCS (load/save debug controls), the
-//! FS/GS bases, SYSENTER MSRs, PAT and EFER too (SDM 27.3, 28.3).
+//! FS/GS bases, SYSENTER MSRs, PAT and EFER too (SDM 27.3, 28.3). On AMD-V,
+//! VMLOAD/VMSAVE switch KERNEL_GS_BASE and the SYSCALL MSRs with the VMCB
+//! (APM 15.5.2): only TSC_AUX is switched here ([`MsrSet`]).
+//!
+//! Guests read these MSRs natively, but their writes exit (the MSR bitmap,
+//! the MSRPM) except KERNEL_GS_BASE's, which SWAPGS changes without an exit
+//! anyway: the vCPU's record of the others is always current
+//! ([`VcpuMsrs`]), so a switch reads one MSR back instead of six (RDMSR
+//! costs about a hundred cycles on real hardware).
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +32,8 @@ use hvcore::msr_policy::{
 };
 use x86_64::registers::model_specific::Msr;
 
-/// MSRs switched with the vCPU, in [`LazyState::msrs`] order.
+/// MSRs switched with the vCPU, in [`MsrValues`] order: KERNEL_GS_BASE
+/// first (the one read back at a save), TSC_AUX last (the one AMD-V needs).
 const LAZY_MSRS: [u32; 6] = [
     IA32_KERNEL_GS_BASE,
     IA32_STAR,
@@ -32,6 +42,36 @@ const LAZY_MSRS: [u32; 6] = [
     IA32_FMASK,
     IA32_TSC_AUX,
 ];
+/// KERNEL_GS_BASE's slot in [`MsrValues`].
+const SLOT_KERNEL_GS_BASE: usize = 0;
+/// TSC_AUX's slot in [`MsrValues`].
+const SLOT_TSC_AUX: usize = 5;
+
+/// Which of the lazily switched MSRs a backend leaves to this module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsrSet {
+    /// VT-x: all of them (VMX loads and saves none, SDM 27.3, 28.3).
+    Vtx,
+    /// AMD-V: TSC_AUX alone (VMLOAD/VMSAVE switch the rest, APM 15.5.2).
+    Svm,
+}
+
+impl MsrSet {
+    /// The slots of [`MsrValues`] switched for this backend on this CPU
+    /// (TSC_AUX only with RDTSCP).
+    fn slots(self) -> core::ops::Range<usize> {
+        let end = LAZY_MSRS.len() - usize::from(TSC_AUX.load(Ordering::Relaxed) == 0);
+        match self {
+            MsrSet::Vtx => 0..end,
+            MsrSet::Svm => SLOT_TSC_AUX..end,
+        }
+    }
+}
+
+/// The slot of `msr` in [`MsrValues`], if it is switched lazily.
+fn slot(msr: u32) -> Option<usize> {
+    LAZY_MSRS.iter().position(|&m| m == msr)
+}
 
 /// What the CPU offers for extended state, decided once at boot.
 static XCR0_SUPPORTED: AtomicU64 = AtomicU64::new(0);
@@ -120,7 +160,8 @@ fn xsetbv(value: u64) {
 }
 
 /// The values of the lazily switched MSRs, in [`LAZY_MSRS`] order: what
-/// the hardware holds right after [`LazyState::save`].
+/// the hardware holds right after [`LazyState::save`] (for the slots its
+/// [`MsrSet`] switches).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsrValues([u64; 6]);
 
@@ -131,12 +172,15 @@ pub struct LazyState {
     dr: [u64; 4],
     dr6: u64,
     msrs: MsrValues,
+    /// The slots of `msrs` switched here ([`MsrSet::slots`]).
+    slots: core::ops::Range<usize>,
 }
 
 impl LazyState {
     /// The state of a CPU after reset: x87/SSE in their initial state
-    /// (XSTATE_BV = 0), MXCSR = 0x1F80, FCW = 0x37F, DR6 = 0xFFFF0FF0.
-    pub fn new() -> Self {
+    /// (XSTATE_BV = 0), MXCSR = 0x1F80, FCW = 0x37F, DR6 = 0xFFFF0FF0, the
+    /// MSRs 0. `set`: the MSRs the backend leaves to this module.
+    pub fn new(set: MsrSet) -> Self {
         let mut xsave = Box::new(XsaveArea([0; 4096]));
         xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
         xsave.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
@@ -146,6 +190,7 @@ impl LazyState {
             dr: [0; 4],
             dr6: 0xFFFF_0FF0,
             msrs: MsrValues([0; 6]),
+            slots: set.slots(),
         }
     }
 
@@ -180,9 +225,15 @@ impl LazyState {
             core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack));
         }
-        for (slot, msr) in self.msrs.0.iter_mut().zip(LAZY_MSRS).take(lazy_msr_count()) {
-            *slot = rdmsr(msr);
+        // The others are current: their writes exit ([`VcpuMsrs`]).
+        if self.slots.start == SLOT_KERNEL_GS_BASE {
+            self.msrs.0[SLOT_KERNEL_GS_BASE] = rdmsr(IA32_KERNEL_GS_BASE);
         }
+    }
+
+    /// The running vCPU's lazily switched MSRs, for its exit handlers.
+    pub fn msrs_mut(&mut self) -> VcpuMsrs<'_> {
+        VcpuMsrs(&mut self.msrs)
     }
 
     /// This vCPU's MSR values as last saved.
@@ -220,19 +271,19 @@ impl LazyState {
             core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
         }
-        let n = lazy_msr_count();
-        let msrs = self.msrs.0.iter().zip(LAZY_MSRS).take(n);
         match hardware {
+            // A slot this backend does not switch is 0 in every record (no
+            // save reads it, no write reaches it): equal, never written.
             Some(held) => {
-                for ((&value, msr), &old) in msrs.zip(&held.0) {
-                    if value != old {
-                        wrmsr(msr, value);
+                for (i, &msr) in LAZY_MSRS.iter().enumerate() {
+                    if held.0[i] != self.msrs.0[i] {
+                        wrmsr(msr, self.msrs.0[i]);
                     }
                 }
             }
             None => {
-                for (&value, msr) in msrs {
-                    wrmsr(msr, value);
+                for i in self.slots.clone() {
+                    wrmsr(LAZY_MSRS[i], self.msrs.0[i]);
                 }
             }
         }
@@ -262,12 +313,6 @@ pub fn hardware_xcr0() -> Option<u64> {
     Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
-/// How many of [`LAZY_MSRS`] this CPU has: TSC_AUX, the last, only with
-/// RDTSCP.
-fn lazy_msr_count() -> usize {
-    LAZY_MSRS.len() - usize::from(TSC_AUX.load(Ordering::Relaxed) == 0)
-}
-
 fn rdmsr(msr: u32) -> u64 {
     // SAFETY: the lazily switched MSRs exist on every x86-64 CPU (TSC_AUX is
     // only touched when RDTSCP exists).
@@ -280,20 +325,27 @@ fn wrmsr(msr: u32, value: u64) {
     unsafe { Msr::new(msr).write(value) }
 }
 
-/// The running vCPU's lazily switched MSRs, in hardware.
-pub struct HardwareMsrs;
+/// The running vCPU's lazily switched MSRs: in hardware, and in the
+/// vCPU's record, which every write keeps current (guests' own writes exit
+/// for all but KERNEL_GS_BASE, which is read from hardware).
+pub struct VcpuMsrs<'a>(&'a mut MsrValues);
 
-impl LazyMsrs for HardwareMsrs {
+impl LazyMsrs for VcpuMsrs<'_> {
     fn read(&mut self, msr: u32) -> u64 {
-        // Without RDTSCP there is no TSC_AUX to read (the guest sees 0).
-        if msr == IA32_TSC_AUX && TSC_AUX.load(Ordering::Relaxed) == 0 {
-            return 0;
+        match slot(msr) {
+            Some(SLOT_KERNEL_GS_BASE) | None => rdmsr(msr),
+            // Without RDTSCP there is no TSC_AUX (the guest sees 0).
+            Some(SLOT_TSC_AUX) if TSC_AUX.load(Ordering::Relaxed) == 0 => 0,
+            Some(i) => self.0 .0[i],
         }
-        rdmsr(msr)
     }
     fn write(&mut self, msr: u32, value: u64) {
-        if msr != IA32_TSC_AUX || TSC_AUX.load(Ordering::Relaxed) != 0 {
-            wrmsr(msr, value);
+        if msr == IA32_TSC_AUX && TSC_AUX.load(Ordering::Relaxed) == 0 {
+            return;
         }
+        if let Some(i) = slot(msr) {
+            self.0 .0[i] = value;
+        }
+        wrmsr(msr, value);
     }
 }

@@ -91,9 +91,10 @@
 //!
 //! The MSRPM ([`perm::build_msrpm`]) intercepts everything but
 //! [`perm::PASSTHROUGH`]: the MSRs VMLOAD/VMSAVE switch (FS/GS/KERNEL_GS
-//! base, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_*) and TSC_AUX (switched by
-//! the kernel with the vCPU, as on VT-x; on a CPU without RDTSCP the MSR does
-//! not exist and the guest's access faults as on bare metal). Unlike VT-x,
+//! base, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_*), and reads of TSC_AUX
+//! (switched by the kernel with the vCPU from the record its intercepted
+//! writes keep, as on VT-x; on a CPU without RDTSCP the MSR does not exist
+//! and the guest's access faults as on bare metal). Unlike VT-x,
 //! IA32_PAT is intercepted and kept in G_PAT by policy: whether a guest's
 //! native PAT write lands in G_PAT and survives #VMEXIT is not something
 //! every implementation gets right (QEMU's TCG neither loads G_PAT nor

@@ -4,19 +4,22 @@
 //! [`build_msrpm`].
 //!
 //! Every port is intercepted (all devices are emulated). Every MSR is
-//! intercepted except [`PASSTHROUGH`]: the VT-x pass-through list
-//! ([`crate::vtx::msr_bitmap::PASSTHROUGH`]) without IA32_PAT, which is kept
-//! in G_PAT by policy (see the [module docs](super)). EFER and DEBUGCTL,
-//! readable natively on VT-x, are intercepted both ways: a native read of
-//! EFER would show the guest SVME, and DEBUGCTL is not switched without LBR
-//! virtualization. MSRs outside the map's three ranges always exit.
+//! intercepted except [`PASSTHROUGH`], the state VMLOAD and VMSAVE switch
+//! (APM 15.5.2), and reads of TSC_AUX, which the kernel switches with the
+//! vCPU from its record (writes exit to keep it). These are the MSRs VT-x
+//! lets a guest use natively ([`crate::vtx::msr_bitmap`]) without IA32_PAT,
+//! which is kept in G_PAT by policy (see the [module docs](super)). EFER and
+//! DEBUGCTL, readable natively on VT-x, are intercepted both ways: a native
+//! read of EFER would show the guest SVME, and DEBUGCTL is not switched
+//! without LBR virtualization. MSRs outside the map's three ranges always
+//! exit.
 
 use hvcore::msr_policy::*;
 use svm::perm::{IoPermissionMap, MsrOutsideMap, MsrPermissionMap, IOPM_SIZE, MSRPM_SIZE};
 
 /// MSRs a guest reads and writes without an exit: VMLOAD/VMSAVE state
-/// (APM 15.5.2) and TSC_AUX, which the kernel switches with the vCPU.
-pub const PASSTHROUGH: [u32; 11] = [
+/// (APM 15.5.2).
+pub const PASSTHROUGH: [u32; 10] = [
     IA32_SYSENTER_CS,
     IA32_SYSENTER_ESP,
     IA32_SYSENTER_EIP,
@@ -27,7 +30,6 @@ pub const PASSTHROUGH: [u32; 11] = [
     IA32_FS_BASE,
     IA32_GS_BASE,
     IA32_KERNEL_GS_BASE,
-    IA32_TSC_AUX,
 ];
 
 /// Fills `map` so that every port access exits (all bits set, including
@@ -36,11 +38,13 @@ pub fn build_iopm(map: &mut [u8; IOPM_SIZE]) {
     IoPermissionMap::intercept_all(map);
 }
 
-/// Fills `map` so that only [`PASSTHROUGH`] skips the exit. Fails only if
-/// an MSR of the list were outside the map (a bug, caught by the tests).
+/// Fills `map` so that only [`PASSTHROUGH`] and reads of TSC_AUX skip the
+/// exit. Fails only if an MSR of the list were outside the map (a bug,
+/// caught by the tests).
 pub fn build_msrpm(map: &mut [u8; MSRPM_SIZE]) -> Result<(), MsrOutsideMap> {
     let mut m = MsrPermissionMap::intercept_all(map);
-    PASSTHROUGH.iter().try_for_each(|&msr| m.allow_msr(msr))
+    PASSTHROUGH.iter().try_for_each(|&msr| m.allow_msr(msr))?;
+    m.intercept_msr(IA32_TSC_AUX, false, true)
 }
 
 #[cfg(test)]
@@ -55,12 +59,17 @@ mod tests {
     }
 
     #[test]
-    fn passthrough_is_the_vtx_list_without_pat() {
-        let vtx: Vec<u32> = crate::vtx::msr_bitmap::PASSTHROUGH
+    fn native_msrs_are_the_vtx_ones_without_pat() {
+        use crate::vtx::msr_bitmap as vtx;
+        let mut native: Vec<u32> = vtx::PASSTHROUGH
             .into_iter()
-            .filter(|&m| m != IA32_PAT)
+            .chain(vtx::READ_ONLY_PASSTHROUGH)
+            .filter(|&m| ![IA32_PAT, IA32_EFER, IA32_DEBUGCTL].contains(&m))
             .collect();
-        assert_eq!(PASSTHROUGH.to_vec(), vtx);
+        let mut svm: Vec<u32> = PASSTHROUGH.into_iter().chain([IA32_TSC_AUX]).collect();
+        native.sort_unstable();
+        svm.sort_unstable();
+        assert_eq!(svm, native);
     }
 
     #[test]
@@ -70,6 +79,8 @@ mod tests {
         for msr in PASSTHROUGH {
             assert_eq!(m.intercepts(msr), Some((false, false)), "{msr:#x}");
         }
+        // TSC_AUX is read natively; its writes update the vCPU's record.
+        assert_eq!(m.intercepts(IA32_TSC_AUX), Some((false, true)));
         // EFER (SVME hidden), PAT (G_PAT by policy), DEBUGCTL, the SVM MSRs,
         // the APIC base and the TSC exit both ways.
         for msr in [
@@ -85,13 +96,14 @@ mod tests {
         }
         // Outside the three ranges: not in the map, so always intercepted.
         assert_eq!(m.intercepts(0x4000_0000), None);
-        // Exactly 11 MSRs of the 3 x 8192 in the map run natively.
+        // Exactly 11 MSRs of the 3 x 8192 in the map run natively (one of
+        // them for reads only).
         let native = (0..0x2000u32)
             .chain(0xC000_0000..0xC000_2000)
             .chain(0xC001_0000..0xC001_2000)
             .filter(|&msr| m.intercepts(msr) != Some((true, true)))
             .count();
-        assert_eq!(native, PASSTHROUGH.len());
+        assert_eq!(native, PASSTHROUGH.len() + 1);
         // The reserved last 2 KiB stay all ones.
         assert!(m.as_bytes()[0x1800..].iter().all(|&b| b == 0xFF));
     }

@@ -25,7 +25,7 @@ use svm::Vmcb;
 
 use super::entry as switch;
 use crate::vmm::irq::{self, DeviceClock};
-use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
+use crate::vmm::lazy::{self, LazyState, MsrSet};
 use crate::vmm::platform::{self, KernelPlatform};
 use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
@@ -132,7 +132,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(),
+            lazy: LazyState::new(MsrSet::Svm),
             last_cpu: None,
             clock: DeviceClock::default(),
             stats_due: 0,
@@ -322,7 +322,7 @@ impl Vcpu {
                                 vmcb: &mut *vmcb,
                                 setup,
                                 soft: &mut self.soft,
-                                msrs: &mut HardwareMsrs,
+                                msrs: &mut self.lazy.msrs_mut(),
                             },
                         );
                         attention_at = self.clock.attention_after_exit(

@@ -28,7 +28,7 @@ use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
 use crate::arch::gdt::PerCpuTables;
 use crate::vmm::irq::{self, DeviceClock};
-use crate::vmm::lazy::{self, HardwareMsrs, LazyState};
+use crate::vmm::lazy::{self, LazyState, MsrSet};
 use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
 
@@ -125,7 +125,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(),
+            lazy: LazyState::new(MsrSet::Vtx),
             clock: DeviceClock::default(),
             stats_due: 0,
             tally: Tally::new(),
@@ -480,7 +480,7 @@ impl Vcpu {
                             vmcs: &mut vmcs,
                             setup: &host.setup,
                             soft: &mut self.soft,
-                            msrs: &mut HardwareMsrs,
+                            msrs: &mut self.lazy.msrs_mut(),
                         },
                     );
                     attention_at = self.clock.attention_after_exit(
