@@ -100,6 +100,9 @@ pub struct DeviceClock {
     /// as of the last time this vCPU held the VM's lock): while it is
     /// false, and nothing else is due, an entry needs no lock.
     pub intr_possible: bool,
+    /// [`Vm::releases`] as of [`Self::refresh_or_stopped`]'s last look
+    /// under the lock (`None` before the first).
+    seen_releases: Option<u64>,
 }
 
 impl DeviceClock {
@@ -171,13 +174,21 @@ impl DeviceClock {
     }
 
     /// At a slice's start: the VM's stop reason if another vCPU or the host
-    /// stopped it, else the deadline brought up to date.
+    /// stopped it, else the deadline and the PIC brought up to date. Read
+    /// under the VM's lock only when someone held it since this vCPU last
+    /// read them here: a stop, a device's new deadline, an interrupt all
+    /// change under the lock.
     #[inline]
-    pub fn refresh_or_stopped(&mut self, vm: &VmContext) -> Option<StopReason> {
-        if let Some(reason) = vm.stop_reason() {
+    pub fn refresh_or_stopped(&mut self, vm: &Vm) -> Option<StopReason> {
+        if self.seen_releases == Some(vm.releases()) {
+            return None;
+        }
+        let ctx = vm.ctx();
+        if let Some(reason) = ctx.stop_reason() {
             return Some(*reason);
         }
-        self.refresh(vm);
+        self.refresh(&ctx);
+        self.seen_releases = Some(ctx.releases_after());
         None
     }
 

@@ -186,7 +186,7 @@ pub(super) fn handle_exit<C: GuestCpu>(
 /// (`hvcore::exit::VmAccess`), held to the end of the exit's handling.
 struct LazyVm<'a> {
     vm: &'a Vm,
-    guard: Option<spin::MutexGuard<'a, VmContext>>,
+    guard: Option<super::vm::CtxGuard<'a>>,
 }
 
 impl hvcore::exit::VmAccess for LazyVm<'_> {

@@ -32,13 +32,14 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvcore::devices::apic_msg::{DeliveryMode, InterruptMessage};
 use hvcore::devices::lapic::{self, ApicFault, ApicOutput, LocalApic};
 use hvcore::exit::Event;
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use spin::{Mutex, MutexGuard};
+
 
 use super::partition::Partition;
 use super::SliceEnd;
@@ -179,6 +180,10 @@ pub struct Vm {
     id: u32,
     name: String,
     ctx: Mutex<VmContext>,
+    /// How many times `ctx`'s lock was released ([`CtxGuard`]): a vCPU that
+    /// read the devices under the lock knows nothing changed while this
+    /// stays the same.
+    releases: AtomicU64,
     /// Guest memory and its nested page tables.
     pub partition: Partition,
     links: Vec<VcpuLink>,
@@ -196,6 +201,42 @@ pub const APIC_TIMER_TSC_PER_TICK: u32 = 100;
 // A VM has at most one vCPU per CPU, and an interrupt's targets are a u64
 // mask of vCPU indices (`Vm::deliver`).
 const _: () = assert!(crate::percpu::MAX_CPUS <= 64);
+
+/// The VM's devices, locked ([`Vm::ctx`]); letting go counts a release.
+pub struct CtxGuard<'a> {
+    guard: MutexGuard<'a, VmContext>,
+    releases: &'a AtomicU64,
+}
+
+impl CtxGuard<'_> {
+    /// What [`Vm::releases`] reads once this guard is dropped (no other
+    /// holder can count one before).
+    pub fn releases_after(&self) -> u64 {
+        self.releases.load(Ordering::Relaxed) + 1
+    }
+}
+
+impl core::ops::Deref for CtxGuard<'_> {
+    type Target = VmContext;
+    fn deref(&self) -> &VmContext {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for CtxGuard<'_> {
+    fn deref_mut(&mut self) -> &mut VmContext {
+        &mut self.guard
+    }
+}
+
+impl Drop for CtxGuard<'_> {
+    fn drop(&mut self) {
+        // Counted while still holding the lock (the guard field is dropped
+        // after this): a reader that sees the new count sees the changes.
+        let n = self.releases.load(Ordering::Relaxed);
+        self.releases.store(n + 1, Ordering::Release);
+    }
+}
 
 impl Vm {
     /// A VM whose vCPU i runs on `cpus[i]` (at least one). With more than
@@ -219,6 +260,7 @@ impl Vm {
             id: ctx.id(),
             name: String::from(ctx.name()),
             ctx: Mutex::new(ctx),
+            releases: AtomicU64::new(0),
             partition,
             links: cpus
                 .iter()
@@ -244,8 +286,19 @@ impl Vm {
 
     /// The devices, console and statistics, locked. Never held while a
     /// guest runs, nor while taking it again (spin locks do not nest).
-    pub fn ctx(&self) -> MutexGuard<'_, VmContext> {
-        self.ctx.lock()
+    pub fn ctx(&self) -> CtxGuard<'_> {
+        CtxGuard {
+            guard: self.ctx.lock(),
+            releases: &self.releases,
+        }
+    }
+
+    /// How many times the VM's lock was released so far; while the count
+    /// stays, nothing under it changed. [`CtxGuard::releases_after`] tells
+    /// the holder what the count will be once it lets go.
+    #[inline]
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::Acquire)
     }
 
     /// Number of vCPUs.

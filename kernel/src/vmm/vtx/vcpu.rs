@@ -358,7 +358,7 @@ impl Vcpu {
         let link = vm
             .link(self.index)
             .unwrap_or_else(|| panic!("vm {}: vCPU {} has no link", vm.name(), self.index));
-        if let Some(reason) = self.clock.refresh_or_stopped(&vm.ctx()) {
+        if let Some(reason) = self.clock.refresh_or_stopped(&vm) {
             return self.stop_with_vm(reason);
         }
         // With a local APIC, the preemption timer also ends the guest's run
