@@ -524,7 +524,7 @@ impl Vcpu {
     /// be delivered), a TLB flush an emulated paging change asked for, and
     /// whether the host is stopping or its console queue is full. `Some`
     /// ends the slice.
-    #[inline(never)]
+    #[inline]
     fn check_entry(
         &mut self,
         c: &crate::vmm::irq::EntryChecks<'_>,
