@@ -172,6 +172,8 @@ pub struct LazyState {
     dr: [u64; 4],
     dr6: u64,
     msrs: MsrValues,
+    /// XCR0 as of the last save: what the hardware holds right after it.
+    xcr0: u64,
     /// The slots of `msrs` switched here ([`MsrSet::slots`]).
     slots: core::ops::Range<usize>,
 }
@@ -190,6 +192,7 @@ impl LazyState {
             dr: [0; 4],
             dr6: 0xFFFF_0FF0,
             msrs: MsrValues([0; 6]),
+            xcr0: 1,
             slots: set.slots(),
         }
     }
@@ -197,6 +200,7 @@ impl LazyState {
     /// Saves the hardware's copy of this vCPU's registers (it was loaded
     /// last on this CPU and ran with `xcr0`).
     pub fn save(&mut self, xcr0: u64) {
+        self.xcr0 = xcr0;
         let area = self.xsave.0.as_mut_ptr();
         if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
             let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
@@ -236,20 +240,17 @@ impl LazyState {
         VcpuMsrs(&mut self.msrs)
     }
 
-    /// This vCPU's MSR values as last saved.
-    pub fn msrs(&self) -> &MsrValues {
-        &self.msrs
-    }
-
     /// Loads this vCPU's registers into the hardware, with XCR0 = `xcr0`.
-    /// `hardware`: the MSR values the hardware holds now, when known (the
-    /// vCPU saved just before); an MSR that already has this vCPU's value is
-    /// not written again (WRMSR is slow, and most guests leave most of them
-    /// alike).
-    pub fn load(&self, xcr0: u64, hardware: Option<&MsrValues>) {
+    /// `hardware`: the state the hardware holds now, when known (the vCPU
+    /// that saved just before); an MSR or XCR0 that already has this vCPU's
+    /// value is not written again (WRMSR and XSETBV are slow, and most
+    /// guests leave most of them alike).
+    pub fn load(&self, xcr0: u64, hardware: Option<&LazyState>) {
         let area = self.xsave.0.as_ptr();
         if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
-            xsetbv(xcr0);
+            if hardware.is_none_or(|held| held.xcr0 != xcr0) {
+                xsetbv(xcr0);
+            }
             let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
             // SAFETY: the area holds a valid XSAVE image (initial or saved by
             // `save` with the same XCR0 components), 64-byte aligned.
@@ -276,7 +277,7 @@ impl LazyState {
             // save reads it, no write reaches it): equal, never written.
             Some(held) => {
                 for (i, &msr) in LAZY_MSRS.iter().enumerate() {
-                    if held.0[i] != self.msrs.0[i] {
+                    if held.msrs.0[i] != self.msrs.0[i] {
                         wrmsr(msr, self.msrs.0[i]);
                     }
                 }

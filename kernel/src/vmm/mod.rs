@@ -153,11 +153,11 @@ impl Vcpu {
     fn save_lazy(&mut self) {
         each!(self, v => v.save_lazy())
     }
-    fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
+    fn load_lazy(&self, hardware: Option<&lazy::LazyState>) {
         each!(self, v => v.load_lazy(hardware))
     }
-    fn lazy_msrs(&self) -> &lazy::MsrValues {
-        each!(self, v => v.lazy_msrs())
+    fn lazy(&self) -> &lazy::LazyState {
+        each!(self, v => v.lazy())
     }
     fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         each!(self, v => v.stop(reason, env))
@@ -1524,16 +1524,16 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
 }
 
 /// Hands the hardware's lazily switched registers from the vCPU in slot
-/// `from` (when one had them) to the one in slot `to`; MSRs that already
-/// hold `to`'s values are not written again.
+/// `from` (when one had them) to the one in slot `to`; MSRs and XCR0 that
+/// already hold `to`'s values are not written again.
 fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) {
     if let Some(Ok([Some(prev), next])) = from.map(|p| vcpus.get_disjoint_mut([p, to])) {
         prev.save_lazy();
         if let Some(next) = next {
-            next.load_lazy(Some(prev.lazy_msrs()));
+            next.load_lazy(Some(prev.lazy()));
         }
     } else if let Some(Some(next)) = vcpus.get(to) {
-        // No vCPU's values known in the hardware: every MSR is written.
+        // No vCPU's values known in the hardware: every MSR and XCR0 are written.
         next.load_lazy(None);
     }
 }

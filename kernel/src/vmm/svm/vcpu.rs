@@ -184,14 +184,14 @@ impl Vcpu {
     }
 
     /// Loads this vCPU's lazily switched registers into the hardware
-    /// (`hardware`: the MSR values it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
+    /// (`hardware`: what it holds now, if known).
+    pub fn load_lazy(&self, hardware: Option<&LazyState>) {
         self.lazy.load(self.soft.xcr0, hardware);
     }
 
-    /// The lazily switched MSRs as this vCPU last saved them.
-    pub fn lazy_msrs(&self) -> &lazy::MsrValues {
-        self.lazy.msrs()
+    /// The lazily switched registers as this vCPU last saved them.
+    pub fn lazy(&self) -> &LazyState {
+        &self.lazy
     }
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,

@@ -28,7 +28,7 @@ use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
 use crate::arch::gdt::PerCpuTables;
 use crate::vmm::irq::{self, DeviceClock};
-use crate::vmm::lazy::{self, LazyState, MsrSet};
+use crate::vmm::lazy::{LazyState, MsrSet};
 use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
 
@@ -174,14 +174,14 @@ impl Vcpu {
     }
 
     /// Loads this vCPU's lazily switched registers into the hardware
-    /// (`hardware`: the MSR values it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<&lazy::MsrValues>) {
+    /// (`hardware`: what it holds now, if known).
+    pub fn load_lazy(&self, hardware: Option<&LazyState>) {
         self.lazy.load(self.soft.xcr0, hardware);
     }
 
-    /// The lazily switched MSRs as this vCPU last saved them.
-    pub fn lazy_msrs(&self) -> &lazy::MsrValues {
-        self.lazy.msrs()
+    /// The lazily switched registers as this vCPU last saved them.
+    pub fn lazy(&self) -> &LazyState {
+        &self.lazy
     }
 
     /// VMPTRLDs this vCPU's VMCS on the calling CPU (and sets it up the
