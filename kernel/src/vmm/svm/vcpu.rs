@@ -358,7 +358,7 @@ impl Vcpu {
 
     /// The checks of an entry that is not quiet (see the VT-x vCPU's
     /// `check_entry`): `Some` ends the slice.
-    #[inline(never)]
+    #[inline]
     fn check_entry(
         &mut self,
         c: &crate::vmm::irq::EntryChecks<'_>,
