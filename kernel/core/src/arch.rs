@@ -154,6 +154,11 @@ pub enum Exit {
     /// `RDPMC`: no performance counters are virtualized (CPUID leaf 0xA is
     /// zero), so `#GP(0)`, as for a counter that does not exist.
     Rdpmc,
+    /// A guest's first `MOV` to or from a debug register: the backend
+    /// intercepts them until the vCPU holds DR0-DR3 in hardware, so that
+    /// only vCPUs that use them have them switched. The vCPU takes them
+    /// ([`Reg::DebugRegisters`]) and the instruction runs again, natively.
+    DebugRegister,
     /// The guest triple-faulted (shutdown).
     TripleFault,
     /// A host interrupt arrived while the guest ran; the kernel services it.
@@ -319,6 +324,10 @@ pub enum Reg {
     Pat,
     /// IA32_DEBUGCTL.
     DebugCtl,
+    /// Whether the vCPU holds DR0-DR3 in hardware (1) or its accesses to
+    /// them exit (0). Writing 1 hands them to it for good (the backend stops
+    /// intercepting them); 0 cannot be written.
+    DebugRegisters,
     /// IA32_TSC_AUX (RDTSCP's result in ECX).
     TscAux,
 }

@@ -32,11 +32,12 @@ pub enum ExitKind {
     UndefinedInstruction,
     Invd,
     Rdpmc,
+    DebugRegister,
 }
 
 impl ExitKind {
     /// Number of kinds.
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     /// All kinds, in counter order.
     pub const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::Cpuid,
@@ -58,6 +59,7 @@ impl ExitKind {
         ExitKind::UndefinedInstruction,
         ExitKind::Invd,
         ExitKind::Rdpmc,
+        ExitKind::DebugRegister,
     ];
 
     /// The kind of `exit`.
@@ -83,6 +85,7 @@ impl ExitKind {
             Exit::UndefinedInstruction { .. } => ExitKind::UndefinedInstruction,
             Exit::Invd => ExitKind::Invd,
             Exit::Rdpmc => ExitKind::Rdpmc,
+            Exit::DebugRegister => ExitKind::DebugRegister,
         }
     }
 
@@ -114,6 +117,7 @@ impl ExitKind {
             ExitKind::UndefinedInstruction => "undefined-instruction",
             ExitKind::Invd => "invd",
             ExitKind::Rdpmc => "rdpmc",
+            ExitKind::DebugRegister => "debug-register",
         }
     }
 }

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | x87, SSE, AVX, AVX-512 | XSAVE/XSAVEOPT and XRSTOR with the guest's XCR0 (FXSAVE/FXRSTOR without XSAVE) |
 //! | XCR0 | XSETBV before the guest's XRSTOR |
-//! | CR2, DR0-DR3, DR6 | MOV |
+//! | CR2, DR6 | MOV |
+//! | DR0-DR3 | MOV, for a vCPU that has used them ([`LazyState::take_debug`]) |
 //! | KERNEL_GS_BASE | RDMSR at the save, WRMSR at the load when it differs |
 //! | STAR, LSTAR, CSTAR, FMASK, TSC_AUX | WRMSR at the load when it differs |
 //!
@@ -20,13 +21,13 @@
 //! Guests read these MSRs natively, but their writes exit (the MSR bitmap,
 //! the MSRPM) except KERNEL_GS_BASE's, which SWAPGS changes without an exit
 //! anyway: the vCPU's record of the others is always current
-//! ([`VcpuMsrs`]), so a switch reads one MSR back instead of six (RDMSR
+//! ([`VcpuLazyRegs`]), so a switch reads one MSR back instead of six (RDMSR
 //! costs about a hundred cycles on real hardware).
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use backend::vtx::state::LazyMsrs;
+use backend::vtx::state::LazyRegs;
 use hvcore::msr_policy::{
     IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX,
 };
@@ -171,6 +172,12 @@ pub struct LazyState {
     cr2: u64,
     dr: [u64; 4],
     dr6: u64,
+    /// Whether the vCPU holds DR0-DR3: from its first MOV DR on (which
+    /// exits until then), or from the start when the backend cannot make
+    /// MOV DR exit. A vCPU that does not hold them cannot read them (its
+    /// MOV DR exits) nor arm them (DR7 is written by MOV DR too): the
+    /// hardware's, another vCPU's, are nothing to it.
+    debug_owned: bool,
     msrs: MsrValues,
     /// XCR0 as of the last save: what the hardware holds right after it.
     xcr0: u64,
@@ -181,8 +188,10 @@ pub struct LazyState {
 impl LazyState {
     /// The state of a CPU after reset: x87/SSE in their initial state
     /// (XSTATE_BV = 0), MXCSR = 0x1F80, FCW = 0x37F, DR6 = 0xFFFF0FF0, the
-    /// MSRs 0. `set`: the MSRs the backend leaves to this module.
-    pub fn new(set: MsrSet) -> Self {
+    /// MSRs 0. `set`: the MSRs the backend leaves to this module;
+    /// `debug_exits`: whether the backend intercepts MOV DR until the vCPU
+    /// takes its debug registers (else they are switched from the start).
+    pub fn new(set: MsrSet, debug_exits: bool) -> Self {
         let mut xsave = Box::new(XsaveArea([0; 4096]));
         xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
         xsave.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
@@ -191,6 +200,7 @@ impl LazyState {
             cr2: 0,
             dr: [0; 4],
             dr6: 0xFFFF_0FF0,
+            debug_owned: !debug_exits,
             msrs: MsrValues([0; 6]),
             xcr0: 1,
             slots: set.slots(),
@@ -221,23 +231,53 @@ impl LazyState {
             unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack)) };
         }
         self.cr2 = x86_64::registers::control::Cr2::read_raw();
+        // DR6 always: a #DB the guest takes natively sets its bits.
         // SAFETY: reading debug registers has no side effects in ring 0.
-        unsafe {
-            core::arch::asm!("mov {}, dr0", out(reg) self.dr[0], options(nomem, nostack));
-            core::arch::asm!("mov {}, dr1", out(reg) self.dr[1], options(nomem, nostack));
-            core::arch::asm!("mov {}, dr2", out(reg) self.dr[2], options(nomem, nostack));
-            core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
-            core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack));
+        unsafe { core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack)) };
+        if self.debug_owned {
+            // SAFETY: as above.
+            unsafe {
+                core::arch::asm!("mov {}, dr0", out(reg) self.dr[0], options(nomem, nostack));
+                core::arch::asm!("mov {}, dr1", out(reg) self.dr[1], options(nomem, nostack));
+                core::arch::asm!("mov {}, dr2", out(reg) self.dr[2], options(nomem, nostack));
+                core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
+            }
         }
-        // The others are current: their writes exit ([`VcpuMsrs`]).
+        // The others are current: their writes exit ([`VcpuLazyRegs`]).
         if self.slots.start == SLOT_KERNEL_GS_BASE {
             self.msrs.0[SLOT_KERNEL_GS_BASE] = rdmsr(IA32_KERNEL_GS_BASE);
         }
     }
 
-    /// The running vCPU's lazily switched MSRs, for its exit handlers.
-    pub fn msrs_mut(&mut self) -> VcpuMsrs<'_> {
-        VcpuMsrs(&mut self.msrs)
+    /// The running vCPU's lazily switched registers, for its exit handlers.
+    pub fn regs_mut(&mut self) -> VcpuLazyRegs<'_> {
+        VcpuLazyRegs(self)
+    }
+
+    /// Whether the vCPU holds its DR0-DR3 (see [`Self::take_debug`]).
+    pub fn debug_owned(&self) -> bool {
+        self.debug_owned
+    }
+
+    /// The running vCPU takes its DR0-DR3 (its first MOV DR exited): loaded
+    /// now, switched with it from now on. Nothing when it holds them.
+    pub fn take_debug(&mut self) {
+        if !self.debug_owned {
+            self.debug_owned = true;
+            self.load_debug_addresses();
+        }
+    }
+
+    fn load_debug_addresses(&self) {
+        // SAFETY: the debug-address registers take any value; the host has
+        // DR7 = 0x400 after every VM exit (SDM 28.3, APM 15.7.1), so no
+        // breakpoint fires in the host.
+        unsafe {
+            core::arch::asm!("mov dr0, {}", in(reg) self.dr[0], options(nomem, nostack));
+            core::arch::asm!("mov dr1, {}", in(reg) self.dr[1], options(nomem, nostack));
+            core::arch::asm!("mov dr2, {}", in(reg) self.dr[2], options(nomem, nostack));
+            core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
+        }
     }
 
     /// Loads this vCPU's registers into the hardware, with XCR0 = `xcr0`.
@@ -261,16 +301,14 @@ impl LazyState {
             // SAFETY: the area holds a valid FXSAVE image (initial or saved).
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };
         }
-        // SAFETY: CR2 and the debug-address registers take any value; DR6's
-        // reserved bits are kept as saved; the host has DR7 = 0x400 after
-        // every VM exit, so no breakpoint fires in the host.
+        // SAFETY: CR2 takes any value; DR6's reserved bits are kept as
+        // saved.
         unsafe {
             core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nomem, nostack));
-            core::arch::asm!("mov dr0, {}", in(reg) self.dr[0], options(nomem, nostack));
-            core::arch::asm!("mov dr1, {}", in(reg) self.dr[1], options(nomem, nostack));
-            core::arch::asm!("mov dr2, {}", in(reg) self.dr[2], options(nomem, nostack));
-            core::arch::asm!("mov dr3, {}", in(reg) self.dr[3], options(nomem, nostack));
             core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
+        }
+        if self.debug_owned {
+            self.load_debug_addresses();
         }
         match hardware {
             // A slot this backend does not switch is 0 in every record (no
@@ -326,18 +364,18 @@ fn wrmsr(msr: u32, value: u64) {
     unsafe { Msr::new(msr).write(value) }
 }
 
-/// The running vCPU's lazily switched MSRs: in hardware, and in the
-/// vCPU's record, which every write keeps current (guests' own writes exit
-/// for all but KERNEL_GS_BASE, which is read from hardware).
-pub struct VcpuMsrs<'a>(&'a mut MsrValues);
+/// The running vCPU's lazily switched registers. The MSRs are in hardware
+/// and in the vCPU's record, which every write keeps current (guests' own
+/// writes exit for all but KERNEL_GS_BASE, which is read from hardware).
+pub struct VcpuLazyRegs<'a>(&'a mut LazyState);
 
-impl LazyMsrs for VcpuMsrs<'_> {
+impl LazyRegs for VcpuLazyRegs<'_> {
     fn read(&mut self, msr: u32) -> u64 {
         match slot(msr) {
             Some(SLOT_KERNEL_GS_BASE) | None => rdmsr(msr),
             // Without RDTSCP there is no TSC_AUX (the guest sees 0).
             Some(SLOT_TSC_AUX) if TSC_AUX.load(Ordering::Relaxed) == 0 => 0,
-            Some(i) => self.0 .0[i],
+            Some(i) => self.0.msrs.0[i],
         }
     }
     fn write(&mut self, msr: u32, value: u64) {
@@ -345,8 +383,14 @@ impl LazyMsrs for VcpuMsrs<'_> {
             return;
         }
         if let Some(i) = slot(msr) {
-            self.0 .0[i] = value;
+            self.0.msrs.0[i] = value;
         }
         wrmsr(msr, value);
+    }
+    fn debug_owned(&self) -> bool {
+        self.0.debug_owned
+    }
+    fn take_debug_registers(&mut self) {
+        self.0.take_debug();
     }
 }

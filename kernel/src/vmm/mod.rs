@@ -588,7 +588,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
         0x1000,
         config::GuestMode::Long64,
         10_000,
-        &caps,
+        (&caps, &setup),
     )
     .map_err(|e| format!("{e}"));
     let mut v = match v {
@@ -926,7 +926,7 @@ fn build_vcpu(
         });
     }
     let mut v = match backend {
-        Backend::Vtx(_) => {
+        Backend::Vtx(setup) => {
             let caps = CAPS
                 .get()
                 .ok_or_else(|| String::from("VT-x capabilities not read"))?;
@@ -936,7 +936,7 @@ fn build_vcpu(
                 start.entry,
                 spec.mode,
                 spec.slice_us,
-                caps,
+                (caps, setup),
             )
             .map(Vcpu::Vtx)
             .map_err(|e| format!("{e}"))?

@@ -40,7 +40,6 @@ use hvcore::exit::Event;
 use hvcore::vcpu::{StopReason, VcpuState, VmContext};
 use spin::{Mutex, MutexGuard};
 
-
 use super::partition::Partition;
 use super::SliceEnd;
 

@@ -601,7 +601,7 @@ mod round_trip {
     //! starts with.
     use super::insn::testmem::Ram;
     use super::setup::{program, GuestStart};
-    use super::state::{LazyMsrs, SoftState, VmcbCpu};
+    use super::state::{LazyRegs, SoftState, VmcbCpu};
     use super::testcaps::{bochs, tcg, QEMU_TCG_EPYC};
     use super::{decode, entry, SvmSetup};
     use crate::vtx::setup::long_mode_boot_words;
@@ -618,11 +618,15 @@ mod round_trip {
     use svm::HostPhysAddr;
 
     struct NoLazy;
-    impl LazyMsrs for NoLazy {
+    impl LazyRegs for NoLazy {
         fn read(&mut self, _: u32) -> u64 {
             0
         }
         fn write(&mut self, _: u32, _: u64) {}
+        fn debug_owned(&self) -> bool {
+            false
+        }
+        fn take_debug_registers(&mut self) {}
     }
 
     struct NoMemory;

@@ -16,7 +16,7 @@ use hvcore::arch::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 use hvcore::config::GuestMode;
 use hvcore::layout;
 use svm::caps::EFER_SVME;
-use svm::intercept::CrIntercepts;
+use svm::intercept::{CrIntercepts, DrIntercepts};
 use svm::vmcb::{
     InterruptState, SegmentAttributes, SegmentRegister, VirtExtensions, Vmcb, PAT_RESET_VALUE,
 };
@@ -104,6 +104,14 @@ pub fn start_up(vmcb: &mut Vmcb, vector: u8) {
     vmcb.mark_all_dirty();
 }
 
+/// The debug registers a vCPU's accesses to exit until it has used one:
+/// DR0-DR3, which the kernel switches only for vCPUs that use them (DR6 and
+/// DR7 are VMCB fields, APM 15.5.1).
+pub const DR_UNTIL_USED: DrIntercepts = DrIntercepts::DR0
+    .union(DrIntercepts::DR1)
+    .union(DrIntercepts::DR2)
+    .union(DrIntercepts::DR3);
+
 /// Writes every control and guest-state field of a new vCPU's VMCB. Fields
 /// not named here stay as they are (zero in a [`Vmcb::new`]).
 pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<(), ProgramError> {
@@ -117,6 +125,9 @@ pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<
     // Intercepts (APM 15.7-15.14; the module docs say why).
     c.intercept_cr_read = CrIntercepts::empty();
     c.intercept_cr_write = setup.intercept_cr_write;
+    // DR0-DR3 until the vCPU first uses them (`state::LazyRegs`).
+    c.intercept_dr_read = DR_UNTIL_USED;
+    c.intercept_dr_write = DR_UNTIL_USED;
     c.intercept_exceptions = setup.intercept_exceptions;
     c.intercept_vector3 = setup.intercept_vector3;
     c.intercept_vector4 = setup.intercept_vector4;
@@ -272,6 +283,9 @@ mod tests {
         let v = programmed(GuestMode::Long64, 0x10_0000);
         let c = &v.control;
         assert_eq!(c.guest_asid, 3);
+        // DR0-DR3 exit both ways until the vCPU takes them; DR6/DR7 never.
+        assert_eq!(c.intercept_dr_read, DrIntercepts::from_bits_retain(0xF));
+        assert_eq!(c.intercept_dr_write, DrIntercepts::from_bits_retain(0xF));
         assert_eq!(c.n_cr3, 0x30_0000);
         assert!(c.nested_control.contains(NestedControl::NP_ENABLE));
         assert_eq!((c.iopm_base_pa, c.msrpm_base_pa), (0x20_0000, 0x20_3000));

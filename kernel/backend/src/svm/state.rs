@@ -5,7 +5,7 @@
 //! DEBUGCTL with LBR virtualization), VMLOAD/VMSAVE the FS/GS/KERNEL_GS
 //! bases and the SYSCALL and SYSENTER MSRs, which the kernel saves into the
 //! VMCB at every #VMEXIT. Only TSC_AUX is switched by the kernel
-//! ([`LazyMsrs`]).
+//! ([`LazyRegs`]).
 //!
 //! Every write marks its VMCB clean-bit group dirty (APM 15.15.3), so the
 //! processor reloads it at the next VMRUN.
@@ -13,9 +13,10 @@
 use hvcore::arch::{GuestCpu, GuestLimits, Reg, StateError};
 use hvcore::msr_policy::IA32_TSC_AUX;
 use svm::caps::EFER_SVME;
+use svm::intercept::DrIntercepts;
 use svm::vmcb::{CleanBits, Vmcb};
 
-pub use crate::vtx::state::LazyMsrs;
+pub use crate::vtx::state::LazyRegs;
 
 use super::SvmSetup;
 
@@ -82,7 +83,7 @@ pub struct VmcbCpu<'a> {
     /// State kept in software.
     pub soft: &'a mut SoftState,
     /// TSC_AUX, switched by the kernel with the vCPU.
-    pub msrs: &'a mut dyn LazyMsrs,
+    pub msrs: &'a mut dyn LazyRegs,
 }
 
 impl VmcbCpu<'_> {
@@ -112,7 +113,9 @@ impl VmcbCpu<'_> {
             }
             Reg::DebugCtl => (&mut self.soft.debugctl, CleanBits::empty()),
             Reg::Xcr0 => (&mut self.soft.xcr0, CleanBits::empty()),
-            Reg::Cr8 | Reg::Efer | Reg::Cpl | Reg::Mode64 | Reg::TscAux => return None,
+            Reg::Cr8 | Reg::Efer | Reg::Cpl | Reg::Mode64 | Reg::TscAux | Reg::DebugRegisters => {
+                return None
+            }
         })
     }
 }
@@ -131,6 +134,7 @@ impl GuestCpu for VmcbCpu<'_> {
                     && self.vmcb.save.cs.attrib.is_long(),
             ),
             Reg::TscAux => self.msrs.read(IA32_TSC_AUX),
+            Reg::DebugRegisters => u64::from(self.msrs.debug_owned()),
             other => match self.field(other) {
                 Some((value, _)) => *value,
                 None => return Err(StateError { reg }),
@@ -153,7 +157,17 @@ impl GuestCpu for VmcbCpu<'_> {
                 self.vmcb.mark_dirty(CleanBits::CRX);
             }
             Reg::TscAux => self.msrs.write(IA32_TSC_AUX, value),
-            Reg::Cpl | Reg::Mode64 => return Err(StateError { reg }),
+            // DR0-DR3 accesses stop exiting once the hardware holds the
+            // vCPU's (DR6 and DR7 are VMCB fields, never intercepted).
+            // (Idempotent: a VMCB programmed again intercepts them again.)
+            Reg::DebugRegisters if value == 1 => {
+                let c = &mut self.vmcb.control;
+                c.intercept_dr_read = DrIntercepts::empty();
+                c.intercept_dr_write = DrIntercepts::empty();
+                self.vmcb.mark_dirty(CleanBits::INTERCEPTS);
+                self.msrs.take_debug_registers();
+            }
+            Reg::Cpl | Reg::Mode64 | Reg::DebugRegisters => return Err(StateError { reg }),
             other => {
                 let (field, group) = self.field(other).ok_or(StateError { reg })?;
                 let old = core::mem::replace(field, value);
@@ -187,9 +201,10 @@ mod tests {
     use hvcore::config::GuestMode;
     use svm::HostPhysAddr;
 
+    /// MSR values, and whether the vCPU holds its debug registers.
     #[derive(Default)]
-    struct Msrs(alloc::vec::Vec<(u32, u64)>);
-    impl LazyMsrs for Msrs {
+    struct Msrs(alloc::vec::Vec<(u32, u64)>, bool);
+    impl LazyRegs for Msrs {
         fn read(&mut self, msr: u32) -> u64 {
             self.0
                 .iter()
@@ -199,6 +214,12 @@ mod tests {
         fn write(&mut self, msr: u32, value: u64) {
             self.0.retain(|(m, _)| *m != msr);
             self.0.push((msr, value));
+        }
+        fn debug_owned(&self) -> bool {
+            self.1
+        }
+        fn take_debug_registers(&mut self) {
+            self.1 = true;
         }
     }
 
@@ -406,6 +427,30 @@ mod tests {
             .vmcb_clean
             .contains(CleanBits::SEG | CleanBits::CRX));
         assert!(!soft.flush_tlb, "MSR writes leave the TLB alone");
+    }
+
+    #[test]
+    fn taking_the_debug_registers_ends_their_intercepts() {
+        let setup = SvmSetup::from_caps(&caps(EPYC_MODEL), HOST).unwrap();
+        let mut v = fixture(&setup);
+        assert_eq!(v.control.intercept_dr_read.bits(), 0xF);
+        v.control.vmcb_clean = CleanBits::all();
+        let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
+        let mut cpu = VmcbCpu {
+            vmcb: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
+        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(0));
+        cpu.write(Reg::DebugRegisters, 1).unwrap();
+        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(1));
+        assert!(cpu.write(Reg::DebugRegisters, 0).is_err());
+        let c = &v.control;
+        assert!(c.intercept_dr_read.is_empty() && c.intercept_dr_write.is_empty());
+        // The processor reloads the intercepts at the next VMRUN.
+        assert!(!c.vmcb_clean.contains(CleanBits::INTERCEPTS));
+        assert!(msrs.1);
     }
 
     #[test]

@@ -199,6 +199,8 @@ fn instruction_exit<V: VmcsAccess>(vmcs: &V, raw: RawExitReason, regs: &GuestReg
         R::Xsetbv => *out = Exit::Xsetbv,
         R::Invd => *out = Exit::Invd,
         R::Rdpmc => *out = Exit::Rdpmc,
+        // MOV-DR exiting is on until the vCPU takes its debug registers.
+        R::MovDr => *out = Exit::DebugRegister,
         // VMX is hidden from guests (CPUID.1:ECX.VMX = 0), SMX and
         // MONITOR/MWAIT too: a CPU without them raises #UD.
         r @ (R::Vmclear

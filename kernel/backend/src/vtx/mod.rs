@@ -76,6 +76,9 @@ pub struct Optional {
     pub invpcid: bool,
     /// RDPMC exiting.
     pub rdpmc_exiting: bool,
+    /// MOV-DR exiting: a vCPU's first MOV to or from a debug register exits,
+    /// so DR0-DR3 are switched only for vCPUs that have used them.
+    pub mov_dr_exiting: bool,
     /// The VMX-preemption timer's value is saved at every VM exit, so the
     /// timer written at a slice's first entry counts down the whole slice.
     pub preemption_timer_save: bool,
@@ -163,6 +166,7 @@ impl VmxSetup {
             rdtscp: secondary_allowed(SecondaryControls::ENABLE_RDTSCP),
             invpcid: secondary_allowed(SecondaryControls::ENABLE_INVPCID),
             rdpmc_exiting: primary_allowed(PrimaryControls::RDPMC_EXITING),
+            mov_dr_exiting: primary_allowed(PrimaryControls::MOV_DR_EXITING),
             preemption_timer_save: caps
                 .exit
                 .permits(ExitControls::SAVE_PREEMPTION_TIMER.bits()),
@@ -180,6 +184,9 @@ impl VmxSetup {
         };
         if optional.rdpmc_exiting {
             primary_wanted |= PrimaryControls::RDPMC_EXITING;
+        }
+        if optional.mov_dr_exiting {
+            primary_wanted |= PrimaryControls::MOV_DR_EXITING;
         }
         let primary = caps.primary_controls(primary_wanted).map_err(c)?;
         let mut secondary_wanted = SecondaryControls::ENABLE_EPT;
@@ -289,6 +296,13 @@ impl VmxSetup {
                 ("RDPMC exiting", "guests can read performance counters"),
             ),
             (
+                o.mov_dr_exiting,
+                (
+                    "MOV-DR exiting",
+                    "DR0-DR3 switched with every vCPU, used or not",
+                ),
+            ),
+            (
                 o.preemption_timer_save,
                 (
                     "saving the VMX-preemption timer",
@@ -383,9 +397,11 @@ mod tests {
                 rdtscp: true,
                 invpcid: true,
                 rdpmc_exiting: true,
+                mov_dr_exiting: true,
                 preemption_timer_save: true
             }
         );
+        assert_ne!(s.primary & PrimaryControls::MOV_DR_EXITING.bits(), 0);
         assert_ne!(s.exit & ExitControls::SAVE_PREEMPTION_TIMER.bits(), 0);
         assert!(s.missing().is_empty());
         assert_ne!(s.primary & PrimaryControls::USE_TPR_SHADOW.bits(), 0);

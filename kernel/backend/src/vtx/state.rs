@@ -1,11 +1,12 @@
 //! [`GuestCpu`] over a VMCS: guest-visible control registers from the
 //! guest/host masks and read shadows, MSRs from their guest-state fields,
-//! and the registers the kernel switches lazily through [`LazyMsrs`].
+//! and the registers the kernel switches lazily through [`LazyRegs`].
 
 use hvcore::arch::{GuestCpu, GuestLimits, Reg, StateError};
 use hvcore::msr_policy::{
     IA32_CSTAR, IA32_FMASK, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR, IA32_TSC_AUX,
 };
+use vmx::caps::PrimaryControls;
 use vmx::vmcs::*;
 use vmx::VmcsAccess;
 
@@ -14,14 +15,21 @@ use super::VmxSetup;
 /// Segment access-rights bit 13: CS.L, 64-bit code (SDM Vol. 3C Table 25-2).
 const AR_L: u32 = 1 << 13;
 
-/// The guest's values of the MSRs that VMX neither loads nor saves and that
-/// the kernel switches between vCPUs (SYSCALL MSRs, KERNEL_GS_BASE,
-/// TSC_AUX): while a vCPU's exit is handled, the hardware holds its values.
-pub trait LazyMsrs {
+/// The guest registers that VMX neither loads nor saves and that the kernel
+/// switches between vCPUs: the MSRs (SYSCALL MSRs, KERNEL_GS_BASE, TSC_AUX;
+/// while a vCPU's exit is handled, the hardware holds its values) and, once
+/// the vCPU has used them, DR0-DR3.
+pub trait LazyRegs {
     /// RDMSR.
     fn read(&mut self, msr: u32) -> u64;
     /// WRMSR (the value was checked by policy).
     fn write(&mut self, msr: u32, value: u64);
+    /// Whether the vCPU holds DR0-DR3 in hardware (else the backend
+    /// intercepts its accesses to them).
+    fn debug_owned(&self) -> bool;
+    /// Loads the vCPU's DR0-DR3 into hardware, to be switched with it from
+    /// now on (nothing when it holds them already).
+    fn take_debug_registers(&mut self);
 }
 
 /// Per-vCPU state that lives in no VMCS field.
@@ -55,7 +63,7 @@ pub struct VmcsCpu<'a, V: VmcsAccess> {
     /// State kept in software.
     pub soft: &'a mut SoftState,
     /// Hardware MSRs switched with the vCPU.
-    pub msrs: &'a mut dyn LazyMsrs,
+    pub msrs: &'a mut dyn LazyRegs,
 }
 
 fn lazy_msr(reg: Reg) -> Option<u32> {
@@ -120,6 +128,7 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::SysenterEip => self.natural(reg, GUEST_SYSENTER_EIP),
             Reg::Pat => self.vmcs.get(GUEST_IA32_PAT).map_err(e),
             Reg::DebugCtl => self.vmcs.get(GUEST_IA32_DEBUGCTL).map_err(e),
+            Reg::DebugRegisters => Ok(u64::from(self.msrs.debug_owned())),
             Reg::KernelGsBase | Reg::Star | Reg::Lstar | Reg::Cstar | Reg::Fmask | Reg::TscAux => {
                 Err(StateError { reg })
             }
@@ -171,7 +180,19 @@ impl<V: VmcsAccess> GuestCpu for VmcsCpu<'_, V> {
             Reg::SysenterEip => self.vmcs.set(GUEST_SYSENTER_EIP, value).map_err(e)?,
             Reg::Pat => self.vmcs.set(GUEST_IA32_PAT, value).map_err(e)?,
             Reg::DebugCtl => self.vmcs.set(GUEST_IA32_DEBUGCTL, value).map_err(e)?,
-            Reg::Cpl
+            // MOV DR stops exiting (SDM 26.1.3) once the hardware holds the
+            // vCPU's DR0-DR3. (Idempotent: a VMCS programmed again exits
+            // again.)
+            Reg::DebugRegisters if value == 1 => {
+                let primary = self.vmcs.get(CPU_BASED_VM_EXEC_CONTROL).map_err(e)?;
+                let primary = primary & !PrimaryControls::MOV_DR_EXITING.bits();
+                self.vmcs
+                    .set(CPU_BASED_VM_EXEC_CONTROL, primary)
+                    .map_err(e)?;
+                self.msrs.take_debug_registers();
+            }
+            Reg::DebugRegisters
+            | Reg::Cpl
             | Reg::Mode64
             | Reg::KernelGsBase
             | Reg::Star
@@ -197,9 +218,10 @@ mod tests {
     use hvcore::config::GuestMode;
     use vmx::FakeVmcs;
 
+    /// MSR values, and whether the vCPU holds its debug registers.
     #[derive(Default)]
-    struct Msrs(alloc::vec::Vec<(u32, u64)>);
-    impl LazyMsrs for Msrs {
+    struct Msrs(alloc::vec::Vec<(u32, u64)>, bool);
+    impl LazyRegs for Msrs {
         fn read(&mut self, msr: u32) -> u64 {
             self.0
                 .iter()
@@ -209,6 +231,12 @@ mod tests {
         fn write(&mut self, msr: u32, value: u64) {
             self.0.retain(|(m, _)| *m != msr);
             self.0.push((msr, value));
+        }
+        fn debug_owned(&self) -> bool {
+            self.1
+        }
+        fn take_debug_registers(&mut self) {
+            self.1 = true;
         }
     }
 
@@ -267,6 +295,32 @@ mod tests {
             msrs: &mut msrs,
         };
         assert_eq!(cpu.read(Reg::Cr4), Ok(0x220));
+    }
+
+    #[test]
+    fn taking_the_debug_registers_ends_mov_dr_exiting() {
+        let (mut v, setup) = fixture();
+        let mov_dr = PrimaryControls::MOV_DR_EXITING.bits();
+        assert_ne!(v.get(CPU_BASED_VM_EXEC_CONTROL).unwrap() & mov_dr, 0);
+        let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
+        let mut cpu = VmcsCpu {
+            vmcs: &mut v,
+            setup: &setup,
+            soft: &mut soft,
+            msrs: &mut msrs,
+        };
+        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(0));
+        cpu.write(Reg::DebugRegisters, 1).unwrap();
+        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(1));
+        // They cannot be given back.
+        assert!(cpu.write(Reg::DebugRegisters, 0).is_err());
+        let primary = v.get(CPU_BASED_VM_EXEC_CONTROL).unwrap();
+        assert_eq!(
+            primary,
+            setup.primary & !mov_dr,
+            "only MOV-DR exiting cleared"
+        );
+        assert!(msrs.1);
     }
 
     #[test]

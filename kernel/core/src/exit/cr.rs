@@ -480,4 +480,29 @@ mod tests {
             Action::Inject(Event::GP0)
         );
     }
+
+    #[test]
+    fn first_debug_register_access_hands_them_over_and_runs_again() {
+        let mut env = FakePlatform::new();
+        let mut regs = GuestRegs {
+            rip: 0x1000,
+            instruction_len: 3,
+            ..Default::default()
+        };
+        // The MOV runs again (RIP not advanced), natively this time.
+        assert_eq!(
+            run(&mut env, &mut regs, Exit::DebugRegister),
+            Action::Resume
+        );
+        assert_eq!(env.cpu.get(Reg::DebugRegisters), 1);
+        // A backend that cannot hand them over stops the VM with a report.
+        env.cpu.fail = Some(Reg::DebugRegisters);
+        assert!(matches!(
+            run(&mut env, &mut regs, Exit::DebugRegister),
+            Action::Stop(crate::vcpu::StopReason::StateAccessFailed {
+                reg: Reg::DebugRegisters,
+                rip: 0x1000
+            })
+        ));
+    }
 }

@@ -208,6 +208,14 @@ pub fn handle_platform_exit<P: Platform, V: VmAccess + ?Sized>(
         Exit::Xsetbv => (K::Xsetbv, cr::xsetbv(regs, env)),
         Exit::UndefinedInstruction { .. } => (K::UndefinedInstruction, Action::Inject(Event::UD)),
         Exit::Rdpmc => (K::Rdpmc, Action::Inject(Event::GP0)),
+        // The vCPU takes its debug registers; the MOV runs again natively.
+        Exit::DebugRegister => (
+            K::DebugRegister,
+            match env.guest_cpu().write(Reg::DebugRegisters, 1) {
+                Ok(()) => Action::Resume,
+                Err(e) => crate::arch::state_failure(e, regs),
+            },
+        ),
         // The VM's.
         _ => {
             let vm = vm.get();
@@ -285,6 +293,7 @@ fn vm_exit<P: Platform>(
         | Exit::UndefinedInstruction { .. }
         | Exit::Invd
         | Exit::Rdpmc
+        | Exit::DebugRegister
         | Exit::ExternalInterrupt
         | Exit::InterruptWindow
         | Exit::PreemptionTimer => Action::Resume,

@@ -14,7 +14,7 @@
 //! | kgsbase | IA32_KERNEL_GS_BASE by RDMSR, and a GS-relative load after SWAPGS |
 //! | lstar | IA32_LSTAR by RDMSR |
 //! | cr2 | CR2, set by a deliberate page fault (one PDPT entry cleared) |
-//! | dr | DR0-DR3 (DR7 keeps them disarmed) |
+//! | dr | DR0-DR3 (DR7 keeps them disarmed), and 0 before the VM writes them |
 //!
 //! Output (VM id 0, AVX offered, nothing leaked):
 //!
@@ -215,6 +215,13 @@ fn main() {
     };
     // Let the partner VM reach its loop.
     guests::yield_now();
+    // Nothing planted yet: DR0-DR3 hold their reset value, 0, whatever the
+    // partner (which ran its first iteration before the second VM gets
+    // here) left in the hardware's.
+    let dr_reset = debug_addresses();
+    if let Some(k) = (0..4).find(|&k| dr_reset[k] != 0) {
+        miss(&mut m.dr, "dr", 0, 0, dr_reset[k]);
+    }
     for i in 0..SWITCHES {
         let p = mix(seed ^ i);
         // The state to plant.

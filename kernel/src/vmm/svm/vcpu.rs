@@ -132,7 +132,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(MsrSet::Svm),
+            lazy: LazyState::new(MsrSet::Svm, true),
             last_cpu: None,
             clock: DeviceClock::default(),
             stats_due: 0,
@@ -322,7 +322,7 @@ impl Vcpu {
                                 vmcb: &mut *vmcb,
                                 setup,
                                 soft: &mut self.soft,
-                                msrs: &mut self.lazy.msrs_mut(),
+                                msrs: &mut self.lazy.regs_mut(),
                             },
                         );
                         attention_at = self.clock.attention_after_exit(

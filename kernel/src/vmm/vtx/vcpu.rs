@@ -90,13 +90,15 @@ pub struct HostCpu {
 impl Vcpu {
     /// vCPU `index` of `vm`, starting at `entry` in `mode` (the VM's
     /// memory holds what that mode needs, see `setup::long_mode_boot_words`).
+    /// `setup`: the control words its VMCS gets (MOV-DR exiting decides
+    /// when its debug registers are switched).
     pub fn new(
         vm: Arc<Vm>,
         index: usize,
         entry: u64,
         mode: GuestMode,
         slice_us: u32,
-        caps: &VmxCapabilities,
+        (caps, setup): (&VmxCapabilities, &VmxSetup),
     ) -> Result<Vcpu, VmxError> {
         let vmcs = vmx_region(caps, "VMCS region")?;
         let virtual_apic = match crate::mm::alloc_frame_zeroed() {
@@ -125,7 +127,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(MsrSet::Vtx),
+            lazy: LazyState::new(MsrSet::Vtx, setup.optional.mov_dr_exiting),
             clock: DeviceClock::default(),
             stats_due: 0,
             tally: Tally::new(),
@@ -480,7 +482,7 @@ impl Vcpu {
                             vmcs: &mut vmcs,
                             setup: &host.setup,
                             soft: &mut self.soft,
-                            msrs: &mut self.lazy.msrs_mut(),
+                            msrs: &mut self.lazy.regs_mut(),
                         },
                     );
                     attention_at = self.clock.attention_after_exit(
@@ -592,7 +594,13 @@ impl Vcpu {
             self.pending_event = irq;
         }
         if window != self.clock.window_open {
-            let bits = setup.primary
+            // MOV-DR exiting stays off for a vCPU that holds its DR0-DR3.
+            let base = if self.lazy.debug_owned() {
+                setup.primary & !PrimaryControls::MOV_DR_EXITING.bits()
+            } else {
+                setup.primary
+            };
+            let bits = base
                 | if window {
                     PrimaryControls::INTERRUPT_WINDOW_EXITING.bits()
                 } else {
