@@ -46,28 +46,49 @@ pub struct HcResult {
     pub value: u64,
 }
 
-/// Issues a hypercall.
+/// A hypercall through `$insn` (VMCALL or VMMCALL).
+macro_rules! hypercall_with {
+    ($insn:literal, $nr:expr, $a:expr, $b:expr, $c:expr) => {{
+        let status: u64;
+        let value: u64;
+        // SAFETY: the instruction traps to the hypervisor, which follows the
+        // ABI above and changes only RAX and RBX. RBX is reserved by LLVM,
+        // hence the xchg.
+        unsafe {
+            core::arch::asm!(
+                "xchg rbx, {a}",
+                $insn,
+                "xchg rbx, {a}",
+                a = inout(reg) $a => value,
+                inout("rax") $nr => status,
+                in("rcx") $b,
+                in("rdx") $c,
+                options(nostack),
+            );
+        }
+        HcResult {
+            status: status as i64,
+            value,
+        }
+    }};
+}
+
+/// Issues a hypercall (VMCALL: on AMD-V it exits as #UD, which the
+/// hypervisor decodes from guest memory).
 pub fn hypercall(nr: u64, a: u64, b: u64, c: u64) -> HcResult {
-    let status: u64;
-    let value: u64;
-    // SAFETY: VMCALL traps to the hypervisor, which follows the ABI above and
-    // changes only RAX and RBX. RBX is reserved by LLVM, hence the xchg.
-    unsafe {
-        core::arch::asm!(
-            "xchg rbx, {a}",
-            "vmcall",
-            "xchg rbx, {a}",
-            a = inout(reg) a => value,
-            inout("rax") nr => status,
-            in("rcx") b,
-            in("rdx") c,
-            options(nostack),
-        );
-    }
-    HcResult {
-        status: status as i64,
-        value,
-    }
+    hypercall_with!("vmcall", nr, a, b, c)
+}
+
+/// Issues a hypercall with AMD's own instruction, VMMCALL (#UD on Intel).
+pub fn hypercall_vmmcall(nr: u64, a: u64, b: u64, c: u64) -> HcResult {
+    hypercall_with!("vmmcall", nr, a, b, c)
+}
+
+/// Whether the CPU is AMD's (CPUID vendor "AuthenticAMD"), whose hypercall
+/// instruction is VMMCALL.
+pub fn amd_cpu() -> bool {
+    let v = cpuid(0, 0);
+    (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
 }
 
 /// Reports `key = value` to the hypervisor.

@@ -8,15 +8,16 @@
 //! |---|---|
 //! | x87, SSE, AVX, AVX-512 | XSAVE/XSAVEOPT and XRSTOR with the guest's XCR0 (FXSAVE/FXRSTOR without XSAVE) |
 //! | XCR0 | XSETBV before the guest's XRSTOR |
-//! | CR2, DR6 | MOV |
+//! | CR2, DR6 (VT-x) | MOV |
 //! | DR0-DR3 | MOV, for a vCPU that has used them ([`LazyState::take_debug`]) |
 //! | KERNEL_GS_BASE | RDMSR at the save, WRMSR at the load when it differs |
 //! | STAR, LSTAR, CSTAR, FMASK, TSC_AUX | WRMSR at the load when it differs |
 //!
 //! DR7 and IA32_DEBUGCTL travel in the VMCS (load/save debug controls), the
 //! FS/GS bases, SYSENTER MSRs, PAT and EFER too (SDM 27.3, 28.3). On AMD-V,
-//! VMLOAD/VMSAVE switch KERNEL_GS_BASE and the SYSCALL MSRs with the VMCB
-//! (APM 15.5.2): only TSC_AUX is switched here ([`MsrSet`]).
+//! VMRUN and #VMEXIT switch CR2 and DR6 with the VMCB (APM 15.5.1), and
+//! VMLOAD/VMSAVE KERNEL_GS_BASE and the SYSCALL MSRs (APM 15.5.2): of the
+//! MSRs only TSC_AUX is switched here ([`Extension`]).
 //!
 //! Guests read these MSRs natively, but their writes exit (the MSR bitmap,
 //! the MSRPM) except KERNEL_GS_BASE's, which SWAPGS changes without an exit
@@ -48,23 +49,26 @@ const SLOT_KERNEL_GS_BASE: usize = 0;
 /// TSC_AUX's slot in [`MsrValues`].
 const SLOT_TSC_AUX: usize = 5;
 
-/// Which of the lazily switched MSRs a backend leaves to this module.
+/// The virtualization extension a vCPU runs on: it decides what is left to
+/// switch here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MsrSet {
-    /// VT-x: all of them (VMX loads and saves none, SDM 27.3, 28.3).
+pub enum Extension {
+    /// VT-x: CR2, DR6 and all the MSRs (VMX loads and saves none of them,
+    /// SDM 27.3, 28.3).
     Vtx,
-    /// AMD-V: TSC_AUX alone (VMLOAD/VMSAVE switch the rest, APM 15.5.2).
+    /// AMD-V: of the MSRs TSC_AUX alone (VMLOAD/VMSAVE switch the rest,
+    /// APM 15.5.2); CR2 and DR6 are VMCB fields.
     Svm,
 }
 
-impl MsrSet {
+impl Extension {
     /// The slots of [`MsrValues`] switched for this backend on this CPU
     /// (TSC_AUX only with RDTSCP).
     fn slots(self) -> core::ops::Range<usize> {
         let end = LAZY_MSRS.len() - usize::from(TSC_AUX.load(Ordering::Relaxed) == 0);
         match self {
-            MsrSet::Vtx => 0..end,
-            MsrSet::Svm => SLOT_TSC_AUX..end,
+            Extension::Vtx => 0..end,
+            Extension::Svm => SLOT_TSC_AUX..end,
         }
     }
 }
@@ -162,7 +166,7 @@ fn xsetbv(value: u64) {
 
 /// The values of the lazily switched MSRs, in [`LAZY_MSRS`] order: what
 /// the hardware holds right after [`LazyState::save`] (for the slots its
-/// [`MsrSet`] switches).
+/// [`Extension`] switches).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsrValues([u64; 6]);
 
@@ -181,17 +185,19 @@ pub struct LazyState {
     msrs: MsrValues,
     /// XCR0 as of the last save: what the hardware holds right after it.
     xcr0: u64,
-    /// The slots of `msrs` switched here ([`MsrSet::slots`]).
+    /// The slots of `msrs` switched here ([`Extension::slots`]).
     slots: core::ops::Range<usize>,
+    /// Whether CR2 and DR6 are switched here (VT-x).
+    cr2_dr6: bool,
 }
 
 impl LazyState {
     /// The state of a CPU after reset: x87/SSE in their initial state
     /// (XSTATE_BV = 0), MXCSR = 0x1F80, FCW = 0x37F, DR6 = 0xFFFF0FF0, the
-    /// MSRs 0. `set`: the MSRs the backend leaves to this module;
+    /// MSRs 0. `ext`: what the backend leaves to this module;
     /// `debug_exits`: whether the backend intercepts MOV DR until the vCPU
     /// takes its debug registers (else they are switched from the start).
-    pub fn new(set: MsrSet, debug_exits: bool) -> Self {
+    pub fn new(ext: Extension, debug_exits: bool) -> Self {
         let mut xsave = Box::new(XsaveArea([0; 4096]));
         xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
         xsave.0[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
@@ -203,7 +209,8 @@ impl LazyState {
             debug_owned: !debug_exits,
             msrs: MsrValues([0; 6]),
             xcr0: 1,
-            slots: set.slots(),
+            slots: ext.slots(),
+            cr2_dr6: ext == Extension::Vtx,
         }
     }
 
@@ -230,12 +237,15 @@ impl LazyState {
             // SAFETY: the area is 16-byte aligned and at least 512 bytes.
             unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack)) };
         }
-        self.cr2 = x86_64::registers::control::Cr2::read_raw();
-        // DR6 always: a #DB the guest takes natively sets its bits.
-        // SAFETY: reading debug registers has no side effects in ring 0.
-        unsafe { core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack)) };
+        if self.cr2_dr6 {
+            self.cr2 = x86_64::registers::control::Cr2::read_raw();
+            // DR6 whether the vCPU holds DR0-DR3 or not: a #DB the guest
+            // takes natively sets its bits.
+            // SAFETY: reading DR6 has no side effects in ring 0.
+            unsafe { core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack)) };
+        }
         if self.debug_owned {
-            // SAFETY: as above.
+            // SAFETY: reading debug registers has no side effects in ring 0.
             unsafe {
                 core::arch::asm!("mov {}, dr0", out(reg) self.dr[0], options(nomem, nostack));
                 core::arch::asm!("mov {}, dr1", out(reg) self.dr[1], options(nomem, nostack));
@@ -301,11 +311,13 @@ impl LazyState {
             // SAFETY: the area holds a valid FXSAVE image (initial or saved).
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };
         }
-        // SAFETY: CR2 takes any value; DR6's reserved bits are kept as
-        // saved.
-        unsafe {
-            core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nomem, nostack));
-            core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
+        if self.cr2_dr6 {
+            // SAFETY: CR2 takes any value; DR6's reserved bits are kept as
+            // saved.
+            unsafe {
+                core::arch::asm!("mov cr2, {}", in(reg) self.cr2, options(nomem, nostack));
+                core::arch::asm!("mov dr6, {}", in(reg) self.dr6, options(nomem, nostack));
+            }
         }
         if self.debug_owned {
             self.load_debug_addresses();

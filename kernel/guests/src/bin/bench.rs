@@ -115,10 +115,7 @@ impl core::fmt::Display for Tenths {
 
 fn loops() {
     // AMD's own hypercall instruction (VMCALL exits there as #UD).
-    let amd = {
-        let v = cpuid(0, 0);
-        (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
-    };
+    let amd = guests::amd_cpu();
     let empty = best_of_two(|| timed_loop!(""));
     let cpuid = best_of_two(|| timed_loop!("cpuid"));
     let vmcall = best_of_two(|| timed_loop!("vmcall"));

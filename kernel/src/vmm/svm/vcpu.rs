@@ -25,7 +25,7 @@ use svm::Vmcb;
 
 use super::entry as switch;
 use crate::vmm::irq::{self, DeviceClock};
-use crate::vmm::lazy::{self, LazyState, MsrSet};
+use crate::vmm::lazy::{self, Extension, LazyState};
 use crate::vmm::platform::{self, KernelPlatform};
 use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
@@ -132,7 +132,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(MsrSet::Svm, true),
+            lazy: LazyState::new(Extension::Svm, true),
             last_cpu: None,
             clock: DeviceClock::default(),
             stats_due: 0,

@@ -28,7 +28,7 @@ use super::enable::{vmx_region, VmxError};
 use super::entry::{self as switch, SwitchResult};
 use crate::arch::gdt::PerCpuTables;
 use crate::vmm::irq::{self, DeviceClock};
-use crate::vmm::lazy::{LazyState, MsrSet};
+use crate::vmm::lazy::{Extension, LazyState};
 use crate::vmm::vm::{Startup, Vm};
 use crate::vmm::SliceEnd;
 
@@ -127,7 +127,7 @@ impl Vcpu {
             entry,
             slice_us,
             soft: SoftState::default(),
-            lazy: LazyState::new(MsrSet::Vtx, setup.optional.mov_dr_exiting),
+            lazy: LazyState::new(Extension::Vtx, setup.optional.mov_dr_exiting),
             clock: DeviceClock::default(),
             stats_due: 0,
             tally: Tally::new(),
