@@ -218,8 +218,12 @@ pub fn decode(
         SvmExit::Other(ExitCode::Xsetbv) => Exit::Xsetbv,
         SvmExit::Other(ExitCode::Invd) => Exit::Invd,
         SvmExit::Other(ExitCode::Rdpmc) => Exit::Rdpmc,
-        // DR0-DR3 until the vCPU takes them (`setup::DR_UNTIL_USED`).
-        SvmExit::DrAccess { dr: 0..=3, .. } => Exit::DebugRegister,
+        // DR0-DR3 and DR7 writes until the vCPU takes them
+        // (`setup::DR_WRITES_UNTIL_USED`).
+        SvmExit::DrAccess { dr: 0..=3, .. }
+        | SvmExit::DrAccess {
+            dr: 7, write: true, ..
+        } => Exit::DebugRegister,
         // The one CR intercept (see the module docs of `super`): MOV CR4.
         SvmExit::CrAccess {
             cr: 4,
@@ -840,13 +844,15 @@ mod tests {
 
     #[test]
     fn dr0_to_dr3_accesses_hand_the_debug_registers_over() {
-        // Reads 0x20-0x23, writes 0x30-0x33; the MOV runs again (no length).
-        for code in [0x20, 0x23, 0x30, 0x33] {
+        // Reads 0x20-0x23, writes 0x30-0x33 and 0x37 (DR7); the MOV runs
+        // again (no length).
+        for code in [0x20, 0x23, 0x30, 0x33, 0x37] {
             let (d, regs) = run(&staged(code, 0, 0, 0x1003));
             assert_eq!(d.exit, Exit::DebugRegister, "{code:#x}");
             assert_eq!(regs.instruction_len, 0);
         }
-        // DR7 is never intercepted: were it, that would be a bug, reported.
+        // DR7 reads are not intercepted: were they, that would be a bug,
+        // reported.
         assert!(matches!(
             run(&staged(0x27, 0, 0, 0)).0.exit,
             Exit::Unhandled { code: 0x27, .. }

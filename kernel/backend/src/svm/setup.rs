@@ -104,13 +104,17 @@ pub fn start_up(vmcb: &mut Vmcb, vector: u8) {
     vmcb.mark_all_dirty();
 }
 
-/// The debug registers a vCPU's accesses to exit until it has used one:
+/// The debug registers whose reads exit until the vCPU has used one:
 /// DR0-DR3, which the kernel switches only for vCPUs that use them (DR6 and
 /// DR7 are VMCB fields, APM 15.5.1).
-pub const DR_UNTIL_USED: DrIntercepts = DrIntercepts::DR0
+pub const DR_READS_UNTIL_USED: DrIntercepts = DrIntercepts::DR0
     .union(DrIntercepts::DR1)
     .union(DrIntercepts::DR2)
     .union(DrIntercepts::DR3);
+/// The debug registers whose writes exit until the vCPU has used one: DR0-DR3
+/// and DR7, which could otherwise arm the breakpoints of the DR0-DR3 the
+/// hardware holds, another vCPU's.
+pub const DR_WRITES_UNTIL_USED: DrIntercepts = DR_READS_UNTIL_USED.union(DrIntercepts::DR7);
 
 /// Writes every control and guest-state field of a new vCPU's VMCB. Fields
 /// not named here stay as they are (zero in a [`Vmcb::new`]).
@@ -125,9 +129,10 @@ pub fn program(vmcb: &mut Vmcb, setup: &SvmSetup, guest: &GuestStart) -> Result<
     // Intercepts (APM 15.7-15.14; the module docs say why).
     c.intercept_cr_read = CrIntercepts::empty();
     c.intercept_cr_write = setup.intercept_cr_write;
-    // DR0-DR3 until the vCPU first uses them (`state::LazyRegs`).
-    c.intercept_dr_read = DR_UNTIL_USED;
-    c.intercept_dr_write = DR_UNTIL_USED;
+    // DR0-DR3 (and DR7 writes) until the vCPU first uses them
+    // (`state::LazyRegs`).
+    c.intercept_dr_read = DR_READS_UNTIL_USED;
+    c.intercept_dr_write = DR_WRITES_UNTIL_USED;
     c.intercept_exceptions = setup.intercept_exceptions;
     c.intercept_vector3 = setup.intercept_vector3;
     c.intercept_vector4 = setup.intercept_vector4;
@@ -283,9 +288,9 @@ mod tests {
         let v = programmed(GuestMode::Long64, 0x10_0000);
         let c = &v.control;
         assert_eq!(c.guest_asid, 3);
-        // DR0-DR3 exit both ways until the vCPU takes them; DR6/DR7 never.
+        // DR0-DR3 exit both ways and DR7 writes until the vCPU takes them.
         assert_eq!(c.intercept_dr_read, DrIntercepts::from_bits_retain(0xF));
-        assert_eq!(c.intercept_dr_write, DrIntercepts::from_bits_retain(0xF));
+        assert_eq!(c.intercept_dr_write, DrIntercepts::from_bits_retain(0x8F));
         assert_eq!(c.n_cr3, 0x30_0000);
         assert!(c.nested_control.contains(NestedControl::NP_ENABLE));
         assert_eq!((c.iopm_base_pa, c.msrpm_base_pa), (0x20_0000, 0x20_3000));
