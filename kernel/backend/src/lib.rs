@@ -27,4 +27,6 @@
 extern crate alloc;
 
 pub mod svm;
+#[cfg(test)]
+mod testlazy;
 pub mod vtx;

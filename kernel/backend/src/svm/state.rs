@@ -197,31 +197,10 @@ mod tests {
     use super::super::setup::{program, GuestStart};
     use super::super::testcaps::{bochs, caps, EPYC_MODEL, HOST};
     use super::*;
+    use crate::testlazy::{hand_over_debug_registers, Msrs};
     use hvcore::arch::{EFER_LMA, EFER_LME};
     use hvcore::config::GuestMode;
     use svm::HostPhysAddr;
-
-    /// MSR values, and whether the vCPU holds its debug registers.
-    #[derive(Default)]
-    struct Msrs(alloc::vec::Vec<(u32, u64)>, bool);
-    impl LazyRegs for Msrs {
-        fn read(&mut self, msr: u32) -> u64 {
-            self.0
-                .iter()
-                .find(|(m, _)| *m == msr)
-                .map_or(0, |(_, v)| *v)
-        }
-        fn write(&mut self, msr: u32, value: u64) {
-            self.0.retain(|(m, _)| *m != msr);
-            self.0.push((msr, value));
-        }
-        fn debug_owned(&self) -> bool {
-            self.1
-        }
-        fn take_debug_registers(&mut self) {
-            self.1 = true;
-        }
-    }
 
     fn fixture(setup: &SvmSetup) -> Vmcb {
         let mut v = Vmcb::new();
@@ -442,10 +421,7 @@ mod tests {
             soft: &mut soft,
             msrs: &mut msrs,
         };
-        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(0));
-        cpu.write(Reg::DebugRegisters, 1).unwrap();
-        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(1));
-        assert!(cpu.write(Reg::DebugRegisters, 0).is_err());
+        hand_over_debug_registers(&mut cpu);
         let c = &v.control;
         assert!(c.intercept_dr_read.is_empty() && c.intercept_dr_write.is_empty());
         // The processor reloads the intercepts at the next VMRUN.

@@ -215,30 +215,9 @@ mod tests {
     use super::super::testcaps::bochs;
     use super::super::{HostFeatures, VmxSetup};
     use super::*;
+    use crate::testlazy::{hand_over_debug_registers, Msrs};
     use hvcore::config::GuestMode;
     use vmx::FakeVmcs;
-
-    /// MSR values, and whether the vCPU holds its debug registers.
-    #[derive(Default)]
-    struct Msrs(alloc::vec::Vec<(u32, u64)>, bool);
-    impl LazyRegs for Msrs {
-        fn read(&mut self, msr: u32) -> u64 {
-            self.0
-                .iter()
-                .find(|(m, _)| *m == msr)
-                .map_or(0, |(_, v)| *v)
-        }
-        fn write(&mut self, msr: u32, value: u64) {
-            self.0.retain(|(m, _)| *m != msr);
-            self.0.push((msr, value));
-        }
-        fn debug_owned(&self) -> bool {
-            self.1
-        }
-        fn take_debug_registers(&mut self) {
-            self.1 = true;
-        }
-    }
 
     fn fixture() -> (FakeVmcs, VmxSetup) {
         let setup = VmxSetup::from_caps(
@@ -309,11 +288,7 @@ mod tests {
             soft: &mut soft,
             msrs: &mut msrs,
         };
-        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(0));
-        cpu.write(Reg::DebugRegisters, 1).unwrap();
-        assert_eq!(cpu.read(Reg::DebugRegisters), Ok(1));
-        // They cannot be given back.
-        assert!(cpu.write(Reg::DebugRegisters, 0).is_err());
+        hand_over_debug_registers(&mut cpu);
         let primary = v.get(CPU_BASED_VM_EXEC_CONTROL).unwrap();
         assert_eq!(
             primary,
