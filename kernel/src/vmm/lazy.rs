@@ -179,7 +179,7 @@ pub struct LazyState {
     /// Whether the vCPU holds DR0-DR3: from its first MOV DR on (which
     /// exits until then), or from the start when the backend cannot make
     /// MOV DR exit. A vCPU that does not hold them cannot read them (its
-    /// MOV DR exits) nor arm them (DR7 is written by MOV DR too): the
+    /// MOV DR exits) nor arm them (its DR7 writes exit too): the
     /// hardware's, another vCPU's, are nothing to it.
     debug_owned: bool,
     msrs: MsrValues,
@@ -280,7 +280,7 @@ impl LazyState {
 
     fn load_debug_addresses(&self) {
         // SAFETY: the debug-address registers take any value; the host has
-        // DR7 = 0x400 after every VM exit (SDM 28.3, APM 15.7.1), so no
+        // DR7 = 0x400 after every VM exit (SDM 28.5.1, APM 15.6), so no
         // breakpoint fires in the host.
         unsafe {
             core::arch::asm!("mov dr0, {}", in(reg) self.dr[0], options(nomem, nostack));
