@@ -316,6 +316,13 @@ const _: () = {
     send::<VmContext>()
 };
 
+/// The port at which an `OUT` to the bus's UART is only output, as the model
+/// states it now ([`Serial16550::direct_tx_port`]).
+fn direct_tx_port(bus: &IoBus) -> Option<u16> {
+    bus.device::<Serial16550>()
+        .and_then(Serial16550::direct_tx_port)
+}
+
 impl VmContext {
     /// A VM with a COM1 UART (the devices every guest gets).
     pub fn new(id: u32, name: &str) -> Self {
@@ -324,10 +331,7 @@ impl VmContext {
         let _ = bus.register(Box::new(Serial16550::com1()));
         let uart = bus.find(crate::devices::serial16550::COM1_BASE);
         let direct_tx = Arc::new(DirectTxPort::default());
-        direct_tx.publish(
-            bus.device::<Serial16550>()
-                .and_then(Serial16550::direct_tx_port),
-        );
+        direct_tx.publish(direct_tx_port(&bus));
         VmContext {
             id,
             name: String::from(name),
@@ -394,11 +398,7 @@ impl VmContext {
     #[inline]
     pub(crate) fn device_written(&mut self, index: usize) {
         if self.uart == Some(index) {
-            let port = self
-                .bus
-                .device::<Serial16550>()
-                .and_then(Serial16550::direct_tx_port);
-            self.direct_tx.publish(port);
+            self.direct_tx.publish(direct_tx_port(&self.bus));
         }
     }
 
@@ -425,13 +425,7 @@ impl VmContext {
     /// while the console is raw.
     #[inline]
     pub fn console_byte(&mut self, byte: u8, env: &mut dyn Platform) {
-        let name = &self.name;
-        if self.raw_console {
-            env.console_raw(name, &[byte]);
-        } else {
-            self.console
-                .push(byte, |line| env.console_write(name, line));
-        }
+        self.console_bytes(&[byte], env);
     }
 
     /// [`Self::console_byte`] for several bytes.

@@ -168,7 +168,7 @@ fn xsetbv(value: u64) {
 /// the hardware holds right after [`LazyState::save`] (for the slots its
 /// [`Extension`] switches).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsrValues([u64; 6]);
+struct MsrValues([u64; 6]);
 
 /// One vCPU's lazily switched registers while it is not loaded.
 pub struct LazyState {
@@ -197,6 +197,7 @@ impl LazyState {
     /// MSRs 0. `ext`: what the backend leaves to this module;
     /// `debug_exits`: whether the backend intercepts MOV DR until the vCPU
     /// takes its debug registers (else they are switched from the start).
+    /// After [`init_this_cpu`] on the boot CPU (whether TSC_AUX exists).
     pub fn new(ext: Extension, debug_exits: bool) -> Self {
         let mut xsave = Box::new(XsaveArea([0; 4096]));
         xsave.0[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());

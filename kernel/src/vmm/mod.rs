@@ -1161,7 +1161,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             let now = crate::arch::rdtsc();
             if now >= next_poll {
                 poll_console();
-                next_poll = now + tsc_from_us(1000);
+                next_poll = now + tsc_from_us(CONSOLE_POLL_US);
             }
         }
         // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
@@ -1336,6 +1336,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
 /// How often a vCPU's counts go into its VM's statistics (at most; the
 /// statistics a user reads lag by that much).
 const STATS_EVERY_US: u64 = 1000;
+
+/// How often a CPU running vCPUs reads the host console's keys.
+const CONSOLE_POLL_US: u64 = 1000;
 
 /// Samples of scheduler overhead kept per CPU.
 const OVERHEAD_SAMPLES: usize = 4096;
