@@ -25,7 +25,6 @@
 //! Misuse (unknown id, event for a vCPU that is not running) returns a
 //! [`SchedError`] and changes nothing.
 
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 /// A vCPU handle (index in the scheduler).
@@ -92,13 +91,85 @@ struct Entry {
     account: VcpuAccount,
 }
 
+/// A CPU's runnable vCPUs in order: a ring over as many slots as the CPU
+/// has vCPUs. A vCPU is queued at most once (it enters from running,
+/// halted or new, and leaves to run), so the ring never overflows and a
+/// push or pop is a few instructions (it is on every world switch).
+#[derive(Clone, Debug, Default)]
+struct RunQueue {
+    slots: Vec<VcpuId>,
+    head: usize,
+    len: usize,
+}
+
+impl RunQueue {
+    /// Room for one more vCPU of this CPU (before its first push).
+    fn grow(&mut self) {
+        let mut slots: Vec<VcpuId> = self.iter().collect();
+        slots.resize(self.slots.len() + 1, VcpuId(u32::MAX));
+        *self = RunQueue {
+            slots,
+            head: 0,
+            len: self.len,
+        };
+    }
+
+    fn push_back(&mut self, id: VcpuId) {
+        let cap = self.slots.len();
+        assert!(self.len < cap, "run queue overflow: {id:?} queued twice");
+        let mut tail = self.head + self.len;
+        if tail >= cap {
+            tail -= cap;
+        }
+        self.slots[tail] = id;
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<VcpuId> {
+        if self.len == 0 {
+            return None;
+        }
+        let id = self.slots[self.head];
+        self.head += 1;
+        if self.head == self.slots.len() {
+            self.head = 0;
+        }
+        self.len -= 1;
+        Some(id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = VcpuId> + '_ {
+        let cap = self.slots.len();
+        (0..self.len).map(move |i| self.slots[(self.head + i) % cap])
+    }
+
+    /// Drops `id` from the queue, keeping the others' order.
+    fn remove(&mut self, id: VcpuId) {
+        let kept: Vec<VcpuId> = self.iter().filter(|&v| v != id).collect();
+        let cap = self.slots.len();
+        self.slots = kept.iter().copied().collect();
+        self.len = kept.len();
+        self.head = 0;
+        self.slots.resize(cap, VcpuId(u32::MAX));
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct CpuQueue {
-    ready: VecDeque<VcpuId>,
+    ready: RunQueue,
     running: Option<VcpuId>,
     /// Halted vCPUs with a wake-up time: while none, no scheduling point
     /// looks for expired ones.
     sleepers: usize,
+}
+
+/// What [`Scheduler::pick`] chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// The vCPU to run.
+    pub id: VcpuId,
+    /// Its slice (ticks), for the preemption timer.
+    pub slice: u64,
 }
 
 /// Run queues of all physical CPUs.
@@ -134,6 +205,7 @@ impl Scheduler {
         }
         let id = VcpuId(u32::try_from(self.vcpus.len()).map_err(|_| SchedError::UnknownCpu(cpu))?);
         let queue = self.cpus.get_mut(cpu).ok_or(SchedError::UnknownCpu(cpu))?;
+        queue.ready.grow();
         queue.ready.push_back(id);
         self.vcpus.push(Entry {
             cpu,
@@ -184,19 +256,25 @@ impl Scheduler {
     /// Chooses what `cpu` runs next at time `now`; `None` means idle. A vCPU
     /// still running on `cpu` is treated as having ended its slice.
     pub fn pick_next(&mut self, cpu: usize, now: u64) -> Option<VcpuId> {
-        if let Some(cur) = self.cpus.get(cpu)?.running {
+        self.pick(cpu, now).map(|p| p.id)
+    }
+
+    /// [`Self::pick_next`] with the chosen vCPU's slice (one lookup: this is
+    /// on every world switch).
+    pub fn pick(&mut self, cpu: usize, now: u64) -> Option<Pick> {
+        let queue = self.cpus.get(cpu)?;
+        if let Some(cur) = queue.running {
             let _ = self.on_exit_slice_end(cur, now);
         }
         self.wake_expired(cpu, now);
-        let id = self.cpus.get_mut(cpu)?.ready.pop_front()?;
-        if let Some(queue) = self.cpus.get_mut(cpu) {
-            queue.running = Some(id);
-        }
-        if let Ok(e) = self.entry_mut(id) {
-            e.state = SchedState::Running { since: now };
-            e.account.slices += 1;
-        }
-        Some(id)
+        let queue = &mut self.cpus[cpu];
+        let id = queue.ready.pop_front()?;
+        queue.running = Some(id);
+        // Queued ids are the scheduler's own (`add_vcpu_with_slice`).
+        let e = &mut self.vcpus[id.0 as usize];
+        e.state = SchedState::Running { since: now };
+        e.account.slices += 1;
+        Some(Pick { id, slice: e.slice })
     }
 
     fn wake_expired(&mut self, cpu: usize, now: u64) {
@@ -255,18 +333,36 @@ impl Scheduler {
 
     /// The slice of `id` is over (preemption timer): to the tail of the queue.
     pub fn on_exit_slice_end(&mut self, id: VcpuId, now: u64) -> Result<(), SchedError> {
-        let cpu = self.end_turn(id, now, SchedState::Runnable)?;
-        self.requeue(cpu, id);
-        Ok(())
+        self.requeue_running(id, now, false)
     }
 
     /// `id` gives up the rest of its slice: to the tail of the queue.
     pub fn on_yield(&mut self, id: VcpuId, now: u64) -> Result<(), SchedError> {
-        let cpu = self.end_turn(id, now, SchedState::Runnable)?;
-        if let Ok(e) = self.entry_mut(id) {
-            e.account.yields += 1;
+        self.requeue_running(id, now, true)
+    }
+
+    /// Running `id`'s turn ends and it queues again (one lookup: this is
+    /// on every world switch).
+    fn requeue_running(&mut self, id: VcpuId, now: u64, yielded: bool) -> Result<(), SchedError> {
+        let e = self
+            .vcpus
+            .get_mut(id.0 as usize)
+            .ok_or(SchedError::UnknownVcpu(id))?;
+        let SchedState::Running { since } = e.state else {
+            return Err(SchedError::NotRunning(id));
+        };
+        e.account.cpu_ticks = e
+            .account
+            .cpu_ticks
+            .saturating_add(now.saturating_sub(since));
+        e.account.yields += u64::from(yielded);
+        e.state = SchedState::Runnable;
+        // A vCPU's CPU was checked when it was added.
+        let queue = &mut self.cpus[e.cpu];
+        if queue.running == Some(id) {
+            queue.running = None;
         }
-        self.requeue(cpu, id);
+        queue.ready.push_back(id);
         Ok(())
     }
 
@@ -310,7 +406,7 @@ impl Scheduler {
         let cpu = e.cpu;
         self.leave(cpu, from);
         if let Some(queue) = self.cpus.get_mut(cpu) {
-            queue.ready.retain(|&v| v != id);
+            queue.ready.remove(id);
             if queue.running == Some(id) {
                 queue.running = None;
             }
@@ -369,6 +465,49 @@ mod tests {
             let a = s.account(id).unwrap();
             assert_eq!((a.slices, a.cpu_ticks), (10, 10 * SLICE));
         }
+    }
+
+    /// The ring keeps FIFO order across wrap-around, growth with its head
+    /// moved, and removal from the middle.
+    #[test]
+    fn run_queue_ring_keeps_order() {
+        let ids = |q: &RunQueue| q.iter().map(|v| v.0).collect::<Vec<_>>();
+        let mut q = RunQueue::default();
+        for i in 0..3 {
+            q.grow();
+            q.push_back(VcpuId(i));
+        }
+        for round in 0..7 {
+            let v = q.pop_front().unwrap();
+            assert_eq!(v.0, round % 3);
+            q.push_back(v);
+        }
+        assert_eq!(ids(&q), [1, 2, 0]);
+        q.grow();
+        q.push_back(VcpuId(3));
+        assert_eq!(ids(&q), [1, 2, 0, 3]);
+        q.remove(VcpuId(2));
+        assert_eq!(ids(&q), [1, 0, 3]);
+        q.push_back(VcpuId(2));
+        assert_eq!(ids(&q), [1, 0, 3, 2]);
+        let drained: Vec<_> = core::iter::from_fn(|| q.pop_front()).map(|v| v.0).collect();
+        assert_eq!(drained, [1, 0, 3, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "queued twice")]
+    fn run_queue_refuses_a_second_copy() {
+        let mut q = RunQueue::default();
+        q.grow();
+        q.push_back(VcpuId(0));
+        q.push_back(VcpuId(0));
+    }
+
+    #[test]
+    fn pick_gives_the_slice() {
+        let mut s = Scheduler::new(1, SLICE).unwrap();
+        let a = s.add_vcpu_with_slice(0, 30).unwrap();
+        assert_eq!(s.pick(0, 0), Some(Pick { id: a, slice: 30 }));
     }
 
     #[test]

@@ -1151,36 +1151,42 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     // reported in the summary. A slice after which something was printed
     // (guest output, a stopped VM's report) gives no sample: printing is
     // not switching.
-    let mut overhead = Vec::with_capacity(OVERHEAD_SAMPLES);
+    let mut overhead = alloc::vec![0u64; OVERHEAD_SAMPLES];
+    let mut samples = 0;
     let mut last_slice_end: Option<u64> = None;
-    // Console keys are read at most every millisecond (as the idle CPU 0
-    // does): not at every switch between vCPUs.
-    let mut next_poll = 0;
+    // The host's own work between slices (console keys, the control
+    // protocol, an attached console, statistics, the run-time limit, a stop
+    // of all VMs) is looked at every HOST_LOOK_US, and after every idle
+    // sleep (what woke the CPU may be one of them): not at every switch
+    // between vCPUs. Only the handed-over vCPUs and mail (`take_news`) are
+    // looked at every time, since they decide what runs next.
+    let mut next_look = 0;
     loop {
-        if serial_input {
-            let now = crate::arch::rdtsc();
-            if now >= next_poll {
+        let now = crate::arch::rdtsc();
+        let look = now >= next_look;
+        if look {
+            next_look = now + tsc_from_us(HOST_LOOK_US);
+            if serial_input {
                 poll_console();
-                next_poll = now + tsc_from_us(CONSOLE_POLL_US);
             }
-        }
-        // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
-        // (create, start, stop, restart, destroy) and publishes counters.
-        if control::enabled() {
-            if cpu == 0 {
-                control::poll();
+            // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
+            // (create, start, stop, restart, destroy) and publishes counters.
+            if control::enabled() {
+                if cpu == 0 {
+                    control::poll();
+                }
+                if control::mail_waiting(cpu) {
+                    control::serve(
+                        cpu,
+                        &mut vcpus,
+                        &mut ids,
+                        &mut sched,
+                        &mut lazy_owner,
+                        &mut platform,
+                    );
+                }
+                control::publish(cpu, &vcpus, now);
             }
-            if control::mail_waiting(cpu) {
-                control::serve(
-                    cpu,
-                    &mut vcpus,
-                    &mut ids,
-                    &mut sched,
-                    &mut lazy_owner,
-                    &mut platform,
-                );
-            }
-            control::publish(cpu, &vcpus, crate::arch::rdtsc());
         }
         // vCPUs handed over by other CPUs (a VM started or restarted there
         // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
@@ -1192,54 +1198,55 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 }
             }
         }
-        // The host console attached to one of these VMs: its output raw, its
-        // typed input into its UART (a halted vCPU with input is woken). A
-        // VM's first vCPU's CPU serves its console.
-        let attached = console::attached();
-        if attached.is_some() || raw_vm.is_some() {
-            let mut changed = false;
-            for (i, slot) in vcpus.iter_mut().enumerate() {
-                let Some(v) = slot.as_mut().filter(|v| v.index() == 0) else {
-                    continue;
-                };
-                let id = v.vm().id();
-                changed |= v.set_raw_console(attached == Some(id), &mut platform);
-                if attached == Some(id) {
-                    if let Some(bytes) = console::take_input(id) {
-                        v.console_input(&bytes, &mut platform);
-                        let _ = sched.wake(ids[i]);
+        if look {
+            // The host console attached to one of these VMs: its output raw, its
+            // typed input into its UART (a halted vCPU with input is woken). A
+            // VM's first vCPU's CPU serves its console.
+            let attached = console::attached();
+            if attached.is_some() || raw_vm.is_some() {
+                let mut changed = false;
+                for (i, slot) in vcpus.iter_mut().enumerate() {
+                    let Some(v) = slot.as_mut().filter(|v| v.index() == 0) else {
+                        continue;
+                    };
+                    let id = v.vm().id();
+                    changed |= v.set_raw_console(attached == Some(id), &mut platform);
+                    if attached == Some(id) {
+                        if let Some(bytes) = console::take_input(id) {
+                            v.console_input(&bytes, &mut platform);
+                            let _ = sched.wake(ids[i]);
+                        }
                     }
                 }
-            }
-            raw_vm = attached;
-            if changed {
-                platform.flush_output();
-            }
-        }
-        let request = STATS_REQUEST.load(Ordering::Relaxed);
-        if request != stats_seen {
-            stats_seen = request;
-            for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
-                crate::println!("{}", v.vm().ctx().stats.report(v.vm().name()));
-            }
-        }
-        let now = crate::arch::rdtsc();
-        let deadline = DEADLINE.load(Ordering::Relaxed);
-        if (deadline != 0 && now >= deadline)
-            || STOP_ALL.load(Ordering::Relaxed)
-            || crate::smp::stopping()
-        {
-            for (i, slot) in vcpus.iter_mut().enumerate() {
-                if let Some(mut v) = slot.take() {
-                    v.stop(StopReason::HostStop, &mut platform);
+                raw_vm = attached;
+                if changed {
                     platform.flush_output();
-                    finish_vm(cpu, v, &mut sched, ids[i], now);
                 }
             }
-            // The last vCPUs of VMs shared with other CPUs end there.
-            break;
+            let request = STATS_REQUEST.load(Ordering::Relaxed);
+            if request != stats_seen {
+                stats_seen = request;
+                for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
+                    crate::println!("{}", v.vm().ctx().stats.report(v.vm().name()));
+                }
+            }
+            let deadline = DEADLINE.load(Ordering::Relaxed);
+            if (deadline != 0 && now >= deadline)
+                || STOP_ALL.load(Ordering::Relaxed)
+                || crate::smp::stopping()
+            {
+                for (i, slot) in vcpus.iter_mut().enumerate() {
+                    if let Some(mut v) = slot.take() {
+                        v.stop(StopReason::HostStop, &mut platform);
+                        platform.flush_output();
+                        finish_vm(cpu, v, &mut sched, ids[i], now);
+                    }
+                }
+                // The last vCPUs of VMs shared with other CPUs end there.
+                break;
+            }
         }
-        let Some(id) = sched.pick_next(0, now) else {
+        let Some(hvcore::sched::Pick { id, slice }) = sched.pick(0, now) else {
             // A CPU whose vCPUs all stopped stays while a VM lives: a VM
             // restarted on another CPU may hand it a vCPU again.
             if sched.all_stopped(0) && !control::enabled() && LIVE_VMS.load(Ordering::Acquire) == 0
@@ -1259,6 +1266,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
             crate::apic::stop_timer();
+            next_look = 0;
             continue;
         };
         let Some(i) = ids.slot(id) else {
@@ -1269,11 +1277,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             lazy_owner = Some(i);
         }
         let Some(v) = vcpus[i].as_mut() else { continue };
-        let slice = sched.slice_ticks(id).unwrap_or(default_slice);
         let start = crate::arch::rdtsc();
         if let Some(prev) = last_slice_end {
-            if overhead.len() < OVERHEAD_SAMPLES {
-                overhead.push(start - prev);
+            if let Some(sample) = overhead.get_mut(samples) {
+                *sample = start - prev;
+                samples += 1;
             }
         }
         // A load after the first slice (no locked swap at every switch).
@@ -1322,6 +1330,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             platform.dropped_bytes
         );
     }
+    overhead.truncate(samples);
     if !overhead.is_empty() {
         overhead.sort_unstable();
         crate::println!(
@@ -1337,8 +1346,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
 /// statistics a user reads lag by that much).
 const STATS_EVERY_US: u64 = 1000;
 
-/// How often a CPU running vCPUs reads the host console's keys.
-const CONSOLE_POLL_US: u64 = 1000;
+/// How often a CPU running vCPUs looks at the host's own work between
+/// slices: console keys, the control protocol, statistics, stop requests
+/// (as often as the idle CPU 0 reads COM2).
+const HOST_LOOK_US: u64 = 1000;
 
 /// Samples of scheduler overhead kept per CPU.
 const OVERHEAD_SAMPLES: usize = 4096;
