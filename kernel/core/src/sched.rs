@@ -145,12 +145,11 @@ impl RunQueue {
 
     /// Drops `id` from the queue, keeping the others' order.
     fn remove(&mut self, id: VcpuId) {
-        let kept: Vec<VcpuId> = self.iter().filter(|&v| v != id).collect();
-        let cap = self.slots.len();
-        self.slots = kept.iter().copied().collect();
+        let mut kept: Vec<VcpuId> = self.iter().filter(|&v| v != id).collect();
         self.len = kept.len();
         self.head = 0;
-        self.slots.resize(cap, VcpuId(u32::MAX));
+        kept.resize(self.slots.len(), VcpuId(u32::MAX));
+        self.slots = kept;
     }
 }
 
