@@ -217,6 +217,7 @@ impl LazyState {
 
     /// Saves the hardware's copy of this vCPU's registers (it was loaded
     /// last on this CPU and ran with `xcr0`).
+    #[inline]
     pub fn save(&mut self, xcr0: u64) {
         self.xcr0 = xcr0;
         let area = self.xsave.0.as_mut_ptr();
@@ -296,6 +297,7 @@ impl LazyState {
     /// that saved just before); an MSR or XCR0 that already has this vCPU's
     /// value is not written again (WRMSR and XSETBV are slow, and most
     /// guests leave most of them alike).
+    #[inline]
     pub fn load(&self, xcr0: u64, hardware: Option<&LazyState>) {
         let area = self.xsave.0.as_ptr();
         if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
@@ -340,6 +342,14 @@ impl LazyState {
             }
         }
     }
+}
+
+/// Hands the hardware from `prev` (the vCPU that ran last, with its XCR0)
+/// to `next`: one call for both halves of a world switch's lazy part.
+#[inline(never)]
+pub fn switch((prev, prev_xcr0): (&mut LazyState, u64), (next, next_xcr0): (&mut LazyState, u64)) {
+    prev.save(prev_xcr0);
+    next.load(next_xcr0, Some(prev));
 }
 
 /// Loads a new XCR0 for the running vCPU after an emulated XSETBV.

@@ -150,14 +150,8 @@ impl Vcpu {
     fn slice_us(&self) -> u32 {
         each!(self, v => v.slice_us())
     }
-    fn save_lazy(&mut self) {
-        each!(self, v => v.save_lazy())
-    }
-    fn load_lazy(&self, hardware: Option<&lazy::LazyState>) {
-        each!(self, v => v.load_lazy(hardware))
-    }
-    fn lazy(&self) -> &lazy::LazyState {
-        each!(self, v => v.lazy())
+    fn lazy_mut(&mut self) -> (&mut lazy::LazyState, u64) {
+        each!(self, v => v.lazy_mut())
     }
     fn stop(&mut self, reason: StopReason, env: &mut KernelPlatform) {
         each!(self, v => v.stop(reason, env))
@@ -612,7 +606,8 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
         .map_err(|e| format!("{e}"));
     let report = result.map(|()| {
         let mut platform = KernelPlatform::new(0);
-        v.load_lazy(None);
+        let (lazy, xcr0) = v.lazy_mut();
+        lazy.load(xcr0, None);
         let end = v.run_slice(
             &host,
             crate::arch::rdtsc() + tsc_from_us(100_000),
@@ -1541,14 +1536,20 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
 /// `from` (when one had them) to the one in slot `to`; MSRs and XCR0 that
 /// already hold `to`'s values are not written again.
 fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) {
-    if let Some(Ok([Some(prev), next])) = from.map(|p| vcpus.get_disjoint_mut([p, to])) {
-        prev.save_lazy();
-        if let Some(next) = next {
-            next.load_lazy(Some(prev.lazy()));
+    match from.map(|p| vcpus.get_disjoint_mut([p, to])) {
+        Some(Ok([Some(prev), Some(next)])) => lazy::switch(prev.lazy_mut(), next.lazy_mut()),
+        Some(Ok([Some(prev), None])) => {
+            let (prev, xcr0) = prev.lazy_mut();
+            prev.save(xcr0);
         }
-    } else if let Some(Some(next)) = vcpus.get(to) {
-        // No vCPU's values known in the hardware: every MSR and XCR0 are written.
-        next.load_lazy(None);
+        _ => {
+            if let Some(Some(next)) = vcpus.get_mut(to) {
+                // No vCPU's values known in the hardware: every MSR and
+                // XCR0 are written.
+                let (next, xcr0) = next.lazy_mut();
+                next.load(xcr0, None);
+            }
+        }
     }
 }
 

@@ -178,20 +178,11 @@ impl Vcpu {
         self.slice_us
     }
 
-    /// Saves the registers this vCPU left in the hardware.
-    pub fn save_lazy(&mut self) {
-        self.lazy.save(self.soft.xcr0);
-    }
-
-    /// Loads this vCPU's lazily switched registers into the hardware
-    /// (`hardware`: what it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<&LazyState>) {
-        self.lazy.load(self.soft.xcr0, hardware);
-    }
-
-    /// The lazily switched registers as this vCPU last saved them.
-    pub fn lazy(&self) -> &LazyState {
-        &self.lazy
+    /// This vCPU's lazily switched registers and the XCR0 it runs with
+    /// (for [`lazy::switch`](crate::vmm::lazy::switch) and
+    /// [`LazyState::load`]).
+    pub fn lazy_mut(&mut self) -> (&mut LazyState, u64) {
+        (&mut self.lazy, self.soft.xcr0)
     }
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,

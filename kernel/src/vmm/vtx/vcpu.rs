@@ -169,21 +169,11 @@ impl Vcpu {
         self.slice_us
     }
 
-    /// Saves the registers this vCPU left in the hardware (the CPU is about
-    /// to run another vCPU).
-    pub fn save_lazy(&mut self) {
-        self.lazy.save(self.soft.xcr0);
-    }
-
-    /// Loads this vCPU's lazily switched registers into the hardware
-    /// (`hardware`: what it holds now, if known).
-    pub fn load_lazy(&self, hardware: Option<&LazyState>) {
-        self.lazy.load(self.soft.xcr0, hardware);
-    }
-
-    /// The lazily switched registers as this vCPU last saved them.
-    pub fn lazy(&self) -> &LazyState {
-        &self.lazy
+    /// This vCPU's lazily switched registers and the XCR0 it runs with
+    /// (for [`lazy::switch`](crate::vmm::lazy::switch) and
+    /// [`LazyState::load`]).
+    pub fn lazy_mut(&mut self) -> (&mut LazyState, u64) {
+        (&mut self.lazy, self.soft.xcr0)
     }
 
     /// VMPTRLDs this vCPU's VMCS on the calling CPU (and sets it up the
@@ -289,7 +279,7 @@ impl Vcpu {
 
     /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
     /// halts or stops). `env` gives exit handlers the platform services.
-    /// The vCPU's lazy registers must be loaded ([`Vcpu::load_lazy`]).
+    /// The vCPU's lazy registers must be loaded ([`LazyState::load`]).
     ///
     /// Work is done where it changes: once per slice the VMCS is made
     /// current, the preemption timer set (the CPU saves its value at every
