@@ -342,6 +342,7 @@ impl Scheduler {
 
     /// Running `id`'s turn ends and it queues again (one lookup: this is
     /// on every world switch).
+    #[inline]
     fn requeue_running(&mut self, id: VcpuId, now: u64, yielded: bool) -> Result<(), SchedError> {
         let e = self
             .vcpus

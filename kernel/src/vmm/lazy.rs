@@ -183,6 +183,12 @@ pub struct LazyState {
     /// hardware's, another vCPU's, are nothing to it.
     debug_owned: bool,
     msrs: MsrValues,
+    /// Names the values of the MSRs other than KERNEL_GS_BASE: 0 while
+    /// they are all 0 (as after reset), else a number no other vCPU's
+    /// values have (a new one at every write, [`new_msr_set`]). Equal
+    /// numbers mean equal values, so a switch between vCPUs whose guests
+    /// never wrote them (or share none of the writes) compares one number.
+    msr_set: u64,
     /// XCR0 as of the last save: what the hardware holds right after it.
     xcr0: u64,
     /// The slots of `msrs` switched here ([`Extension::slots`]).
@@ -209,6 +215,7 @@ impl LazyState {
             dr6: 0xFFFF_0FF0,
             debug_owned: !debug_exits,
             msrs: MsrValues([0; 6]),
+            msr_set: 0,
             xcr0: 1,
             slots: ext.slots(),
             cr2_dr6: ext == Extension::Vtx,
@@ -329,9 +336,15 @@ impl LazyState {
             // A slot this backend does not switch is 0 in every record (no
             // save reads it, no write reaches it): equal, never written.
             Some(held) => {
-                for (i, &msr) in LAZY_MSRS.iter().enumerate() {
-                    if held.msrs.0[i] != self.msrs.0[i] {
-                        wrmsr(msr, self.msrs.0[i]);
+                let kgs = SLOT_KERNEL_GS_BASE;
+                if held.msrs.0[kgs] != self.msrs.0[kgs] {
+                    wrmsr(LAZY_MSRS[kgs], self.msrs.0[kgs]);
+                }
+                if held.msr_set != self.msr_set {
+                    for (i, &msr) in LAZY_MSRS.iter().enumerate().skip(kgs + 1) {
+                        if held.msrs.0[i] != self.msrs.0[i] {
+                            wrmsr(msr, self.msrs.0[i]);
+                        }
                     }
                 }
             }
@@ -381,6 +394,12 @@ fn rdmsr(msr: u32) -> u64 {
     unsafe { Msr::new(msr).read() }
 }
 
+/// A number for [`LazyState::msr_set`] that no vCPU has had.
+fn new_msr_set() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn wrmsr(msr: u32, value: u64) {
     // SAFETY: as for `rdmsr`; values come from policy checks (canonical
     // addresses) or from a previous RDMSR.
@@ -407,6 +426,9 @@ impl LazyRegs for VcpuLazyRegs<'_> {
         }
         if let Some(i) = slot(msr) {
             self.0.msrs.0[i] = value;
+            if i != SLOT_KERNEL_GS_BASE {
+                self.0.msr_set = new_msr_set();
+            }
         }
         wrmsr(msr, value);
     }
