@@ -737,7 +737,6 @@ pub fn mail_waiting(cpu: usize) -> bool {
 pub(super) fn serve(
     cpu: usize,
     vcpus: &mut Vec<Option<Vcpu>>,
-    ids: &mut super::SlotIds,
     sched: &mut Scheduler,
     lazy_owner: &mut Option<usize>,
     platform: &mut KernelPlatform,
@@ -759,7 +758,7 @@ pub(super) fn serve(
                 if let Some(mut v) = vcpus[i].take() {
                     v.stop(StopReason::HostStop, platform);
                     platform.flush_output();
-                    super::finish_vm(cpu, v, sched, ids[i], now);
+                    super::finish_vm(cpu, v, sched, i, now);
                     if *lazy_owner == Some(i) {
                         *lazy_owner = None;
                     }
@@ -823,15 +822,8 @@ pub(super) fn serve(
                     continue;
                 }
                 stop_running(vcpus, sched, lazy_owner);
-                let result = start_here(
-                    cpu,
-                    mail.vm,
-                    mail.op == Op::Create,
-                    vcpus,
-                    ids,
-                    sched,
-                    platform,
-                );
+                let result =
+                    start_here(cpu, mail.vm, mail.op == Op::Create, vcpus, sched, platform);
                 match result {
                     Ok((name, host)) => respond(
                         mail.origin,
@@ -859,7 +851,6 @@ fn start_here(
     id: u32,
     created: bool,
     vcpus: &mut Vec<Option<Vcpu>>,
-    ids: &mut super::SlotIds,
     sched: &mut Scheduler,
     platform: &mut KernelPlatform,
 ) -> Result<(String, u64), String> {
@@ -889,7 +880,7 @@ fn start_here(
     for (v, to) in list {
         super::hand_over(to, v);
     }
-    super::adopt(cpu, vcpus, ids, sched);
+    super::adopt(cpu, vcpus, sched);
     console::cpu_started(
         cpu,
         platform.apic_id,

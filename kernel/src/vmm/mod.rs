@@ -1112,19 +1112,18 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     };
     // A stopped VM's slot empties: its memory goes back to the frame
     // allocator at once.
-    let mut vcpus: Vec<Option<Vcpu>> = list.into_iter().map(Some).collect();
+    let mut vcpus: Vec<Option<Vcpu>> = Vec::new();
     // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
     // the hardware holds: switched only when another vCPU runs next.
     let mut lazy_owner: Option<usize> = None;
     let mut platform =
         KernelPlatform::new(crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0));
     let default_slice = tsc_from_us(10_000);
-    let Ok(mut sched) = Scheduler::new(1, default_slice) else {
+    let Ok(mut sched) = Scheduler::new(default_slice) else {
         return;
     };
-    let mut ids = SlotIds::default();
-    for v in vcpus.iter().flatten() {
-        ids.push(schedule(&mut sched, v));
+    for v in list {
+        place(&mut vcpus, &mut sched, v);
     }
     // From 0, not the current count: a request made before this CPU's loop
     // started (an AP starts later than the console reads keys) is honoured.
@@ -1171,14 +1170,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     control::poll();
                 }
                 if control::mail_waiting(cpu) {
-                    control::serve(
-                        cpu,
-                        &mut vcpus,
-                        &mut ids,
-                        &mut sched,
-                        &mut lazy_owner,
-                        &mut platform,
-                    );
+                    control::serve(cpu, &mut vcpus, &mut sched, &mut lazy_owner, &mut platform);
                 }
                 control::publish(cpu, &vcpus, now);
             }
@@ -1186,10 +1178,10 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         // vCPUs handed over by other CPUs (a VM started or restarted there
         // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
         if vm::take_news(cpu) {
-            adopt(cpu, &mut vcpus, &mut ids, &mut sched);
+            adopt(cpu, &mut vcpus, &mut sched);
             for (i, v) in vcpus.iter().enumerate() {
                 if v.as_ref().is_some_and(Vcpu::has_mail) {
-                    let _ = sched.wake(ids[i]);
+                    let _ = sched.wake(VcpuId(i as u32));
                 }
             }
         }
@@ -1209,7 +1201,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     if attached == Some(id) {
                         if let Some(bytes) = console::take_input(id) {
                             v.console_input(&bytes, &mut platform);
-                            let _ = sched.wake(ids[i]);
+                            let _ = sched.wake(VcpuId(i as u32));
                         }
                     }
                 }
@@ -1234,25 +1226,24 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     if let Some(mut v) = slot.take() {
                         v.stop(StopReason::HostStop, &mut platform);
                         platform.flush_output();
-                        finish_vm(cpu, v, &mut sched, ids[i], now);
+                        finish_vm(cpu, v, &mut sched, i, now);
                     }
                 }
                 // The last vCPUs of VMs shared with other CPUs end there.
                 break;
             }
         }
-        let Some(hvcore::sched::Pick { id, slice }) = sched.pick(0, now) else {
+        let Some(hvcore::sched::Pick { id, slice }) = sched.pick(now) else {
             // A CPU whose vCPUs all stopped stays while a VM lives: a VM
             // restarted on another CPU may hand it a vCPU again.
-            if sched.all_stopped(0) && !control::enabled() && LIVE_VMS.load(Ordering::Acquire) == 0
-            {
+            if sched.all_stopped() && !control::enabled() && LIVE_VMS.load(Ordering::Acquire) == 0 {
                 break;
             }
             // Idle: every vCPU halted. Sleep until the earliest wake-up on the
             // LAPIC timer (a wake IPI or a stop request end the sleep too).
             // Sleeping is not switching: the next slice gives no sample.
             last_slice_end = None;
-            let mut wake = sched.next_wake(0).unwrap_or(now + default_slice);
+            let mut wake = sched.next_wake().unwrap_or(now + default_slice);
             if cpu == 0 && control::enabled() {
                 // CPU 0 looks at COM2 at least every millisecond.
                 wake = wake.min(now + tsc_from_us(1000));
@@ -1264,9 +1255,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             next_look = 0;
             continue;
         };
-        let Some(i) = ids.slot(id) else {
-            continue;
-        };
+        let i = id.0 as usize;
         if lazy_owner != Some(i) {
             switch_lazy(&mut vcpus, lazy_owner, i);
             lazy_owner = Some(i);
@@ -1309,7 +1298,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             SliceEnd::WaitForSipi => sched.on_halt(id, t, None),
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
-                    finish_vm(cpu, v, &mut sched, id, t);
+                    finish_vm(cpu, v, &mut sched, i, t);
                     if lazy_owner == Some(i) {
                         lazy_owner = None;
                     }
@@ -1357,83 +1346,42 @@ static PACKAGE: spin::Once<&'static Package<'static>> = spin::Once::new();
 /// Adds `v` to this CPU's scheduler (its slice from its configuration).
 fn schedule(sched: &mut Scheduler, v: &Vcpu) -> VcpuId {
     let slice = tsc_from_us(v.slice_us() as u64).max(1);
-    match sched.add_vcpu_with_slice(0, slice) {
+    match sched.add_vcpu_with_slice(slice) {
         Ok(id) => id,
         Err(e) => panic!("scheduler refused a vCPU: {e:?}"),
     }
 }
 
-/// The scheduler's id of each vCPU slot of a CPU's loop, and the slot of
-/// each id (the scheduler picks by id; the loop finds the slot at once).
-#[derive(Default)]
-pub(super) struct SlotIds {
-    ids: Vec<VcpuId>,
-    /// Indexed by the id's number (the scheduler numbers its vCPUs 0, 1, ..).
-    slots: Vec<Option<usize>>,
-}
-
-impl SlotIds {
-    /// A new slot for `id`.
-    fn push(&mut self, id: VcpuId) {
-        self.ids.push(id);
-        self.set(self.ids.len() - 1, id);
-    }
-
-    /// Slot `slot` (an existing one) holds `id` now, no longer its old id.
-    fn set(&mut self, slot: usize, id: VcpuId) {
-        if let Some(old) = self.ids.get_mut(slot) {
-            if let Some(s) = self.slots.get_mut(old.0 as usize) {
-                *s = None;
-            }
-            *old = id;
-        }
-        let n = id.0 as usize;
-        if self.slots.len() <= n {
-            self.slots.resize(n + 1, None);
-        }
-        self.slots[n] = Some(slot);
-    }
-
-    /// The slot of `id`.
-    #[inline]
-    fn slot(&self, id: VcpuId) -> Option<usize> {
-        self.slots.get(id.0 as usize).copied().flatten()
-    }
-}
-
-impl core::ops::Index<usize> for SlotIds {
-    type Output = VcpuId;
-    fn index(&self, slot: usize) -> &VcpuId {
-        &self.ids[slot]
-    }
-}
-
 /// Takes the vCPUs other CPUs handed to this one ([`hand_over`]) into its
-/// loop: a free slot, or a new one.
-fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, ids: &mut SlotIds, sched: &mut Scheduler) {
+/// loop.
+fn adopt(cpu: usize, vcpus: &mut Vec<Option<Vcpu>>, sched: &mut Scheduler) {
     let Some(CpuWork(list)) = ADOPT.get(cpu).and_then(|a| a.lock().take()) else {
         return;
     };
     for v in list {
-        let id = schedule(sched, &v);
-        match vcpus.iter().position(Option::is_none) {
-            Some(i) => {
-                vcpus[i] = Some(v);
-                ids.set(i, id);
-            }
-            None => {
-                vcpus.push(Some(v));
-                ids.push(id);
-            }
-        }
+        place(vcpus, sched, v);
     }
+}
+
+/// Adds `v` to this CPU's scheduler and puts it in the loop's slot of its
+/// id (a stopped vCPU's, or a new one).
+fn place(vcpus: &mut Vec<Option<Vcpu>>, sched: &mut Scheduler, v: Vcpu) {
+    let slot = schedule(sched, &v).0 as usize;
+    if vcpus.len() <= slot {
+        vcpus.resize_with(slot + 1, || None);
+    }
+    assert!(
+        vcpus[slot].is_none(),
+        "scheduler slot {slot} still holds a vCPU"
+    );
+    vcpus[slot] = Some(v);
 }
 
 /// Takes a stopped vCPU off this CPU and frees its control block. The
 /// VM's last vCPU to go reports the VM and frees its memory, or rebuilds
 /// it when the guest reset and its policy says `restart`.
-fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, id: VcpuId, now: u64) {
-    let _ = sched.stop(id, now);
+fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, slot: usize, now: u64) {
+    let _ = sched.stop(VcpuId(slot as u32), now);
     let vm = v.release();
     if !vm.finish_vcpu() {
         // Its other vCPUs end on their CPUs (they were told to stop).
