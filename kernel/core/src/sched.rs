@@ -241,9 +241,8 @@ impl Scheduler {
             .cpu_ticks
             .saturating_add(now.saturating_sub(since));
         e.state = next;
-        if self.running == Some(id) {
-            self.running = None;
-        }
+        // Only the running vCPU is in state Running.
+        self.running = None;
         Ok(&mut e.account)
     }
 

@@ -185,12 +185,12 @@ impl Vcpu {
         (&mut self.lazy, self.soft.xcr0)
     }
 
-    /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
+    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end` (or it yields,
     /// halts or stops).
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
-        slice_end: u64,
+        (start, slice_end): (u64, u64),
         env: &mut KernelPlatform,
     ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
@@ -216,8 +216,7 @@ impl Vcpu {
                 e.attempted
             );
         }
-        let now = crate::arch::rdtsc();
-        crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(now)).max(1));
+        crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(start)).max(1));
         let end = self.run_until(host, slice_end, env);
         crate::apic::stop_timer();
         end

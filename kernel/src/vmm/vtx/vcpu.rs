@@ -277,7 +277,7 @@ impl Vcpu {
             .map_err(|e| VmxError::Instruction("VMWRITE", e))
     }
 
-    /// Runs the vCPU until its slice ends at TSC `slice_end` (or it yields,
+    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end` (or it yields,
     /// halts or stops). `env` gives exit handlers the platform services.
     /// The vCPU's lazy registers must be loaded ([`LazyState::load`]).
     ///
@@ -294,7 +294,7 @@ impl Vcpu {
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
-        slice_end: u64,
+        (start, slice_end): (u64, u64),
         env: &mut KernelPlatform,
     ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
@@ -363,10 +363,7 @@ impl Vcpu {
         };
         let timer_saved = host.setup.optional.preemption_timer_save && !has_apic;
         if timer_saved {
-            vmcs.set_known(
-                VMX_PREEMPTION_TIMER_VALUE,
-                timer(crate::arch::rdtsc(), slice_end),
-            );
+            vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(start, slice_end));
         }
         let mut mode = switch::Mode::slice_start(self.launched);
         // What an entry must check comes from two places: time (the slice's
