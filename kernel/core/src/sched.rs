@@ -21,7 +21,8 @@
 //!    (gone for good; the CPU's other vCPUs carry on).
 //!
 //! Fairness: every runnable vCPU is picked once per round, for a full slice
-//! unless it gives the rest up. CPU time and slices are accounted per vCPU.
+//! unless it gives the rest up. What a vCPU used is counted where users read
+//! it, in its VM's statistics (`stats`): the scheduler keeps no second count.
 //! A round is a walk over a handful of slots (a CPU's vCPUs): cheaper than
 //! a queue's bookkeeping, and it is on every world switch.
 //!
@@ -39,11 +40,8 @@ pub struct VcpuId(pub u32);
 pub enum SchedState {
     /// In its CPU's run queue.
     Runnable,
-    /// On its CPU since `since`.
-    Running {
-        /// Start of the current slice.
-        since: u64,
-    },
+    /// On its CPU.
+    Running,
     /// Waiting for an interrupt, or until `wake_at`.
     Halted {
         /// Deadline, if any.
@@ -51,19 +49,6 @@ pub enum SchedState {
     },
     /// Never scheduled again.
     Stopped,
-}
-
-/// Per-vCPU accounting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VcpuAccount {
-    /// Slices started.
-    pub slices: u64,
-    /// Ticks spent running.
-    pub cpu_ticks: u64,
-    /// Slices given up early with yield.
-    pub yields: u64,
-    /// Slices ended by HLT.
-    pub halts: u64,
 }
 
 /// Scheduler misuse.
@@ -83,7 +68,6 @@ pub enum SchedError {
 struct Entry {
     slice: u64,
     state: SchedState,
-    account: VcpuAccount,
 }
 
 /// What [`Scheduler::pick`] chose.
@@ -134,7 +118,6 @@ impl Scheduler {
         let entry = Entry {
             slice,
             state: SchedState::Runnable,
-            account: VcpuAccount::default(),
         };
         let free = self
             .slots
@@ -175,11 +158,6 @@ impl Scheduler {
         Ok(self.entry(id)?.state)
     }
 
-    /// Accounting of `id`.
-    pub fn account(&self, id: VcpuId) -> Result<VcpuAccount, SchedError> {
-        Ok(self.entry(id)?.account)
-    }
-
     /// The vCPU running, if any.
     pub fn running(&self) -> Option<VcpuId> {
         self.running
@@ -194,7 +172,7 @@ impl Scheduler {
     /// [`Self::pick_next`] with the chosen vCPU's slice.
     pub fn pick(&mut self, now: u64) -> Option<Pick> {
         if let Some(cur) = self.running {
-            let _ = self.on_exit_slice_end(cur, now);
+            let _ = self.on_exit_slice_end(cur);
         }
         let n = self.slots.len();
         let mut slot = self.next;
@@ -209,8 +187,7 @@ impl Scheduler {
                 _ => false,
             };
             if due {
-                e.state = SchedState::Running { since: now };
-                e.account.slices += 1;
+                e.state = SchedState::Running;
                 let id = VcpuId(slot as u32);
                 self.running = Some(id);
                 self.next = slot + 1;
@@ -221,54 +198,38 @@ impl Scheduler {
         None
     }
 
-    /// Ends the running turn of `id` for state `next`: accounts its time.
+    /// Ends the running turn of `id` for state `next`.
     #[inline]
-    fn end_turn(
-        &mut self,
-        id: VcpuId,
-        now: u64,
-        next: SchedState,
-    ) -> Result<&mut VcpuAccount, SchedError> {
+    fn end_turn(&mut self, id: VcpuId, next: SchedState) -> Result<(), SchedError> {
         let e = self
             .slots
             .get_mut(id.0 as usize)
             .ok_or(SchedError::UnknownVcpu(id))?;
-        let SchedState::Running { since } = e.state else {
+        if e.state != SchedState::Running {
             return Err(SchedError::NotRunning(id));
-        };
-        e.account.cpu_ticks = e
-            .account
-            .cpu_ticks
-            .saturating_add(now.saturating_sub(since));
+        }
         e.state = next;
         // Only the running vCPU is in state Running.
         self.running = None;
-        Ok(&mut e.account)
+        Ok(())
     }
 
     /// The slice of `id` is over (preemption timer): its next turn is a
     /// round later.
-    pub fn on_exit_slice_end(&mut self, id: VcpuId, now: u64) -> Result<(), SchedError> {
-        self.end_turn(id, now, SchedState::Runnable).map(|_| ())
+    pub fn on_exit_slice_end(&mut self, id: VcpuId) -> Result<(), SchedError> {
+        self.end_turn(id, SchedState::Runnable)
     }
 
     /// `id` gives up the rest of its slice: its next turn is a round later.
     #[inline]
-    pub fn on_yield(&mut self, id: VcpuId, now: u64) -> Result<(), SchedError> {
-        self.end_turn(id, now, SchedState::Runnable)?.yields += 1;
-        Ok(())
+    pub fn on_yield(&mut self, id: VcpuId) -> Result<(), SchedError> {
+        self.end_turn(id, SchedState::Runnable)
     }
 
-    /// `id` halted; it runs again after [`Self::wake`] or at `wake_at`.
-    pub fn on_halt(
-        &mut self,
-        id: VcpuId,
-        now: u64,
-        wake_at: Option<u64>,
-    ) -> Result<(), SchedError> {
-        self.end_turn(id, now, SchedState::Halted { wake_at })?
-            .halts += 1;
-        Ok(())
+    /// `id` halted; it runs again after [`Self::wake`] or at `wake_at`
+    /// (host ticks).
+    pub fn on_halt(&mut self, id: VcpuId, wake_at: Option<u64>) -> Result<(), SchedError> {
+        self.end_turn(id, SchedState::Halted { wake_at })
     }
 
     /// An interrupt for halted `id`: runnable again (its turn comes in the
@@ -283,13 +244,14 @@ impl Scheduler {
     }
 
     /// Removes `id` for good, whatever its state (its slot goes to the next
-    /// vCPU added); `now` closes its accounting if it was running.
-    pub fn stop(&mut self, id: VcpuId, now: u64) -> Result<(), SchedError> {
-        if matches!(self.entry(id)?.state, SchedState::Running { .. }) {
-            self.end_turn(id, now, SchedState::Stopped)?;
+    /// vCPU added).
+    pub fn stop(&mut self, id: VcpuId) -> Result<(), SchedError> {
+        if self.entry(id)?.state == SchedState::Running {
+            self.end_turn(id, SchedState::Stopped)
+        } else {
+            self.entry_mut(id)?.state = SchedState::Stopped;
+            Ok(())
         }
-        self.entry_mut(id)?.state = SchedState::Stopped;
-        Ok(())
     }
 
     /// Earliest wake deadline of a halted vCPU (when an idle CPU should
@@ -316,28 +278,27 @@ mod tests {
 
     const SLICE: u64 = 100;
 
-    /// Runs for `rounds` full slices; returns the picks.
-    fn run_slices(s: &mut Scheduler, now: &mut u64, rounds: usize) -> Vec<u32> {
+    /// Runs for `rounds` full slices from `now`; returns the picks.
+    fn run_slices(s: &mut Scheduler, now: u64, rounds: usize) -> Vec<u32> {
         let mut picks = Vec::new();
         for _ in 0..rounds {
-            let id = s.pick_next(*now).expect("runnable");
+            let id = s.pick_next(now).expect("runnable");
             picks.push(id.0);
-            *now += SLICE;
-            s.on_exit_slice_end(id, *now).unwrap();
+            s.on_exit_slice_end(id).unwrap();
         }
         picks
     }
 
     #[test]
-    fn three_vcpus_round_robin_equal_slices() {
+    fn three_vcpus_round_robin_equal_turns() {
         let mut s = Scheduler::new(SLICE).unwrap();
-        let ids: Vec<_> = (0..3).map(|_| s.add_vcpu().unwrap()).collect();
-        let mut now = 0;
-        let picks = run_slices(&mut s, &mut now, 30);
+        for _ in 0..3 {
+            s.add_vcpu().unwrap();
+        }
+        let picks = run_slices(&mut s, 0, 30);
         assert_eq!(&picks[..6], &[0, 1, 2, 0, 1, 2]);
-        for id in ids {
-            let a = s.account(id).unwrap();
-            assert_eq!((a.slices, a.cpu_ticks), (10, 10 * SLICE));
+        for v in 0..3 {
+            assert_eq!(picks.iter().filter(|&&p| p == v).count(), 10);
         }
     }
 
@@ -356,6 +317,8 @@ mod tests {
         );
         assert_eq!(s.slice_ticks(a), Ok(30));
         assert_eq!(s.running(), Some(b));
+        assert_eq!(s.state(a), Ok(SchedState::Runnable));
+        assert_eq!(s.state(b), Ok(SchedState::Running));
     }
 
     #[test]
@@ -364,13 +327,12 @@ mod tests {
         let a = s.add_vcpu().unwrap();
         let b = s.add_vcpu().unwrap();
         assert_eq!(s.pick_next(0), Some(a));
-        s.on_yield(a, 10).unwrap();
+        s.on_yield(a).unwrap();
+        assert_eq!(s.running(), None);
         assert_eq!(s.pick_next(10), Some(b));
-        s.on_exit_slice_end(b, 110).unwrap();
+        s.on_exit_slice_end(b).unwrap();
         assert_eq!(s.pick_next(110), Some(a));
-        let acc = s.account(a).unwrap();
-        assert_eq!((acc.slices, acc.cpu_ticks, acc.yields), (2, 10, 1));
-        assert_eq!(s.on_yield(b, 120), Err(SchedError::NotRunning(b)));
+        assert_eq!(s.on_yield(b), Err(SchedError::NotRunning(b)));
     }
 
     /// A lone vCPU that yields runs again at once.
@@ -380,9 +342,8 @@ mod tests {
         let a = s.add_vcpu().unwrap();
         for t in 0..3 {
             assert_eq!(s.pick_next(t), Some(a));
-            s.on_yield(a, t).unwrap();
+            s.on_yield(a).unwrap();
         }
-        assert_eq!(s.account(a).unwrap().yields, 3);
     }
 
     #[test]
@@ -392,30 +353,29 @@ mod tests {
         let b = s.add_vcpu().unwrap();
         let c = s.add_vcpu().unwrap();
         assert_eq!(s.pick_next(0), Some(a));
-        s.stop(a, 50).unwrap(); // stopped while running
-        s.stop(c, 50).unwrap(); // stopped while runnable
-        let mut now = 50;
-        assert_eq!(run_slices(&mut s, &mut now, 5), [1, 1, 1, 1, 1]);
-        assert_eq!(s.account(a).unwrap().cpu_ticks, 50);
+        s.stop(a).unwrap(); // stopped while running
+        assert_eq!(s.running(), None);
+        s.stop(c).unwrap(); // stopped while runnable
+        assert_eq!(run_slices(&mut s, 50, 5), [1, 1, 1, 1, 1]);
         assert_eq!(s.state(c), Ok(SchedState::Stopped));
         assert_eq!(s.wake(c), Err(SchedError::NotHalted(c)));
-        s.stop(b, now).unwrap();
+        s.stop(b).unwrap();
         assert!(s.all_stopped());
-        assert_eq!(s.pick_next(now), None);
+        assert_eq!(s.pick_next(50), None);
     }
 
-    /// A stopped vCPU's slot goes to the next one added, with fresh
-    /// accounting; the others keep theirs.
+    /// A stopped vCPU's slot goes to the next one added; the others keep
+    /// theirs.
     #[test]
     fn stopped_slot_reused() {
         let mut s = Scheduler::new(SLICE).unwrap();
         let a = s.add_vcpu().unwrap();
         let b = s.add_vcpu().unwrap();
         assert_eq!(s.pick_next(0), Some(a));
-        s.stop(a, 10).unwrap();
+        s.stop(a).unwrap();
         let c = s.add_vcpu_with_slice(7).unwrap();
         assert_eq!(c, a);
-        assert_eq!(s.account(c).unwrap(), VcpuAccount::default());
+        assert_eq!(s.state(c), Ok(SchedState::Runnable));
         assert_eq!(s.slice_ticks(c), Ok(7));
         assert_eq!(s.add_vcpu().unwrap(), VcpuId(2));
         assert_eq!(s.pick_next(10), Some(b));
@@ -430,18 +390,18 @@ mod tests {
         let a = s.add_vcpu().unwrap();
         let b = s.add_vcpu().unwrap();
         assert_eq!(s.pick_next(0), Some(a));
-        s.on_halt(a, 5, Some(1000)).unwrap();
+        s.on_halt(a, Some(1000)).unwrap();
         assert_eq!(s.pick_next(5), Some(b));
-        s.on_halt(b, 20, None).unwrap();
+        s.on_halt(b, None).unwrap();
         assert_eq!(s.pick_next(20), None, "idle");
         assert_eq!(s.next_wake(), Some(1000));
         assert_eq!(s.pick_next(999), None);
         assert_eq!(s.pick_next(1000), Some(a));
-        s.on_halt(a, 1001, Some(5000)).unwrap();
+        s.on_halt(a, Some(5000)).unwrap();
         // An interrupt wakes b before its (absent) deadline.
         s.wake(b).unwrap();
         assert_eq!(s.pick_next(1002), Some(b));
-        assert_eq!(s.account(a).unwrap().halts, 2);
+        assert_eq!(s.wake(b), Err(SchedError::NotHalted(b)));
     }
 
     /// Halted vCPUs are skipped without delaying the others' turns, and a
@@ -451,11 +411,10 @@ mod tests {
         let mut s = Scheduler::new(SLICE).unwrap();
         let ids: Vec<_> = (0..3).map(|_| s.add_vcpu().unwrap()).collect();
         assert_eq!(s.pick_next(0), Some(ids[0]));
-        s.on_halt(ids[0], 1, None).unwrap();
-        let mut now = 1;
-        assert_eq!(run_slices(&mut s, &mut now, 4), [1, 2, 1, 2]);
+        s.on_halt(ids[0], None).unwrap();
+        assert_eq!(run_slices(&mut s, 1, 4), [1, 2, 1, 2]);
         s.wake(ids[0]).unwrap();
-        assert_eq!(run_slices(&mut s, &mut now, 3), [0, 1, 2]);
+        assert_eq!(run_slices(&mut s, 1, 3), [0, 1, 2]);
     }
 
     #[test]

@@ -747,7 +747,6 @@ pub(super) fn serve(
         let Some(mail) = q.lock().pop_front() else {
             break;
         };
-        let now = crate::arch::rdtsc();
         let slot = vcpus
             .iter()
             .position(|v| v.as_ref().is_some_and(|v| v.vm().id() == mail.vm));
@@ -758,7 +757,7 @@ pub(super) fn serve(
                 if let Some(mut v) = vcpus[i].take() {
                     v.stop(StopReason::HostStop, platform);
                     platform.flush_output();
-                    super::finish_vm(cpu, v, sched, i, now);
+                    super::finish_vm(cpu, v, sched, i);
                     if *lazy_owner == Some(i) {
                         *lazy_owner = None;
                     }

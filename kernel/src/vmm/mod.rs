@@ -1229,7 +1229,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     if let Some(mut v) = slot.take() {
                         v.stop(StopReason::HostStop, &mut platform);
                         platform.flush_output();
-                        finish_vm(cpu, v, &mut sched, i, now);
+                        finish_vm(cpu, v, &mut sched, i);
                     }
                 }
                 // The last vCPUs of VMs shared with other CPUs end there.
@@ -1285,8 +1285,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
         let _ = match end {
-            SliceEnd::Preempted => sched.on_exit_slice_end(id, t),
-            SliceEnd::Yielded => sched.on_yield(id, t),
+            SliceEnd::Preempted => sched.on_exit_slice_end(id),
+            SliceEnd::Yielded => sched.on_yield(id),
             // A halted vCPU sleeps until its devices raise an interrupt
             // (its PIT tick), or for a slice when none will.
             // A local APIC interrupt that came before the HLT wakes it at once.
@@ -1295,13 +1295,13 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                     Some(v) if v.vm().apic_pending(v.index()) => t,
                     v => v.and_then(Vcpu::wake_tsc).map_or(t + slice, |w| w.max(t)),
                 };
-                sched.on_halt(id, t, Some(wake))
+                sched.on_halt(id, Some(wake))
             }
             // Until its mailbox has something (a start-up IPI, a stop).
-            SliceEnd::WaitForSipi => sched.on_halt(id, t, None),
+            SliceEnd::WaitForSipi => sched.on_halt(id, None),
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
-                    finish_vm(cpu, v, &mut sched, i, t);
+                    finish_vm(cpu, v, &mut sched, i);
                     if lazy_owner == Some(i) {
                         lazy_owner = None;
                     }
@@ -1383,8 +1383,8 @@ fn place(vcpus: &mut Vec<Option<Vcpu>>, sched: &mut Scheduler, v: Vcpu) {
 /// Takes a stopped vCPU off this CPU and frees its control block. The
 /// VM's last vCPU to go reports the VM and frees its memory, or rebuilds
 /// it when the guest reset and its policy says `restart`.
-fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, slot: usize, now: u64) {
-    let _ = sched.stop(VcpuId(slot as u32), now);
+fn finish_vm(cpu: usize, v: Vcpu, sched: &mut Scheduler, slot: usize) {
+    let _ = sched.stop(VcpuId(slot as u32));
     let vm = v.release();
     if !vm.finish_vcpu() {
         // Its other vCPUs end on their CPUs (they were told to stop).
