@@ -10,7 +10,7 @@
 //!   [`cpuid`], [`msr_policy`], [`hypercall`] and the device models in
 //!   [`devices`]; [`vcpu`] (run states, stop reasons) and [`stats`].
 //! - Firmware: [`firmware`] (the ACPI tables a VM's guest finds).
-//! - Scheduling: [`sched`] (per-CPU round-robin run queues).
+//! - Scheduling: [`sched`] (one round robin per CPU).
 //! - Output: [`text`] (names and guest text shown escaped on terminals).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
