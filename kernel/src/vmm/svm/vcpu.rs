@@ -217,12 +217,17 @@ impl Vcpu {
             );
         }
         crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(start)).max(1));
-        let end = self.run_until(host, slice_end, env);
+        let end = self.run_until(host, (start, slice_end), env);
         crate::apic::stop_timer();
         end
     }
 
-    fn run_until(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+    fn run_until(
+        &mut self,
+        host: &HostCpu,
+        (start, slice_end): (u64, u64),
+        env: &mut KernelPlatform,
+    ) -> SliceEnd {
         let cpu_changed = self.last_cpu != Some(host.cpu);
         self.last_cpu = Some(host.cpu);
         let setup = &host.setup;
@@ -241,7 +246,11 @@ impl Vcpu {
         // With a local APIC, the host's timer also ends the guest's run when
         // its APIC timer is due (armed at every entry then).
         let has_apic = vm.apic(self.index).is_some();
-        self.clock.apic_due = vm.apic_deadline(self.index);
+        self.clock.apic_due = if has_apic {
+            vm.apic_deadline(self.index)
+        } else {
+            None
+        };
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
         // Quiet entries and `attention_at` as in the VT-x loop: after an
@@ -253,8 +262,10 @@ impl Vcpu {
         let mut attention_at = 0;
         let mut timer_until = slice_end;
         let mut exit = Exit::Hlt;
+        // The first entry looks at the time the slice started; every later
+        // one reads it after the exit's handling.
+        let mut now = start;
         loop {
-            let now = crate::arch::rdtsc();
             if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
@@ -333,6 +344,7 @@ impl Vcpu {
                     if let Next::Resume = action {
                         crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                     }
+                    now = crate::arch::rdtsc();
                 }
                 Next::Yield => return SliceEnd::Yielded,
                 Next::Preempted => return SliceEnd::Preempted,

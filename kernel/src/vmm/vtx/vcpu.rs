@@ -356,7 +356,11 @@ impl Vcpu {
         // With a local APIC, the preemption timer also ends the guest's run
         // when its APIC timer is due (set at every entry then).
         let has_apic = vm.apic(self.index).is_some();
-        self.clock.apic_due = vm.apic_deadline(self.index);
+        self.clock.apic_due = if has_apic {
+            vm.apic_deadline(self.index)
+        } else {
+            None
+        };
         let rate = host.setup.preemption_timer_rate;
         let timer = |now: u64, until: u64| {
             ((until.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32
@@ -383,8 +387,10 @@ impl Vcpu {
         let mut attention_at = 0;
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
+        // The first entry looks at the time the slice started; every later
+        // one reads it after the exit's handling.
+        let mut now = start;
         loop {
-            let now = crate::arch::rdtsc();
             if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
@@ -437,9 +443,11 @@ impl Vcpu {
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
             if let Exit::PreemptionTimer = exit {
-                if has_apic && crate::arch::rdtsc() < slice_end {
+                let t = crate::arch::rdtsc();
+                if has_apic && t < slice_end {
                     // The APIC timer is due, not the slice over.
                     attention_at = 0;
+                    now = t;
                     continue;
                 }
             }
@@ -490,6 +498,7 @@ impl Vcpu {
                 if let Next::Resume = next {
                     crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                 }
+                now = crate::arch::rdtsc();
                 continue;
             }
             let end = match next {
