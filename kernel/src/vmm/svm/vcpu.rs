@@ -185,8 +185,8 @@ impl Vcpu {
         (&mut self.lazy, self.soft.xcr0)
     }
 
-    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end` (or it yields,
-    /// halts or stops).
+    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end`
+    /// (or it yields, halts or stops).
     pub fn run_slice(
         &mut self,
         host: &HostCpu,

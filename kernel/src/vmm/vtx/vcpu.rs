@@ -277,8 +277,8 @@ impl Vcpu {
             .map_err(|e| VmxError::Instruction("VMWRITE", e))
     }
 
-    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end` (or it yields,
-    /// halts or stops). `env` gives exit handlers the platform services.
+    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end`
+    /// (or it yields, halts or stops). `env` gives exit handlers the platform services.
     /// The vCPU's lazy registers must be loaded ([`LazyState::load`]).
     ///
     /// Work is done where it changes: once per slice the VMCS is made
