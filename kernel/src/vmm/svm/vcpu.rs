@@ -217,17 +217,12 @@ impl Vcpu {
             );
         }
         crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(start)).max(1));
-        let end = self.run_until(host, (start, slice_end), env);
+        let end = self.run_until(host, slice_end, env);
         crate::apic::stop_timer();
         end
     }
 
-    fn run_until(
-        &mut self,
-        host: &HostCpu,
-        (start, slice_end): (u64, u64),
-        env: &mut KernelPlatform,
-    ) -> SliceEnd {
+    fn run_until(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         let cpu_changed = self.last_cpu != Some(host.cpu);
         self.last_cpu = Some(host.cpu);
         let setup = &host.setup;
@@ -262,10 +257,8 @@ impl Vcpu {
         let mut attention_at = 0;
         let mut timer_until = slice_end;
         let mut exit = Exit::Hlt;
-        // The first entry looks at the time the slice started; every later
-        // one reads it after the exit's handling.
-        let mut now = start;
         loop {
+            let now = crate::arch::rdtsc();
             if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
@@ -344,7 +337,6 @@ impl Vcpu {
                     if let Next::Resume = action {
                         crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                     }
-                    now = crate::arch::rdtsc();
                 }
                 Next::Yield => return SliceEnd::Yielded,
                 Next::Preempted => return SliceEnd::Preempted,

@@ -387,10 +387,8 @@ impl Vcpu {
         let mut attention_at = 0;
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
-        // The first entry looks at the time the slice started; every later
-        // one reads it after the exit's handling.
-        let mut now = start;
         loop {
+            let now = crate::arch::rdtsc();
             if now >= attention_at {
                 let checks = crate::vmm::irq::EntryChecks {
                     now,
@@ -443,11 +441,9 @@ impl Vcpu {
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
             if let Exit::PreemptionTimer = exit {
-                let t = crate::arch::rdtsc();
-                if has_apic && t < slice_end {
+                if has_apic && crate::arch::rdtsc() < slice_end {
                     // The APIC timer is due, not the slice over.
                     attention_at = 0;
-                    now = t;
                     continue;
                 }
             }
@@ -498,7 +494,6 @@ impl Vcpu {
                 if let Next::Resume = next {
                     crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                 }
-                now = crate::arch::rdtsc();
                 continue;
             }
             let end = match next {
