@@ -14,7 +14,7 @@
 //! | kgsbase | IA32_KERNEL_GS_BASE by RDMSR, and a GS-relative load after SWAPGS |
 //! | lstar | IA32_LSTAR by RDMSR |
 //! | cr2 | CR2, set by a deliberate page fault (one PDPT entry cleared) |
-//! | dr | DR0-DR3 (DR7 keeps them disarmed), and 0 before the VM writes them |
+//! | dr | DR0-DR3 (DR7 keeps them disarmed), 0 before the VM writes them, and no breakpoint at the partner's DR0 when the VM's first debug-register access arms DR7 |
 //!
 //! Output (VM id 0, AVX offered, nothing leaked):
 //!
@@ -52,6 +52,35 @@ const UNMAPPED_PDPT_INDEX: usize = 8;
 #[repr(C, align(64))]
 struct Slots([u64; 64]);
 static mut SLOTS: Slots = Slots([0; 64]);
+
+/// The partner plants this variable's address in DR0 in its first
+/// iteration; a write here traps only if that DR0 reached this VM.
+static mut BREAK_TARGET: u64 = 0;
+
+/// DR7 arming DR0 as an 8-byte data-write breakpoint: L0, R/W0 = 01,
+/// LEN0 = 10, bit 10 set (SDM Vol. 3B 18.2.4).
+const DR7_DR0_WRITE_8: u64 = 0x400 | 1 | (0b01 << 16) | (0b10 << 18);
+/// DR7 with every breakpoint off.
+const DR7_OFF: u64 = 0x400;
+
+/// This VM's first debug-register access: DR7 arms DR0 as a write
+/// breakpoint, then `BREAK_TARGET` is written. The hypervisor must hand the
+/// VM its own DR0-DR3 (0) before the breakpoint is live, not leave the
+/// partner's DR0 in the hardware; `Some` is the #DB it did not prevent.
+fn dr7_first_write() -> Option<trap::Fault> {
+    // SAFETY: the breakpoint is on a variable of this guest's own; a #DB it
+    // raises is caught by the probe; DR7 is turned off again at once.
+    unsafe {
+        asm!("mov dr7, {}", in(reg) DR7_DR0_WRITE_8, options(nomem, nostack));
+        let hit = guests::probe!(
+            "mov qword ptr [{a}], {v}",
+            a = in(reg) core::ptr::addr_of_mut!(BREAK_TARGET),
+            v = in(reg) 1u64,
+        );
+        asm!("mov dr7, {}", in(reg) DR7_OFF, options(nomem, nostack));
+        hit
+    }
+}
 
 fn slot_value(i: usize) -> u64 {
     0x5107_0000_0000_0000 | ((i as u64) << 8) | 0x5a
@@ -215,9 +244,21 @@ fn main() {
     };
     // Let the partner VM reach its loop.
     guests::yield_now();
+    // The first debug-register access is a DR7 write, before any read of
+    // DR0-DR3: a backend that let it through without handing this VM its
+    // debug registers would arm the partner's DR0 (the second VM gets here
+    // after the partner's first iteration planted BREAK_TARGET there).
+    if let Some(f) = dr7_first_write() {
+        miss(
+            &mut m.dr,
+            "dr (breakpoint at the partner's DR0)",
+            0,
+            0,
+            f.vector.into(),
+        );
+    }
     // Nothing planted yet: DR0-DR3 hold their reset value, 0, whatever the
-    // partner (which ran its first iteration before the second VM gets
-    // here) left in the hardware's.
+    // partner left in the hardware's.
     let dr_reset = debug_addresses();
     if let Some(k) = (0..4).find(|&k| dr_reset[k] != 0) {
         miss(&mut m.dr, "dr", 0, 0, dr_reset[k]);
@@ -238,7 +279,11 @@ fn main() {
         let lstar = p & 0x0000_7fff_ffff_fff0;
         let fault_at = UNMAPPED + ((p >> 20) & 0x3fff_fff8);
         let dr_in = [
-            p & 0x0000_7fff_ffff_fff8,
+            if i == 0 {
+                core::ptr::addr_of!(BREAK_TARGET) as u64
+            } else {
+                p & 0x0000_7fff_ffff_fff8
+            },
             (p >> 3) & 0x0000_7fff_ffff_fff8,
             p.rotate_left(17) & 0x0000_7fff_ffff_fff8,
             p.rotate_left(29) & 0x0000_7fff_ffff_fff8,
