@@ -278,8 +278,9 @@ impl Vcpu {
     }
 
     /// Runs the vCPU from TSC `start` until its slice ends at `slice_end`
-    /// (or it yields, halts or stops). `env` gives exit handlers the platform services.
-    /// The vCPU's lazy registers must be loaded ([`LazyState::load`]).
+    /// (or it yields, halts or stops). `env` gives exit handlers the
+    /// platform services. The vCPU's lazy registers must be loaded
+    /// ([`LazyState::load`]).
     ///
     /// Work is done where it changes: once per slice the VMCS is made
     /// current, the preemption timer set (the CPU saves its value at every
