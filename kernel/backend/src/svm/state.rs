@@ -202,6 +202,21 @@ mod tests {
     use hvcore::config::GuestMode;
     use svm::HostPhysAddr;
 
+    /// The exit handlers' view of `v` with fresh software state.
+    fn exit_view<'a>(
+        v: &'a mut Vmcb,
+        setup: &'a SvmSetup,
+        soft: &'a mut SoftState,
+        msrs: &'a mut Msrs,
+    ) -> VmcbCpu<'a> {
+        VmcbCpu {
+            vmcb: v,
+            setup,
+            soft,
+            msrs,
+        }
+    }
+
     fn fixture(setup: &SvmSetup) -> Vmcb {
         let mut v = Vmcb::new();
         let start = GuestStart {
@@ -229,12 +244,7 @@ mod tests {
             },
             Msrs::default(),
         );
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         assert_eq!(cpu.read(Reg::Cr0), Ok(0x8000_0031));
         assert_eq!(cpu.read(Reg::Cr4), Ok(0x20));
         // CD/NW go to the hardware CR0: #VMEXIT reloads the host's CR0.
@@ -259,12 +269,7 @@ mod tests {
             ..SoftState::default()
         };
         let mut msrs = Msrs::default();
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         // OSFXSR, OSXMMEXCPT, OSXSAVE, TSD: no flush.
         cpu.write(Reg::Cr4, 0x20 | (1 << 9) | (1 << 10) | (1 << 18) | (1 << 2))
             .unwrap();
@@ -298,24 +303,14 @@ mod tests {
         let setup = bochs();
         let mut v = fixture(&setup);
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         assert_eq!(cpu.read(Reg::Efer), Ok(0xd00), "LME|LMA|NXE, no SVME");
         cpu.write(Reg::Efer, EFER_LME).unwrap();
         assert_eq!(cpu.read(Reg::Efer), Ok(EFER_LME));
         assert_eq!(v.save.efer, EFER_LME | EFER_SVME, "VMRUN needs SVME");
         assert!(!v.control.vmcb_clean.contains(CleanBits::CRX));
         // A write with SVME round-trips through the shadow.
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Efer, EFER_LME | EFER_LMA | EFER_SVME)
             .unwrap();
         assert_eq!(cpu.read(Reg::Efer), Ok(EFER_LME | EFER_LMA | EFER_SVME));
@@ -328,12 +323,7 @@ mod tests {
         let setup = bochs();
         let mut v = fixture(&setup);
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Cr8, 0xB).unwrap();
         assert_eq!(cpu.read(Reg::Cr8), Ok(0xB));
         assert_eq!(v.control.vintr.v_tpr(), 0xB);
@@ -352,12 +342,7 @@ mod tests {
             },
             Msrs::default(),
         );
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         let writes = [
             (Reg::FsBase, 0xF5),
             (Reg::GsBase, 0x65),
@@ -415,12 +400,7 @@ mod tests {
         assert_eq!(v.control.intercept_dr_read.bits(), 0xF);
         v.control.vmcb_clean = CleanBits::all();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         hand_over_debug_registers(&mut cpu);
         let c = &v.control;
         assert!(c.intercept_dr_read.is_empty() && c.intercept_dr_write.is_empty());
@@ -434,12 +414,7 @@ mod tests {
         let setup = SvmSetup::from_caps(&caps(EPYC_MODEL), HOST).unwrap();
         let mut v = fixture(&setup);
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::DebugCtl, 2).unwrap();
         assert_eq!(cpu.read(Reg::DebugCtl), Ok(2));
         assert_eq!((v.save.dbgctl, soft.debugctl), (0, 2));
@@ -451,12 +426,7 @@ mod tests {
         let mut v = fixture(&setup);
         v.save.cpl = 3;
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcbCpu {
-            vmcb: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         assert_eq!(cpu.read(Reg::Cpl), Ok(3));
         assert_eq!(cpu.write(Reg::Cpl, 0), Err(StateError { reg: Reg::Cpl }));
         assert_eq!(cpu.limits(), setup.limits);

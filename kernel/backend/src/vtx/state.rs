@@ -219,6 +219,21 @@ mod tests {
     use hvcore::config::GuestMode;
     use vmx::FakeVmcs;
 
+    /// The exit handlers' view of `v` with fresh software state.
+    fn exit_view<'a>(
+        v: &'a mut FakeVmcs,
+        setup: &'a VmxSetup,
+        soft: &'a mut SoftState,
+        msrs: &'a mut Msrs,
+    ) -> VmcsCpu<'a, FakeVmcs> {
+        VmcsCpu {
+            vmcs: v,
+            setup,
+            soft,
+            msrs,
+        }
+    }
+
     fn fixture() -> (FakeVmcs, VmxSetup) {
         let setup = VmxSetup::from_caps(
             &bochs(),
@@ -245,12 +260,7 @@ mod tests {
     fn cr0_cd_goes_to_the_shadow_only() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Cr0, 0xC000_0031 | (1 << 31)).unwrap();
         assert_eq!(cpu.read(Reg::Cr0), Ok(0xC000_0031 | (1 << 31)));
         assert!(soft.flush_tlb);
@@ -267,12 +277,7 @@ mod tests {
         // The guest set OSFXSR natively (a guest-owned bit: no exit).
         v.set(GUEST_CR4, 0x2220).unwrap();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         assert_eq!(cpu.read(Reg::Cr4), Ok(0x220));
     }
 
@@ -282,12 +287,7 @@ mod tests {
         let mov_dr = PrimaryControls::MOV_DR_EXITING.bits();
         assert_ne!(v.get(CPU_BASED_VM_EXEC_CONTROL).unwrap() & mov_dr, 0);
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         hand_over_debug_registers(&mut cpu);
         let primary = v.get(CPU_BASED_VM_EXEC_CONTROL).unwrap();
         assert_eq!(
@@ -302,20 +302,10 @@ mod tests {
     fn efer_lma_sets_the_entry_control() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Efer, 0x100).unwrap();
         assert_eq!(v.get(VM_ENTRY_CONTROLS), Ok(setup.entry_controls(false)));
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Efer, 0x500).unwrap();
         assert_eq!(v.get(VM_ENTRY_CONTROLS), Ok(setup.entry_controls(true)));
     }
@@ -324,12 +314,7 @@ mod tests {
     fn msrs_route_to_vmcs_or_lazy_hardware() {
         let (mut v, setup) = fixture();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         cpu.write(Reg::Lstar, 0xffff_8000_1234_0000).unwrap();
         cpu.write(Reg::FsBase, 0x7000).unwrap();
         cpu.write(Reg::SysenterCs, 0x10).unwrap();
@@ -344,12 +329,7 @@ mod tests {
         let setup = VmxSetup::from_caps(&bochs(), HostFeatures::default()).unwrap();
         let mut v = FakeVmcs::new();
         let (mut soft, mut msrs) = (SoftState::default(), Msrs::default());
-        let mut cpu = VmcsCpu {
-            vmcs: &mut v,
-            setup: &setup,
-            soft: &mut soft,
-            msrs: &mut msrs,
-        };
+        let mut cpu = exit_view(&mut v, &setup, &mut soft, &mut msrs);
         assert_eq!(cpu.read(Reg::Cr0), Err(StateError { reg: Reg::Cr0 }));
     }
 }
