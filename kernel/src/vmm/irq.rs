@@ -103,6 +103,10 @@ pub struct DeviceClock {
     /// [`Vm::releases`] as of [`Self::refresh_or_stopped`]'s last look
     /// under the lock (`None` before the first).
     seen_releases: Option<u64>,
+    /// The vCPU's last slice ended with a yield after a quiet entry, so its
+    /// next slice may start with a quiet entry too
+    /// ([`Self::slice_start_attention`]).
+    resume_quiet: bool,
 }
 
 impl DeviceClock {
@@ -192,10 +196,47 @@ impl DeviceClock {
         None
     }
 
+    /// A slice ends with a yield; `attention_at` is the loop's (0: its next
+    /// entry would have looked at everything). Without a local APIC (whose
+    /// timer and interrupts are read at every full check), a quiet entry
+    /// stays quiet across the switch to other vCPUs and back, unless
+    /// something changes meanwhile ([`Self::slice_start_attention`]).
+    #[inline]
+    pub fn yielded(&mut self, attention_at: u64, has_apic: bool) {
+        self.resume_quiet = attention_at != 0 && !has_apic;
+    }
+
+    /// `attention_at` for a slice's first entry, which ends at `slice_end`:
+    /// 0 (the full checks) unless the last slice ended with a quiet yield
+    /// ([`Self::yielded`]) and nothing the checks look at changed since:
+    /// the VM's lock not taken by anyone ([`Self::refresh_or_stopped`],
+    /// which runs first, clears the flag through [`Self::refresh`]), no
+    /// mail, the host not stopping, its console queue not full. What else
+    /// the full checks read is the vCPU's own and still as it left it.
+    #[inline]
+    pub fn slice_start_attention(
+        &mut self,
+        slice_end: u64,
+        link: &super::vm::VcpuLink,
+        env: &KernelPlatform,
+    ) -> u64 {
+        let quiet = core::mem::take(&mut self.resume_quiet);
+        if quiet
+            && link.mail.load(Ordering::Acquire) == 0
+            && !crate::smp::stopping()
+            && !env.output_full
+        {
+            self.attention_at(slice_end)
+        } else {
+            0
+        }
+    }
+
     /// The VM's deadline and PIC may have changed (a port exit, host
     /// input, a device tick).
     #[inline]
     pub fn refresh(&mut self, vm: &VmContext) {
+        self.resume_quiet = false;
         let ns = vm.next_deadline_ns();
         if ns != self.deadline.map(|(ns, _)| ns) {
             self.deadline = ns.map(|ns| (ns, super::tsc_from_ns(ns)));

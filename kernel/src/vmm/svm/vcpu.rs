@@ -253,8 +253,9 @@ impl Vcpu {
         // platform exits that may have given the entry work, make the next
         // entry look at everything. Mail from another CPU comes with its
         // wake IPI, pending at VMRUN (GIF set, host IF set): the INTR
-        // intercept's exit at once leads to the full checks.
-        let mut attention_at = 0;
+        // intercept's exit at once leads to the full checks. The slice's
+        // first entry as there (`DeviceClock::slice_start_attention`).
+        let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
         let mut timer_until = slice_end;
         let mut exit = Exit::Hlt;
         loop {
@@ -338,7 +339,10 @@ impl Vcpu {
                         crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                     }
                 }
-                Next::Yield => return SliceEnd::Yielded,
+                Next::Yield => {
+                    self.clock.yielded(attention_at, has_apic);
+                    return SliceEnd::Yielded;
+                }
                 Next::Preempted => return SliceEnd::Preempted,
                 Next::Halt => return SliceEnd::Halted,
                 Next::Stop => {

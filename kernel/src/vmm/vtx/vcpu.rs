@@ -384,8 +384,10 @@ impl Vcpu {
         // another CPU comes with its wake IPI (`Vm::post`), which is pending
         // while this loop runs with interrupts off and makes the entry exit
         // at once (external-interrupt exiting): the full checks after that
-        // host-interrupt exit read the mailbox.
-        let mut attention_at = 0;
+        // host-interrupt exit read the mailbox. A slice's first entry is
+        // quiet too after a quiet yield, when nothing changed meanwhile
+        // (`DeviceClock::slice_start_attention`); else it looks at everything.
+        let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
         loop {
@@ -498,7 +500,10 @@ impl Vcpu {
                 continue;
             }
             let end = match next {
-                Next::Yield => SliceEnd::Yielded,
+                Next::Yield => {
+                    self.clock.yielded(attention_at, has_apic);
+                    SliceEnd::Yielded
+                }
                 Next::Halt => SliceEnd::Halted,
                 Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
