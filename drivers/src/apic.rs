@@ -422,10 +422,26 @@ impl<R: ApicRegs> LocalApic<R> {
         divide: TimerDivide,
         initial_count: u32,
     ) {
+        self.configure_timer(mode, vector, divide);
+        self.set_timer_count(initial_count);
+    }
+
+    /// Sets the timer up (its interrupt `vector`, once or every period, at
+    /// the bus clock divided by `divide`) and leaves it stopped: from then
+    /// on [`Self::set_timer_count`] starts and stops it with one register
+    /// write each.
+    pub fn configure_timer(&mut self, mode: TimerMode, vector: u8, divide: TimerDivide) {
+        self.regs.write(Reg::TIMER_INITIAL, 0);
         self.regs.write(Reg::TIMER_DIVIDE, divide as u32);
         self.regs
             .write(Reg::LVT_TIMER, (mode as u32) << 17 | u32::from(vector));
-        self.regs.write(Reg::TIMER_INITIAL, initial_count);
+    }
+
+    /// Starts the configured timer counting down from `count`; 0 stops it
+    /// (a write of 0 to the initial-count register stops the timer in
+    /// either mode, SDM Vol. 3A 11.5.4).
+    pub fn set_timer_count(&mut self, count: u32) {
+        self.regs.write(Reg::TIMER_INITIAL, count);
     }
 
     /// Starts the timer counting down from `initial_count` with its interrupt masked
@@ -541,10 +557,11 @@ mod tests {
         let mut apic = LocalApic::with_regs(Fake::default(), false);
         apic.start_timer(TimerMode::Periodic, 0x40, TimerDivide::By16, 12345);
         let w = &apic.regs().writes;
-        assert_eq!(w[0], (Reg::TIMER_DIVIDE.0, 0b0011));
-        assert_eq!(w[1], (Reg::LVT_TIMER.0, 1 << 17 | 0x40));
+        assert_eq!(w[0], (Reg::TIMER_INITIAL.0, 0), "stopped while set up");
+        assert_eq!(w[1], (Reg::TIMER_DIVIDE.0, 0b0011));
+        assert_eq!(w[2], (Reg::LVT_TIMER.0, 1 << 17 | 0x40));
         assert_eq!(
-            w[2],
+            w[3],
             (Reg::TIMER_INITIAL.0, 12345),
             "initial count must be written last"
         );
@@ -552,6 +569,27 @@ mod tests {
         assert_eq!(apic.regs().read(Reg::TIMER_INITIAL), 0);
         assert_eq!(TimerDivide::By1 as u32, 0b1011);
         assert_eq!(TimerDivide::By128.divisor(), 128);
+    }
+
+    #[test]
+    fn configured_timer_starts_and_stops_with_one_write() {
+        let mut apic = LocalApic::with_regs(Fake::default(), false);
+        apic.configure_timer(TimerMode::OneShot, 0x20, TimerDivide::By16);
+        assert_eq!(
+            apic.regs().writes,
+            [
+                (Reg::TIMER_INITIAL.0, 0),
+                (Reg::TIMER_DIVIDE.0, 0b0011),
+                (Reg::LVT_TIMER.0, 0x20),
+            ],
+            "stopped first, then divider and LVT (one-shot, unmasked)"
+        );
+        apic.set_timer_count(777);
+        apic.set_timer_count(0);
+        assert_eq!(
+            apic.regs().writes[3..],
+            [(Reg::TIMER_INITIAL.0, 777), (Reg::TIMER_INITIAL.0, 0)]
+        );
     }
 
     #[test]

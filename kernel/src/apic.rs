@@ -24,6 +24,9 @@ enum Mode {
 static MODE: spin::Once<Mode> = spin::Once::new();
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 static APIC_TIMER_HZ: AtomicU64 = AtomicU64::new(0);
+/// LAPIC timer ticks per TSC tick, 32.32 fixed point: a deadline in TSC
+/// ticks becomes a count with one multiplication.
+static APIC_TICKS_PER_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// Length of the calibration window against the reference clock, ms.
 const CALIBRATION_MS: u32 = 20;
@@ -56,8 +59,8 @@ trait ApicOps {
     fn id(&self) -> u32;
     fn eoi(&mut self);
     fn ipi(&mut self, dest: u32, ipi: Ipi) -> Result<(), hw::ApicError>;
-    fn one_shot(&mut self, vector: u8, count: u32);
-    fn stop(&mut self);
+    fn configure_one_shot(&mut self, vector: u8);
+    fn set_count(&mut self, count: u32);
     fn calibrate(
         &mut self,
         machine: &Machine,
@@ -79,11 +82,11 @@ impl<R: hw::ApicRegs> ApicOps for LocalApic<R> {
         // fixed vectors it has handlers for.
         unsafe { self.send_ipi(dest, ipi) }
     }
-    fn one_shot(&mut self, vector: u8, count: u32) {
-        self.start_timer(TimerMode::OneShot, vector, DIVIDE, count)
+    fn configure_one_shot(&mut self, vector: u8) {
+        self.configure_timer(TimerMode::OneShot, vector, DIVIDE)
     }
-    fn stop(&mut self) {
-        self.stop_timer()
+    fn set_count(&mut self, count: u32) {
+        self.set_timer_count(count)
     }
     fn calibrate(
         &mut self,
@@ -149,10 +152,12 @@ pub fn init_ap() -> u32 {
         // SAFETY: the boot CPU found x2APIC support; all CPUs of a machine agree.
         unsafe { hw::enable_x2apic_mode() };
     }
-    with_apic(|a| {
+    let id = with_apic(|a| {
         a.enable(SPURIOUS_VECTOR);
         a.id()
-    })
+    });
+    configure_timer();
+    id
 }
 
 /// Measures the TSC and the LAPIC timer; prints and remembers both.
@@ -161,6 +166,11 @@ pub fn calibrate(machine: &Machine) {
         Ok((cal, reference)) => {
             TSC_HZ.store(cal.tsc_hz, Ordering::Relaxed);
             APIC_TIMER_HZ.store(cal.apic_timer_hz, Ordering::Relaxed);
+            let per_tsc = (u128::from(cal.apic_timer_hz) << 32) / u128::from(cal.tsc_hz.max(1));
+            APIC_TICKS_PER_TSC.store(
+                u64::try_from(per_tsc).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             crate::console::set_tsc_hz(cal.tsc_hz);
             log::info!(
                 "timers (against the {reference}): TSC {}.{:03} MHz, LAPIC timer {} kHz (divide by 16)",
@@ -173,6 +183,8 @@ pub fn calibrate(machine: &Machine) {
             log::error!("timer calibration failed: {e:?}; time slices fall back to TSC estimates")
         }
     }
+    // Calibration used the timer masked.
+    configure_timer();
 }
 
 /// Calibrated TSC frequency (0 if calibration failed).
@@ -197,13 +209,27 @@ pub fn send_ipi(dest: u32, ipi: Ipi) -> Result<(), hw::ApicError> {
     with_apic(|a| a.ipi(dest, ipi))
 }
 
-/// Arms this CPU's LAPIC timer to fire once after `us` microseconds.
-pub fn one_shot_us(us: u64) {
-    let count = (timer_hz() * us / 1_000_000).clamp(1, u32::MAX as u64) as u32;
-    with_apic(|a| a.one_shot(TIMER_VECTOR, count));
+/// Arms this CPU's LAPIC timer to fire once `ticks` TSC ticks from now,
+/// rounded up to whole LAPIC timer ticks (at least one): a deadline the
+/// timer marks is not missed by rounding, so the exit it causes finds the
+/// deadline reached (rounding down to whole microseconds, as before, made
+/// it come up to a microsecond early, and the early exit cost a second
+/// round).
+pub fn one_shot_tsc(ticks: u64) {
+    let factor = APIC_TICKS_PER_TSC.load(Ordering::Relaxed);
+    let count = (u128::from(ticks) * u128::from(factor) + 0xFFFF_FFFF) >> 32;
+    let count = count.clamp(1, u128::from(u32::MAX)) as u32;
+    with_apic(|a| a.set_count(count));
 }
 
 /// Stops this CPU's LAPIC timer.
 pub fn stop_timer() {
-    with_apic(|a| a.stop());
+    with_apic(|a| a.set_count(0));
+}
+
+/// Sets this CPU's LAPIC timer up for [`one_shot_tsc`] (one-shot,
+/// [`TIMER_VECTOR`]) and leaves it stopped: each arming and stopping is
+/// then one register write (a slice on AMD-V does both).
+fn configure_timer() {
+    with_apic(|a| a.configure_one_shot(TIMER_VECTOR));
 }

@@ -1251,7 +1251,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 // CPU 0 looks at COM2 at least every millisecond.
                 wake = wake.min(now + tsc_from_us(1000));
             }
-            crate::apic::one_shot_us(us_from_tsc(wake.saturating_sub(now)).max(1));
+            crate::apic::one_shot_tsc(wake.saturating_sub(now));
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
             crate::apic::stop_timer();

@@ -216,7 +216,7 @@ impl Vcpu {
                 e.attempted
             );
         }
-        crate::apic::one_shot_us(crate::vmm::us_from_tsc(slice_end.saturating_sub(start)).max(1));
+        crate::apic::one_shot_tsc(slice_end.saturating_sub(start));
         let end = self.run_until(host, slice_end, env);
         crate::apic::stop_timer();
         end
@@ -274,9 +274,7 @@ impl Vcpu {
                 attention_at = self.clock.attention_at(timer_until);
             }
             if has_apic {
-                crate::apic::one_shot_us(
-                    crate::vmm::us_from_tsc(timer_until.saturating_sub(now)).max(1),
-                );
+                crate::apic::one_shot_tsc(timer_until.saturating_sub(now));
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
