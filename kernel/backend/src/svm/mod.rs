@@ -157,9 +157,11 @@
 //!    [`entry::advance`], [`entry::keep_interrupted`] and
 //!    [`entry::keep_injected`] (the event to inject) and [`entry::inject`].
 //!
-//! Before each VMRUN the kernel also arms the host's LAPIC timer for the
-//! end of the slice (its interrupt exits as `ExternalInterrupt`; the loop
-//! then finds the slice over), writes the VM's TSC offset
+//! The kernel also arms the host's LAPIC timer for the end of the slice
+//! (its interrupt exits as `ExternalInterrupt`; the loop then finds the
+//! slice over, or arms it again when it came early), for the APIC timer's
+//! deadline before each VMRUN of a vCPU with a local APIC, and before each
+//! VMRUN writes the VM's TSC offset
 //! ([`entry::set_tsc_offset`]) and decides the virtual PIC's interrupt with
 //! [`entry::interruptibility`] and `hvcore::devices::interrupt::decide`:
 //! [`entry::inject`] it, or [`entry::set_interrupt_window`]. A change to the

@@ -257,6 +257,13 @@ impl Vcpu {
         // first entry as there (`DeviceClock::slice_start_attention`).
         let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
         let mut timer_until = slice_end;
+        // The host's timer ends the guest's run at `timer_until`: armed at
+        // the slice's start, again before every entry with a local APIC
+        // (whose deadline moves), and after every host interrupt, which
+        // may have been that timer's own come early (its count is rounded
+        // up, but calibrated), and would leave the rest of the slice
+        // without one.
+        let mut rearm = false;
         let mut exit = Exit::Hlt;
         loop {
             let now = crate::arch::rdtsc();
@@ -273,8 +280,9 @@ impl Vcpu {
                 timer_until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
                 attention_at = self.clock.attention_at(timer_until);
             }
-            if has_apic {
+            if has_apic || rearm {
                 crate::apic::one_shot_tsc(timer_until.saturating_sub(now));
+                rearm = false;
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
@@ -334,6 +342,7 @@ impl Vcpu {
             match action {
                 Next::Resume | Next::AdvanceRip | Next::Inject(_) => {
                     if let Next::Resume = action {
+                        rearm |= matches!(exit, Exit::ExternalInterrupt);
                         crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                     }
                 }
