@@ -196,19 +196,21 @@ impl DeviceClock {
         None
     }
 
-    /// A slice ends with a yield; `attention_at` is the loop's (0: its next
-    /// entry would have looked at everything). Without a local APIC (whose
-    /// timer and interrupts are read at every full check), a quiet entry
-    /// stays quiet across the switch to other vCPUs and back, unless
-    /// something changes meanwhile ([`Self::slice_start_attention`]).
+    /// A slice ends after an exit the vCPU handled; `attention_at` is the
+    /// loop's (0: its next entry would have looked at everything). After a
+    /// yield without a local APIC (whose timer and interrupts are read at
+    /// every full check), a quiet entry stays quiet across the switch to
+    /// other vCPUs and back, unless something changes meanwhile
+    /// ([`Self::slice_start_attention`]). Branch-free: the slice loop's
+    /// dispatch on its `Next` stays a compare.
     #[inline]
-    pub fn yielded(&mut self, attention_at: u64, has_apic: bool) {
-        self.resume_quiet = attention_at != 0 && !has_apic;
+    pub fn slice_ended(&mut self, end: SliceEnd, attention_at: u64, has_apic: bool) {
+        self.resume_quiet = matches!(end, SliceEnd::Yielded) & (attention_at != 0) & !has_apic;
     }
 
     /// `attention_at` for a slice's first entry, which ends at `slice_end`:
     /// 0 (the full checks) unless the last slice ended with a quiet yield
-    /// ([`Self::yielded`]) and nothing the checks look at changed since:
+    /// ([`Self::slice_ended`]) and nothing the checks look at changed since:
     /// the VM's lock not taken by anyone ([`Self::refresh_or_stopped`],
     /// which runs first, clears the flag through [`Self::refresh`]), no
     /// mail, the host not stopping, its console queue not full. What else

@@ -51,6 +51,7 @@ use platform::KernelPlatform;
 use vtx::enable;
 
 /// How a slice ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SliceEnd {
     /// The slice's time ran out.
     Preempted,

@@ -216,13 +216,17 @@ impl Vcpu {
                 e.attempted
             );
         }
-        crate::apic::one_shot_tsc(slice_end.saturating_sub(start));
-        let end = self.run_until(host, slice_end, env);
+        let end = self.run_until(host, (start, slice_end), env);
         crate::apic::stop_timer();
         end
     }
 
-    fn run_until(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
+    fn run_until(
+        &mut self,
+        host: &HostCpu,
+        (start, slice_end): (u64, u64),
+        env: &mut KernelPlatform,
+    ) -> SliceEnd {
         let cpu_changed = self.last_cpu != Some(host.cpu);
         self.last_cpu = Some(host.cpu);
         let setup = &host.setup;
@@ -257,13 +261,16 @@ impl Vcpu {
         // first entry as there (`DeviceClock::slice_start_attention`).
         let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
         let mut timer_until = slice_end;
-        // The host's timer ends the guest's run at `timer_until`: armed at
-        // the slice's start, again before every entry with a local APIC
-        // (whose deadline moves), and after every host interrupt, which
-        // may have been that timer's own come early (its count is rounded
-        // up, but calibrated), and would leave the rest of the slice
-        // without one.
-        let mut rearm = false;
+        // The host's timer ends the guest's run at `timer_until`: with a
+        // local APIC, armed before every entry (the APIC timer's deadline
+        // moves); else for the slice's end, at the slice's start and again
+        // after every full check, which follows every host interrupt: that
+        // may have been the timer's own, come early (its count is rounded
+        // up, but from a calibration), and would leave the rest of the
+        // slice without one.
+        if attention_at != 0 && !has_apic {
+            crate::apic::one_shot_tsc(slice_end.saturating_sub(start));
+        }
         let mut exit = Exit::Hlt;
         loop {
             let now = crate::arch::rdtsc();
@@ -279,10 +286,12 @@ impl Vcpu {
                 }
                 timer_until = self.clock.apic_due.map_or(slice_end, |d| d.min(slice_end));
                 attention_at = self.clock.attention_at(timer_until);
+                if !has_apic {
+                    crate::apic::one_shot_tsc(slice_end.saturating_sub(now));
+                }
             }
-            if has_apic || rearm {
+            if has_apic {
                 crate::apic::one_shot_tsc(timer_until.saturating_sub(now));
-                rearm = false;
             }
             entry::before_vmrun(vmcb, setup, &mut self.soft, &self.regs, cpu_changed);
             cpu_changed = false;
@@ -339,25 +348,24 @@ impl Vcpu {
             if entry::keep_injected(&mut self.pending_event, &action) {
                 attention_at = 0;
             }
-            match action {
+            let end = match action {
                 Next::Resume | Next::AdvanceRip | Next::Inject(_) => {
                     if let Next::Resume = action {
-                        rearm |= matches!(exit, Exit::ExternalInterrupt);
                         crate::vmm::irq::event_exit_done(&exit, &mut attention_at);
                     }
+                    continue;
                 }
-                Next::Yield => {
-                    self.clock.yielded(attention_at, has_apic);
-                    return SliceEnd::Yielded;
-                }
-                Next::Preempted => return SliceEnd::Preempted,
-                Next::Halt => return SliceEnd::Halted,
+                Next::Yield => SliceEnd::Yielded,
+                Next::Preempted => SliceEnd::Preempted,
+                Next::Halt => SliceEnd::Halted,
                 Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
                     vm.stop_others(self.index);
-                    return SliceEnd::Stopped;
+                    SliceEnd::Stopped
                 }
-            }
+            };
+            self.clock.slice_ended(end, attention_at, has_apic);
+            return end;
         }
     }
 

@@ -500,10 +500,7 @@ impl Vcpu {
                 continue;
             }
             let end = match next {
-                Next::Yield => {
-                    self.clock.yielded(attention_at, has_apic);
-                    SliceEnd::Yielded
-                }
+                Next::Yield => SliceEnd::Yielded,
                 Next::Halt => SliceEnd::Halted,
                 Next::Stop => {
                     // The other vCPUs of the VM leave the guest too.
@@ -513,6 +510,7 @@ impl Vcpu {
                 // Preempted (the three that enter again went on above).
                 _ => SliceEnd::Preempted,
             };
+            self.clock.slice_ended(end, attention_at, has_apic);
             return self.slice_over(&vmcs, end);
         }
     }
