@@ -210,11 +210,11 @@ pub fn send_ipi(dest: u32, ipi: Ipi) -> Result<(), hw::ApicError> {
 }
 
 /// Arms this CPU's LAPIC timer to fire once `ticks` TSC ticks from now,
-/// rounded up to whole LAPIC timer ticks (at least one): a deadline the
-/// timer marks is not missed by rounding, so the exit it causes finds the
-/// deadline reached (rounding down to whole microseconds, as before, made
-/// it come up to a microsecond early, and the early exit cost a second
-/// round).
+/// rounded up to whole LAPIC timer ticks (at least one): rounding never
+/// makes it fire before the deadline it marks, so the exit it causes finds
+/// that deadline reached instead of needing a second round. (The count
+/// still comes from a calibration: callers that must not miss a deadline
+/// arm it again when it fires early.)
 pub fn one_shot_tsc(ticks: u64) {
     let factor = APIC_TICKS_PER_TSC.load(Ordering::Relaxed);
     let count = (u128::from(ticks) * u128::from(factor) + 0xFFFF_FFFF) >> 32;
