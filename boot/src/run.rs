@@ -100,6 +100,12 @@ pub struct InputStep {
     pub wait_for: String,
     /// The bytes typed, as they are (`\n` for Enter, 0x1d for Ctrl-]).
     pub send: Vec<u8>,
+    /// Lines that may cut through `wait_for`: those starting with this
+    /// prefix (another VM's, which the kernel prints on a line of their
+    /// own while the console shows an attached VM's raw output, breaking
+    /// that output's line). `Some`: `wait_for` is looked for with such
+    /// lines and every line break left out ([`InputStep::across_lines_of`]).
+    pub across: Option<String>,
 }
 
 impl InputStep {
@@ -108,7 +114,15 @@ impl InputStep {
         InputStep {
             wait_for: wait_for.into(),
             send: send.as_ref().to_vec(),
+            across: None,
         }
+    }
+
+    /// Lets lines starting with `prefix` cut through `wait_for` (see
+    /// [`InputStep::across`]).
+    pub fn across_lines_of(mut self, prefix: &str) -> Self {
+        self.across = Some(prefix.into());
+        self
     }
 }
 
@@ -818,12 +832,25 @@ impl Steps {
             let needle = step.wait_for.as_bytes();
             // Resume a little before the end of the last search: a match may
             // straddle it.
+            // A line that cuts through the text may straddle the last
+            // search's end too.
+            let back = match step.across {
+                Some(_) => needle.len() + CUT_LINE_MAX,
+                None => needle.len(),
+            };
             let start = self
                 .searched
-                .saturating_sub(needle.len())
+                .saturating_sub(back)
                 .max(self.from)
                 .min(serial.len());
-            if !contains(&serial[start..], needle) {
+            let found = match &step.across {
+                None => contains(&serial[start..], needle),
+                Some(prefix) => contains(
+                    &without_lines(&serial[start..], prefix.as_bytes()),
+                    &without_lines(needle, prefix.as_bytes()),
+                ),
+            };
+            if !found {
                 self.searched = serial.len();
                 return;
             }
@@ -837,6 +864,22 @@ impl Steps {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The longest line an [`InputStep::across`] search expects to cut through
+/// its text.
+const CUT_LINE_MAX: usize = 512;
+
+/// `text` without the lines that start with `prefix` and without line
+/// breaks (CR, LF): what one VM printed, joined, where other VMs' lines
+/// cut through it.
+fn without_lines(text: &[u8], prefix: &[u8]) -> Vec<u8> {
+    text.split(|&b| b == b'\n')
+        .filter(|line| !line.starts_with(prefix))
+        .flatten()
+        .copied()
+        .filter(|&b| b != b'\r')
+        .collect()
 }
 
 /// Sockets serve as COM1 only in runs with input; their paths are unique per run.
@@ -1125,6 +1168,28 @@ mod tests {
         assert!(
             !shown.contains('\x1b') && shown.contains("vm x: \\x1b[2Jgone"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_input_step_may_wait_across_other_vms_lines() {
+        // The kernel broke the attached VM's "ttyS0" with another VM's line.
+        let log = b"  4:   101   XT-PIC      t\nvm counter: report 1=5\ntyS0\r\n";
+        let across = [InputStep::new("ttyS0", [0x1d]).across_lines_of("vm counter: ")];
+        let plain = [InputStep::new("ttyS0", [0x1d])];
+        let mut sent = Vec::new();
+        Steps::default().advance(&plain, log, |b| sent.push(b.to_vec()));
+        assert!(sent.is_empty(), "a plain step needs the text unbroken");
+        let mut at = Steps::default();
+        at.advance(&across, &log[..30], |b| sent.push(b.to_vec()));
+        assert!(sent.is_empty());
+        // The rest arrives in a later read: the search goes back far enough.
+        at.advance(&across, log, |b| sent.push(b.to_vec()));
+        assert_eq!(sent, [vec![0x1d]]);
+        // Only lines with the prefix are left out.
+        assert_eq!(
+            without_lines(b"a\r\nvm counter: x\nb\nvm other: y\n", b"vm counter: "),
+            b"abvm other: y"
         );
     }
 
