@@ -831,9 +831,7 @@ impl Steps {
         while let Some(step) = steps.get(self.next) {
             let needle = step.wait_for.as_bytes();
             // Resume a little before the end of the last search: a match may
-            // straddle it.
-            // A line that cuts through the text may straddle the last
-            // search's end too.
+            // straddle it (and so may a line that cuts through the text).
             let back = match step.across {
                 Some(_) => needle.len() + CUT_LINE_MAX,
                 None => needle.len(),
