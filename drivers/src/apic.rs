@@ -413,19 +413,6 @@ impl<R: ApicRegs> LocalApic<R> {
         self.regs.read(Reg::ESR)
     }
 
-    /// Starts the timer: `initial_count` ticks of the bus clock divided by `divide`,
-    /// then interrupt `vector`; once, or every period.
-    pub fn start_timer(
-        &mut self,
-        mode: TimerMode,
-        vector: u8,
-        divide: TimerDivide,
-        initial_count: u32,
-    ) {
-        self.configure_timer(mode, vector, divide);
-        self.set_timer_count(initial_count);
-    }
-
     /// Sets the timer up (its interrupt `vector`, once or every period, at
     /// the bus clock divided by `divide`) and leaves it stopped: from then
     /// on [`Self::set_timer_count`] starts and stops it with one register
@@ -450,12 +437,6 @@ impl<R: ApicRegs> LocalApic<R> {
         self.regs.write(Reg::TIMER_DIVIDE, divide as u32);
         self.regs.write(Reg::LVT_TIMER, LVT_MASKED);
         self.regs.write(Reg::TIMER_INITIAL, initial_count);
-    }
-
-    /// Stops the timer and masks its interrupt.
-    pub fn stop_timer(&mut self) {
-        self.regs.write(Reg::LVT_TIMER, LVT_MASKED);
-        self.regs.write(Reg::TIMER_INITIAL, 0);
     }
 
     /// The timer's current count.
@@ -555,7 +536,8 @@ mod tests {
     #[test]
     fn timer_programming_order() {
         let mut apic = LocalApic::with_regs(Fake::default(), false);
-        apic.start_timer(TimerMode::Periodic, 0x40, TimerDivide::By16, 12345);
+        apic.configure_timer(TimerMode::Periodic, 0x40, TimerDivide::By16);
+        apic.set_timer_count(12345);
         let w = &apic.regs().writes;
         assert_eq!(w[0], (Reg::TIMER_INITIAL.0, 0), "stopped while set up");
         assert_eq!(w[1], (Reg::TIMER_DIVIDE.0, 0b0011));
@@ -565,7 +547,7 @@ mod tests {
             (Reg::TIMER_INITIAL.0, 12345),
             "initial count must be written last"
         );
-        apic.stop_timer();
+        apic.set_timer_count(0);
         assert_eq!(apic.regs().read(Reg::TIMER_INITIAL), 0);
         assert_eq!(TimerDivide::By1 as u32, 0b1011);
         assert_eq!(TimerDivide::By128.divisor(), 128);

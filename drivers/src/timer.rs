@@ -86,7 +86,7 @@ pub struct Calibration {
 }
 
 impl Calibration {
-    /// APIC timer ticks per millisecond (for `start_timer` initial counts).
+    /// APIC timer ticks per millisecond (for `set_timer_count` initial counts).
     pub const fn apic_ticks_per_ms(&self) -> u64 {
         self.apic_timer_hz / 1000
     }

@@ -45,6 +45,13 @@ pub fn event_exit_done(exit: &hvcore::exit::Exit, attention_at: &mut u64) {
     *attention_at = 0;
 }
 
+/// The host ends every slice at its next full check: it is stopping, or
+/// its console queue is full.
+#[inline(always)]
+fn host_ends_slices(env: &KernelPlatform) -> bool {
+    crate::smp::stopping() || env.output_full
+}
+
 /// The part of a vCPU's full entry checks that both backends share:
 /// `Err` ends the slice (its time is up, the host is stopping or its
 /// console queue is full, or the mailbox says so); `Ok(true)` when the
@@ -64,7 +71,7 @@ pub fn shared_entry_checks(
     env: &KernelPlatform,
 ) -> Result<bool, SliceEnd> {
     let now = c.now;
-    if now >= c.slice_end || crate::smp::stopping() || env.output_full {
+    if now >= c.slice_end || host_ends_slices(env) {
         return Err(super::vm::end_slice_early(vm, state));
     }
     if c.link.mail.load(Ordering::Acquire) != 0 {
@@ -223,11 +230,7 @@ impl DeviceClock {
         env: &KernelPlatform,
     ) -> u64 {
         let quiet = core::mem::take(&mut self.resume_quiet);
-        if quiet
-            && link.mail.load(Ordering::Acquire) == 0
-            && !crate::smp::stopping()
-            && !env.output_full
-        {
+        if quiet && link.mail.load(Ordering::Acquire) == 0 && !host_ends_slices(env) {
             self.attention_at(slice_end)
         } else {
             0
