@@ -68,6 +68,29 @@ pub enum SchedError {
 struct Entry {
     slice: u64,
     state: SchedState,
+    /// From when `pick` may take it: 0 when runnable, the wake-up time when
+    /// halted with one, else never (`u64::MAX`). Kept with `state` by
+    /// [`Entry::set`], so that a pick tests each slot with one compare.
+    due_at: u64,
+}
+
+impl Entry {
+    fn new(slice: u64) -> Self {
+        Entry {
+            slice,
+            state: SchedState::Runnable,
+            due_at: 0,
+        }
+    }
+
+    fn set(&mut self, state: SchedState) {
+        self.state = state;
+        self.due_at = match state {
+            SchedState::Runnable => 0,
+            SchedState::Halted { wake_at: Some(t) } => t,
+            _ => u64::MAX,
+        };
+    }
 }
 
 /// What [`Scheduler::pick`] chose.
@@ -115,10 +138,7 @@ impl Scheduler {
         if slice == 0 {
             return Err(SchedError::ZeroSlice);
         }
-        let entry = Entry {
-            slice,
-            state: SchedState::Runnable,
-        };
+        let entry = Entry::new(slice);
         let free = self
             .slots
             .iter()
@@ -181,13 +201,8 @@ impl Scheduler {
                 slot = 0;
             }
             let e = &mut self.slots[slot];
-            let due = match e.state {
-                SchedState::Runnable => true,
-                SchedState::Halted { wake_at: Some(t) } => t <= now,
-                _ => false,
-            };
-            if due {
-                e.state = SchedState::Running;
+            if e.due_at <= now {
+                e.set(SchedState::Running);
                 let id = VcpuId(slot as u32);
                 self.running = Some(id);
                 self.next = slot + 1;
@@ -208,7 +223,7 @@ impl Scheduler {
         if e.state != SchedState::Running {
             return Err(SchedError::NotRunning(id));
         }
-        e.state = next;
+        e.set(next);
         // Only the running vCPU is in state Running.
         self.running = None;
         Ok(())
@@ -239,7 +254,7 @@ impl Scheduler {
         if !matches!(e.state, SchedState::Halted { .. }) {
             return Err(SchedError::NotHalted(id));
         }
-        e.state = SchedState::Runnable;
+        e.set(SchedState::Runnable);
         Ok(())
     }
 
@@ -249,7 +264,7 @@ impl Scheduler {
         if self.entry(id)?.state == SchedState::Running {
             self.end_turn(id, SchedState::Stopped)
         } else {
-            self.entry_mut(id)?.state = SchedState::Stopped;
+            self.entry_mut(id)?.set(SchedState::Stopped);
             Ok(())
         }
     }

@@ -1126,6 +1126,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     let Ok(mut sched) = Scheduler::new(default_slice) else {
         return;
     };
+    let Some(news) = vm::news(cpu) else {
+        return;
+    };
     for v in list {
         place(&mut vcpus, &mut sched, v);
     }
@@ -1156,7 +1159,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     // protocol, an attached console, statistics, the run-time limit, a stop
     // of all VMs) is looked at every HOST_LOOK_US, and after every idle
     // sleep (what woke the CPU may be one of them): not at every switch
-    // between vCPUs. Only the handed-over vCPUs and mail (`take_news`) are
+    // between vCPUs. Only the handed-over vCPUs and mail (`news`) are
     // looked at every time, since they decide what runs next.
     let mut next_look = 0;
     loop {
@@ -1181,7 +1184,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         }
         // vCPUs handed over by other CPUs (a VM started or restarted there
         // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
-        if vm::take_news(cpu) {
+        if news.take() {
             adopt(cpu, &mut vcpus, &mut sched);
             for (i, v) in vcpus.iter().enumerate() {
                 if v.as_ref().is_some_and(Vcpu::has_mail) {
@@ -1260,20 +1263,23 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             continue;
         };
         let i = id.0 as usize;
-        if lazy_owner != Some(i) {
-            switch_lazy(&mut vcpus, lazy_owner, i);
-            lazy_owner = Some(i);
-        }
-        let Some(v) = vcpus[i].as_mut() else { continue };
+        let next = if lazy_owner == Some(i) {
+            vcpus.get_mut(i).and_then(Option::as_mut)
+        } else {
+            let prev = lazy_owner.replace(i);
+            switch_lazy(&mut vcpus, prev, i)
+        };
+        let Some(v) = next else { continue };
         let start = crate::arch::rdtsc();
         if let Some(prev) = last_slice_end {
             if let Some(sample) = overhead.get_mut(samples) {
                 *sample = start - prev;
                 samples += 1;
             }
-        }
-        // A load after the first slice (no locked swap at every switch).
-        if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed) {
+        } else if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed)
+        {
+            // Looked at only when the last slice gave no sample (this CPU's
+            // first slice is one of those): no locked swap at every switch.
             log::info!(
                 "bench: boot to first guest slice: {} us (TSC)",
                 us_from_tsc(start - crate::console::boot_tsc())
@@ -1285,9 +1291,13 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
         platform.flush_output();
         last_slice_end = (!printed).then_some(t);
+        // Both that leave the vCPU runnable first: one compare, no table.
+        if let SliceEnd::Preempted | SliceEnd::Yielded = end {
+            let _ = sched.on_yield(id);
+            continue;
+        }
         let _ = match end {
-            SliceEnd::Preempted => sched.on_exit_slice_end(id),
-            SliceEnd::Yielded => sched.on_yield(id),
+            SliceEnd::Preempted | SliceEnd::Yielded => Ok(()),
             // A halted vCPU sleeps until its devices raise an interrupt
             // (its PIT tick), or for a slice when none will.
             // A local APIC interrupt that came before the HLT wakes it at once.
@@ -1485,22 +1495,30 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
 }
 
 /// Hands the hardware's lazily switched registers from the vCPU in slot
-/// `from` (when one had them) to the one in slot `to`; MSRs and XCR0 that
-/// already hold `to`'s values are not written again.
-fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) {
-    match from.map(|p| vcpus.get_disjoint_mut([p, to])) {
-        Some(Ok([Some(prev), Some(next)])) => lazy::switch(prev.lazy_mut(), next.lazy_mut()),
-        Some(Ok([Some(prev), None])) => {
+/// `from` (when one had them) to the one in slot `to`, and returns that one;
+/// MSRs and XCR0 that already hold `to`'s values are not written again.
+fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) -> Option<&mut Vcpu> {
+    let from = from.filter(|&p| p != to && vcpus.get(p).is_some_and(Option::is_some));
+    let Some(p) = from else {
+        // No vCPU's values known in the hardware: every MSR and XCR0 are
+        // written.
+        let next = vcpus.get_mut(to)?.as_mut()?;
+        let (lazy, xcr0) = next.lazy_mut();
+        lazy.load(xcr0, None);
+        return Some(next);
+    };
+    let [Some(prev), next] = vcpus.get_disjoint_mut([p, to]).ok()? else {
+        return None;
+    };
+    match next {
+        Some(next) => {
+            lazy::switch(prev.lazy_mut(), next.lazy_mut());
+            Some(next)
+        }
+        None => {
             let (prev, xcr0) = prev.lazy_mut();
             prev.save(xcr0);
-        }
-        _ => {
-            if let Some(Some(next)) = vcpus.get_mut(to) {
-                // No vCPU's values known in the hardware: every MSR and
-                // XCR0 are written.
-                let (next, xcr0) = next.lazy_mut();
-                next.load(xcr0, None);
-            }
+            None
         }
     }
 }

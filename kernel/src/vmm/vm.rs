@@ -58,7 +58,7 @@ pub mod mail {
 }
 
 /// Per CPU: something was posted to one of its vCPUs or handed to it
-/// since its loop last looked ([`take_news`]), so the loop's look costs a
+/// since its loop last looked ([`News::take`]), so the loop's look costs a
 /// load when nothing happened.
 static NEWS: [AtomicBool; crate::percpu::MAX_CPUS] =
     [const { AtomicBool::new(false) }; crate::percpu::MAX_CPUS];
@@ -70,11 +70,21 @@ pub fn note_news(cpu: usize) {
     }
 }
 
-/// Whether CPU `cpu` has news since the last call (which clears it).
-#[inline]
-pub fn take_news(cpu: usize) -> bool {
-    NEWS.get(cpu)
-        .is_some_and(|f| f.load(Ordering::Relaxed) && f.swap(false, Ordering::Acquire))
+/// CPU `cpu`'s news flag, for [`News::take`] (`None` past the CPUs the
+/// kernel runs).
+pub fn news(cpu: usize) -> Option<News> {
+    NEWS.get(cpu).map(News)
+}
+
+/// One CPU's news flag: its loop looks it up once, not at every switch.
+pub struct News(&'static AtomicBool);
+
+impl News {
+    /// Whether the CPU has news since the last call (which clears it).
+    #[inline]
+    pub fn take(&self) -> bool {
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Acquire)
+    }
 }
 
 /// What a vCPU's mailbox asks of it before an entry ([`Vm::take_mail`]).
