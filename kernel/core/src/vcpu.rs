@@ -62,12 +62,13 @@ impl fmt::Display for StopReport<'_> {
 pub enum VcpuRunState {
     /// Set up, never run.
     Created,
+    /// Executed HLT; waits for an interrupt or deadline. (Next to
+    /// `Runnable`: [`Self::begin_slice`] tests both with one range.)
+    Halted,
     /// Ready to be entered.
     Runnable,
     /// In the guest (or handling one of its exits).
     Running,
-    /// Executed HLT; waits for an interrupt or deadline.
-    Halted,
     /// An application processor after reset or INIT: waits for a start-up
     /// IPI (SDM Vol. 3A 9.4.2, "wait-for-SIPI").
     WaitForSipi,
@@ -110,6 +111,13 @@ impl VcpuRunState {
     /// Runnable → Running (just before VM entry).
     pub fn enter(&mut self) -> Result<(), InvalidTransition> {
         self.go(*self == Self::Runnable, Self::Running, "enter")
+    }
+
+    /// Runnable, or Halted with its wake-up come (the scheduler picked
+    /// it) → Running, for a slice.
+    pub fn begin_slice(&mut self) -> Result<(), InvalidTransition> {
+        let picked = matches!(*self, Self::Runnable | Self::Halted);
+        self.go(picked, Self::Running, "begin_slice")
     }
 
     /// Running → Runnable (slice over or yielded).
@@ -675,6 +683,17 @@ mod tests {
         assert!(s.stop(StopReason::Shutdown { code: 1 }).is_err());
         assert!(s.make_runnable().is_err());
         assert_eq!(s, VcpuRunState::Stopped(StopReason::Shutdown { code: 0 }));
+    }
+
+    #[test]
+    fn a_slice_begins_from_runnable_or_halted_only() {
+        for from in every_state() {
+            let mut s = from;
+            let ok = matches!(from, VcpuRunState::Runnable | VcpuRunState::Halted);
+            assert_eq!(s.begin_slice().is_ok(), ok, "from {from:?}");
+            let expected = if ok { VcpuRunState::Running } else { from };
+            assert_eq!(s, expected);
+        }
     }
 
     /// One of each state.

@@ -26,7 +26,7 @@
 //! costs about a hundred cycles on real hardware).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use backend::vtx::state::LazyRegs;
 use hvcore::msr_policy::{
@@ -80,8 +80,16 @@ fn slot(msr: u32) -> Option<usize> {
 
 /// What the CPU offers for extended state, decided once at boot.
 static XCR0_SUPPORTED: AtomicU64 = AtomicU64::new(0);
-/// Whether XSAVEOPT exists (CPUID.(0xD,1):EAX[0]).
-static XSAVEOPT: AtomicU64 = AtomicU64::new(0);
+/// How a save stores the extended state, decided once at boot: one load
+/// and compare at every save.
+static SAVE_WITH: AtomicU8 = AtomicU8::new(SAVE_FXSAVE);
+/// FXSAVE: no XSAVE (x87 and SSE only).
+const SAVE_FXSAVE: u8 = 0;
+/// XSAVE.
+const SAVE_XSAVE: u8 = 1;
+/// XSAVEOPT (CPUID.(0xD,1):EAX[0]): skips components unchanged since the
+/// last XRSTOR.
+const SAVE_XSAVEOPT: u8 = 2;
 /// Whether TSC_AUX exists (RDTSCP, CPUID 0x8000_0001:EDX[27]).
 static TSC_AUX: AtomicU64 = AtomicU64::new(0);
 
@@ -122,6 +130,7 @@ pub fn init_this_cpu() -> u64 {
     unsafe { Cr4::write_raw(cr4) };
     if !has_xsave {
         XCR0_SUPPORTED.store(0, Ordering::Relaxed);
+        SAVE_WITH.store(SAVE_FXSAVE, Ordering::Relaxed);
         return 0;
     }
     let d0 = crate::arch::cpuid(0xD, 0);
@@ -144,10 +153,12 @@ pub fn init_this_cpu() -> u64 {
         supported
     };
     XCR0_SUPPORTED.store(supported, Ordering::Relaxed);
-    XSAVEOPT.store(
-        u64::from(crate::arch::cpuid(0xD, 1).eax & 1),
-        Ordering::Relaxed,
-    );
+    let with = if crate::arch::cpuid(0xD, 1).eax & 1 != 0 {
+        SAVE_XSAVEOPT
+    } else {
+        SAVE_XSAVE
+    };
+    SAVE_WITH.store(with, Ordering::Relaxed);
     TSC_AUX.store(
         u64::from(crate::arch::cpuid(0x8000_0001, 0).edx >> 27 & 1),
         Ordering::Relaxed,
@@ -193,8 +204,9 @@ pub struct LazyState {
     xcr0: u64,
     /// The slots of `msrs` switched here ([`Extension::slots`]).
     slots: core::ops::Range<usize>,
-    /// Whether CR2 and DR6 are switched here (VT-x).
-    cr2_dr6: bool,
+    /// On VT-x: CR2, DR6 and KERNEL_GS_BASE are switched here too (AMD-V
+    /// switches them with the VMCB and VMLOAD/VMSAVE).
+    vtx: bool,
 }
 
 impl LazyState {
@@ -218,7 +230,7 @@ impl LazyState {
             msr_set: 0,
             xcr0: 1,
             slots: ext.slots(),
-            cr2_dr6: ext == Extension::Vtx,
+            vtx: ext == Extension::Vtx,
         }
     }
 
@@ -228,30 +240,23 @@ impl LazyState {
     pub fn save(&mut self, xcr0: u64) {
         self.xcr0 = xcr0;
         let area = self.xsave.0.as_mut_ptr();
-        if XCR0_SUPPORTED.load(Ordering::Relaxed) != 0 {
-            let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
-            if XSAVEOPT.load(Ordering::Relaxed) != 0 {
-                // SAFETY: the area is 64-byte aligned, 4 KiB (enough for every
-                // allowed component), owned by this vCPU; XCR0 = `xcr0`.
-                unsafe {
-                    core::arch::asm!("xsaveopt64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
-                };
-            } else {
-                // SAFETY: as above.
-                unsafe {
-                    core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
-                };
-            }
+        let (lo, hi) = (xcr0 as u32, (xcr0 >> 32) as u32);
+        // The usual one tested first.
+        let with = SAVE_WITH.load(Ordering::Relaxed);
+        if with == SAVE_XSAVEOPT {
+            // SAFETY: the area is 64-byte aligned, 4 KiB (enough for every
+            // allowed component), owned by this vCPU; XCR0 = `xcr0`.
+            unsafe {
+                core::arch::asm!("xsaveopt64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
+            };
+        } else if with == SAVE_XSAVE {
+            // SAFETY: as above.
+            unsafe {
+                core::arch::asm!("xsave64 [{}]", in(reg) area, in("eax") lo, in("edx") hi, options(nostack))
+            };
         } else {
             // SAFETY: the area is 16-byte aligned and at least 512 bytes.
             unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack)) };
-        }
-        if self.cr2_dr6 {
-            self.cr2 = x86_64::registers::control::Cr2::read_raw();
-            // DR6 whether the vCPU holds DR0-DR3 or not: a #DB the guest
-            // takes natively sets its bits.
-            // SAFETY: reading DR6 has no side effects in ring 0.
-            unsafe { core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack)) };
         }
         if self.debug_owned {
             // SAFETY: reading debug registers has no side effects in ring 0.
@@ -262,8 +267,14 @@ impl LazyState {
                 core::arch::asm!("mov {}, dr3", out(reg) self.dr[3], options(nomem, nostack));
             }
         }
-        // The others are current: their writes exit ([`VcpuLazyRegs`]).
-        if self.slots.start == SLOT_KERNEL_GS_BASE {
+        if self.vtx {
+            self.cr2 = x86_64::registers::control::Cr2::read_raw();
+            // DR6 whether the vCPU holds DR0-DR3 or not: a #DB the guest
+            // takes natively sets its bits.
+            // SAFETY: reading DR6 has no side effects in ring 0.
+            unsafe { core::arch::asm!("mov {}, dr6", out(reg) self.dr6, options(nomem, nostack)) };
+            // The other MSRs are current: their writes exit
+            // ([`VcpuLazyRegs`]); AMD-V's VMSAVE keeps KERNEL_GS_BASE.
             self.msrs.0[SLOT_KERNEL_GS_BASE] = rdmsr(IA32_KERNEL_GS_BASE);
         }
     }
@@ -321,7 +332,7 @@ impl LazyState {
             // SAFETY: the area holds a valid FXSAVE image (initial or saved).
             unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };
         }
-        if self.cr2_dr6 {
+        if self.vtx {
             // SAFETY: CR2 takes any value; DR6's reserved bits are kept as
             // saved.
             unsafe {

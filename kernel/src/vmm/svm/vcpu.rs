@@ -198,19 +198,12 @@ impl Vcpu {
                 return end;
             }
         }
-        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
-            if let Err(e) = self.state.run_state_mut().wake() {
-                panic!(
-                    "vm {}: wake from {:?} ({})",
-                    self.vm.name(),
-                    e.from,
-                    e.attempted
-                );
-            }
-        }
-        if let Err(e) = self.state.run_state_mut().enter() {
+        // Runnable, or Halted with its wake-up come (the scheduler picked
+        // it) -> Running for the whole slice; handle_exit moves it on
+        // (Halted, Runnable after a yield or preemption, Stopped).
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
             panic!(
-                "vm {}: vCPU entered from state {:?} ({})",
+                "vm {}: vCPU picked in state {:?} ({})",
                 self.vm.name(),
                 e.from,
                 e.attempted

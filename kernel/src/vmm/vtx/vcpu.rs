@@ -325,22 +325,12 @@ impl Vcpu {
                 return SliceEnd::Stopped;
             }
         };
-        // The scheduler picked a halted vCPU: its wake-up time has come.
-        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::Halted {
-            if let Err(e) = self.state.run_state_mut().wake() {
-                panic!(
-                    "vm {}: wake from {:?} ({})",
-                    self.vm.name(),
-                    e.from,
-                    e.attempted
-                );
-            }
-        }
-        // Runnable -> Running for the whole slice; handle_exit moves it on
+        // Runnable, or Halted with its wake-up come (the scheduler picked
+        // it) -> Running for the whole slice; handle_exit moves it on
         // (Halted, Runnable after a yield or preemption, Stopped).
-        if let Err(e) = self.state.run_state_mut().enter() {
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
             panic!(
-                "vm {}: vCPU entered from state {:?} ({})",
+                "vm {}: vCPU picked in state {:?} ({})",
                 self.vm.name(),
                 e.from,
                 e.attempted
