@@ -1132,9 +1132,6 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     for v in list {
         place(&mut vcpus, &mut sched, v);
     }
-    // From 0, not the current count: a request made before this CPU's loop
-    // started (an AP starts later than the console reads keys) is honoured.
-    let mut stats_seen = 0;
     // The host console can attach to these VMs (by id).
     console::cpu_started(
         cpu,
@@ -1145,8 +1142,6 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             .filter(|v| v.index() == 0)
             .map(|v| (v.vm().id(), v.vm().name())),
     );
-    // The VM whose console output this CPU last made raw.
-    let mut raw_vm: Option<u32> = None;
     // Host time between two slices (scheduling, accounting, the lazy
     // register switch): the cost of switching from one vCPU to the next,
     // reported in the summary. A slice after which something was printed
@@ -1155,32 +1150,19 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     let mut overhead = alloc::vec![0u64; OVERHEAD_SAMPLES];
     let mut samples = 0;
     let mut last_slice_end: Option<u64> = None;
-    // The host's own work between slices (console keys, the control
-    // protocol, an attached console, statistics, the run-time limit, a stop
-    // of all VMs) is looked at every HOST_LOOK_US, and after every idle
-    // sleep (what woke the CPU may be one of them): not at every switch
-    // between vCPUs. Only the handed-over vCPUs and mail (`news`) are
-    // looked at every time, since they decide what runs next.
-    let mut next_look = 0;
+    // Looked at every HOST_LOOK_US (see `HostWork`).
+    let mut host_work = HostWork {
+        cpu,
+        serial_input,
+        next_look: 0,
+        stats_seen: 0,
+        raw_vm: None,
+    };
     loop {
         let now = crate::arch::rdtsc();
-        let look = now >= next_look;
+        let look = now >= host_work.next_look;
         if look {
-            next_look = now + tsc_from_us(HOST_LOOK_US);
-            if serial_input {
-                poll_console();
-            }
-            // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
-            // (create, start, stop, restart, destroy) and publishes counters.
-            if control::enabled() {
-                if cpu == 0 {
-                    control::poll();
-                }
-                if control::mail_waiting(cpu) {
-                    control::serve(cpu, &mut vcpus, &mut sched, &mut lazy_owner, &mut platform);
-                }
-                control::publish(cpu, &vcpus, now);
-            }
+            host_work.before_news(now, &mut vcpus, &mut sched, &mut lazy_owner, &mut platform);
         }
         // vCPUs handed over by other CPUs (a VM started or restarted there
         // with a vCPU here), and mail for sleeping ones (an IPI, a stop).
@@ -1192,53 +1174,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 }
             }
         }
-        if look {
-            // The host console attached to one of these VMs: its output raw, its
-            // typed input into its UART (a halted vCPU with input is woken). A
-            // VM's first vCPU's CPU serves its console.
-            let attached = console::attached();
-            if attached.is_some() || raw_vm.is_some() {
-                let mut changed = false;
-                for (i, slot) in vcpus.iter_mut().enumerate() {
-                    let Some(v) = slot.as_mut().filter(|v| v.index() == 0) else {
-                        continue;
-                    };
-                    let id = v.vm().id();
-                    changed |= v.set_raw_console(attached == Some(id), &mut platform);
-                    if attached == Some(id) {
-                        if let Some(bytes) = console::take_input(id) {
-                            v.console_input(&bytes, &mut platform);
-                            let _ = sched.wake(VcpuId(i as u32));
-                        }
-                    }
-                }
-                raw_vm = attached;
-                if changed {
-                    platform.flush_output();
-                }
-            }
-            let request = STATS_REQUEST.load(Ordering::Relaxed);
-            if request != stats_seen {
-                stats_seen = request;
-                for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
-                    crate::println!("{}", v.vm().ctx().stats.report(v.vm().name()));
-                }
-            }
-            let deadline = DEADLINE.load(Ordering::Relaxed);
-            if (deadline != 0 && now >= deadline)
-                || STOP_ALL.load(Ordering::Relaxed)
-                || crate::smp::stopping()
-            {
-                for (i, slot) in vcpus.iter_mut().enumerate() {
-                    if let Some(mut v) = slot.take() {
-                        v.stop(StopReason::HostStop, &mut platform);
-                        platform.flush_output();
-                        finish_vm(cpu, v, &mut sched, i);
-                    }
-                }
-                // The last vCPUs of VMs shared with other CPUs end there.
-                break;
-            }
+        if look && host_work.after_news(now, &mut vcpus, &mut sched, &mut platform) {
+            // The last vCPUs of VMs shared with other CPUs end there.
+            break;
         }
         let Some(hvcore::sched::Pick { id, slice }) = sched.pick(now) else {
             // A CPU whose vCPUs all stopped stays while a VM lives: a VM
@@ -1259,7 +1197,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             x86_64::instructions::interrupts::enable_and_hlt();
             x86_64::instructions::interrupts::disable();
             crate::apic::stop_timer();
-            next_look = 0;
+            host_work.next_look = 0;
             continue;
         };
         let i = id.0 as usize;
@@ -1340,6 +1278,115 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     }
 }
 
+/// The host's own work between slices (console keys, the control
+/// protocol, an attached console, statistics, the run-time limit, a stop
+/// of all VMs), looked at every [`HOST_LOOK_US`] and after every idle
+/// sleep (what woke the CPU may be one of them): not at every switch
+/// between vCPUs. Only the handed-over vCPUs and mail (`vm::News`) are
+/// looked at every time, since they decide what runs next. Out of line, so
+/// that the CPU loop's switch path keeps its registers.
+struct HostWork {
+    cpu: usize,
+    serial_input: bool,
+    /// When the loop looks next (TSC; 0: at once).
+    next_look: u64,
+    /// The last statistics request served. From 0, not the current count:
+    /// a request made before this CPU's loop started (an AP starts later
+    /// than the console reads keys) is honoured.
+    stats_seen: u32,
+    /// The VM whose console output this CPU last made raw.
+    raw_vm: Option<u32>,
+}
+
+impl HostWork {
+    /// Before the news: console keys, and the control protocol's mailbox
+    /// (create, start, stop, restart, destroy) and counters.
+    #[inline(never)]
+    fn before_news(
+        &mut self,
+        now: u64,
+        vcpus: &mut Vec<Option<Vcpu>>,
+        sched: &mut Scheduler,
+        lazy_owner: &mut Option<usize>,
+        platform: &mut KernelPlatform,
+    ) {
+        self.next_look = now + tsc_from_us(HOST_LOOK_US);
+        if self.serial_input {
+            poll_console();
+        }
+        // Issue 11 hooks: CPU 0 reads COM2; every CPU serves its mailbox
+        // and publishes counters.
+        if control::enabled() {
+            if self.cpu == 0 {
+                control::poll();
+            }
+            if control::mail_waiting(self.cpu) {
+                control::serve(self.cpu, vcpus, sched, lazy_owner, platform);
+            }
+            control::publish(self.cpu, vcpus, now);
+        }
+    }
+
+    /// After the news: the attached console, statistics requests, and the
+    /// run-time limit and stop requests, which stop this CPU's vCPUs; true
+    /// then (the loop ends).
+    #[inline(never)]
+    fn after_news(
+        &mut self,
+        now: u64,
+        vcpus: &mut [Option<Vcpu>],
+        sched: &mut Scheduler,
+        platform: &mut KernelPlatform,
+    ) -> bool {
+        // The host console attached to one of these VMs: its output raw, its
+        // typed input into its UART (a halted vCPU with input is woken). A
+        // VM's first vCPU's CPU serves its console.
+        let attached = console::attached();
+        if attached.is_some() || self.raw_vm.is_some() {
+            let mut changed = false;
+            for (i, slot) in vcpus.iter_mut().enumerate() {
+                let Some(v) = slot.as_mut().filter(|v| v.index() == 0) else {
+                    continue;
+                };
+                let id = v.vm().id();
+                changed |= v.set_raw_console(attached == Some(id), platform);
+                if attached == Some(id) {
+                    if let Some(bytes) = console::take_input(id) {
+                        v.console_input(&bytes, platform);
+                        let _ = sched.wake(VcpuId(i as u32));
+                    }
+                }
+            }
+            self.raw_vm = attached;
+            if changed {
+                platform.flush_output();
+            }
+        }
+        let request = STATS_REQUEST.load(Ordering::Relaxed);
+        if request != self.stats_seen {
+            self.stats_seen = request;
+            for v in vcpus.iter().flatten().filter(|v| v.index() == 0) {
+                crate::println!("{}", v.vm().ctx().stats.report(v.vm().name()));
+            }
+        }
+        let deadline = DEADLINE.load(Ordering::Relaxed);
+        if (deadline != 0 && now >= deadline)
+            || STOP_ALL.load(Ordering::Relaxed)
+            || crate::smp::stopping()
+        {
+            for (i, slot) in vcpus.iter_mut().enumerate() {
+                if let Some(mut v) = slot.take() {
+                    v.stop(StopReason::HostStop, platform);
+                    platform.flush_output();
+                    finish_vm(self.cpu, v, sched, i);
+                }
+            }
+            return true;
+        }
+        false
+    }
+}
+
 /// How often a vCPU's counts go into its VM's statistics (at most; the
 /// statistics a user reads lag by that much).
 const STATS_EVERY_US: u64 = 1000;
@@ -1359,7 +1406,7 @@ static PACKAGE: spin::Once<&'static Package<'static>> = spin::Once::new();
 
 /// Adds `v` to this CPU's scheduler (its slice from its configuration).
 fn schedule(sched: &mut Scheduler, v: &Vcpu) -> VcpuId {
-    let slice = tsc_from_us(v.slice_us() as u64).max(1);
+    let slice = time::slice_ticks(v.slice_us());
     match sched.add_vcpu_with_slice(slice) {
         Ok(id) => id,
         Err(e) => panic!("scheduler refused a vCPU: {e:?}"),

@@ -65,3 +65,9 @@ pub fn us_from_tsc(ticks: u64) -> u64 {
 pub fn tsc_from_us(us: u64) -> u64 {
     tsc_from_ns(us.saturating_mul(1000))
 }
+
+/// A configured slice of `slice_us` microseconds in TSC ticks (at least 1):
+/// what the scheduler hands out.
+pub fn slice_ticks(slice_us: u32) -> u64 {
+    tsc_from_us(u64::from(slice_us)).max(1)
+}

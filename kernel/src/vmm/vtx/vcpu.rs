@@ -64,6 +64,10 @@ pub struct Vcpu {
     entry: u64,
     /// Configured time slice.
     slice_us: u32,
+    /// The VMX-preemption timer's value for a whole slice, written at a
+    /// slice's start when the CPU saves the timer at exits (the slice is
+    /// counted from that entry, a few hundred ticks after the pick).
+    slice_timer: u32,
     /// Guest state kept in software (XCR0, CR8 without TPR shadow).
     soft: SoftState,
     /// Registers switched when the CPU changes vCPU.
@@ -126,6 +130,10 @@ impl Vcpu {
             initialised: false,
             entry,
             slice_us,
+            slice_timer: preemption_timer_value(
+                crate::vmm::time::slice_ticks(slice_us),
+                setup.preemption_timer_rate,
+            ),
             soft: SoftState::default(),
             lazy: LazyState::new(Extension::Vtx, setup.optional.mov_dr_exiting),
             clock: DeviceClock::default(),
@@ -283,9 +291,10 @@ impl Vcpu {
     /// ([`LazyState::load`]).
     ///
     /// Work is done where it changes: once per slice the VMCS is made
-    /// current, the preemption timer set (the CPU saves its value at every
-    /// exit, so it counts down the whole slice; without that feature it is
-    /// set at every entry) and HOST_RSP written (the world switch runs on
+    /// current, the preemption timer set to a whole slice from the first
+    /// entry (the CPU saves its value at every exit, so it counts down the
+    /// slice; without that feature, or with a local APIC, it is set at every
+    /// entry, until `slice_end`) and HOST_RSP written (the world switch runs on
     /// the same stack for the whole slice). Before each entry: one TSC
     /// compare (the slice's end, the device and APIC deadlines, or 0 when
     /// the last exit may have given the entry work) and the mailbox; the
@@ -295,7 +304,7 @@ impl Vcpu {
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
-        (start, slice_end): (u64, u64),
+        (_start, slice_end): (u64, u64),
         env: &mut KernelPlatform,
     ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
@@ -358,12 +367,9 @@ impl Vcpu {
             None
         };
         let rate = host.setup.preemption_timer_rate;
-        let timer = |now: u64, until: u64| {
-            ((until.saturating_sub(now)) >> rate).min(u64::from(u32::MAX)) as u32
-        };
         let timer_saved = host.setup.optional.preemption_timer_save && !has_apic;
         if timer_saved {
-            vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(start, slice_end));
+            vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, self.slice_timer);
         }
         let mut mode = switch::Mode::slice_start(self.launched);
         // What an entry must check comes from two places: time (the slice's
@@ -401,7 +407,11 @@ impl Vcpu {
                 attention_at = self.clock.attention_at(timer_until);
             }
             if !timer_saved {
-                vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, timer(now, timer_until));
+                let ticks = timer_until.saturating_sub(now);
+                vmcs.set_known(
+                    VMX_PREEMPTION_TIMER_VALUE,
+                    preemption_timer_value(ticks, rate),
+                );
             }
             self.tally.settle(&vmcs);
             // The common entry has its own way in: no mode to test.
@@ -716,6 +726,13 @@ impl Vcpu {
         free_frame(self.virtual_apic);
         self.vm
     }
+}
+
+/// The VMX-preemption timer's value that expires after `ticks` TSC ticks
+/// (it counts down at the TSC's rate divided by 2^`rate`, SDM 26.5.1),
+/// at most its 32 bits.
+fn preemption_timer_value(ticks: u64, rate: u8) -> u32 {
+    (ticks >> rate).min(u64::from(u32::MAX)) as u32
 }
 
 fn free_frame(frame: HostPhysAddr) {
