@@ -216,9 +216,19 @@ pub fn send_ipi(dest: u32, ipi: Ipi) -> Result<(), hw::ApicError> {
 /// still comes from a calibration: callers that must not miss a deadline
 /// arm it again when it fires early.)
 pub fn one_shot_tsc(ticks: u64) {
+    one_shot(timer_count(ticks));
+}
+
+/// The LAPIC timer count for `ticks` TSC ticks, as [`one_shot_tsc`]
+/// rounds it: for a span fixed in advance (a slice), computed once.
+pub fn timer_count(ticks: u64) -> u32 {
     let factor = APIC_TICKS_PER_TSC.load(Ordering::Relaxed);
     let count = (u128::from(ticks) * u128::from(factor) + 0xFFFF_FFFF) >> 32;
-    let count = count.clamp(1, u128::from(u32::MAX)) as u32;
+    count.clamp(1, u128::from(u32::MAX)) as u32
+}
+
+/// Arms this CPU's LAPIC timer with a [`timer_count`].
+pub fn one_shot(count: u32) {
     with_apic(|a| a.set_count(count));
 }
 

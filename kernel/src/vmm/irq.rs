@@ -219,18 +219,16 @@ impl DeviceClock {
     /// 0 (the full checks) unless the last slice ended with a quiet yield
     /// ([`Self::slice_ended`]) and nothing the checks look at changed since:
     /// the VM's lock not taken by anyone ([`Self::refresh_or_stopped`],
-    /// which runs first, clears the flag through [`Self::refresh`]), no
-    /// mail, the host not stopping, its console queue not full. What else
-    /// the full checks read is the vCPU's own and still as it left it.
+    /// which runs first, clears the flag through [`Self::refresh`]) and no
+    /// mail (mail from this CPU comes without a wake IPI). What else the
+    /// full checks read is the vCPU's own and still as it left it, or the
+    /// host's, which needs no look here: a stop comes with a wake IPI,
+    /// pending until the entry, whose exit brings the full checks at once,
+    /// and the CPU loop empties the console queue after every slice.
     #[inline]
-    pub fn slice_start_attention(
-        &mut self,
-        slice_end: u64,
-        link: &super::vm::VcpuLink,
-        env: &KernelPlatform,
-    ) -> u64 {
+    pub fn slice_start_attention(&mut self, slice_end: u64, link: &super::vm::VcpuLink) -> u64 {
         let quiet = core::mem::take(&mut self.resume_quiet);
-        if quiet && link.mail.load(Ordering::Acquire) == 0 && !host_ends_slices(env) {
+        if quiet && link.mail.load(Ordering::Acquire) == 0 {
             self.attention_at(slice_end)
         } else {
             0

@@ -200,16 +200,12 @@ impl Vcpu {
             v.clock.refresh(&ctx);
         })
     }
-    /// Runs a slice that started at TSC `start` and ends at `slice_end`.
-    fn run_slice(
-        &mut self,
-        host: &HostCpu,
-        (start, slice_end): (u64, u64),
-        env: &mut KernelPlatform,
-    ) -> SliceEnd {
+    /// Runs a slice that ends at TSC `slice_end` (its timer counts a whole
+    /// configured slice from the first entry).
+    fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         match (self, host) {
-            (Vcpu::Vtx(v), HostCpu::Vtx(h)) => v.run_slice(h, (start, slice_end), env),
-            (Vcpu::Svm(v), HostCpu::Svm(h)) => v.run_slice(h, (start, slice_end), env),
+            (Vcpu::Vtx(v), HostCpu::Vtx(h)) => v.run_slice(h, slice_end, env),
+            (Vcpu::Svm(v), HostCpu::Svm(h)) => v.run_slice(h, slice_end, env),
             _ => panic!("a vCPU of one backend on a CPU set up for the other"),
         }
     }
@@ -616,7 +612,7 @@ pub fn entry_failure_report(breakage: Breakage) -> Result<String, String> {
         let (lazy, xcr0) = v.lazy_mut();
         lazy.load(xcr0, None);
         let start = crate::arch::rdtsc();
-        let end = v.run_slice(&host, (start, start + tsc_from_us(100_000)), &mut platform);
+        let end = v.run_slice(&host, start + tsc_from_us(100_000), &mut platform);
         platform.flush_output();
         match (end, v.vm.ctx().stop_report()) {
             (SliceEnd::Stopped, Some(r)) => format!("{r}"),
@@ -1223,7 +1219,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
                 us_from_tsc(start - crate::console::boot_tsc())
             );
         }
-        let end = v.run_slice(host, (start, now + slice), &mut platform);
+        let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
         v.record_slice(t - now, t, &mut platform);
         let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);

@@ -62,6 +62,9 @@ pub struct Vcpu {
     entry: u64,
     /// Configured time slice.
     slice_us: u32,
+    /// The host LAPIC timer's count for a whole slice, armed at a slice's
+    /// quiet start (the slice is counted from that entry).
+    slice_count: u32,
     /// Guest state kept in software (XCR0, EFER.SVME as seen, DEBUGCTL).
     soft: SoftState,
     /// Registers switched when the CPU changes vCPU.
@@ -131,6 +134,7 @@ impl Vcpu {
             pending_event: None,
             entry,
             slice_us,
+            slice_count: crate::apic::timer_count(crate::vmm::time::slice_ticks(slice_us)),
             soft: SoftState::default(),
             lazy: LazyState::new(Extension::Svm, true),
             last_cpu: None,
@@ -185,12 +189,12 @@ impl Vcpu {
         (&mut self.lazy, self.soft.xcr0)
     }
 
-    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end`
+    /// Runs the vCPU until its slice ends at TSC `slice_end`
     /// (or it yields, halts or stops).
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
-        (start, slice_end): (u64, u64),
+        slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
@@ -209,17 +213,12 @@ impl Vcpu {
                 e.attempted
             );
         }
-        let end = self.run_until(host, (start, slice_end), env);
+        let end = self.run_until(host, slice_end, env);
         crate::apic::stop_timer();
         end
     }
 
-    fn run_until(
-        &mut self,
-        host: &HostCpu,
-        (start, slice_end): (u64, u64),
-        env: &mut KernelPlatform,
-    ) -> SliceEnd {
+    fn run_until(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         let cpu_changed = self.last_cpu != Some(host.cpu);
         self.last_cpu = Some(host.cpu);
         let setup = &host.setup;
@@ -257,7 +256,7 @@ impl Vcpu {
         // wake IPI, pending at VMRUN (GIF set, host IF set): the INTR
         // intercept's exit at once leads to the full checks. The slice's
         // first entry as there (`DeviceClock::slice_start_attention`).
-        let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
+        let mut attention_at = self.clock.slice_start_attention(slice_end, link);
         let mut timer_until = slice_end;
         // The host's timer ends the guest's run at `timer_until`: with a
         // local APIC, armed before every entry (the APIC timer's deadline
@@ -267,7 +266,7 @@ impl Vcpu {
         // up, but from a calibration), and would leave the rest of the
         // slice without one.
         if attention_at != 0 && !has_apic {
-            crate::apic::one_shot_tsc(slice_end.saturating_sub(start));
+            crate::apic::one_shot(self.slice_count);
         }
         let mut exit = Exit::Hlt;
         loop {

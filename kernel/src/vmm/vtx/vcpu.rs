@@ -285,7 +285,7 @@ impl Vcpu {
             .map_err(|e| VmxError::Instruction("VMWRITE", e))
     }
 
-    /// Runs the vCPU from TSC `start` until its slice ends at `slice_end`
+    /// Runs the vCPU until its slice ends at TSC `slice_end`
     /// (or it yields, halts or stops). `env` gives exit handlers the
     /// platform services. The vCPU's lazy registers must be loaded
     /// ([`LazyState::load`]).
@@ -304,7 +304,7 @@ impl Vcpu {
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
-        (_start, slice_end): (u64, u64),
+        slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
         if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
@@ -388,7 +388,7 @@ impl Vcpu {
         // host-interrupt exit read the mailbox. A slice's first entry is
         // quiet too after a quiet yield, when nothing changed meanwhile
         // (`DeviceClock::slice_start_attention`); else it looks at everything.
-        let mut attention_at = self.clock.slice_start_attention(slice_end, link, env);
+        let mut attention_at = self.clock.slice_start_attention(slice_end, link);
         let mut exit = Exit::Hlt;
         let mut timer_until = slice_end;
         loop {
