@@ -171,7 +171,7 @@ impl Vcpu {
     fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) {
         each!(self, v => {
             v.state.exits.record_slice(ticks);
-            if now < v.stats_due && v.state.console_tx.pending().is_empty() {
+            if now < v.stats_due && v.state.console_tx.is_empty() {
                 return;
             }
             v.stats_due = now + tsc_from_us(STATS_EVERY_US);

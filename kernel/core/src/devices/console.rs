@@ -107,6 +107,12 @@ impl DirectTx {
         }
     }
 
+    /// Whether no byte is kept (one compare: the slice's end asks).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// The bytes kept, oldest first.
     pub fn pending(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or(&[])

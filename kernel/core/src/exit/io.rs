@@ -193,7 +193,7 @@ mod tests {
         );
         handle_exit(&mut vm, &mut vcpu, &word, &mut regs, &mut env);
         assert_eq!(env.lines, ["[d] one"]);
-        assert!(vcpu.console_tx.pending().is_empty());
+        assert!(vcpu.console_tx.pending().is_empty() && vcpu.console_tx.is_empty());
         handle_exit(&mut vm, &mut vcpu, &out(0x3FB, 0x83), &mut regs, &mut env); // DLAB
         assert_eq!(
             crate::exit::handle_vcpu_exit(&mut vcpu, &out(0x3F8, 1), &mut regs),
