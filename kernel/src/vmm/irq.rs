@@ -91,13 +91,18 @@ pub fn shared_entry_checks(
         || (c.has_apic && vm.apic_pending(index)))
 }
 
+/// A TSC value no deadline reaches: "never", one compare like any other.
+const NEVER: u64 = u64::MAX;
+
 /// Per-vCPU bookkeeping of device time and the interrupt window.
-#[derive(Default)]
 pub struct DeviceClock {
     /// When a device next changes an IRQ line by itself, if ever: the VM's
-    /// deadline in nanoseconds and the TSC value that reaches it (converted
-    /// once, when the deadline changes, so each entry costs a compare).
-    deadline: Option<(u64, u64)>,
+    /// deadline in nanoseconds.
+    deadline_ns: Option<u64>,
+    /// The TSC value that reaches `deadline_ns` ([`NEVER`] without one),
+    /// converted once, when the deadline changes, so each entry costs a
+    /// compare.
+    deadline_tsc: u64,
     /// Whether the backend currently asks for an interrupt-window exit.
     pub window_open: bool,
     /// When the vCPU's local APIC timer next fires (TSC), if it has one
@@ -108,26 +113,40 @@ pub struct DeviceClock {
     /// false, and nothing else is due, an entry needs no lock.
     pub intr_possible: bool,
     /// [`Vm::releases`] as of [`Self::refresh_or_stopped`]'s last look
-    /// under the lock (`None` before the first).
-    seen_releases: Option<u64>,
+    /// under the lock ([`NEVER`] before the first: no count reaches it).
+    seen_releases: u64,
     /// The vCPU's last slice ended with a yield after a quiet entry, so its
     /// next slice may start with a quiet entry too
     /// ([`Self::slice_start_attention`]).
     resume_quiet: bool,
 }
 
+impl Default for DeviceClock {
+    fn default() -> Self {
+        DeviceClock {
+            deadline_ns: None,
+            deadline_tsc: NEVER,
+            window_open: false,
+            apic_due: None,
+            intr_possible: false,
+            seen_releases: NEVER,
+            resume_quiet: false,
+        }
+    }
+}
+
 impl DeviceClock {
     /// Whether a device is due at `now` (TSC): [`Self::catch_up`] then.
     #[inline]
     pub fn due(&self, now: u64) -> bool {
-        self.deadline.is_some_and(|(_, due_tsc)| now >= due_tsc)
+        now >= self.deadline_tsc
     }
 
     /// The earliest TSC at which an entry must look at time again: `until`
     /// (the slice's end or the APIC timer) or the devices' deadline.
     #[inline]
     pub fn attention_at(&self, until: u64) -> u64 {
-        self.deadline.map_or(until, |(_, tsc)| tsc.min(until))
+        self.deadline_tsc.min(until)
     }
 
     /// [`Self::attention_at`] after an exit handled with the platform: 0 (the
@@ -160,8 +179,8 @@ impl DeviceClock {
         shared: &Vm,
         env: &mut KernelPlatform,
     ) {
-        if let Some((due_ns, due_tsc)) = self.deadline {
-            if now >= due_tsc {
+        if let Some(due_ns) = self.deadline_ns {
+            if now >= self.deadline_tsc {
                 self.tick(now, due_ns, vm, shared, env);
             }
         }
@@ -191,7 +210,7 @@ impl DeviceClock {
     /// change under the lock.
     #[inline]
     pub fn refresh_or_stopped(&mut self, vm: &Vm) -> Option<StopReason> {
-        if self.seen_releases == Some(vm.releases()) {
+        if self.seen_releases == vm.releases() {
             return None;
         }
         let ctx = vm.ctx();
@@ -199,7 +218,7 @@ impl DeviceClock {
             return Some(*reason);
         }
         self.refresh(&ctx);
-        self.seen_releases = Some(ctx.releases_after());
+        self.seen_releases = ctx.releases_after();
         None
     }
 
@@ -241,8 +260,9 @@ impl DeviceClock {
     pub fn refresh(&mut self, vm: &VmContext) {
         self.resume_quiet = false;
         let ns = vm.next_deadline_ns();
-        if ns != self.deadline.map(|(ns, _)| ns) {
-            self.deadline = ns.map(|ns| (ns, super::tsc_from_ns(ns)));
+        if ns != self.deadline_ns {
+            self.deadline_ns = ns;
+            self.deadline_tsc = ns.map_or(NEVER, super::tsc_from_ns);
         }
         self.intr_possible = vm.interrupt_possible();
     }
@@ -250,7 +270,8 @@ impl DeviceClock {
     /// The TSC value at which a halted vCPU should be woken, if a device
     /// or its APIC timer will raise an interrupt by then.
     pub fn wake_tsc(&self) -> Option<u64> {
-        match (self.deadline.map(|(_, tsc)| tsc), self.apic_due) {
+        let device = self.deadline_ns.map(|_| self.deadline_tsc);
+        match (device, self.apic_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -241,12 +241,11 @@ impl Vcpu {
         }
         // With a local APIC, the host's timer also ends the guest's run when
         // its APIC timer is due (armed at every entry then).
+        // (Without one, `apic_due` stays `None`.)
         let has_apic = vm.apic(self.index).is_some();
-        self.clock.apic_due = if has_apic {
-            vm.apic_deadline(self.index)
-        } else {
-            None
-        };
+        if has_apic {
+            self.clock.apic_due = vm.apic_deadline(self.index);
+        }
         // The VMCB moved to this CPU: everything cached is stale (once).
         let mut cpu_changed = cpu_changed;
         // Quiet entries and `attention_at` as in the VT-x loop: after an

@@ -360,12 +360,11 @@ impl Vcpu {
         }
         // With a local APIC, the preemption timer also ends the guest's run
         // when its APIC timer is due (set at every entry then).
+        // (Without one, `apic_due` stays `None`.)
         let has_apic = vm.apic(self.index).is_some();
-        self.clock.apic_due = if has_apic {
-            vm.apic_deadline(self.index)
-        } else {
-            None
-        };
+        if has_apic {
+            self.clock.apic_due = vm.apic_deadline(self.index);
+        }
         let rate = host.setup.preemption_timer_rate;
         let timer_saved = host.setup.optional.preemption_timer_save && !has_apic;
         if timer_saved {
