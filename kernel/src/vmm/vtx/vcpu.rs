@@ -447,13 +447,6 @@ impl Vcpu {
                 attention_at = 0;
             }
             self.tally.exit(hvcore::stats::ExitKind::of(&exit));
-            if let Exit::PreemptionTimer = exit {
-                if has_apic && crate::arch::rdtsc() < slice_end {
-                    // The APIC timer is due, not the slice over.
-                    attention_at = 0;
-                    continue;
-                }
-            }
             let next = match hvcore::exit::handle_vcpu_exit(&mut self.state, &exit, &mut self.regs)
             {
                 Some(next) => next,
@@ -511,7 +504,19 @@ impl Vcpu {
                     vm.stop_others(self.index);
                     SliceEnd::Stopped
                 }
-                // Preempted (the three that enter again went on above).
+                // Preempted (the three that enter again went on above): the
+                // preemption timer fired. With a local APIC it is also set
+                // for the APIC timer's deadline: when that came before the
+                // slice's end, the vCPU runs on, after the full checks
+                // (which fire the APIC timer). Checked here, on the
+                // preemption's path, not at every exit.
+                _ if has_apic && crate::arch::rdtsc() < slice_end => {
+                    if let Err(e) = self.state.run_state_mut().enter() {
+                        panic!("vm {}: APIC timer exit in state {:?}", vm.name(), e.from);
+                    }
+                    attention_at = 0;
+                    continue;
+                }
                 _ => SliceEnd::Preempted,
             };
             self.clock.slice_ended(end, attention_at, has_apic);
