@@ -67,6 +67,14 @@ image = "counter"
     config_file(name, &text)
 }
 
+/// Linux's own checks of what CPUID promises found nothing wrong: the XSAVE
+/// area's sizes (CPUID 0xD, compacted with XSAVEC) and IA32_TSC_ADJUST,
+/// which Linux reads when CPUID.(7,0):EBX[1] says it exists.
+fn assert_cpuid_kept_its_promises(o: &Outcome) {
+    assert_lacks(o, "XSAVE consistency problem");
+    assert_lacks(o, "RDMSR from 0x3b ");
+}
+
 fn linux_vms(machine: Machine, tag: &str, run_ms: u32) {
     let name = format!("linux_{tag}");
     let mut scenario = vms_scenario(&config(&name));
@@ -119,6 +127,7 @@ fn linux_vms(machine: Machine, tag: &str, run_ms: u32) {
     {
         fail(&o, "the counter beside the Linux VMs made no progress");
     }
+    assert_cpuid_kept_its_promises(&o);
     assert_success(&o);
 }
 
@@ -162,6 +171,7 @@ on_reboot = "restart"
     assert_guest_line(&o, "rebooter", "HVLINUX-INIT-OK");
     assert_guest_line(&o, "rebooter", "HVLINUX-REBOOTING");
     assert_kernel_line(&o, "vm rebooter (id 0) restarting: triple fault");
+    assert_cpuid_kept_its_promises(&o);
     assert_success(&o);
 }
 
@@ -226,6 +236,7 @@ image = "counter"
     {
         fail(&o, "the counter beside the SMP Linux VM made no progress");
     }
+    assert_cpuid_kept_its_promises(&o);
     assert_success(&o);
 }
 

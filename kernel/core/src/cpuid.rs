@@ -63,7 +63,13 @@ const LEAF1_ECX_CLEAR: u32 = (1 << 2)
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_CLEAR: u32 =
     (1 << 7) | (1 << 9) | (1 << 14) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
-const LEAF7_EBX_CLEAR: u32 = (1 << 2)
+/// CPUID.(7,0):EBX cleared: TSC_ADJUST(1): IA32_TSC_ADJUST (MSR 3BH)
+/// is not emulated, and a guest told it exists reads it (Linux at boot:
+/// "unchecked MSR access error: RDMSR from 0x3b"); SGX(2); AVX2(5) and the
+/// AVX-512 family(16, 17, 21, 26, 27, 28, 30, 31), given back when the
+/// VM's XCR0 allows them.
+const LEAF7_EBX_CLEAR: u32 = (1 << 1)
+    | (1 << 2)
     | (1 << 5)
     | (1 << 16)
     | (1 << 17)
@@ -403,12 +409,40 @@ fn basic_leaf(leaf: u32, host: [u32; 4], subleaf: u32, apic_id: u32) -> [u32; 4]
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 const LEAF1_ECX_AVX: u32 = 1 << 28;
+/// CPUID.(7,0):EBX[1]: IA32_TSC_ADJUST exists.
+#[cfg(test)]
+const LEAF7_EBX_TSC_ADJUST: u32 = 1 << 1;
 /// CPUID.(7,0):EBX AVX2 and the AVX-512 family.
 const LEAF7_EBX_AVX2: u32 = 1 << 5;
 const LEAF7_EBX_AVX512: u32 =
     (1 << 16) | (1 << 17) | (1 << 21) | (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30) | (1 << 31);
 /// CPUID.(0xD,1):EAX XSAVES (needs IA32_XSS, not offered).
 const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
+/// CPUID.(0xD,1):EAX XSAVEC (compacted XSAVE).
+const LEAF_D1_EAX_XSAVEC: u32 = 1 << 1;
+/// The XSAVE area's legacy region and header: where the compacted format
+/// puts its first extended component (SDM Vol. 1, 13.4.3).
+const XSAVE_LEGACY_AND_HEADER: u32 = 512 + 64;
+
+/// The size of a compacted XSAVE area (XSAVEC) holding the components of
+/// `xcr0` (SDM Vol. 1, 13.4.3): the legacy region and header, then each
+/// extended component in order at the end of the previous one, aligned to
+/// 64 bytes when CPUID.(0xD,i):ECX[1] says so; `component(i)` is
+/// CPUID.(0xD,i) (EAX its size).
+pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> [u32; 4]) -> u32 {
+    let mut end = XSAVE_LEGACY_AND_HEADER;
+    for i in 2..63 {
+        if xcr0 & (1 << i) == 0 {
+            continue;
+        }
+        let [size, _, flags, _] = component(i);
+        if flags & 2 != 0 {
+            end = end.next_multiple_of(64);
+        }
+        end += size;
+    }
+    end
+}
 
 /// Adds the XSAVE family back to a guest's CPUID when the hypervisor switches
 /// XCR0 for it: XSAVE and AVX per the XCR0 bits the guest may set
@@ -454,6 +488,8 @@ pub fn xsave_view(
                     host[2],
                     (xcr0_allowed >> 32) as u32,
                 ],
+                // EBX, the compacted size for the XCR0 loaded, is filled in
+                // by `compute` (it needs the guest's XCR0).
                 1 => [host[0] & !LEAF_D1_EAX_XSAVES, 0, 0, 0],
                 n if n < 64 && xcr0_allowed & (1 << n) != 0 => host,
                 _ => [0; 4],
@@ -583,6 +619,16 @@ fn compute<P: Platform>(table: &CpuidTable, regs: &mut GuestRegs, env: &mut P) -
             Err(e) => return crate::arch::state_failure(e, regs),
         }
     }
+    // With XSAVEC, CPUID.(0xD,1):EBX is the compacted area's size for the
+    // guest's XCR0 (| IA32_XSS, which guests do not get). Computed here:
+    // not every CPU model fills it in without XSAVES (Bochs' leaves 0),
+    // and Linux sizes its compacted buffers from it.
+    if leaf == 0xD && subleaf == 1 && r[0] & LEAF_D1_EAX_XSAVEC != 0 {
+        match env.guest_cpu().read(Reg::Xcr0) {
+            Ok(xcr0) => r[1] = compacted_xsave_size(xcr0, |i| env.host_cpuid(0xD, i)),
+            Err(e) => return crate::arch::state_failure(e, regs),
+        }
+    }
     let [a, b, c, d] = r;
     regs.rax = u64::from(a);
     regs.rbx = u64::from(b);
@@ -613,6 +659,50 @@ mod tests {
             Action::AdvanceRip
         );
         regs
+    }
+
+    #[test]
+    fn compacted_size_follows_the_guest_xcr0() {
+        // Skylake-X's components: AVX 256 bytes, opmask 64, ZMM_Hi256 512,
+        // Hi16_ZMM 1024, the last three 64-byte aligned in compacted form.
+        let skx = |i: u32| match i {
+            2 => [256, 576, 0, 0],
+            5 => [64, 1088, 2, 0],
+            6 => [512, 1152, 2, 0],
+            7 => [1024, 1664, 2, 0],
+            _ => [0; 4],
+        };
+        assert_eq!(compacted_xsave_size(0x3, skx), 576);
+        assert_eq!(compacted_xsave_size(0x7, skx), 832);
+        assert_eq!(compacted_xsave_size(0xE7, skx), 2432);
+        // An aligned component after an odd end starts on 64 bytes.
+        let odd = |i: u32| match i {
+            2 => [8, 0, 0, 0],
+            3 => [16, 0, 2, 0],
+            _ => [0; 4],
+        };
+        assert_eq!(compacted_xsave_size(0xF, odd), 576 + 64 + 16);
+
+        // Through a CPUID exit: XSAVEC offered (the fake host has it, with
+        // EBX 0), EBX from the guest's XCR0 and the host's components (the
+        // fake host's (0xD,2) EAX is 0xD: 13 bytes, ECX without the
+        // alignment bit).
+        let mut env = FakePlatform::new();
+        env.cpu.limits.xcr0_allowed = 0x7;
+        env.cpu.set(Reg::Xcr0, 0x7);
+        let d1 = run(0xD, 1, &mut env);
+        assert_ne!(d1.rax as u32 & LEAF_D1_EAX_XSAVEC, 0);
+        assert_eq!((d1.rbx, d1.rcx, d1.rdx), (576 + 13, 0, 0));
+        env.cpu.set(Reg::Xcr0, 0x3);
+        assert_eq!(run(0xD, 1, &mut env).rbx, 576);
+    }
+
+    #[test]
+    fn tsc_adjust_is_not_offered() {
+        // The host has every leaf-7 bit; IA32_TSC_ADJUST is not emulated.
+        let mut env = FakePlatform::new();
+        let ebx7 = run(7, 0, &mut env).rbx as u32;
+        assert_eq!(ebx7 & LEAF7_EBX_TSC_ADJUST, 0);
     }
 
     #[test]

@@ -515,6 +515,9 @@ pub(crate) mod testenv {
                 // Family 6, all ECX feature bits set, EBX APIC ID 0x77.
                 1 => [0x0005_0654, 0x7708_0800, 0xFFFF_FFFF, 0xFFFF_FFFF],
                 7 if subleaf == 0 => [0, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF],
+                // XSAVEOPT, XSAVEC, XGETBV1, XSAVES; no compacted size (as
+                // Bochs' Skylake-X without XSAVES in use).
+                0xD if subleaf == 1 => [0xF, 0, 0, 0],
                 0x8000_0000 => [0x8000_0008, 0, 0, 0],
                 0x8000_0001 => [0, 0, 0xFFFF_FFFF, 0xFFFF_FFFF],
                 _ => [leaf, subleaf, 0x1234, 0x5678],

@@ -7,7 +7,9 @@
 //!   CR4.VMXE or a reserved CR4 bit (15) raises #GP;
 //! - with XSAVE in CPUID: CR4.OSXSAVE can be set, XSETBV of an invalid XCR0
 //!   (SSE without x87; a reserved bit) or of ECX=1 raises #GP, XCR0 = x87|SSE
-//!   is accepted and reads back;
+//!   is accepted and reads back, and CPUID.(0xD,0):EBX then gives the XSAVE
+//!   area's size for it (576 bytes), as does CPUID.(0xD,1):EBX, the
+//!   compacted size, when XSAVEC is offered;
 //! - every VMX instruction but VMCALL raises #UD.
 //!
 //! The expectations hold for both vendors: on AMD CPUs CR4.VMXE (bit 13)
@@ -28,6 +30,8 @@
 //! crs: xsetbv reserved bit -> #GP
 //! crs: xsetbv ecx=1 -> #GP
 //! crs: xsetbv xcr0=0x3 ok
+//! crs: cpuid.d size 576 for xcr0=0x3
+//! crs: cpuid.d.1 consistent (xsavec size 576)   (or: (no xsavec))
 //! crs: vmxon -> #UD
 //! ... (vmxoff, vmread, vmwrite, vmptrld, vmptrst, vmclear, vmlaunch, vmresume, invept, invvpid, vmfunc)
 //! crs: cr4.vmxe set -> #GP
@@ -203,6 +207,30 @@ fn check_xsave(failures: &mut u64) {
     let xcr0 = if f.is_none() { xgetbv0() } else { 0 };
     if f.is_none() && xcr0 == XCR0_X87 | XCR0_SSE {
         println!("crs: xsetbv xcr0={xcr0:#x} ok");
+        // CPUID.(0xD,0):EBX is the XSAVE area's size for the XCR0 now set
+        // (SDM Vol. 2A, CPUID leaf 0DH): the legacy area and the header.
+        let size = cpuid(0xD, 0).ebx;
+        if size == XSAVE_LEGACY_AND_HEADER {
+            println!("crs: cpuid.d size {size} for xcr0=0x3");
+        } else {
+            println!("crs: cpuid.d size {size} for xcr0=0x3 (expected {XSAVE_LEGACY_AND_HEADER})");
+            *failures += 1;
+        }
+        // With XSAVEC, CPUID.(0xD,1):EBX is the compacted area's size for
+        // XCR0 | IA32_XSS (no supervisor state here): the same 576 bytes.
+        // Linux sizes its compacted buffers from it.
+        let d1 = cpuid(0xD, 1);
+        if d1.eax & CPUID_D1_EAX_XSAVEC == 0 {
+            println!("crs: cpuid.d.1 consistent (no xsavec)");
+        } else if d1.ebx == XSAVE_LEGACY_AND_HEADER {
+            println!("crs: cpuid.d.1 consistent (xsavec size {})", d1.ebx);
+        } else {
+            println!(
+                "crs: cpuid.d.1 xsavec size {} for xcr0=0x3 (expected {XSAVE_LEGACY_AND_HEADER})",
+                d1.ebx
+            );
+            *failures += 1;
+        }
     } else {
         println!(
             "crs: xsetbv xcr0=0x3 -> {}, xcr0 reads {xcr0:#x}",
@@ -211,6 +239,12 @@ fn check_xsave(failures: &mut u64) {
         *failures += 1;
     }
 }
+
+/// Bytes of the XSAVE area for x87 and SSE: the 512-byte legacy region and
+/// the 64-byte header (SDM Vol. 1, 13.4).
+const XSAVE_LEGACY_AND_HEADER: u32 = 512 + 64;
+/// CPUID.(0xD,1):EAX[1]: XSAVEC (compacted XSAVE).
+const CPUID_D1_EAX_XSAVEC: u32 = 1 << 1;
 
 /// A VMCS-sized, 4 KiB-aligned region for the VMX instructions' operands.
 #[repr(C, align(4096))]
