@@ -16,8 +16,9 @@
 //! |------|--------|
 //! | 0 .. host max basic | host values, filtered as below |
 //! | 1 | ECX: clear DTES64(2), MONITOR(3), DS-CPL(4), VMX(5), SMX(6), EST(7), TM2(8), PDCM(15), x2APIC(21), TSC-deadline(24), XSAVE(26), OSXSAVE(27), AVX(28); set hypervisor(31). EDX: clear MCE(7), APIC(9), MCA(14), DS(21), ACPI(22), TM(29), PBE(31). EBX bits 31:24 = APIC ID of the physical CPU |
-//! | 5, 6, 0xA, 0xD | zeros (MONITOR/MWAIT, thermal/power, PMU, XSAVE state: not virtualized) |
-//! | 7.0 | EBX: clear SGX(2), AVX2(5), AVX-512 (16,17,21,26,27,28,30,31) unless XCR0 allows them; ECX: clear PKU(3), OSPKE(4), WAITPKG(5), CET_SS(7), LA57(16), SGX-LC(30); EDX: clear CET_IBT(20) |
+//! | 5, 6, 0xA, 0xD | zeros (MONITOR/MWAIT, thermal/power, PMU; XSAVE state unless offered, below) |
+//! | 7.0 | EBX: clear TSC_ADJUST(1) (IA32_TSC_ADJUST is not emulated), SGX(2), AVX2(5), AVX-512 (16,17,21,26,27,28,30,31) unless XCR0 allows them; ECX: clear PKU(3), OSPKE(4), WAITPKG(5), CET_SS(7), LA57(16), SGX-LC(30); EDX: clear CET_IBT(20) |
+//! | 0xD, XSAVE offered ([`xsave_view`]) | 0: the XCR0 bits allowed, the host's sizes (EBX for the XCR0 loaded, the guest's); 1: the host's flags without XSAVES, EBX the compacted (XSAVEC) size for the guest's XCR0, computed ([`compacted_xsave_size`]); 2 and up: the host's component when XCR0 allows it, else zeros |
 //! | 0xB, 0x1F | host topology, EDX = APIC ID of the physical CPU |
 //! | above host max basic (< 0x4000_0000) | zeros |
 //! | 0x4000_0000 | EAX = [`HV_MAX_LEAF`], EBX:ECX:EDX = [`HV_SIGNATURE`] |
@@ -30,9 +31,10 @@
 //! virtualization); MONITOR/MWAIT, the x2APIC, the TSC deadline timer,
 //! thermal/debug-store/perf features and machine-check architecture would need
 //! MSRs or exits this hypervisor does not handle (see [`crate::msr_policy`]);
-//! XSAVE (and the AVX family that depends on it) needs XSETBV exits and XCR0
-//! switching, which are not handled yet. A guest that respects CPUID therefore
-//! never executes an instruction that would stop it.
+//! XSAVE (and the AVX family that depends on it) is offered only where the
+//! hypervisor switches XCR0 for the guest (`xcr0_allowed`). A guest that
+//! respects CPUID therefore never executes an instruction that would stop
+//! it, and finds every MSR and size CPUID promises.
 
 use crate::arch::{Action, GuestRegs, Platform, Reg};
 
