@@ -23,6 +23,7 @@
 //! | IA32_LSTAR / IA32_CSTAR | 0xC000_0082/83 | virtual | virtual (canonical) |
 //! | IA32_FMASK | 0xC000_0084 | virtual | virtual (bits 63:32 ignored) |
 //! | IA32_FS_BASE / GS_BASE / KERNEL_GS_BASE | 0xC000_0100-102 | virtual | virtual (canonical) |
+//! | AMD NB_CFG, interrupt pending message (AMD CPUs only) | 0xC001_001F, 0xC001_0055 | 0 | ignored |
 //!
 //! Notes: IA32_EFER (0xC000_0080) lives in the VMCS/VMCB guest state and the
 //! backend does not exit on it; if an exit for it arrives anyway it is treated
@@ -58,6 +59,24 @@ pub const IA32_MISC_ENABLE: u32 = 0x1A0;
 pub const IA32_PAT: u32 = 0x277;
 /// IA32_MTRR_DEF_TYPE.
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
+/// AMD's northbridge configuration (NB_CFG, families 10h-17h): Linux reads
+/// it and sets EnableCF8ExtCfg (bit 46) for PCI's extended configuration
+/// space, which a VM has no host northbridge for.
+pub const AMD64_NB_CFG: u32 = 0xC001_001F;
+/// AMD's interrupt pending message register (families 0Fh and 10h, C1E):
+/// Linux reads it for erratum 400.
+pub const AMD_INT_PENDING_MSG: u32 = 0xC001_0055;
+
+/// CPUID 0's vendor "AuthenticAMD" in EBX.
+const VENDOR_AMD_EBX: u32 = 0x6874_7541;
+
+/// An MSR of AMD's CPUs that guests touch but whose effect concerns only
+/// the host (its northbridge, its C1E): reads give 0 and writes are
+/// ignored, as under KVM. On an Intel CPU (the guest sees the host's
+/// vendor) it does not exist: #GP, as the allow list gives.
+fn amd_inert(msr: u32, env: &dyn Platform) -> bool {
+    matches!(msr, AMD64_NB_CFG | AMD_INT_PENDING_MSG) && env.host_cpuid(0, 0)[1] == VENDOR_AMD_EBX
+}
 /// IA32_EFER (not handled here, see module docs).
 pub const IA32_EFER: u32 = 0xC000_0080;
 /// IA32_STAR.
@@ -252,7 +271,10 @@ pub fn handle_read(
             Ok(v) => Ok(v),
             Err(e) => return state_failure(e, regs),
         },
-        None => msrs.read(msr, env.now_ticks()),
+        None => match msrs.read(msr, env.now_ticks()) {
+            Err(MsrError::Unknown) if amd_inert(msr, env) => Ok(0),
+            other => other,
+        },
     };
     match value {
         Ok(v) => {
@@ -281,7 +303,10 @@ pub fn handle_write(
                 Err(e) => Err(e),
             }
         }
-        None => Ok(msrs.write(msr, value, env.now_ticks())),
+        None => Ok(match msrs.write(msr, value, env.now_ticks()) {
+            Err(MsrError::Unknown) if amd_inert(msr, env) => Ok(()),
+            other => other,
+        }),
     };
     match result {
         Ok(Ok(())) => Action::AdvanceRip,
@@ -333,6 +358,43 @@ mod tests {
             assert_eq!(a, Action::Inject(Event::GP0), "{msr:#x}");
         }
         assert_eq!(regs.rax, u64::MAX, "registers untouched on #GP");
+    }
+
+    #[test]
+    fn amd_northbridge_msrs_are_inert_on_amd_only() {
+        for amd in [false, true] {
+            let (mut vm, mut env, mut regs) = setup();
+            env.amd = amd;
+            let mut vcpu = VcpuState::new(0);
+            for msr in [AMD64_NB_CFG, AMD_INT_PENDING_MSG] {
+                let read = handle_exit(
+                    &mut vm,
+                    &mut vcpu,
+                    &Exit::Rdmsr { msr },
+                    &mut regs,
+                    &mut env,
+                );
+                let write = handle_exit(
+                    &mut vm,
+                    &mut vcpu,
+                    &Exit::Wrmsr {
+                        msr,
+                        value: 1 << 46,
+                    },
+                    &mut regs,
+                    &mut env,
+                );
+                if amd {
+                    // Read as 0, the write ignored (read as 0 again).
+                    assert_eq!(read, Action::AdvanceRip, "{msr:#x}");
+                    assert_eq!((regs.rax, regs.rdx), (0, 0));
+                    assert_eq!(write, Action::AdvanceRip, "{msr:#x}");
+                } else {
+                    assert_eq!(read, Action::Inject(Event::GP0), "{msr:#x}");
+                    assert_eq!(write, Action::Inject(Event::GP0), "{msr:#x}");
+                }
+            }
+        }
     }
 
     #[test]

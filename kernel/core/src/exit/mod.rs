@@ -488,6 +488,9 @@ pub(crate) mod testenv {
         pub cpu: FakeCpu,
         /// Local APIC hooks; `None`: the trait's defaults (no local APIC).
         pub apic: Option<FakeApic>,
+        /// The host CPU's vendor is AMD (CPUID 0 says "AuthenticAMD");
+        /// else Intel.
+        pub amd: bool,
     }
 
     impl FakePlatform {
@@ -504,6 +507,7 @@ pub(crate) mod testenv {
                 },
                 cpu: FakeCpu::new(),
                 apic: None,
+                amd: false,
             }
         }
     }
@@ -511,6 +515,7 @@ pub(crate) mod testenv {
     impl Platform for FakePlatform {
         fn host_cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
             match leaf {
+                0 if self.amd => [0x16, 0x6874_7541, 0x444d_4163, 0x6974_6e65],
                 0 => [0x16, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
                 // Family 6, all ECX feature bits set, EBX APIC ID 0x77.
                 1 => [0x0005_0654, 0x7708_0800, 0xFFFF_FFFF, 0xFFFF_FFFF],
