@@ -59,24 +59,6 @@ pub const IA32_MISC_ENABLE: u32 = 0x1A0;
 pub const IA32_PAT: u32 = 0x277;
 /// IA32_MTRR_DEF_TYPE.
 pub const IA32_MTRR_DEF_TYPE: u32 = 0x2FF;
-/// AMD's northbridge configuration (NB_CFG, families 10h-17h): Linux reads
-/// it and sets EnableCF8ExtCfg (bit 46) for PCI's extended configuration
-/// space, which a VM has no host northbridge for.
-pub const AMD64_NB_CFG: u32 = 0xC001_001F;
-/// AMD's interrupt pending message register (families 0Fh and 10h, C1E):
-/// Linux reads it for erratum 400.
-pub const AMD_INT_PENDING_MSG: u32 = 0xC001_0055;
-
-/// CPUID 0's vendor "AuthenticAMD" in EBX.
-const VENDOR_AMD_EBX: u32 = 0x6874_7541;
-
-/// An MSR of AMD's CPUs that guests touch but whose effect concerns only
-/// the host (its northbridge, its C1E): reads give 0 and writes are
-/// ignored, as under KVM. On an Intel CPU (the guest sees the host's
-/// vendor) it does not exist: #GP, as the allow list gives.
-fn amd_inert(msr: u32, env: &dyn Platform) -> bool {
-    matches!(msr, AMD64_NB_CFG | AMD_INT_PENDING_MSG) && env.host_cpuid(0, 0)[1] == VENDOR_AMD_EBX
-}
 /// IA32_EFER (not handled here, see module docs).
 pub const IA32_EFER: u32 = 0xC000_0080;
 /// IA32_STAR.
@@ -93,6 +75,13 @@ pub const IA32_FS_BASE: u32 = 0xC000_0100;
 pub const IA32_GS_BASE: u32 = 0xC000_0101;
 /// IA32_KERNEL_GS_BASE.
 pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
+/// AMD's northbridge configuration (NB_CFG, families 10h-17h): Linux reads
+/// it and sets EnableCF8ExtCfg (bit 46) for PCI's extended configuration
+/// space, which a VM has no host northbridge for.
+pub const AMD64_NB_CFG: u32 = 0xC001_001F;
+/// AMD's interrupt pending message register (families 0Fh and 10h, C1E):
+/// Linux reads it for erratum 400.
+pub const AMD_INT_PENDING_MSG: u32 = 0xC001_0055;
 
 /// APIC base: default address, global enable (bit 11), BSP (bit 8).
 pub const APIC_BASE_VALUE: u64 = 0xFEE0_0000 | (1 << 11) | (1 << 8);
@@ -210,6 +199,17 @@ pub enum MsrError {
     /// A value hardware would reject (reserved bits, bad memory type,
     /// non-canonical address).
     InvalidValue,
+}
+
+/// CPUID 0's vendor "AuthenticAMD" in EBX.
+const VENDOR_AMD_EBX: u32 = 0x6874_7541;
+
+/// An MSR of AMD's CPUs that guests touch but whose effect concerns only
+/// the host (its northbridge, its C1E): reads give 0 and writes are
+/// ignored, as under KVM. On an Intel CPU (the guest sees the host's
+/// vendor) it does not exist: #GP, as the allow list gives.
+fn amd_inert(msr: u32, env: &dyn Platform) -> bool {
+    matches!(msr, AMD64_NB_CFG | AMD_INT_PENDING_MSG) && env.host_cpuid(0, 0)[1] == VENDOR_AMD_EBX
 }
 
 fn is_canonical(addr: u64) -> bool {
