@@ -422,6 +422,9 @@ const LEAF7_EBX_AVX512: u32 =
 const LEAF_D1_EAX_XSAVES: u32 = 1 << 3;
 /// CPUID.(0xD,1):EAX XSAVEC (compacted XSAVE).
 const LEAF_D1_EAX_XSAVEC: u32 = 1 << 1;
+/// CPUID.(0xD,i):ECX[1]: component i starts on a 64-byte boundary in the
+/// compacted format (SDM Vol. 2A, CPUID leaf 0DH).
+const LEAF_D_ECX_ALIGNED: u32 = 1 << 1;
 /// The XSAVE area's legacy region and header: where the compacted format
 /// puts its first extended component (SDM Vol. 1, 13.4.3).
 const XSAVE_LEGACY_AND_HEADER: u32 = 512 + 64;
@@ -438,7 +441,7 @@ pub fn compacted_xsave_size(xcr0: u64, mut component: impl FnMut(u32) -> [u32; 4
             continue;
         }
         let [size, _, flags, _] = component(i);
-        if flags & 2 != 0 {
+        if flags & LEAF_D_ECX_ALIGNED != 0 {
             end = end.next_multiple_of(64);
         }
         end += size;
