@@ -140,7 +140,7 @@ impl KernelPlatform {
 /// the devices, the APIC timer after an APIC MSR write. Exits that reach
 /// the VM's devices take its lock here.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(super) fn handle_exit<C: GuestCpu>(
     env: &mut KernelPlatform,
     state: &mut VcpuState,
