@@ -214,7 +214,8 @@ impl Vcpu {
         })
     }
     /// Runs a slice that ends at TSC `slice_end` (its timer counts a whole
-    /// configured slice from the first entry).
+    /// configured slice from the first entry). Inline: one function with
+    /// the CPU loop (design note 16).
     #[inline(always)]
     fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         match (self, host) {
