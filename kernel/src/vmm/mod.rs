@@ -181,16 +181,18 @@ impl Vcpu {
     /// statistics, under the VM's lock, at most every
     /// [`STATS_EVERY_US`] (and when it is released), and its direct UART
     /// output to the VM's console at every slice's end that has some.
-    fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) {
+    /// Whether it took the VM's lock (time the TSC at `now` does not show).
+    fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) -> bool {
         each!(self, v => {
             v.state.exits.record_slice(ticks);
             if now < v.stats_due && v.state.console_tx.is_empty() {
-                return;
+                return false;
             }
             v.stats_due = now + tsc_from_us(STATS_EVERY_US);
             let mut ctx = v.vm.ctx();
             ctx.stats.absorb(&mut v.state.exits);
             v.state.drain_console(&mut ctx, &mut env.with(&v.vm.partition));
+            true
         })
     }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
@@ -1162,9 +1164,9 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         stats_seen: 0,
         raw_vm: None,
     };
-    // The TSC at the loop's top: after a yield or a preemption, the one
-    // read when the slice ended (a few instructions earlier); read anew
-    // after anything slower.
+    // The TSC at the loop's top: after a yield or a preemption with nothing
+    // slow after it, the one read when the slice ended (a few instructions
+    // earlier); read anew otherwise.
     let mut now = crate::arch::rdtsc();
     loop {
         let look = now >= host_work.next_look;
@@ -1226,13 +1228,21 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         samples.slice_starts();
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
-        v.record_slice(t - now, t, &mut platform);
-        samples.slice_ended(t, platform.has_output() || matches!(end, SliceEnd::Stopped));
+        let locked = v.record_slice(t - now, t, &mut platform);
+        let printed = platform.has_output();
+        samples.slice_ended(t, printed || matches!(end, SliceEnd::Stopped));
         platform.flush_output();
         // Both that leave the vCPU runnable first: one compare, no table.
         if end.runnable() {
             let _ = sched.on_yield(id);
-            now = t;
+            // The next slice is timed and accounted from here: the slice's
+            // end TSC unless the VM's lock or printing took time since
+            // (else the next vCPU would be charged for it).
+            now = if locked || printed {
+                crate::arch::rdtsc()
+            } else {
+                t
+            };
             continue;
         }
         let _ = match end {
