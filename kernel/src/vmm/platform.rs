@@ -138,11 +138,9 @@ impl KernelPlatform {
 /// up with what the guest may have changed: XCR0 in hardware after an
 /// emulated XSETBV, the device clock and the PIC after an exit that reached
 /// the devices, the APIC timer after an APIC MSR write. Exits that reach
-/// the VM's devices take its lock here. Always inline: in the CPU loop's
-/// function, which the slice loop is part of, LLVM left it out of line
-/// (18 more on a port exit to a device; design note 16).
+/// the VM's devices take its lock here.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline]
 pub(super) fn handle_exit<C: GuestCpu>(
     env: &mut KernelPlatform,
     state: &mut VcpuState,
