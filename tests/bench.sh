@@ -2,9 +2,10 @@
 # Benchmarks: boots the benchmark VMs (boot/configs/bench.toml) in Bochs with
 # one CPU, where the TSC counts instructions, so every figure repeats
 # exactly; once on Skylake-X (VT-x) and once on Ryzen (AMD-V) with the
-# ordinary release kernel, and once more on Skylake-X with the kernel's
-# `vmcs-count` feature for the VMREAD/VMWRITE counts (counting costs
-# instructions, so it gets a build and a target directory of its own).
+# ordinary release kernel, and once more on each with the kernel's
+# `bench-counts` feature for the VMREAD/VMWRITE counts and the scheduler's
+# overhead samples (counting costs instructions on the paths it counts, so
+# it gets a build and a target directory of its own).
 # Then boot/configs/bench-smp.toml (the smpbench guest, a VM with two
 # vCPUs: IPI round trip, LAPIC timer delivery) with two CPUs on both; with
 # two CPUs Bochs' TSC moves in steps of 5, so those figures are exact to +-5.
@@ -43,7 +44,8 @@ bench_run() {
 EXTRA=("$@")
 bench_run vtx intel "$out"
 bench_run amd amd "$out"
-bench_run vtx-count intel "$out/bench-count" HV_KERNEL_FEATURES=vmcs-count
+bench_run vtx-count intel "$out/bench-count" HV_KERNEL_FEATURES=bench-counts
+bench_run amd-count amd "$out/bench-count" HV_KERNEL_FEATURES=bench-counts
 bench_run smp-vtx intel "$out" --smp 2 --config boot/configs/bench-smp.toml
 bench_run smp-amd amd "$out" --smp 2 --config boot/configs/bench-smp.toml
 
@@ -80,7 +82,7 @@ row "CPUID, one RDTSC pair (min)" "" "$(report "$logs/vtx.log" bench 16)" "$(rep
 row "VMCALL, one RDTSC pair (min)" "" "$(report "$logs/vtx.log" bench 18)" "$(report "$logs/amd.log" bench 18)"
 row "OUT to port 0x80 (POST), one RDTSC pair (min)" "" "$(report "$logs/vtx.log" bench 20)" "$(report "$logs/amd.log" bench 20)"
 sched() { tr -d '\r' <"$1" | sed -n 's/.*scheduler overhead per slice (TSC ticks): min \([0-9]*\) median \([0-9]*\).*/\1 \/ \2/p' | tail -n 1; }
-row "scheduler overhead per slice (min / median)" "" "$(sched "$logs/vtx.log")" "$(sched "$logs/amd.log")"
+row "scheduler overhead per slice (min / median)" "" "$(sched "$logs/vtx-count.log")" "$(sched "$logs/amd-count.log")"
 row "IPI round trip, 2 vCPUs (+-5)" "" "$(report "$logs/smp-vtx.log" smpbench 40)" "$(report "$logs/smp-amd.log" smpbench 40)"
 row "LAPIC timer delivery, TSC deadline (min)" "" "$(report "$logs/smp-vtx.log" smpbench 41)" "$(report "$logs/smp-amd.log" smpbench 41)"
 row "LAPIC timer delivery, TSC deadline (median)" "" "$(report "$logs/smp-vtx.log" smpbench 42)" "$(report "$logs/smp-amd.log" smpbench 42)"

@@ -108,7 +108,7 @@ pub fn build(root: &Path) -> Result<Artifacts, Error> {
         .args(["--target", "x86_64-unknown-none"])
         .arg("--target-dir")
         .arg(&target_dir);
-    // `HV_KERNEL_FEATURES=vmcs-count` (comma-separated kernel features):
+    // `HV_KERNEL_FEATURES=bench-counts` (comma-separated kernel features):
     // the benchmark's counting build (tests/bench.sh gives it its own
     // `HV_TARGET_DIR`, so it never replaces the ordinary kernel).
     if let Some(features) = kernel_features() {

@@ -326,23 +326,24 @@ pub unsafe fn vmclear(region: HostPhysAddr) -> Result<(), VmFail> {
 }
 
 /// Makes the VMCS at `region` current and active (VMPTRLD, SDM 31.3).
+/// VMPTRLD reads its operand from memory: `region` is that operand (the
+/// address type is `repr(transparent)`), not a copy made for it.
 ///
 /// # Safety
 ///
 /// The CPU is in VMX root operation; `region` is a 4 KiB-aligned frame owned by
 /// the caller for use as a VMCS region, initialised with the revision identifier
 /// and [`vmclear`]ed before first use, and not current on another CPU.
-pub unsafe fn vmptrld(region: HostPhysAddr) -> Result<(), VmFail> {
-    let addr = region.as_u64();
+pub unsafe fn vmptrld(region: &HostPhysAddr) -> Result<(), VmFail> {
     let (cf, zf): (u8, u8);
     // SAFETY: VMX root operation and the region's state are guaranteed by the
-    // caller; `addr` is a live local holding the operand.
+    // caller; `region` is a live reference to the 64-bit operand.
     unsafe {
         asm!(
             "vmptrld qword ptr [{addr}]",
             "setc {cf}",
             "setz {zf}",
-            addr = in(reg) &addr,
+            addr = in(reg) core::ptr::from_ref(region),
             cf = out(reg_byte) cf,
             zf = out(reg_byte) zf,
             options(nostack),

@@ -663,7 +663,7 @@ impl ActiveVmcs {
     /// As for [`crate::instructions::vmptrld`], and additionally: the CPU stays
     /// in VMX root operation while the returned value (or any copy of its
     /// access) is in use.
-    pub unsafe fn load(region: crate::addr::HostPhysAddr) -> Result<Self, VmFail> {
+    pub unsafe fn load(region: &crate::addr::HostPhysAddr) -> Result<Self, VmFail> {
         // SAFETY: the caller upholds vmptrld's contract.
         unsafe { crate::instructions::vmptrld(region) }?;
         Ok(Self {

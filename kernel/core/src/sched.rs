@@ -10,8 +10,8 @@
 //! On every scheduling point:
 //!
 //! 1. [`Scheduler::pick`] goes round the slots from the one after the last
-//!    pick and starts the first vCPU that is runnable, or halted with a
-//!    wake-up time that has passed. `None` means idle: the CPU halts until
+//!    pick (wrapping to the first slot not stopped) and starts the first
+//!    vCPU that is runnable, or halted with a wake-up time that has passed. `None` means idle: the CPU halts until
 //!    [`Scheduler::next_wake`] or an interrupt.
 //! 2. The vCPU runs until an exit whose [`Action`](crate::exit::Action) ends its
 //!    turn: `Preempted` → [`Scheduler::on_exit_slice_end`], `Yield` →
@@ -110,6 +110,10 @@ pub struct Scheduler {
     running: Option<VcpuId>,
     /// Where the next round-robin walk starts (the slot after the last pick).
     next: usize,
+    /// The first slot that is not stopped (0 when all are): a walk wraps
+    /// round to it, so the stopped slots of VMs gone from the front of the
+    /// table cost nothing per switch.
+    first_live: usize,
     default_slice: u64,
 }
 
@@ -123,6 +127,7 @@ impl Scheduler {
             slots: Vec::new(),
             running: None,
             next: 0,
+            first_live: 0,
             default_slice,
         })
     }
@@ -153,7 +158,17 @@ impl Scheduler {
                 self.slots.len() - 1
             }
         };
+        self.find_first_live();
         Ok(VcpuId(slot as u32))
+    }
+
+    /// Keeps [`Self::first_live`] current after a slot started or stopped.
+    fn find_first_live(&mut self) {
+        self.first_live = self
+            .slots
+            .iter()
+            .position(|e| e.state != SchedState::Stopped)
+            .unwrap_or(0);
     }
 
     fn entry(&self, id: VcpuId) -> Result<&Entry, SchedError> {
@@ -196,9 +211,11 @@ impl Scheduler {
         }
         let n = self.slots.len();
         let mut slot = self.next;
+        // Every slot that is not stopped lies in first_live..n: n steps
+        // see each of them.
         for _ in 0..n {
             if slot >= n {
-                slot = 0;
+                slot = self.first_live;
             }
             let e = &mut self.slots[slot];
             if e.due_at <= now {
@@ -262,11 +279,12 @@ impl Scheduler {
     /// vCPU added).
     pub fn stop(&mut self, id: VcpuId) -> Result<(), SchedError> {
         if self.entry(id)?.state == SchedState::Running {
-            self.end_turn(id, SchedState::Stopped)
+            self.end_turn(id, SchedState::Stopped)?;
         } else {
             self.entry_mut(id)?.set(SchedState::Stopped);
-            Ok(())
         }
+        self.find_first_live();
+        Ok(())
     }
 
     /// Earliest wake deadline of a halted vCPU (when an idle CPU should
@@ -302,6 +320,33 @@ mod tests {
             s.on_exit_slice_end(id).unwrap();
         }
         picks
+    }
+
+    #[test]
+    fn stopped_slots_at_the_front_leave_the_round_until_reused() {
+        let mut s = Scheduler::new(SLICE).unwrap();
+        for _ in 0..4 {
+            s.add_vcpu().unwrap();
+        }
+        s.stop(VcpuId(0)).unwrap();
+        s.stop(VcpuId(2)).unwrap();
+        assert_eq!(s.first_live, 1);
+        assert_eq!(run_slices(&mut s, 0, 6), [1, 3, 1, 3, 1, 3]);
+        // The running vCPU stops: the next live slot is the first.
+        let id = s.pick_next(0).unwrap();
+        assert_eq!(id, VcpuId(1));
+        s.stop(id).unwrap();
+        assert_eq!(s.first_live, 3);
+        assert_eq!(run_slices(&mut s, 0, 3), [3, 3, 3]);
+        // A vCPU added takes the first stopped slot, back in the round.
+        assert_eq!(s.add_vcpu().unwrap(), VcpuId(0));
+        assert_eq!(s.first_live, 0);
+        assert_eq!(run_slices(&mut s, 0, 4), [0, 3, 0, 3]);
+        // All stopped: nothing to pick.
+        s.stop(VcpuId(0)).unwrap();
+        s.stop(VcpuId(3)).unwrap();
+        assert_eq!(s.first_live, 0);
+        assert_eq!(s.pick_next(0), None);
     }
 
     #[test]

@@ -283,13 +283,20 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::_print(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-/// Reads the TSC, ordered against earlier instructions.
+/// Reads the TSC, ordered against earlier instructions (LFENCE first).
+/// Inline, so that a timed interval holds only what it measures: the
+/// intrinsic `_mm_lfence` needs SSE2 enabled where it is inlined, and the
+/// guests are built without SSE, so it was a call of its own (five
+/// instructions more per read).
+#[inline(always)]
 pub fn rdtsc() -> u64 {
-    // SAFETY: LFENCE and RDTSC only read state (CR4.TSD is not set for guests).
+    let (lo, hi): (u32, u32);
+    // SAFETY: LFENCE and RDTSC only read state (CR4.TSD is not set for
+    // guests); every x86-64 CPU has both.
     unsafe {
-        core::arch::x86_64::_mm_lfence();
-        core::arch::x86_64::_rdtsc()
+        core::arch::asm!("lfence", "rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
     }
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 /// Runs CPUID.

@@ -31,7 +31,7 @@ use hvcore::vcpu::StopReason;
 use spin::Mutex;
 
 use super::platform::KernelPlatform;
-use super::{console, Vcpu};
+use super::{console, LazyOwner, Vcpu};
 use crate::percpu::MAX_CPUS;
 
 /// Bytes CPU 0 reads from COM2 per loop iteration at most: a flood of
@@ -738,7 +738,7 @@ pub(super) fn serve(
     cpu: usize,
     vcpus: &mut Vec<Option<Vcpu>>,
     sched: &mut Scheduler,
-    lazy_owner: &mut Option<usize>,
+    lazy_owner: &mut LazyOwner,
     platform: &mut KernelPlatform,
 ) {
     let Some(q) = MAIL.get(cpu) else { return };
@@ -750,20 +750,17 @@ pub(super) fn serve(
         let slot = vcpus
             .iter()
             .position(|v| v.as_ref().is_some_and(|v| v.vm().id() == mail.vm));
-        let mut stop_running = |vcpus: &mut Vec<Option<Vcpu>>,
-                                sched: &mut Scheduler,
-                                lazy_owner: &mut Option<usize>| {
-            if let Some(i) = slot {
-                if let Some(mut v) = vcpus[i].take() {
-                    v.stop(StopReason::HostStop, platform);
-                    platform.flush_output();
-                    super::finish_vm(cpu, v, sched, i);
-                    if *lazy_owner == Some(i) {
-                        *lazy_owner = None;
+        let mut stop_running =
+            |vcpus: &mut Vec<Option<Vcpu>>, sched: &mut Scheduler, lazy_owner: &mut LazyOwner| {
+                if let Some(i) = slot {
+                    if let Some(mut v) = vcpus[i].take() {
+                        v.stop(StopReason::HostStop, platform);
+                        platform.flush_output();
+                        super::finish_vm(cpu, v, sched, i);
+                        lazy_owner.release(i);
                     }
                 }
-            }
-        };
+            };
         match mail.op {
             Op::StatsReset => {
                 for v in vcpus.iter_mut().flatten().filter(|v| v.index() == 0) {

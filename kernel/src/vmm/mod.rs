@@ -23,6 +23,7 @@ pub mod irq;
 pub mod lazy;
 pub mod partition;
 pub mod platform;
+pub mod samples;
 pub mod svm;
 pub mod time;
 pub mod vm;
@@ -41,6 +42,7 @@ use hvcore::package::Package;
 use hvcore::sched::{Scheduler, VcpuId};
 use hvcore::vcpu::{StopReason, VmContext};
 use hvcore::KernelExit;
+use samples::SwitchSamples;
 use spin::Mutex;
 use vmx::VmxCapabilities;
 
@@ -50,8 +52,10 @@ use partition::{Partition, TablesKind};
 use platform::KernelPlatform;
 use vtx::enable;
 
-/// How a slice ended.
+/// How a slice ended. The two that leave the vCPU runnable come first
+/// ([`SliceEnd::runnable`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum SliceEnd {
     /// The slice's time ran out.
     Preempted,
@@ -64,6 +68,15 @@ pub enum SliceEnd {
     /// The vCPU waits for a start-up IPI (an application processor after
     /// INIT): it sleeps until its mailbox has something.
     WaitForSipi,
+}
+
+impl SliceEnd {
+    /// Preempted or Yielded: the vCPU is runnable. One compare of the
+    /// tag (a `matches!` here becomes part of a jump table over all five).
+    #[inline(always)]
+    fn runnable(self) -> bool {
+        (self as u8) <= SliceEnd::Yielded as u8
+    }
 }
 
 /// The hardware backend chosen at boot.
@@ -168,16 +181,18 @@ impl Vcpu {
     /// statistics, under the VM's lock, at most every
     /// [`STATS_EVERY_US`] (and when it is released), and its direct UART
     /// output to the VM's console at every slice's end that has some.
-    fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) {
+    /// Whether it took the VM's lock (time the TSC at `now` does not show).
+    fn record_slice(&mut self, ticks: u64, now: u64, env: &mut KernelPlatform) -> bool {
         each!(self, v => {
             v.state.exits.record_slice(ticks);
             if now < v.stats_due && v.state.console_tx.is_empty() {
-                return;
+                return false;
             }
             v.stats_due = now + tsc_from_us(STATS_EVERY_US);
             let mut ctx = v.vm.ctx();
             ctx.stats.absorb(&mut v.state.exits);
             v.state.drain_console(&mut ctx, &mut env.with(&v.vm.partition));
+            true
         })
     }
     /// When a halted vCPU's devices will next raise an interrupt (TSC).
@@ -201,7 +216,9 @@ impl Vcpu {
         })
     }
     /// Runs a slice that ends at TSC `slice_end` (its timer counts a whole
-    /// configured slice from the first entry).
+    /// configured slice from the first entry). Inline: one function with
+    /// the CPU loop (design note 16).
+    #[inline(always)]
     fn run_slice(&mut self, host: &HostCpu, slice_end: u64, env: &mut KernelPlatform) -> SliceEnd {
         match (self, host) {
             (Vcpu::Vtx(v), HostCpu::Vtx(h)) => v.run_slice(h, slice_end, env),
@@ -1113,9 +1130,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
     // A stopped VM's slot empties: its memory goes back to the frame
     // allocator at once.
     let mut vcpus: Vec<Option<Vcpu>> = Vec::new();
-    // Whose lazily switched registers (XSAVE state, CR2, DRs, SYSCALL MSRs)
-    // the hardware holds: switched only when another vCPU runs next.
-    let mut lazy_owner: Option<usize> = None;
+    // Switched only when another vCPU runs next.
+    let mut lazy_owner = LazyOwner::NONE;
     let mut platform =
         KernelPlatform::new(crate::percpu::try_current().map(|p| p.apic_id).unwrap_or(0));
     let default_slice = tsc_from_us(10_000);
@@ -1138,14 +1154,8 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             .filter(|v| v.index() == 0)
             .map(|v| (v.vm().id(), v.vm().name())),
     );
-    // Host time between two slices (scheduling, accounting, the lazy
-    // register switch): the cost of switching from one vCPU to the next,
-    // reported in the summary. A slice after which something was printed
-    // (guest output, a stopped VM's report) gives no sample: printing is
-    // not switching.
-    let mut overhead = alloc::vec![0u64; OVERHEAD_SAMPLES];
-    let mut samples = 0;
-    let mut last_slice_end: Option<u64> = None;
+    // Host time between two slices, in bench builds (see `samples`).
+    let mut samples = SwitchSamples::new();
     // Looked at every HOST_LOOK_US (see `HostWork`).
     let mut host_work = HostWork {
         cpu,
@@ -1154,8 +1164,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         stats_seen: 0,
         raw_vm: None,
     };
+    // The TSC at the loop's top: after a yield or a preemption with nothing
+    // slow after it, the one read when the slice ended (a few instructions
+    // earlier); read anew otherwise.
+    let mut now = crate::arch::rdtsc();
     loop {
-        let now = crate::arch::rdtsc();
         let look = now >= host_work.next_look;
         if look {
             host_work.before_news(now, &mut vcpus, &mut sched, &mut lazy_owner, &mut platform);
@@ -1182,8 +1195,7 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             }
             // Idle: every vCPU halted. Sleep until the earliest wake-up on the
             // LAPIC timer (a wake IPI or a stop request end the sleep too).
-            // Sleeping is not switching: the next slice gives no sample.
-            last_slice_end = None;
+            samples.slept();
             let mut wake = sched.next_wake().unwrap_or(now + default_slice);
             if cpu == 0 && control::enabled() {
                 // CPU 0 looks at COM2 at least every millisecond.
@@ -1194,40 +1206,43 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             x86_64::instructions::interrupts::disable();
             crate::apic::stop_timer();
             host_work.next_look = 0;
+            now = crate::arch::rdtsc();
             continue;
         };
         let i = id.0 as usize;
-        let next = if lazy_owner == Some(i) {
+        let next = if lazy_owner.is(i) {
             vcpus.get_mut(i).and_then(Option::as_mut)
         } else {
-            let prev = lazy_owner.replace(i);
+            let prev = core::mem::replace(&mut lazy_owner, LazyOwner(i));
+            // A CPU's first slice has no lazy owner before it (nor has the
+            // one after its owner stopped): where boot time is taken.
+            if prev == LazyOwner::NONE {
+                first_guest_slice();
+            }
             switch_lazy(&mut vcpus, prev, i)
         };
-        let Some(v) = next else { continue };
-        let start = crate::arch::rdtsc();
-        if let Some(prev) = last_slice_end {
-            if let Some(sample) = overhead.get_mut(samples) {
-                *sample = start - prev;
-                samples += 1;
-            }
-        } else if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed)
-        {
-            // Looked at only when the last slice gave no sample (this CPU's
-            // first slice is one of those): no locked swap at every switch.
-            log::info!(
-                "bench: boot to first guest slice: {} us (TSC)",
-                us_from_tsc(start - crate::console::boot_tsc())
-            );
-        }
+        let Some(v) = next else {
+            now = crate::arch::rdtsc();
+            continue;
+        };
+        samples.slice_starts();
         let end = v.run_slice(host, now + slice, &mut platform);
         let t = crate::arch::rdtsc();
-        v.record_slice(t - now, t, &mut platform);
-        let printed = platform.has_output() || matches!(end, SliceEnd::Stopped);
+        let locked = v.record_slice(t - now, t, &mut platform);
+        let printed = platform.has_output();
+        samples.slice_ended(t, printed || matches!(end, SliceEnd::Stopped));
         platform.flush_output();
-        last_slice_end = (!printed).then_some(t);
         // Both that leave the vCPU runnable first: one compare, no table.
-        if let SliceEnd::Preempted | SliceEnd::Yielded = end {
+        if end.runnable() {
             let _ = sched.on_yield(id);
+            // The next slice is timed and accounted from here: the slice's
+            // end TSC unless the VM's lock or printing took time since
+            // (else the next vCPU would be charged for it).
+            now = if locked || printed {
+                crate::arch::rdtsc()
+            } else {
+                t
+            };
             continue;
         }
         let _ = match end {
@@ -1247,13 +1262,12 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             SliceEnd::Stopped => {
                 if let Some(v) = vcpus[i].take() {
                     finish_vm(cpu, v, &mut sched, i);
-                    if lazy_owner == Some(i) {
-                        lazy_owner = None;
-                    }
+                    lazy_owner.release(i);
                 }
                 Ok(())
             }
         };
+        now = crate::arch::rdtsc();
     }
     console::cpu_done(cpu);
     if platform.dropped_bytes != 0 {
@@ -1262,14 +1276,26 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
             platform.dropped_bytes
         );
     }
-    overhead.truncate(samples);
-    if !overhead.is_empty() {
-        overhead.sort_unstable();
-        crate::println!(
-            "bench: CPU {cpu} scheduler overhead per slice (TSC ticks): min {} median {} over {} slices",
-            overhead[0],
-            overhead[overhead.len() / 2],
-            overhead.len()
+    samples.print(cpu);
+}
+
+/// A vCPU picked in a state no slice begins from: a scheduler bug.
+#[cold]
+fn bad_pick(vm: &str, e: hvcore::vcpu::InvalidTransition) -> ! {
+    panic!(
+        "vm {vm}: vCPU picked in state {:?} ({})",
+        e.from, e.attempted
+    );
+}
+
+/// The first guest slice on any CPU starts: the boot-time figure.
+#[cold]
+#[inline(never)]
+fn first_guest_slice() {
+    if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed) {
+        log::info!(
+            "bench: boot to first guest slice: {} us (TSC)",
+            us_from_tsc(crate::arch::rdtsc() - crate::console::boot_tsc())
         );
     }
 }
@@ -1303,7 +1329,7 @@ impl HostWork {
         now: u64,
         vcpus: &mut Vec<Option<Vcpu>>,
         sched: &mut Scheduler,
-        lazy_owner: &mut Option<usize>,
+        lazy_owner: &mut LazyOwner,
         platform: &mut KernelPlatform,
     ) {
         self.next_look = now + tsc_from_us(HOST_LOOK_US);
@@ -1392,8 +1418,6 @@ const STATS_EVERY_US: u64 = 1000;
 /// (as often as the idle CPU 0 reads COM2).
 const HOST_LOOK_US: u64 = 1000;
 
-/// Samples of scheduler overhead kept per CPU.
-const OVERHEAD_SAMPLES: usize = 4096;
 /// Set until the first guest slice starts (for the boot-time figure).
 static FIRST_ENTRY: AtomicBool = AtomicBool::new(true);
 
@@ -1537,12 +1561,37 @@ fn end_vm(cpu: usize, vm: Arc<vm::Vm>) {
     );
 }
 
+/// The slot of a CPU's vCPU table whose lazily switched registers (XSAVE
+/// state, CR2, DRs, SYSCALL MSRs) the hardware holds, or none: one word,
+/// compared at every switch. `NONE` lies outside every table, so looking it
+/// up finds no vCPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct LazyOwner(usize);
+
+impl LazyOwner {
+    /// No vCPU's registers known to be in the hardware.
+    const NONE: LazyOwner = LazyOwner(usize::MAX);
+
+    /// Whether slot `slot` owns them.
+    fn is(self, slot: usize) -> bool {
+        self.0 == slot
+    }
+
+    /// Slot `slot` was emptied (its vCPU stopped): it owns nothing now.
+    fn release(&mut self, slot: usize) {
+        if self.is(slot) {
+            *self = LazyOwner::NONE;
+        }
+    }
+}
+
 /// Hands the hardware's lazily switched registers from the vCPU in slot
-/// `from` (when one had them) to the one in slot `to`, and returns that one;
-/// MSRs and XCR0 that already hold `to`'s values are not written again.
-fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: Option<usize>, to: usize) -> Option<&mut Vcpu> {
-    let from = from.filter(|&p| p != to && vcpus.get(p).is_some_and(Option::is_some));
-    let Some(p) = from else {
+/// `from` (when one had them; never `to`) to the one in slot `to`, and
+/// returns that one; MSRs and XCR0 that already hold `to`'s values are not
+/// written again.
+fn switch_lazy(vcpus: &mut [Option<Vcpu>], from: LazyOwner, to: usize) -> Option<&mut Vcpu> {
+    let p = from.0;
+    if !vcpus.get(p).is_some_and(Option::is_some) {
         // No vCPU's values known in the hardware: every MSR and XCR0 are
         // written.
         let next = vcpus.get_mut(to)?.as_mut()?;

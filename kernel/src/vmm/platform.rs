@@ -138,9 +138,11 @@ impl KernelPlatform {
 /// up with what the guest may have changed: XCR0 in hardware after an
 /// emulated XSETBV, the device clock and the PIC after an exit that reached
 /// the devices, the APIC timer after an APIC MSR write. Exits that reach
-/// the VM's devices take its lock here.
+/// the VM's devices take its lock here. Always inline: in the CPU loop's
+/// function, which the slice loop is part of, LLVM left it out of line
+/// (18 more on a port exit to a device; design note 16).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 pub(super) fn handle_exit<C: GuestCpu>(
     env: &mut KernelPlatform,
     state: &mut VcpuState,

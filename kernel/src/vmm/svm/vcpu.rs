@@ -20,7 +20,7 @@ use backend::svm::SvmSetup;
 use backend::svm::{check, insn, state};
 use hvcore::config::GuestMode;
 use hvcore::exit::{Event, Exit, GuestRegs, Next};
-use hvcore::vcpu::{StopReason, VcpuState, VmContext};
+use hvcore::vcpu::{StopReason, VcpuRunState, VcpuState, VmContext};
 use svm::Vmcb;
 
 use super::entry as switch;
@@ -65,6 +65,8 @@ pub struct Vcpu {
     /// The host LAPIC timer's count for a whole slice, armed at a slice's
     /// quiet start (the slice is counted from that entry).
     slice_count: u32,
+    /// Whether the vCPU has a local APIC (fixed when its VM is built).
+    has_apic: bool,
     /// Guest state kept in software (XCR0, EFER.SVME as seen, DEBUGCTL).
     soft: SoftState,
     /// Registers switched when the CPU changes vCPU.
@@ -125,7 +127,9 @@ impl Vcpu {
             iopm: svm::HostPhysAddr::new(maps.0),
             msrpm: svm::HostPhysAddr::new(maps.1),
         };
+        let has_apic = vm.apic(index).is_some();
         let mut vcpu = Vcpu {
+            has_apic,
             vm,
             index,
             state: VcpuState::new(index as u32),
@@ -197,21 +201,15 @@ impl Vcpu {
         slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
-        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
+        // As on VT-x: Runnable or Halted -> Running for the whole slice; an
+        // application processor waiting for its start-up IPI goes apart.
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
+            if e.from != VcpuRunState::WaitForSipi {
+                crate::vmm::bad_pick(self.vm.name(), e);
+            }
             if let Some(end) = self.wait_for_sipi(&host.setup) {
                 return end;
             }
-        }
-        // Runnable, or Halted with its wake-up come (the scheduler picked
-        // it) -> Running for the whole slice; handle_exit moves it on
-        // (Halted, Runnable after a yield or preemption, Stopped).
-        if let Err(e) = self.state.run_state_mut().begin_slice() {
-            panic!(
-                "vm {}: vCPU picked in state {:?} ({})",
-                self.vm.name(),
-                e.from,
-                e.attempted
-            );
         }
         let end = self.run_until(host, slice_end, env);
         crate::apic::stop_timer();
@@ -242,7 +240,7 @@ impl Vcpu {
         // With a local APIC, the host's timer also ends the guest's run when
         // its APIC timer is due (armed at every entry then).
         // (Without one, `apic_due` stays `None`.)
-        let has_apic = vm.apic(self.index).is_some();
+        let has_apic = self.has_apic;
         if has_apic {
             self.clock.apic_due = vm.apic_deadline(self.index);
         }
@@ -529,7 +527,8 @@ impl Vcpu {
 
     /// An application processor waiting for a start-up IPI takes its
     /// mailbox: with a SIPI it starts in real mode at the SIPI's page
-    /// (`None`: run it), else it sleeps on (or stops with its VM).
+    /// (`None`: run it, now Running), else it sleeps on (or stops with its
+    /// VM).
     #[cold]
     #[inline(never)]
     fn wait_for_sipi(&mut self, setup: &SvmSetup) -> Option<SliceEnd> {
@@ -557,6 +556,9 @@ impl Vcpu {
                 e.from,
                 e.attempted
             );
+        }
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
+            crate::vmm::bad_pick(self.vm.name(), e);
         }
         None
     }

@@ -1,5 +1,5 @@
 //! VMREAD and VMWRITE counts per exit kind, in bench builds only (the
-//! kernel's `vmcs-count` feature, which `tests/bench.sh` turns on for a run
+//! kernel's `bench-counts` feature, which `tests/bench.sh` turns on for a run
 //! of its own): counting costs instructions on the path it measures, so the
 //! timed figures come from a build without it.
 //!
@@ -8,13 +8,13 @@
 //! of the next entry); accesses before the first entry of a slice go to
 //! "slice start". The vCPU prints the table when it is released.
 
-#[cfg(feature = "vmcs-count")]
+#[cfg(feature = "bench-counts")]
 pub use counting::*;
 
-#[cfg(not(feature = "vmcs-count"))]
+#[cfg(not(feature = "bench-counts"))]
 pub use plain::*;
 
-#[cfg(not(feature = "vmcs-count"))]
+#[cfg(not(feature = "bench-counts"))]
 mod plain {
     use hvcore::stats::ExitKind;
 
@@ -57,7 +57,7 @@ mod plain {
     }
 }
 
-#[cfg(feature = "vmcs-count")]
+#[cfg(feature = "bench-counts")]
 mod counting {
     use core::cell::Cell;
 

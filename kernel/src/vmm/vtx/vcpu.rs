@@ -15,7 +15,7 @@ use backend::vtx::{decode, entry, VmxSetup};
 use hvcore::config::GuestMode;
 use hvcore::devices::interrupt::GuestInterruptibility;
 use hvcore::exit::{Event, Exit, GuestRegs, Next};
-use hvcore::vcpu::{StopReason, VcpuState, VmContext};
+use hvcore::vcpu::{StopReason, VcpuRunState, VcpuState, VmContext};
 use vmx::vmcs::*;
 use vmx::{ActiveVmcs, HostPhysAddr, PrimaryControls, VmFail, VmcsAccess, VmxCapabilities};
 use x86_64::instructions::tables::{sgdt, sidt};
@@ -68,6 +68,12 @@ pub struct Vcpu {
     /// slice's start when the CPU saves the timer at exits (the slice is
     /// counted from that entry, a few hundred ticks after the pick).
     slice_timer: u32,
+    /// Whether the vCPU has a local APIC (fixed when its VM is built).
+    has_apic: bool,
+    /// Whether a slice's timer is written once, at its start
+    /// (`slice_timer`): the CPU saves the preemption timer at exits and no
+    /// APIC timer moves its deadline; else at every entry.
+    timer_saved: bool,
     /// Guest state kept in software (XCR0, CR8 without TPR shadow).
     soft: SoftState,
     /// Registers switched when the CPU changes vCPU.
@@ -115,7 +121,10 @@ impl Vcpu {
         // One VPID per VM: its vCPUs run on different CPUs, whose TLBs are
         // their own.
         let vpid = (vm.id() + 1) as u16;
+        let has_apic = vm.apic(index).is_some();
         let mut vcpu = Vcpu {
+            has_apic,
+            timer_saved: setup.optional.preemption_timer_save && !has_apic,
             vm,
             index,
             state: VcpuState::new(index as u32),
@@ -194,7 +203,7 @@ impl Vcpu {
         // SAFETY: the CPU is in VMX root operation (the scheduler loop runs
         // after VMXON), and the region is a valid, launched or cleared VMCS
         // of this vCPU, used on this CPU only (a vCPU is pinned to one CPU).
-        unsafe { ActiveVmcs::load(self.vmcs) }.map_err(|e| VmxError::Instruction("VMPTRLD", e))
+        unsafe { ActiveVmcs::load(&self.vmcs) }.map_err(|e| VmxError::Instruction("VMPTRLD", e))
     }
 
     /// [`Self::load`] the first time: VMCLEAR, VMPTRLD, set-up.
@@ -205,7 +214,7 @@ impl Vcpu {
         unsafe { vmx::instructions::vmclear(self.vmcs) }
             .map_err(|e| VmxError::Instruction("VMCLEAR", e))?;
         // SAFETY: as in `load`; the VMCS is cleared.
-        let mut vmcs = unsafe { ActiveVmcs::load(self.vmcs) }
+        let mut vmcs = unsafe { ActiveVmcs::load(&self.vmcs) }
             .map_err(|e| VmxError::Instruction("VMPTRLD", e))?;
         self.setup(&mut vmcs, host)?;
         self.flush_translations(&host.setup);
@@ -300,14 +309,24 @@ impl Vcpu {
     /// the last exit may have given the entry work) and the mailbox; the
     /// rest of the checks ([`Self::check_entry`]) only when one of them
     /// says so. After each exit: the fields the exit has, the vCPU's own
-    /// answer or the platform's handling, RIP.
+    /// answer or the platform's handling, RIP. Inlined into the CPU loop
+    /// (no call frame between two slices; design note 16).
+    #[inline(always)]
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
         slice_end: u64,
         env: &mut KernelPlatform,
     ) -> SliceEnd {
-        if *self.state.run_state() == hvcore::vcpu::VcpuRunState::WaitForSipi {
+        // Runnable, or Halted with its wake-up come (the scheduler picked
+        // it) -> Running for the whole slice; handle_exit moves it on
+        // (Halted, Runnable after a yield or preemption, Stopped). An
+        // application processor waiting for its start-up IPI is picked
+        // when its mailbox has something: that case goes apart.
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
+            if e.from != VcpuRunState::WaitForSipi {
+                crate::vmm::bad_pick(self.vm.name(), e);
+            }
             if let Some(end) = self.wait_for_sipi(host, env) {
                 return end;
             }
@@ -334,17 +353,6 @@ impl Vcpu {
                 return SliceEnd::Stopped;
             }
         };
-        // Runnable, or Halted with its wake-up come (the scheduler picked
-        // it) -> Running for the whole slice; handle_exit moves it on
-        // (Halted, Runnable after a yield or preemption, Stopped).
-        if let Err(e) = self.state.run_state_mut().begin_slice() {
-            panic!(
-                "vm {}: vCPU picked in state {:?} ({})",
-                self.vm.name(),
-                e.from,
-                e.attempted
-            );
-        }
         self.tally.slice_start();
         // SAFETY: `self.vm` keeps the VM alive and is neither replaced nor
         // dropped while the slice runs (only `release`, which takes the vCPU
@@ -361,12 +369,12 @@ impl Vcpu {
         // With a local APIC, the preemption timer also ends the guest's run
         // when its APIC timer is due (set at every entry then).
         // (Without one, `apic_due` stays `None`.)
-        let has_apic = vm.apic(self.index).is_some();
+        let has_apic = self.has_apic;
         if has_apic {
             self.clock.apic_due = vm.apic_deadline(self.index);
         }
         let rate = host.setup.preemption_timer_rate;
-        let timer_saved = host.setup.optional.preemption_timer_save && !has_apic;
+        let timer_saved = self.timer_saved;
         if timer_saved {
             vmcs.set_known(VMX_PREEMPTION_TIMER_VALUE, self.slice_timer);
         }
@@ -427,7 +435,14 @@ impl Vcpu {
                 mode = switch::Mode::Resume;
                 // SAFETY: as above, with `launched` telling VMLAUNCH from
                 // VMRESUME; this first entry of the slice writes HOST_RSP.
-                unsafe { switch::switch(&mut self.regs, first) }
+                let result = unsafe { switch::switch(&mut self.regs, first) };
+                // A VMLAUNCH that reached the guest left the VMCS's launch
+                // state "launched" (SDM 25.1); only a slice's first entry
+                // launches.
+                if let SwitchResult::Exited = result {
+                    self.launched = true;
+                }
+                result
             };
             match result {
                 SwitchResult::EntryFailed { rflags } => {
@@ -436,7 +451,7 @@ impl Vcpu {
                         .map(|k| k.resolve(count::inner(&vmcs)));
                     return self.stop_on_entry_instruction_failure(count::inner(&vmcs), fail, env);
                 }
-                SwitchResult::Exited => self.launched = true,
+                SwitchResult::Exited => {}
             }
             // The event whose delivery the exit interrupted is delivered
             // again, unless the handler injects one of its own (below). Only
@@ -642,7 +657,8 @@ impl Vcpu {
 
     /// An application processor waiting for a start-up IPI takes its
     /// mailbox: with a SIPI it starts in real mode at the SIPI's page
-    /// (`None`: run it), else it sleeps on (or stops with its VM).
+    /// (`None`: run it, now Running), else it sleeps on (or stops with its
+    /// VM).
     #[cold]
     #[inline(never)]
     fn wait_for_sipi(&mut self, host: &HostCpu, env: &mut KernelPlatform) -> Option<SliceEnd> {
@@ -683,6 +699,9 @@ impl Vcpu {
                 e.from,
                 e.attempted
             );
+        }
+        if let Err(e) = self.state.run_state_mut().begin_slice() {
+            crate::vmm::bad_pick(self.vm.name(), e);
         }
         None
     }
