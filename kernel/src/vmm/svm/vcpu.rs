@@ -194,7 +194,10 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until its slice ends at TSC `slice_end`
-    /// (or it yields, halts or stops).
+    /// (or it yields, halts or stops). Never inlined into the CPU loop (as
+    /// the VT-x slice is): there, Linux VMs on AMD-V under QEMU booted 1.5
+    /// times slower (`linux_vms_svm_qemu`), for a reason not found yet.
+    #[inline(never)]
     pub fn run_slice(
         &mut self,
         host: &HostCpu,
