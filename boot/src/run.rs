@@ -106,6 +106,9 @@ pub struct InputStep {
     /// that output's line). `Some`: `wait_for` is looked for with such
     /// lines and every line break left out ([`InputStep::across_lines_of`]).
     pub across: Option<String>,
+    /// `wait_for` counts anywhere in the output, also before the previous
+    /// step's send ([`InputStep::anywhere`]).
+    pub anywhere: bool,
 }
 
 impl InputStep {
@@ -115,7 +118,16 @@ impl InputStep {
             wait_for: wait_for.into(),
             send: send.as_ref().to_vec(),
             across: None,
+            anywhere: false,
         }
+    }
+
+    /// Lets `wait_for` count wherever it is in the output, also before the
+    /// previous step's send: for events whose order the run does not fix
+    /// (two VMs on two CPUs), each awaited by a step of its own.
+    pub fn anywhere(mut self) -> Self {
+        self.anywhere = true;
+        self
     }
 
     /// Lets lines starting with `prefix` cut through `wait_for` (see
@@ -854,8 +866,11 @@ impl Steps {
             }
             send(&step.send);
             self.next += 1;
-            self.from = serial.len();
-            self.searched = serial.len();
+            self.from = match steps.get(self.next) {
+                Some(next) if next.anywhere => 0,
+                _ => serial.len(),
+            };
+            self.searched = self.from;
         }
     }
 }
@@ -1223,6 +1238,26 @@ mod tests {
         assert_eq!(sent.last().unwrap(), &[0x1d]);
         assert_eq!(at.next, 3);
         at.advance(&steps, &log, |_| panic!("no steps left"));
+    }
+
+    #[test]
+    fn an_input_step_may_count_output_from_before_the_previous_send() {
+        // Two events in either order, then `q`.
+        let steps = [
+            InputStep::new("crasher stopped", []),
+            InputStep::new("restart 2", "q").anywhere(),
+        ];
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let mut at = Steps::default();
+        let log = b"restart 2\ncrasher stopped\n";
+        at.advance(&steps, log, |b| sent.push(b.to_vec()));
+        assert_eq!(sent, [b"".to_vec(), b"q".to_vec()]);
+        // Without `anywhere` the second step waits for a new line.
+        let strict = [steps[0].clone(), InputStep::new("restart 2", "q")];
+        let mut at = Steps::default();
+        sent.clear();
+        at.advance(&strict, log, |b| sent.push(b.to_vec()));
+        assert_eq!(sent, [b"".to_vec()]);
     }
 
     #[test]
