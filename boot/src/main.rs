@@ -92,6 +92,9 @@ fn main_inner() -> Result<u8, Error> {
                 outcome.ending,
                 outcome.elapsed.as_secs_f64()
             );
+            if let Some(report) = outcome.triple_fault_report() {
+                eprintln!("==> {report}");
+            }
             Ok(code)
         }
         Cli::Flash { image, rest } => {

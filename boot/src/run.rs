@@ -197,12 +197,23 @@ pub struct Outcome {
     pub input_sent: usize,
     /// The text the first unsent step was still waiting for, if any.
     pub input_waiting: Option<String>,
+    /// QEMU's record of a triple fault that reset the machine (the host
+    /// kernel's, which no serial line reports): each CPU's registers then.
+    pub triple_fault: Option<String>,
 }
 
 impl Outcome {
     /// True when the kernel reported [`KernelExit::Success`].
     pub fn success(&self) -> bool {
         self.ending == Ending::Kernel(KernelExit::Success as u32)
+    }
+
+    /// What QEMU recorded of a host triple fault ([`Outcome::triple_fault`]).
+    pub fn triple_fault_report(&self) -> Option<String> {
+        let dump = self.triple_fault.as_ref()?;
+        Some(format!(
+            "QEMU logged a triple fault of the host; the CPUs then:\n{dump}"
+        ))
     }
 
     /// The last `lines` lines of the serial log.
@@ -249,6 +260,9 @@ impl fmt::Display for Outcome {
                 "input: {} step(s) sent; the next still waited for {:?}",
                 self.input_sent, text
             )?;
+        }
+        if let Some(report) = self.triple_fault_report() {
+            writeln!(f, "{report}")?;
         }
         writeln!(f, "serial log (last 40 lines):")?;
         write!(f, "{}", hvcore::text::EscapedLines(&self.serial_tail(40)))
@@ -564,6 +578,10 @@ fn qemu_command(
     }
     cmd.arg("-drive")
         .arg(format!("format=raw,file={}", spec.image.display()));
+    // A triple fault of the host ends the run with no word on serial (QEMU
+    // exits 0 under `-no-reboot`); QEMU's reset log keeps the registers.
+    cmd.args(["-d", "cpu_reset", "-D"])
+        .arg(reset_log(&spec.work_dir));
     if spec.interactive {
         // `-serial mon:stdio` (the terminal, with QEMU's monitor behind
         // Ctrl-A C) that also writes the serial output to the log, where the
@@ -816,13 +834,42 @@ pub fn run(spec: &RunSpec) -> Result<Outcome, Error> {
     let serial = String::from_utf8_lossy(&serial).into_owned();
     Ok(Outcome {
         command,
-        ending,
         serial,
         elapsed: start.elapsed(),
         kvm,
         input_sent: steps.next,
         input_waiting: spec.input.get(steps.next).map(|s| s.wait_for.clone()),
+        triple_fault: match (&ending, spec.emulator) {
+            (Ending::EmulatorExited(_), Emulator::Qemu) => {
+                fs::read_to_string(reset_log(&spec.work_dir))
+                    .ok()
+                    .and_then(|log| triple_fault_in(&log))
+            }
+            _ => None,
+        },
+        ending,
     })
+}
+
+/// QEMU's log of CPU resets (`-d cpu_reset`) for a run in `work_dir`.
+fn reset_log(work_dir: &Path) -> PathBuf {
+    work_dir.join("cpu-reset.log")
+}
+
+/// The CPUs' registers QEMU logged at the reset after a triple fault, if
+/// one happened: each CPU's general and system registers, without the
+/// FPU and vector state.
+fn triple_fault_in(log: &str) -> Option<String> {
+    let (_, after) = log.split_once("Triple fault\n")?;
+    let kept: Vec<&str> = after
+        .lines()
+        .filter(|l| {
+            !["DR", "CCS", "FCW", "FPR", "XMM", "YMM", "ZMM", "Opmask"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    Some(kept.join("\n"))
 }
 
 /// Where scripted input goes through the input steps.
@@ -1123,6 +1170,7 @@ mod tests {
             kvm: false,
             input_sent: 0,
             input_waiting: None,
+            triple_fault: None,
         }
     }
 
@@ -1238,6 +1286,24 @@ mod tests {
         assert_eq!(sent.last().unwrap(), &[0x1d]);
         assert_eq!(at.next, 3);
         at.advance(&steps, &log, |_| panic!("no steps left"));
+    }
+
+    #[test]
+    fn a_triple_fault_in_qemus_reset_log_keeps_the_registers() {
+        let power_on = "CPU Reset (CPU 0)\nEAX=00000000 EBX=00000000\nXMM00=0 0\n";
+        assert_eq!(triple_fault_in(power_on), None);
+        let log = format!(
+            "{power_on}Triple fault\nCPU Reset (CPU 0)\nRAX=0000000000000001 RBX=0\n\
+             RIP=ffffff8000001234 RFL=00000002\nCR0=80010033 CR2=0 CR3=1000 CR4=20\n\
+             DR0=0 DR1=0\nFCW=037f FSW=0000\nXMM00=0 0\nCPU Reset (CPU 1)\nRIP=0\n"
+        );
+        assert_eq!(
+            triple_fault_in(&log).as_deref(),
+            Some(
+                "CPU Reset (CPU 0)\nRAX=0000000000000001 RBX=0\nRIP=ffffff8000001234 RFL=00000002\n\
+                 CR0=80010033 CR2=0 CR3=1000 CR4=20\nCPU Reset (CPU 1)\nRIP=0"
+            )
+        );
     }
 
     #[test]

@@ -494,6 +494,7 @@ mod tests {
             kvm: false,
             input_sent: 0,
             input_waiting: None,
+            triple_fault: None,
         }
     }
 
