@@ -1215,9 +1215,11 @@ fn cpu_loop(cpu: usize, host: &HostCpu, serial_input: bool) {
         } else {
             let prev = core::mem::replace(&mut lazy_owner, LazyOwner(i));
             // A CPU's first slice has no lazy owner before it (nor has the
-            // one after its owner stopped): where boot time is taken.
+            // one after its owner stopped): where boot time is taken. The
+            // slice is timed from after that report: printing it (on the
+            // framebuffer too) must not count as the vCPU's time.
             if prev == LazyOwner::NONE {
-                first_guest_slice();
+                now = first_guest_slice(now);
             }
             switch_lazy(&mut vcpus, prev, i)
         };
@@ -1288,16 +1290,19 @@ fn bad_pick(vm: &str, e: hvcore::vcpu::InvalidTransition) -> ! {
     );
 }
 
-/// The first guest slice on any CPU starts: the boot-time figure.
+/// The first guest slice on any CPU starts: the boot-time figure. Returns
+/// the TSC the slice is timed from (read again after printing).
 #[cold]
 #[inline(never)]
-fn first_guest_slice() {
+fn first_guest_slice(now: u64) -> u64 {
     if FIRST_ENTRY.load(Ordering::Relaxed) && FIRST_ENTRY.swap(false, Ordering::Relaxed) {
         log::info!(
             "bench: boot to first guest slice: {} us (TSC)",
-            us_from_tsc(crate::arch::rdtsc() - crate::console::boot_tsc())
+            us_from_tsc(now - crate::console::boot_tsc())
         );
+        return crate::arch::rdtsc();
     }
+    now
 }
 
 /// The host's own work between slices (console keys, the control
